@@ -1,0 +1,3 @@
+from cmrstudio.cli import main
+
+main()

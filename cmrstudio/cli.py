@@ -1,0 +1,229 @@
+"""The ``cmrstudio`` command. Run without a subcommand it opens the studio."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cmrstudio import __version__
+from cmrstudio.errors import CmrError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    invoke_without_command=True,
+    help="cmrstudio: paint cardiac anatomy, synthesise short-axis MRI, curate, export and evaluate.",
+)
+
+LabelsOpt = typer.Option(None, "--labels", help="Mask label convention: canonical, mnms or acdc (guessed from file names when omitted).")
+FrameOpt = typer.Option(None, "--frame", help="Frame (time point) of a 4D cine, from 0.")
+SpacingOpt = typer.Option(None, "--spacing", help="Voxel size 'z,y,x' in mm, used only when the file stores none.")
+
+
+def _parse_spacing(text: str | None):
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise CmrError(f"--spacing {text!r} must be three numbers in mm, like 8,1.25,1.25 (slice, row, column).") from None
+    if len(vals) != 3:
+        raise CmrError(f"--spacing {text!r} must be three numbers in mm, like 8,1.25,1.25 (slice, row, column).")
+    return vals
+
+
+@app.callback()
+def _root(ctx: typer.Context, version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
+    if version:
+        typer.echo(f"cmrstudio {__version__}")
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        _launch(None)
+
+
+def _launch(path: Optional[Path], case: Optional[str] = None) -> None:
+    try:
+        from cmrstudio.gui.app import run
+    except ImportError as exc:
+        raise CmrError(
+            f"The studio needs the GUI extras ({exc.name} is missing); install them with `pip install -e .[gui]`."
+        ) from exc
+    run(path, case=case)
+
+
+@app.command("open")
+def open_(path: Optional[Path] = typer.Argument(None, help="A scan, mask or dataset folder."), case: Optional[str] = typer.Option(None, help="Case to open from a dataset folder.")):
+    """Open the studio on a file or dataset folder (the built-in sample case without one)."""
+    _launch(path, case)
+
+
+@app.command()
+def info(
+    path: Path = typer.Argument(..., help="A file (NIfTI, DICOM, MHA/NRRD, HDF5) or a dataset folder."),
+    mask: Optional[Path] = typer.Option(None, help="A mask file that belongs to the image."),
+    labels: Optional[str] = LabelsOpt,
+    frame: Optional[int] = FrameOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    check: bool = typer.Option(False, "--check", help="Also run the anatomy checks on each mask."),
+):
+    """Print what a file or folder holds: cases, phases, vendors, shapes, spacing, labels."""
+    from cmrstudio.anatomy import check_mask, summarise
+    from cmrstudio.io import read_case, scan
+
+    p = Path(path)
+    if p.is_dir() and mask is None and not _is_single_dicom_folder(p):
+        refs = scan(p)
+        rows = []
+        for r in refs:
+            c = r.load(frame=frame)
+            d = c.describe()
+            if check and c.mask is not None:
+                d["findings"] = summarise([f for f in check_mask(c.mask, c.spacing) if f.severity != "info"])
+            rows.append(d)
+        layouts = sorted({r.layout for r in refs})
+        if as_json:
+            typer.echo(json.dumps({"path": str(p), "layouts": layouts, "cases": rows}, indent=2))
+            return
+        typer.echo(f"{p}: {len(rows)} case(s), layout {', '.join(layouts)}")
+        for d in rows:
+            _print_case(d)
+        return
+    c = read_case(p, mask=mask, labels=labels, frame=frame)
+    d = c.describe()
+    if check and c.mask is not None:
+        d["findings"] = summarise([f for f in check_mask(c.mask, c.spacing) if f.severity != "info"])
+    if as_json:
+        typer.echo(json.dumps(d, indent=2, default=str))
+    else:
+        _print_case(d)
+
+
+def _is_single_dicom_folder(p: Path) -> bool:
+    from cmrstudio.io.common import is_dicom_file
+
+    entries = list(p.iterdir())
+    return bool(entries) and not any(e.is_dir() for e in entries) and any(is_dicom_file(e) for e in entries if e.is_file())
+
+
+def _print_case(d: dict) -> None:
+    sp = d["spacing_mm"]
+    sp_txt = "unknown" if sp == "unknown" else "×".join(f"{v:g}" for v in sp) + " mm"
+    labels = d.get("labels")
+    lab_txt = ", ".join(f"{k} {v}" for k, v in labels.items() if k != "BG") if labels else "no mask"
+    conv = f" [{d['label_convention']}]" if d.get("label_convention") else ""
+    typer.echo(
+        f"  {d['case']:<24} {d['phase'] or '-':<3} {d['vendor']:<8} shape {'×'.join(map(str, d['shape'])):<12} "
+        f"spacing {sp_txt:<22} {'image+mask' if d['has_image'] and labels else 'image' if d['has_image'] else 'mask only'}; "
+        f"labels: {lab_txt}{conv}"
+    )
+    for f in d.get("findings", []):
+        typer.echo(f"      {f}")
+
+
+@app.command()
+def check(
+    path: Path = typer.Argument(..., help="A mask file, or an image with --mask, or a dataset folder."),
+    mask: Optional[Path] = typer.Option(None),
+    labels: Optional[str] = LabelsOpt,
+    spacing: Optional[str] = SpacingOpt,
+):
+    """Run the painter's anatomy checks (ring closed, RV outside, wall thickness, labels)."""
+    from cmrstudio.anatomy import check_mask, summarise
+    from cmrstudio.io import read_case
+
+    c = read_case(path, mask=mask, labels=labels, spacing=_parse_spacing(spacing))
+    if c.mask is None:
+        raise CmrError(f"{path} has no mask to check; give a mask file or --mask.")
+    findings = check_mask(c.mask, c.spacing)
+    for line in summarise(findings):
+        typer.echo(line)
+    if not [f for f in findings if f.severity != "info"]:
+        typer.echo("no problems found")
+
+
+@app.command()
+def phantom(
+    out: Path = typer.Option(..., "--out", help="Folder to write the cases into."),
+    n: int = typer.Option(8, "--n", help="How many cases."),
+    seed: int = typer.Option(0, help="First random seed; case i uses seed+i."),
+    slices: int = typer.Option(8, help="Slices per volume, base to apex."),
+    size: int = typer.Option(160, help="In-plane size in pixels."),
+    spacing: float = typer.Option(1.5, help="In-plane pixel size in mm."),
+    phase: str = typer.Option("both", help="ED, ES or both."),
+    vendor: Optional[str] = typer.Option(None, help="Vendor style (siemens, philips, ge, canon); random when omitted."),
+):
+    """Write procedural phantom cases as NIfTI image/mask pairs with JSON sidecars."""
+    from cmrstudio.data.phantom import phantom_case
+    from cmrstudio.io import write_case
+
+    if n < 1:
+        raise CmrError(f"--n {n} must be at least 1.")
+    phases = ["ED", "ES"] if phase.lower() == "both" else [phase.upper()]
+    if any(p not in ("ED", "ES") for p in phases):
+        raise CmrError(f"--phase {phase!r} must be ED, ES or both.")
+    written = 0
+    for i in range(n):
+        for ph in phases:
+            c = phantom_case(seed + i, n_slices=slices, shape=(size, size), spacing=spacing, phase=ph, vendor=vendor)
+            write_case(c, out)
+            written += 1
+    typer.echo(f"wrote {written} phantom volume(s) to {out}")
+
+
+@app.command()
+def convert(
+    path: Path = typer.Argument(..., help="A file or dataset folder."),
+    out: Path = typer.Option(..., "--out", help="Folder for <case>_image.nii.gz, <case>_mask.nii.gz and <case>.json."),
+    case: Optional[str] = typer.Option(None, help="Only this case (prefix match) from a folder."),
+    mask: Optional[Path] = typer.Option(None),
+    labels: Optional[str] = LabelsOpt,
+    frame: Optional[int] = FrameOpt,
+    spacing: Optional[str] = SpacingOpt,
+    int16: bool = typer.Option(False, "--int16", help="Store the image as int16 (for integer scanner data)."),
+):
+    """Convert scans into the cmrstudio layout (NIfTI + canonical mask + JSON provenance)."""
+    import numpy as np
+
+    from cmrstudio.io import read_case, scan, write_case
+
+    p = Path(path)
+    sp = _parse_spacing(spacing)
+    if p.is_dir() and mask is None and not _is_single_dicom_folder(p):
+        refs = [r for r in scan(p) if case is None or r.case_id.startswith(case)]
+        if not refs:
+            raise CmrError(f"{p} has no case matching {case!r}; `cmrstudio info {p}` lists them.")
+        cases = [r.load(frame=frame) for r in refs]
+        if sp:
+            cases = [c.with_spacing(sp) if c.affine is None else c for c in cases]
+    else:
+        cases = [read_case(p, mask=mask, labels=labels, frame=frame, spacing=sp)]
+    for c in cases:
+        write_case(c, out, image_dtype=np.int16 if int16 else np.float32)
+    typer.echo(f"wrote {len(cases)} case(s) to {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False, prog_name="cmrstudio")
+    except CmrError as exc:
+        typer.echo(f"cmrstudio: {exc.message}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

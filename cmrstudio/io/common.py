@@ -1,0 +1,116 @@
+"""Shared helpers for readers and writers: paths, geometry conversions, atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from cmrstudio.errors import CmrError
+
+# (z, y, x, 1) <-> (x, y, z, 1): the permutation is its own inverse.
+SWAP_XYZ = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
+def existing(path: str | os.PathLike, what: str = "file") -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CmrError(f"{p} does not exist; check the path (the {what} may have moved or been renamed).")
+    return p
+
+
+def has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(s) for s in suffixes)
+
+
+def stem(path: Path) -> str:
+    """File name without any of the known image suffixes."""
+    name = path.name
+    for s in NIFTI_SUFFIXES + SITK_SUFFIXES + HDF5_SUFFIXES + DICOM_SUFFIXES:
+        if name.lower().endswith(s):
+            return name[: -len(s)]
+    return path.stem
+
+
+def is_dicom_file(path: Path) -> bool:
+    if has_suffix(path, DICOM_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def affine_xyz_to_zyx(affine_xyz: np.ndarray) -> np.ndarray:
+    return np.asarray(affine_xyz, dtype=np.float64) @ SWAP_XYZ
+
+
+def affine_zyx_to_xyz(affine_zyx: np.ndarray) -> np.ndarray:
+    return np.asarray(affine_zyx, dtype=np.float64) @ SWAP_XYZ
+
+
+def sitk_geometry_to_affine(origin, spacing, direction) -> np.ndarray:
+    """SimpleITK (LPS, x-first) geometry -> our (z, y, x) RAS affine."""
+    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    a = np.eye(4)
+    a[:3, :3] = d @ np.diag(np.asarray(spacing, dtype=np.float64))
+    a[:3, 3] = np.asarray(origin, dtype=np.float64)
+    return affine_xyz_to_zyx(LPS_TO_RAS @ a)
+
+
+def affine_to_sitk_geometry(affine_zyx: np.ndarray) -> tuple[list[float], list[float], list[float]]:
+    a = LPS_TO_RAS @ affine_zyx_to_xyz(affine_zyx)
+    m = a[:3, :3]
+    spacing = np.linalg.norm(m, axis=0)
+    direction = m / spacing
+    return list(a[:3, 3]), list(spacing), list(direction.ravel())
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest`` (same suffix); rename it onto ``dest`` on success.
+
+    Nothing already at ``dest`` is touched unless the write completes.
+    """
+    dest = Path(dest)
+    parent = dest.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CmrError(f"Cannot create the folder {parent} ({exc.strerror}); choose a folder you can write to.") from exc
+    suffix = "".join(dest.suffixes) or ".tmp"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name.split('.')[0]}.", suffix=".tmp" + suffix, dir=parent)
+    except OSError as exc:
+        raise CmrError(f"Cannot write in {parent} ({exc.strerror}); choose a folder you can write to.") from exc
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
+        os.replace(tmp_path, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def write_text_atomic(dest: str | os.PathLike, text: str) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(dest)
