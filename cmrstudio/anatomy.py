@@ -131,21 +131,22 @@ def enclosure(mask2d: np.ndarray) -> dict[str, float]:
     """Fractions that describe how the myocardial ring sits in one slice.
 
     ``lv_inside``: fraction of LV pixels inside the filled myocardial ring.
-    ``rv_inside``: fraction of RV pixels inside it (should be ~0).
+    ``rv_inside`` / ``rv_inside_px``: fraction and count of RV pixels inside it (should be 0).
     ``lv_rv_contact``: fraction of LV border pixels that touch RV directly.
     """
     myo = mask2d == MYO
     lv = mask2d == LV
     rv = mask2d == RV
     filled = ndimage.binary_fill_holes(myo)
-    res = {"lv_inside": float("nan"), "rv_inside": float("nan"), "lv_rv_contact": 0.0}
+    res = {"lv_inside": float("nan"), "rv_inside": float("nan"), "rv_inside_px": 0, "lv_rv_contact": 0.0}
     if lv.any():
         res["lv_inside"] = float((lv & filled).sum() / lv.sum())
         border = lv & ~ndimage.binary_erosion(lv)
         touch = border & ndimage.binary_dilation(rv)
         res["lv_rv_contact"] = float(touch.sum() / max(border.sum(), 1))
     if rv.any():
-        res["rv_inside"] = float((rv & filled).sum() / rv.sum())
+        res["rv_inside_px"] = int((rv & filled).sum())
+        res["rv_inside"] = float(res["rv_inside_px"] / rv.sum())
     return res
 
 
@@ -204,12 +205,12 @@ def check_mask(mask: np.ndarray, spacing: tuple[float, ...] | None = None) -> li
                     zi,
                 )
             )
-        if has[RV] and enc["rv_inside"] > 0.05:
+        if has[RV] and enc["rv_inside_px"] >= 5:
             findings.append(
                 Finding(
                     "warning",
                     "rv-inside-lv",
-                    f"{enc['rv_inside']:.0%} of the RV lies inside the LV myocardial ring; the RV belongs beside the LV",
+                    f"{enc['rv_inside_px']} RV pixels lie inside the LV myocardial ring; the RV belongs beside the LV",
                     zi,
                 )
             )

@@ -62,6 +62,19 @@ def open_(path: Optional[Path] = typer.Argument(None, help="A scan, mask or data
 
 
 @app.command()
+def screenshot(
+    out: Path = typer.Option(Path("resources/screenshot.png"), "--out", help="PNG to write."),
+    path: Optional[Path] = typer.Argument(None, help="What to open (the sample case without one)."),
+    case: Optional[str] = typer.Option(None),
+):
+    """Open the studio, take a screenshot of the whole window, and close it (needs a display or Xvfb)."""
+    from cmrstudio.gui.app import screenshot as take
+
+    take(out, path, case)
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
 def info(
     path: Path = typer.Argument(..., help="A file (NIfTI, DICOM, MHA/NRRD, HDF5) or a dataset folder."),
     mask: Optional[Path] = typer.Option(None, help="A mask file that belongs to the image."),

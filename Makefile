@@ -1,0 +1,10 @@
+# The two set-up commands (see README): each installs everything it needs first.
+.PHONY: run test install screenshot
+run:
+	bash installer/setup.sh run
+test:
+	bash installer/setup.sh test
+install:
+	bash installer/setup.sh install
+screenshot:
+	xvfb-run -a -s "-screen 0 1600x1000x24" python3 -m cmrstudio screenshot --out resources/screenshot.png

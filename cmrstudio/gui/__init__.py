@@ -1,0 +1,1 @@
+"""The napari/Qt studio. Only this package imports Qt or napari."""

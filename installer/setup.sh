@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up cmrstudio on a Debian machine (Python 3.11, root for the system packages), then
+#   installer/setup.sh run    -> launch the studio on the built-in sample case
+#   installer/setup.sh test   -> run the test suite (GUI tests under Xvfb)
+#   installer/setup.sh        -> install only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+what="${1:-install}"
+
+# Qt/napari under X11 or Xvfb needs these shared libraries; Xvfb gives a display to tests.
+SYSTEM_PACKAGES="xvfb xauth libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon-x11-0 \
+libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 \
+libxcb-randr0 libxcb-cursor0 libxcb-xfixes0 libxcb-xkb1"
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  missing=""
+  for p in $SYSTEM_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+  if [ -n "$missing" ]; then
+    echo "setup: installing system packages:$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  fi
+fi
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1
+# torch first and pinned: a bare 'torch' would pull a multi-GB CUDA build.
+"$PY" -m pip install -q "torch==2.13.0"
+extras="gui"
+[ "$what" = "test" ] && extras="test"
+"$PY" -m pip install -q -e ".[${extras}]"
+
+case "$what" in
+  run)
+    shift || true
+    if [ -z "${DISPLAY:-}" ] && [ -z "${WAYLAND_DISPLAY:-}" ]; then
+      echo "setup: no display found; starting the studio on a virtual screen (Xvfb)."
+      exec xvfb-run -a -s "-screen 0 1600x1000x24" "$PY" -m cmrstudio "$@"
+    fi
+    exec "$PY" -m cmrstudio "$@"
+    ;;
+  test)
+    shift || true
+    exec "$PY" -m pytest "$@"
+    ;;
+  install) echo "setup: cmrstudio installed; run it with: $PY -m cmrstudio" ;;
+  *) echo "usage: installer/setup.sh [install|run|test]" >&2; exit 2 ;;
+esac

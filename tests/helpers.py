@@ -1,0 +1,37 @@
+"""Test helpers that write real files in real formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+
+def write_dicom_series(folder: Path, volume: np.ndarray, series_uid: str, spacing=(8.0, 1.5, 1.5), description="SAX cine", trigger=None, start_instance=1, manufacturer="SIEMENS"):
+    """Write a (Z, Y, X) int16 volume as one DICOM file per slice with real position tags."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z, sl in enumerate(volume.astype(np.int16)):
+        img = sitk.GetImageFromArray(sl)
+        img.SetSpacing((spacing[2], spacing[1]))
+        tags = {
+            "0008|0060": "MR",
+            "0008|0070": manufacturer,
+            "0008|103e": description,
+            "0020|000e": series_uid,
+            "0020|000d": "1.2.826.0.1.3680043.8.498.1",
+            "0008|0018": f"{series_uid}.{z + start_instance}",
+            "0020|0013": str(z + start_instance),
+            "0020|0032": f"0\\0\\{z * spacing[0]}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|0030": f"{spacing[1]}\\{spacing[2]}",
+            "0018|0050": str(spacing[0]),
+        }
+        if trigger is not None:
+            tags["0018|1060"] = str(trigger)
+        for k, v in tags.items():
+            img.SetMetaData(k, v)
+        writer.SetFileName(str(folder / f"{series_uid[-4:]}_{z + start_instance:03d}.dcm"))
+        writer.Execute(img)
