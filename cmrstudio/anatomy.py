@@ -188,7 +188,7 @@ def check_mask(mask: np.ndarray, spacing: tuple[float, ...] | None = None) -> li
     multi = arr.shape[0] > 1
     for z in range(arr.shape[0]):
         sl = arr[z]
-        zi = z if multi or mask.ndim == 3 else None
+        zi = z if multi or np.ndim(mask) == 3 else None
         has = {lab: bool((sl == lab).any()) for lab in (LV, MYO, RV)}
         if not any(has.values()):
             continue

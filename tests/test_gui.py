@@ -20,7 +20,7 @@ def test_studio_opens_on_the_sample_real_case(make_napari_viewer):
     assert np.array_equal(labels.data, case.mask)
     assert np.allclose(labels.colormap.map(np.array([LV]))[0][:3], COLOURS[LV][:3], atol=0.02)
     assert "SCD0000101_ED" in viewer.title and "ge" in viewer.title
-    assert "1.37" in viewer.text_overlay.text
+    assert "1.37" in viewer.canvas.overlays["text"].text
     shot = viewer.screenshot(canvas_only=True)
     # the canvas shows the scan (grey) and the LV overlay (red-dominant pixels)
     red = (shot[..., 0].astype(int) - shot[..., 1].astype(int) > 60).sum()

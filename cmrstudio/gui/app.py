@@ -35,10 +35,11 @@ def show_case(viewer: napari.Viewer, case: Case) -> None:
         kinds = summarise(issues)
         overlay += f"\nanatomy check: {len(kinds)} warning{'s' if len(kinds) > 1 else ''} (cmrstudio check for details)"
     viewer.status = f"{where} · {overlay.splitlines()[0]}"
-    viewer.text_overlay.text = overlay
-    viewer.text_overlay.position = "top_left"
-    viewer.text_overlay.visible = True
-    viewer.text_overlay.font_size = 10
+    text = viewer.canvas.overlays["text"]
+    text.text = overlay
+    text.position = "top_left"
+    text.visible = True
+    text.font_size = 10
     if case.shape[0] > 1:
         viewer.dims.set_point(0, viewer.dims.range[0].start + (case.shape[0] // 2) * viewer.dims.range[0].step)
 

@@ -114,3 +114,16 @@ def write_text_atomic(dest: str | os.PathLike, text: str) -> Path:
     with atomic_path(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(dest)
+
+
+def pick_frame(path: Path, n: int, frame: int | None, what: str = "a 4D cine with {n} frames") -> int:
+    """Validate the chosen time frame of an n-frame cine; one frame needs no choice."""
+    if n == 1 and frame in (None, 0):
+        return 0
+    if frame is None:
+        raise CmrError(
+            f"{path} is {what.format(n=n)}, but a 3D volume is needed here; choose one with --frame (0–{n - 1})."
+        )
+    if not 0 <= frame < n:
+        raise CmrError(f"Frame {frame} is out of range for {path}, which has frames 0–{n - 1}.")
+    return int(frame)

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 
 from cmrstudio.errors import CmrError
-from cmrstudio.io.common import affine_xyz_to_zyx, affine_zyx_to_xyz, atomic_path, existing
+from cmrstudio.io.common import affine_xyz_to_zyx, affine_zyx_to_xyz, atomic_path, existing, pick_frame
 
 
 def read_nifti(path: str | Path, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -30,19 +30,10 @@ def read_nifti(path: str | Path, frame: int | None = None) -> tuple[np.ndarray, 
     data = np.squeeze(data, axis=tuple(range(4, data.ndim))) if data.ndim > 4 else data
     if data.ndim == 4:
         n = data.shape[3]
-        if n == 1:
-            data = data[..., 0]
-        elif frame is None:
-            raise CmrError(
-                f"{p} is a 4D cine with {n} frames, but a 3D volume is needed here; "
-                f"choose one frame with --frame (0–{n - 1})."
-            )
-        elif not 0 <= frame < n:
-            raise CmrError(f"Frame {frame} is out of range for {p}, which has frames 0–{n - 1}.")
-        else:
-            data = data[..., frame]
-            meta["frame"] = int(frame)
-            meta["n_frames"] = int(n)
+        k = pick_frame(p, n, frame)
+        data = data[..., k]
+        if n > 1:
+            meta.update(frame=k, n_frames=int(n))
     if data.ndim == 2:
         data = data[..., None]
     if data.ndim != 3:

@@ -18,6 +18,7 @@ from cmrstudio.io.common import (
     atomic_path,
     existing,
     is_dicom_file,
+    pick_frame,
     sitk_geometry_to_affine,
 )
 
@@ -33,15 +34,9 @@ def read_sitk(path: str | Path, frame: int | None = None) -> tuple[np.ndarray, n
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise CmrError(f"{p} has {img.GetNumberOfComponentsPerPixel()} channels per pixel; give a single-channel image.")
     if img.GetDimension() == 4:
-        n = img.GetSize()[3]
-        if n == 1:
-            frame = 0
-        if frame is None:
-            raise CmrError(f"{p} is a 4D cine with {n} frames, but a 3D volume is needed here; choose one with --frame (0–{n - 1}).")
-        if not 0 <= frame < n:
-            raise CmrError(f"Frame {frame} is out of range for {p}, which has frames 0–{n - 1}.")
-        img = img[:, :, :, frame]
-        meta["frame"] = int(frame)
+        k = pick_frame(p, img.GetSize()[3], frame)
+        img = img[:, :, :, k]
+        meta["frame"] = k
     if img.GetDimension() == 2:
         img = sitk.JoinSeries(img)
     if img.GetDimension() != 3:
@@ -222,13 +217,7 @@ def read_dicom(
         "n_files": len(files),
     }
     if n_phases > 1:
-        if frame is None:
-            raise CmrError(
-                f"{p} is a cine series with {n_phases} phases per slice, but a 3D volume is needed here; "
-                f"choose one with --frame (0–{n_phases - 1})."
-            )
-        if not 0 <= frame < n_phases:
-            raise CmrError(f"Frame {frame} is out of range for {p}, which has phases 0–{n_phases - 1}.")
+        frame = pick_frame(p, n_phases, frame, what="a cine series with {n} phases per slice")
         chosen = [s[frame] for s in stacks if len(s) > frame]
         meta["frame"] = int(frame)
         meta["n_frames"] = int(n_phases)
