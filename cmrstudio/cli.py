@@ -201,12 +201,13 @@ def convert(
     """Convert scans into the cmrstudio layout (NIfTI + canonical mask + JSON provenance)."""
     import numpy as np
 
-    from cmrstudio.io import read_case, scan, write_case
+    from cmrstudio.io import read_case, scan, select_refs, write_case
 
     p = Path(path)
     sp = _parse_spacing(spacing)
     if p.is_dir() and mask is None and not _is_single_dicom_folder(p):
-        refs = [r for r in scan(p) if case is None or r.case_id.startswith(case)]
+        refs = scan(p)
+        refs = select_refs(refs, case) if case is not None else refs
         if not refs:
             raise CmrError(f"{p} has no case matching {case!r}; `cmrstudio info {p}` lists them.")
         cases = [r.load(frame=frame) for r in refs]
@@ -214,6 +215,10 @@ def convert(
             cases = [c.with_spacing(sp) if c.affine is None else c for c in cases]
     else:
         cases = [read_case(p, mask=mask, labels=labels, frame=frame, spacing=sp)]
+    ids = [c.case_id for c in cases]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise CmrError(f"{p} holds several cases named {dup[0]!r}; convert them one at a time with --case.")
     for c in cases:
         write_case(c, out, image_dtype=np.int16 if int16 else np.float32)
     typer.echo(f"wrote {len(cases)} case(s) to {out}")

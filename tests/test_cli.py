@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -8,7 +9,8 @@ from cmrstudio.io import scan
 
 
 def run(*args, check=True):
-    p = subprocess.run([sys.executable, "-m", "cmrstudio", *args], capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    p = subprocess.run([sys.executable, "-m", "cmrstudio", *args], capture_output=True, encoding="utf-8", errors="replace", timeout=300, env=env)
     if check:
         assert p.returncode == 0, p.stderr
     return p

@@ -259,3 +259,47 @@ def test_write_case_never_leaves_a_half_written_file(tmp_path, case, monkeypatch
         write_case(changed, tmp_path)
     assert paths["image"].read_bytes() == before  # the saved file is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())  # no temp left
+
+
+# ----------------------------------------------------------------------------- review fixes
+def test_nnunet_acdc_names_are_remapped_and_unknown_names_refused(tmp_path, case):
+    root = tmp_path / "Dataset027_ACDC"
+    acdc_style = np.choose(case.mask, [0, 3, 2, 1]).astype(np.uint8)
+    write_nifti(root / "imagesTr" / "p_001_0000.nii.gz", case.image, case.affine)
+    write_nifti(root / "labelsTr" / "p_001.nii.gz", acdc_style, case.affine)
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}}))
+    assert np.array_equal(scan(root)[0].load().mask, case.mask)
+    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "RV", "2": "MLV", "3": "LVC"}}))  # v1 style
+    assert np.array_equal(scan(root)[0].load().mask, case.mask)
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "scar": 1, "MYO": 2, "LV": 3}}))
+    with pytest.raises(CmrError, match="scar"):
+        scan(root)
+
+
+def test_unknown_spacing_survives_write_and_read(tmp_path, case):
+    nospace = Case(case.image, case.mask, None, case.vendor, case.phase, "nospace")
+    write_case(nospace, tmp_path)
+    back = scan(tmp_path)[0].load()
+    assert back.spacing is None and np.array_equal(back.mask, case.mask)
+
+
+def test_exact_case_name_wins_over_prefix(tmp_path, case):
+    for cid in ("case1", "case10"):
+        write_case(Case(case.image, case.mask, case.affine, case.vendor, "ED", cid), tmp_path)
+    assert read_case(tmp_path, case="case1").case_id == "case1"
+    write_case(case, tmp_path / "named", name="renamed")
+    assert read_case(tmp_path / "named", case="renamed").case_id == "renamed"
+
+
+def test_int16_refuses_to_destroy_fractional_images(tmp_path, case):
+    frac = Case(case.image / case.image.max(), case.mask, case.affine, case.vendor, case.phase, "frac")
+    with pytest.raises(CmrError, match="float32"):
+        write_case(frac, tmp_path, image_dtype=np.int16)
+    assert not list(tmp_path.glob("frac*"))
+
+
+def test_dicom_with_a_missing_slice_is_refused(tmp_path, case):
+    write_dicom_series(tmp_path / "gap", case.image, "1.2.3.4.5.6006")
+    sorted((tmp_path / "gap").glob("*.dcm"))[2].unlink()
+    with pytest.raises(CmrError, match="unevenly spaced"):
+        read_case(tmp_path / "gap")

@@ -106,7 +106,7 @@ def read_case(
             return _finish(c, spacing)
         refs = scan_folder(p)
         if case is not None:
-            sel = [r for r in refs if r.case_id == case or r.case_id.startswith(case)]
+            sel = select_refs(refs, case)
             if phase is not None:
                 sel = [r for r in sel if r.phase == phase]
             if not sel:
@@ -189,11 +189,19 @@ def load_ref(ref: CaseRef, frame: int | None = None) -> Case:
         if aff is None:
             aff = maff
     side = ref.extra.get("meta") or {}
+    if side.get("spacing_mm") == "unknown":
+        aff = None  # the NIfTI holds a placeholder affine; the spacing was never known
     if side.get("source"):
         src["origin"] = side["source"]
     if side.get("frame"):
         src["frame"] = side["frame"]
     return Case(image, m, aff, ref.vendor, ref.phase, ref.case_id, {**src, **meta, "reader": ref.layout})
+
+
+def select_refs(refs: list[CaseRef], case: str) -> list[CaseRef]:
+    """Cases whose id is ``case``; failing an exact match, those whose id starts with it."""
+    exact = [r for r in refs if r.case_id == case]
+    return exact or [r for r in refs if r.case_id.startswith(case)]
 
 
 def scan(path: str | Path) -> list[CaseRef]:
@@ -212,12 +220,18 @@ def write_case(case: Case, out_dir: str | Path, name: str | None = None, image_d
     if case.image is not None:
         img = case.image
         if np.dtype(image_dtype).kind in "iu":
-            img = np.round(img)
+            info = np.iinfo(image_dtype)
+            if not np.array_equal(img, np.round(img)) or img.min() < info.min or img.max() > info.max:
+                raise CmrError(
+                    f"The image of {case.case_id} holds values that {np.dtype(image_dtype).name} cannot store exactly "
+                    f"(range {img.min():g}–{img.max():g}, whole numbers: {bool(np.array_equal(img, np.round(img)))}); "
+                    "write it as float32 (drop --int16)."
+                )
         paths["image"] = write_nifti(out / f"{name}_image.nii.gz", img, case.affine, dtype=image_dtype)
     if case.mask is not None:
         paths["mask"] = write_nifti(out / f"{name}_mask.nii.gz", case.mask, case.affine, dtype=np.uint8)
     sidecar = {
-        "case_id": case.case_id,
+        "case_id": name,
         "vendor": case.vendor,
         "phase": case.phase,
         "label_convention_written": "canonical",

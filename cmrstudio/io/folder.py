@@ -177,9 +177,9 @@ def scan_cmrstudio(root: Path) -> list[CaseRef]:
 
 
 NNUNET_NAME_MAP = {
-    "lv": "LV", "lvbloodpool": "LV", "leftventricle": "LV", "lvcavity": "LV",
-    "myo": "MYO", "myocardium": "MYO", "lvmyocardium": "MYO", "lvmyo": "MYO",
-    "rv": "RV", "rvbloodpool": "RV", "rightventricle": "RV", "rvcavity": "RV",
+    "lv": "LV", "lvbloodpool": "LV", "leftventricle": "LV", "lvcavity": "LV", "lvc": "LV", "lvbp": "LV",
+    "myo": "MYO", "myocardium": "MYO", "lvmyocardium": "MYO", "lvmyo": "MYO", "mlv": "MYO", "lvm": "MYO",
+    "rv": "RV", "rvbloodpool": "RV", "rightventricle": "RV", "rvcavity": "RV", "rvc": "RV", "rvbp": "RV",
     "background": "BG", "bg": "BG",
 }
 
@@ -198,13 +198,27 @@ def scan_nnunet(root: Path) -> list[CaseRef]:
         except json.JSONDecodeError as exc:
             raise CmrError(f"{ds} is not valid JSON ({exc.msg}); fix dataset.json.") from exc
         lab = meta.get("labels", {})
+        # nnU-Net v2 maps name -> value; v1 maps "value" -> name.
+        pairs = [(v, k) for k, v in lab.items()] if all(str(k).isdigit() for k in lab) else list(lab.items())
         canon = {"BG": 0, "LV": 1, "MYO": 2, "RV": 3}
         m: dict[int, int] = {}
-        for name, value in lab.items():
+        unknown = []
+        for name, value in pairs:
             key = NNUNET_NAME_MAP.get(re.sub(r"[^a-z]", "", str(name).lower()))
-            if key is not None and isinstance(value, int):
-                m[value] = canon[key]
-        if len(m) == len(lab) and m:
+            try:
+                ival = int(value)
+            except (TypeError, ValueError):
+                key = None
+            if key is None:
+                unknown.append(str(name))
+            else:
+                m[ival] = canon[key]
+        if unknown:
+            raise CmrError(
+                f"{ds} names labels cmrstudio cannot map to LV, MYO and RV ({', '.join(unknown)}); "
+                "rename them in dataset.json (e.g. background, LV, MYO, RV)."
+            )
+        if m:
             mapping = m
             convention = "nnunet-dataset.json"
     refs = []
@@ -235,7 +249,8 @@ def scan_dicom(root: Path) -> list[CaseRef]:
     refs = []
     folders = sorted({f.parent for f in _files(root) if is_dicom_file(f)})
     for d in folders:
-        refs.append(CaseRef(d.name if d != root else root.name, "dicom", None, "unknown", d, None, "canonical"))
+        cid = "_".join(d.relative_to(root).parts) if d != root else root.name
+        refs.append(CaseRef(cid, "dicom", None, "unknown", d, None, "canonical"))
     return refs
 
 

@@ -159,6 +159,11 @@ def stack_dicom(slices: list[DicomSlice]) -> tuple[np.ndarray, np.ndarray]:
         except RuntimeError as exc:
             raise CmrError(f"{s.path} could not be read as DICOM; the file may be corrupt.") from exc
         a = sitk.GetArrayFromImage(img)
+        if a.ndim == 3 and a.shape[0] != 1:
+            raise CmrError(
+                f"{s.path} is a multi-frame DICOM file ({a.shape[0]} frames in one file), which cmrstudio "
+                "does not read yet; export the series as one file per image."
+            )
         arrays.append(a.reshape(a.shape[-2:]).astype(np.float32))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
@@ -172,7 +177,15 @@ def stack_dicom(slices: list[DicomSlice]) -> tuple[np.ndarray, np.ndarray]:
     dy, dx = slices[0].pixel_spacing
     if len(slices) > 1:
         proj = np.array([np.dot(s.position, normal) for s in slices])
-        dz = float(np.median(np.diff(proj)))
+        gaps = np.diff(proj)
+        dz = float(np.median(gaps))
+        if np.any(np.abs(gaps - dz) > max(0.05 * abs(dz), 0.1)):
+            k = int(np.argmax(np.abs(gaps - dz)))
+            raise CmrError(
+                f"The DICOM slices in {slices[0].path.parent} are unevenly spaced ({gaps[k]:.2f} mm between "
+                f"{slices[k].path.name} and {slices[k + 1].path.name}, {dz:.2f} mm elsewhere); a slice is missing: "
+                "restore it or read the slices one by one."
+            )
     else:
         sb = slices[0].extra.get("spacing_between")
         dz = float(sb[0]) if sb else float(slices[0].thickness or 1.0)
@@ -218,7 +231,13 @@ def read_dicom(
     }
     if n_phases > 1:
         frame = pick_frame(p, n_phases, frame, what="a cine series with {n} phases per slice")
-        chosen = [s[frame] for s in stacks if len(s) > frame]
+        short = [s[0].path.name for s in stacks if len(s) != n_phases]
+        if short:
+            raise CmrError(
+                f"{p} is a cine with {n_phases} phases, but the slice of {short[0]} has fewer; "
+                "the series is incomplete: restore the missing images."
+            )
+        chosen = [s[frame] for s in stacks]
         meta["frame"] = int(frame)
         meta["n_frames"] = int(n_phases)
     else:
