@@ -85,41 +85,27 @@ def info(
 ):
     """Print what a file or folder holds: cases, phases, vendors, shapes, spacing, labels."""
     from cmrstudio.anatomy import check_mask, summarise
-    from cmrstudio.io import read_case, scan
+    from cmrstudio.io import read_cases
 
-    p = Path(path)
-    if p.is_dir() and mask is None and not _is_single_dicom_folder(p):
-        refs = scan(p)
-        rows = []
-        for r in refs:
-            c = r.load(frame=frame)
-            d = c.describe()
-            if check and c.mask is not None:
-                d["findings"] = summarise([f for f in check_mask(c.mask, c.spacing) if f.severity != "info"])
-            rows.append(d)
-        layouts = sorted({r.layout for r in refs})
+    rows = []
+    for c in read_cases(path, mask=mask, labels=labels, frame=frame):
+        d = c.describe()
+        if check and c.mask is not None:
+            d["findings"] = summarise([f for f in check_mask(c.mask, c.spacing) if f.severity != "info"])
+        rows.append(d)
+    if not Path(path).is_dir():
         if as_json:
-            typer.echo(json.dumps({"path": str(p), "layouts": layouts, "cases": rows}, indent=2))
-            return
-        typer.echo(f"{p}: {len(rows)} case(s), layout {', '.join(layouts)}")
-        for d in rows:
-            _print_case(d)
+            typer.echo(json.dumps(rows[0], indent=2, default=str))
+        else:
+            _print_case(rows[0])
         return
-    c = read_case(p, mask=mask, labels=labels, frame=frame)
-    d = c.describe()
-    if check and c.mask is not None:
-        d["findings"] = summarise([f for f in check_mask(c.mask, c.spacing) if f.severity != "info"])
+    layouts = sorted({d.get("dataset") or d.get("reader") or "?" for d in rows})
     if as_json:
-        typer.echo(json.dumps(d, indent=2, default=str))
-    else:
+        typer.echo(json.dumps({"path": str(path), "layouts": layouts, "cases": rows}, indent=2, default=str))
+        return
+    typer.echo(f"{path}: {len(rows)} case(s), layout {', '.join(layouts)}")
+    for d in rows:
         _print_case(d)
-
-
-def _is_single_dicom_folder(p: Path) -> bool:
-    from cmrstudio.io.common import is_dicom_file
-
-    entries = list(p.iterdir())
-    return bool(entries) and not any(e.is_dir() for e in entries) and any(is_dicom_file(e) for e in entries if e.is_file())
 
 
 def _print_case(d: dict) -> None:
@@ -201,20 +187,10 @@ def convert(
     """Convert scans into the cmrstudio layout (NIfTI + canonical mask + JSON provenance)."""
     import numpy as np
 
-    from cmrstudio.io import read_case, scan, select_refs, write_case
+    from cmrstudio.io import read_cases, write_case
 
+    cases = read_cases(path, case=case, mask=mask, labels=labels, frame=frame, spacing=_parse_spacing(spacing))
     p = Path(path)
-    sp = _parse_spacing(spacing)
-    if p.is_dir() and mask is None and not _is_single_dicom_folder(p):
-        refs = scan(p)
-        refs = select_refs(refs, case) if case is not None else refs
-        if not refs:
-            raise CmrError(f"{p} has no case matching {case!r}; `cmrstudio info {p}` lists them.")
-        cases = [r.load(frame=frame) for r in refs]
-        if sp:
-            cases = [c.with_spacing(sp) if c.affine is None else c for c in cases]
-    else:
-        cases = [read_case(p, mask=mask, labels=labels, frame=frame, spacing=sp)]
     ids = [c.case_id for c in cases]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:

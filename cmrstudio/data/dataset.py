@@ -48,16 +48,9 @@ def apply_affine(image: np.ndarray, mask: np.ndarray, m: np.ndarray, offset: np.
 
 def cases_from(paths: Iterable[str | Path], with_image: bool = True) -> list[Case]:
     """Load every case with a mask (and an image, when ``with_image``) from files or folders."""
-    from cmrstudio.io import read_case, scan
+    from cmrstudio.io import read_cases
 
-    out: list[Case] = []
-    for p in paths:
-        p = Path(p)
-        refs = scan(p) if p.is_dir() else None
-        cases = [r.load() for r in refs] if refs is not None else [read_case(p)]
-        for c in cases:
-            if c.mask is not None and (c.image is not None or not with_image):
-                out.append(c)
+    out = [c for p in paths for c in read_cases(p) if c.mask is not None and (c.image is not None or not with_image)]
     if not out:
         raise CmrError(f"No case with {'an image and ' if with_image else ''}a mask was found in {', '.join(map(str, paths))}.")
     return out

@@ -34,7 +34,7 @@ from cmrstudio.io.nifti import read_nifti, write_nifti
 from cmrstudio.io.sitk_io import read_dicom, read_sitk
 from cmrstudio.io import sunnybrook
 
-__all__ = ["CaseRef", "read_case", "read_volume", "scan", "write_case", "load_ref"]
+__all__ = ["CaseRef", "read_case", "read_cases", "read_volume", "scan", "write_case", "load_ref"]
 
 _MASK_NAME = re.compile(r"(_gt|_mask|_seg|_label|_labels)$", re.I)
 
@@ -57,6 +57,34 @@ def read_volume(path: str | Path, frame: int | None = None, series: str | None =
     raise CmrError(
         f"{p} is not a format cmrstudio reads; use NIfTI (.nii/.nii.gz), DICOM, MHA/NRRD or HDF5 (.h5)."
     )
+
+
+def is_dicom_series_folder(path: Path) -> bool:
+    """A folder of DICOM files with no subfolders: one series (or cine), not a dataset."""
+    entries = list(path.iterdir())
+    return not any(e.is_dir() for e in entries) and any(is_dicom_file(e) for e in entries if e.is_file())
+
+
+def read_cases(
+    path: str | Path,
+    case: str | None = None,
+    frame: int | None = None,
+    spacing: tuple[float, float, float] | None = None,
+    **kw,
+) -> list[Case]:
+    """Every case of a dataset folder (or those matching ``case``), or the one case of a file.
+
+    ``spacing`` is applied only to cases that store none; other keywords go to :func:`read_case`.
+    """
+    p = existing(path)
+    if p.is_dir() and kw.get("mask") is None and not is_dicom_series_folder(p):
+        refs = scan_folder(p)
+        if case is not None:
+            refs = select_refs(refs, case)
+            if not refs:
+                raise CmrError(f"{p} has no case {case!r}; `cmrstudio info {p}` lists the cases it holds.")
+        return [_finish(r.load(frame=frame), spacing) for r in refs]
+    return [read_case(p, case=case, frame=frame, spacing=spacing, **kw)]
 
 
 def guess_convention(path: Path) -> str:
@@ -99,8 +127,7 @@ def read_case(
     """
     p = existing(path)
     if p.is_dir():
-        dicom_only = not any(f.is_dir() for f in p.iterdir()) and any(is_dicom_file(f) for f in p.iterdir() if f.is_file())
-        if dicom_only and mask is None:
+        if is_dicom_series_folder(p) and mask is None:
             arr, aff, meta = read_dicom(p, frame=frame, series=series)
             c = Case(arr, None, aff, vendor or meta.get("vendor", "unknown"), phase, p.name, {**meta, "reader": "dicom"})
             return _finish(c, spacing)
