@@ -21,7 +21,7 @@ from cmrstudio.errors import CmrError
 PHASES = ("ED", "ES")
 
 
-@dataclass
+@dataclass(eq=False)  # arrays inside: identity, not element-wise comparison
 class Case:
     image: np.ndarray | None
     mask: np.ndarray | None = None

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 
 from cmrstudio import __version__
@@ -200,6 +201,144 @@ def convert(
     typer.echo(f"wrote {len(cases)} case(s) to {out}")
 
 
+train_app = typer.Typer(help="Train models: spade.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("spade")
+def train_spade(
+    data: list[str] = typer.Option([], "--data", help="Training folder or file (any format cmrstudio reads); repeat for several."),
+    out: Path = typer.Option(Path("runs/spade"), "--out", help="Run folder: model, card, samples, training state."),
+    name: str = typer.Option("spade", "--name", help="Model name (file names and registry)."),
+    phantom: int = typer.Option(0, "--phantom", help="Add N phantom cases to the data (alone, for a smoke run)."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Hold out cases whose id starts with this; repeatable."),
+    preset: str = typer.Option("lite", "--preset", help="Architecture: lite (CPU live) or base (GPU)."),
+    size: int = typer.Option(128, "--size", help="Frame size in pixels (128 live, 256 HQ)."),
+    steps: int = typer.Option(2000, "--steps", help="Total training iterations."),
+    batch: int = typer.Option(8, "--batch", help="Batch size."),
+    lr_g: float = typer.Option(1e-4, "--lr-g"),
+    lr_d: float = typer.Option(4e-4, "--lr-d"),
+    seed: int = typer.Option(0, "--seed"),
+    sample_every: int = typer.Option(250, "--sample-every", help="Write a sample grid PNG every N steps."),
+    save_every: int = typer.Option(500, "--save-every", help="Save model and training state every N steps."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (picked automatically when omitted)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved step."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (and save) after this many minutes."),
+    install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Train a SPADE generator (resumable; progress bar with ETA; sample grids in OUT/samples)."""
+    from cmrstudio.train.spade import SpadeTrainer, TrainOptions
+
+    opts = TrainOptions(
+        data=list(data), out=str(out), name=name, phantom=phantom, exclude=list(exclude), preset=preset, size=size,
+        steps=steps, batch=batch, lr_g=lr_g, lr_d=lr_d, seed=seed, sample_every=sample_every, save_every=save_every,
+        device=device, threads=threads, resume=resume, max_minutes=max_minutes,
+    )
+    tr = SpadeTrainer(opts).run(progress=not quiet)
+    info = tr.save_model()
+    typer.echo(f"Model {info.name}: {info.weights_path} ({info.size_mb:.1f} MB), card {info.card_path}, step {tr.step}.")
+    if install:
+        import shutil
+
+        from cmrstudio.models.registry import user_dir
+
+        dest = user_dir()
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(info.weights_path, dest / info.weights_path.name)
+        shutil.copy2(info.card_path, dest / info.card_path.name)
+        typer.echo(f"Installed into {dest}.")
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON."), verify_sums: bool = typer.Option(False, "--verify", help="Check every weights file against its card's sha256.")):
+    """List installed models: shipped, the user's folder and plugins."""
+    from cmrstudio.models.checkpoint import verify
+    from cmrstudio.models.registry import list_models, user_dir
+
+    problems: list[str] = []
+    found = list_models(problems=problems)
+    rows = []
+    for m in found:
+        row = m.summary()
+        if verify_sums:
+            try:
+                verify(m)
+                row["checksum"] = "ok"
+            except CmrError as exc:
+                row["checksum"] = exc.message
+        rows.append(row)
+    if as_json:
+        typer.echo(json.dumps({"models": rows, "problems": problems, "user_dir": str(user_dir())}, indent=2))
+        return
+    if not rows:
+        typer.echo(f"No models installed (shipped: resources/models; yours: {user_dir()}).")
+    for r in rows:
+        extra = f"  checksum {r['checksum']}" if "checksum" in r else ""
+        typer.echo(f"{r['name']:<20} {r['kind']:<10} {r['origin']:<8} {r['size_mb']:>6.1f} MB  {r['resolution']}px  "
+                   f"vendors {','.join(r['vendors_trained'])}  {r['iterations']} it{extra}")
+    for p in problems:
+        typer.echo(f"warning: {p}", err=True)
+
+
+@app.command()
+def render(
+    mask: Path = typer.Argument(..., help="Mask file (any supported format) or dataset folder / HDF5 file with labels."),
+    out: Path = typer.Option(..., "--out", help="Output image: .nii.gz, .nii, .mha or .nrrd."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name or card path (default: the shipped SPADE model)."),
+    vendor: str = typer.Option("unknown", "--vendor", help="Scanner style: siemens, philips, ge, canon or unknown."),
+    seed: int = typer.Option(0, "--seed", help="Style seed; the same seed gives the same image."),
+    labels: Optional[str] = LabelsOpt,
+    frame: Optional[int] = FrameOpt,
+    spacing: Optional[str] = SpacingOpt,
+    case: Optional[str] = typer.Option(None, "--case", help="Case to take the mask from, in a dataset folder."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (automatic when omitted)."),
+):
+    """Render every slice of a mask into a synthetic image with the mask's own shape and geometry."""
+    from cmrstudio.engine.live import Renderer
+    from cmrstudio.io import read_mask, write_volume
+
+    c = read_mask(mask, labels=labels, frame=frame, spacing=_parse_spacing(spacing), case=case)
+    r = Renderer(model, device=device)
+    _, _, note = r.resolve_vendor(vendor)
+    if note:
+        typer.echo(f"note: {note}", err=True)
+    if c.spacing is None:
+        typer.echo(f"note: {mask} stores no voxel spacing; the frame is sized to the heart (give --spacing to use mm).", err=True)
+    img, fr = r.render_volume(c.mask, c.spacing, vendor=vendor, seed=seed)
+    write_volume(out, img, c.affine, dtype=np.float32)
+    fov = f"{fr.spacing_mm * fr.size:.0f} mm" if fr.spacing_mm else "heart-sized"
+    typer.echo(f"Wrote {out}: {img.shape[0]} slices of {img.shape[1]}×{img.shape[2]}, model {r.name}, vendor {vendor}, seed {seed}, {fov} field of view.")
+
+
+bench_app = typer.Typer(help="Benchmarks that print figures: live.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("live")
+def bench_live(
+    model: Optional[str] = typer.Option(None, "--model", help="Model name or card path (default: the shipped SPADE model)."),
+    n: int = typer.Option(100, "--n", help="Frames to time."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Per-frame latency of the live path (mask edit -> frame -> model -> back), p50/p95/fps."""
+    from cmrstudio.engine.bench import bench_live as run_bench
+
+    res = run_bench(model=model, n=n, device=device, threads=threads)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    typer.echo(f"live path, model {res['model']} ({res['parameters'] / 1e6:.2f} M parameters), {res['size']}×{res['size']}, {res['hardware']}")
+    typer.echo(f"  synchronous: p50 {res['p50_ms']:.1f} ms  p95 {res['p95_ms']:.1f} ms  mean {res['mean_ms']:.1f} ms  "
+               f"{res['fps']:.1f} fps  (model alone p50 {res['model_p50_ms']:.1f} ms) over {res['n']} frames")
+    e = res["engine"]
+    typer.echo(f"  engine, brush dabs every {e['dab_interval_ms']:.0f} ms: {e['submitted']} submitted, {e['rendered']} rendered, "
+               f"{e['dropped']} dropped as stale; dab-to-image p50 {e['latency_p50_ms']:.1f} ms, p95 {e['latency_p95_ms']:.1f} ms")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False, prog_name="cmrstudio")
@@ -210,10 +349,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # usage errors (typer may vendor its own click)
+        if any(c.__name__ == "ClickException" for c in type(exc).__mro__) and hasattr(exc, "show"):
             exc.show()
             sys.exit(exc.exit_code)
         raise

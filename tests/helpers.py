@@ -35,3 +35,16 @@ def write_dicom_series(folder: Path, volume: np.ndarray, series_uid: str, spacin
             img.SetMetaData(k, v)
         writer.SetFileName(str(folder / f"{series_uid[-4:]}_{z + start_instance:03d}.dcm"))
         writer.Execute(img)
+
+
+def run(*args, check=True, env=None):
+    """Run the cmrstudio command in a subprocess; assert success unless check=False."""
+    import os
+    import subprocess
+    import sys
+
+    e = dict(os.environ, PYTHONIOENCODING="utf-8", **(env or {}))
+    p = subprocess.run([sys.executable, "-m", "cmrstudio", *args], capture_output=True, encoding="utf-8", errors="replace", timeout=600, env=e)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p

@@ -1,19 +1,12 @@
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 
 from cmrstudio.io import scan
 
+from helpers import run
 
-def run(*args, check=True):
-    env = dict(os.environ, PYTHONIOENCODING="utf-8")
-    p = subprocess.run([sys.executable, "-m", "cmrstudio", *args], capture_output=True, encoding="utf-8", errors="replace", timeout=300, env=env)
-    if check:
-        assert p.returncode == 0, p.stderr
-    return p
+
 
 
 def test_phantom_writes_pairs_the_readers_load_back(tmp_path):

@@ -1,6 +1,4 @@
-import gzip
 import json
-import shutil
 
 import h5py
 import nibabel as nib

@@ -57,7 +57,12 @@ def cases_from(paths: Iterable[str | Path], with_image: bool = True) -> list[Cas
 
 
 class SliceDataset(Dataset):
-    """Framed (image, mask, vendor) slices. Images come out in [-1, 1], shape (1, N, N)."""
+    """Framed (image, mask, vendor) slices. Images come out in [-1, 1], shape (1, N, N).
+
+    A slice is kept when it has at least ``min_heart_px`` labelled pixels and every
+    label in ``require_labels`` (e.g. LV and MYO, to skip Sunnybrook slices whose
+    epicardium was never drawn).
+    """
 
     def __init__(
         self,
@@ -67,6 +72,7 @@ class SliceDataset(Dataset):
         augment: Augment | None = Augment(),
         seed: int = 0,
         min_heart_px: int = 20,
+        require_labels: Sequence[int] = (),
     ):
         self.size = size
         self.augment = augment
@@ -77,7 +83,8 @@ class SliceDataset(Dataset):
                 continue
             fc = to_frame(c, size=size, spacing_mm=spacing_mm)
             for z in range(fc.mask.shape[0]):
-                if int((fc.mask[z] > 0).sum()) >= min_heart_px:
+                present = np.unique(fc.mask[z])
+                if int((fc.mask[z] > 0).sum()) >= min_heart_px and all(l in present for l in require_labels):
                     images.append(fc.image[z])
                     masks.append(fc.mask[z])
                     vendors.append(VENDORS.index(c.vendor))

@@ -173,6 +173,44 @@ def read_case(
     return _finish(c, spacing)
 
 
+def read_mask(
+    path: str | Path,
+    labels: str | None = None,
+    frame: int | None = None,
+    spacing: tuple[float, float, float] | None = None,
+    case: str | None = None,
+) -> Case:
+    """Read a label map as a mask-only case: a mask file in any format, or a dataset
+    folder / HDF5 file holding labels (with ``case`` to choose one)."""
+    p = existing(path)
+    if p.is_dir() or has_suffix(p, HDF5_SUFFIXES):
+        c = read_case(p, labels=labels, frame=frame, spacing=spacing, case=case)
+        if c.mask is None:
+            raise CmrError(f"{p} holds no label map to use as a mask.")
+        return c
+    m, aff, conv = _mask_from_file(p, labels, frame)
+    src = {"mask_path": str(p), "reader": "mask-only", "label_convention": conv}
+    return _finish(Case(None, m, aff, "unknown", None, stem(p), src), spacing)
+
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+def write_volume(path: str | Path, array: np.ndarray, affine_zyx: np.ndarray | None, dtype=None) -> Path:
+    """Write a (Z, Y, X) array as NIfTI, MHA or NRRD (by suffix), atomically."""
+    from cmrstudio.io.sitk_io import write_sitk
+
+    p = Path(path)
+    if not has_suffix(p, VOLUME_SUFFIXES):
+        raise CmrError(f"{p} has no volume suffix cmrstudio writes; use .nii.gz, .nii, .mha or .nrrd.")
+    if not p.parent.exists():
+        raise CmrError(f"The folder {p.parent} does not exist; create it or choose another output path.")
+    arr = np.asarray(array) if dtype is None else np.asarray(array).astype(dtype)
+    if has_suffix(p, (".nii", ".nii.gz")):
+        return write_nifti(p, arr, affine_zyx)
+    return write_sitk(p, arr, affine_zyx)
+
+
 def _finish(c: Case, spacing) -> Case:
     if spacing is not None and c.affine is None:
         return c.with_spacing(tuple(spacing))

@@ -1,0 +1,277 @@
+"""The live rendering engine: a generator loaded once, masks in, images out.
+
+:class:`Renderer` does the work synchronously and is thread-safe (one lock around the
+network): a native mask slice is resampled into the synthesis frame (nearest
+neighbour), rendered, and put back into the scan's own pixel grid (linear). One
+:class:`~cmrstudio.data.frame.Frame` is used for a whole volume or painting session,
+so the picture does not jump as the mask changes.
+
+:class:`LiveEngine` serves a stream of edits, latest-wins: ``submit`` replaces any
+request still waiting (the replaced one is counted as dropped and never rendered);
+a worker thread renders the newest request and calls ``on_ready`` with the result,
+in the worker thread (a GUI marshals it to its own thread). Results arrive in
+submission order; a request already being rendered when a newer one arrives is
+finished and delivered, so a continuous stroke still shows progress.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cmrstudio.anatomy import LABELS, VENDORS
+from cmrstudio.case import Case
+from cmrstudio.data.frame import Frame, from_frame, make_frame
+from cmrstudio.errors import CmrError
+from cmrstudio.models.checkpoint import ModelInfo
+from cmrstudio.models.registry import build_generator, get_model
+from cmrstudio.models.spade import onehot
+from cmrstudio.models.device import pick_device
+
+
+def describe_labels(n: int) -> str:
+    return ", ".join(f"{i} {LABELS[i]}" for i in range(n))
+
+
+@dataclass
+class RenderResult:
+    request_id: int
+    image: np.ndarray | None  # native 2D slice, float32, [0, 1] unless the frame carries an intensity range
+    framed: np.ndarray | None  # (N, N) float32 in [0, 1]
+    frame: Frame | None
+    vendor: str
+    seed: int
+    model: str
+    render_ms: float  # model + resampling
+    latency_ms: float  # submit -> ready
+    tag: Any = None
+    note: str | None = None
+    error: str | None = None
+
+
+class Renderer:
+    """A loaded generator that renders canonical masks (thread-safe)."""
+
+    def __init__(self, model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None):
+        self.info = model if isinstance(model, ModelInfo) else get_model(model, kind="spade")
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = pick_device(device)
+        self.net = build_generator(self.info, self.device)
+        cfg = self.net.cfg
+        self.z_dim = cfg.z_dim
+        self.n_labels = cfg.n_labels
+        frame = self.info.card.get("frame", {})
+        self.size = int(frame.get("size", cfg.size))
+        self.spacing_mm = frame.get("spacing_mm")
+        self.vendors_trained = self.info.vendors_trained or list(VENDORS)
+        self._lock = threading.Lock()
+        self._coords: dict[int, np.ndarray] = {}
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    # -- inputs --------------------------------------------------------------------------------
+    def check_mask(self, mask: np.ndarray, where: str = "The mask") -> np.ndarray:
+        m = np.asarray(mask)
+        if m.dtype.kind == "f" and (not np.all(np.isfinite(m)) or np.any(m != np.round(m))):
+            raise CmrError(f"{where} holds non-integer values; a label map must hold whole numbers 0–{self.n_labels - 1}.")
+        if m.size and (m.min() < 0 or m.max() >= self.n_labels):
+            bad = int(m.max()) if m.max() >= self.n_labels else int(m.min())
+            raise CmrError(
+                f"{where} holds label {bad}, which the model '{self.name}' does not know "
+                f"(it knows {describe_labels(self.n_labels)}); remap it with --labels or clean the mask."
+            )
+        return m.astype(np.uint8, copy=False)
+
+    def resolve_vendor(self, vendor: str | None) -> tuple[int, str, str | None]:
+        v = (vendor or "unknown").lower()
+        if v not in VENDORS:
+            raise CmrError(f"Vendor {vendor!r} is not known; use one of {', '.join(VENDORS)}.")
+        if v not in self.vendors_trained:
+            note = (f"The model '{self.name}' saw no {v} images in training (it knows {', '.join(self.vendors_trained)}); "
+                    "rendering in the 'unknown' (average) style instead.")
+            return VENDORS.index("unknown"), "unknown", note
+        return VENDORS.index(v), v, None
+
+    def latent(self, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(seed))
+        return torch.randn(1, self.z_dim, generator=g)
+
+    def frame_for(self, mask: np.ndarray, spacing: tuple[float, ...] | None = None, centre=None) -> Frame:
+        """The synthesis frame for a mask volume (Z, Y, X) or slice (Y, X).
+
+        ``spacing`` is (z, y, x) or (y, x) in mm; without it the frame is sized to the heart.
+        """
+        m = np.asarray(mask)
+        if m.ndim == 2:
+            m = m[None]
+        affine = None
+        if spacing is not None:
+            sp = tuple(float(s) for s in spacing)
+            sp = (1.0,) + sp if len(sp) == 2 else sp
+            affine = np.diag([sp[0], sp[1], sp[2], 1.0])
+        case = Case(None, self.check_mask(m), affine)
+        return make_frame(case, size=self.size, spacing_mm=self.spacing_mm, centre=centre)
+
+    def _frame_coords(self, frame: Frame) -> np.ndarray:
+        key = hash((frame.size, frame.origin, frame.step))
+        c = self._coords.get(key)
+        if c is None:
+            c = frame.coords()
+            if len(self._coords) > 32:
+                self._coords.clear()
+            self._coords[key] = c
+        return c
+
+    def to_frame(self, mask2d: np.ndarray, frame: Frame) -> np.ndarray:
+        from scipy import ndimage
+
+        m = self.check_mask(mask2d)
+        if m.shape != tuple(frame.native_shape):
+            raise CmrError(f"The mask slice is {m.shape[0]}×{m.shape[1]}, but its frame was made for {frame.native_shape[0]}×{frame.native_shape[1]}.")
+        return ndimage.map_coordinates(m, self._frame_coords(frame), order=0, mode="constant", cval=0, prefilter=False)
+
+    # -- rendering -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def render_framed(self, masks: np.ndarray, vendor: str | None = "unknown", seed: int = 0) -> np.ndarray:
+        """Framed masks (N, N) or (B, N, N) -> images in [0, 1], same shape. One latent per call."""
+        m = np.asarray(masks)
+        single = m.ndim == 2
+        if single:
+            m = m[None]
+        if m.shape[-2:] != (self.size, self.size):
+            raise CmrError(f"Framed masks must be {self.size}×{self.size} for the model '{self.name}', not {m.shape[-2]}×{m.shape[-1]}.")
+        self.check_mask(m)
+        vi, _, _ = self.resolve_vendor(vendor)
+        oh = onehot(torch.from_numpy(m.astype(np.int64))).to(self.device)
+        v = torch.full((m.shape[0],), vi, dtype=torch.long, device=self.device)
+        z = self.latent(seed).expand(m.shape[0], -1).to(self.device)
+        with self._lock:
+            out = self.net(oh, v, z)
+        img = ((out[:, 0].float().cpu().numpy() + 1.0) / 2.0).clip(0, 1).astype(np.float32)
+        return img[0] if single else img
+
+    def render_slice(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Native mask slice -> (native image slice, framed image)."""
+        framed = self.render_framed(self.to_frame(mask2d, frame), vendor, seed)
+        return from_frame(framed, frame, kind="image"), framed
+
+    def render_volume(self, mask: np.ndarray, spacing: tuple[float, float, float] | None = None, vendor: str | None = "unknown",
+                      seed: int = 0, batch: int = 16) -> tuple[np.ndarray, Frame]:
+        """Every slice of a (Z, Y, X) mask, one frame and one latent for the volume -> (Z, Y, X) image."""
+        m = self.check_mask(np.asarray(mask))
+        if m.ndim == 2:
+            m = m[None]
+        frame = self.frame_for(m, spacing)
+        framed = np.stack([self.to_frame(s, frame) for s in m])
+        imgs = np.concatenate([self.render_framed(framed[i:i + batch], vendor, seed) for i in range(0, len(framed), batch)])
+        return from_frame(imgs, frame, kind="image"), frame
+
+
+@dataclass
+class _Request:
+    id: int
+    mask: np.ndarray
+    frame: Frame
+    vendor: str | None
+    seed: int
+    tag: Any
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+class LiveEngine:
+    """Latest-wins rendering of a stream of mask edits on a worker thread."""
+
+    def __init__(self, renderer: Renderer, on_ready: Callable[[RenderResult], None] | None = None):
+        self.renderer = renderer
+        self.on_ready = on_ready
+        self._cond = threading.Condition()
+        self._pending: _Request | None = None
+        self._busy = False
+        self._closed = False
+        self._next_id = 0
+        self.submitted = 0
+        self.rendered = 0
+        self.dropped = 0
+        self.last: RenderResult | None = None
+        self._thread = threading.Thread(target=self._run, name="cmrstudio-live", daemon=True)
+        self._thread.start()
+
+    def submit(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0, tag: Any = None) -> int:
+        """Queue a render of this mask slice (copied); a request still waiting is dropped. Returns its id."""
+        req_mask = np.array(mask2d, copy=True)
+        with self._cond:
+            if self._closed:
+                raise CmrError("The live engine was closed; start a new one.")
+            self._next_id += 1
+            if self._pending is not None:
+                self.dropped += 1
+            self._pending = _Request(self._next_id, req_mask, frame, vendor, int(seed), tag)
+            self.submitted += 1
+            self._cond.notify_all()
+            return self._next_id
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                req, self._pending = self._pending, None
+                self._busy = True
+            result = self._render(req)
+            with self._cond:
+                self.last = result
+                self.rendered += 1
+            try:
+                if self.on_ready is not None:
+                    self.on_ready(result)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _render(self, req: _Request) -> RenderResult:
+        r = self.renderer
+        t0 = time.perf_counter()
+        try:
+            _, vendor, note = r.resolve_vendor(req.vendor)
+            image, framed = r.render_slice(req.mask, req.frame, req.vendor, req.seed)
+            err = None
+        except CmrError as exc:
+            image = framed = None
+            vendor, note, err = str(req.vendor), None, exc.message
+        t1 = time.perf_counter()
+        return RenderResult(req.id, image, framed, req.frame, vendor, req.seed, r.name, 1000 * (t1 - t0),
+                            1000 * (t1 - req.submitted), req.tag, note, err)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is waiting or rendering; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
+
+    @property
+    def latest_id(self) -> int:
+        return self._next_id
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._pending = None
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "LiveEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

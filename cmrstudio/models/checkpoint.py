@@ -1,0 +1,180 @@
+"""Model files: weights in safetensors beside a JSON model card.
+
+A model named ``NAME`` is two files in one folder: ``NAME.safetensors`` (the
+weights, nothing executable) and ``NAME.json`` (the card). The card records what
+the model is (kind, architecture and its options, frame, label scheme, vendors),
+how it was made (data with counts and licences, iterations, hardware, time), what
+was measured, and the sha256 of the weights file, which is checked on every load.
+
+Cards carry ``format_version``; a card from a newer cmrstudio is refused with a
+sentence saying so instead of being half-read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmrstudio import __version__
+from cmrstudio.anatomy import LABELS, VENDORS
+from cmrstudio.errors import CmrError
+from cmrstudio.io.common import atomic_path, write_text_atomic
+
+FORMAT_VERSION = 1
+WEIGHTS_SUFFIX = ".safetensors"
+CARD_SUFFIX = ".json"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def label_scheme() -> dict[str, str]:
+    return {str(k): v for k, v in enumerate(LABELS)}
+
+
+@dataclass
+class ModelInfo:
+    """An installed model: its card and where its weights are."""
+
+    name: str
+    kind: str
+    card_path: Path
+    weights_path: Path
+    origin: str  # shipped, user, plugin or path
+    card: dict = field(repr=False)
+
+    @property
+    def vendors_trained(self) -> list[str]:
+        return list(self.card.get("vendors_trained", self.card.get("vendors", [])))
+
+    @property
+    def size_mb(self) -> float:
+        return self.weights_path.stat().st_size / 1e6 if self.weights_path.exists() else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        tr = self.card.get("training", {})
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "origin": self.origin,
+            "size_mb": round(self.size_mb, 2),
+            "resolution": self.card.get("frame", {}).get("size"),
+            "vendors_trained": self.vendors_trained,
+            "iterations": tr.get("iterations"),
+            "card": str(self.card_path),
+        }
+
+
+def card_path_for(path: str | Path) -> Path:
+    p = Path(path)
+    if p.suffix == CARD_SUFFIX:
+        return p
+    if p.name.endswith(WEIGHTS_SUFFIX):
+        return p.with_name(p.name[: -len(WEIGHTS_SUFFIX)] + CARD_SUFFIX)
+    return p.with_name(p.name + CARD_SUFFIX)
+
+
+def read_card(path: str | Path, origin: str = "path") -> ModelInfo:
+    """Read and validate a model card (given the card or its weights file)."""
+    cp = card_path_for(path)
+    if not cp.exists():
+        raise CmrError(f"{cp} does not exist; a model needs its card (NAME.json) beside its weights (NAME.safetensors).")
+    try:
+        card = json.loads(cp.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CmrError(f"The model card {cp} is not valid JSON ({exc}); restore it from the model's source or retrain.") from None
+    if not isinstance(card, dict):
+        raise CmrError(f"The model card {cp} is not a JSON object; restore it from the model's source or retrain.")
+    fv = card.get("format_version")
+    if not isinstance(fv, int):
+        raise CmrError(f"The model card {cp} has no format_version; it was not written by cmrstudio.")
+    if fv > FORMAT_VERSION:
+        raise CmrError(
+            f"The model {cp.stem} was written by cmrstudio {card.get('cmrstudio_version', '?')} (model format {fv}); "
+            f"this cmrstudio {__version__} reads format {FORMAT_VERSION} — update cmrstudio to use it."
+        )
+    for key in ("name", "kind", "architecture", "sha256"):
+        if key not in card:
+            raise CmrError(f"The model card {cp} lacks '{key}'; restore it from the model's source or retrain.")
+    wp = cp.with_name(card.get("weights", cp.stem + WEIGHTS_SUFFIX))
+    return ModelInfo(str(card["name"]), str(card["kind"]), cp, wp, origin, card)
+
+
+def verify(info: ModelInfo) -> None:
+    """Check the weights file exists and matches the checksum in its card."""
+    if not info.weights_path.exists():
+        raise CmrError(f"The weights file {info.weights_path} of model '{info.name}' is missing; re-copy it or retrain.")
+    digest = sha256_file(info.weights_path)
+    if digest != info.card["sha256"]:
+        raise CmrError(
+            f"The weights file {info.weights_path} does not match the sha256 in its card "
+            f"({digest[:12]}… ≠ {str(info.card['sha256'])[:12]}…); it is damaged or was replaced — re-copy it or retrain."
+        )
+
+
+def load_state(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CmrError(f"{path} is not a readable safetensors weights file ({exc}); re-copy it or retrain.") from None
+
+
+def save_state(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
+def save_model(folder: str | Path, name: str, state: dict[str, torch.Tensor], card: dict) -> ModelInfo:
+    """Write NAME.safetensors, then NAME.json with the weights' sha256 (the card last)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    wp = save_state(folder / f"{name}{WEIGHTS_SUFFIX}", state, {"cmrstudio_model": name, "kind": str(card.get("kind"))})
+    card = {
+        "format_version": FORMAT_VERSION,
+        "cmrstudio_version": __version__,
+        "name": name,
+        **{k: v for k, v in card.items() if k not in ("format_version", "cmrstudio_version", "name")},
+        "weights": wp.name,
+        "weights_bytes": wp.stat().st_size,
+        "sha256": sha256_file(wp),
+    }
+    card.setdefault("labels", label_scheme())
+    card.setdefault("vendors", list(VENDORS))
+    cp = write_text_atomic(folder / f"{name}{CARD_SUFFIX}", json.dumps(card, indent=2, default=_json_default) + "\n")
+    return ModelInfo(name, str(card["kind"]), cp, wp, "path", card)
+
+
+def update_card(info: ModelInfo, **fields: Any) -> ModelInfo:
+    """Merge fields into a card (e.g. measured metrics) and rewrite it atomically."""
+    card = {**info.card, **fields}
+    write_text_atomic(info.card_path, json.dumps(card, indent=2, default=_json_default) + "\n")
+    return ModelInfo(info.name, info.kind, info.card_path, info.weights_path, info.origin, card)
+
+
+def _json_default(o: Any):
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON-serialisable")

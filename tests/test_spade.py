@@ -1,0 +1,317 @@
+"""SPADE: training, checkpoints and cards, registry, live engine, CLI render, bad inputs."""
+
+import json
+import threading
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from cmrstudio.data.phantom import phantom_case
+from cmrstudio.engine.live import LiveEngine, Renderer
+from cmrstudio.errors import CmrError
+from cmrstudio.io import write_volume
+from cmrstudio.models.checkpoint import FORMAT_VERSION, read_card, sha256_file, verify
+from cmrstudio.models.registry import build_generator, get_model, list_models
+from cmrstudio.models.spade import PRESETS, MultiScaleDiscriminator, SpadeConfig, SpadeGenerator, onehot
+from cmrstudio.resources import resources_dir
+from cmrstudio.train.spade import SpadeTrainer, TrainOptions
+
+from conftest import shared
+from helpers import run
+
+SMALL = dict(phantom=4, size=64, batch=4, sample_every=20, save_every=1000, log_every=5, threads=None)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny SPADE trained for 60 steps on phantom data (64×64), shared by the tests below."""
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    tr = SpadeTrainer(TrainOptions(out=str(out), name="tiny", steps=60, seed=0, **SMALL))
+    tr.run(progress=False)
+    return tr
+
+
+def test_generator_and_discriminator_shapes_and_vendor_conditioning():
+    cfg = SpadeConfig(size=64)
+    g, d = SpadeGenerator(cfg).eval(), MultiScaleDiscriminator(cfg)
+    mask = torch.from_numpy(phantom_case(seed=1, n_slices=2, shape=(64, 64)).mask.astype(np.int64))
+    oh = onehot(mask)
+    z = torch.randn(1, cfg.z_dim).expand(2, -1)
+    # SPADE's gamma/beta start at zero; perturb so the vendor path matters
+    torch.manual_seed(0)
+    for p in g.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    with torch.no_grad():
+        a = g(oh, torch.tensor([0, 0]), z)
+        b = g(oh, torch.tensor([2, 2]), z)
+    assert a.shape == (2, 1, 64, 64) and float(a.abs().max()) <= 1.0
+    assert float((a - b).abs().mean()) > 1e-3  # vendor changes the picture
+    feats = d(a, oh, torch.tensor([0, 0]))
+    assert len(feats) == cfg.num_d and feats[1][-1].shape[-1] < feats[0][-1].shape[-1]
+
+
+def test_training_loss_falls_and_writes_samples_and_card(tiny_run):
+    hist = tiny_run.history
+    first, last = hist[0], hist[-1]
+    assert last["lowpass"] < 0.7 * first["lowpass"], (first, last)  # the generator learns the layout
+    samples = sorted((tiny_run.out / "samples").glob("step_*.png"))
+    assert [p.name for p in samples][:2] == ["step_000000.png", "step_000020.png"]
+    from PIL import Image
+
+    grid = np.asarray(Image.open(tiny_run.out / "samples" / "latest.png"))
+    assert grid.shape[0] == 4 * 64 and grid[2 * 64:].std() > 5  # mask row, real row, two rendered rows
+    card = json.loads((tiny_run.out / "tiny.json").read_text())
+    assert card["training"]["iterations"] == 60 and card["training"]["data"][0]["dataset"] == "phantom"
+    assert card["training"]["data"][0]["slices"] == len(tiny_run.ds)
+    assert card["sha256"] == sha256_file(tiny_run.out / "tiny.safetensors")
+    assert card["frame"]["size"] == 64 and card["architecture"]["options"]["size"] == 64
+    assert set(card["vendors_trained"]) == {"siemens", "philips", "ge", "canon", "unknown"}
+    assert len((tiny_run.out / "log.jsonl").read_text().splitlines()) == 60 // 5
+
+
+def test_resume_continues_from_saved_step(tiny_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(tiny_run.out, out)
+    with pytest.raises(CmrError, match="--resume"):
+        SpadeTrainer(TrainOptions(out=str(out), name="tiny", steps=70, **SMALL))
+    tr = SpadeTrainer(TrainOptions(out=str(out), name="tiny", steps=70, resume=True, **SMALL))
+    assert tr.step == 60
+    g0 = {k: v.clone() for k, v in tr.G.state_dict().items()}
+    assert all(torch.equal(g0[k], v) for k, v in tiny_run.G.state_dict().items())
+    tr.run(progress=False)
+    assert tr.step == 70 and json.loads((out / "tiny.json").read_text())["training"]["iterations"] == 70
+
+
+def test_checkpoint_roundtrip_rebuilds_the_same_network(tiny_run):
+    info = read_card(tiny_run.out / "tiny.safetensors")
+    verify(info)
+    net = build_generator(info)
+    oh = onehot(torch.from_numpy(tiny_run.ds.masks[:2].astype(np.int64)))
+    z = torch.randn(2, net.cfg.z_dim)
+    v = torch.tensor([0, 1])
+    with torch.no_grad():
+        assert torch.allclose(net(oh, v, z), tiny_run.G_ema.eval()(oh, v, z), atol=1e-6)
+
+
+def _copy_model(src_run, dest, name="tiny"):
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for suffix in (".safetensors", ".json"):
+        shutil.copy2(src_run.out / f"{name}{suffix}", dest / f"{name}{suffix}")
+    return dest / f"{name}.json"
+
+
+def test_damaged_models_are_refused_with_one_sentence(tiny_run, tmp_path):
+    # checksum mismatch: one byte changed in the weights
+    card = _copy_model(tiny_run, tmp_path / "flip")
+    w = card.with_suffix(".safetensors")
+    b = bytearray(w.read_bytes())
+    b[-10] ^= 0xFF
+    w.write_bytes(bytes(b))
+    with pytest.raises(CmrError, match="does not match the sha256"):
+        build_generator(read_card(card))
+    # corrupt file whose card checksum matches it: not a safetensors file
+    card = _copy_model(tiny_run, tmp_path / "trunc")
+    w = card.with_suffix(".safetensors")
+    w.write_bytes(w.read_bytes()[:1000])
+    d = json.loads(card.read_text())
+    d["sha256"] = sha256_file(w)
+    card.write_text(json.dumps(d))
+    with pytest.raises(CmrError, match="not a readable safetensors"):
+        build_generator(read_card(card))
+    # written by a newer cmrstudio
+    card = _copy_model(tiny_run, tmp_path / "newer")
+    d = json.loads(card.read_text())
+    d["format_version"] = FORMAT_VERSION + 1
+    d["cmrstudio_version"] = "9.0.0"
+    card.write_text(json.dumps(d))
+    with pytest.raises(CmrError, match="written by cmrstudio 9.0.0 .*update cmrstudio"):
+        read_card(card)
+    # card is not JSON
+    card = _copy_model(tiny_run, tmp_path / "badjson")
+    card.write_text("{not json")
+    with pytest.raises(CmrError, match="not valid JSON"):
+        read_card(card)
+    # through the CLI: exit 2, one line naming the file, no traceback
+    p = run("render", str(tmp_path / "x.nii.gz"), "--model", str(tmp_path / "flip" / "tiny.json"), "--out", str(tmp_path / "o.nii.gz"), check=False)
+    assert p.returncode == 2  # the mask is missing: reported before the model is loaded
+    mask = tmp_path / "m_gt.nii.gz"
+    write_volume(mask, phantom_case(seed=2, n_slices=2, shape=(64, 64)).mask, np.diag([8, 1.5, 1.5, 1.0]))
+    p = run("render", str(mask), "--model", str(tmp_path / "flip" / "tiny.json"), "--out", str(tmp_path / "o.nii.gz"), check=False)
+    assert p.returncode == 2 and "does not match the sha256" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.nii.gz").exists()
+
+
+def test_registry_finds_user_and_plugin_models(tiny_run, tmp_path, monkeypatch):
+    user = tmp_path / "user"
+    _copy_model(tiny_run, user)
+    monkeypatch.setenv("CMRSTUDIO_MODELS", str(user))
+    # a plugin: a real distribution's entry point in the cmrstudio.generators group
+    plug = tmp_path / "plug"
+    (plug / "models").mkdir(parents=True)
+    _copy_model(tiny_run, plug / "models")
+    d = json.loads((plug / "models" / "tiny.json").read_text())
+    d["name"] = "plugged"
+    (plug / "models" / "plugged.json").write_text(json.dumps({**d, "weights": "tiny.safetensors"}))
+    (plug / "models" / "tiny.json").unlink()
+    (plug / "cmr_plug.py").write_text(f"def models():\n    return {str(plug / 'models')!r}\n")
+    dist = plug / "cmr_plug-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: cmr-plug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[cmrstudio.generators]\nplugged = cmr_plug:models\n")
+    monkeypatch.syspath_prepend(str(plug))
+    models = {m.name: m for m in list_models()}
+    assert models["tiny"].origin == "user" and models["plugged"].origin == "plugin"
+    assert get_model("plugged").weights_path.name == "tiny.safetensors"
+    with pytest.raises(CmrError, match="No model is named 'nope'; installed: .*tiny"):
+        get_model("nope")
+    p = run("models", "--json", "--verify", env={"CMRSTUDIO_MODELS": str(user)})
+    rows = {r["name"]: r for r in json.loads(p.stdout)["models"]}
+    assert rows["tiny"]["checksum"] == "ok" and rows["tiny"]["origin"] == "user"
+
+
+def test_renderer_checks_labels_and_vendors(tiny_run):
+    r = Renderer(read_card(tiny_run.out / "tiny.json"))
+    m = np.zeros((64, 64), np.uint8)
+    m[20:30, 20:30] = 7
+    with pytest.raises(CmrError, match="holds label 7, which the model 'tiny' does not know"):
+        r.render_framed(m)
+    with pytest.raises(CmrError, match="Vendor 'toshiba' is not known"):
+        r.render_framed(np.zeros((64, 64), np.uint8), vendor="toshiba")
+    mask = phantom_case(seed=3, n_slices=1, shape=(64, 64)).mask[0]
+    a = r.render_framed(mask, "ge", seed=1)
+    assert a.shape == (64, 64) and 0 <= a.min() and a.max() <= 1
+    assert np.array_equal(a, r.render_framed(mask, "ge", seed=1))  # same seed, same image
+    assert not np.array_equal(a, r.render_framed(mask, "ge", seed=2))
+    assert not np.array_equal(a, r.render_framed(mask, "siemens", seed=1))
+
+
+def test_renderer_is_thread_safe(tiny_run):
+    r = Renderer(read_card(tiny_run.out / "tiny.json"))
+    masks = phantom_case(seed=4, n_slices=4, shape=(64, 64)).mask
+    serial = [r.render_framed(m, "philips", seed=i) for i, m in enumerate(masks)]
+    out = [None] * len(masks)
+
+    def work(i):
+        out[i] = r.render_framed(masks[i], "philips", seed=i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(masks))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(serial, out))
+
+
+def test_live_engine_is_latest_wins(tiny_run):
+    r = Renderer(read_card(tiny_run.out / "tiny.json"))
+    case = phantom_case(seed=5, n_slices=1, shape=(96, 80))
+    frame = r.frame_for(case.mask, case.spacing)
+    results = []
+    gate = threading.Event()
+
+    def on_ready(res):
+        gate.wait(5)  # hold the worker so edits pile up behind the first render
+        results.append(res)
+
+    edits = []
+    m = case.mask[0].copy()
+    for i in range(12):
+        m[40 + i, 5:10] = 3
+        edits.append(m.copy())
+    with LiveEngine(r, on_ready=on_ready) as eng:
+        ids = [eng.submit(e, frame, "siemens", seed=0, tag=i) for i, e in enumerate(edits)]
+        gate.set()
+        assert eng.wait_idle(30)
+        assert eng.submitted == 12 and eng.rendered + eng.dropped == 12 and eng.dropped >= 9
+        got = [res.request_id for res in results]
+        assert got == sorted(got) and got[-1] == ids[-1] == eng.latest_id  # the newest edit is the last shown
+        last = results[-1]
+        assert last.error is None and last.image.shape == (96, 80)
+        ref, _ = r.render_slice(edits[-1], frame, "siemens", 0)
+        assert np.allclose(last.image, ref, atol=1e-6)  # it is the render of the newest mask, not a stale one
+        bad = edits[-1].copy()
+        bad[0, 0] = 9
+        eng.submit(bad, frame)
+        assert eng.wait_idle(30)
+        assert results[-1].image is None and "label 9" in results[-1].error  # reported, engine still alive
+        eng.submit(edits[0], frame)
+        assert eng.wait_idle(30) and results[-1].error is None
+
+
+def test_cli_render_writes_the_masks_geometry_and_reads_back(tiny_run, tmp_path):
+    case = phantom_case(seed=6, n_slices=3, shape=(90, 110))
+    affine = np.array([[0, 0, 1.3, 5], [0, -1.4, 0, 3], [8.0, 0, 0, -7], [0, 0, 0, 1]])
+    mask = tmp_path / "heart_mask.nii.gz"
+    write_volume(mask, case.mask, affine)
+    card = str(tiny_run.out / "tiny.json")
+    out = tmp_path / "synthetic.nii.gz"
+    p = run("render", str(mask), "--model", card, "--vendor", "ge", "--seed", "3", "--out", str(out))
+    assert "3 slices of 90×110" in p.stdout
+    src, res = nib.load(mask), nib.load(out)
+    assert res.shape == src.shape and np.allclose(res.affine, src.affine)
+    img = np.asarray(res.dataobj).transpose(2, 1, 0)
+    assert img.dtype == np.float32 and img.std() > 0.01 and 0 <= img.min() and img.max() <= 1
+    # same seed, same image; MHA output carries the same geometry
+    out2 = tmp_path / "synthetic.mha"
+    run("render", str(mask), "--model", card, "--vendor", "ge", "--seed", "3", "--out", str(out2))
+    again = sitk.ReadImage(str(out2))
+    assert np.allclose(sitk.GetArrayFromImage(again), img, atol=1e-6)
+    assert np.allclose(again.GetSpacing(), (1.3, 1.4, 8.0))
+    # a label the model does not know: one sentence, nothing written
+    bad = case.mask.copy()
+    bad[1, 10, 10] = 7
+    bad_path = tmp_path / "bad_mask.nii.gz"
+    write_volume(bad_path, bad, affine)
+    p = run("render", str(bad_path), "--model", card, "--out", str(tmp_path / "never.nii.gz"), check=False)
+    assert p.returncode == 2 and "label value 7" in p.stderr and str(bad_path) in p.stderr
+    assert not (tmp_path / "never.nii.gz").exists()
+    p = run("render", str(mask), "--model", card, "--vendor", "toshiba", "--out", str(tmp_path / "never.nii.gz"), check=False)
+    assert p.returncode == 2 and "Vendor 'toshiba' is not known" in p.stderr
+
+
+# -- the shipped model ---------------------------------------------------------------------------
+
+SHIPPED = resources_dir() / "models" / "spade-cmr.json"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    if not SHIPPED.exists():
+        pytest.skip("resources/models/spade-cmr.json is not in this checkout")
+    return get_model()
+
+
+def test_shipped_model_card_states_its_data_terms_and_checksum(shipped):
+    verify(shipped)
+    card = shipped.card
+    assert shipped.name == "spade-cmr" and shipped.origin == "shipped" and shipped.size_mb < 25
+    datasets = {d["dataset"]: d for d in card["training"]["data"]}
+    assert {"acdc", "mnms"} <= set(datasets)
+    assert all(d["slices"] > 0 and d["cases"] > 0 and d["licence"] for d in datasets.values())
+    assert "non-commercial" in card["terms"]
+    assert card["training"]["iterations"] >= 1000 and card["training"]["hardware"]
+    assert set(card["vendors_trained"]) >= {"siemens", "philips", "unknown"}
+    assert card["architecture"]["options"] == PRESETS["lite"].to_dict()
+
+
+def test_shipped_model_renders_a_real_mnms_mask_with_bright_blood_pools(shipped, tmp_path):
+    mnms = shared("mnms")
+    mask = mnms / "H1N8S6_sa_ED_gt.nii.gz"  # held out from training
+    out = tmp_path / "H1N8S6_synthetic.nii.gz"
+    run("render", str(mask), "--vendor", "siemens", "--seed", "0", "--out", str(out))
+    img = np.asarray(nib.load(out).dataobj).transpose(2, 1, 0)
+    from cmrstudio.io import read_mask
+
+    m = read_mask(mask).mask
+    zs = [z for z in range(len(m)) if {1, 2, 3} <= set(np.unique(m[z]))]
+    assert zs
+    lv = np.mean([img[z][m[z] == 1].mean() for z in zs])
+    myo = np.mean([img[z][m[z] == 2].mean() for z in zs])
+    rv = np.mean([img[z][m[z] == 3].mean() for z in zs])
+    # bSSFP cine: blood is bright, myocardium dark; the painted anatomy must show
+    assert lv > myo + 0.15 and rv > myo + 0.1, (lv, myo, rv)
