@@ -27,3 +27,18 @@ def mnms_dir():
 @pytest.fixture
 def sunnybrook_dir():
     return shared("sunnybrook")
+
+
+# A tiny SPADE (64×64, phantom data) shared by the model, engine and evaluation tests.
+SMALL = dict(phantom=4, size=64, batch=4, sample_every=20, save_every=1000, log_every=5, threads=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny SPADE trained for 60 steps on phantom data."""
+    from cmrstudio.train.spade import SpadeTrainer, TrainOptions
+
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    tr = SpadeTrainer(TrainOptions(out=str(out), name="tiny", steps=60, seed=0, **SMALL))
+    tr.run(progress=False)
+    return tr

@@ -14,25 +14,15 @@ from cmrstudio.engine.live import LiveEngine, Renderer
 from cmrstudio.errors import CmrError
 from cmrstudio.io import write_volume
 from cmrstudio.models.checkpoint import FORMAT_VERSION, read_card, sha256_file, verify
-from cmrstudio.models.registry import build_generator, get_model, list_models
+from cmrstudio.models.registry import build_model, get_model, list_models
 from cmrstudio.models.spade import PRESETS, MultiScaleDiscriminator, SpadeConfig, SpadeGenerator, onehot
 from cmrstudio.resources import resources_dir
 from cmrstudio.train.spade import SpadeTrainer, TrainOptions
 
+from conftest import SMALL
+
 from conftest import shared
 from helpers import run
-
-SMALL = dict(phantom=4, size=64, batch=4, sample_every=20, save_every=1000, log_every=5, threads=None)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A tiny SPADE trained for 60 steps on phantom data (64×64), shared by the tests below."""
-    out = tmp_path_factory.mktemp("run") / "tiny"
-    tr = SpadeTrainer(TrainOptions(out=str(out), name="tiny", steps=60, seed=0, **SMALL))
-    tr.run(progress=False)
-    return tr
-
 
 def test_generator_and_discriminator_shapes_and_vendor_conditioning():
     cfg = SpadeConfig(size=64)
@@ -90,7 +80,7 @@ def test_resume_continues_from_saved_step(tiny_run, tmp_path):
 def test_checkpoint_roundtrip_rebuilds_the_same_network(tiny_run):
     info = read_card(tiny_run.out / "tiny.safetensors")
     verify(info)
-    net = build_generator(info)
+    net = build_model(info)
     oh = onehot(torch.from_numpy(tiny_run.ds.masks[:2].astype(np.int64)))
     z = torch.randn(2, net.cfg.z_dim)
     v = torch.tensor([0, 1])
@@ -115,7 +105,7 @@ def test_damaged_models_are_refused_with_one_sentence(tiny_run, tmp_path):
     b[-10] ^= 0xFF
     w.write_bytes(bytes(b))
     with pytest.raises(CmrError, match="does not match the sha256"):
-        build_generator(read_card(card))
+        build_model(read_card(card))
     # corrupt file whose card checksum matches it: not a safetensors file
     card = _copy_model(tiny_run, tmp_path / "trunc")
     w = card.with_suffix(".safetensors")
@@ -124,7 +114,7 @@ def test_damaged_models_are_refused_with_one_sentence(tiny_run, tmp_path):
     d["sha256"] = sha256_file(w)
     card.write_text(json.dumps(d))
     with pytest.raises(CmrError, match="not a readable safetensors"):
-        build_generator(read_card(card))
+        build_model(read_card(card))
     # written by a newer cmrstudio
     card = _copy_model(tiny_run, tmp_path / "newer")
     d = json.loads(card.read_text())

@@ -29,7 +29,7 @@ from cmrstudio.case import Case
 from cmrstudio.data.frame import Frame, from_frame, make_frame
 from cmrstudio.errors import CmrError
 from cmrstudio.models.checkpoint import ModelInfo
-from cmrstudio.models.registry import build_generator, get_model
+from cmrstudio.models.registry import build_model, get_model
 from cmrstudio.models.spade import onehot
 from cmrstudio.models.device import pick_device
 
@@ -62,7 +62,7 @@ class Renderer:
         if threads:
             torch.set_num_threads(threads)
         self.device = pick_device(device)
-        self.net = build_generator(self.info, self.device)
+        self.net = build_model(self.info, self.device)
         cfg = self.net.cfg
         self.z_dim = cfg.z_dim
         self.n_labels = cfg.n_labels

@@ -26,7 +26,7 @@ from cmrstudio.models.checkpoint import CARD_SUFFIX, WEIGHTS_SUFFIX, ModelInfo, 
 from cmrstudio.resources import resources_dir
 
 ENTRY_POINT_GROUP = "cmrstudio.generators"
-DEFAULT_MODELS = {"spade": "spade-cmr"}
+DEFAULT_MODELS = {"spade": "spade-cmr", "segmenter": "seg-cmr"}
 
 
 def shipped_dir() -> Path:
@@ -104,20 +104,27 @@ def get_model(name: str | Path | None = None, kind: str | None = "spade") -> Mod
     return info
 
 
-def build_generator(info: ModelInfo, device: str | torch.device = "cpu") -> torch.nn.Module:
+def _architecture(info: ModelInfo) -> torch.nn.Module:
+    options = info.card.get("architecture", {}).get("options", {})
+    try:
+        if info.kind == "spade":
+            from cmrstudio.models.spade import SpadeConfig, SpadeGenerator
+
+            return SpadeGenerator(SpadeConfig.from_dict(options))
+        if info.kind == "segmenter":
+            from cmrstudio.models.unet import UNet, UNetConfig
+
+            return UNet(UNetConfig.from_dict(options))
+    except (TypeError, ValueError) as exc:
+        raise CmrError(f"The card {info.card_path} describes an architecture cmrstudio cannot build ({exc}).") from None
+    raise CmrError(f"The model '{info.name}' is of kind '{info.kind}', which this cmrstudio cannot build.")
+
+
+def build_model(info: ModelInfo, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Verify the checksum, build the network from the card's options and load the weights."""
     verify(info)
     state = load_state(info.weights_path)
-    arch = info.card.get("architecture", {})
-    if info.kind == "spade":
-        from cmrstudio.models.spade import SpadeConfig, SpadeGenerator
-
-        try:
-            net = SpadeGenerator(SpadeConfig.from_dict(arch.get("options", {})))
-        except (TypeError, ValueError) as exc:
-            raise CmrError(f"The card {info.card_path} describes an architecture cmrstudio cannot build ({exc}).") from None
-    else:
-        raise CmrError(f"The model '{info.name}' is of kind '{info.kind}', which this cmrstudio cannot build.")
+    net = _architecture(info)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

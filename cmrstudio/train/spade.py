@@ -29,13 +29,13 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from cmrstudio.anatomy import COLOURS, LABELS, VENDORS
-from cmrstudio.case import Case
-from cmrstudio.data.dataset import Augment, SliceDataset, cases_from
+from cmrstudio.data.dataset import Augment, SliceDataset
 from cmrstudio.data.frame import LIVE_SPACING_MM
 from cmrstudio.errors import CmrError
 from cmrstudio.io.common import atomic_path, write_text_atomic
 from cmrstudio.models.checkpoint import load_state, save_model, save_state
 from cmrstudio.models.device import hardware, pick_device
+from cmrstudio.train.common import data_summary, load_cases, terms_for
 from cmrstudio.models.spade import (
     PRESETS,
     LossWeights,
@@ -49,15 +49,6 @@ from cmrstudio.models.spade import (
     lowpass_l1,
     onehot,
 )
-
-LICENCES = {
-    "acdc": "ACDC: research use with citation, CC BY-NC-SA 4.0 (Bernard et al., IEEE TMI 2018)",
-    "mnms": "M&Ms: research use with citation (Campello et al., IEEE TMI 2021)",
-    "sunnybrook": "Sunnybrook Cardiac Data: CC0 1.0 (Radau et al., MIDAS Journal 2009)",
-    "phantom": "cmrstudio phantom: generated, no restrictions",
-}
-NONCOMMERCIAL = {"acdc", "mnms"}
-
 
 @dataclass
 class TrainOptions:
@@ -86,49 +77,6 @@ class TrainOptions:
     max_minutes: float | None = None
     fm: float = 10.0
     lowpass: float = 10.0
-
-
-def dataset_of(c: Case) -> str:
-    d = str(c.source.get("dataset", c.source.get("reader", "unknown")))
-    for key in LICENCES:
-        if d.startswith(key):
-            return key
-    return d
-
-
-def load_training_cases(opts: TrainOptions) -> list[Case]:
-    cases: list[Case] = []
-    if opts.data:
-        cases.extend(cases_from(opts.data))
-    if opts.phantom:
-        from cmrstudio.data.phantom import phantom_case
-
-        for i in range(opts.phantom):
-            c = phantom_case(seed=opts.seed * 1000 + i, vendor=VENDORS[i % 4])
-            c.source["dataset"] = "phantom"
-            cases.append(c)
-    if not cases:
-        raise CmrError("No training data: give --data FOLDER (any format cmrstudio reads) and/or --phantom N.")
-    cases = [c for c in cases if not any(c.case_id.startswith(p) for p in opts.exclude)]
-    if not cases:
-        raise CmrError(f"--exclude {', '.join(opts.exclude)} holds out every case; nothing is left to train on.")
-    return cases
-
-
-def data_summary(ds: SliceDataset, cases: list[Case], opts: TrainOptions) -> list[dict]:
-    by_case = {c.case_id: c for c in cases}
-    groups: dict[str, dict] = {}
-    for (cid, _z), v in zip(ds.index, ds.vendors):
-        c = by_case[cid]
-        key = dataset_of(c)
-        g = groups.setdefault(key, {"dataset": key, "cases": set(), "slices": 0, "vendors": Counter(), "licence": LICENCES.get(key, "see the data's own terms")})
-        g["cases"].add(cid)
-        g["slices"] += 1
-        g["vendors"][VENDORS[int(v)]] += 1
-    return [
-        {**g, "cases": len(g["cases"]), "vendors": dict(g["vendors"]), "spacing_known": None}
-        for g in groups.values()
-    ]
 
 
 def _colour_mask(mask: np.ndarray) -> np.ndarray:
@@ -171,7 +119,7 @@ class SpadeTrainer:
         if opts.resume and not (self.state_dir / "state.json").exists():
             raise CmrError(f"--resume was given, but {self.out} holds no training state (train_state/state.json) to continue from.")
 
-        self.cases = load_training_cases(opts)
+        self.cases = load_cases(opts.data, opts.phantom, opts.exclude, opts.seed)
         spacing = LIVE_SPACING_MM * 128 / opts.size
         self.ds = SliceDataset(
             self.cases, size=opts.size, spacing_mm=spacing, augment=Augment() if opts.augment else None,
@@ -248,13 +196,8 @@ class SpadeTrainer:
         self.log(f"Resuming {self.out} at step {self.step}.")
 
     def card(self) -> dict:
-        summary = data_summary(self.ds, self.cases, self.opts)
+        summary = data_summary(self.ds, self.cases)
         trained_vendors = sorted({VENDORS[int(v)] for v in self.ds.vendors} | ({"unknown"} if self.opts.vendor_dropout > 0 else set()), key=VENDORS.index)
-        nc = sorted({d["dataset"] for d in summary} & NONCOMMERCIAL)
-        terms = (
-            f"Trained on {', '.join(x.upper() if x == 'acdc' else 'M&Ms' for x in nc)} data: the weights inherit their research-only, "
-            "non-commercial terms (cite the datasets; no clinical use)." if nc else "No non-commercial data was used."
-        )
         return {
             "kind": "spade",
             "architecture": {
@@ -289,7 +232,7 @@ class SpadeTrainer:
                 "seed": self.opts.seed,
                 "last_losses": self.history[-1] if self.history else None,
             },
-            "terms": terms,
+            "terms": terms_for(summary),
             "metrics": {},
         }
 

@@ -1,0 +1,70 @@
+"""What every trainer shares: loading the training cases, describing them for the card."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from cmrstudio.anatomy import VENDORS
+from cmrstudio.case import Case
+from cmrstudio.data.dataset import SliceDataset, cases_from
+from cmrstudio.errors import CmrError
+
+LICENCES = {
+    "acdc": "ACDC: research use with citation, CC BY-NC-SA 4.0 (Bernard et al., IEEE TMI 2018)",
+    "mnms": "M&Ms: research use with citation (Campello et al., IEEE TMI 2021)",
+    "sunnybrook": "Sunnybrook Cardiac Data: CC0 1.0 (Radau et al., MIDAS Journal 2009)",
+    "phantom": "cmrstudio phantom: generated, no restrictions",
+}
+NONCOMMERCIAL = {"acdc", "mnms"}
+
+
+
+def load_cases(data: list[str], phantom: int = 0, exclude: list[str] = (), seed: int = 0) -> list[Case]:
+    """Cases with image and mask from the given paths plus ``phantom`` phantom cases,
+    without those whose id starts with one of ``exclude``."""
+    cases: list[Case] = []
+    if data:
+        cases.extend(cases_from(data))
+    if phantom:
+        from cmrstudio.data.phantom import phantom_case
+
+        for i in range(phantom):
+            c = phantom_case(seed=seed * 1000 + i, vendor=VENDORS[i % 4])
+            c.source["dataset"] = "phantom"
+            cases.append(c)
+    if not cases:
+        raise CmrError("No training data: give --data FOLDER (any format cmrstudio reads) and/or --phantom N.")
+    cases = [c for c in cases if not any(c.case_id.startswith(p) for p in exclude)]
+    if not cases:
+        raise CmrError(f"--exclude {', '.join(exclude)} holds out every case; nothing is left to train on.")
+    return cases
+
+
+def dataset_of(c: Case) -> str:
+    d = str(c.source.get("dataset", c.source.get("reader", "unknown")))
+    for key in LICENCES:
+        if d.startswith(key):
+            return key
+    return d
+
+
+def data_summary(ds: SliceDataset, cases: list[Case]) -> list[dict]:
+    """Per dataset: cases, slices, vendor counts and licence, for a model card."""
+    by_case = {c.case_id: c for c in cases}
+    groups: dict[str, dict] = {}
+    for (cid, _z), v in zip(ds.index, ds.vendors):
+        key = dataset_of(by_case[cid])
+        g = groups.setdefault(key, {"dataset": key, "cases": set(), "slices": 0, "vendors": Counter(), "licence": LICENCES.get(key, "see the data's own terms")})
+        g["cases"].add(cid)
+        g["slices"] += 1
+        g["vendors"][VENDORS[int(v)]] += 1
+    return [{**g, "cases": len(g["cases"]), "vendors": dict(g["vendors"])} for g in groups.values()]
+
+
+def terms_for(summary: list[dict]) -> str:
+    nc = sorted({d["dataset"] for d in summary} & NONCOMMERCIAL)
+    if not nc:
+        return "No non-commercial data was used."
+    names = ", ".join({"acdc": "ACDC", "mnms": "M&Ms"}[x] for x in nc)
+    return (f"Trained on {names} data: the weights inherit their research-only, non-commercial terms "
+            "(cite the datasets; not for clinical use).")
