@@ -25,6 +25,13 @@ FrameOpt = typer.Option(None, "--frame", help="Frame (time point) of a 4D cine, 
 SpacingOpt = typer.Option(None, "--spacing", help="Voxel size 'z,y,x' in mm, used only when the file stores none.")
 
 
+def _check_name(name: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or ".." in name:
+        raise CmrError(f"--name {name!r} must be letters, digits, '.', '_' or '-' (it becomes a file name).")
+
+
 def _parse_spacing(text: str | None):
     if text is None:
         return None
@@ -229,6 +236,7 @@ def train_spade(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
     """Train a SPADE generator (resumable; progress bar with ETA; sample grids in OUT/samples)."""
+    from cmrstudio.models.checkpoint import read_card
     from cmrstudio.train.spade import SpadeTrainer, TrainOptions
 
     opts = TrainOptions(
@@ -236,19 +244,14 @@ def train_spade(
         steps=steps, batch=batch, lr_g=lr_g, lr_d=lr_d, seed=seed, sample_every=sample_every, save_every=save_every,
         device=device, threads=threads, resume=resume, max_minutes=max_minutes,
     )
+    _check_name(name)
     tr = SpadeTrainer(opts).run(progress=not quiet)
-    info = tr.save_model()
+    info = read_card(Path(out) / f"{name}.json")
     typer.echo(f"Model {info.name}: {info.weights_path} ({info.size_mb:.1f} MB), card {info.card_path}, step {tr.step}.")
     if install:
-        import shutil
+        from cmrstudio.models.registry import install_model
 
-        from cmrstudio.models.registry import user_dir
-
-        dest = user_dir()
-        dest.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(info.weights_path, dest / info.weights_path.name)
-        shutil.copy2(info.card_path, dest / info.card_path.name)
-        typer.echo(f"Installed into {dest}.")
+        typer.echo(f"Installed into {install_model(info).card_path.parent}.")
 
 
 @app.command()
@@ -357,6 +360,7 @@ def train_segmenter_cmd(
     """Train the LV/MYO/RV U-Net segmenter used to measure mask faithfulness."""
     from cmrstudio.train.segmenter import SegOptions, train_segmenter
 
+    _check_name(name)
     info = train_segmenter(SegOptions(data=list(data), out=str(out), name=name, phantom=phantom, exclude=list(exclude), steps=steps,
                                       batch=batch, lr=lr, seed=seed, device=device, threads=threads), progress=not quiet)
     typer.echo(f"Model {info.name}: {info.weights_path} ({info.size_mb:.1f} MB), card {info.card_path}.")
@@ -383,6 +387,9 @@ def evaluate_faithfulness_cmd(
     from cmrstudio.models.checkpoint import update_card
     from cmrstudio.models.registry import get_model
 
+    from cmrstudio.train.common import check_counts
+
+    check_counts(seeds=seeds)
     cases = [c for c in cases_from(data) if not case or any(c.case_id.startswith(p) for p in case)]
     if not cases:
         raise CmrError(f"No case in {', '.join(data)} matches --case {', '.join(case)}.")

@@ -19,9 +19,8 @@ from cmrstudio.models.spade import PRESETS, MultiScaleDiscriminator, SpadeConfig
 from cmrstudio.resources import resources_dir
 from cmrstudio.train.spade import SpadeTrainer, TrainOptions
 
-from conftest import SMALL
 
-from conftest import shared
+from conftest import SMALL, shared
 from helpers import run
 
 def test_generator_and_discriminator_shapes_and_vendor_conditioning():
@@ -69,10 +68,15 @@ def test_resume_continues_from_saved_step(tiny_run, tmp_path):
     shutil.copytree(tiny_run.out, out)
     with pytest.raises(CmrError, match="--resume"):
         SpadeTrainer(TrainOptions(out=str(out), name="tiny", steps=70, **SMALL))
+    with pytest.raises(CmrError, match="--phantom 4, not 5"):
+        SpadeTrainer(TrainOptions(out=str(out), name="tiny", steps=70, resume=True, **{**SMALL, "phantom": 5}))
     tr = SpadeTrainer(TrainOptions(out=str(out), name="tiny", steps=70, resume=True, **SMALL))
     assert tr.step == 60
-    g0 = {k: v.clone() for k, v in tr.G.state_dict().items()}
-    assert all(torch.equal(g0[k], v) for k, v in tiny_run.G.state_dict().items())
+    for mine, theirs in ((tr.G, tiny_run.G), (tr.D, tiny_run.D), (tr.G_ema, tiny_run.G_ema)):
+        assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in mine.state_dict().items())
+    adam = tr.opt_g.state_dict()["state"]
+    assert adam and all(int(st["step"]) == 60 for st in adam.values())
+    assert torch.equal(tr.rng.get_state(), tiny_run.rng.get_state())  # the random streams go on, not restart
     tr.run(progress=False)
     assert tr.step == 70 and json.loads((out / "tiny.json").read_text())["training"]["iterations"] == 70
 
@@ -305,3 +309,57 @@ def test_shipped_model_renders_a_real_mnms_mask_with_bright_blood_pools(shipped,
     rv = np.mean([img[z][m[z] == 3].mean() for z in zs])
     # bSSFP cine: blood is bright, myocardium dark; the painted anatomy must show
     assert lv > myo + 0.15 and rv > myo + 0.1, (lv, myo, rv)
+
+
+def test_bench_live_prints_latency_figures(tiny_run):
+    p = run("bench", "live", "--model", str(tiny_run.out / "tiny.json"), "--n", "6", "--json")
+    res = json.loads(p.stdout)
+    assert res["n"] == 6 and 0 < res["p50_ms"] <= res["p95_ms"] and res["fps"] > 0
+    assert res["model_p50_ms"] > 0 and res["size"] == 64 and res["model"] == "tiny"
+    e = res["engine"]
+    assert e["submitted"] == 6 and e["rendered"] + e["dropped"] == 6 and e["rendered"] >= 1
+    text = run("bench", "live", "--model", str(tiny_run.out / "tiny.json"), "--n", "4").stdout
+    assert "p50" in text and "fps" in text and "dropped as stale" in text
+
+
+def test_training_refuses_bad_options_in_one_sentence(tmp_path):
+    with pytest.raises(CmrError, match="fewer than --batch 500"):
+        SpadeTrainer(TrainOptions(out=str(tmp_path / "a"), **{**SMALL, "batch": 500}))
+    with pytest.raises(CmrError, match="--size 100 must be 8 times a power of two"):
+        SpadeTrainer(TrainOptions(out=str(tmp_path / "b"), **{**SMALL, "size": 100}))
+    with pytest.raises(CmrError, match="--save-every 0 must be at least 1"):
+        SpadeTrainer(TrainOptions(out=str(tmp_path / "c"), **{**SMALL, "save_every": 0}))
+    with pytest.raises(CmrError, match="--resume was given"):
+        SpadeTrainer(TrainOptions(out=str(tmp_path / "d"), resume=True, **SMALL))
+    p = run("train", "spade", "--phantom", "1", "--out", str(tmp_path / "e"), "--name", "../evil", check=False)
+    assert p.returncode == 2 and "--name '../evil'" in p.stderr and not (tmp_path / "evil.json").exists()
+
+
+def test_card_naming_weights_outside_its_folder_is_refused(tiny_run, tmp_path):
+    card = _copy_model(tiny_run, tmp_path / "m")
+    for bad in ("../tiny.safetensors", "/etc/passwd", "..", 7):
+        d = json.loads(card.read_text())
+        d["weights"] = bad
+        card.write_text(json.dumps(d))
+        with pytest.raises(CmrError, match="must be a plain NAME.safetensors"):
+            read_card(card)
+
+
+def test_live_engine_survives_a_failing_callback(tiny_run):
+    r = Renderer(read_card(tiny_run.out / "tiny.json"))
+    case = phantom_case(seed=8, n_slices=1, shape=(64, 64))
+    frame = r.frame_for(case.mask, case.spacing)
+    seen = []
+
+    def on_ready(res):
+        seen.append(res.request_id)
+        if len(seen) == 1:
+            raise RuntimeError("the GUI went away")
+
+    with LiveEngine(r, on_ready=on_ready) as eng:
+        eng.submit(case.mask[0], frame)
+        with pytest.warns(UserWarning, match="callback failed"):
+            assert eng.wait_idle(30)
+        second = eng.submit(case.mask[0], frame)
+        assert eng.wait_idle(30)
+        assert seen == [1, second] and eng.rendered == 2 and "the GUI went away" in eng.callback_errors[0]

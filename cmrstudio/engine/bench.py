@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from cmrstudio.engine.live import LiveEngine, Renderer
-from cmrstudio.models.device import hardware
+from cmrstudio.engine.device import hardware
+from cmrstudio.errors import CmrError
 from cmrstudio.models.spade import count_parameters, onehot
 
 
@@ -42,6 +43,8 @@ def bench_live(model: str | None = None, n: int = 100, device: str | None = None
                dab_interval_ms: float = 15.0, warmup: int = 5) -> dict:
     from cmrstudio.resources import sample_case
 
+    if n < 1:
+        raise CmrError(f"--n {n} must be at least 1 frame.")
     case = sample_case("ED")
     r = Renderer(model, device=device, threads=threads)
     z = int(np.argmax((case.mask > 0).sum(axis=(1, 2))))
@@ -78,8 +81,9 @@ def bench_live(model: str | None = None, n: int = 100, device: str | None = None
         for m in masks[warmup:]:
             eng.submit(m, frame, "siemens", 0)
             time.sleep(dab_interval_ms / 1000)
-        eng.wait_idle(30)
-        submitted, rendered, dropped = eng.submitted, eng.rendered, eng.dropped
+        if not eng.wait_idle(60):
+            raise CmrError("The live engine did not finish the benchmark stroke within 60 s.")
+        submitted, rendered, dropped = eng.submitted, eng.rendered + eng.failed, eng.dropped
 
     t = np.asarray(times)
     return {

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -31,7 +32,7 @@ from cmrstudio.errors import CmrError
 from cmrstudio.models.checkpoint import ModelInfo
 from cmrstudio.models.registry import build_model, get_model
 from cmrstudio.models.spade import onehot
-from cmrstudio.models.device import pick_device
+from cmrstudio.engine.device import pick_device
 
 
 def describe_labels(n: int) -> str:
@@ -71,7 +72,7 @@ class Renderer:
         self.spacing_mm = frame.get("spacing_mm")
         self.vendors_trained = self.info.vendors_trained or list(VENDORS)
         self._lock = threading.Lock()
-        self._coords: dict[int, np.ndarray] = {}
+        self._coords: dict[tuple, np.ndarray] = {}
 
     @property
     def name(self) -> str:
@@ -121,7 +122,7 @@ class Renderer:
         return make_frame(case, size=self.size, spacing_mm=self.spacing_mm, centre=centre)
 
     def _frame_coords(self, frame: Frame) -> np.ndarray:
-        key = hash((frame.size, frame.origin, frame.step))
+        key = (frame.size, tuple(frame.origin), tuple(frame.step))
         c = self._coords.get(key)
         if c is None:
             c = frame.coords()
@@ -198,8 +199,10 @@ class LiveEngine:
         self._closed = False
         self._next_id = 0
         self.submitted = 0
-        self.rendered = 0
-        self.dropped = 0
+        self.rendered = 0  # rendered without error
+        self.failed = 0  # rendered with an error (reported in the result)
+        self.dropped = 0  # replaced by a newer edit before rendering began
+        self.callback_errors: list[str] = []
         self.last: RenderResult | None = None
         self._thread = threading.Thread(target=self._run, name="cmrstudio-live", daemon=True)
         self._thread.start()
@@ -227,13 +230,20 @@ class LiveEngine:
                     return
                 req, self._pending = self._pending, None
                 self._busy = True
-            result = self._render(req)
-            with self._cond:
-                self.last = result
-                self.rendered += 1
             try:
-                if self.on_ready is not None:
+                result = self._render(req)
+                with self._cond:
+                    self.last = result
+                    if result.error is None:
+                        self.rendered += 1
+                    else:
+                        self.failed += 1
+                    closed = self._closed
+                if self.on_ready is not None and not closed:
                     self.on_ready(result)
+            except Exception as exc:  # a failing callback must not stop the engine
+                self.callback_errors.append(f"{type(exc).__name__}: {exc}")
+                warnings.warn(f"The live engine's on_ready callback failed ({type(exc).__name__}: {exc}); rendering goes on.")
             finally:
                 with self._cond:
                     self._busy = False
@@ -242,19 +252,23 @@ class LiveEngine:
     def _render(self, req: _Request) -> RenderResult:
         r = self.renderer
         t0 = time.perf_counter()
+        image = framed = None
+        vendor, note, err = str(req.vendor), None, None
         try:
             _, vendor, note = r.resolve_vendor(req.vendor)
             image, framed = r.render_slice(req.mask, req.frame, req.vendor, req.seed)
-            err = None
         except CmrError as exc:
-            image = framed = None
-            vendor, note, err = str(req.vendor), None, exc.message
+            err = exc.message
+        except Exception as exc:  # torch / scipy / out of memory: reported in the result, engine stays up
+            err = f"Rendering failed ({type(exc).__name__}: {exc})."
         t1 = time.perf_counter()
         return RenderResult(req.id, image, framed, req.frame, vendor, req.seed, r.name, 1000 * (t1 - t0),
                             1000 * (t1 - req.submitted), req.tag, note, err)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is waiting or rendering; False on timeout."""
+        if threading.current_thread() is self._thread:
+            raise CmrError("wait_idle() was called from the engine's own callback; it would wait for itself.")
         with self._cond:
             return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
 
@@ -265,6 +279,8 @@ class LiveEngine:
     def close(self, timeout: float = 5.0) -> None:
         with self._cond:
             self._closed = True
+            if self._pending is not None:
+                self.dropped += 1
             self._pending = None
             self._cond.notify_all()
         if threading.current_thread() is not self._thread:

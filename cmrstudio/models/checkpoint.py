@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,8 @@ def read_card(path: str | Path, origin: str = "path") -> ModelInfo:
         raise CmrError(f"{cp} does not exist; a model needs its card (NAME.json) beside its weights (NAME.safetensors).")
     try:
         card = json.loads(cp.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CmrError(f"The model card {cp} cannot be read ({exc.strerror or exc}).") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CmrError(f"The model card {cp} is not valid JSON ({exc}); restore it from the model's source or retrain.") from None
     if not isinstance(card, dict):
@@ -109,8 +113,14 @@ def read_card(path: str | Path, origin: str = "path") -> ModelInfo:
     for key in ("name", "kind", "architecture", "sha256"):
         if key not in card:
             raise CmrError(f"The model card {cp} lacks '{key}'; restore it from the model's source or retrain.")
-    wp = cp.with_name(card.get("weights", cp.stem + WEIGHTS_SUFFIX))
-    return ModelInfo(str(card["name"]), str(card["kind"]), cp, wp, origin, card)
+    weights = card.get("weights", cp.stem + WEIGHTS_SUFFIX)
+    if not isinstance(weights, str) or Path(weights).name != weights or not weights.endswith(WEIGHTS_SUFFIX) or weights.startswith("."):
+        raise CmrError(f"The model card {cp} names weights {weights!r}; it must be a plain NAME.safetensors file beside the card.")
+    if not isinstance(card["sha256"], str) or not re.fullmatch(r"[0-9a-f]{64}", card["sha256"]):
+        raise CmrError(f"The model card {cp} has no valid sha256 for its weights; restore it from the model's source or retrain.")
+    if not isinstance(card["architecture"], dict):
+        raise CmrError(f"The model card {cp} has a malformed 'architecture'; restore it from the model's source or retrain.")
+    return ModelInfo(str(card["name"]), str(card["kind"]), cp, cp.with_name(weights), origin, card)
 
 
 def verify(info: ModelInfo) -> None:
@@ -161,15 +171,30 @@ def save_model(folder: str | Path, name: str, state: dict[str, torch.Tensor], ca
     }
     card.setdefault("labels", label_scheme())
     card.setdefault("vendors", list(VENDORS))
-    cp = write_text_atomic(folder / f"{name}{CARD_SUFFIX}", json.dumps(card, indent=2, default=_json_default) + "\n")
+    cp = write_text_atomic(folder / f"{name}{CARD_SUFFIX}", dump_card(card))
     return ModelInfo(name, str(card["kind"]), cp, wp, "path", card)
 
 
 def update_card(info: ModelInfo, **fields: Any) -> ModelInfo:
     """Merge fields into a card (e.g. measured metrics) and rewrite it atomically."""
     card = {**info.card, **fields}
-    write_text_atomic(info.card_path, json.dumps(card, indent=2, default=_json_default) + "\n")
+    write_text_atomic(info.card_path, dump_card(card))
     return ModelInfo(info.name, info.kind, info.card_path, info.weights_path, info.origin, card)
+
+
+def _finite(o: Any) -> Any:
+    """NaN and infinity become null: cards stay strict JSON."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def dump_card(card: dict) -> str:
+    return json.dumps(_finite(card), indent=2, default=_json_default, allow_nan=False) + "\n"
 
 
 def _json_default(o: Any):

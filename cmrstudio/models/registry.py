@@ -74,6 +74,10 @@ def list_models(kind: str | None = None, problems: list[str] | None = None) -> l
                 if problems is not None:
                     problems.append(exc.message)
                 continue
+            except (OSError, ValueError, TypeError, AttributeError) as exc:  # one bad card must not hide the others
+                if problems is not None:
+                    problems.append(f"The model card {cp} cannot be used ({type(exc).__name__}: {exc}).")
+                continue
             if info.name in seen:
                 if problems is not None:
                     problems.append(f"{cp} is named '{info.name}' like {seen[info.name].card_path}; the first one is used.")
@@ -131,3 +135,21 @@ def build_model(info: ModelInfo, device: str | torch.device = "cpu") -> torch.nn
         first = str(exc).splitlines()[0]
         raise CmrError(f"The weights {info.weights_path} do not fit the architecture in their card ({first}); retrain or re-copy the pair.") from None
     return net.to(device).eval()
+
+
+def install_model(info: ModelInfo, replace: bool = False) -> ModelInfo:
+    """Copy a model (weights, then card) into the user's models folder, atomically."""
+    import shutil
+
+    from cmrstudio.io.common import atomic_path
+
+    dest = user_dir()
+    dest.mkdir(parents=True, exist_ok=True)
+    card_dest = dest / info.card_path.name
+    if card_dest.exists() and not replace:
+        raise CmrError(f"{card_dest} already exists; remove it or give the new model another --name.")
+    verify(info)
+    for src in (info.weights_path, info.card_path):
+        with atomic_path(dest / src.name) as tmp:
+            shutil.copyfile(src, tmp)
+    return read_card(card_dest, origin="user")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 from cmrstudio.anatomy import VENDORS
@@ -68,3 +69,23 @@ def terms_for(summary: list[dict]) -> str:
     names = ", ".join({"acdc": "ACDC", "mnms": "M&Ms"}[x] for x in nc)
     return (f"Trained on {names} data: the weights inherit their research-only, non-commercial terms "
             "(cite the datasets; not for clinical use).")
+
+
+def check_counts(**counts: int) -> None:
+    """Every count option must be a positive whole number."""
+    for name, v in counts.items():
+        if v is None or int(v) < 1:
+            raise CmrError(f"--{name.replace('_', '-')} {v} must be at least 1.")
+
+
+def endless(loader):
+    """Batches forever: one pass of the loader per epoch."""
+    if len(loader) == 0:
+        raise CmrError("The training data gives no full batch; lower --batch or add data.")
+    while True:
+        yield from loader
+
+
+def append_log(path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")

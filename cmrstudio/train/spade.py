@@ -17,6 +17,7 @@ Losses: hinge GAN, discriminator feature matching, and an L1 on 4×-downsampled 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -34,8 +35,8 @@ from cmrstudio.data.frame import LIVE_SPACING_MM
 from cmrstudio.errors import CmrError
 from cmrstudio.io.common import atomic_path, write_text_atomic
 from cmrstudio.models.checkpoint import load_state, save_model, save_state
-from cmrstudio.models.device import hardware, pick_device
-from cmrstudio.train.common import data_summary, load_cases, terms_for
+from cmrstudio.engine.device import hardware, pick_device
+from cmrstudio.train.common import append_log, check_counts, data_summary, endless, load_cases, terms_for
 from cmrstudio.models.spade import (
     PRESETS,
     LossWeights,
@@ -106,14 +107,20 @@ class SpadeTrainer:
         self.log = log or (lambda s: print(s, file=sys.stderr))
         if opts.preset not in PRESETS:
             raise CmrError(f"--preset {opts.preset!r} is not known; use one of {', '.join(PRESETS)}.")
-        if opts.steps < 1 or opts.batch < 1:
-            raise CmrError("--steps and --batch must be at least 1.")
+        check_counts(steps=opts.steps, batch=opts.batch, sample_every=opts.sample_every, save_every=opts.save_every, log_every=opts.log_every)
+        try:
+            SpadeConfig(size=opts.size).n_up
+        except ValueError:
+            raise CmrError(f"--size {opts.size} must be 8 times a power of two, like 64, 128 or 256.") from None
         if opts.threads:
             torch.set_num_threads(opts.threads)
         torch.manual_seed(opts.seed)
         self.device = pick_device(opts.device)
         self.out = Path(opts.out)
         self.state_dir = self.out / "train_state"
+        old_state = self.out / "train_state.old"
+        if not self.state_dir.exists() and old_state.exists():  # interrupted between the two renames of a save
+            os.replace(old_state, self.state_dir)
         if self.state_dir.exists() and not opts.resume:
             raise CmrError(f"{self.out} already holds a training run; pass --resume to continue it, or choose another --out.")
         if opts.resume and not (self.state_dir / "state.json").exists():
@@ -129,6 +136,8 @@ class SpadeTrainer:
         w = np.array([1.0 / np.sqrt(counts[v]) for v in self.ds.vendors])  # soften vendor imbalance
         self.sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), num_samples=len(self.ds), replacement=True,
                                              generator=torch.Generator().manual_seed(opts.seed))
+        if len(self.ds) < opts.batch:
+            raise CmrError(f"The data gives {len(self.ds)} training slices, fewer than --batch {opts.batch}; lower --batch or add data.")
         self.loader = DataLoader(self.ds, batch_size=opts.batch, sampler=self.sampler, num_workers=0, drop_last=True)
 
         base = PRESETS[opts.preset]
@@ -166,21 +175,40 @@ class SpadeTrainer:
         return {"mask": masks, "image": images, "vendor": vendors, "z": z}
 
     def _save_state(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        save_state(self.state_dir / "generator.safetensors", self.G.state_dict())
-        save_state(self.state_dir / "generator_ema.safetensors", self.G_ema.state_dict())
-        save_state(self.state_dir / "discriminator.safetensors", self.D.state_dict())
-        with atomic_path(self.state_dir / "optim.pt") as tmp:
-            torch.save({"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict()}, tmp)
-        write_text_atomic(
-            self.state_dir / "state.json",
-            json.dumps({"step": self.step, "elapsed_s": self.elapsed, "config": self.cfg.to_dict(), "options": _opts_dict(self.opts)}, indent=2),
-        )
+        """Write the whole training state into a fresh folder, then swap it in (never half old, half new)."""
+        import shutil
+
+        tmp, old = self.out / "train_state.tmp", self.out / "train_state.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_state(tmp / "generator.safetensors", self.G.state_dict())
+        save_state(tmp / "generator_ema.safetensors", self.G_ema.state_dict())
+        save_state(tmp / "discriminator.safetensors", self.D.state_dict())
+        rng = {"torch": torch.get_rng_state(), "sampler": self.sampler.generator.get_state(), "noise": self.rng.get_state()}
+        torch.save({"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict(), "rng": rng}, tmp / "optim.pt")
+        st = {"step": self.step, "elapsed_s": self.elapsed, "config": self.cfg.to_dict(), "options": _opts_dict(self.opts),
+              "numpy_rng": self.ds.rng.bit_generator.state, "history_tail": self.history[-1:]}
+        (tmp / "state.json").write_text(json.dumps(st, indent=2), encoding="utf-8")
+        if self.state_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.state_dir, old)
+        os.replace(tmp, self.state_dir)
+        shutil.rmtree(old, ignore_errors=True)
 
     def _load_state(self) -> None:
-        st = json.loads((self.state_dir / "state.json").read_text())
+        try:
+            st = json.loads((self.state_dir / "state.json").read_text(encoding="utf-8"))
+            step = int(st["step"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CmrError(f"The training state {self.state_dir / 'state.json'} is damaged ({exc}); start a new run with another --out.") from None
         if st.get("config") != self.cfg.to_dict():
             raise CmrError(f"The run in {self.out} was trained with another architecture ({st.get('config')}); resume it with the same --preset and --size.")
+        saved = st.get("options", {})
+        mine = _opts_dict(self.opts)
+        for key in RESUME_MUST_MATCH:
+            if key in saved and saved[key] != mine[key]:
+                raise CmrError(f"The run in {self.out} was trained with --{key.replace('_', '-')} {saved[key]!r}, not {mine[key]!r}; "
+                               "resume it with the same data options, or start a new run with another --out.")
         self.G.load_state_dict(load_state(self.state_dir / "generator.safetensors"))
         self.G_ema.load_state_dict(load_state(self.state_dir / "generator_ema.safetensors"))
         self.D.load_state_dict(load_state(self.state_dir / "discriminator.safetensors"))
@@ -188,11 +216,24 @@ class SpadeTrainer:
             opt = torch.load(self.state_dir / "optim.pt", map_location=self.device, weights_only=True)
             self.opt_g.load_state_dict(opt["g"])
             self.opt_d.load_state_dict(opt["d"])
-        except (RuntimeError, KeyError, OSError, ValueError) as exc:
+        except (RuntimeError, KeyError, OSError, ValueError, EOFError) as exc:
             raise CmrError(f"The optimiser state in {self.state_dir} cannot be read ({exc}); start a new run with another --out.") from None
-        self.step = int(st["step"])
+        self.step = step
         self.elapsed = float(st.get("elapsed_s", 0.0))
-        self.rng.manual_seed(self.opts.seed + 1 + self.step)
+        self.history = list(st.get("history_tail", []))
+        rng = opt.get("rng")
+        if rng:  # continue the random streams exactly where the run stopped
+            torch.set_rng_state(rng["torch"])
+            self.sampler.generator.set_state(rng["sampler"])
+            self.rng.set_state(rng["noise"])
+            if st.get("numpy_rng"):
+                self.ds.rng.bit_generator.state = st["numpy_rng"]
+        else:  # state written before random streams were saved
+            self.rng.manual_seed(self.opts.seed + 1 + self.step)
+        log = self.out / "log.jsonl"
+        if log.exists():  # drop lines written after the saved step (a crash between saves)
+            keep = [ln for ln in log.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+            write_text_atomic(log, "".join(k + "\n" for k in keep))
         self.log(f"Resuming {self.out} at step {self.step}.")
 
     def card(self) -> dict:
@@ -233,8 +274,16 @@ class SpadeTrainer:
                 "last_losses": self.history[-1] if self.history else None,
             },
             "terms": terms_for(summary),
-            "metrics": {},
+            "metrics": self._existing_metrics(),
         }
+
+    def _existing_metrics(self) -> dict:
+        """Metrics measured on an earlier save (e.g. by `evaluate --write-card`) are kept."""
+        cp = self.out / f"{self.opts.name}.json"
+        try:
+            return dict(json.loads(cp.read_text(encoding="utf-8")).get("metrics", {}))
+        except (OSError, ValueError, AttributeError):
+            return {}
 
     def save_model(self):
         return save_model(self.out, self.opts.name, self.G_ema.state_dict(), self.card())
@@ -287,10 +336,6 @@ class SpadeTrainer:
                 pe.lerp_(p, 1 - decay)
         return {k: float(v.detach()) for k, v in (("d", loss_d), ("g_adv", adv), ("fm", fm), ("lowpass", lp), ("g", loss_g))}
 
-    def _batches(self):
-        while True:  # one pass of the weighted sampler per epoch, forever
-            yield from self.loader
-
     def run(self, progress: bool = True) -> "SpadeTrainer":
         from tqdm import tqdm
 
@@ -302,7 +347,7 @@ class SpadeTrainer:
                 f"from {len(self.cases)} cases, {self.device}, {opts.steps} steps of {opts.batch}."
             )
             self.write_samples()
-        it = self._batches()
+        it = endless(self.loader)
         bar = tqdm(total=opts.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True,
                    mininterval=0.5 if sys.stderr.isatty() else 30.0)
         acc: dict[str, list[float]] = {}
@@ -323,8 +368,7 @@ class SpadeTrainer:
                     self.history.append(rec)
                     acc = {}
                     bar.set_postfix(d=rec["d"], g=rec["g_adv"], lp=rec["lowpass"])
-                    with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
-                        f.write(json.dumps(rec) + "\n")
+                    append_log(self.out / "log.jsonl", rec)
                 if self.step % opts.sample_every == 0:
                     self.write_samples()
                 if self.step % opts.save_every == 0:
@@ -333,12 +377,20 @@ class SpadeTrainer:
                 if deadline is not None and now > deadline:
                     self.log(f"Stopping at step {self.step}: --max-minutes {opts.max_minutes} reached.")
                     break
+        except KeyboardInterrupt:
+            self.log(f"Interrupted at step {self.step}; saving so that --resume continues from here.")
+            self._save_state()
+            self.save_model()
+            raise
         finally:
             bar.close()
         self._save_state()
         self.write_samples()
         self.save_model()
         return self
+
+
+RESUME_MUST_MATCH = ("data", "phantom", "exclude", "seed", "batch", "size", "preset", "require_labels", "augment")
 
 
 def _opts_dict(opts: TrainOptions) -> dict:
