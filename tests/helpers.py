@@ -48,3 +48,15 @@ def run(*args, check=True, env=None):
     if check:
         assert p.returncode == 0, p.stderr
     return p
+
+
+def copy_model(card_path: Path, dest: Path) -> Path:
+    """Copy a model's weights and card into ``dest``; returns the copied card."""
+    import json
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    weights = card_path.with_name(json.loads(card_path.read_text())["weights"])
+    for f in (weights, card_path):
+        shutil.copy2(f, dest / f.name)
+    return dest / card_path.name

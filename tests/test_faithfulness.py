@@ -11,7 +11,7 @@ from cmrstudio.models.checkpoint import verify
 from cmrstudio.models.registry import build_model, get_model
 from cmrstudio.train.segmenter import SegOptions, segment_framed, train_segmenter
 
-from helpers import run
+from helpers import copy_model, run
 
 
 def test_dice_counts_overlap_and_skips_absent_structures():
@@ -52,12 +52,7 @@ def test_faithfulness_reports_real_and_synthetic_dice_and_writes_the_card(tiny_r
     assert res.n_cases == len(cases) == 4 and res.seeds == 2
     for side in (res.real, res.synthetic):
         assert set(side) == {"LV", "MYO", "RV", "mean"} and all(0 <= v <= 1 for v in side.values())
-    card_path = tmp_path / "gen"
-    card_path.mkdir()
-    import shutil
-
-    for f in tiny_run.out.glob("tiny.*"):
-        shutil.copy2(f, card_path / f.name)
+    card_path = copy_model(tiny_run.out / "tiny.json", tmp_path / "gen").parent
     p = run("evaluate", "faithfulness", "--data", str(tmp_path / "held"), "--case", cases[0].case_id.rsplit("_", 1)[0],
             "--model", str(card_path / "tiny.json"), "--segmenter", str(tiny_segmenter.card_path), "--seeds", "1", "--write-card")
     assert "on synthetic images" in p.stdout

@@ -21,7 +21,7 @@ from cmrstudio.train.spade import SpadeTrainer, TrainOptions
 
 
 from conftest import SMALL, shared
-from helpers import run
+from helpers import copy_model, run
 
 def test_generator_and_discriminator_shapes_and_vendor_conditioning():
     cfg = SpadeConfig(size=64)
@@ -92,18 +92,9 @@ def test_checkpoint_roundtrip_rebuilds_the_same_network(tiny_run):
         assert torch.allclose(net(oh, v, z), tiny_run.G_ema.eval()(oh, v, z), atol=1e-6)
 
 
-def _copy_model(src_run, dest, name="tiny"):
-    import shutil
-
-    dest.mkdir(parents=True, exist_ok=True)
-    for suffix in (".safetensors", ".json"):
-        shutil.copy2(src_run.out / f"{name}{suffix}", dest / f"{name}{suffix}")
-    return dest / f"{name}.json"
-
-
 def test_damaged_models_are_refused_with_one_sentence(tiny_run, tmp_path):
     # checksum mismatch: one byte changed in the weights
-    card = _copy_model(tiny_run, tmp_path / "flip")
+    card = copy_model(tiny_run.out / "tiny.json", tmp_path / "flip")
     w = card.with_suffix(".safetensors")
     b = bytearray(w.read_bytes())
     b[-10] ^= 0xFF
@@ -111,7 +102,7 @@ def test_damaged_models_are_refused_with_one_sentence(tiny_run, tmp_path):
     with pytest.raises(CmrError, match="does not match the sha256"):
         build_model(read_card(card))
     # corrupt file whose card checksum matches it: not a safetensors file
-    card = _copy_model(tiny_run, tmp_path / "trunc")
+    card = copy_model(tiny_run.out / "tiny.json", tmp_path / "trunc")
     w = card.with_suffix(".safetensors")
     w.write_bytes(w.read_bytes()[:1000])
     d = json.loads(card.read_text())
@@ -120,7 +111,7 @@ def test_damaged_models_are_refused_with_one_sentence(tiny_run, tmp_path):
     with pytest.raises(CmrError, match="not a readable safetensors"):
         build_model(read_card(card))
     # written by a newer cmrstudio
-    card = _copy_model(tiny_run, tmp_path / "newer")
+    card = copy_model(tiny_run.out / "tiny.json", tmp_path / "newer")
     d = json.loads(card.read_text())
     d["format_version"] = FORMAT_VERSION + 1
     d["cmrstudio_version"] = "9.0.0"
@@ -128,7 +119,7 @@ def test_damaged_models_are_refused_with_one_sentence(tiny_run, tmp_path):
     with pytest.raises(CmrError, match="written by cmrstudio 9.0.0 .*update cmrstudio"):
         read_card(card)
     # card is not JSON
-    card = _copy_model(tiny_run, tmp_path / "badjson")
+    card = copy_model(tiny_run.out / "tiny.json", tmp_path / "badjson")
     card.write_text("{not json")
     with pytest.raises(CmrError, match="not valid JSON"):
         read_card(card)
@@ -144,12 +135,12 @@ def test_damaged_models_are_refused_with_one_sentence(tiny_run, tmp_path):
 
 def test_registry_finds_user_and_plugin_models(tiny_run, tmp_path, monkeypatch):
     user = tmp_path / "user"
-    _copy_model(tiny_run, user)
+    copy_model(tiny_run.out / "tiny.json", user)
     monkeypatch.setenv("CMRSTUDIO_MODELS", str(user))
     # a plugin: a real distribution's entry point in the cmrstudio.generators group
     plug = tmp_path / "plug"
     (plug / "models").mkdir(parents=True)
-    _copy_model(tiny_run, plug / "models")
+    copy_model(tiny_run.out / "tiny.json", plug / "models")
     d = json.loads((plug / "models" / "tiny.json").read_text())
     d["name"] = "plugged"
     (plug / "models" / "plugged.json").write_text(json.dumps({**d, "weights": "tiny.safetensors"}))
@@ -336,7 +327,7 @@ def test_training_refuses_bad_options_in_one_sentence(tmp_path):
 
 
 def test_card_naming_weights_outside_its_folder_is_refused(tiny_run, tmp_path):
-    card = _copy_model(tiny_run, tmp_path / "m")
+    card = copy_model(tiny_run.out / "tiny.json", tmp_path / "m")
     for bad in ("../tiny.safetensors", "/etc/passwd", "..", 7):
         d = json.loads(card.read_text())
         d["weights"] = bad

@@ -16,6 +16,7 @@ whole volume. Everything needed to go back is kept in :class:`Frame` (JSON-able)
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
@@ -62,17 +63,25 @@ class Frame:
             raise CmrError(f"The frame record {d!r} is incomplete or malformed ({exc}); it cannot be put back into the scan.") from exc
 
     def coords(self) -> np.ndarray:
-        """Native (row, col) coordinates of every frame pixel: array (2, N, N)."""
-        i = np.arange(self.size, dtype=np.float64)
-        rows = self.origin[0] + self.step[0] * i
-        cols = self.origin[1] + self.step[1] * i
-        return np.stack(np.meshgrid(rows, cols, indexing="ij"))
+        """Native (row, col) coordinates of every frame pixel: array (2, N, N), read-only, cached."""
+        return _grid(self.size, self.size, tuple(self.origin), tuple(self.step), forward=True)
 
     def native_coords(self) -> np.ndarray:
-        """Frame (row, col) coordinates of every native pixel: array (2, Y, X)."""
-        r = (np.arange(self.native_shape[0], dtype=np.float64) - self.origin[0]) / self.step[0]
-        c = (np.arange(self.native_shape[1], dtype=np.float64) - self.origin[1]) / self.step[1]
-        return np.stack(np.meshgrid(r, c, indexing="ij"))
+        """Frame (row, col) coordinates of every native pixel: array (2, Y, X), read-only, cached."""
+        return _grid(*self.native_shape, tuple(self.origin), tuple(self.step), forward=False)
+
+
+@lru_cache(maxsize=16)
+def _grid(ny: int, nx: int, origin: tuple[float, float], step: tuple[float, float], forward: bool) -> np.ndarray:
+    """Sampling grids are reused for every slice and every live edit in the same frame."""
+    r, c = np.arange(ny, dtype=np.float64), np.arange(nx, dtype=np.float64)
+    if forward:
+        r, c = origin[0] + step[0] * r, origin[1] + step[1] * c
+    else:
+        r, c = (r - origin[0]) / step[0], (c - origin[1]) / step[1]
+    g = np.stack(np.meshgrid(r, c, indexing="ij"))
+    g.flags.writeable = False
+    return g
 
 
 @dataclass
@@ -174,8 +183,19 @@ def to_frame(case: Case, frame: Frame | None = None, **kw) -> FramedCase:
             out.append(_resample(sl, coords, order=1))
         image = np.stack(out).astype(np.float32)
     if case.mask is not None:
-        mask = np.stack([_resample(sl, coords, order=0) for sl in case.mask]).astype(np.uint8)
+        mask = frame_mask(case.mask, frame)
     return FramedCase(image, mask, frame, case.vendor, case.phase, case.case_id)
+
+
+def frame_mask(mask: np.ndarray, frame: Frame) -> np.ndarray:
+    """A native mask slice (Y, X) or volume (Z, Y, X) into the frame (nearest neighbour)."""
+    m = np.asarray(mask)
+    if m.shape[-2:] != tuple(frame.native_shape):
+        raise CmrError(f"The mask is {m.shape[-2]}×{m.shape[-1]}, but its frame was made for {frame.native_shape[0]}×{frame.native_shape[1]}.")
+    coords = frame.coords()
+    if m.ndim == 2:
+        return _resample(m, coords, order=0).astype(np.uint8)
+    return np.stack([_resample(sl, coords, order=0) for sl in m]).astype(np.uint8)
 
 
 def from_frame(arr: np.ndarray, frame: Frame, kind: str = "image", into: np.ndarray | None = None) -> np.ndarray:

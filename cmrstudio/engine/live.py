@@ -27,7 +27,7 @@ import torch
 
 from cmrstudio.anatomy import LABELS, VENDORS
 from cmrstudio.case import Case
-from cmrstudio.data.frame import Frame, from_frame, make_frame
+from cmrstudio.data.frame import Frame, frame_mask, from_frame, make_frame
 from cmrstudio.errors import CmrError
 from cmrstudio.models.checkpoint import ModelInfo
 from cmrstudio.models.registry import build_model, get_model
@@ -72,7 +72,6 @@ class Renderer:
         self.spacing_mm = frame.get("spacing_mm")
         self.vendors_trained = self.info.vendors_trained or list(VENDORS)
         self._lock = threading.Lock()
-        self._coords: dict[tuple, np.ndarray] = {}
 
     @property
     def name(self) -> str:
@@ -121,59 +120,49 @@ class Renderer:
         case = Case(None, self.check_mask(m), affine)
         return make_frame(case, size=self.size, spacing_mm=self.spacing_mm, centre=centre)
 
-    def _frame_coords(self, frame: Frame) -> np.ndarray:
-        key = (frame.size, tuple(frame.origin), tuple(frame.step))
-        c = self._coords.get(key)
-        if c is None:
-            c = frame.coords()
-            if len(self._coords) > 32:
-                self._coords.clear()
-            self._coords[key] = c
-        return c
-
-    def to_frame(self, mask2d: np.ndarray, frame: Frame) -> np.ndarray:
-        from scipy import ndimage
-
-        m = self.check_mask(mask2d)
-        if m.shape != tuple(frame.native_shape):
-            raise CmrError(f"The mask slice is {m.shape[0]}×{m.shape[1]}, but its frame was made for {frame.native_shape[0]}×{frame.native_shape[1]}.")
-        return ndimage.map_coordinates(m, self._frame_coords(frame), order=0, mode="constant", cval=0, prefilter=False)
-
     # -- rendering -----------------------------------------------------------------------------
     @torch.inference_mode()
+    def _generate(self, framed: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
+        """Checked framed masks (B, N, N) -> images (B, N, N) in [0, 1]; one latent for the batch."""
+        oh = onehot(torch.from_numpy(framed.astype(np.int64))).to(self.device)
+        v = torch.full((framed.shape[0],), vendor_index, dtype=torch.long, device=self.device)
+        z = self.latent(seed).expand(framed.shape[0], -1).to(self.device)
+        with self._lock:
+            out = self.net(oh, v, z)
+        return ((out[:, 0].float().cpu().numpy() + 1.0) / 2.0).clip(0, 1).astype(np.float32)
+
     def render_framed(self, masks: np.ndarray, vendor: str | None = "unknown", seed: int = 0) -> np.ndarray:
         """Framed masks (N, N) or (B, N, N) -> images in [0, 1], same shape. One latent per call."""
-        m = np.asarray(masks)
+        m = self.check_mask(masks)
         single = m.ndim == 2
         if single:
             m = m[None]
         if m.shape[-2:] != (self.size, self.size):
             raise CmrError(f"Framed masks must be {self.size}×{self.size} for the model '{self.name}', not {m.shape[-2]}×{m.shape[-1]}.")
-        self.check_mask(m)
-        vi, _, _ = self.resolve_vendor(vendor)
-        oh = onehot(torch.from_numpy(m.astype(np.int64))).to(self.device)
-        v = torch.full((m.shape[0],), vi, dtype=torch.long, device=self.device)
-        z = self.latent(seed).expand(m.shape[0], -1).to(self.device)
-        with self._lock:
-            out = self.net(oh, v, z)
-        img = ((out[:, 0].float().cpu().numpy() + 1.0) / 2.0).clip(0, 1).astype(np.float32)
+        img = self._generate(m, self.resolve_vendor(vendor)[0], seed)
         return img[0] if single else img
 
     def render_slice(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Native mask slice -> (native image slice, framed image)."""
-        framed = self.render_framed(self.to_frame(mask2d, frame), vendor, seed)
+        """Native mask slice -> (native image slice, framed image). The live path: one check, one vendor lookup."""
+        vi = self.resolve_vendor(vendor)[0]
+        framed = self._generate(frame_mask(self.check_mask(mask2d), frame)[None], vi, seed)[0]
         return from_frame(framed, frame, kind="image"), framed
 
     def render_volume(self, mask: np.ndarray, spacing: tuple[float, float, float] | None = None, vendor: str | None = "unknown",
                       seed: int = 0, batch: int = 16) -> tuple[np.ndarray, Frame]:
         """Every slice of a (Z, Y, X) mask, one frame and one latent for the volume -> (Z, Y, X) image."""
-        m = self.check_mask(np.asarray(mask))
+        m = self.check_mask(mask)
         if m.ndim == 2:
             m = m[None]
+        vi = self.resolve_vendor(vendor)[0]
         frame = self.frame_for(m, spacing)
-        framed = np.stack([self.to_frame(s, frame) for s in m])
-        imgs = np.concatenate([self.render_framed(framed[i:i + batch], vendor, seed) for i in range(0, len(framed), batch)])
+        framed = frame_mask(m, frame)
+        imgs = np.concatenate([self._generate(framed[i:i + batch], vi, seed) for i in range(0, len(framed), batch)])
         return from_frame(imgs, frame, kind="image"), frame
+
+    def to_frame(self, mask2d: np.ndarray, frame: Frame) -> np.ndarray:
+        """A checked native mask slice in the synthesis frame."""
+        return frame_mask(self.check_mask(mask2d), frame)
 
 
 @dataclass
@@ -203,7 +192,6 @@ class LiveEngine:
         self.failed = 0  # rendered with an error (reported in the result)
         self.dropped = 0  # replaced by a newer edit before rendering began
         self.callback_errors: list[str] = []
-        self.last: RenderResult | None = None
         self._thread = threading.Thread(target=self._run, name="cmrstudio-live", daemon=True)
         self._thread.start()
 
@@ -233,7 +221,6 @@ class LiveEngine:
             try:
                 result = self._render(req)
                 with self._cond:
-                    self.last = result
                     if result.error is None:
                         self.rendered += 1
                     else:

@@ -25,6 +25,7 @@ from cmrstudio.io.common import (
     existing,
     has_suffix,
     is_dicom_file,
+    jsonable,
     stem,
     write_text_atomic,
 )
@@ -158,9 +159,7 @@ def read_case(
         return _finish(c, spacing)
 
     if mask is None and _MASK_NAME.search(stem(p)):
-        m, aff, conv = _mask_from_file(p, labels, frame)
-        src = {"mask_path": str(p), "reader": "mask-only", "label_convention": conv}
-        return _finish(Case(None, m, aff, vendor or "unknown", phase, stem(p), src), spacing)
+        return _mask_case(p, labels, frame, spacing, vendor, phase)
 
     arr, aff, meta = read_volume(p, frame=frame, series=series)
     src: dict[str, Any] = {**meta, "reader": meta.get("format")}
@@ -188,9 +187,13 @@ def read_mask(
         if c.mask is None:
             raise CmrError(f"{p} holds no label map to use as a mask.")
         return c
+    return _mask_case(p, labels, frame, spacing)
+
+
+def _mask_case(p: Path, labels, frame, spacing, vendor: str | None = None, phase: str | None = None) -> Case:
     m, aff, conv = _mask_from_file(p, labels, frame)
     src = {"mask_path": str(p), "reader": "mask-only", "label_convention": conv}
-    return _finish(Case(None, m, aff, "unknown", None, stem(p), src), spacing)
+    return _finish(Case(None, m, aff, vendor or "unknown", phase, stem(p), src), spacing)
 
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -302,24 +305,8 @@ def write_case(case: Case, out_dir: str | Path, name: str | None = None, image_d
         "label_convention_written": "canonical",
         "labels": {"0": "background", "1": "LV blood pool", "2": "LV myocardium", "3": "RV blood pool"},
         "spacing_mm": list(case.spacing) if case.spacing else "unknown",
-        "source": _jsonable(case.source),
+        "source": jsonable(case.source),
         "written_by": f"cmrstudio {__version__}",
     }
     paths["json"] = write_text_atomic(out / f"{name}.json", json.dumps(sidecar, indent=2))
     return paths
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj

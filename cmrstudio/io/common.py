@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -127,3 +128,21 @@ def pick_frame(path: Path, n: int, frame: int | None, what: str = "a 4D cine wit
     if not 0 <= frame < n:
         raise CmrError(f"Frame {frame} is out of range for {path}, which has frames 0–{n - 1}.")
     return int(frame)
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types for sidecars and cards: numpy scalars and arrays become numbers and
+    lists, paths strings, and NaN or infinity null (so the file stays strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from cmrstudio import __version__
 from cmrstudio.anatomy import LABELS, VENDORS
 from cmrstudio.errors import CmrError
-from cmrstudio.io.common import atomic_path, write_text_atomic
+from cmrstudio.io.common import atomic_path, jsonable, write_text_atomic
 
 FORMAT_VERSION = 1
 WEIGHTS_SUFFIX = ".safetensors"
@@ -182,24 +181,5 @@ def update_card(info: ModelInfo, **fields: Any) -> ModelInfo:
     return ModelInfo(info.name, info.kind, info.card_path, info.weights_path, info.origin, card)
 
 
-def _finite(o: Any) -> Any:
-    """NaN and infinity become null: cards stay strict JSON."""
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
 def dump_card(card: dict) -> str:
-    return json.dumps(_finite(card), indent=2, default=_json_default, allow_nan=False) + "\n"
-
-
-def _json_default(o: Any):
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
+    return json.dumps(jsonable(card), indent=2, allow_nan=False) + "\n"
