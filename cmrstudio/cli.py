@@ -208,7 +208,7 @@ def convert(
     typer.echo(f"wrote {len(cases)} case(s) to {out}")
 
 
-train_app = typer.Typer(help="Train models: spade.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models: spade, diffusion, flow, segmenter.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
 
@@ -246,12 +246,65 @@ def train_spade(
     )
     _check_name(name)
     tr = SpadeTrainer(opts).run(progress=not quiet)
-    info = read_card(Path(out) / f"{name}.json")
-    typer.echo(f"Model {info.name}: {info.weights_path} ({info.size_mb:.1f} MB), card {info.card_path}, step {tr.step}.")
+    _report_trained(read_card(Path(out) / f"{name}.json"), tr.step, install)
+
+
+def _train_generator(objective: str, **kw) -> None:
+    from cmrstudio.models.checkpoint import read_card
+    from cmrstudio.train.diffusion import DiffusionOptions, DiffusionTrainer
+
+    install, quiet = kw.pop("install"), kw.pop("quiet")
+    _check_name(kw["name"])
+    kw["out"], kw["data"], kw["exclude"] = str(kw["out"]), list(kw["data"]), list(kw["exclude"])
+    tr = DiffusionTrainer(DiffusionOptions(objective=objective, **kw)).run(progress=not quiet)
+    _report_trained(read_card(Path(kw["out"]) / f"{kw['name']}.json"), tr.step, install)
+
+
+def _report_trained(info, step: int, install: bool) -> None:
+    typer.echo(f"Model {info.name}: {info.weights_path} ({info.size_mb:.1f} MB), card {info.card_path}, step {step}.")
     if install:
         from cmrstudio.models.registry import install_model
 
         typer.echo(f"Installed into {install_model(info).card_path.parent}.")
+
+
+def _hq_train_command(objective: str, default_steps: int):
+    def command(
+        data: list[str] = typer.Option([], "--data", help="Training folder or file (any format cmrstudio reads); repeat for several."),
+        out: Path = typer.Option(Path(f"runs/{objective}"), "--out", help="Run folder: model, card, samples, training state."),
+        name: str = typer.Option(objective, "--name", help="Model name (file names and registry)."),
+        phantom: int = typer.Option(0, "--phantom", help="Add N phantom cases to the data (alone, for a smoke run)."),
+        exclude: list[str] = typer.Option([], "--exclude", help="Hold out cases whose id starts with this; repeatable."),
+        preset: str = typer.Option("lite", "--preset", help="Architecture: lite (CPU) or base (GPU)."),
+        size: int = typer.Option(128, "--size", help="Frame size in pixels (128 live frame, 256 HQ frame)."),
+        steps: int = typer.Option(20000, "--steps", help="Total training iterations."),
+        batch: int = typer.Option(8, "--batch", help="Batch size."),
+        lr: float = typer.Option(2e-4, "--lr"),
+        warmup: int = typer.Option(200, "--warmup", help="Steps of learning-rate warm-up."),
+        cond_drop: float = typer.Option(0.1, "--cond-drop", help="Fraction of samples trained without the mask (for guidance)."),
+        guidance: float = typer.Option(1.5, "--guidance", help="Guidance scale for the sample grids and the card's default."),
+        sample_steps: int = typer.Option(default_steps, "--sample-steps", help="Sampling steps for the grids and the card's default."),
+        seed: int = typer.Option(0, "--seed"),
+        sample_every: int = typer.Option(500, "--sample-every", help="Write a sample grid PNG every N steps."),
+        save_every: int = typer.Option(500, "--save-every", help="Save model and training state every N steps."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (picked automatically when omitted)."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+        bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32", help="Mixed precision (default: where bfloat16 is native)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved step."),
+        max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (and save) after this many minutes."),
+        install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ):
+        options = {k: v for k, v in locals().items() if k != "objective"}  # locals() also holds the closure's objective
+        _train_generator(objective, **options)
+
+    return command
+
+
+train_app.command("diffusion", help="Train a mask-conditioned diffusion model (v-prediction, DDIM sampling; resumable, EMA, sample grids).")(
+    _hq_train_command("diffusion", 25))
+train_app.command("flow", help="Train a mask-conditioned rectified-flow model (few-step ODE sampling; resumable, EMA, sample grids).")(
+    _hq_train_command("flow", 4))
 
 
 @app.command()
@@ -289,9 +342,12 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON."), ve
 def render(
     mask: Path = typer.Argument(..., help="Mask file (any supported format) or dataset folder / HDF5 file with labels."),
     out: Path = typer.Option(..., "--out", help="Output image: .nii.gz, .nii, .mha or .nrrd."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name or card path (default: the shipped SPADE model)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name or card path: spade (default, live), diffusion or flow (HQ), or any installed model."),
     vendor: str = typer.Option("unknown", "--vendor", help="Scanner style: siemens, philips, ge, canon or unknown."),
     seed: int = typer.Option(0, "--seed", help="Style seed; the same seed gives the same image."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps of a diffusion (e.g. 25) or flow (e.g. 4) model; the card's default when omitted."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale of a diffusion or flow model (1 = none)."),
+    solver: Optional[str] = typer.Option(None, "--solver", help="ODE solver of a flow model: euler or heun."),
     labels: Optional[str] = LabelsOpt,
     frame: Optional[int] = FrameOpt,
     spacing: Optional[str] = SpacingOpt,
@@ -299,23 +355,34 @@ def render(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (automatic when omitted)."),
 ):
     """Render every slice of a mask into a synthetic image with the mask's own shape and geometry."""
-    from cmrstudio.engine.live import Renderer
-    from cmrstudio.io import read_mask, write_volume
+    import time
 
+    from cmrstudio.engine.live import open_renderer
+    from cmrstudio.io import read_mask, write_volume
+    from cmrstudio.models.registry import GENERATOR_KINDS, get_model
+
+    info = get_model(model, kind=GENERATOR_KINDS)
+    hq = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver)) if v is not None}
+    if hq and info.kind == "spade":
+        raise CmrError(f"--{'/--'.join(hq)} applies to diffusion and flow models; '{info.name}' is a SPADE model (one step, no guidance).")
     c = read_mask(mask, labels=labels, frame=frame, spacing=_parse_spacing(spacing), case=case)
-    r = Renderer(model, device=device)
+    r = open_renderer(info, device=device, **hq)
     _, _, note = r.resolve_vendor(vendor)
     if note:
         typer.echo(f"note: {note}", err=True)
     if c.spacing is None:
         typer.echo(f"note: {mask} stores no voxel spacing; the frame is sized to the heart (give --spacing to use mm).", err=True)
+    t0 = time.perf_counter()
     img, fr = r.render_volume(c.mask, c.spacing, vendor=vendor, seed=seed)
+    secs = time.perf_counter() - t0
     write_volume(out, img, c.affine, dtype=np.float32)
     fov = f"{fr.spacing_mm * fr.size:.0f} mm" if fr.spacing_mm else "heart-sized"
-    typer.echo(f"Wrote {out}: {img.shape[0]} slices of {img.shape[1]}×{img.shape[2]}, model {r.name}, vendor {vendor}, seed {seed}, {fov} field of view.")
+    how = f", {r.solver} {r.steps} steps, guidance {r.guidance:g}" if r.kind != "spade" else ""
+    typer.echo(f"Wrote {out}: {img.shape[0]} slices of {img.shape[1]}×{img.shape[2]}, model {r.name} ({r.kind}{how}), "
+               f"vendor {vendor}, seed {seed}, {fov} field of view, {secs:.1f} s.")
 
 
-bench_app = typer.Typer(help="Benchmarks that print figures: live.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print figures: live, hq.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 
@@ -340,6 +407,30 @@ def bench_live(
     e = res["engine"]
     typer.echo(f"  engine, brush dabs every {e['dab_interval_ms']:.0f} ms: {e['submitted']} submitted, {e['rendered']} rendered, "
                f"{e['dropped']} dropped as stale; dab-to-image p50 {e['latency_p50_ms']:.1f} ms, p95 {e['latency_p95_ms']:.1f} ms")
+
+
+@bench_app.command("hq")
+def bench_hq_cmd(
+    model: list[str] = typer.Option([], "--model", help="Diffusion or flow model(s); default: the shipped diffusion and flow models."),
+    steps: list[int] = typer.Option([], "--steps", help="Step counts to time (default: 10, 25, 50 for diffusion; 1, 2, 4, 8 for flow)."),
+    n: int = typer.Option(3, "--n", help="Samples timed per setting (median reported)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Also time an untrained network of the same architecture at this size (e.g. 256)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (the card's default when omitted; 1 halves the work)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Seconds per sample of each HQ sampler and step count on this machine (one 128×128 slice of the sample case)."""
+    from cmrstudio.engine.bench import bench_hq
+
+    res = bench_hq(models=list(model) or None, steps=list(steps) or None, n=n, size=size, guidance=guidance, device=device, threads=threads)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    typer.echo(f"HQ rendering on {res['hardware']} ({res['precision']}), median of {n} per setting:")
+    for row in res["rows"]:
+        typer.echo(f"  {row['model']:<16} {row['kind']:<9} {row['solver']:<5} {row['size']:>4}px  {row['steps']:>3} steps  "
+                   f"guidance {row['guidance']:<4g} {row['seconds']:>7.2f} s/sample  ({row['ms_per_step']:.0f} ms/step)")
 
 
 @train_app.command("segmenter")
@@ -374,9 +465,11 @@ app.add_typer(evaluate_app, name="evaluate")
 def evaluate_faithfulness_cmd(
     data: list[str] = typer.Option(..., "--data", help="Folder or file with real images and expert masks; repeatable."),
     case: list[str] = typer.Option([], "--case", help="Only cases whose id starts with this (the held-out ones); repeatable."),
-    model: Optional[str] = typer.Option(None, "--model", help="Generator (default: the shipped SPADE model)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Generator: spade (default), diffusion, flow, or a name or card path."),
     segmenter: Optional[str] = typer.Option(None, "--segmenter", help="Segmenter (default: the shipped one)."),
     seeds: int = typer.Option(2, "--seeds", help="Renders per mask."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps of a diffusion or flow model (the card's default when omitted)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale of a diffusion or flow model."),
     device: Optional[str] = typer.Option(None, "--device"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     write_card: bool = typer.Option(False, "--write-card", help="Record the result in the generator's card."),
@@ -393,9 +486,12 @@ def evaluate_faithfulness_cmd(
     cases = [c for c in cases_from(data) if not case or any(c.case_id.startswith(p) for p in case)]
     if not cases:
         raise CmrError(f"No case in {', '.join(data)} matches --case {', '.join(case)}.")
-    res = evaluate_faithfulness(cases, model=model, segmenter=segmenter, seeds=seeds, device=device)
+    from cmrstudio.models.registry import GENERATOR_KINDS
+
+    hq = {k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}
+    res = evaluate_faithfulness(cases, model=model, segmenter=segmenter, seeds=seeds, device=device, **hq)
     if write_card:
-        info = get_model(model)
+        info = get_model(model, kind=GENERATOR_KINDS)
         seg = get_model(segmenter, kind="segmenter")
         update_card(info, metrics={**info.card.get("metrics", {}), "mask_faithfulness_dice": {
             **{k: v for k, v in res.to_dict().items() if k != "per_case"}, "segmenter": seg.name,

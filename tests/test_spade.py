@@ -245,7 +245,9 @@ def test_cli_render_writes_the_masks_geometry_and_reads_back(tiny_run, tmp_path)
     out2 = tmp_path / "synthetic.mha"
     run("render", str(mask), "--model", card, "--vendor", "ge", "--seed", "3", "--out", str(out2))
     again = sitk.ReadImage(str(out2))
-    assert np.allclose(sitk.GetArrayFromImage(again), img, atol=1e-6)
+    # two processes may get different oneDNN kernel choices (last-bit float differences, ~1e-5 seen on
+    # AMX Xeons); 1e-4 is far below one grey level of an 8-bit display
+    assert np.allclose(sitk.GetArrayFromImage(again), img, atol=1e-4)
     assert np.allclose(again.GetSpacing(), (1.3, 1.4, 8.0))
     # a label the model does not know: one sentence, nothing written
     bad = case.mask.copy()

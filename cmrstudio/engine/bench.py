@@ -1,4 +1,4 @@
-"""`cmrstudio bench live`: what the live path costs per frame on this machine.
+"""`cmrstudio bench live` and `bench hq`: what the live path and the HQ samplers cost on this machine.
 
 A brush stroke is simulated on the shipped sample case (Sunnybrook SCD0000101, ED,
 mid-ventricular slice): every frame paints one more 3-pixel-radius dab of RV beside
@@ -13,6 +13,7 @@ the delay from a dab to its image.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -107,3 +108,54 @@ def bench_live(model: str | None = None, n: int = 100, device: str | None = None
             "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies else float("nan"),
         },
     }
+
+
+def bench_hq(models: list[str] | None = None, steps: list[int] | None = None, n: int = 3, size: int | None = None,
+             guidance: float | None = None, device: str | None = None, threads: int | None = None) -> dict:
+    """Seconds per sample of diffusion (DDIM) and flow (Euler) at several step counts.
+
+    One mid-ventricular slice of the sample case in its frame; guidance on (two network calls a
+    step) unless ``guidance`` is 1. With ``size``, an untrained network of the same architecture
+    at that size is timed too (the speed does not depend on the weights).
+    """
+    from cmrstudio.engine.hq import HQRenderer
+    from cmrstudio.models.diffusion import CondUNet, DiffusionConfig
+    from cmrstudio.models.sampling import run_to_end, sample, noise_for
+    from cmrstudio.resources import sample_case
+
+    if n < 1:
+        raise CmrError(f"--n {n} must be at least 1.")
+    if threads:
+        torch.set_num_threads(threads)
+    case = sample_case("ED")
+    z = int(np.argmax((case.mask > 0).sum(axis=(1, 2))))
+    rows = []
+    renderers = [HQRenderer(m, device=device) for m in (models or ["diffusion", "flow"])]
+    for r in renderers:
+        g = r.guidance if guidance is None else guidance
+        frame = r.frame_for(case.mask, case.spacing)
+        framed = r.to_frame(case.mask[z], frame)
+        nets = [(r.size, r.net, framed)]
+        if size and size != r.size:
+            cfg = DiffusionConfig.from_dict({**r.net.cfg.to_dict(), "size": size})
+            big = dataclasses.replace(frame, size=size, step=tuple(s * r.size / size for s in frame.step))  # same field of view
+            nets.append((size, CondUNet(cfg).to(r.device).eval(), r.to_frame(case.mask[z], big)))
+        for sz, net, fm in nets:
+            for k in steps or ([10, 25, 50] if r.kind == "diffusion" else [1, 2, 4, 8]):
+                oh = onehot(torch.from_numpy(fm[None].astype(np.int64))).to(r.device)
+                v = torch.zeros(1, dtype=torch.long, device=r.device)
+                noise = noise_for(0, sz).to(r.device)
+                sync = torch.cuda.synchronize if r.device.type == "cuda" else (lambda: None)
+                run_to_end(sample(net, r.kind, oh, v, noise, 2, g, r.solver, bf16=r.bf16))  # warm-up
+                times = []
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    run_to_end(sample(net, r.kind, oh, v, noise, k, g, r.solver, bf16=r.bf16))
+                    sync()
+                    times.append(time.perf_counter() - t0)
+                sec = float(np.median(times))
+                rows.append({"model": r.name if sz == r.size else f"{r.name} (untrained, {sz}px)", "kind": r.kind, "solver": r.solver,
+                             "size": sz, "steps": k, "guidance": g, "seconds": sec, "ms_per_step": 1000 * sec / k})
+    r0 = renderers[0]
+    return {"hardware": hardware(r0.device), "device": str(r0.device), "precision": "bf16 autocast" if r0.bf16 else "fp32",
+            "n": n, "rows": rows}

@@ -55,17 +55,24 @@ class RenderResult:
     error: str | None = None
 
 
-class Renderer:
-    """A loaded generator that renders canonical masks (thread-safe)."""
+class GeneratorFront:
+    """What every mask-to-image model shares: loading, input checks, vendors, frames, volumes.
+
+    A subclass implements ``_generate(framed, vendor_index, seed)`` for checked framed masks
+    (B, N, N) -> images (B, N, N) in [0, 1]. Thread-safe: one lock around the network.
+    """
+
+    kinds: tuple[str, ...] = ()
 
     def __init__(self, model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None):
-        self.info = model if isinstance(model, ModelInfo) else get_model(model, kind="spade")
+        self.info = model if isinstance(model, ModelInfo) else get_model(model, kind=self.kinds)
+        if self.info.kind not in self.kinds:
+            raise CmrError(f"The model '{self.info.name}' is a {self.info.kind} model, not a {' or '.join(self.kinds)} model.")
         if threads:
             torch.set_num_threads(threads)
         self.device = pick_device(device)
         self.net = build_model(self.info, self.device)
         cfg = self.net.cfg
-        self.z_dim = cfg.z_dim
         self.n_labels = cfg.n_labels
         frame = self.info.card.get("frame", {})
         self.size = int(frame.get("size", cfg.size))
@@ -76,6 +83,10 @@ class Renderer:
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def kind(self) -> str:
+        return self.info.kind
 
     # -- inputs --------------------------------------------------------------------------------
     def check_mask(self, mask: np.ndarray, where: str = "The mask") -> np.ndarray:
@@ -100,10 +111,6 @@ class Renderer:
             return VENDORS.index("unknown"), "unknown", note
         return VENDORS.index(v), v, None
 
-    def latent(self, seed: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(int(seed))
-        return torch.randn(1, self.z_dim, generator=g)
-
     def frame_for(self, mask: np.ndarray, spacing: tuple[float, ...] | None = None, centre=None) -> Frame:
         """The synthesis frame for a mask volume (Z, Y, X) or slice (Y, X).
 
@@ -121,26 +128,23 @@ class Renderer:
         return make_frame(case, size=self.size, spacing_mm=self.spacing_mm, centre=centre)
 
     # -- rendering -----------------------------------------------------------------------------
-    @torch.inference_mode()
     def _generate(self, framed: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
-        """Checked framed masks (B, N, N) -> images (B, N, N) in [0, 1]; one latent for the batch."""
-        oh = onehot(torch.from_numpy(framed.astype(np.int64))).to(self.device)
-        v = torch.full((framed.shape[0],), vendor_index, dtype=torch.long, device=self.device)
-        z = self.latent(seed).expand(framed.shape[0], -1).to(self.device)
-        with self._lock:
-            out = self.net(oh, v, z)
-        return ((out[:, 0].float().cpu().numpy() + 1.0) / 2.0).clip(0, 1).astype(np.float32)
+        raise NotImplementedError
 
-    def render_framed(self, masks: np.ndarray, vendor: str | None = "unknown", seed: int = 0) -> np.ndarray:
-        """Framed masks (N, N) or (B, N, N) -> images in [0, 1], same shape. One latent per call."""
+    def check_framed(self, masks: np.ndarray) -> np.ndarray:
+        """Checked framed masks as (B, N, N)."""
         m = self.check_mask(masks)
-        single = m.ndim == 2
-        if single:
+        if m.ndim == 2:
             m = m[None]
         if m.shape[-2:] != (self.size, self.size):
             raise CmrError(f"Framed masks must be {self.size}×{self.size} for the model '{self.name}', not {m.shape[-2]}×{m.shape[-1]}.")
+        return m
+
+    def render_framed(self, masks: np.ndarray, vendor: str | None = "unknown", seed: int = 0) -> np.ndarray:
+        """Framed masks (N, N) or (B, N, N) -> images in [0, 1], same shape. One latent per call."""
+        m = self.check_framed(masks)
         img = self._generate(m, self.resolve_vendor(vendor)[0], seed)
-        return img[0] if single else img
+        return img[0] if np.asarray(masks).ndim == 2 else img
 
     def render_slice(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Native mask slice -> (native image slice, framed image). The live path: one check, one vendor lookup."""
@@ -163,6 +167,45 @@ class Renderer:
     def to_frame(self, mask2d: np.ndarray, frame: Frame) -> np.ndarray:
         """A checked native mask slice in the synthesis frame."""
         return frame_mask(self.check_mask(mask2d), frame)
+
+
+class Renderer(GeneratorFront):
+    """A loaded SPADE generator: the live path (one network call a frame)."""
+
+    kinds = ("spade",)
+
+    def __init__(self, model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None):
+        super().__init__(model, device, threads)
+        self.z_dim = self.net.cfg.z_dim
+
+    def latent(self, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(seed))
+        return torch.randn(1, self.z_dim, generator=g)
+
+    @torch.inference_mode()
+    def _generate(self, framed: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
+        """Checked framed masks (B, N, N) -> images (B, N, N) in [0, 1]; one latent for the batch."""
+        oh = onehot(torch.from_numpy(framed.astype(np.int64))).to(self.device)
+        v = torch.full((framed.shape[0],), vendor_index, dtype=torch.long, device=self.device)
+        z = self.latent(seed).expand(framed.shape[0], -1).to(self.device)
+        with self._lock:
+            out = self.net(oh, v, z)
+        return ((out[:, 0].float().cpu().numpy() + 1.0) / 2.0).clip(0, 1).astype(np.float32)
+
+
+def open_renderer(model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None, **hq) -> GeneratorFront:
+    """A renderer for any generator: SPADE -> :class:`Renderer`, diffusion/flow -> :class:`~cmrstudio.engine.hq.HQRenderer`.
+
+    ``hq`` (steps, guidance, solver) applies to diffusion and flow models only.
+    """
+    from cmrstudio.models.registry import GENERATOR_KINDS
+
+    info = model if isinstance(model, ModelInfo) else get_model(model, kind=GENERATOR_KINDS)
+    if info.kind == "spade":
+        return Renderer(info, device=device, threads=threads)
+    from cmrstudio.engine.hq import HQRenderer
+
+    return HQRenderer(info, device=device, threads=threads, **hq)
 
 
 @dataclass
@@ -258,6 +301,12 @@ class LiveEngine:
             raise CmrError("wait_idle() was called from the engine's own callback; it would wait for itself.")
         with self._cond:
             return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
+
+    @property
+    def busy(self) -> bool:
+        """True while an edit is waiting or being rendered (HQ jobs give way to it)."""
+        with self._cond:
+            return self._pending is not None or self._busy
 
     @property
     def latest_id(self) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 
 from cmrstudio.case import Case
 from cmrstudio.data.frame import to_frame
-from cmrstudio.engine.live import Renderer
+from cmrstudio.engine.live import open_renderer
 from cmrstudio.errors import CmrError
 from cmrstudio.models.registry import build_model, get_model
 from cmrstudio.train.segmenter import segment_framed
@@ -43,10 +43,11 @@ class Faithfulness:
     n_cases: int
     n_slices: int
     seeds: int
+    generator: dict
 
     def to_dict(self) -> dict:
         return {"real": self.real, "synthetic": self.synthetic, "cases": self.n_cases, "slices": self.n_slices,
-                "seeds": self.seeds, "per_case": self.per_case}
+                "seeds": self.seeds, "generator": self.generator, "per_case": self.per_case}
 
 
 def _mean(rows: list[dict], key: str) -> dict[str, float]:
@@ -77,9 +78,12 @@ def _segment(seg, images01: np.ndarray, seg_size: int) -> np.ndarray:
 
 
 def evaluate_faithfulness(cases: list[Case], model: str | None = None, segmenter: str | None = None, seeds: int = 2,
-                          device: str | None = None) -> Faithfulness:
-    """Real and synthetic images are compared in the generator's frame, through the same segmenter path."""
-    r = Renderer(model, device=device)
+                          device: str | None = None, **hq) -> Faithfulness:
+    """Real and synthetic images are compared in the generator's frame, through the same segmenter path.
+
+    Any generator: SPADE, or a diffusion/flow model (``hq``: steps, guidance, solver).
+    """
+    r = open_renderer(model, device=device, **hq)
     seg = build_model(get_model(segmenter, kind="segmenter"), r.device)
     seg_size = int(seg.cfg.size)
     rows, n_slices = [], 0
@@ -98,4 +102,7 @@ def evaluate_faithfulness(cases: list[Case], model: str | None = None, segmenter
         n_slices += len(zs)
     if not rows:
         raise CmrError("None of the given cases has an image, a mask and heart slices to evaluate on.")
-    return Faithfulness(rows, _mean(rows, "real"), _mean(rows, "synthetic"), len(rows), n_slices, seeds)
+    gen = {"model": r.name, "kind": r.kind}
+    if r.kind != "spade":
+        gen.update(steps=r.steps, guidance=r.guidance, solver=r.solver)
+    return Faithfulness(rows, _mean(rows, "real"), _mean(rows, "synthetic"), len(rows), n_slices, seeds, gen)

@@ -26,7 +26,8 @@ from cmrstudio.models.checkpoint import CARD_SUFFIX, WEIGHTS_SUFFIX, ModelInfo, 
 from cmrstudio.resources import resources_dir
 
 ENTRY_POINT_GROUP = "cmrstudio.generators"
-DEFAULT_MODELS = {"spade": "spade-cmr", "segmenter": "seg-cmr"}
+DEFAULT_MODELS = {"spade": "spade-cmr", "diffusion": "diffusion-cmr", "flow": "flow-cmr", "segmenter": "seg-cmr"}
+GENERATOR_KINDS = ("spade", "diffusion", "flow")
 
 
 def shipped_dir() -> Path:
@@ -86,12 +87,18 @@ def list_models(kind: str | None = None, problems: list[str] | None = None) -> l
     return [m for m in seen.values() if kind is None or m.kind == kind]
 
 
-def get_model(name: str | Path | None = None, kind: str | None = "spade") -> ModelInfo:
-    """Find a model by name (or card/weights path); without a name, the default of ``kind``."""
+def get_model(name: str | Path | None = None, kind: str | tuple[str, ...] | None = "spade") -> ModelInfo:
+    """Find a model by name (or card/weights path); without a name, the default of ``kind``.
+
+    A kind's name (``spade``, ``diffusion``, ``flow``, ``segmenter``) stands for its default
+    model when no installed model has that name, so ``--model diffusion`` works.
+    ``kind`` may be a tuple of acceptable kinds (the first one's default is used without a name).
+    """
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind or ())
     if name is None:
-        if kind not in DEFAULT_MODELS:
+        if not kinds or kinds[0] not in DEFAULT_MODELS:
             raise CmrError(f"There is no default model of kind '{kind}'; name one with --model.")
-        name = DEFAULT_MODELS[kind]
+        name = DEFAULT_MODELS[kinds[0]]
     text = str(name)
     p = Path(text)
     if p.suffix in (CARD_SUFFIX, WEIGHTS_SUFFIX) or p.exists():
@@ -99,12 +106,14 @@ def get_model(name: str | Path | None = None, kind: str | None = "spade") -> Mod
     else:
         models = list_models()
         match = [m for m in models if m.name == text]
+        if not match and text in DEFAULT_MODELS:
+            match = [m for m in models if m.name == DEFAULT_MODELS[text]]
         if not match:
             names = ", ".join(m.name for m in models) or "none"
             raise CmrError(f"No model is named '{text}'; installed: {names} (`cmrstudio models` lists them).")
         info = match[0]
-    if kind is not None and info.kind != kind:
-        raise CmrError(f"The model '{info.name}' is a {info.kind} model, not a {kind} model.")
+    if kinds and info.kind not in kinds:
+        raise CmrError(f"The model '{info.name}' is a {info.kind} model, not a {' or '.join(kinds)} model.")
     return info
 
 
@@ -115,6 +124,10 @@ def _architecture(info: ModelInfo) -> torch.nn.Module:
             from cmrstudio.models.spade import SpadeConfig, SpadeGenerator
 
             return SpadeGenerator(SpadeConfig.from_dict(options))
+        if info.kind in ("diffusion", "flow"):
+            from cmrstudio.models.diffusion import CondUNet, DiffusionConfig
+
+            return CondUNet(DiffusionConfig.from_dict(options))
         if info.kind == "segmenter":
             from cmrstudio.models.unet import UNet, UNetConfig
 

@@ -1,0 +1,331 @@
+"""On-demand high-fidelity rendering: diffusion and flow-matching models, and a job queue.
+
+:class:`HQRenderer` is a :class:`~cmrstudio.engine.live.GeneratorFront` for ``diffusion``
+and ``flow`` models: the same mask checks, vendors, frames and volume rendering as the live
+renderer, plus :meth:`HQRenderer.sample_framed`, a generator that yields every sampling step
+with a preview of the predicted clean image.
+
+:class:`JobQueue` runs render jobs (mask slice, frame, vendor, seed, steps, guidance) one
+after another on a worker thread: every step is reported (``on_progress``) with its
+preview, a job can be cancelled (it stops before its next step), and the finished result
+(:class:`JobResult`) can be saved as a case (NIfTI image + mask + JSON) and read back.
+While ``yield_to()`` is true (for example, the live engine is rendering a brush dab), the
+worker waits between steps, so the live path is never queued behind a long HQ render.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from cmrstudio.case import Case
+from cmrstudio.data.frame import Frame, frame_mask, from_frame
+from cmrstudio.engine.live import GeneratorFront
+from cmrstudio.errors import CmrError
+from cmrstudio.models.checkpoint import ModelInfo
+from cmrstudio.models.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, SOLVERS, Cancelled, Step, noise_for, run_to_end, sample
+from cmrstudio.models.spade import onehot
+
+MAX_STEPS = 1000
+
+
+class HQRenderer(GeneratorFront):
+    """A loaded diffusion or flow model. ``steps``/``guidance``/``solver`` default to the card's."""
+
+    kinds = ("diffusion", "flow")
+
+    def __init__(self, model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None,
+                 steps: int | None = None, guidance: float | None = None, solver: str | None = None, bf16: bool | None = None):
+        if model is None:
+            model = "diffusion"
+        super().__init__(model, device, threads)
+        from cmrstudio.train.diffusion import bf16_native
+
+        card = self.info.card.get("sampling", {})
+        self.steps, self.guidance, self.solver = self.check_sampling(
+            steps if steps is not None else card.get("steps", DEFAULT_STEPS[self.kind]),
+            guidance if guidance is not None else card.get("guidance", DEFAULT_GUIDANCE),
+            solver or card.get("solver"))
+        self.bf16 = bf16_native(self.device) if bf16 is None else bool(bf16)
+
+    def check_sampling(self, steps, guidance, solver) -> tuple[int, float, str]:
+        try:
+            steps_i = int(steps)
+            if steps_i != float(steps):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise CmrError(f"--steps {steps!r} must be a whole number of sampling steps (e.g. 25 for diffusion, 4 for flow).") from None
+        if not 1 <= steps_i <= MAX_STEPS:
+            raise CmrError(f"--steps {steps_i} must be between 1 and {MAX_STEPS}.")
+        try:
+            g = float(guidance)
+        except (TypeError, ValueError):
+            raise CmrError(f"--guidance {guidance!r} must be a number (1 = no guidance, 1.5–3 typical).") from None
+        if not np.isfinite(g) or g < 0 or g > 20:
+            raise CmrError(f"--guidance {guidance} must be between 0 and 20 (1 = no guidance, 1.5–3 typical).")
+        solver = solver or SOLVERS[self.kind][0]
+        if solver not in SOLVERS[self.kind]:
+            raise CmrError(f"--solver {solver!r} does not fit the {self.kind} model '{self.name}'; use {', '.join(SOLVERS[self.kind])}.")
+        return steps_i, g, solver
+
+    def sample_framed(self, masks: np.ndarray, vendor: str | None = "unknown", seed: int = 0, steps: int | None = None,
+                      guidance: float | None = None, solver: str | None = None,
+                      cancel: threading.Event | None = None) -> Iterator[Step]:
+        """Framed masks (N, N) or (B, N, N) -> a step-by-step render; the last Step has ``done`` and the image.
+
+        One starting noise per call (the seed's), shared by every mask in the batch.
+        """
+        m = self.check_framed(masks)
+        steps, guidance, solver = self.check_sampling(steps if steps is not None else self.steps,
+                                                      guidance if guidance is not None else self.guidance, solver or self.solver)
+        return self._sample(m, self.resolve_vendor(vendor)[0], seed, steps, guidance, solver, cancel)
+
+    def _sample(self, framed: np.ndarray, vendor_index: int, seed: int, steps: int, guidance: float, solver: str,
+                cancel: threading.Event | None) -> Iterator[Step]:
+        oh = onehot(torch.from_numpy(framed.astype(np.int64))).to(self.device)
+        v = torch.full((framed.shape[0],), vendor_index, dtype=torch.long, device=self.device)
+        noise = noise_for(seed, self.size, framed.shape[0]).to(self.device)
+        it = sample(self.net, self.kind, oh, v, noise, steps, guidance, solver, bf16=self.bf16, cancel=cancel)
+        while True:
+            with self._lock:  # one step at a time holds the network
+                try:
+                    st = next(it)
+                except StopIteration:
+                    return
+            yield st
+
+    def _generate(self, framed: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
+        return run_to_end(self._sample(framed, vendor_index, seed, self.steps, self.guidance, self.solver, None))
+
+
+# -- jobs --------------------------------------------------------------------------------------
+
+@dataclass
+class JobResult:
+    """A finished HQ render: the image in the scan's grid and in the frame, and how it was made."""
+
+    image: np.ndarray  # native 2D slice, float32 [0, 1]
+    framed: np.ndarray | None  # (N, N) float32 [0, 1]; None when read back (the native image is the record)
+    mask: np.ndarray  # native 2D mask slice (canonical labels)
+    frame: Frame
+    params: dict  # model, model_sha256, kind, sampler, steps, guidance, seed, vendor, seconds, created
+
+    def to_case(self, case_id: str, affine: np.ndarray | None = None) -> Case:
+        src = {"dataset": "cmrstudio-render", "synthetic": True, "render": dict(self.params), "frame": self.frame.to_dict()}
+        return Case(self.image[None].astype(np.float32), self.mask[None].astype(np.uint8), affine, vendor=self.params.get("vendor", "unknown"),
+                    case_id=case_id, source=src)
+
+    def save(self, folder: str | Path, case_id: str, affine: np.ndarray | None = None) -> dict[str, Path]:
+        """Write ``case_id``_image.nii.gz, _mask.nii.gz and .json (atomically, the sidecar last)."""
+        from cmrstudio.io import write_case
+
+        return write_case(self.to_case(case_id, affine), folder, name=case_id)
+
+    @classmethod
+    def load(cls, folder: str | Path, case_id: str) -> "JobResult":
+        """Read a saved render back (its sidecar, image and mask) from ``folder``."""
+        from cmrstudio.io import read_case
+
+        import json
+
+        path = Path(folder) / f"{case_id}.json"
+        try:
+            src = json.loads(path.read_text(encoding="utf-8")).get("source", {})
+        except (OSError, ValueError, AttributeError) as exc:
+            raise CmrError(f"{path} cannot be read as a render's sidecar ({exc}); it may be damaged or not a cmrstudio render.") from None
+        c = read_case(folder, case=case_id)
+        render, fr = src.get("render"), src.get("frame")
+        if not isinstance(render, dict) or not isinstance(fr, dict) or c.image is None or c.mask is None:
+            raise CmrError(f"{path} is not a saved cmrstudio render (its sidecar lacks 'render' or 'frame', or the image or mask is missing).")
+        return cls(c.image[0], None, c.mask[0], Frame.from_dict(fr), dict(render))
+
+
+@dataclass
+class Job:
+    id: int
+    mask: np.ndarray
+    frame: Frame
+    vendor: str | None
+    seed: int
+    steps: int
+    guidance: float
+    solver: str
+    tag: Any = None
+    status: str = "queued"  # queued, running, done, cancelled, failed
+    step: int = 0
+    total: int = 0
+    preview: np.ndarray | None = None  # framed preview of the predicted clean image
+    result: JobResult | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    submitted: float = field(default_factory=time.perf_counter)
+    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "cancelled", "failed")
+
+
+class JobQueue:
+    """HQ render jobs, one after another on a worker thread; progress, previews, cancel."""
+
+    def __init__(self, renderer: HQRenderer, on_progress: Callable[[Job], None] | None = None,
+                 on_done: Callable[[Job], None] | None = None, yield_to: Callable[[], bool] | None = None):
+        self.renderer = renderer
+        self.on_progress = on_progress
+        self.on_done = on_done
+        self.yield_to = yield_to
+        self._cond = threading.Condition()
+        self._queue: list[Job] = []
+        self._jobs: dict[int, Job] = {}
+        self._next = 0
+        self._closed = False
+        self.callback_errors: list[str] = []
+        self.waited_s = 0.0  # time spent giving way to the live path
+        self._thread = threading.Thread(target=self._run, name="cmrstudio-hq", daemon=True)
+        self._thread.start()
+
+    def submit(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0, steps: int | None = None,
+               guidance: float | None = None, solver: str | None = None, tag: Any = None) -> int:
+        """Queue a render of a native mask slice in ``frame``; returns the job id. Bad options raise at once."""
+        r = self.renderer
+        steps_i, g, solver = r.check_sampling(steps if steps is not None else r.steps, guidance if guidance is not None else r.guidance,
+                                              solver or r.solver)
+        r.resolve_vendor(vendor)
+        m = r.check_mask(np.array(mask2d, copy=True))
+        with self._cond:
+            if self._closed:
+                raise CmrError("The render queue was closed; start a new one.")
+            self._next += 1
+            job = Job(self._next, m, frame, vendor, int(seed), steps_i, g, solver, tag, total=steps_i)
+            self._jobs[job.id] = job
+            self._queue.append(job)
+            self._cond.notify_all()
+            return job.id
+
+    def job(self, job_id: int) -> Job:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise CmrError(f"There is no render job {job_id}.") from None
+
+    def jobs(self) -> list[Job]:
+        return list(self._jobs.values())
+
+    def cancel(self, job_id: int) -> None:
+        """Cancel a queued job, or stop a running one before its next step."""
+        with self._cond:
+            job = self.job(job_id)
+            if job.finished:
+                return
+            job.cancel_event.set()
+            if job in self._queue:
+                self._queue.remove(job)
+                job.status = "cancelled"
+                finished = True
+            else:
+                finished = False
+            self._cond.notify_all()
+        if finished:
+            self._emit(self.on_done, job)
+
+    def cancel_all(self) -> None:
+        for j in self.jobs():
+            self.cancel(j.id)
+
+    def wait(self, job_id: int, timeout: float | None = None) -> Job:
+        with self._cond:
+            self._cond.wait_for(lambda: self.job(job_id).finished, timeout)
+            return self.job(job_id)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: all(j.finished for j in self._jobs.values()), timeout)
+
+    def _emit(self, cb, job: Job) -> None:
+        if cb is None:
+            return
+        try:
+            cb(job)
+        except Exception as exc:  # a failing callback must not stop the queue
+            self.callback_errors.append(f"{type(exc).__name__}: {exc}")
+            warnings.warn(f"A render-queue callback failed ({type(exc).__name__}: {exc}); rendering goes on.")
+
+    def _give_way(self, job: Job) -> None:
+        if self.yield_to is None:
+            return
+        t0 = time.perf_counter()
+        while self.yield_to() and not job.cancel_event.is_set() and not self._closed:
+            time.sleep(0.005)
+        self.waited_s += time.perf_counter() - t0
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                job = self._queue.pop(0)
+                job.status = "running"
+            self._render(job)
+            with self._cond:
+                self._cond.notify_all()
+            self._emit(self.on_done, job)
+
+    def _render(self, job: Job) -> None:
+        r = self.renderer
+        t0 = time.perf_counter()
+        try:
+            framed_mask = frame_mask(job.mask, job.frame)
+            vi, vendor, _ = r.resolve_vendor(job.vendor)
+            it = r._sample(framed_mask[None], vi, job.seed, job.steps, job.guidance, job.solver, job.cancel_event)
+            last = None
+            while True:
+                self._give_way(job)
+                try:
+                    last = next(it)
+                except StopIteration:
+                    break
+                job.step, job.preview = last.step, last.preview[0]
+                self._emit(self.on_progress, job)
+            framed = last.preview[0]
+            job.seconds = time.perf_counter() - t0
+            params = {"model": r.name, "model_sha256": r.info.card.get("sha256"), "kind": r.kind, "sampler": job.solver,
+                      "steps": job.steps, "guidance": job.guidance, "seed": job.seed, "vendor": vendor,
+                      "seconds": round(job.seconds, 3), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            job.result = JobResult(from_frame(framed, job.frame, kind="image"), framed, job.mask, job.frame, params)
+            job.status = "done"
+        except Cancelled:
+            job.status = "cancelled"
+        except CmrError as exc:
+            job.status, job.error = "failed", exc.message
+        except Exception as exc:  # torch / out of memory: reported in the job, the queue stays up
+            job.status, job.error = "failed", f"Rendering failed ({type(exc).__name__}: {exc})."
+        job.seconds = time.perf_counter() - t0
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._closed = True
+            for j in self._queue:
+                j.status = "cancelled"
+            self._queue.clear()
+            for j in self._jobs.values():
+                j.cancel_event.set()
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "JobQueue":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

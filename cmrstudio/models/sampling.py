@@ -1,0 +1,160 @@
+"""Training objectives and samplers of the two on-demand models.
+
+``diffusion``: variance-preserving, cosine schedule ``alpha = cos(pi t / 2)``,
+``sigma = sin(pi t / 2)``, v-prediction (``v = alpha eps - sigma x0``; Salimans & Ho,
+2022). Sampled with deterministic DDIM (eta 0) on any number of steps.
+
+``flow``: rectified flow / flow matching (Liu et al., 2022; Lipman et al., 2022):
+``x_t = (1 - t) x0 + t eps``, the network predicts the velocity ``eps - x0``; ``t`` is
+drawn logit-normal in training (Esser et al., 2024), and sampling integrates the ODE
+from noise (t = 1) to the image (t = 0) with Euler or Heun in 1–10 steps.
+
+Both samplers are generators: they yield a :class:`Step` after every step with the
+predicted clean image as a preview, so a caller can show progress and stop at any step
+(stop iterating, or set ``cancel``). Given the same starting noise they are
+deterministic. Classifier-free guidance: ``uncond + s (cond - uncond)``, the
+unconditional branch seeing an all-zero mask; ``s = 1`` is plain conditional sampling.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+OBJECTIVES = ("diffusion", "flow")
+SOLVERS = {"diffusion": ("ddim",), "flow": ("euler", "heun")}
+DEFAULT_STEPS = {"diffusion": 25, "flow": 4}
+DEFAULT_GUIDANCE = 1.5
+
+
+class Cancelled(Exception):
+    """Raised by a sampler when its cancel event is set between steps."""
+
+
+@dataclass
+class Step:
+    step: int  # 1..total
+    total: int
+    t: float  # the time reached after this step (0 = clean)
+    preview: np.ndarray  # predicted clean image, (B, N, N) float32 in [0, 1]
+    done: bool = False
+
+    @property
+    def image(self) -> np.ndarray | None:
+        return self.preview if self.done else None
+
+
+# -- schedules and training losses -------------------------------------------------------------
+
+def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    a = t * (math.pi / 2)
+    return torch.cos(a), torch.sin(a)
+
+
+def sample_t(objective: str, n: int, generator: torch.Generator) -> torch.Tensor:
+    if objective == "flow":  # logit-normal: more weight on the middle of the path
+        return torch.sigmoid(torch.randn(n, generator=generator))
+    return torch.rand(n, generator=generator)
+
+
+def training_loss(net, objective: str, x0: torch.Tensor, onehot: torch.Tensor, vendor: torch.Tensor, t: torch.Tensor,
+                  noise: torch.Tensor) -> torch.Tensor:
+    """MSE between the network output and the objective's target (v for diffusion, velocity for flow)."""
+    tt = t[:, None, None, None]
+    if objective == "diffusion":
+        alpha, sigma = alpha_sigma(tt)
+        xt = alpha * x0 + sigma * noise
+        target = alpha * noise - sigma * x0
+    elif objective == "flow":
+        xt = (1 - tt) * x0 + tt * noise
+        target = noise - x0
+    else:
+        raise ValueError(f"unknown objective {objective!r}")
+    pred = net(xt, t, onehot, vendor).float()
+    return F.mse_loss(pred, target)
+
+
+# -- sampling ----------------------------------------------------------------------------------
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type in ("cpu", "cuda"))
+
+
+def _predict(net, x: torch.Tensor, t: float, onehot: torch.Tensor, vendor: torch.Tensor, guidance: float, bf16: bool) -> torch.Tensor:
+    b = x.shape[0]
+    tt = torch.full((b,), float(t), device=x.device)
+    with _autocast(x.device, bf16):
+        if guidance == 1.0:
+            return net(x, tt, onehot, vendor).float()
+        both = net(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([onehot, torch.zeros_like(onehot)]),
+                   torch.cat([vendor, vendor])).float()
+    cond, uncond = both.chunk(2)
+    return uncond + guidance * (cond - uncond)
+
+
+def _to01(x: torch.Tensor) -> np.ndarray:
+    return ((x[:, 0].float().clamp(-1, 1).cpu().numpy() + 1.0) / 2.0).astype(np.float32)
+
+
+def _check(objective: str, steps: int, solver: str | None) -> str:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}")
+    solver = solver or SOLVERS[objective][0]
+    if solver not in SOLVERS[objective]:
+        raise ValueError(f"solver {solver!r} does not fit a {objective} model; use {', '.join(SOLVERS[objective])}")
+    if int(steps) < 1:
+        raise ValueError(f"steps {steps} must be at least 1")
+    return solver
+
+
+@torch.inference_mode()
+def sample(net, objective: str, onehot: torch.Tensor, vendor: torch.Tensor, noise: torch.Tensor, steps: int,
+           guidance: float = DEFAULT_GUIDANCE, solver: str | None = None, bf16: bool = False,
+           cancel: threading.Event | None = None) -> Iterator[Step]:
+    """Integrate from ``noise`` (B, 1, N, N) at t = 1 to an image at t = 0, yielding every step."""
+    solver = _check(objective, steps, solver)
+    steps = int(steps)
+    ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    x = noise.to(onehot.device, torch.float32)
+    for i in range(steps):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        t, s = ts[i], ts[i + 1]
+        out = _predict(net, x, t, onehot, vendor, guidance, bf16)
+        if objective == "diffusion":
+            a_t, s_t = math.cos(t * math.pi / 2), math.sin(t * math.pi / 2)
+            a_s, s_s = math.cos(s * math.pi / 2), math.sin(s * math.pi / 2)
+            x0 = (a_t * x - s_t * out).clamp(-1, 1)
+            eps = (x - a_t * x0) / s_t  # s_t > 0 for every t > 0 on this grid
+            x = a_s * x0 + s_s * eps
+            preview = x0
+        else:
+            if solver == "heun" and s > 0:
+                x_e = x - (t - s) * out
+                out2 = _predict(net, x_e, s, onehot, vendor, guidance, bf16)
+                x = x - (t - s) * 0.5 * (out + out2)
+            else:
+                x = x - (t - s) * out
+            preview = x - s * out  # the clean image the current velocity points to
+        done = i == steps - 1
+        yield Step(i + 1, steps, s, _to01(x if done else preview), done)
+
+
+def run_to_end(it: Iterator[Step]) -> np.ndarray:
+    last = None
+    for last in it:
+        pass
+    assert last is not None and last.done
+    return last.preview
+
+
+def noise_for(seed: int, size: int, batch: int = 1) -> torch.Tensor:
+    """The starting noise of a seed: one (1, 1, N, N) field, shared by every slice of a batch."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randn(1, 1, size, size, generator=g).expand(batch, -1, -1, -1).contiguous()

@@ -1,0 +1,369 @@
+"""What every generator trainer shares: data, run folder, resumable state, sample grids, the loop.
+
+The run folder ``OUT`` holds:
+
+* ``NAME.safetensors`` + ``NAME.json`` — the model (EMA weights) and its card, rewritten at
+  every save, so a run can be used while it trains;
+* ``train_state/`` — raw and EMA network weights, optimiser states, random streams and the
+  step, for ``--resume`` (written to a fresh folder and swapped in whole);
+* ``samples/step_NNNNNN.png`` (and ``latest.png``) — a fixed grid of held masks, their real
+  images and renders with two seeds, so a person can watch it learn;
+* ``log.jsonl`` — one line of losses per logging interval.
+
+A subclass builds its networks (``build``), says which to save (``networks``,
+``optimisers``), does one step (``train_step``), renders the fixed grid (``render_fixed``)
+and describes its architecture for the card (``architecture``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from cmrstudio.anatomy import COLOURS, LABELS, VENDORS
+from cmrstudio.data.dataset import Augment, SliceDataset
+from cmrstudio.data.frame import LIVE_SPACING_MM
+from cmrstudio.engine.device import hardware, pick_device
+from cmrstudio.errors import CmrError
+from cmrstudio.io.common import atomic_path, write_text_atomic
+from cmrstudio.models.checkpoint import load_state, save_model, save_state
+from cmrstudio.train.common import append_log, check_counts, data_summary, endless, load_cases, terms_for
+
+
+@dataclass
+class BaseOptions:
+    data: list[str] = field(default_factory=list)
+    out: str = "runs/model"
+    name: str = "model"
+    phantom: int = 0  # phantom cases added to the data
+    exclude: list[str] = field(default_factory=list)  # case-id prefixes held out
+    preset: str = "lite"
+    size: int = 128
+    steps: int = 2000
+    batch: int = 8
+    seed: int = 0
+    sample_every: int = 250
+    save_every: int = 500
+    log_every: int = 25
+    device: str | None = None
+    threads: int | None = None
+    vendor_dropout: float = 0.15  # fraction of samples trained as vendor 'unknown'
+    ema: float = 0.999
+    require_labels: tuple[int, ...] = (1, 2)  # LV and MYO in every training slice
+    augment: bool = True
+    resume: bool = False
+    max_minutes: float | None = None
+
+
+RESUME_MUST_MATCH = ("data", "phantom", "exclude", "seed", "batch", "size", "preset", "require_labels", "augment")
+
+
+def opts_dict(opts) -> dict:
+    d = asdict(opts)
+    d["require_labels"] = list(d["require_labels"])
+    return d
+
+
+def _colour_mask(mask: np.ndarray) -> np.ndarray:
+    rgb = np.zeros(mask.shape + (3,), np.uint8)
+    for lab in range(1, len(LABELS)):
+        rgb[mask == lab] = (np.array(COLOURS[lab][:3]) * 255).astype(np.uint8)
+    return rgb
+
+
+def write_grid(path: Path, masks: np.ndarray, rows: list[np.ndarray]) -> Path:
+    """PNG: one column per sample; first row the coloured mask, then each image row in [-1, 1]."""
+    from PIL import Image
+
+    tiles = [np.concatenate([_colour_mask(m) for m in masks], axis=1)]
+    for r in rows:
+        g = ((np.clip(r, -1, 1) + 1) * 127.5).astype(np.uint8)
+        tiles.append(np.repeat(np.concatenate(list(g), axis=1)[..., None], 3, axis=2))
+    grid = np.concatenate(tiles, axis=0)
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
+    return path
+
+
+class BaseTrainer:
+    kind = "model"
+    presets: dict = {}
+    postfix: tuple[str, ...] = ()
+
+    def __init__(self, opts, log: Callable[[str], None] | None = None):
+        self.opts = opts
+        self.log = log or (lambda s: print(s, file=sys.stderr))
+        if opts.preset not in self.presets:
+            raise CmrError(f"--preset {opts.preset!r} is not known; use one of {', '.join(self.presets)}.")
+        check_counts(steps=opts.steps, batch=opts.batch, sample_every=opts.sample_every, save_every=opts.save_every, log_every=opts.log_every)
+        self.check_options()
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
+        torch.manual_seed(opts.seed)
+        self.device = pick_device(opts.device)
+        self.out = Path(opts.out)
+        self.state_dir = self.out / "train_state"
+        old_state = self.out / "train_state.old"
+        if not self.state_dir.exists() and old_state.exists():  # interrupted between the two renames of a save
+            os.replace(old_state, self.state_dir)
+        if self.state_dir.exists() and not opts.resume:
+            raise CmrError(f"{self.out} already holds a training run; pass --resume to continue it, or choose another --out.")
+        if opts.resume and not (self.state_dir / "state.json").exists():
+            raise CmrError(f"--resume was given, but {self.out} holds no training state (train_state/state.json) to continue from.")
+
+        self.cases = load_cases(opts.data, opts.phantom, opts.exclude, opts.seed)
+        self.spacing_mm = LIVE_SPACING_MM * 128 / opts.size
+        self.ds = SliceDataset(
+            self.cases, size=opts.size, spacing_mm=self.spacing_mm, augment=Augment() if opts.augment else None,
+            seed=opts.seed, require_labels=opts.require_labels,
+        )
+        counts = Counter(self.ds.vendors.tolist())
+        w = np.array([1.0 / np.sqrt(counts[v]) for v in self.ds.vendors])  # soften vendor imbalance
+        self.sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), num_samples=len(self.ds), replacement=True,
+                                             generator=torch.Generator().manual_seed(opts.seed))
+        if len(self.ds) < opts.batch:
+            raise CmrError(f"The data gives {len(self.ds)} training slices, fewer than --batch {opts.batch}; lower --batch or add data.")
+        self.loader = DataLoader(self.ds, batch_size=opts.batch, sampler=self.sampler, num_workers=0, drop_last=True)
+
+        self.step = 0
+        self.elapsed = 0.0
+        self.history: list[dict] = []
+        self.rng = torch.Generator().manual_seed(opts.seed + 1)
+        self.build()
+        self._fixed = self._fixed_batch()
+        if opts.resume:
+            self._load_state()
+
+    # -- what a subclass provides ----------------------------------------------------------------
+    def check_options(self) -> None:
+        """Validate subclass options (raise CmrError)."""
+
+    def build(self) -> None:
+        """Create ``self.cfg``, the networks and the optimisers."""
+        raise NotImplementedError
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """Networks saved in the training state; the key 'ema' is the model that is shipped."""
+        raise NotImplementedError
+
+    def optimisers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        raise NotImplementedError
+
+    def render_fixed(self, fixed: dict) -> list[np.ndarray]:
+        """Rows of the sample grid (each (n, N, N) in [-1, 1]) for the fixed masks."""
+        raise NotImplementedError
+
+    def architecture(self) -> dict:
+        raise NotImplementedError
+
+    def card_extra(self) -> dict:
+        return {}
+
+    def training_extra(self) -> dict:
+        return {}
+
+    # -- shared ----------------------------------------------------------------------------------
+    def _fixed_batch(self, n: int = 6) -> dict:
+        picks, seen = [], set()
+        for i, (cid, z) in enumerate(self.ds.index):
+            if cid not in seen and z >= 1:
+                picks.append(i)
+                seen.add(cid)
+        step = max(1, len(picks) // n)
+        picks = picks[::step][:n] or [0]
+        masks = torch.from_numpy(self.ds.masks[picks].astype(np.int64))
+        images = torch.from_numpy(self.ds.images[picks] * 2 - 1)[:, None]
+        vendors = torch.from_numpy(self.ds.vendors[picks])
+        return {"mask": masks, "image": images, "vendor": vendors, "seeds": (1234, 1235)}
+
+    def drop_vendor(self, vendor: torch.Tensor) -> torch.Tensor:
+        """A fraction of samples trained as vendor 'unknown', so that style means 'average'."""
+        vendor = vendor.clone()
+        drop = torch.rand(vendor.shape, generator=self.rng) < self.opts.vendor_dropout
+        vendor[drop] = VENDORS.index("unknown")
+        return vendor.to(self.device)
+
+    def update_ema(self, ema: torch.nn.Module, net: torch.nn.Module) -> None:
+        decay = min(self.opts.ema, (1 + self.step) / (10 + self.step))  # warm-up: short runs still average
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(p, 1 - decay)
+
+    def _save_state(self) -> None:
+        """Write the whole training state into a fresh folder, then swap it in (never half old, half new)."""
+        tmp, old = self.out / "train_state.tmp", self.out / "train_state.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for key, net in self.networks().items():
+            save_state(tmp / f"{key}.safetensors", net.state_dict())
+        rng = {"torch": torch.get_rng_state(), "sampler": self.sampler.generator.get_state(), "noise": self.rng.get_state()}
+        torch.save({"optimisers": {k: o.state_dict() for k, o in self.optimisers().items()}, "rng": rng}, tmp / "optim.pt")
+        st = {"step": self.step, "elapsed_s": self.elapsed, "kind": self.kind, "config": self.cfg.to_dict(), "options": opts_dict(self.opts),
+              "numpy_rng": self.ds.rng.bit_generator.state, "history_tail": self.history[-1:]}
+        (tmp / "state.json").write_text(json.dumps(st, indent=2), encoding="utf-8")
+        if self.state_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.state_dir, old)
+        os.replace(tmp, self.state_dir)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _load_state(self) -> None:
+        try:
+            st = json.loads((self.state_dir / "state.json").read_text(encoding="utf-8"))
+            step = int(st["step"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CmrError(f"The training state {self.state_dir / 'state.json'} is damaged ({exc}); start a new run with another --out.") from None
+        if st.get("kind", self.kind) != self.kind:
+            raise CmrError(f"The run in {self.out} trains a {st.get('kind')} model, not a {self.kind} model; resume it with `train {st.get('kind')}`.")
+        if st.get("config") != self.cfg.to_dict():
+            raise CmrError(f"The run in {self.out} was trained with another architecture ({st.get('config')}); resume it with the same --preset and --size.")
+        saved = st.get("options", {})
+        mine = opts_dict(self.opts)
+        for key in RESUME_MUST_MATCH + getattr(self, "resume_must_match", ()):
+            if key in saved and saved[key] != mine[key]:
+                raise CmrError(f"The run in {self.out} was trained with --{key.replace('_', '-')} {saved[key]!r}, not {mine[key]!r}; "
+                               "resume it with the same data options, or start a new run with another --out.")
+        for key, net in self.networks().items():
+            net.load_state_dict(load_state(self.state_dir / f"{key}.safetensors"))
+        try:
+            opt = torch.load(self.state_dir / "optim.pt", map_location=self.device, weights_only=True)
+            for key, o in self.optimisers().items():
+                o.load_state_dict(opt["optimisers"][key])
+        except (RuntimeError, KeyError, OSError, ValueError, EOFError) as exc:
+            raise CmrError(f"The optimiser state in {self.state_dir} cannot be read ({exc}); start a new run with another --out.") from None
+        self.step = step
+        self.elapsed = float(st.get("elapsed_s", 0.0))
+        self.history = list(st.get("history_tail", []))
+        rng = opt["rng"]  # continue the random streams exactly where the run stopped
+        torch.set_rng_state(rng["torch"])
+        self.sampler.generator.set_state(rng["sampler"])
+        self.rng.set_state(rng["noise"])
+        if st.get("numpy_rng"):
+            self.ds.rng.bit_generator.state = st["numpy_rng"]
+        log = self.out / "log.jsonl"
+        if log.exists():  # drop lines written after the saved step (a crash between saves)
+            keep = [ln for ln in log.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+            write_text_atomic(log, "".join(k + "\n" for k in keep))
+        self.log(f"Resuming {self.out} at step {self.step}.")
+
+    def card(self) -> dict:
+        summary = data_summary(self.ds, self.cases)
+        trained_vendors = sorted({VENDORS[int(v)] for v in self.ds.vendors} | ({"unknown"} if self.opts.vendor_dropout > 0 else set()), key=VENDORS.index)
+        return {
+            "kind": self.kind,
+            "architecture": self.architecture(),
+            "frame": {"size": self.opts.size, "spacing_mm": self.spacing_mm,
+                      "intensity": "0.5-99.5 percentile of the volume to [0,1]; net output [-1,1]"},
+            "label_scheme": "canonical",
+            "vendors": list(VENDORS),
+            "vendors_trained": trained_vendors,
+            **self.card_extra(),
+            "training": {
+                "data": summary,
+                "held_out_case_prefixes": self.opts.exclude,
+                "slices": len(self.ds),
+                "iterations": self.step,
+                "batch": self.opts.batch,
+                "images_seen": self.step * self.opts.batch,
+                **self.training_extra(),
+                "augment": "rotation ±15°, scale 0.9–1.1, shift ±6%" if self.opts.augment else "none",
+                "vendor_dropout": self.opts.vendor_dropout,
+                "ema": self.opts.ema,
+                "hardware": hardware(self.device),
+                "seconds": round(self.elapsed, 1),
+                "torch": torch.__version__,
+                "seed": self.opts.seed,
+                "last_losses": self.history[-1] if self.history else None,
+            },
+            "terms": terms_for(summary),
+            "metrics": self._existing_metrics(),
+        }
+
+    def _existing_metrics(self) -> dict:
+        """Metrics measured on an earlier save (e.g. by `evaluate --write-card`) are kept."""
+        cp = self.out / f"{self.opts.name}.json"
+        try:
+            return dict(json.loads(cp.read_text(encoding="utf-8")).get("metrics", {}))
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def save_model(self):
+        return save_model(self.out, self.opts.name, self.networks()["ema"].state_dict(), self.card())
+
+    @torch.no_grad()
+    def write_samples(self) -> Path:
+        f = self._fixed
+        rows = [f["image"][:, 0].numpy()] + self.render_fixed(f)
+        d = self.out / "samples"
+        d.mkdir(parents=True, exist_ok=True)
+        p = write_grid(d / f"step_{self.step:06d}.png", f["mask"].numpy(), rows)
+        write_grid(d / "latest.png", f["mask"].numpy(), rows)
+        return p
+
+    def describe_start(self) -> str:
+        return f"Training a {self.kind} model"
+
+    def run(self, progress: bool = True):
+        from tqdm import tqdm
+
+        opts = self.opts
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.step == 0:
+            self.log(f"{self.describe_start()} on {len(self.ds)} slices from {len(self.cases)} cases, {self.device}, "
+                     f"{opts.steps} steps of {opts.batch}.")
+            self.write_samples()
+        it = endless(self.loader)
+        bar = tqdm(total=opts.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        acc: dict[str, list[float]] = {}
+        t_last = time.perf_counter()
+        deadline = None if opts.max_minutes is None else time.perf_counter() + 60 * opts.max_minutes
+        try:
+            while self.step < opts.steps:
+                losses = self.train_step(next(it))
+                self.step += 1
+                now = time.perf_counter()
+                self.elapsed += now - t_last
+                t_last = now
+                for k, v in losses.items():
+                    acc.setdefault(k, []).append(v)
+                bar.update(1)
+                if self.step % opts.log_every == 0 or self.step == opts.steps:
+                    rec = {"step": self.step, "elapsed_s": round(self.elapsed, 1), **{k: round(float(np.mean(v)), 4) for k, v in acc.items()}}
+                    self.history.append(rec)
+                    acc = {}
+                    bar.set_postfix({k: rec[k] for k in self.postfix if k in rec})
+                    append_log(self.out / "log.jsonl", rec)
+                if self.step % opts.sample_every == 0:
+                    self.write_samples()
+                if self.step % opts.save_every == 0:
+                    self._save_state()
+                    self.save_model()
+                if deadline is not None and now > deadline:
+                    self.log(f"Stopping at step {self.step}: --max-minutes {opts.max_minutes} reached.")
+                    break
+        except KeyboardInterrupt:
+            self.log(f"Interrupted at step {self.step}; saving so that --resume continues from here.")
+            self._save_state()
+            self.save_model()
+            raise
+        finally:
+            bar.close()
+        self._save_state()
+        self.write_samples()
+        self.save_model()
+        return self

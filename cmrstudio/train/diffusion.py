@@ -1,0 +1,167 @@
+"""Training the on-demand models: mask-conditioned diffusion (v-prediction) or rectified flow.
+
+Same data, run folder, resumable state and sample grids as SPADE (:mod:`cmrstudio.train.base`).
+One network class (:class:`~cmrstudio.models.diffusion.CondUNet`) serves both; the
+objective decides what it learns to predict (:mod:`cmrstudio.models.sampling`). The mask is
+dropped (all-zero one-hot) for ``cond_drop`` of the samples so that classifier-free guidance
+works at sampling time. Mixed precision (bfloat16 autocast) is used where the processor or
+GPU runs it natively; the weights stay float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cmrstudio.errors import CmrError
+from cmrstudio.models.diffusion import PRESETS, CondUNet, DiffusionConfig
+from cmrstudio.models.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, OBJECTIVES, noise_for, run_to_end, sample, sample_t, training_loss
+from cmrstudio.models.spade import count_parameters, onehot
+from cmrstudio.train.base import BaseOptions, BaseTrainer
+
+
+def bf16_native(device: torch.device) -> bool:
+    """True where bfloat16 runs natively (CUDA with bf16, or a CPU with AVX-512 BF16 / AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+@dataclass
+class DiffusionOptions(BaseOptions):
+    objective: str = "diffusion"
+    out: str = "runs/diffusion"
+    name: str = "diffusion"
+    lr: float = 2e-4
+    warmup: int = 200  # steps of linear learning-rate warm-up
+    cond_drop: float = 0.1  # fraction of samples trained without the mask (classifier-free guidance)
+    guidance: float = DEFAULT_GUIDANCE  # used for the sample grids and written to the card as the default
+    sample_steps: int | None = None  # steps for the grids and the card's default (objective's default when None)
+    bf16: bool | None = None  # mixed precision; automatic (native bf16 only) when None
+    ema: float = 0.999
+
+
+class DiffusionTrainer(BaseTrainer):
+    presets = PRESETS
+    postfix = ("loss",)
+    resume_must_match = ("objective",)
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return self.opts.objective
+
+    def check_options(self) -> None:
+        o = self.opts
+        if o.objective not in OBJECTIVES:
+            raise CmrError(f"The objective {o.objective!r} is not known; use one of {', '.join(OBJECTIVES)}.")
+        try:
+            DiffusionConfig.from_dict({**PRESETS[o.preset].to_dict(), "size": o.size})
+        except ValueError:
+            raise CmrError(f"--size {o.size} must be a multiple of 16, like 64, 128 or 256.") from None
+        if not 0 <= o.cond_drop < 1:
+            raise CmrError(f"--cond-drop {o.cond_drop} must be at least 0 and below 1.")
+        if o.guidance < 0:
+            raise CmrError(f"--guidance {o.guidance} must not be negative (1 = plain conditional sampling).")
+
+    def build(self) -> None:
+        o = self.opts
+        self.cfg = DiffusionConfig.from_dict({**PRESETS[o.preset].to_dict(), "size": o.size})
+        self.net = CondUNet(self.cfg).to(self.device)
+        self.ema = CondUNet(self.cfg).to(self.device).eval()
+        self.ema.load_state_dict(self.net.state_dict())
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, weight_decay=0.0)
+        self.bf16 = bf16_native(self.device) if o.bf16 is None else bool(o.bf16)
+        self.steps_default = int(o.sample_steps or DEFAULT_STEPS[o.objective])
+
+    def networks(self) -> dict:
+        return {"network": self.net, "ema": self.ema}
+
+    def optimisers(self) -> dict:
+        return {"opt": self.opt}
+
+    def describe_start(self) -> str:
+        return (f"Training a {self.kind} model ({self.opts.preset}, {count_parameters(self.net) / 1e6:.2f} M parameters"
+                f"{', bf16 mixed precision' if self.bf16 else ''})")
+
+    def architecture(self) -> dict:
+        return {
+            "class": "cmrstudio.models.diffusion.CondUNet",
+            "preset": self.opts.preset,
+            "options": self.cfg.to_dict(),
+            "parameters": count_parameters(self.net),
+            "conditioning": "one-hot mask concatenated at the input and spatially-adaptive GroupNorm in every decoder block; "
+                            "vendor embedding added to the time embedding; classifier-free guidance (mask dropped)",
+            "normalisation": "GroupNorm (decoder: GroupNorm + per-pixel scale/shift from the mask)",
+        }
+
+    def card_extra(self) -> dict:
+        o = self.opts
+        if o.objective == "diffusion":
+            process = {"objective": "diffusion", "schedule": "cosine VP, alpha=cos(pi t/2), sigma=sin(pi t/2), t in [0,1]",
+                       "prediction": "v", "sampler": "ddim"}
+        else:
+            process = {"objective": "flow", "path": "rectified flow x_t=(1-t) x0 + t eps", "prediction": "velocity eps - x0",
+                       "t_distribution": "logit-normal(0,1)", "sampler": "euler"}
+        return {"process": process,
+                "sampling": {"steps": self.steps_default, "guidance": o.guidance, "solver": process["sampler"],
+                             "guidance_null": "all-zero mask"}}
+
+    def training_extra(self) -> dict:
+        o = self.opts
+        return {"lr": o.lr, "warmup": o.warmup, "cond_drop": o.cond_drop, "precision": "bf16 autocast" if self.bf16 else "fp32"}
+
+    def render_fixed(self, f: dict) -> list[np.ndarray]:
+        oh = onehot(f["mask"]).to(self.device)
+        v = f["vendor"].to(self.device)
+        rows = []
+        for seed in f["seeds"]:
+            noise = noise_for(seed, self.cfg.size, len(oh)).to(self.device)
+            img = run_to_end(sample(self.ema, self.kind, oh, v, noise, self.steps_default, self.opts.guidance, bf16=self.bf16))
+            rows.append(img * 2 - 1)
+        return rows
+
+    @torch.no_grad()
+    def fixed_loss(self, ema: bool = False, n_t: int = 8) -> float:
+        """The objective's loss on the fixed sample masks at ``n_t`` evenly spaced times with fixed noise (deterministic)."""
+        f = self._fixed
+        net = self.ema if ema else self.net
+        g = torch.Generator().manual_seed(4321)
+        x0 = f["image"].to(self.device)
+        oh = onehot(f["mask"]).to(self.device)
+        v = f["vendor"].to(self.device)
+        losses = []
+        for t in (torch.arange(n_t) + 0.5) / n_t:
+            noise = torch.randn(x0.shape, generator=g).to(self.device)
+            tt = torch.full((len(x0),), float(t), device=self.device)
+            losses.append(float(training_loss(net, self.opts.objective, x0, oh, v, tt, noise)))
+        return float(np.mean(losses))
+
+    def train_step(self, batch: dict) -> dict:
+        o = self.opts
+        x0 = batch["image"].to(self.device)
+        oh = onehot(batch["mask"]).to(self.device)
+        vendor = self.drop_vendor(batch["vendor"])
+        b = x0.shape[0]
+        keep = (torch.rand(b, generator=self.rng) >= o.cond_drop).to(self.device, oh.dtype)
+        oh = oh * keep[:, None, None, None]
+        t = sample_t(o.objective, b, self.rng).to(self.device)
+        noise = torch.randn(x0.shape, generator=self.rng).to(self.device)
+        for g in self.opt.param_groups:
+            g["lr"] = o.lr * min(1.0, (self.step + 1) / max(1, o.warmup))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = training_loss(self.net, o.objective, x0, oh, vendor, t, noise)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+        self.opt.step()
+        self.update_ema(self.ema, self.net)
+        return {"loss": float(loss.detach()), "grad_norm": float(gn)}

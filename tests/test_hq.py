@@ -1,0 +1,282 @@
+"""On-demand HQ rendering: diffusion and flow models, samplers, jobs, CLI, the shipped models."""
+
+import json
+import shutil
+import threading
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from cmrstudio.data.phantom import phantom_case
+from cmrstudio.engine.hq import HQRenderer, JobQueue, JobResult
+from cmrstudio.engine.live import LiveEngine, Renderer, open_renderer
+from cmrstudio.errors import CmrError
+from cmrstudio.io import write_volume
+from cmrstudio.models.checkpoint import read_card, sha256_file, verify
+from cmrstudio.models.diffusion import CondUNet, DiffusionConfig
+from cmrstudio.models.registry import get_model
+from cmrstudio.models.sampling import Cancelled, noise_for, sample
+from cmrstudio.models.spade import onehot
+from cmrstudio.resources import resources_dir
+from cmrstudio.train.diffusion import DiffusionOptions, DiffusionTrainer
+
+from conftest import shared
+from helpers import run
+
+TINY = dict(phantom=4, size=64, batch=4, preset="tiny", sample_every=20, save_every=1000, log_every=5, warmup=5, lr=1e-3,
+            sample_steps=3)
+
+
+def _train(tmp_path_factory, objective: str, steps: int = 60) -> DiffusionTrainer:
+    out = tmp_path_factory.mktemp(objective) / "run"
+    tr = DiffusionTrainer(DiffusionOptions(objective=objective, out=str(out), name=f"tiny-{objective}", steps=steps, **TINY))
+    tr.loss_before = tr.fixed_loss()
+    tr.run(progress=False)
+    tr.loss_after = tr.fixed_loss()
+    return tr
+
+
+@pytest.fixture(scope="module")
+def tiny_diffusion(tmp_path_factory):
+    return _train(tmp_path_factory, "diffusion")
+
+
+@pytest.fixture(scope="module")
+def tiny_flow(tmp_path_factory):
+    return _train(tmp_path_factory, "flow")
+
+
+def _card(tr) -> str:
+    return str(tr.out / f"{tr.opts.name}.json")
+
+
+@pytest.mark.parametrize("which", ["tiny_diffusion", "tiny_flow"])
+def test_training_loss_falls_and_writes_grids_and_card(which, request):
+    tr = request.getfixturevalue(which)
+    # the loss on fixed masks, times and noise falls
+    assert tr.loss_after < 0.8 * tr.loss_before, (tr.loss_before, tr.loss_after)
+    assert [p.name for p in sorted((tr.out / "samples").glob("step_*.png"))][:2] == ["step_000000.png", "step_000020.png"]
+    card = json.loads((tr.out / f"{tr.opts.name}.json").read_text())
+    assert card["kind"] == tr.opts.objective and card["process"]["objective"] == tr.opts.objective
+    assert card["sampling"] == {"steps": 3, "guidance": 1.5, "solver": "ddim" if tr.opts.objective == "diffusion" else "euler",
+                                "guidance_null": "all-zero mask"}
+    assert card["sha256"] == sha256_file(tr.out / f"{tr.opts.name}.safetensors")
+    assert card["training"]["iterations"] == 60 and card["training"]["cond_drop"] == 0.1
+    assert card["architecture"]["options"]["size"] == 64
+    from PIL import Image
+
+    grid = np.asarray(Image.open(tr.out / "samples" / "latest.png"))
+    assert grid.shape[0] == 4 * 64 and grid[2 * 64:].std() > 5  # mask row, real row, two sampled rows
+
+
+def test_network_conditioning_mask_and_vendor_both_change_the_output():
+    cfg = DiffusionConfig(size=64, base=16, mults=(1, 2, 2), attention=False, spade_hidden=16, time_dim=64)
+    net = CondUNet(cfg).eval()
+    torch.manual_seed(0)
+    for p in net.parameters():  # zero-initialised outputs: perturb so every path matters
+        p.data.add_(0.05 * torch.randn_like(p))
+    mask = torch.from_numpy(phantom_case(seed=1, n_slices=1, shape=(64, 64)).mask.astype(np.int64))
+    x, t = torch.randn(1, 1, 64, 64), torch.tensor([0.5])
+    with torch.no_grad():
+        a = net(x, t, onehot(mask), torch.tensor([0]))
+        b = net(x, t, onehot(mask), torch.tensor([2]))
+        c = net(x, t, torch.zeros_like(onehot(mask)), torch.tensor([0]))
+    assert a.shape == x.shape
+    assert float((a - b).abs().mean()) > 1e-3 and float((a - c).abs().mean()) > 1e-3
+
+
+@pytest.mark.parametrize("which", ["tiny_diffusion", "tiny_flow"])
+def test_sampling_is_reproducible_for_a_seed_and_reports_every_step(which, request):
+    r = HQRenderer(read_card(_card(request.getfixturevalue(which))))
+    m = phantom_case(seed=2, n_slices=1, shape=(64, 64)).mask[0]
+    steps = list(r.sample_framed(m, "ge", seed=5, steps=4))
+    assert [s.step for s in steps] == [1, 2, 3, 4] and [s.done for s in steps] == [False, False, False, True]
+    assert all(s.preview.shape == (1, 64, 64) and 0 <= s.preview.min() and s.preview.max() <= 1 for s in steps)
+    a = list(r.sample_framed(m, "ge", seed=5, steps=4))[-1].image
+    b = list(r.sample_framed(m, "ge", seed=6, steps=4))[-1].image
+    assert np.array_equal(a, steps[-1].image)  # same seed, same image
+    assert float(np.abs(a - b).mean()) > 1e-3  # another seed, another image
+
+
+def test_cancel_stops_the_sampler_before_its_next_step(tiny_diffusion):
+    net = tiny_diffusion.ema
+    m = torch.from_numpy(phantom_case(seed=2, n_slices=1, shape=(64, 64)).mask.astype(np.int64))
+    cancel = threading.Event()
+    seen = []
+    with pytest.raises(Cancelled):
+        for st in sample(net, "diffusion", onehot(m), torch.zeros(1, dtype=torch.long), noise_for(0, 64), 10, cancel=cancel):
+            seen.append(st.step)
+            if st.step == 3:
+                cancel.set()
+    assert seen == [1, 2, 3]
+
+
+def test_job_queue_runs_jobs_in_order_with_progress_cancel_and_saved_results(tiny_flow, tmp_path):
+    r = HQRenderer(read_card(_card(tiny_flow)))
+    case = phantom_case(seed=3, n_slices=2, shape=(90, 100), vendor="siemens")
+    frame = r.frame_for(case.mask)
+    progress: dict[int, list[int]] = {}
+    done: list[tuple[int, str]] = []
+    holder = {}
+
+    def on_progress(job):
+        progress.setdefault(job.id, []).append(job.step)
+        assert job.preview.shape == (64, 64)
+        if job.id == holder.get("cancel_at") and job.step == 2:
+            holder["queue"].cancel(job.id)
+
+    with JobQueue(r, on_progress=on_progress, on_done=lambda j: done.append((j.id, j.status))) as q:
+        holder["queue"] = q
+        a = q.submit(case.mask[1], frame, "siemens", seed=1, steps=5)
+        b = q.submit(case.mask[1], frame, "siemens", seed=1, steps=6)
+        c = q.submit(case.mask[0], frame, "ge", seed=2, steps=3)
+        holder["cancel_at"] = b
+        d = q.submit(case.mask[0], frame, "ge", seed=2, steps=3)
+        q.cancel(d)  # cancelled while still queued: never runs
+        assert q.wait_idle(60)
+        ja, jb, jc, jd = (q.job(i) for i in (a, b, c, d))
+    assert (ja.status, jb.status, jc.status, jd.status) == ("done", "cancelled", "done", "cancelled")
+    assert progress[a] == [1, 2, 3, 4, 5] and progress[b] == [1, 2] and progress[c] == [1, 2, 3] and d not in progress
+    assert [i for i, _ in done] == [d, a, b, c]  # finished in order; the queued cancel is reported at once
+    res = ja.result
+    assert res.image.shape == (90, 100) and res.params["steps"] == 5 and res.params["kind"] == "flow"
+    assert res.params["model_sha256"] == r.info.card["sha256"]
+    # saved and read back: the same pixels, mask, frame and parameters
+    paths = res.save(tmp_path / "kept", "render_001")
+    assert {"image", "mask", "json"} <= set(paths)
+    back = JobResult.load(tmp_path / "kept", "render_001")
+    assert np.allclose(back.image, res.image, atol=1e-6) and np.array_equal(back.mask, case.mask[1])
+    assert back.params == res.params and back.frame.to_dict() == res.frame.to_dict()
+    side = json.loads((tmp_path / "kept" / "render_001.json").read_text())
+    assert side["source"]["synthetic"] is True
+    # a damaged sidecar: one sentence naming the file
+    (tmp_path / "kept" / "render_001.json").write_text("{broken")
+    with pytest.raises(CmrError, match="render_001.json"):
+        JobResult.load(tmp_path / "kept", "render_001")
+
+
+def test_job_queue_gives_way_to_the_live_path_and_survives_bad_jobs(tiny_flow):
+    r = HQRenderer(read_card(_card(tiny_flow)))
+    case = phantom_case(seed=3, n_slices=1, shape=(64, 64))
+    frame = r.frame_for(case.mask)
+    live_busy_until = time.perf_counter() + 0.3
+    with JobQueue(r, yield_to=lambda: time.perf_counter() < live_busy_until) as q:
+        j = q.wait(q.submit(case.mask[0], frame, steps=2), 30)
+        assert j.status == "done" and q.waited_s >= 0.2
+        with pytest.raises(CmrError, match="steps 0"):
+            q.submit(case.mask[0], frame, steps=0)
+        with pytest.raises(CmrError, match="--solver 'ddim' does not fit the flow model"):
+            q.submit(case.mask[0], frame, solver="ddim")
+        bad = case.mask[0].copy()
+        bad[0, 0] = 9
+        with pytest.raises(CmrError, match="label 9"):
+            q.submit(bad, frame)
+        other = phantom_case(seed=3, n_slices=1, shape=(50, 50)).mask[0]  # does not fit the frame: the job fails, the queue goes on
+        failed = q.wait(q.submit(other, frame, steps=2), 30)
+        assert failed.status == "failed" and "frame was made for 64×64" in failed.error
+        assert q.wait(q.submit(case.mask[0], frame, steps=2), 30).status == "done"
+
+
+def test_live_engine_reports_busy_while_rendering(tiny_run):
+    r = Renderer(read_card(tiny_run.out / "tiny.json"))
+    m = phantom_case(seed=3, n_slices=1, shape=(64, 64)).mask[0]
+    frame = r.frame_for(m)
+    with LiveEngine(r) as eng:
+        assert not eng.busy
+        eng.submit(m, frame)
+        assert eng.busy
+        assert eng.wait_idle(30) and not eng.busy
+
+
+def test_resume_continues_a_flow_run(tiny_flow, tmp_path):
+    out = tmp_path / "again"
+    shutil.copytree(tiny_flow.out, out)
+    with pytest.raises(CmrError, match="--objective 'flow', not 'diffusion'|trains a flow model"):
+        DiffusionTrainer(DiffusionOptions(objective="diffusion", out=str(out), name="tiny-flow", steps=70, resume=True, **TINY))
+    tr = DiffusionTrainer(DiffusionOptions(objective="flow", out=str(out), name="tiny-flow", steps=64, resume=True, **TINY))
+    assert tr.step == 60
+    assert all(torch.equal(v, tiny_flow.ema.state_dict()[k]) for k, v in tr.ema.state_dict().items())
+    tr.run(progress=False)
+    assert json.loads((out / "tiny-flow.json").read_text())["training"]["iterations"] == 64
+
+
+def test_cli_render_with_diffusion_and_flow_models_keeps_the_masks_geometry(tiny_diffusion, tiny_flow, tmp_path):
+    case = phantom_case(seed=6, n_slices=2, shape=(80, 96))
+    affine = np.array([[0, 0, 1.3, 5], [0, -1.4, 0, 3], [8.0, 0, 0, -7], [0, 0, 0, 1]])
+    mask = tmp_path / "heart_mask.nii.gz"
+    write_volume(mask, case.mask, affine)
+    outs = {}
+    for tr, extra in ((tiny_diffusion, ["--steps", "3", "--guidance", "2"]), (tiny_flow, ["--steps", "2", "--solver", "heun"])):
+        out = tmp_path / f"{tr.opts.objective}.nii.gz"
+        p = run("render", str(mask), "--model", _card(tr), "--vendor", "ge", "--seed", "3", "--out", str(out), *extra)
+        assert f"({tr.opts.objective}, " in p.stdout and "2 slices of 80×96" in p.stdout
+        res = nib.load(out)
+        assert res.shape == (96, 80, 2) and np.allclose(res.affine, nib.load(mask).affine)
+        outs[tr.opts.objective] = np.asarray(res.dataobj)
+        assert outs[tr.opts.objective].std() > 0.01
+    assert not np.allclose(outs["diffusion"], outs["flow"])
+    # bad options: one sentence each, nothing written
+    never = tmp_path / "never.nii.gz"
+    p = run("render", str(mask), "--model", _card(tiny_flow), "--solver", "ddim", "--out", str(never), check=False)
+    assert p.returncode == 2 and "--solver 'ddim' does not fit the flow model" in p.stderr and "Traceback" not in p.stderr
+    p = run("render", str(mask), "--model", _card(tiny_diffusion), "--steps", "0", "--out", str(never), check=False)
+    assert p.returncode == 2 and "--steps 0 must be between 1" in p.stderr
+    p = run("render", str(mask), "--steps", "5", "--out", str(never), check=False)  # the default SPADE model
+    if (resources_dir() / "models" / "spade-cmr.json").exists():
+        assert p.returncode == 2 and "applies to diffusion and flow models" in p.stderr
+    assert not never.exists()
+
+
+def test_bench_hq_prints_seconds_per_sample(tiny_flow):
+    p = run("bench", "hq", "--model", _card(tiny_flow), "--steps", "1", "--steps", "3", "--n", "1", "--json")
+    res = json.loads(p.stdout)
+    assert [r["steps"] for r in res["rows"]] == [1, 3] and all(r["seconds"] > 0 for r in res["rows"])
+    text = run("bench", "hq", "--model", _card(tiny_flow), "--steps", "2", "--n", "1").stdout
+    assert "s/sample" in text and "flow" in text
+
+
+# -- the shipped models ----------------------------------------------------------------------------
+
+def _shipped(name: str):
+    if not (resources_dir() / "models" / f"{name}.json").exists():
+        pytest.skip(f"resources/models/{name}.json is not in this checkout")
+    return get_model(name.split("-")[0], kind=("diffusion", "flow"))
+
+
+@pytest.mark.parametrize("name", ["diffusion-cmr", "flow-cmr"])
+def test_shipped_hq_model_answers_to_its_kind_and_states_its_data(name):
+    info = _shipped(name)
+    verify(info)
+    card = info.card
+    assert info.name == name and info.origin == "shipped" and info.size_mb < 40
+    assert {"acdc", "mnms"} <= {d["dataset"] for d in card["training"]["data"]}
+    assert "non-commercial" in card["terms"] and card["training"]["iterations"] >= 1000
+    assert "H1N8S6" in card["training"]["held_out_case_prefixes"]
+
+
+@pytest.mark.parametrize("name,steps", [("diffusion-cmr", "10"), ("flow-cmr", "4")])
+def test_shipped_hq_model_renders_a_real_mnms_mask_with_bright_blood_pools(name, steps, tmp_path):
+    _shipped(name)
+    mask = shared("mnms") / "H1N8S6_sa_ED_gt.nii.gz"  # held out from training
+    out = tmp_path / "H1N8S6_hq.nii.gz"
+    run("render", str(mask), "--model", name.split("-")[0], "--steps", steps, "--vendor", "siemens", "--out", str(out))
+    img = np.asarray(nib.load(out).dataobj).transpose(2, 1, 0)
+    from cmrstudio.io import read_mask
+
+    m = read_mask(mask).mask
+    zs = [z for z in range(len(m)) if {1, 2, 3} <= set(np.unique(m[z]))]
+    lv = np.mean([img[z][m[z] == 1].mean() for z in zs])
+    myo = np.mean([img[z][m[z] == 2].mean() for z in zs])
+    rv = np.mean([img[z][m[z] == 3].mean() for z in zs])
+    assert lv > myo + 0.15 and rv > myo + 0.1, (lv, myo, rv)
+
+
+def test_open_renderer_picks_the_engine_by_kind(tiny_run, tiny_flow):
+    assert isinstance(open_renderer(read_card(tiny_run.out / "tiny.json")), Renderer)
+    hq = open_renderer(read_card(_card(tiny_flow)), steps=3)
+    assert isinstance(hq, HQRenderer) and hq.steps == 3
+    with pytest.raises(CmrError, match="is a flow model, not a spade model"):
+        Renderer(read_card(_card(tiny_flow)))
