@@ -461,6 +461,13 @@ evaluate_app = typer.Typer(help="Measure models: faithfulness, fidelity.", no_ar
 app.add_typer(evaluate_app, name="evaluate")
 
 
+EvalDataOpt = typer.Option(..., "--data", help="Folder or file with real images and expert masks; repeatable.")
+EvalCaseOpt = typer.Option([], "--case", help="Only cases whose id starts with this (the held-out ones); repeatable.")
+GeneratorOpt = typer.Option(None, "--model", help="Generator: spade (default), diffusion, flow, or a name or card path.")
+EvalStepsOpt = typer.Option(None, "--steps", help="Sampling steps of a diffusion or flow model (the card's default when omitted).")
+EvalGuidanceOpt = typer.Option(None, "--guidance", help="Guidance scale of a diffusion or flow model.")
+
+
 def _eval_inputs(data: list[str], case: list[str], seeds: int, steps: Optional[int], guidance: Optional[float]):
     """The held-out cases an evaluation runs on, and the HQ sampling options given."""
     from cmrstudio.data.dataset import cases_from
@@ -487,13 +494,13 @@ def _record_metric(model: Optional[str], key: str, value: dict) -> None:
 
 @evaluate_app.command("faithfulness")
 def evaluate_faithfulness_cmd(
-    data: list[str] = typer.Option(..., "--data", help="Folder or file with real images and expert masks; repeatable."),
-    case: list[str] = typer.Option([], "--case", help="Only cases whose id starts with this (the held-out ones); repeatable."),
-    model: Optional[str] = typer.Option(None, "--model", help="Generator: spade (default), diffusion, flow, or a name or card path."),
+    data: list[str] = EvalDataOpt,
+    case: list[str] = EvalCaseOpt,
+    model: Optional[str] = GeneratorOpt,
     segmenter: Optional[str] = typer.Option(None, "--segmenter", help="Segmenter (default: the shipped one)."),
     seeds: int = typer.Option(2, "--seeds", help="Renders per mask."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps of a diffusion or flow model (the card's default when omitted)."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale of a diffusion or flow model."),
+    steps: Optional[int] = EvalStepsOpt,
+    guidance: Optional[float] = EvalGuidanceOpt,
     device: Optional[str] = typer.Option(None, "--device"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     write_card: bool = typer.Option(False, "--write-card", help="Record the result in the generator's card."),
@@ -519,12 +526,12 @@ def evaluate_faithfulness_cmd(
 
 @evaluate_app.command("fidelity")
 def evaluate_fidelity_cmd(
-    data: list[str] = typer.Option(..., "--data", help="Folder or file with real images and expert masks; repeatable."),
-    case: list[str] = typer.Option([], "--case", help="Only cases whose id starts with this (the held-out ones); repeatable."),
-    model: Optional[str] = typer.Option(None, "--model", help="Generator: spade (default), diffusion, flow, or a name or card path."),
+    data: list[str] = EvalDataOpt,
+    case: list[str] = EvalCaseOpt,
+    model: Optional[str] = GeneratorOpt,
     seeds: int = typer.Option(1, "--seeds", help="Renders per mask."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps of a diffusion or flow model (the card's default when omitted)."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale of a diffusion or flow model."),
+    steps: Optional[int] = EvalStepsOpt,
+    guidance: Optional[float] = EvalGuidanceOpt,
     device: Optional[str] = typer.Option(None, "--device"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     write_card: bool = typer.Option(False, "--write-card", help="Record the result in the generator's card."),
@@ -542,7 +549,7 @@ def evaluate_fidelity_cmd(
     g = res.generator
     how = f" ({g['solver']} {g['steps']} steps, guidance {g['guidance']:g})" if g["kind"] != "spade" else ""
     typer.echo(f"{g['model']}{how}: {res.n_synthetic} synthetic vs {res.n_real} real slices")
-    typer.echo(f"  FID {res.fid:.1f}   KID {1000 * res.kid:.1f} ± {1000 * res.kid_se:.1f} (×10⁻³)   "
+    typer.echo(f"  FID {res.fid:.1f}   KID {1000 * res.kid:.1f} ± {1000 * res.kid_std:.1f} (×10⁻³, ± std over subsets)   "
                f"paired SSIM {res.ssim:.3f}  PSNR {res.psnr:.1f} dB")
     if res.reference_fid_real_halves is not None:
         typer.echo(f"  reference: FID between two halves of the real slices {res.reference_fid_real_halves:.1f} (the floor at this sample size)")

@@ -56,6 +56,9 @@ class HQRenderer(GeneratorFront):
             solver or card.get("solver"))
         self.bf16 = bf16_native(self.device) if bf16 is None else bool(bf16)
 
+    def describe(self) -> dict:
+        return {**super().describe(), "steps": self.steps, "guidance": self.guidance, "solver": self.solver}
+
     def check_sampling(self, steps, guidance, solver) -> tuple[int, float, str]:
         try:
             steps_i = int(steps)

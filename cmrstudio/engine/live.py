@@ -88,6 +88,10 @@ class GeneratorFront:
     def kind(self) -> str:
         return self.info.kind
 
+    def describe(self) -> dict:
+        """What renders: for result records and measured figures."""
+        return {"model": self.name, "kind": self.kind}
+
     # -- inputs --------------------------------------------------------------------------------
     def check_mask(self, mask: np.ndarray, where: str = "The mask") -> np.ndarray:
         m = np.asarray(mask)

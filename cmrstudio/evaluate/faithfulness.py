@@ -77,6 +77,17 @@ def _segment(seg, images01: np.ndarray, seg_size: int) -> np.ndarray:
     return ndimage.zoom(pred, (1, n / seg_size, n / seg_size), order=0)
 
 
+def heart_slices(cases: list[Case], r):
+    """(case, framed real images, framed masks) for every case with an image, a mask and heart slices, in ``r``'s frame."""
+    for c in cases:
+        if c.image is None or c.mask is None:
+            continue
+        fc = to_frame(c, size=r.size, spacing_mm=r.spacing_mm)
+        zs = [z for z in range(len(fc.mask)) if (fc.mask[z] > 0).sum() >= 20 * (r.size / 128) ** 2]
+        if zs:
+            yield c, fc.image[zs], fc.mask[zs]
+
+
 def evaluate_faithfulness(cases: list[Case], model: str | None = None, segmenter: str | None = None, seeds: int = 2,
                           device: str | None = None, **hq) -> Faithfulness:
     """Real and synthetic images are compared in the generator's frame, through the same segmenter path.
@@ -87,22 +98,12 @@ def evaluate_faithfulness(cases: list[Case], model: str | None = None, segmenter
     seg = build_model(get_model(segmenter, kind="segmenter"), r.device)
     seg_size = int(seg.cfg.size)
     rows, n_slices = [], 0
-    for c in cases:
-        if c.image is None or c.mask is None:
-            continue
-        fc = to_frame(c, size=r.size, spacing_mm=r.spacing_mm)
-        zs = [z for z in range(len(fc.mask)) if (fc.mask[z] > 0).sum() >= 20 * (r.size / 128) ** 2]
-        if not zs:
-            continue
-        ref = fc.mask[zs]
-        real = _scores(_segment(seg, fc.image[zs], seg_size), ref)
+    for c, images, ref in heart_slices(cases, r):
+        real = _scores(_segment(seg, images, seg_size), ref)
         syn_runs = [_scores(_segment(seg, r.render_framed(ref, c.vendor, seed=s), seg_size), ref) for s in range(seeds)]
         syn = {k: (float(np.mean([x[k] for x in syn_runs])) if syn_runs[0][k] is not None else None) for k in syn_runs[0]}
-        rows.append({"case": c.case_id, "vendor": c.vendor, "slices": len(zs), "real": real, "synthetic": syn})
-        n_slices += len(zs)
+        rows.append({"case": c.case_id, "vendor": c.vendor, "slices": len(ref), "real": real, "synthetic": syn})
+        n_slices += len(ref)
     if not rows:
         raise CmrError("None of the given cases has an image, a mask and heart slices to evaluate on.")
-    gen = {"model": r.name, "kind": r.kind}
-    if r.kind != "spade":
-        gen.update(steps=r.steps, guidance=r.guidance, solver=r.solver)
-    return Faithfulness(rows, _mean(rows, "real"), _mean(rows, "synthetic"), len(rows), n_slices, seeds, gen)
+    return Faithfulness(rows, _mean(rows, "real"), _mean(rows, "synthetic"), len(rows), n_slices, seeds, r.describe())

@@ -7,7 +7,7 @@
   imported. Grey images are repeated to three channels and resized to 299×299 (bilinear,
   antialiased), then mapped to the network's TF-style input range.
 * **KID** (Bińkowski et al., 2018): unbiased MMD² with the cubic polynomial kernel, averaged
-  over random subsets, with its standard error — the right figure for the few hundred slices
+  over random subsets, with its spread — the right figure for the few hundred slices
   a held-out set gives (FID is biased upwards on small sets; report both, compare like with like).
 * **SSIM / PSNR** between each synthetic image and the real image of the same mask
   (scikit-image): a weak, paired signal — a good generator need not reproduce the real texture.
@@ -86,9 +86,14 @@ def fid(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
-    """Kernel Inception Distance: mean and standard error of the unbiased MMD² over random subsets."""
-    m = min(subset_size, len(a), len(b))
-    if m < 2:
+    """Kernel Inception Distance: mean and standard deviation of the unbiased MMD² over random subsets.
+
+    Subsets hold ``subset_size`` images, or half of the smaller set when that is smaller (so that
+    subsets differ and their spread says how much the figure moves with the sample).
+    """
+    n = min(len(a), len(b))
+    m = subset_size if n > subset_size else max(2, n // 2)
+    if n < 2:
         raise CmrError("KID needs at least two images in each set.")
     d = a.shape[1]
     rng = np.random.default_rng(seed)
@@ -102,7 +107,7 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 100
         mmd = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2 * kxy.mean()
         vals.append(mmd)
     v = np.asarray(vals)
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
 def paired_ssim_psnr(real01: np.ndarray, synth01: np.ndarray) -> tuple[float, float]:
@@ -117,7 +122,7 @@ def paired_ssim_psnr(real01: np.ndarray, synth01: np.ndarray) -> tuple[float, fl
 class Fidelity:
     fid: float
     kid: float
-    kid_se: float
+    kid_std: float
     ssim: float
     psnr: float
     n_real: int
@@ -131,32 +136,23 @@ class Fidelity:
 
 def evaluate_fidelity(cases, model: str | None = None, seeds: int = 1, device: str | None = None, batch: int = 16, **hq) -> Fidelity:
     """Real framed heart slices of ``cases`` against renders of their own masks (same vendor), in the generator's frame."""
-    from cmrstudio.data.frame import to_frame
     from cmrstudio.engine.live import open_renderer
+    from cmrstudio.evaluate.faithfulness import heart_slices
 
     r = open_renderer(model, device=device, **hq)
     real, synth = [], []
-    for c in cases:
-        if c.image is None or c.mask is None:
-            continue
-        fc = to_frame(c, size=r.size, spacing_mm=r.spacing_mm)
-        zs = [z for z in range(len(fc.mask)) if (fc.mask[z] > 0).sum() >= 20 * (r.size / 128) ** 2]
-        if not zs:
-            continue
+    for c, images, masks in heart_slices(cases, r):
         for s in range(seeds):
-            for i in range(0, len(zs), batch):
-                synth.append(r.render_framed(fc.mask[zs[i:i + batch]], c.vendor, seed=s))
-        real.append(fc.image[zs])
+            for i in range(0, len(masks), batch):
+                synth.append(r.render_framed(masks[i:i + batch], c.vendor, seed=s))
+        real.append(images)
     if not real:
         raise CmrError("None of the given cases has an image, a mask and heart slices to evaluate on.")
     real_a, synth_a = np.concatenate(real), np.concatenate(synth)
     feats = InceptionFeatures(r.device)
     fr, fs = feats(real_a), feats(synth_a)
-    k, k_se = kid(fr, fs)
+    k, k_std = kid(fr, fs)
     ssim, psnr = paired_ssim_psnr(np.tile(real_a, (seeds, 1, 1)), synth_a)
     half = len(fr) // 2
     ref = fid(fr[:half], fr[half:2 * half]) if half >= 2 else None
-    gen = {"model": r.name, "kind": r.kind}
-    if r.kind != "spade":
-        gen.update(steps=r.steps, guidance=r.guidance, solver=r.solver)
-    return Fidelity(fid(fr, fs), k, k_se, ssim, psnr, len(real_a), len(synth_a), gen, ref)
+    return Fidelity(fid(fr, fs), k, k_std, ssim, psnr, len(real_a), len(synth_a), r.describe(), ref)
