@@ -363,10 +363,8 @@ def render(
 
     info = get_model(model, kind=GENERATOR_KINDS)
     hq = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver)) if v is not None}
-    if hq and info.kind == "spade":
-        raise CmrError(f"--{'/--'.join(hq)} applies to diffusion and flow models; '{info.name}' is a SPADE model (one step, no guidance).")
-    c = read_mask(mask, labels=labels, frame=frame, spacing=_parse_spacing(spacing), case=case)
     r = open_renderer(info, device=device, **hq)
+    c = read_mask(mask, labels=labels, frame=frame, spacing=_parse_spacing(spacing), case=case)
     _, _, note = r.resolve_vendor(vendor)
     if note:
         typer.echo(f"note: {note}", err=True)
@@ -552,7 +550,7 @@ def evaluate_fidelity_cmd(
     typer.echo(f"  FID {res.fid:.1f}   KID {1000 * res.kid:.1f} ± {1000 * res.kid_std:.1f} (×10⁻³, ± std over subsets)   "
                f"paired SSIM {res.ssim:.3f}  PSNR {res.psnr:.1f} dB")
     if res.reference_fid_real_halves is not None:
-        typer.echo(f"  reference: FID between two halves of the real slices {res.reference_fid_real_halves:.1f} (the floor at this sample size)")
+        typer.echo(f"  reference: FID between two halves of the real slices ({res.n_real // 2} each) {res.reference_fid_real_halves:.1f}: how far real is from real at this size")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -280,3 +280,38 @@ def test_open_renderer_picks_the_engine_by_kind(tiny_run, tiny_flow):
     assert isinstance(hq, HQRenderer) and hq.steps == 3
     with pytest.raises(CmrError, match="is a flow model, not a spade model"):
         Renderer(read_card(_card(tiny_flow)))
+
+
+def test_closing_the_queue_reports_queued_jobs_and_seeds_can_be_per_slice(tiny_flow):
+    r = HQRenderer(read_card(_card(tiny_flow)))
+    case = phantom_case(seed=4, n_slices=2, shape=(64, 64))
+    frame = r.frame_for(case.mask)
+    done = []
+    q = JobQueue(r, on_done=lambda j: done.append((j.id, j.status)))
+    ids = [q.submit(case.mask[0], frame, steps=50) for _ in range(3)]
+    q.close()
+    assert {i for i, _ in done} >= set(ids[1:]) and all(s == "cancelled" for i, s in done if i != ids[0])
+    with pytest.raises(CmrError, match="closed"):
+        q.submit(case.mask[0], frame)
+    # one seed: one noise for the batch; a seed per mask: independent samples
+    framed = np.stack([r.to_frame(case.mask[1], frame)] * 2)
+    same = r.render_framed(framed, "ge", seed=3)
+    indep = r.render_framed(framed, "ge", seed=[3, 4])
+    assert np.array_equal(same[0], same[1]) and not np.allclose(indep[0], indep[1])
+    assert np.array_equal(indep[0], same[0])  # seed 3 is seed 3, alone or in a list
+    with pytest.raises(CmrError, match="3 seeds were given for 2 masks"):
+        r.render_framed(framed, "ge", seed=[1, 2, 3])
+
+
+def test_bad_hq_options_get_one_sentence(tiny_flow, tmp_path):
+    p = run("bench", "hq", "--model", _card(tiny_flow), "--steps", "0", "--n", "1", check=False)
+    assert p.returncode == 2 and "--steps 0 must be between 1" in p.stderr and "Traceback" not in p.stderr
+    p = run("bench", "hq", "--model", _card(tiny_flow), "--steps", "1", "--size", "100", "--n", "1", check=False)
+    assert p.returncode == 2 and "--size 100 does not fit" in p.stderr
+    for bad, msg in ((dict(guidance=30.0), "--guidance 30.0 must be between 0 and 20"), (dict(sample_steps=0), "--steps 0 must be between 1"),
+                     (dict(size=72), "--size 72 must be a multiple of 16"), (dict(cond_drop=1.0), "--cond-drop 1.0")):
+        with pytest.raises(CmrError, match=msg):
+            DiffusionTrainer(DiffusionOptions(objective="flow", out=str(tmp_path / "x"), steps=5, **{**TINY, "preset": "lite", **bad}))
+    # no mask dropout: the unconditional branch is untrained, so the card's default guidance is 1
+    tr = DiffusionTrainer(DiffusionOptions(objective="flow", out=str(tmp_path / "y"), steps=5, cond_drop=0.0, **TINY))
+    assert tr.card()["sampling"]["guidance"] == 1.0

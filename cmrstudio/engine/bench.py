@@ -123,8 +123,14 @@ def bench_hq(models: list[str] | None = None, steps: list[int] | None = None, n:
     from cmrstudio.models.sampling import run_to_end, sample, noise_for
     from cmrstudio.resources import sample_case
 
+    from cmrstudio.models.sampling import check_guidance, check_steps
+
     if n < 1:
         raise CmrError(f"--n {n} must be at least 1.")
+    for k in steps or ():
+        check_steps(k)
+    if guidance is not None:
+        check_guidance(guidance)
     if threads:
         torch.set_num_threads(threads)
     case = sample_case("ED")
@@ -137,7 +143,10 @@ def bench_hq(models: list[str] | None = None, steps: list[int] | None = None, n:
         framed = r.to_frame(case.mask[z], frame)
         nets = [(r.size, r.net, framed)]
         if size and size != r.size:
-            cfg = DiffusionConfig.from_dict({**r.net.cfg.to_dict(), "size": size})
+            try:
+                cfg = DiffusionConfig.from_dict({**r.net.cfg.to_dict(), "size": size})
+            except ValueError as exc:
+                raise CmrError(f"--size {size} does not fit the architecture of '{r.name}' ({exc}); try 256.") from None
             big = dataclasses.replace(frame, size=size, step=tuple(s * r.size / size for s in frame.step))  # same field of view
             nets.append((size, CondUNet(cfg).to(r.device).eval(), r.to_frame(case.mask[z], big)))
         for sz, net, fm in nets:

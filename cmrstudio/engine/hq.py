@@ -31,11 +31,9 @@ from cmrstudio.data.frame import Frame, frame_mask, from_frame
 from cmrstudio.engine.live import GeneratorFront
 from cmrstudio.errors import CmrError
 from cmrstudio.models.checkpoint import ModelInfo
-from cmrstudio.models.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, SOLVERS, Cancelled, Step, noise_for, run_to_end, sample
+from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, SOLVERS, Cancelled, Step, check_guidance, check_steps, noise_for,
+                                       run_to_end, sample)
 from cmrstudio.models.spade import onehot
-
-MAX_STEPS = 1000
-
 
 class HQRenderer(GeneratorFront):
     """A loaded diffusion or flow model. ``steps``/``guidance``/``solver`` default to the card's."""
@@ -60,20 +58,7 @@ class HQRenderer(GeneratorFront):
         return {**super().describe(), "steps": self.steps, "guidance": self.guidance, "solver": self.solver}
 
     def check_sampling(self, steps, guidance, solver) -> tuple[int, float, str]:
-        try:
-            steps_i = int(steps)
-            if steps_i != float(steps):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise CmrError(f"--steps {steps!r} must be a whole number of sampling steps (e.g. 25 for diffusion, 4 for flow).") from None
-        if not 1 <= steps_i <= MAX_STEPS:
-            raise CmrError(f"--steps {steps_i} must be between 1 and {MAX_STEPS}.")
-        try:
-            g = float(guidance)
-        except (TypeError, ValueError):
-            raise CmrError(f"--guidance {guidance!r} must be a number (1 = no guidance, 1.5–3 typical).") from None
-        if not np.isfinite(g) or g < 0 or g > 20:
-            raise CmrError(f"--guidance {guidance} must be between 0 and 20 (1 = no guidance, 1.5–3 typical).")
+        steps_i, g = check_steps(steps), check_guidance(guidance)
         solver = solver or SOLVERS[self.kind][0]
         if solver not in SOLVERS[self.kind]:
             raise CmrError(f"--solver {solver!r} does not fit the {self.kind} model '{self.name}'; use {', '.join(SOLVERS[self.kind])}.")
@@ -95,7 +80,10 @@ class HQRenderer(GeneratorFront):
                 cancel: threading.Event | None) -> Iterator[Step]:
         oh = onehot(torch.from_numpy(framed.astype(np.int64))).to(self.device)
         v = torch.full((framed.shape[0],), vendor_index, dtype=torch.long, device=self.device)
-        noise = noise_for(seed, self.size, framed.shape[0]).to(self.device)
+        if np.isscalar(seed):
+            noise = noise_for(seed, self.size, framed.shape[0]).to(self.device)
+        else:
+            noise = torch.cat([noise_for(s, self.size) for s in seed]).to(self.device)
         it = sample(self.net, self.kind, oh, v, noise, steps, guidance, solver, bf16=self.bf16, cancel=cancel)
         while True:
             with self._lock:  # one step at a time holds the network
@@ -151,7 +139,7 @@ class JobResult:
         return cls(c.image[0], None, c.mask[0], Frame.from_dict(fr), dict(render))
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself, not its fields
 class Job:
     id: int
     mask: np.ndarray
@@ -178,7 +166,11 @@ class Job:
 
 
 class JobQueue:
-    """HQ render jobs, one after another on a worker thread; progress, previews, cancel."""
+    """HQ render jobs, one after another on a worker thread; progress, previews, cancel.
+
+    ``on_progress`` and ``on_done`` run on the worker thread, except ``on_done`` for a job
+    cancelled while still queued, which runs on the thread that cancelled it (or closed the queue).
+    """
 
     def __init__(self, renderer: HQRenderer, on_progress: Callable[[Job], None] | None = None,
                  on_done: Callable[[Job], None] | None = None, yield_to: Callable[[], bool] | None = None):
@@ -280,9 +272,9 @@ class JobQueue:
                 job = self._queue.pop(0)
                 job.status = "running"
             self._render(job)
+            self._emit(self.on_done, job)  # before waiters wake: wait() returns after on_done has run
             with self._cond:
                 self._cond.notify_all()
-            self._emit(self.on_done, job)
 
     def _render(self, job: Job) -> None:
         r = self.renderer
@@ -310,20 +302,26 @@ class JobQueue:
         except Cancelled:
             job.status = "cancelled"
         except CmrError as exc:
-            job.status, job.error = "failed", exc.message
+            job.error = exc.message
+            job.status = "failed"
         except Exception as exc:  # torch / out of memory: reported in the job, the queue stays up
-            job.status, job.error = "failed", f"Rendering failed ({type(exc).__name__}: {exc})."
+            job.error = f"Rendering failed ({type(exc).__name__}: {exc})."
+            job.status = "failed"
         job.seconds = time.perf_counter() - t0
 
     def close(self, timeout: float = 5.0) -> None:
+        """Cancel everything (queued jobs are reported to ``on_done``) and stop the worker."""
         with self._cond:
             self._closed = True
-            for j in self._queue:
+            dropped = list(self._queue)
+            for j in dropped:
                 j.status = "cancelled"
             self._queue.clear()
             for j in self._jobs.values():
                 j.cancel_event.set()
             self._cond.notify_all()
+        for j in dropped:
+            self._emit(self.on_done, j)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 

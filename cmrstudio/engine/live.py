@@ -20,7 +20,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -144,9 +144,15 @@ class GeneratorFront:
             raise CmrError(f"Framed masks must be {self.size}×{self.size} for the model '{self.name}', not {m.shape[-2]}×{m.shape[-1]}.")
         return m
 
-    def render_framed(self, masks: np.ndarray, vendor: str | None = "unknown", seed: int = 0) -> np.ndarray:
-        """Framed masks (N, N) or (B, N, N) -> images in [0, 1], same shape. One latent per call."""
+    def render_framed(self, masks: np.ndarray, vendor: str | None = "unknown", seed: int | Sequence[int] = 0) -> np.ndarray:
+        """Framed masks (N, N) or (B, N, N) -> images in [0, 1], same shape.
+
+        One seed: one latent for the whole batch (the slices of one volume look alike); a list of
+        seeds, one per mask: independent samples (what distribution metrics need).
+        """
         m = self.check_framed(masks)
+        if not np.isscalar(seed) and len(seed) != len(m):
+            raise CmrError(f"{len(seed)} seeds were given for {len(m)} masks; give one seed, or one per mask.")
         img = self._generate(m, self.resolve_vendor(vendor)[0], seed)
         return img[0] if np.asarray(masks).ndim == 2 else img
 
@@ -191,7 +197,10 @@ class Renderer(GeneratorFront):
         """Checked framed masks (B, N, N) -> images (B, N, N) in [0, 1]; one latent for the batch."""
         oh = onehot(torch.from_numpy(framed.astype(np.int64))).to(self.device)
         v = torch.full((framed.shape[0],), vendor_index, dtype=torch.long, device=self.device)
-        z = self.latent(seed).expand(framed.shape[0], -1).to(self.device)
+        if np.isscalar(seed):
+            z = self.latent(seed).expand(framed.shape[0], -1).to(self.device)
+        else:
+            z = torch.cat([self.latent(s) for s in seed]).to(self.device)
         with self._lock:
             out = self.net(oh, v, z)
         return ((out[:, 0].float().cpu().numpy() + 1.0) / 2.0).clip(0, 1).astype(np.float32)
@@ -206,6 +215,9 @@ def open_renderer(model: str | ModelInfo | None = None, device: str | None = Non
 
     info = model if isinstance(model, ModelInfo) else get_model(model, kind=GENERATOR_KINDS)
     if info.kind == "spade":
+        given = [k for k, v in hq.items() if v is not None]
+        if given:
+            raise CmrError(f"--{'/--'.join(given)} applies to diffusion and flow models; '{info.name}' is a SPADE model (one step, no guidance).")
         return Renderer(info, device=device, threads=threads)
     from cmrstudio.engine.hq import HQRenderer
 

@@ -128,7 +128,7 @@ class Fidelity:
     n_real: int
     n_synthetic: int
     generator: dict
-    reference_fid_real_halves: float | None = None
+    reference_fid_real_halves: float | None = None  # FID between two halves of the real slices (n/2 each): a scale for small sets
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -140,19 +140,23 @@ def evaluate_fidelity(cases, model: str | None = None, seeds: int = 1, device: s
     from cmrstudio.evaluate.faithfulness import heart_slices
 
     r = open_renderer(model, device=device, **hq)
-    real, synth = [], []
+    real, paired, synth = [], [], []
+    n = 0
     for c, images, masks in heart_slices(cases, r):
-        for s in range(seeds):
-            for i in range(0, len(masks), batch):
-                synth.append(r.render_framed(masks[i:i + batch], c.vendor, seed=s))
         real.append(images)
+        for s in range(seeds):  # every slice its own seed: independent samples, as the distribution metrics assume
+            for i in range(0, len(masks), batch):
+                part = masks[i:i + batch]
+                synth.append(r.render_framed(part, c.vendor, seed=[n + j for j in range(len(part))]))
+                n += len(part)
+            paired.append(images)  # the real slices beside this seed's renders
     if not real:
         raise CmrError("None of the given cases has an image, a mask and heart slices to evaluate on.")
     real_a, synth_a = np.concatenate(real), np.concatenate(synth)
     feats = InceptionFeatures(r.device)
     fr, fs = feats(real_a), feats(synth_a)
-    k, k_std = kid(fr, fs)
-    ssim, psnr = paired_ssim_psnr(np.tile(real_a, (seeds, 1, 1)), synth_a)
+    kd, kd_std = kid(fr, fs)
+    ssim, psnr = paired_ssim_psnr(np.concatenate(paired), synth_a)
     half = len(fr) // 2
     ref = fid(fr[:half], fr[half:2 * half]) if half >= 2 else None
-    return Fidelity(fid(fr, fs), k, k_std, ssim, psnr, len(real_a), len(synth_a), r.describe(), ref)
+    return Fidelity(fid(fr, fs), kd, kd_std, ssim, psnr, len(fr), len(synth_a), r.describe(), ref)

@@ -31,6 +31,36 @@ OBJECTIVES = ("diffusion", "flow")
 SOLVERS = {"diffusion": ("ddim",), "flow": ("euler", "heun")}
 DEFAULT_STEPS = {"diffusion": 25, "flow": 4}
 DEFAULT_GUIDANCE = 1.5
+MAX_STEPS = 1000
+MAX_GUIDANCE = 20.0
+
+
+def check_steps(steps) -> int:
+    """A step count from a person: a whole number 1..MAX_STEPS, or one sentence saying what to give."""
+    from cmrstudio.errors import CmrError
+
+    try:
+        n = int(steps)
+        if n != float(steps):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise CmrError(f"--steps {steps!r} must be a whole number of sampling steps (e.g. 25 for diffusion, 4 for flow).") from None
+    if not 1 <= n <= MAX_STEPS:
+        raise CmrError(f"--steps {n} must be between 1 and {MAX_STEPS}.")
+    return n
+
+
+def check_guidance(guidance) -> float:
+    """A guidance scale from a person: 0..MAX_GUIDANCE (1 = plain conditional sampling)."""
+    from cmrstudio.errors import CmrError
+
+    try:
+        g = float(guidance)
+    except (TypeError, ValueError):
+        raise CmrError(f"--guidance {guidance!r} must be a number (1 = no guidance, 1.5–3 typical).") from None
+    if not math.isfinite(g) or g < 0 or g > MAX_GUIDANCE:
+        raise CmrError(f"--guidance {guidance} must be between 0 and {MAX_GUIDANCE:g} (1 = no guidance, 1.5–3 typical).")
+    return g
 
 
 class Cancelled(Exception):
@@ -138,7 +168,8 @@ def sample(net, objective: str, onehot: torch.Tensor, vendor: torch.Tensor, nois
             if solver == "heun" and s > 0:
                 x_e = x - (t - s) * out
                 out2 = _predict(net, x_e, s, onehot, vendor, guidance, bf16)
-                x = x - (t - s) * 0.5 * (out + out2)
+                out = 0.5 * (out + out2)
+                x = x - (t - s) * out
             else:
                 x = x - (t - s) * out
             preview = x - s * out  # the clean image the current velocity points to

@@ -66,6 +66,7 @@ class BaseOptions:
     max_minutes: float | None = None
 
 
+LEGACY_STATE_NAMES = {"ema": "generator_ema"}  # SPADE runs saved before the shared trainer
 RESUME_MUST_MATCH = ("data", "phantom", "exclude", "seed", "batch", "size", "preset", "require_labels", "augment")
 
 
@@ -238,22 +239,29 @@ class BaseTrainer:
                 raise CmrError(f"The run in {self.out} was trained with --{key.replace('_', '-')} {saved[key]!r}, not {mine[key]!r}; "
                                "resume it with the same data options, or start a new run with another --out.")
         for key, net in self.networks().items():
-            net.load_state_dict(load_state(self.state_dir / f"{key}.safetensors"))
+            path = self.state_dir / f"{key}.safetensors"
+            legacy = self.state_dir / f"{LEGACY_STATE_NAMES.get(key, key)}.safetensors"
+            net.load_state_dict(load_state(path if path.exists() or not legacy.exists() else legacy))
         try:
-            opt = torch.load(self.state_dir / "optim.pt", map_location=self.device, weights_only=True)
+            # on the CPU: random states must stay CPU byte tensors; optimisers move their state to the parameters
+            opt = torch.load(self.state_dir / "optim.pt", map_location="cpu", weights_only=True)
+            saved_opts = opt.get("optimisers", opt)  # runs saved before the shared trainer kept them at the top
             for key, o in self.optimisers().items():
-                o.load_state_dict(opt["optimisers"][key])
+                o.load_state_dict(saved_opts[key])
         except (RuntimeError, KeyError, OSError, ValueError, EOFError) as exc:
             raise CmrError(f"The optimiser state in {self.state_dir} cannot be read ({exc}); start a new run with another --out.") from None
         self.step = step
         self.elapsed = float(st.get("elapsed_s", 0.0))
         self.history = list(st.get("history_tail", []))
-        rng = opt["rng"]  # continue the random streams exactly where the run stopped
-        torch.set_rng_state(rng["torch"])
-        self.sampler.generator.set_state(rng["sampler"])
-        self.rng.set_state(rng["noise"])
-        if st.get("numpy_rng"):
-            self.ds.rng.bit_generator.state = st["numpy_rng"]
+        rng = opt.get("rng")
+        if rng:  # continue the random streams exactly where the run stopped
+            torch.set_rng_state(rng["torch"])
+            self.sampler.generator.set_state(rng["sampler"])
+            self.rng.set_state(rng["noise"])
+            if st.get("numpy_rng"):
+                self.ds.rng.bit_generator.state = st["numpy_rng"]
+        else:  # state written before random streams were saved
+            self.rng.manual_seed(self.opts.seed + 1 + self.step)
         log = self.out / "log.jsonl"
         if log.exists():  # drop lines written after the saved step (a crash between saves)
             keep = [ln for ln in log.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]

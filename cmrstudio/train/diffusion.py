@@ -17,7 +17,8 @@ import torch
 
 from cmrstudio.errors import CmrError
 from cmrstudio.models.diffusion import PRESETS, CondUNet, DiffusionConfig
-from cmrstudio.models.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, OBJECTIVES, noise_for, run_to_end, sample, sample_t, training_loss
+from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, OBJECTIVES, check_guidance, check_steps, noise_for, run_to_end, sample,
+                                       sample_t, training_loss)
 from cmrstudio.models.spade import count_parameters, onehot
 from cmrstudio.train.base import BaseOptions, BaseTrainer
 
@@ -64,11 +65,14 @@ class DiffusionTrainer(BaseTrainer):
         try:
             DiffusionConfig.from_dict({**PRESETS[o.preset].to_dict(), "size": o.size})
         except ValueError:
-            raise CmrError(f"--size {o.size} must be a multiple of 16, like 64, 128 or 256.") from None
+            base = PRESETS[o.preset]
+            unit = base.patch * 2 ** (len(base.mults) - 1)
+            raise CmrError(f"--size {o.size} must be a multiple of {unit} for the {o.preset} preset, like 64, 128 or 256.") from None
         if not 0 <= o.cond_drop < 1:
             raise CmrError(f"--cond-drop {o.cond_drop} must be at least 0 and below 1.")
-        if o.guidance < 0:
-            raise CmrError(f"--guidance {o.guidance} must not be negative (1 = plain conditional sampling).")
+        check_guidance(o.guidance)
+        if o.sample_steps is not None:
+            check_steps(o.sample_steps)
 
     def build(self) -> None:
         o = self.opts
@@ -80,7 +84,9 @@ class DiffusionTrainer(BaseTrainer):
             p.requires_grad_(False)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, weight_decay=0.0)
         self.bf16 = bf16_native(self.device) if o.bf16 is None else bool(o.bf16)
-        self.steps_default = int(o.sample_steps or DEFAULT_STEPS[o.objective])
+        self.steps_default = int(o.sample_steps if o.sample_steps is not None else DEFAULT_STEPS[o.objective])
+        # without mask dropout the unconditional branch was never trained: guidance would be meaningless
+        self.guidance = o.guidance if o.cond_drop > 0 else 1.0
 
     def networks(self) -> dict:
         return {"network": self.net, "ema": self.ema}
@@ -112,7 +118,7 @@ class DiffusionTrainer(BaseTrainer):
             process = {"objective": "flow", "path": "rectified flow x_t=(1-t) x0 + t eps", "prediction": "velocity eps - x0",
                        "t_distribution": "logit-normal(0,1)", "sampler": "euler"}
         return {"process": process,
-                "sampling": {"steps": self.steps_default, "guidance": o.guidance, "solver": process["sampler"],
+                "sampling": {"steps": self.steps_default, "guidance": self.guidance, "solver": process["sampler"],
                              "guidance_null": "all-zero mask"}}
 
     def training_extra(self) -> dict:
@@ -125,7 +131,7 @@ class DiffusionTrainer(BaseTrainer):
         rows = []
         for seed in f["seeds"]:
             noise = noise_for(seed, self.cfg.size, len(oh)).to(self.device)
-            img = run_to_end(sample(self.ema, self.kind, oh, v, noise, self.steps_default, self.opts.guidance, bf16=self.bf16))
+            img = run_to_end(sample(self.ema, self.kind, oh, v, noise, self.steps_default, self.guidance, bf16=self.bf16))
             rows.append(img * 2 - 1)
         return rows
 
