@@ -40,20 +40,27 @@ def _stroke(mask2d: np.ndarray, n: int, spacing_px: float = 1.5):
         yield m.copy()
 
 
-def bench_live(model: str | None = None, n: int = 100, device: str | None = None, threads: int | None = None,
-               dab_interval_ms: float = 15.0, warmup: int = 5) -> dict:
+def _sample_slice():
+    """The benchmarks' input: the sample case (ED) and its mid-ventricular slice index."""
     from cmrstudio.resources import sample_case
 
+    case = sample_case("ED")
+    return case, int(np.argmax((case.mask > 0).sum(axis=(1, 2))))
+
+
+def _sync(device: torch.device):
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def bench_live(model: str | None = None, n: int = 100, device: str | None = None, threads: int | None = None,
+               dab_interval_ms: float = 15.0, warmup: int = 5) -> dict:
     if n < 1:
         raise CmrError(f"--n {n} must be at least 1 frame.")
-    case = sample_case("ED")
+    case, z = _sample_slice()
     r = Renderer(model, device=device, threads=threads)
-    z = int(np.argmax((case.mask > 0).sum(axis=(1, 2))))
     frame = r.frame_for(case.mask, case.spacing)
     masks = list(_stroke(case.mask[z], n + warmup))
-    sync = lambda: None  # noqa: E731
-    if r.device.type == "cuda":
-        sync = torch.cuda.synchronize
+    sync = _sync(r.device)
 
     for m in masks[:warmup]:
         r.render_slice(m, frame, "siemens", 0)
@@ -120,10 +127,7 @@ def bench_hq(models: list[str] | None = None, steps: list[int] | None = None, n:
     """
     from cmrstudio.engine.hq import HQRenderer
     from cmrstudio.models.diffusion import CondUNet, DiffusionConfig
-    from cmrstudio.models.sampling import run_to_end, sample, noise_for
-    from cmrstudio.resources import sample_case
-
-    from cmrstudio.models.sampling import check_guidance, check_steps
+    from cmrstudio.models.sampling import check_guidance, check_steps, noise_for, run_to_end, sample
 
     if n < 1:
         raise CmrError(f"--n {n} must be at least 1.")
@@ -133,8 +137,7 @@ def bench_hq(models: list[str] | None = None, steps: list[int] | None = None, n:
         check_guidance(guidance)
     if threads:
         torch.set_num_threads(threads)
-    case = sample_case("ED")
-    z = int(np.argmax((case.mask > 0).sum(axis=(1, 2))))
+    case, z = _sample_slice()
     rows = []
     renderers = [HQRenderer(m, device=device) for m in (models or ["diffusion", "flow"])]
     for r in renderers:
@@ -149,12 +152,12 @@ def bench_hq(models: list[str] | None = None, steps: list[int] | None = None, n:
                 raise CmrError(f"--size {size} does not fit the architecture of '{r.name}' ({exc}); try 256.") from None
             big = dataclasses.replace(frame, size=size, step=tuple(s * r.size / size for s in frame.step))  # same field of view
             nets.append((size, CondUNet(cfg).to(r.device).eval(), r.to_frame(case.mask[z], big)))
+        sync = _sync(r.device)
+        v = torch.zeros(1, dtype=torch.long, device=r.device)
         for sz, net, fm in nets:
+            oh = onehot(torch.from_numpy(fm[None].astype(np.int64))).to(r.device)
+            noise = noise_for(0, sz).to(r.device)
             for k in steps or ([10, 25, 50] if r.kind == "diffusion" else [1, 2, 4, 8]):
-                oh = onehot(torch.from_numpy(fm[None].astype(np.int64))).to(r.device)
-                v = torch.zeros(1, dtype=torch.long, device=r.device)
-                noise = noise_for(0, sz).to(r.device)
-                sync = torch.cuda.synchronize if r.device.type == "cuda" else (lambda: None)
                 run_to_end(sample(net, r.kind, oh, v, noise, 2, g, r.solver, bf16=r.bf16))  # warm-up
                 times = []
                 for _ in range(n):

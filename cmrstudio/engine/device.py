@@ -1,4 +1,4 @@
-"""Choosing the torch device (CUDA, then MPS, then CPU) and describing it for cards and benchmarks."""
+"""Choosing the torch device (CUDA, then MPS, then CPU), whether it runs bfloat16 natively, and describing it."""
 
 from __future__ import annotations
 
@@ -25,6 +25,18 @@ def pick_device(pref: str | None = None) -> torch.device:
     if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def bf16_native(device: torch.device) -> bool:
+    """True where bfloat16 runs natively (CUDA with bf16, or a CPU with AVX-512 BF16 / AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
 
 
 def hardware(device: torch.device) -> str:

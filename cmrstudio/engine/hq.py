@@ -28,6 +28,7 @@ import torch
 
 from cmrstudio.case import Case
 from cmrstudio.data.frame import Frame, frame_mask, from_frame
+from cmrstudio.engine.device import bf16_native
 from cmrstudio.engine.live import GeneratorFront
 from cmrstudio.errors import CmrError
 from cmrstudio.models.checkpoint import ModelInfo
@@ -42,24 +43,22 @@ class HQRenderer(GeneratorFront):
 
     def __init__(self, model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None,
                  steps: int | None = None, guidance: float | None = None, solver: str | None = None, bf16: bool | None = None):
-        if model is None:
-            model = "diffusion"
         super().__init__(model, device, threads)
-        from cmrstudio.train.diffusion import bf16_native
-
         card = self.info.card.get("sampling", {})
-        self.steps, self.guidance, self.solver = self.check_sampling(
-            steps if steps is not None else card.get("steps", DEFAULT_STEPS[self.kind]),
-            guidance if guidance is not None else card.get("guidance", DEFAULT_GUIDANCE),
-            solver or card.get("solver"))
+        self.steps = card.get("steps", DEFAULT_STEPS[self.kind])  # the card's defaults, checked below with the arguments
+        self.guidance = card.get("guidance", DEFAULT_GUIDANCE)
+        self.solver = card.get("solver") or SOLVERS[self.kind][0]
+        self.steps, self.guidance, self.solver = self.sampling(steps, guidance, solver)
         self.bf16 = bf16_native(self.device) if bf16 is None else bool(bf16)
 
     def describe(self) -> dict:
         return {**super().describe(), "steps": self.steps, "guidance": self.guidance, "solver": self.solver}
 
-    def check_sampling(self, steps, guidance, solver) -> tuple[int, float, str]:
-        steps_i, g = check_steps(steps), check_guidance(guidance)
-        solver = solver or SOLVERS[self.kind][0]
+    def sampling(self, steps=None, guidance=None, solver=None) -> tuple[int, float, str]:
+        """Checked (steps, guidance, solver); each one not given is this renderer's default."""
+        steps_i = check_steps(self.steps if steps is None else steps)
+        g = check_guidance(self.guidance if guidance is None else guidance)
+        solver = solver or self.solver
         if solver not in SOLVERS[self.kind]:
             raise CmrError(f"--solver {solver!r} does not fit the {self.kind} model '{self.name}'; use {', '.join(SOLVERS[self.kind])}.")
         return steps_i, g, solver
@@ -72,8 +71,7 @@ class HQRenderer(GeneratorFront):
         One starting noise per call (the seed's), shared by every mask in the batch.
         """
         m = self.check_framed(masks)
-        steps, guidance, solver = self.check_sampling(steps if steps is not None else self.steps,
-                                                      guidance if guidance is not None else self.guidance, solver or self.solver)
+        steps, guidance, solver = self.sampling(steps, guidance, solver)
         return self._sample(m, self.resolve_vendor(vendor)[0], seed, steps, guidance, solver, cancel)
 
     def _sample(self, framed: np.ndarray, vendor_index: int, seed: int, steps: int, guidance: float, solver: str,
@@ -123,16 +121,18 @@ class JobResult:
     @classmethod
     def load(cls, folder: str | Path, case_id: str) -> "JobResult":
         """Read a saved render back (its sidecar, image and mask) from ``folder``."""
-        from cmrstudio.io import read_case
-
         import json
 
-        path = Path(folder) / f"{case_id}.json"
+        from cmrstudio.io import read_case
+
+        folder = Path(folder)
+        path = folder / f"{case_id}.json"
         try:
             src = json.loads(path.read_text(encoding="utf-8")).get("source", {})
         except (OSError, ValueError, AttributeError) as exc:
             raise CmrError(f"{path} cannot be read as a render's sidecar ({exc}); it may be damaged or not a cmrstudio render.") from None
-        c = read_case(folder, case=case_id)
+        # the two NIfTI files themselves: no scan of the whole folder (a gallery holds many renders)
+        c = read_case(folder / f"{case_id}_image.nii.gz", mask=folder / f"{case_id}_mask.nii.gz", labels="canonical")
         render, fr = src.get("render"), src.get("frame")
         if not isinstance(render, dict) or not isinstance(fr, dict) or c.image is None or c.mask is None:
             raise CmrError(f"{path} is not a saved cmrstudio render (its sidecar lacks 'render' or 'frame', or the image or mask is missing).")
@@ -151,8 +151,7 @@ class Job:
     solver: str
     tag: Any = None
     status: str = "queued"  # queued, running, done, cancelled, failed
-    step: int = 0
-    total: int = 0
+    step: int = 0  # steps done, of ``steps``
     preview: np.ndarray | None = None  # framed preview of the predicted clean image
     result: JobResult | None = None
     error: str | None = None
@@ -192,15 +191,14 @@ class JobQueue:
                guidance: float | None = None, solver: str | None = None, tag: Any = None) -> int:
         """Queue a render of a native mask slice in ``frame``; returns the job id. Bad options raise at once."""
         r = self.renderer
-        steps_i, g, solver = r.check_sampling(steps if steps is not None else r.steps, guidance if guidance is not None else r.guidance,
-                                              solver or r.solver)
+        steps_i, g, solver = r.sampling(steps, guidance, solver)
         r.resolve_vendor(vendor)
         m = r.check_mask(np.array(mask2d, copy=True))
         with self._cond:
             if self._closed:
                 raise CmrError("The render queue was closed; start a new one.")
             self._next += 1
-            job = Job(self._next, m, frame, vendor, int(seed), steps_i, g, solver, tag, total=steps_i)
+            job = Job(self._next, m, frame, vendor, int(seed), steps_i, g, solver, tag)
             self._jobs[job.id] = job
             self._queue.append(job)
             self._cond.notify_all()

@@ -138,8 +138,7 @@ def _check(objective: str, steps: int, solver: str | None) -> str:
     solver = solver or SOLVERS[objective][0]
     if solver not in SOLVERS[objective]:
         raise ValueError(f"solver {solver!r} does not fit a {objective} model; use {', '.join(SOLVERS[objective])}")
-    if int(steps) < 1:
-        raise ValueError(f"steps {steps} must be at least 1")
+    check_steps(steps)
     return solver
 
 

@@ -15,24 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cmrstudio.engine.device import bf16_native
 from cmrstudio.errors import CmrError
 from cmrstudio.models.diffusion import PRESETS, CondUNet, DiffusionConfig
 from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, OBJECTIVES, check_guidance, check_steps, noise_for, run_to_end, sample,
                                        sample_t, training_loss)
 from cmrstudio.models.spade import count_parameters, onehot
 from cmrstudio.train.base import BaseOptions, BaseTrainer
-
-
-def bf16_native(device: torch.device) -> bool:
-    """True where bfloat16 runs natively (CUDA with bf16, or a CPU with AVX-512 BF16 / AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
 
 
 @dataclass
