@@ -1,73 +1,212 @@
-"""Studio assembly: a napari viewer opened on a case (the built-in sample by default)."""
+"""Studio assembly: a napari window with the studio's panels, menus, drag-and-drop and status bar."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import napari
+from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtWidgets import (QApplication, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QLabel)
 
-from cmrstudio import __version__
-from cmrstudio.anatomy import check_mask, summarise
-from cmrstudio.case import Case
-from cmrstudio.gui.layers import case_layers
+from cmrstudio.gui.studio import Studio
 
-
-def load_case(path: Path | None, case: str | None = None) -> Case:
-    from cmrstudio.io import read_case
-    from cmrstudio.resources import sample_case
-
-    if path is None:
-        return sample_case("ED")
-    return read_case(path, case=case)
+T0 = time.perf_counter()
 
 
-def show_case(viewer: napari.Viewer, case: Case) -> None:
-    """Replace the viewer's layers with a case and say what is open."""
-    viewer.layers.clear()
-    for data, kwargs, kind in case_layers(case):
-        getattr(viewer, f"add_{kind}")(data, **kwargs)
-    where = case.source.get("path") or case.source.get("image") or case.case_id
-    viewer.title = f"cmrstudio {__version__} — {case.case_id} ({case.phase or 'phase ?'}, {case.vendor})"
-    issues = [f for f in check_mask(case.mask, case.spacing) if f.severity != "info"] if case.mask is not None else []
-    sp = "×".join(f"{v:.3g}" for v in case.spacing) + " mm" if case.spacing else "spacing unknown"
-    overlay = f"{case.case_id} · {case.phase or '-'} · {case.vendor} · {'×'.join(map(str, case.shape))} · {sp}"
-    if issues:
-        kinds = summarise(issues)
-        overlay += f"\nanatomy check: {len(kinds)} warning{'s' if len(kinds) > 1 else ''} (cmrstudio check for details)"
-    viewer.status = f"{where} · {overlay.splitlines()[0]}"
-    text = viewer.canvas.overlays["text"]
-    text.text = overlay
-    text.position = "top_left"
-    text.visible = True
-    text.font_size = 10
-    if case.shape[0] > 1:
-        viewer.dims.set_point(0, viewer.dims.range[0].start + (case.shape[0] // 2) * viewer.dims.range[0].step)
+class _Drops(QObject):
+    """Files dropped on the window open in the studio (not as loose napari layers)."""
+
+    def __init__(self, studio: Studio):
+        super().__init__()
+        self.studio = studio
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt API)
+        t = event.type()
+        if t in (QEvent.DragEnter, QEvent.DragMove) and event.mimeData().hasUrls():
+            event.acceptProposedAction()
+            return True
+        if t == QEvent.Drop and event.mimeData().hasUrls():
+            paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
+            event.acceptProposedAction()
+            if paths:
+                self.studio.open_path(paths[0])
+            return True
+        return False
 
 
-def build_viewer(path: Path | None = None, case: str | None = None, show: bool = True) -> napari.Viewer:
-    c = load_case(path, case)
-    viewer = napari.Viewer(title="cmrstudio", show=show)
-    show_case(viewer, c)
-    return viewer
+class _Closing(QObject):
+    def __init__(self, studio: Studio):
+        super().__init__()
+        self.studio = studio
+
+    def eventFilter(self, obj, event):  # noqa: N802
+        if event.type() == QEvent.Close:
+            self.studio.close()
+        return False
 
 
-def run(path: Path | None = None, case: str | None = None) -> None:
-    build_viewer(path, case, show=True)
+class SettingsDialog(QDialog):
+    def __init__(self, studio: Studio, parent=None):
+        from cmrstudio.models.registry import list_models
+
+        super().__init__(parent)
+        self.setWindowTitle("cmrstudio settings")
+        s = studio.settings
+        f = QFormLayout(self)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device.setCurrentText(s.device or "auto")
+        self.live = QComboBox()
+        self.live.addItems([m.name for m in list_models("spade")])
+        if s.live_model:
+            self.live.setCurrentText(s.live_model)
+        self.hq = QComboBox()
+        self.hq.addItems([m.name for m in list_models("diffusion") + list_models("flow")])
+        if s.hq_model:
+            self.hq.setCurrentText(s.hq_model)
+        f.addRow("Device", self.device)
+        f.addRow("Live model", self.live)
+        f.addRow("HQ model", self.hq)
+        f.addRow(QLabel("The device applies the next time the studio starts."))
+        bb = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        bb.accepted.connect(self.accept)
+        bb.rejected.connect(self.reject)
+        f.addRow(bb)
+        self.studio = studio
+
+    def accept(self) -> None:
+        s = self.studio.settings
+        s.device = self.device.currentText()
+        s.live_model = self.live.currentText() or None
+        s.hq_model = self.hq.currentText() or None
+        self.studio.save_settings()
+        super().accept()
+
+
+class StudioWindow:
+    """The studio: napari viewer + :class:`Studio` + panels. ``.viewer``, ``.studio``, ``.paint``, ``.synthesis``, ``.gallery``."""
+
+    def __init__(self, path: Path | None = None, case: str | None = None, show: bool = True, project=None, viewer=None,
+                 live_model: str | None = None):
+        from cmrstudio.gui.gallery import GalleryPanel
+        from cmrstudio.gui.panels import PaintPanel, SynthesisPanel
+        from cmrstudio.project import Project, default_project_dir
+
+        self.viewer = viewer or napari.Viewer(title="cmrstudio", show=show)
+        self.studio = st = Studio(self.viewer, live_model=live_model)
+        if project is None:
+            where = st.settings.last_project or default_project_dir()
+            try:
+                project = Project.open_or_create(where)
+            except Exception as exc:
+                st.say("warning", f"{getattr(exc, 'message', exc)} Kept renders need a project: Studio ▸ New project.")
+        elif not hasattr(project, "items"):
+            project = Project.open_or_create(project)
+        if project is not None:
+            st.set_project(project)
+        ok = st.open_path(path, case=case)
+        if not ok and path is not None:
+            st.open_path(None)  # the sample, so the studio is usable; the message says what failed
+        self.synthesis = SynthesisPanel(st)
+        self.paint = PaintPanel(st)
+        self.gallery = GalleryPanel(st)
+        w = self.viewer.window
+        self.paint_dock = w.add_dock_widget(self.paint, name="Paint", area="right")
+        self.synthesis_dock = w.add_dock_widget(self.synthesis, name="Synthesis", area="right")
+        self.gallery_dock = w.add_dock_widget(self.gallery, name="Gallery", area="right", tabify=True)
+        QTimer.singleShot(0, self.synthesis_dock.raise_)
+        qt_window = w._qt_window
+        self._status = QLabel("")
+        qt_window.statusBar().addPermanentWidget(self._status)
+        st.changed.connect(lambda _w: self._status.setText(st.status_line()))
+        st.message.connect(lambda lvl, text: qt_window.statusBar().showMessage(text, 15000))
+        self._status.setText(st.status_line())
+        self._drops = _Drops(st)
+        w._qt_viewer.installEventFilter(self._drops)
+        w._qt_viewer.setAcceptDrops(True)
+        self._closing = _Closing(st)
+        qt_window.installEventFilter(self._closing)
+        self._menus()
+
+    def _menus(self) -> None:
+        w, st = self.viewer.window, self.studio
+        menu = w.main_menu.addMenu("&Studio")
+        menu.addAction("Open scan file…", self.open_file_dialog)
+        menu.addAction("Open dataset folder…", self.open_folder_dialog)
+        menu.addAction("Open the sample case", lambda: st.open_path(None))
+        menu.addSeparator()
+        menu.addAction("New project…", lambda: self.gallery.new_project())
+        menu.addAction("Open project…", lambda: self.gallery.open_project())
+        menu.addSeparator()
+        menu.addAction("Settings…", lambda: SettingsDialog(st, w._qt_window).exec())
+        self.studio_menu = menu
+
+    def open_file_dialog(self) -> bool:
+        start = self.studio.settings.last_folder or str(Path.home())
+        f, _ = QFileDialog.getOpenFileName(self.viewer.window._qt_window, "Open a cardiac scan", start,
+                                           "Scans (*.nii *.nii.gz *.mha *.mhd *.nrrd *.h5 *.dcm);;All files (*)")
+        return self.studio.open_path(f) if f else False
+
+    def open_folder_dialog(self) -> bool:
+        start = self.studio.settings.last_folder or str(Path.home())
+        d = QFileDialog.getExistingDirectory(self.viewer.window._qt_window, "Open a dataset or DICOM folder", start)
+        return self.studio.open_path(d) if d else False
+
+    def close(self) -> None:
+        self.studio.close()
+        self.viewer.close()
+
+
+def run(path: Path | None = None, case: str | None = None, ready_file: Path | None = None, quit_when_ready: bool = False) -> None:
+    """Open the studio and run the Qt event loop.
+
+    ``ready_file``: once the window is shown and the first live frame is on screen, write the
+    seconds since start there (the cold-start benchmark); ``quit_when_ready`` then closes.
+    """
+    win = StudioWindow(path, case, show=True)
+    if ready_file is not None or quit_when_ready:
+        def poll():
+            if win.studio.frame_ms or (win.studio.engine is None):
+                if ready_file is not None:
+                    Path(ready_file).write_text(f"{time.perf_counter() - T0:.3f}\n")
+                if quit_when_ready:
+                    win.close()
+                    QApplication.instance().quit()
+                return
+            QTimer.singleShot(10, poll)
+
+        QTimer.singleShot(0, poll)
     napari.run()
 
 
-def screenshot(out: Path, path: Path | None = None, case: str | None = None) -> Path:
-    """Open the studio, render it, save a PNG of the whole window, close it."""
-    from qtpy.QtWidgets import QApplication
+def screenshot(out: Path, path: Path | None = None, case: str | None = None, paint: bool = True) -> Path:
+    """Open the studio, paint a short stroke on the real scan, wait for the render, save a PNG of the window."""
     from skimage.io import imsave
 
-    viewer = build_viewer(path, case, show=True)
-    viewer.window.resize(1400, 860)
-    for _ in range(30):
-        QApplication.processEvents()
-    img = viewer.screenshot(canvas_only=False, flash=False)
-    viewer.close()
+    win = StudioWindow(path, case, show=True)
+    win.viewer.window.resize(1600, 980)
+    win.viewer.window._qt_window.showNormal()
+    _pump(0.5)
+    win.viewer.reset_view()
+    if paint:
+        from cmrstudio.gui.mouse import stroke_on_mask
+
+        st = win.studio
+        stroke_on_mask(win.viewer, st.mask_layer, label=3, n=12, radius_frac=0.06)
+    win.studio.engine.wait_idle(10)
+    _pump(0.6)
+    img = win.viewer.screenshot(canvas_only=False, flash=False)
+    win.close()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     imsave(out, img, check_contrast=False)
     return out
+
+
+def _pump(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        QApplication.processEvents()
+        time.sleep(0.005)
+

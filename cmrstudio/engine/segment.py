@@ -1,0 +1,36 @@
+"""Segment a real scan with the bundled segmenter: the studio's "start from a segmentation" mask."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cmrstudio.case import Case
+from cmrstudio.data.frame import from_frame, make_frame, to_frame
+from cmrstudio.engine.device import pick_device
+from cmrstudio.errors import CmrError
+from cmrstudio.models.registry import build_model, get_model
+from cmrstudio.train.segmenter import segment_framed
+
+
+def segment_scan(case: Case, model: str | None = None, device: str | None = None, slices: list[int] | None = None) -> np.ndarray:
+    """A canonical mask (Z, Y, X) for ``case``'s image, in its own pixel grid.
+
+    The image goes into the segmenter's frame (centred on the case's mask when it has one,
+    else on the image centre), is segmented, and the labels come back by nearest neighbour.
+    Only ``slices`` are segmented when given; the others stay background.
+    """
+    if case.image is None:
+        raise CmrError(f"The case {case.case_id} has no image to segment; open a scan first.")
+    info = get_model(model, kind="segmenter")
+    net = build_model(info, pick_device(device))
+    fr = info.card.get("frame", {})
+    size = int(fr.get("size", net.cfg.size))
+    spacing = fr.get("spacing_mm", 1.25)
+    frame = make_frame(case, size=size, spacing_mm=spacing)
+    framed = to_frame(case, frame)
+    zs = list(range(case.shape[0])) if slices is None else [int(z) for z in slices]
+    out = np.zeros(case.shape, np.uint8)
+    if zs:
+        pred = segment_framed(net, framed.image[zs])
+        out[zs] = from_frame(pred, frame, kind="mask")
+    return out

@@ -1,0 +1,204 @@
+"""The gallery of kept renders: thumbnails, how each was made, a note and a 1–5 rating.
+
+Everything lives in the project folder (:mod:`cmrstudio.project`) and is written at once,
+so closing the studio loses nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtGui import QIcon, QPixmap
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
+                            QVBoxLayout, QWidget)
+
+from cmrstudio.gui.panels import button
+from cmrstudio.gui.studio import Studio
+
+
+class GalleryPanel(QWidget):
+    def __init__(self, studio: Studio):
+        super().__init__()
+        self.studio = studio
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
+        h = QHBoxLayout()
+        self.project_label = QLabel("")
+        self.project_label.setWordWrap(True)
+        h.addWidget(self.project_label, 1)
+        h.addWidget(button("", "fa5s.folder-open", "Open another project folder", self.open_project))
+        h.addWidget(button("", "fa5s.plus", "New project folder", self.new_project))
+        lay.addLayout(h)
+        self.list = QListWidget()
+        self.list.setViewMode(QListWidget.IconMode)
+        self.list.setIconSize(QSize(96, 96))
+        self.list.setResizeMode(QListWidget.Adjust)
+        self.list.setMovement(QListWidget.Static)
+        self.list.setMinimumHeight(140)
+        self.list.currentItemChanged.connect(self._selected)
+        lay.addWidget(self.list, 1)
+        self.details = QLabel("")
+        self.details.setWordWrap(True)
+        self.details.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        lay.addWidget(self.details)
+        f = QFormLayout()
+        self.note_edit = QLineEdit()
+        self.note_edit.setPlaceholderText("note")
+        self.note_edit.editingFinished.connect(self._save_note)
+        self.rating_box = QComboBox()
+        self.rating_box.addItem("not rated", None)
+        for r in range(1, 6):
+            self.rating_box.addItem("★" * r, r)
+        self.rating_box.activated.connect(self._save_rating)
+        f.addRow("Note", self.note_edit)
+        f.addRow("Rating", self.rating_box)
+        lay.addLayout(f)
+        h = QHBoxLayout()
+        self.mask_btn = button("Use its mask", "fa5s.draw-polygon", "Put this render's mask on the current slice (undoable)", self.use_mask)
+        self.delete_btn = button("Remove", "fa5s.trash-alt", "Remove this render from the project (its files are deleted)", self.remove)
+        h.addWidget(self.mask_btn)
+        h.addWidget(self.delete_btn)
+        lay.addLayout(h)
+        studio.changed.connect(self._changed)
+        self.refresh()
+
+    # -- listing -------------------------------------------------------------------------------
+    def current_id(self) -> str | None:
+        it = self.list.currentItem()
+        return it.data(Qt.UserRole) if it is not None else None
+
+    def refresh(self, select: str | None = None) -> None:
+        p = self.studio.project
+        self.list.clear()
+        if p is None:
+            self.project_label.setText("No project open: kept renders need one.")
+            self._selected(None)
+            return
+        self.project_label.setText(f"Project <b>{p.name}</b> — {len(p.items)} kept · {p.folder}")
+        self.project_label.setToolTip(str(p.folder))
+        broken = set()
+        for problem in p.check():
+            for it in p.items:
+                if it.id in problem:
+                    broken.add(it.id)
+        for it in p.items:
+            stars = "★" * (it.rating or 0)
+            w = QListWidgetItem(f"{it.id} {stars}".strip())
+            w.setData(Qt.UserRole, it.id)
+            thumb = p.thumbnail_path(it.id)
+            if thumb.exists():
+                w.setIcon(QIcon(QPixmap(str(thumb))))
+            if it.id in broken:
+                w.setText(f"{it.id} (broken)")
+                w.setToolTip("A file of this render is missing or damaged.")
+            else:
+                w.setToolTip(f"{it.kind} · {it.model} · {it.vendor} · seed {it.seed}")
+            self.list.addItem(w)
+            if it.id == select:
+                self.list.setCurrentItem(w)
+        if select is None and self.list.count():
+            self.list.setCurrentRow(self.list.count() - 1)
+
+    def _selected(self, cur, prev=None) -> None:
+        p, iid = self.studio.project, self.current_id()
+        on = p is not None and iid is not None
+        for w in (self.note_edit, self.rating_box, self.mask_btn, self.delete_btn):
+            w.setEnabled(on)
+        if not on:
+            self.details.setText("")
+            self.note_edit.clear()
+            return
+        it = p.item(iid)
+        how = f"{it.sampler}, {it.steps} steps, guidance {it.guidance}" if it.kind != "spade" else "one pass"
+        src = it.source or {}
+        secs = f"{it.seconds:.2f} s" if it.seconds is not None else "?"
+        self.details.setText(f"<b>{it.id}</b> · {it.kind} <i>{it.model}</i> · vendor {it.vendor} · seed {it.seed}<br>"
+                             f"{how} · {secs} · {it.created}<br>from {src.get('case_id', '?')} {src.get('phase') or ''} "
+                             f"slice {int(src.get('slice', 0)) + 1 if src.get('slice') is not None else '?'}")
+        self.note_edit.setText(it.note or "")
+        self.rating_box.setCurrentIndex(self.rating_box.findData(it.rating) if it.rating else 0)
+
+    # -- edits ---------------------------------------------------------------------------------
+    def _save_note(self) -> None:
+        iid = self.current_id()
+        if iid is None or self.studio.project is None:
+            return
+        text = self.note_edit.text().strip()
+        if text != (self.studio.project.item(iid).note or ""):
+            self._update(iid, note=text)
+
+    def _save_rating(self, i: int) -> None:
+        iid = self.current_id()
+        if iid is not None and self.studio.project is not None:
+            self._update(iid, rating=self.rating_box.itemData(i))
+            cur = self.list.currentItem()
+            cur.setText(f"{iid} {'★' * (self.rating_box.itemData(i) or 0)}".strip())
+
+    def _update(self, iid: str, **kw) -> None:
+        try:
+            self.studio.project.update(iid, **kw)
+        except Exception as exc:
+            self.studio.say("error", f"{iid} could not be updated: {getattr(exc, 'message', exc)}")
+
+    def remove(self) -> None:
+        iid = self.current_id()
+        if iid is None:
+            return
+        try:
+            self.studio.project.remove(iid)
+        except Exception as exc:
+            self.studio.say("error", f"{iid} could not be removed: {getattr(exc, 'message', exc)}")
+        self.refresh()
+
+    def use_mask(self) -> bool:
+        iid, s = self.current_id(), self.studio
+        try:
+            res = s.project.load(iid)
+            if s.case is None or res.mask.shape != s.case.shape[1:]:
+                raise ValueError(f"its mask is {res.mask.shape[0]}×{res.mask.shape[1]}, the open scan's slices are "
+                                 f"{s.case.shape[1]}×{s.case.shape[2]}; open the scan it came from")
+        except Exception as exc:
+            s.say("error", f"The mask of {iid} cannot be used here: {getattr(exc, 'message', exc)}.")
+            return False
+        s.apply_mask(res.mask, s.current_z())
+        return True
+
+    # -- projects ------------------------------------------------------------------------------
+    def _pick_folder(self, title: str) -> Path | None:
+        start = self.studio.settings.last_project or self.studio.settings.last_folder or str(Path.home())
+        d = QFileDialog.getExistingDirectory(self, title, start)
+        return Path(d) if d else None
+
+    def open_project(self, folder: Path | None = None) -> bool:
+        from cmrstudio.project import Project
+
+        folder = folder or self._pick_folder("Open a cmrstudio project folder")
+        if folder is None:
+            return False
+        try:
+            p = Project.open(folder)
+        except Exception as exc:
+            self.studio.say("error", getattr(exc, "message", str(exc)))
+            return False
+        self.studio.set_project(p)
+        return True
+
+    def new_project(self, folder: Path | None = None) -> bool:
+        from cmrstudio.project import Project
+
+        folder = folder or self._pick_folder("Choose an empty folder for the new project")
+        if folder is None:
+            return False
+        try:
+            p = Project.create(folder)
+        except Exception as exc:
+            self.studio.say("error", getattr(exc, "message", str(exc)))
+            return False
+        self.studio.set_project(p)
+        return True
+
+    def _changed(self, what: str) -> None:
+        if what in ("gallery", "project"):
+            p = self.studio.project
+            self.refresh(select=p.items[-1].id if (what == "gallery" and p and p.items) else None)

@@ -1,0 +1,105 @@
+"""Remembered studio settings: one plain JSON file (not QSettings), so the CLI, the GUI and
+the tests all read the same thing.
+
+Where: ``$CMRSTUDIO_CONFIG`` (a file path) if set, else ``$XDG_CONFIG_HOME`` (or
+``~/.config``)/cmrstudio/settings.json. Reading never fails: a missing file gives the
+defaults; a damaged one gives the defaults and a sentence naming the file; a single value
+of the wrong type (or not one of the allowed choices) falls back to that key's default, and
+unknown keys are ignored. Writing is atomic (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from cmrstudio.anatomy import VENDORS
+from cmrstudio.errors import CmrError
+from cmrstudio.io.common import write_text_atomic
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MAX_RECENT = 10
+SETTINGS_FILE = "settings.json"
+
+
+@dataclass
+class Settings:
+    device: str = "auto"  # auto | cpu | cuda | mps
+    live_model: str | None = None  # None: the default SPADE model
+    hq_model: str | None = None  # None: the default diffusion model; "flow" etc. allowed
+    vendor: str = "unknown"
+    last_folder: str | None = None
+    last_project: str | None = None
+    recent: list[str] = field(default_factory=list)  # recently opened paths, newest first, at most MAX_RECENT
+
+    def add_recent(self, path: str | os.PathLike) -> None:
+        """Put ``path`` (made absolute) first in ``recent``, without duplicates, keeping at most MAX_RECENT."""
+        p = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        self.recent = [p] + [r for r in self.recent if r != p]
+        del self.recent[MAX_RECENT:]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def settings_path() -> Path:
+    env = os.environ.get("CMRSTUDIO_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser() / "cmrstudio" / SETTINGS_FILE
+
+
+def _valid(name: str, value) -> bool:
+    if name == "device":
+        return isinstance(value, str) and value in DEVICES
+    if name == "vendor":
+        return isinstance(value, str) and value in VENDORS
+    if name in ("live_model", "hq_model", "last_folder", "last_project"):
+        return value is None or (isinstance(value, str) and value != "")
+    if name == "recent":
+        return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+    return False
+
+
+def load_settings(path: str | os.PathLike | None = None) -> tuple[Settings, str | None]:
+    """(settings, warning sentence or None). Never raises for a bad file: defaults stand in."""
+    p = Path(path).expanduser() if path is not None else settings_path()
+    if not p.exists():
+        return Settings(), None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        return Settings(), f"The settings file {p} cannot be read ({exc}); the default settings are used."
+    except ValueError as exc:
+        return Settings(), (f"The settings file {p} is damaged (not JSON: {exc}); "
+                            "the default settings are used and it will be rewritten when settings are saved.")
+    if not isinstance(data, dict):
+        return Settings(), (f"The settings file {p} does not hold a settings object; "
+                            "the default settings are used and it will be rewritten when settings are saved.")
+    s = Settings()
+    bad = []
+    for f in fields(Settings):
+        if f.name not in data:
+            continue
+        v = data[f.name]
+        if _valid(f.name, v):
+            setattr(s, f.name, list(dict.fromkeys(v))[:MAX_RECENT] if f.name == "recent" else v)
+        else:
+            bad.append(f.name)
+    if bad:
+        return s, f"The settings file {p} has unusable values for {', '.join(bad)}; their defaults are used instead."
+    return s, None
+
+
+def save_settings(s: Settings, path: str | os.PathLike | None = None) -> Path:
+    """Write the settings atomically (the folder is created); returns the file's path."""
+    p = Path(path).expanduser() if path is not None else settings_path()
+    data = asdict(s)
+    data["recent"] = list(dict.fromkeys(data["recent"]))[:MAX_RECENT]
+    try:
+        return write_text_atomic(p, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise CmrError(f"Cannot save the settings to {p} ({exc.strerror or exc}); the previous settings file is unchanged.") from None

@@ -1,0 +1,382 @@
+"""The studio driven for real: a napari window under Xvfb, real mouse drags on the canvas,
+the shipped SPADE / flow / diffusion models, a project folder on disk."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+from qtpy.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl  # noqa: E402
+from qtpy.QtGui import QDragEnterEvent, QDropEvent  # noqa: E402
+from qtpy.QtWidgets import QApplication  # noqa: E402
+
+from cmrstudio.anatomy import LV, MYO, RV  # noqa: E402
+
+
+def pump(cond=lambda: False, timeout: float = 20.0) -> bool:
+    """Run the Qt event loop until ``cond()`` or ``timeout``."""
+    end = time.perf_counter() + timeout
+    while time.perf_counter() < end:
+        QApplication.processEvents()
+        if cond():
+            return True
+        time.sleep(0.005)
+    return bool(cond())
+
+
+def settle(win, timeout: float = 20.0) -> None:
+    """Until the live engine is idle and its last result is on the layer."""
+    st = win.studio
+    assert pump(lambda: not st.engine.busy and not st._submitted, timeout), "the live render did not arrive"
+    pump(timeout=0.1)
+
+
+@pytest.fixture
+def studio_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMRSTUDIO_CONFIG", str(tmp_path / "config" / "settings.json"))
+    monkeypatch.setenv("CMRSTUDIO_PROJECT", str(tmp_path / "project"))
+    monkeypatch.setenv("CMRSTUDIO_MODELS", str(tmp_path / "models"))
+    return tmp_path
+
+
+@pytest.fixture
+def open_window(studio_env, make_napari_viewer):
+    from cmrstudio.gui.app import StudioWindow
+
+    wins = []
+
+    def make(path=None, **kw):
+        win = StudioWindow(path, viewer=make_napari_viewer(show=True), **kw)
+        win.viewer.window.resize(1400, 900)
+        wins.append(win)
+        settle(win)
+        return win
+
+    yield make
+    for w in wins:
+        w.studio.close()
+
+
+def test_studio_opens_on_the_sample_real_case(open_window):
+    from cmrstudio.anatomy import COLOURS
+
+    win = open_window()
+    st, v = win.studio, win.viewer
+    labels = st.mask_layer
+    assert np.array_equal(labels.data, st.case.mask) and labels.data is not st.case.mask  # a working copy
+    assert np.allclose(labels.colormap.map(np.array([LV]))[0][:3], COLOURS[LV][:3], atol=0.02)
+    assert "ge" in v.title and "1.37" in v.canvas.overlays["text"].text
+    shot = v.screenshot(canvas_only=True, flash=False)
+    # two cells: the grey scan with the red LV overlay, and the synthetic slice with coloured contours
+    red = (shot[..., 0].astype(int) - shot[..., 1].astype(int) > 60)
+    half = shot.shape[1] // 2
+    assert shot.std() > 10 and red[:, :half].sum() > 50 and red[:, half:].sum() > 5
+    assert shot[:, half:].std() > 10  # the synthetic cell is not blank
+
+
+def test_drag_paints_renders_live_and_undo_restores(open_window):
+    from cmrstudio.gui.mouse import stroke_on_mask
+
+    win = open_window()
+    st, v = win.studio, win.viewer
+    assert [layer.name for layer in v.layers] == ["SCD0000101_ED scan", "SCD0000101_ED mask (paint here)", "live synthetic",
+                                                  "mask contour (live)"]
+    assert v.canvas.grid.enabled and v.canvas.grid.stride == 2  # real scan + mask | synthetic + contour, one camera
+    assert "SCD0000101_ED" in v.title and "built-in sample" in win._status.text()
+    z = st.current_z()
+    synth, mask = st.layers["synthetic"], st.mask_layer
+    assert synth.data[z].std() > 0.05  # the live render of the scan's own mask is on screen
+    before_img, before_mask = synth.data[z].copy(), mask.data[z].copy()
+    dabs = []
+    mask.events.labels_update.connect(lambda e: dabs.append(1))
+    rendered0 = st.engine.rendered
+
+    lv = np.argwhere(before_mask == LV).mean(0)
+    win.paint.brush.setValue(7)
+    assert mask.brush_size == 7
+    stroke_on_mask(v, mask, label=MYO, n=10, radius_frac=0.008, centre_yx=lv)
+    settle(win)
+    painted = (mask.data[z] == MYO) & (before_mask == LV)
+    assert painted.sum() > 30, "the drag did not paint on the canvas"
+    assert len(dabs) >= 3 and st.engine.rendered > rendered0
+    # myocardium painted into the blood pool renders dark where the pool was bright
+    assert synth.data[z][painted].mean() < 0.8 * before_img[painted].mean()
+    assert st.frame_ms and min(st.frame_ms) > 0
+    assert "frames" in win.synthesis.readout.text() or pump(lambda: "frames" in win.synthesis.readout.text(), 1)
+
+    win.paint.undo_btn.click()
+    settle(win)
+    assert np.array_equal(mask.data[z], before_mask)
+    assert np.allclose(synth.data[z], before_img, atol=2e-3), "undo did not restore the synthetic slice"
+    win.paint.redo_btn.click()
+    settle(win)
+    assert ((mask.data[z] == MYO) & (before_mask == LV)).sum() == painted.sum()
+
+
+def test_slice_phase_seed_and_vendor_rerender(open_window):
+    win = open_window()
+    st, v = win.studio, win.viewer
+    synth = st.layers["synthetic"]
+    z = st.current_z()
+    z2 = z + 1
+    assert not synth.data[z2].any()
+    v.dims.set_current_step(0, z2)
+    settle(win)
+    assert synth.data[z2].std() > 0.05 and st.current_z() == z2
+    img = synth.data[z2].copy()
+    win.synthesis.new_seed.click()
+    settle(win)
+    assert st.seed == win.synthesis.seed_box.value()
+    inside = img > 0  # the synthesis frame (160 mm) within the scan
+    assert np.abs(synth.data[z2] - img)[inside].mean() > 0.01, "a new seed gave the same image"
+    # the other phase of the same case
+    assert [win.paint.phase_box.itemText(i) for i in range(win.paint.phase_box.count())] == ["ED", "ES"]
+    win.paint.phase_box.activated.emit(1)
+    settle(win)
+    assert st.case.phase == "ES" and "ES" in v.title
+    assert st.layers["synthetic"].data[st.current_z()].std() > 0.05
+
+
+def test_start_masks_template_sliders_and_quick_edits(open_window):
+    from cmrstudio.edits import structure_sizes
+
+    win = open_window()
+    st, p = win.studio, win.paint
+    z = st.current_z()
+    sp = st.spacing_yx()
+    p.start_box.setCurrentIndex(p.start_box.findData("template"))
+    assert p.template_box.isVisibleTo(p)
+    p.template_sliders["lv_diameter_mm"].setValue(70)  # a live template: the slice follows the slider
+    settle(win)
+    d70 = structure_sizes(st.mask_layer.data[z], sp)["lv_diameter"]
+    assert abs(d70 - 70) < 4
+    p.struct_box.setCurrentIndex(p.struct_box.findData(LV))
+    p.mm_box.setValue(5.0)
+    p.grow(+1)
+    settle(win)
+    s = structure_sizes(st.mask_layer.data[z], sp)
+    assert abs(s["lv_diameter"] - (d70 + 10)) < 3
+    assert "LV ⌀" in p.sizes_label.text()
+    # copy the next slice's mask here, then undo
+    before = st.mask_layer.data[z].copy()
+    assert st.copy_from_neighbour(+1)
+    assert np.array_equal(st.mask_layer.data[z], st.mask_layer.data[z + 1])
+    p.undo_btn.click()
+    assert np.array_equal(st.mask_layer.data[z], before)
+    # the segmenter's start mask agrees with the expert's LV contour
+    ref = st.case.mask[z]
+    p.start_box.setCurrentIndex(p.start_box.findData("segment"))
+    assert p.apply_start()
+    seg = st.mask_layer.data[z]
+    dice = 2 * ((seg == LV) & (ref == LV)).sum() / ((seg == LV).sum() + (ref == LV).sum())
+    assert dice > 0.7
+    p.start_box.setCurrentIndex(p.start_box.findData("empty"))
+    p.apply_start()
+    settle(win)
+    assert not st.mask_layer.data[z].any() and st.mask_layer.data[z + 1].any()
+    # an implausible mask gets a gentle warning, not a refusal
+    m = np.zeros_like(before)
+    m[100:140, 100:140] = MYO
+    m[110:130, 110:130] = RV
+    st.apply_mask(m, z)
+    assert st.findings and "•" in p.anatomy_label.text()
+
+
+def test_render_hq_completes_cancels_and_keeps(open_window, studio_env):
+    from cmrstudio.project import Project
+
+    win = open_window()
+    st, syn = win.studio, win.synthesis
+    z = st.current_z()
+    previews = []
+    st.hq_progress.connect(lambda job: previews.append(job.step))
+    syn.hq_box.setCurrentIndex(syn.hq_box.findData("flow-cmr"))
+    syn.steps_box.setValue(3)
+    syn.hq_btn.click()
+    assert pump(lambda: st.hq_job is not None and st.hq_job.finished, 60)
+    pump(timeout=0.2)
+    assert st.hq_job.status == "done" and previews == [1, 2, 3]
+    assert syn.progress.value() == 3 and syn.progress.maximum() == 3
+    hq = st.layers["hq"].data[z]
+    assert hq.std() > 0.05 and [layer.name for layer in win.viewer.layers][-2:] == ["HQ render", "mask contour (HQ)"]
+    # the HQ render shows the anatomy: blood pool brighter than myocardium
+    m = st.mask_layer.data[z]
+    assert hq[m == LV].mean() > hq[m == MYO].mean() + 0.2
+
+    syn.hq_box.setCurrentIndex(syn.hq_box.findData("diffusion-cmr"))
+    syn.steps_box.setValue(200)
+    syn.hq_btn.click()
+    assert pump(lambda: st.hq_job.step >= 1, 60)
+    assert syn.cancel_btn.isEnabled()
+    syn.cancel_btn.click()
+    assert pump(lambda: st.hq_job.finished, 30)
+    pump(timeout=0.1)
+    assert st.hq_job.status == "cancelled" and st.hq_job.step < 200
+    assert "cancelled" in syn.message.text()
+    assert st.hq_results[z].params["kind"] == "flow"  # the finished render is still the one kept
+
+    syn.note_edit.setText("dilated LV, keep")
+    syn.rating_box.setCurrentIndex(4)
+    assert syn.keep("live") is not None
+    assert syn.keep("hq") is not None
+    assert win.gallery.list.count() == 2
+    items = Project.open(studio_env / "project").items
+    assert [(i.kind, i.note, i.rating) for i in items] == [("spade", "dilated LV, keep", 4), ("flow", "", None)]
+
+
+def test_kept_renders_survive_closing_and_reopening(open_window, studio_env):
+    win = open_window()
+    st = win.studio
+    st.set_seed(7)
+    settle(win)
+    item = st.keep("live", note="thin wall", rating=3)
+    shown = st.layers["synthetic"].data[st.current_z()].copy()
+    assert item is not None and win.gallery.list.count() == 1
+    win.gallery.list.setCurrentRow(0)
+    win.gallery.note_edit.setText("thin wall, septal")
+    win.gallery.note_edit.editingFinished.emit()
+    win.close()
+
+    win2 = open_window()
+    g = win2.gallery
+    assert g.list.count() == 1 and str(studio_env / "project") in g.project_label.toolTip()
+    g.list.setCurrentRow(0)
+    assert g.note_edit.text() == "thin wall, septal" and g.rating_box.currentData() == 3
+    assert not g.list.item(0).icon().isNull()  # the thumbnail
+    res = win2.studio.project.load(item.id)
+    assert res.params["seed"] == 7 and res.params["model"] == "spade-cmr"
+    assert np.allclose(res.image, shown, atol=2e-3)  # the kept image is the one that was on screen
+    assert win2.studio.settings.last_project == str(studio_env / "project")
+
+
+def _drop(win, path):
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    target = win.viewer.window._qt_viewer
+    # as a real drag does: enter first (Qt delivers no drop without it), then drop
+    assert QApplication.sendEvent(target, QDragEnterEvent(QPoint(20, 20), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier))
+    QApplication.sendEvent(target, QDropEvent(QPointF(20, 20), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier))
+
+
+def test_drop_opens_scans_and_bad_input_keeps_the_session(open_window, studio_env):
+    from cmrstudio.data.phantom import phantom_case
+    from cmrstudio.io import write_case
+    from cmrstudio.resources import resources_dir
+
+    # a model whose weights are damaged: listed, but refused when picked
+    models = studio_env / "models"
+    models.mkdir()
+    card = json.loads((resources_dir() / "models" / "spade-cmr.json").read_text())
+    card["name"] = "spade-damaged"
+    (models / "spade-damaged.json").write_text(json.dumps(card))
+    (models / "spade-damaged.safetensors").write_bytes(b"not a safetensors file")
+
+    win = open_window()
+    st, syn = win.studio, win.synthesis
+    kept = st.keep("live", note="before the bad input")
+    layers = [layer.name for layer in win.viewer.layers]
+
+    bad = studio_env / "broken.nii.gz"
+    bad.write_bytes(b"this is not a NIfTI file")
+    _drop(win, bad)
+    pump(timeout=0.2)
+    assert "broken.nii.gz" in syn.message.text()
+    assert [layer.name for layer in win.viewer.layers] == layers and st.case.case_id == "SCD0000101_ED"
+
+    i = syn.model_box.findData("spade-damaged")
+    assert i >= 0
+    syn.model_box.setCurrentIndex(i)
+    syn.model_box.activated.emit(i)
+    pump(timeout=0.2)
+    assert "spade-damaged" in syn.message.text() and "still using 'spade-cmr'" in syn.message.text()
+    assert st.renderer.name == "spade-cmr" and syn.model_box.currentData() == "spade-cmr"
+    z = st.current_z()
+    before = st.layers["synthetic"].data[z].copy()
+    st.apply_mask(np.zeros_like(st.mask_layer.data[z]), z)  # the session goes on: the live path still renders
+    settle(win)
+    assert not np.allclose(st.layers["synthetic"].data[z], before)
+    assert [i.id for i in st.project.items] == [kept.id] and not st.project.check()
+
+    # a good file dropped on the window opens in the studio
+    c = phantom_case(3, n_slices=4, shape=(96, 96), vendor="philips")
+    files = write_case(c, studio_env / "phantom")
+    _drop(win, files["image"])
+    settle(win)
+    assert st.case.case_id == c.case_id and c.case_id in win.viewer.title
+    assert st.layers["synthetic"].data[st.current_z()].std() > 0.02
+    assert st.settings.recent[0] == str(files["image"])
+
+
+def test_settings_are_remembered(open_window, studio_env):
+    win = open_window()
+    win.synthesis.vendor_box.setCurrentText("siemens")
+    win.synthesis.vendor_box.activated.emit(win.synthesis.vendor_box.currentIndex())
+    win.close()
+    saved = json.loads((studio_env / "config" / "settings.json").read_text())
+    assert saved["vendor"] == "siemens"
+    win2 = open_window()
+    assert win2.studio.vendor == "siemens" and win2.synthesis.vendor_box.currentText() == "siemens"
+
+
+def test_npe2_widget_in_plain_napari(studio_env, make_napari_viewer):
+    import npe2
+
+    from cmrstudio.gui.layers import sample_data
+    from cmrstudio.gui.plugin import synthesis_widget
+    from cmrstudio.resources import resources_dir
+
+    pm = npe2.PluginManifest.from_file(resources_dir().parent / "cmrstudio" / "napari.yaml")
+    assert [w.command for w in pm.contributions.widgets] == ["cmrstudio.studio"]
+    v = make_napari_viewer(show=True)
+    for data, kw, kind in sample_data():
+        getattr(v, f"add_{kind}")(data, **kw)
+    w = synthesis_widget(v)
+    v.window.add_dock_widget(w, name="studio")
+    st = w.studio
+    try:
+        assert pump(lambda: st.live_shown, 20)
+        assert st.case.shape == v.layers[0].data.shape and st.mask_layer.data.max() == MYO
+        assert st.layers["synthetic"].data[st.current_z()].std() > 0.05
+    finally:
+        st.close()
+
+
+@pytest.mark.shared_data
+def test_dataset_folder_lists_cases_and_phases(open_window, acdc_dir):
+    win = open_window(acdc_dir)
+    st, p = win.studio, win.paint
+    ids = [p.case_box.itemText(i) for i in range(p.case_box.count())]
+    assert len(ids) > 5 and p.case_box.isEnabled() and st.case.case_id.startswith(ids[0])
+    assert [p.phase_box.itemText(i) for i in range(p.phase_box.count())] == ["ED", "ES"]
+    assert set(np.unique(st.mask_layer.data)) <= {0, LV, MYO, RV} and RV in st.mask_layer.data  # ACDC labels remapped
+    p.case_box.activated.emit(3)
+    settle(win)
+    assert st.case.case_id.startswith(ids[3]) and st.case.phase == "ED"
+    assert st.layers["synthetic"].data[st.current_z()].std() > 0.05
+
+
+def test_qt_binding_keeps_reference_counts():
+    """PySide6 6.12.0 dropped a reference to True/False on every Signal.emit: a studio session
+    (thousands of emits) died with 'bool_dealloc'. pyproject excludes it; this guards the pin."""
+    import sys
+
+    from qtpy.QtCore import QObject, Signal
+
+    class Emitter(QObject):
+        sig = Signal(object)
+
+    e = Emitter()
+    got = []
+    e.sig.connect(got.append)
+    before = sys.getrefcount(True), sys.getrefcount(False)
+    for i in range(300):
+        e.sig.emit(i)
+    after = sys.getrefcount(True), sys.getrefcount(False)
+    assert len(got) == 300
+    assert after[0] >= before[0] - 50 and after[1] >= before[1] - 50, f"the Qt binding leaks bool references: {before} -> {after}"
