@@ -53,20 +53,25 @@ def _root(ctx: typer.Context, version: bool = typer.Option(False, "--version", h
         _launch(None)
 
 
-def _launch(path: Optional[Path], case: Optional[str] = None) -> None:
+def _launch(path: Optional[Path], case: Optional[str] = None, ready_file: Optional[Path] = None, quit_when_ready: bool = False) -> None:
     try:
         from cmrstudio.gui.app import run
     except ImportError as exc:
         raise CmrError(
             f"The studio needs the GUI extras ({exc.name} is missing); install them with `pip install -e .[gui]`."
         ) from exc
-    run(path, case=case)
+    run(path, case=case, ready_file=ready_file, quit_when_ready=quit_when_ready)
 
 
 @app.command("open")
-def open_(path: Optional[Path] = typer.Argument(None, help="A scan, mask or dataset folder."), case: Optional[str] = typer.Option(None, help="Case to open from a dataset folder.")):
+def open_(
+    path: Optional[Path] = typer.Argument(None, help="A scan, mask or dataset folder."),
+    case: Optional[str] = typer.Option(None, help="Case to open from a dataset folder."),
+    ready_file: Optional[Path] = typer.Option(None, "--ready-file", hidden=True, help="Write start-up timing here once the first frame is drawn."),
+    quit_when_ready: bool = typer.Option(False, "--quit-when-ready", hidden=True, help="Close once the first frame is drawn (bench startup)."),
+):
     """Open the studio on a file or dataset folder (the built-in sample case without one)."""
-    _launch(path, case)
+    _launch(path, case, ready_file, quit_when_ready)
 
 
 @app.command()
@@ -380,7 +385,7 @@ def render(
                f"vendor {vendor}, seed {seed}, {fov} field of view, {secs:.1f} s.")
 
 
-bench_app = typer.Typer(help="Benchmarks that print figures: live, hq.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print figures: live, hq, studio, startup.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 
@@ -551,6 +556,47 @@ def evaluate_fidelity_cmd(
                f"paired SSIM {res.ssim:.3f}  PSNR {res.psnr:.1f} dB")
     if res.reference_fid_real_halves is not None:
         typer.echo(f"  reference: FID between two halves of the real slices ({res.n_real // 2} each) {res.reference_fid_real_halves:.1f}: how far real is from real at this size")
+
+
+@bench_app.command("studio")
+def bench_studio_cmd(
+    strokes: int = typer.Option(12, "--strokes", help="Brush strokes to paint (real mouse drags on the canvas)."),
+    moves: int = typer.Option(24, "--moves", help="Mouse moves per stroke, one every 16 ms (a 60 Hz mouse)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Live model (default: the shipped SPADE model)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Brush dab -> synthetic layer on screen in the real studio window, and how long the GUI thread was ever blocked."""
+    from cmrstudio.gui.bench import bench_studio
+
+    res = bench_studio(strokes=strokes, moves=moves, model=model)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    d, m, h = res["dab_to_screen_ms"], res["model_ms"], res["gui_heartbeat_ms"]
+    typer.echo(f"studio on {res['scan']}, live model {res['model']} ({res['frame_size']}² frame, {res['threads']} torch threads)")
+    typer.echo(f"{res['strokes']} strokes, {res['dabs']} dabs -> {res['frames_shown']} frames shown, {res['skipped_latest_wins']} skipped (latest-wins)")
+    typer.echo(f"dab -> on screen: p50 {d['p50']} ms, p95 {d['p95']} ms, max {d['max']} ms   (model alone p50 {m['p50']} ms)")
+    q = res["gui_heartbeat_live_off_ms"]
+    typer.echo(f"GUI heartbeat (5 ms timer) while painting: live on p50 {h['p50']} / p99 {h['p99']} / longest {h['max']} ms; "
+               f"live off p50 {q['p50']} / p99 {q['p99']} / longest {q['max']} ms")
+    typer.echo(f"window {res['window']}, canvas {res['canvas']} px (software OpenGL under Xvfb draws the canvas on the CPU)")
+
+
+@bench_app.command("startup")
+def bench_startup_cmd(
+    n: int = typer.Option(3, "--n", help="Cold starts to time."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Seconds from launching `cmrstudio open` to the window with its first live frame drawn."""
+    from cmrstudio.gui.bench import bench_startup
+
+    res = bench_startup(n=n)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    for i, r in enumerate(res["runs"], 1):
+        typer.echo(f"run {i}: ready in {r['ready_s']} s (closed at {r['exit_s']} s)")
+    typer.echo(f"cold start to an interactive window with the first frame: median {res['ready_s_median']:.2f} s, max {res['ready_s_max']:.2f} s")
 
 
 def main(argv: list[str] | None = None) -> None:

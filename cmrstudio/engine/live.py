@@ -53,6 +53,7 @@ class RenderResult:
     tag: Any = None
     note: str | None = None
     error: str | None = None
+    mask: np.ndarray | None = None  # the native mask slice that was rendered (the request's own copy)
 
 
 class GeneratorFront:
@@ -180,30 +181,65 @@ class GeneratorFront:
 
 
 class Renderer(GeneratorFront):
-    """A loaded SPADE generator: the live path (one network call a frame)."""
+    """A loaded SPADE generator: the live path (one network call a frame).
+
+    ``bf16``: bfloat16 autocast, about twice as fast on CPUs with native bf16 (AMX, AVX512-BF16);
+    images differ from fp32 by about 0.004 on average (of 1). Off by default, so batch renders
+    and figures are fp32; the studio's live path turns it on where it is native (None: auto).
+    """
 
     kinds = ("spade",)
 
-    def __init__(self, model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None):
+    def __init__(self, model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None,
+                 bf16: bool | None = False):
+        from cmrstudio.engine.device import bf16_native
+
         super().__init__(model, device, threads)
         self.z_dim = self.net.cfg.z_dim
+        self.bf16 = bf16_native(self.device) if bf16 is None else bool(bf16)
+        self._live_net = None
 
     def latent(self, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(int(seed))
         return torch.randn(1, self.z_dim, generator=g)
 
     @torch.inference_mode()
-    def _generate(self, framed: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
-        """Checked framed masks (B, N, N) -> images (B, N, N) in [0, 1]; one latent for the batch."""
+    def _generate(self, framed: np.ndarray, vendor_index: int, seed: int, live: bool = False) -> np.ndarray:
+        """Checked framed masks (B, N, N) -> images (B, N, N) in [0, 1]; one latent for the batch.
+
+        ``live`` (one slice): the TorchScript-frozen network, which runs without holding Python's
+        GIL, so a busy GUI thread cannot starve it (eager mode waits for the GIL between ops).
+        """
         oh = onehot(torch.from_numpy(framed.astype(np.int64))).to(self.device)
         v = torch.full((framed.shape[0],), vendor_index, dtype=torch.long, device=self.device)
         if np.isscalar(seed):
             z = self.latent(seed).expand(framed.shape[0], -1).to(self.device)
         else:
             z = torch.cat([self.latent(s) for s in seed]).to(self.device)
-        with self._lock:
-            out = self.net(oh, v, z)
+        with self._lock, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            net = self._frozen(oh, v, z) if live and framed.shape[0] == 1 else self.net
+            out = net(oh, v, z)
         return ((out[:, 0].float().cpu().numpy() + 1.0) / 2.0).clip(0, 1).astype(np.float32)
+
+    def _frozen(self, oh, v, z):
+        """The network traced and frozen for one slice (built on first use, about 0.2 s); eager if tracing fails."""
+        if self._live_net is None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self._live_net = torch.jit.freeze(torch.jit.trace(self.net.eval(), (oh, v, z), check_trace=False))
+            except Exception as exc:  # an unusual plugin architecture: fall back to eager mode
+                warnings.warn(f"The live network could not be traced ({type(exc).__name__}: {exc}); using eager mode.")
+                self._live_net = self.net
+        return self._live_net
+
+    def render_slice(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        vi = self.resolve_vendor(vendor)[0]
+        framed = self._generate(frame_mask(self.check_mask(mask2d), frame)[None], vi, seed, live=True)[0]
+        return from_frame(framed, frame, kind="image"), framed
+
+    def describe(self) -> dict:
+        return {**super().describe(), **({"bf16": True} if self.bf16 else {})}
 
 
 def open_renderer(model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None, **hq) -> GeneratorFront:
@@ -309,7 +345,7 @@ class LiveEngine:
             err = f"Rendering failed ({type(exc).__name__}: {exc})."
         t1 = time.perf_counter()
         return RenderResult(req.id, image, framed, req.frame, vendor, req.seed, r.name, 1000 * (t1 - t0),
-                            1000 * (t1 - req.submitted), req.tag, note, err)
+                            1000 * (t1 - req.submitted), req.tag, note, err, req.mask)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is waiting or rendering; False on timeout."""

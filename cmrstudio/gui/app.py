@@ -6,12 +6,21 @@ import time
 from pathlib import Path
 
 import napari
-from qtpy.QtCore import QEvent, QObject, QTimer
-from qtpy.QtWidgets import (QApplication, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QLabel)
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import (QApplication, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QLabel, QScrollArea)
 
 from cmrstudio.gui.studio import Studio
 
-T0 = time.perf_counter()
+
+def _scroll(widget):
+    """A panel in a scroll area, so a small screen scrolls the panel instead of squeezing the canvas."""
+    area = QScrollArea()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QScrollArea.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    area.setMinimumWidth(max(widget.minimumSizeHint().width(), widget.sizeHint().width()) + 20)
+    return area
 
 
 class _Drops(QObject):
@@ -112,11 +121,16 @@ class StudioWindow:
         self.paint = PaintPanel(st)
         self.gallery = GalleryPanel(st)
         w = self.viewer.window
-        self.paint_dock = w.add_dock_widget(self.paint, name="Paint", area="right")
-        self.synthesis_dock = w.add_dock_widget(self.synthesis, name="Synthesis", area="right")
+        qt_window = w._qt_window
+        # left: napari's layer controls over [Paint | layers]; right: [Synthesis | Gallery]; the canvas in between
+        self.paint_dock = w.add_dock_widget(_scroll(self.paint), name="Paint", area="left")
+        layer_list = getattr(w._qt_viewer, "dockLayerList", None)
+        if layer_list is not None:
+            qt_window.tabifyDockWidget(layer_list, self.paint_dock)
+        self.synthesis_dock = w.add_dock_widget(_scroll(self.synthesis), name="Synthesis", area="right")
         self.gallery_dock = w.add_dock_widget(self.gallery, name="Gallery", area="right", tabify=True)
         QTimer.singleShot(0, self.synthesis_dock.raise_)
-        qt_window = w._qt_window
+        QTimer.singleShot(0, self.paint_dock.raise_)
         self._status = QLabel("")
         qt_window.statusBar().addPermanentWidget(self._status)
         st.changed.connect(lambda _w: self._status.setText(st.status_line()))
@@ -169,7 +183,12 @@ def run(path: Path | None = None, case: str | None = None, ready_file: Path | No
         def poll():
             if win.studio.frame_ms or (win.studio.engine is None):
                 if ready_file is not None:
-                    Path(ready_file).write_text(f"{time.perf_counter() - T0:.3f}\n")
+                    import json
+
+                    import psutil
+
+                    now = time.time()
+                    Path(ready_file).write_text(json.dumps({"wall": now, "in_process": now - psutil.Process().create_time()}))
                 if quit_when_ready:
                     win.close()
                     QApplication.instance().quit()
@@ -185,7 +204,7 @@ def screenshot(out: Path, path: Path | None = None, case: str | None = None, pai
     from skimage.io import imsave
 
     win = StudioWindow(path, case, show=True)
-    win.viewer.window.resize(1600, 980)
+    win.viewer.window.resize(1600, 960)
     win.viewer.window._qt_window.showNormal()
     _pump(0.5)
     win.viewer.reset_view()

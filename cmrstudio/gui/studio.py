@@ -51,6 +51,19 @@ class Opened:
     index: int  # which ref is open (-1: a single file)
 
 
+def live_threads() -> int | None:
+    """Torch threads for the live path: all cores but one, so the GUI thread (and the software
+    OpenGL of a remote or virtual display) always has a core. None: torch's default.
+    ``$CMRSTUDIO_LIVE_THREADS`` overrides."""
+    import os
+
+    env = os.environ.get("CMRSTUDIO_LIVE_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    n = os.cpu_count() or 1
+    return max(1, n - 1) if n <= 8 else None
+
+
 def _base_id(ref) -> str:
     """A case's id without its phase or frame suffix (``_ED``, ``_frame01``): one patient's phases group together."""
     return re.sub(r"(_(ed|es)|_frame\d+)$", "", ref.case_id, flags=re.IGNORECASE) or ref.case_id
@@ -91,6 +104,7 @@ class Studio(QObject):
             settings, warn = load_settings()
         self.settings = settings
         self.device = device or (None if settings.device in (None, "", "auto") else settings.device)
+        self.live_threads = live_threads()
         self.case: Case | None = None
         self.opened = Opened(None, [], -1)
         self.frame: Frame | None = None
@@ -114,6 +128,8 @@ class Studio(QObject):
         self._awaiting_draw: list[float] = []
         self._z = None
         self._building = False
+        self._stroking = False
+        self._rendered_mask: dict[int, np.ndarray] = {}
         self._closed = False
         self.findings: list = []
         self.project = project
@@ -229,6 +245,8 @@ class Studio(QObject):
         self.case = case
         self.hq_results.clear()
         self.live_shown.clear()
+        self._rendered_mask.clear()
+        self._stroking = False
         self.hq_job = None
         for layer in list(self.layers.values()):
             self._disconnect(layer)
@@ -244,8 +262,9 @@ class Studio(QObject):
             scan = v.add_image(np.zeros(case.shape, np.float32), name=f"{cid} (no scan)", scale=scale, contrast_limits=(0, 1))
         mask = np.array(case.mask, dtype=np.uint8, copy=True) if case.mask is not None else np.zeros(case.shape, np.uint8)
         lab = v.add_labels(mask, name=f"{cid} mask (paint here)", scale=scale, colormap=label_colormap(), opacity=0.45)
-        synth = v.add_image(np.zeros(case.shape, np.float32), name="live synthetic", scale=scale, contrast_limits=(0.0, 1.0))
-        contour = v.add_labels(lab.data, name="mask contour (live)", scale=scale, colormap=label_colormap(), opacity=0.9)
+        synth = v.add_image(np.zeros(case.shape, np.uint8), name="live synthetic", scale=scale, contrast_limits=(0, 255))
+        # the contour shows the mask the synthetic slice was rendered from (updated with each frame)
+        contour = v.add_labels(np.array(mask, copy=True), name="mask contour (live)", scale=scale, colormap=label_colormap(), opacity=0.9)
         contour.contour = 1
         contour.editable = False
         self.layers = {"scan": scan, "mask": lab, "synthetic": synth, "contour": contour}
@@ -255,7 +274,7 @@ class Studio(QObject):
         v.layers.selection.active = lab
         lab.mode = "paint"
         lab.selected_label = 1
-        lab.brush_size = max(3, int(round(6.0 / (scale[1] or 1.0))))
+        lab.brush_size = max(3, int(round(10.0 / (scale[1] or 1.0))))
         v.canvas.grid.stride = 2
         v.canvas.grid.shape = (1, -1)
         v.canvas.grid.enabled = True
@@ -285,9 +304,8 @@ class Studio(QObject):
         lab.undo, lab.redo = after(undo), after(redo)
 
     def _mask_edited(self) -> None:
-        self.layers["contour"].refresh()
-        if "hq_contour" in self.layers:
-            self.layers["hq_contour"].refresh()
+        if not self.live_on:  # with live on, the contour follows the next rendered frame
+            self._show_contour("contour", self.current_z(), self.mask_layer.data[self.current_z()])
         self.check_anatomy()
         self.changed.emit("mask")
         self.request_live()
@@ -355,7 +373,7 @@ class Studio(QObject):
         from cmrstudio.engine.live import LiveEngine, Renderer
 
         try:
-            r = Renderer(name, device=self.device)
+            r = Renderer(name, device=self.device, threads=self.live_threads, bf16=None)
         except Exception as exc:
             keep = f"; still using '{self.renderer.name}'" if self.renderer else "; live synthesis is off until a model loads"
             self.say("error", f"The live model {name or '(default)'} could not be loaded: {_err(exc)}{keep}.")
@@ -412,12 +430,21 @@ class Studio(QObject):
         return rid
 
     def _on_labels_update(self, event=None) -> None:
-        self.layers["contour"].refresh()
-        if "hq_contour" in self.layers:
-            self.layers["hq_contour"].refresh()
+        # every brush dab: nothing but a (latest-wins) render request on the GUI thread
+        self._stroking = True
         self.request_live()
 
+    def _show_contour(self, key: str, z: int, mask2d) -> None:
+        layer = self.layers.get(key)
+        if layer is not None and mask2d is not None:
+            layer.data[z] = mask2d
+            _light_refresh(layer)
+
     def _on_paint(self, event=None) -> None:
+        self._stroking = False  # the stroke ended: the contour catches up with the latest rendered mask
+        z = self.current_z()
+        if self.live_on and z in self._rendered_mask:
+            self._show_contour("contour", z, self._rendered_mask[z])
         self.check_anatomy()
         self.changed.emit("mask")
 
@@ -442,8 +469,11 @@ class Studio(QObject):
             self.say("error", res.error)
             return
         layer = self.layers["synthetic"]
-        layer.data[z] = res.image
-        layer.refresh()
+        layer.data[z] = to_display(res.image)
+        _light_refresh(layer)
+        self._rendered_mask[z] = res.mask
+        if not self._stroking:  # during a stroke the contour waits for the release (one texture upload less per frame)
+            self._show_contour("contour", z, res.mask)
         self.live_shown[z] = res
         self.render_ms.append(res.render_ms)
         if t0 is not None:
@@ -601,7 +631,7 @@ class Studio(QObject):
         v, c = self.viewer, self.case
         scale = c.spacing or (1.0, 1.0, 1.0)
         hq = v.add_image(np.zeros(c.shape, np.float32), name="HQ render", scale=scale, contrast_limits=(0.0, 1.0))
-        hc = v.add_labels(self.mask_layer.data, name="mask contour (HQ)", scale=scale, colormap=label_colormap(), opacity=0.9)
+        hc = v.add_labels(np.zeros(c.shape, np.uint8), name="mask contour (HQ)", scale=scale, colormap=label_colormap(), opacity=0.9)
         hc.contour = 1
         hc.editable = False
         self.layers.update(hq=hq, hq_contour=hc)
@@ -614,7 +644,9 @@ class Studio(QObject):
         if token != self.token or job.preview is None:
             return
         self.layers["hq"].data[z] = from_frame(job.preview, job.frame, kind="image")
-        self.layers["hq"].refresh()
+        _light_refresh(self.layers["hq"])
+        if job.step == 1:
+            self._show_contour("hq_contour", z, job.mask)
         self.changed.emit("hq")
 
     def _on_hq_finished(self, job) -> None:
@@ -623,7 +655,8 @@ class Studio(QObject):
             return
         if job.status == "done":
             self.layers["hq"].data[z] = job.result.image
-            self.layers["hq"].refresh()
+            _light_refresh(self.layers["hq"])
+            self._show_contour("hq_contour", z, job.mask)
             self.hq_results[z] = job.result
             self.say("info", f"HQ render of slice {z + 1} done: {job.result.params['kind']} {job.steps} steps in {job.seconds:.1f} s.")
         elif job.status == "cancelled":
@@ -722,6 +755,19 @@ class Studio(QObject):
         self.layers = {}
         self.engine = self.queue = self.renderer = None
         self.hq_renderers.clear()
+
+
+def to_display(image01: np.ndarray) -> np.ndarray:
+    """A [0, 1] synthetic slice as 8-bit for the canvas (a quarter of the texture upload of float32)."""
+    return np.clip(np.asarray(image01) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _light_refresh(layer) -> None:
+    """Re-slice a layer whose data changed in place, without recomputing its thumbnail or extent."""
+    try:
+        layer.refresh(thumbnail=False, extent=False, highlight=False)
+    except TypeError:  # an older napari without the keywords
+        layer.refresh()
 
 
 def _recentre(mask2d: np.ndarray, centre) -> np.ndarray:
