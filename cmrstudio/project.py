@@ -27,14 +27,16 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cmrstudio.anatomy import COLOURS, LV, MYO, RV
-from cmrstudio.engine.hq import JobResult
 from cmrstudio.errors import CmrError
 from cmrstudio.io.common import atomic_path, jsonable, write_text_atomic
+
+if TYPE_CHECKING:  # the render record; imported lazily (it pulls in torch)
+    from cmrstudio.engine.hq import JobResult
 
 PROJECT_FILE = "project.json"
 FORMAT = "cmrstudio-project"
@@ -444,6 +446,8 @@ class Project:
             if not files[key].is_file():
                 raise CmrError(f"Gallery item {item_id} is broken: its file {files[key]} is missing; remove the item from the gallery.")
         try:
+            from cmrstudio.engine.hq import JobResult
+
             return JobResult.load(self.renders_dir, item_id)
         except CmrError as exc:
             raise CmrError(f"Gallery item {item_id} cannot be read: {exc.message.rstrip('.')}; remove the item if it cannot be restored.") from None

@@ -320,6 +320,28 @@ def test_drop_opens_scans_and_bad_input_keeps_the_session(open_window, studio_en
     assert st.settings.recent[0] == str(files["image"])
 
 
+def test_model_loads_beside_an_open_window(studio_env, make_napari_viewer):
+    """As `cmrstudio` starts: the window first, torch and the live model on a thread; a bad model is a message."""
+    from cmrstudio.gui.app import StudioWindow
+
+    win = StudioWindow(viewer=make_napari_viewer(show=True), load_async=True)
+    st = win.studio
+    try:
+        assert st.renderer is None and st.mask_layer is not None  # the scan and its mask are up before the model
+        assert pump(lambda: st.live_shown, 60), "the live model never arrived"
+        assert st.renderer.name == "spade-cmr" and shown(st).std() > 0.05
+        assert "ready" in win.synthesis.message.text()
+    finally:
+        st.close()
+    win2 = StudioWindow(viewer=make_napari_viewer(show=True), load_async=True, live_model="no-such-model")
+    try:
+        assert pump(lambda: any(lvl == "error" for lvl, _ in win2.studio.messages), 60)
+        assert "no-such-model" in win2.synthesis.message.text() and "live synthesis is off" in win2.synthesis.message.text()
+        assert win2.studio.case is not None and win2.studio.request_live() is None  # the session goes on without a model
+    finally:
+        win2.studio.close()
+
+
 def test_settings_are_remembered(open_window, studio_env):
     from cmrstudio.gui.app import SettingsDialog
 

@@ -416,7 +416,6 @@ class SynthesisPanel(QWidget):
         if not name:
             return
         from cmrstudio.models.registry import get_model
-        from cmrstudio.models.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
         try:
             info = get_model(name, kind=("diffusion", "flow"))
@@ -424,8 +423,12 @@ class SynthesisPanel(QWidget):
             self.hq_note.setText(str(getattr(exc, "message", exc)))
             return
         smp = info.card.get("sampling", {})
-        self.steps_box.setValue(int(smp.get("steps", DEFAULT_STEPS[info.kind])))
-        self.guidance_box.setValue(float(smp.get("guidance", DEFAULT_GUIDANCE)))
+        if "steps" not in smp or "guidance" not in smp:  # the sampler's defaults (imports torch)
+            from cmrstudio.models.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+            smp = {"steps": DEFAULT_STEPS[info.kind], "guidance": DEFAULT_GUIDANCE, **smp}
+        self.steps_box.setValue(int(smp["steps"]))
+        self.guidance_box.setValue(float(smp["guidance"]))
         self.hq_note.setText("DDIM: about 1.4 s a slice on this CPU at 25 steps." if info.kind == "diffusion"
                              else "Rectified flow: a few ODE steps, well under a second on this CPU.")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -92,11 +93,12 @@ class Studio(QObject):
     live_result = Signal(object)  # RenderResult, from the live worker
     hq_progress = Signal(object)  # Job, from the HQ worker
     hq_finished = Signal(object)  # Job, from the HQ worker (or the thread that cancelled it)
+    live_loaded = Signal(object, object, str)  # (renderer or None, name, error) from the loading thread
     changed = Signal(str)  # "case", "mask", "live", "live_model", "hq", "project", "gallery", "settings"
     message = Signal(str, str)  # level (info, warning, error), one sentence
 
     def __init__(self, viewer, settings: Settings | None = None, project=None, live_model: str | None = None,
-                 device: str | None = None):
+                 device: str | None = None, load_async: bool = False):
         super().__init__()
         self.viewer = viewer
         warn = None
@@ -143,9 +145,16 @@ class Studio(QObject):
             viewer.window._qt_viewer.canvas._scene_canvas.events.draw.connect(self._on_draw)
         except AttributeError:
             pass
+        self.live_loaded.connect(self._on_live_loaded)
         if warn:
             self.say("warning", warn)
-        self.set_live_model(live_model or settings.live_model, quiet=False)
+        if load_async:  # the window opens first (the event loop is running), then torch and the model load beside it
+            from qtpy.QtCore import QTimer
+
+            name = live_model or settings.live_model
+            QTimer.singleShot(0, lambda: self.load_live_model_async(name))
+        else:
+            self.set_live_model(live_model or settings.live_model, quiet=False)
 
     # -- messages ------------------------------------------------------------------------------
     def say(self, level: str, text: str) -> None:
@@ -370,14 +379,48 @@ class Studio(QObject):
     # -- live synthesis ------------------------------------------------------------------------
     def set_live_model(self, name: str | None, quiet: bool = True) -> bool:
         """Load a SPADE model for the live path; on failure the current one stays."""
-        from cmrstudio.engine.live import LiveEngine, Renderer
-
         try:
+            from cmrstudio.engine.live import Renderer
+
             r = Renderer(name, device=self.device, threads=self.live_threads, bf16=None)
         except Exception as exc:
-            keep = f"; still using '{self.renderer.name}'" if self.renderer else "; live synthesis is off until a model loads"
-            self.say("error", f"The live model {name or '(default)'} could not be loaded: {_err(exc)}{keep}.")
+            self._live_failed(name, _err(exc))
             return False
+        self._use_renderer(r, name, quiet)
+        return True
+
+    def load_live_model_async(self, name: str | None) -> threading.Thread:
+        """Load the live model on a thread (importing torch takes a second or two); it takes over when ready."""
+        def work():
+            try:
+                from cmrstudio.engine.live import Renderer
+
+                r, err = Renderer(name, device=self.device, threads=self.live_threads, bf16=None), ""
+            except Exception as exc:
+                r, err = None, _err(exc)
+            self.live_loaded.emit(r, name, err)
+
+        self.say("info", "Loading the live model…")
+        t = threading.Thread(target=work, name="cmrstudio-load", daemon=True)
+        t.start()
+        return t
+
+    def _on_live_loaded(self, r, name, err: str) -> None:
+        if self._closed:
+            return
+        if r is None:
+            self._live_failed(name, err)
+        else:
+            self._use_renderer(r, name, quiet=False)
+            self.say("info", f"Live model {r.name} ready: paint on the scan.")
+
+    def _live_failed(self, name, err: str) -> None:
+        keep = f"; still using '{self.renderer.name}'" if self.renderer else "; live synthesis is off until a model loads"
+        self.say("error", f"The live model {name or '(default)'} could not be loaded: {err}{keep}.")
+
+    def _use_renderer(self, r, name: str | None, quiet: bool) -> None:
+        from cmrstudio.engine.live import LiveEngine
+
         old = self.engine
         self.renderer = r
         self.engine = LiveEngine(r, on_ready=self.live_result.emit)
@@ -388,12 +431,9 @@ class Studio(QObject):
         if self.case is not None:
             self.reset_frame()
             self.request_live()
-        if not quiet:
-            self.changed.emit("live_model")
-        else:
+        if quiet:
             self.say("info", f"Live model: {r.name}.")
-            self.changed.emit("live_model")
-        return True
+        self.changed.emit("live_model")
 
     def set_vendor(self, vendor: str) -> None:
         self.vendor = vendor

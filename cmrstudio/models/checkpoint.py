@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where weights are loaded, so listing models stays light
+    import torch
 
 from cmrstudio import __version__
 from cmrstudio.anatomy import LABELS, VENDORS

@@ -19,7 +19,10 @@ import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where weights are loaded, so listing models stays light
+    import torch
 
 from cmrstudio.errors import CmrError
 from cmrstudio.models.checkpoint import CARD_SUFFIX, WEIGHTS_SUFFIX, ModelInfo, load_state, read_card, verify
