@@ -6,20 +6,21 @@ import time
 from pathlib import Path
 
 import napari
+import numpy as np
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import (QApplication, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QLabel, QScrollArea)
 
 from cmrstudio.gui.studio import Studio
 
 
-def _scroll(widget):
+def _scroll(widget, min_width: int = 0):
     """A panel in a scroll area, so a small screen scrolls the panel instead of squeezing the canvas."""
     area = QScrollArea()
     area.setWidget(widget)
     area.setWidgetResizable(True)
     area.setFrameShape(QScrollArea.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-    area.setMinimumWidth(max(widget.minimumSizeHint().width(), widget.sizeHint().width()) + 20)
+    area.setMinimumWidth(max(min_width, widget.minimumSizeHint().width() + 20))
     return area
 
 
@@ -97,13 +98,14 @@ class StudioWindow:
     """The studio: napari viewer + :class:`Studio` + panels. ``.viewer``, ``.studio``, ``.paint``, ``.synthesis``, ``.gallery``."""
 
     def __init__(self, path: Path | None = None, case: str | None = None, show: bool = True, project=None, viewer=None,
-                 live_model: str | None = None, load_async: bool = False):
+                 live_model: str | None = None, load_async: bool = False, remember: bool = True, settings=None):
         from cmrstudio.gui.gallery import GalleryPanel
         from cmrstudio.gui.panels import PaintPanel, SynthesisPanel
         from cmrstudio.project import Project, default_project_dir
 
         self.viewer = viewer or napari.Viewer(title="cmrstudio", show=show)
-        self.studio = st = Studio(self.viewer, live_model=live_model, load_async=load_async)
+        self.studio = st = Studio(self.viewer, settings=settings, live_model=live_model, load_async=load_async)
+        st.remember = remember
         if project is None:
             where = st.settings.last_project or default_project_dir()
             try:
@@ -123,11 +125,11 @@ class StudioWindow:
         w = self.viewer.window
         qt_window = w._qt_window
         # left: napari's layer controls over [Paint | layers]; right: [Synthesis | Gallery]; the canvas in between
-        self.paint_dock = w.add_dock_widget(_scroll(self.paint), name="Paint", area="left")
+        self.paint_dock = w.add_dock_widget(_scroll(self.paint, 370), name="Paint", area="left")
         layer_list = getattr(w._qt_viewer, "dockLayerList", None)
         if layer_list is not None:
             qt_window.tabifyDockWidget(layer_list, self.paint_dock)
-        self.synthesis_dock = w.add_dock_widget(_scroll(self.synthesis), name="Synthesis", area="right")
+        self.synthesis_dock = w.add_dock_widget(_scroll(self.synthesis, 470), name="Synthesis", area="right")
         self.gallery_dock = w.add_dock_widget(self.gallery, name="Gallery", area="right", tabify=True)
         QTimer.singleShot(0, self.synthesis_dock.raise_)
         QTimer.singleShot(0, self.paint_dock.raise_)
@@ -210,20 +212,32 @@ def screenshot(out: Path, path: Path | None = None, case: str | None = None, pai
     """Open the studio, paint a short stroke on the real scan, wait for the render, save a PNG of the window."""
     from skimage.io import imsave
 
-    win = StudioWindow(path, case, show=True)
+    import tempfile
+
+    from cmrstudio.project import Project
+
+    tmp = tempfile.TemporaryDirectory()
+    from cmrstudio.settings import Settings
+
+    win = StudioWindow(path, case, show=True, project=Project.create(Path(tmp.name) / "project"), remember=False, settings=Settings())
     win.viewer.window.resize(1600, 960)
     win.viewer.window._qt_window.showNormal()
     _pump(0.5)
-    win.viewer.reset_view()
+    win.studio.fit_heart()
     if paint:
         from cmrstudio.gui.mouse import stroke_on_mask
 
         st = win.studio
-        stroke_on_mask(win.viewer, st.mask_layer, label=3, n=12, radius_frac=0.06)
+        z = st.current_z()
+        lv = np.argwhere(st.mask_layer.data[z] == 1)
+        # thicken the septal wall with a myocardium stroke, as a radiologist sketching hypertrophy would
+        centre = lv.mean(0) + np.array([0.0, -0.35 * np.ptp(lv[:, 1])]) if len(lv) else None
+        stroke_on_mask(win.viewer, st.mask_layer, label=2, n=14, radius_frac=0.012, centre_yx=centre)
     win.studio.engine.wait_idle(10)
     _pump(0.6)
     img = win.viewer.screenshot(canvas_only=False, flash=False)
     win.close()
+    tmp.cleanup()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     imsave(out, img, check_contrast=False)

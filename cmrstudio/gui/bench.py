@@ -53,7 +53,6 @@ def _pct(xs, q):
 
 def bench_studio(strokes: int = 12, moves: int = 24, model: str | None = None, interval_s: float = 0.016) -> dict:
     with display(), tempfile.TemporaryDirectory() as tmp:
-        os.environ.setdefault("CMRSTUDIO_CONFIG", str(Path(tmp) / "settings.json"))  # leave the user's settings alone
         from qtpy.QtCore import Qt, QTimer
         from qtpy.QtWidgets import QApplication
 
@@ -62,8 +61,10 @@ def bench_studio(strokes: int = 12, moves: int = 24, model: str | None = None, i
         from cmrstudio.gui.app import StudioWindow, _pump
         from cmrstudio.gui.mouse import stroke_on_mask
         from cmrstudio.project import Project
+        from cmrstudio.settings import Settings
 
-        win = StudioWindow(None, show=True, project=Project.create(Path(tmp) / "project"), live_model=model)
+        win = StudioWindow(None, show=True, project=Project.create(Path(tmp) / "project"), live_model=model, remember=False,
+                           settings=Settings())  # the defaults, not this user's settings
         st, v = win.studio, win.viewer
         v.window.resize(1400, 900)
         _pump(1.0)

@@ -368,7 +368,7 @@ class SynthesisPanel(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.progress.setFormat("%v / %m steps")
+        self.progress.setFormat("no HQ render yet")
         f.addRow(self.progress)
         self.hq_note = QLabel("")
         self.hq_note.setWordWrap(True)
@@ -440,6 +440,7 @@ class SynthesisPanel(QWidget):
         if jid is not None:
             self.progress.setRange(0, self.steps_box.value())
             self.progress.setValue(0)
+            self.progress.setFormat("%v / %m steps")
             self.cancel_btn.setEnabled(True)
         return jid
 

@@ -105,6 +105,7 @@ class Studio(QObject):
         if settings is None:
             settings, warn = load_settings()
         self.settings = settings
+        self.remember = True  # save settings on change and close (off for screenshots and benchmarks)
         self.device = device or (None if settings.device in (None, "", "auto") else settings.device)
         self.live_threads = live_threads()
         self.case: Case | None = None
@@ -132,6 +133,7 @@ class Studio(QObject):
         self._building = False
         self._stroking = False
         self._rendered_mask: dict[int, np.ndarray] = {}
+        self._auto_contrast: dict[str, bool] = {}
         self._closed = False
         self.findings: list = []
         self.project = project
@@ -255,6 +257,7 @@ class Studio(QObject):
         self.hq_results.clear()
         self.live_shown.clear()
         self._rendered_mask.clear()
+        self._auto_contrast = {}
         self._stroking = False
         self.hq_job = None
         for layer in list(self.layers.values()):
@@ -295,6 +298,7 @@ class Studio(QObject):
         self._z = self.current_z()
         v.reset_view()
         self.reset_frame()
+        self.fit_heart()
         self._title()
         self.check_anatomy()
         self.changed.emit("case")
@@ -371,6 +375,23 @@ class Studio(QObject):
         self.frame = self.renderer.frame_for(m, self.case.spacing, centre=self.centre if not m.any() else None)
         self.centre = tuple(self.frame.extra.get("centre", self.centre or (0, 0)))
 
+    def fit_heart(self) -> None:
+        """Zoom every cell to the heart: the synthesis frame's field of view, centred (the cells share one camera)."""
+        c, fr = self.case, self.frame
+        if c is None:
+            return
+        sp = c.spacing or (1.0, 1.0, 1.0)
+        centre = self.centre or ((c.shape[1] - 1) / 2, (c.shape[2] - 1) / 2)
+        fov = fr.size * max(fr.step) * max(sp[1], sp[2]) if fr is not None else 0.6 * max(c.shape[1] * sp[1], c.shape[2] * sp[2])
+        try:
+            w, h = self.viewer.window._qt_viewer.canvas._scene_canvas.size
+        except AttributeError:
+            return
+        cells = 3 if "hq" in self.layers else 2
+        cam = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera
+        cam.center = (centre[0] * sp[1], centre[1] * sp[2])
+        cam.zoom = 0.95 * min(w / cells, h) / (1.1 * fov)
+
     def frame_for(self, renderer) -> Frame:
         if self.renderer is not None and renderer.size == self.renderer.size and renderer.spacing_mm == self.renderer.spacing_mm:
             return self.frame
@@ -429,7 +450,10 @@ class Studio(QObject):
         if name:
             self.settings.live_model = name
         if self.case is not None:
+            first = self.frame is None
             self.reset_frame()
+            if first:
+                self.fit_heart()
             self.request_live()
         if quiet:
             self.say("info", f"Live model: {r.name}.")
@@ -510,6 +534,11 @@ class Studio(QObject):
             return
         layer = self.layers["synthetic"]
         layer.data[z] = to_display(res.image)
+        if not self._auto_contrast.get("synthetic") and res.framed is not None:
+            # a window/level like the scan's (robust percentiles of the first frame); the user can change it
+            lo, hi = np.percentile(res.framed, (0.5, 99.5)) * 255.0
+            layer.contrast_limits = (float(lo), float(max(hi, lo + 1.0)))
+            self._auto_contrast["synthetic"] = True
         _light_refresh(layer)
         self._rendered_mask[z] = res.mask
         if not self._stroking:  # during a stroke the contour waits for the release (one texture upload less per frame)
@@ -677,7 +706,7 @@ class Studio(QObject):
         self.layers.update(hq=hq, hq_contour=hc)
         self._set_contour_opacity()
         v.layers.selection.active = self.mask_layer
-        v.reset_view()
+        self.fit_heart()
 
     def _on_hq_progress(self, job) -> None:
         token, z = job.tag
@@ -695,6 +724,10 @@ class Studio(QObject):
             return
         if job.status == "done":
             self.layers["hq"].data[z] = job.result.image
+            if not self._auto_contrast.get("hq") and job.result.framed is not None:
+                lo, hi = np.percentile(job.result.framed, (0.5, 99.5))
+                self.layers["hq"].contrast_limits = (float(lo), float(max(hi, lo + 1e-3)))
+                self._auto_contrast["hq"] = True
             _light_refresh(self.layers["hq"])
             self._show_contour("hq_contour", z, job.mask)
             self.hq_results[z] = job.result
@@ -761,6 +794,8 @@ class Studio(QObject):
 
     # -- settings and shutdown -----------------------------------------------------------------
     def save_settings(self) -> None:
+        if not self.remember:
+            return
         try:
             save_settings(self.settings)
         except Exception as exc:
