@@ -96,6 +96,8 @@ def test_drag_paints_renders_live_and_undo_restores(open_window):
                                                   "mask contour (live)"]
     assert v.canvas.grid.enabled and v.canvas.grid.stride == 2  # real scan + mask | synthetic + contour, one camera
     assert "SCD0000101_ED" in v.title and "built-in sample" in win._status.text()
+    file_menu = [a.text() for a in v.window.file_menu.actions()]
+    assert file_menu[:2] == ["Open scan in the studio…", "Open dataset folder in the studio…"]
     z = st.current_z()
     mask = st.mask_layer
     assert shown(st, z).std() > 0.05  # the live render of the scan's own mask is on screen
@@ -271,7 +273,7 @@ def _drop(win, path):
     QApplication.sendEvent(target, QDropEvent(QPointF(20, 20), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier))
 
 
-def test_drop_opens_scans_and_bad_input_keeps_the_session(open_window, studio_env):
+def test_drop_opens_scans_and_bad_input_keeps_the_session(open_window, studio_env, monkeypatch):
     from cmrstudio.data.phantom import phantom_case
     from cmrstudio.io import write_case
     from cmrstudio.resources import resources_dir
@@ -318,6 +320,13 @@ def test_drop_opens_scans_and_bad_input_keeps_the_session(open_window, studio_en
     assert st.case.case_id == c.case_id and c.case_id in win.viewer.title
     assert shown(st).std() > 0.02
     assert st.settings.recent[0] == str(files["image"])
+    # File ▸ Open scan in the studio… does the same (the dialog answered by the test)
+    c2 = phantom_case(4, n_slices=3, shape=(80, 80), vendor="siemens")
+    f2 = write_case(c2, studio_env / "phantom2")
+    monkeypatch.setattr("cmrstudio.gui.app.QFileDialog.getOpenFileName", lambda *a, **k: (str(f2["image"]), ""))
+    win.file_actions[0].trigger()
+    settle(win)
+    assert st.case.case_id == c2.case_id and st.mask_layer.data.shape == c2.shape
 
 
 def test_model_loads_beside_an_open_window(studio_env, make_napari_viewer):

@@ -8,6 +8,7 @@ from pathlib import Path
 import napari
 import numpy as np
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtGui import QAction
 from qtpy.QtWidgets import (QApplication, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QLabel, QScrollArea)
 
 from cmrstudio.gui.studio import Studio
@@ -157,6 +158,18 @@ class StudioWindow:
         menu.addSeparator()
         menu.addAction("Settings…", lambda: SettingsDialog(st, w._qt_window).exec())
         self.studio_menu = menu
+        # napari's File menu opens files as loose layers; the studio's own entries come first
+        fm = getattr(w, "file_menu", None)
+        if fm is not None and fm.actions():
+            first = fm.actions()[0]
+            self.file_actions = []
+            for text, slot in (("Open scan in the studio…", self.open_file_dialog),
+                               ("Open dataset folder in the studio…", self.open_folder_dialog)):
+                a = QAction(text, fm)
+                a.triggered.connect(slot)
+                fm.insertAction(first, a)
+                self.file_actions.append(a)
+            fm.insertSeparator(first)
 
     def open_file_dialog(self) -> bool:
         start = self.studio.settings.last_folder or str(Path.home())

@@ -101,7 +101,7 @@ class PaintPanel(QWidget):
             b.setIcon(swatch(lab))
             b.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
             b.setCheckable(True)
-            b.setToolTip(f"Paint label {lab}: {name} (key {lab})")
+            b.setToolTip(f"Paint label {lab}: {name}")
             b.clicked.connect(lambda _=False, lab=lab: self.pick_label(lab))
             self.label_group.addButton(b, lab)
             self.label_buttons[lab] = b
