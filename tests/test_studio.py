@@ -139,11 +139,16 @@ def test_slice_phase_seed_and_vendor_rerender(open_window):
     settle(win)
     assert shown(st, z2).std() > 0.05 and st.current_z() == z2
     img = shown(st, z2)
+    inside = img > 0  # the synthesis frame (160 mm) within the scan
     win.synthesis.new_seed.click()
     settle(win)
     assert st.seed == win.synthesis.seed_box.value()
-    inside = img > 0  # the synthesis frame (160 mm) within the scan
     assert np.abs(shown(st, z2) - img)[inside].mean() > 0.01, "a new seed gave the same image"
+    img = shown(st, z2)
+    win.synthesis.vendor_box.setCurrentText("philips")
+    win.synthesis.vendor_box.activated.emit(win.synthesis.vendor_box.currentIndex())
+    settle(win)
+    assert st.vendor == "philips" and np.abs(shown(st, z2) - img)[inside].mean() > 0.005, "the vendor style changed nothing"
     # the other phase of the same case
     assert [win.paint.phase_box.itemText(i) for i in range(win.paint.phase_box.count())] == ["ED", "ES"]
     win.paint.phase_box.activated.emit(1)
@@ -165,6 +170,7 @@ def test_start_masks_template_sliders_and_quick_edits(open_window):
     settle(win)
     d70 = structure_sizes(st.mask_layer.data[z], sp)["lv_diameter"]
     assert abs(d70 - 70) < 4
+    assert np.array_equal(st.layers["contour"].data[z], st.mask_layer.data[z])  # the contour follows panel edits
     p.struct_box.setCurrentIndex(p.struct_box.findData(LV))
     p.mm_box.setValue(5.0)
     p.grow(+1)
@@ -204,7 +210,7 @@ def test_render_hq_completes_cancels_and_keeps(open_window, studio_env):
     st, syn = win.studio, win.synthesis
     z = st.current_z()
     previews = []
-    st.hq_progress.connect(lambda job: previews.append(job.step))
+    st.hq_progress.connect(lambda snap: previews.append(snap[1]))  # (job, step, preview) as reported
     syn.hq_box.setCurrentIndex(syn.hq_box.findData("flow-cmr"))
     syn.steps_box.setValue(3)
     syn.hq_btn.click()
@@ -229,6 +235,24 @@ def test_render_hq_completes_cancels_and_keeps(open_window, studio_env):
     assert st.hq_job.status == "cancelled" and st.hq_job.step < 200
     assert "cancelled" in syn.message.text()
     assert st.hq_results[z].params["kind"] == "flow"  # the finished render is still the one kept
+
+    # a phase switch while an HQ render runs: the job is cancelled and the panel forgets it
+    syn.steps_box.setValue(200)
+    syn.hq_btn.click()
+    job = st.hq_job
+    assert pump(lambda: job.step >= 1, 60)
+    win.paint.phase_box.activated.emit(1)
+    assert pump(lambda: job.finished, 30) and job.status == "cancelled"
+    pump(timeout=0.2)
+    assert st.case.phase == "ES" and "hq" not in st.layers and syn.progress.format() == "no HQ render yet"
+    assert not syn.cancel_btn.isEnabled()
+    win.paint.phase_box.activated.emit(0)
+    settle(win)
+    syn.hq_box.setCurrentIndex(syn.hq_box.findData("flow-cmr"))
+    syn.steps_box.setValue(2)
+    syn.hq_btn.click()
+    assert pump(lambda: st.hq_job.finished, 60) and st.hq_job.status == "done"
+    pump(timeout=0.2)
 
     syn.note_edit.setText("dilated LV, keep")
     syn.rating_box.setCurrentIndex(4)
@@ -262,6 +286,17 @@ def test_kept_renders_survive_closing_and_reopening(open_window, studio_env):
     assert res.params["seed"] == 7 and res.params["model"] == "spade-cmr"
     assert np.abs(res.image - on_screen).max() <= 2 / 255  # the kept image is the one that was on screen
     assert win2.studio.settings.last_project == str(studio_env / "project")
+    files = win2.studio.project.render_files(item.id)
+    g.remove(confirm=False)
+    assert g.list.count() == 0 and not any(f.exists() for f in files.values())
+
+
+def test_a_file_that_will_not_open_at_start_is_said_in_the_window(open_window, studio_env):
+    bad = studio_env / "truncated.nii.gz"
+    bad.write_bytes(b"\x1f\x8b not really gzip")
+    win = open_window(bad)
+    assert "truncated.nii.gz" in win.synthesis.message.text()  # said before the panel existed, shown when it appears
+    assert win.studio.case.case_id == "SCD0000101_ED"  # the sample opened instead, ready to paint
 
 
 def _drop(win, path):
@@ -381,12 +416,14 @@ def test_npe2_widget_in_plain_napari(studio_env, make_napari_viewer):
     v = make_napari_viewer(show=True)
     for data, kw, kind in sample_data():
         getattr(v, f"add_{kind}")(data, **kw)
+    pts = v.add_points(np.array([[4, 100, 100]]), name="my landmarks")
     w = synthesis_widget(v)
     v.window.add_dock_widget(w, name="studio")
     st = w.studio
     try:
         assert pump(lambda: st.live_shown, 20)
-        assert st.case.shape == v.layers[0].data.shape and st.mask_layer.data.max() == MYO
+        assert pts in v.layers  # the user's other layers stay
+        assert st.case.shape == st.layers["scan"].data.shape and st.mask_layer.data.max() == MYO
         assert shown(st).std() > 0.05
     finally:
         st.close()

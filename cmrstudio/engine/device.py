@@ -28,15 +28,33 @@ def pick_device(pref: str | None = None) -> torch.device:
 
 
 def bf16_native(device: torch.device) -> bool:
-    """True where bfloat16 runs natively (CUDA with bf16, or a CPU with AVX-512 BF16 / AMX)."""
+    """True where bfloat16 runs natively: CUDA with bf16, or a CPU with AVX512-BF16 or AMX.
+
+    oneDNN also reports bf16 support on plain AVX-512 CPUs, where it is emulated and slower
+    than fp32; on Linux the CPU's own flags decide.
+    """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
+        flags = _cpu_flags()
+        if flags is not None:
+            return bool({"avx512_bf16", "amx_bf16"} & flags)
         try:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         except (AttributeError, RuntimeError):
             return False
     return False
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
 
 
 def hardware(device: torch.device) -> str:

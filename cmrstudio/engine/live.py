@@ -16,6 +16,7 @@ finished and delivered, so a continuous stroke still shows progress.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import warnings
@@ -224,13 +225,22 @@ class Renderer(GeneratorFront):
     def _frozen(self, oh, v, z):
         """The network traced and frozen for one slice (built on first use, about 0.2 s); eager if tracing fails."""
         if self._live_net is None:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self._live_net = torch.jit.freeze(torch.jit.trace(self.net.eval(), (oh, v, z), check_trace=False))
-            except Exception as exc:  # an unusual plugin architecture: fall back to eager mode
-                warnings.warn(f"The live network could not be traced ({type(exc).__name__}: {exc}); using eager mode.")
-                self._live_net = self.net
+            from cmrstudio.models.spade import SpadeGenerator
+
+            self._live_net = self.net
+            if type(self.net) is SpadeGenerator:  # our own architecture, known to trace; plugins' networks run eagerly
+                try:
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        traced = torch.jit.freeze(torch.jit.trace(self.net.eval(), (oh, v, z), check_trace=False))
+                    # torch's own shape checks (InstanceNorm) warn harmlessly; a warning from the model's code
+                    # would mean a value-dependent branch was baked in
+                    torch_dir = os.path.dirname(torch.__file__)
+                    if not any(issubclass(w.category, torch.jit.TracerWarning) and not str(w.filename).startswith(torch_dir)
+                               for w in caught):
+                        self._live_net = traced
+                except Exception as exc:
+                    warnings.warn(f"The live network could not be traced ({type(exc).__name__}: {exc}); using eager mode.")
         return self._live_net
 
     def render_slice(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from cmrstudio.case import Case
@@ -12,21 +14,28 @@ from cmrstudio.models.registry import build_model, get_model
 from cmrstudio.train.segmenter import segment_framed
 
 
-def segment_scan(case: Case, model: str | None = None, device: str | None = None, slices: list[int] | None = None) -> np.ndarray:
+@lru_cache(maxsize=2)
+def _segmenter(model: str | None, device: str | None):
+    info = get_model(model, kind="segmenter")
+    return info, build_model(info, pick_device(device))
+
+
+def segment_scan(case: Case, model: str | None = None, device: str | None = None, slices: list[int] | None = None,
+                 centre: tuple[float, float] | None = None) -> np.ndarray:
     """A canonical mask (Z, Y, X) for ``case``'s image, in its own pixel grid.
 
     The image goes into the segmenter's frame (centred on the case's mask when it has one,
-    else on the image centre), is segmented, and the labels come back by nearest neighbour.
+    else on ``centre`` or the image centre), is segmented, and the labels come back by nearest neighbour.
+    The network is loaded once and kept (the studio segments slice after slice).
     Only ``slices`` are segmented when given; the others stay background.
     """
     if case.image is None:
         raise CmrError(f"The case {case.case_id} has no image to segment; open a scan first.")
-    info = get_model(model, kind="segmenter")
-    net = build_model(info, pick_device(device))
+    info, net = _segmenter(model, device)
     fr = info.card.get("frame", {})
     size = int(fr.get("size", net.cfg.size))
     spacing = fr.get("spacing_mm", 1.25)
-    frame = make_frame(case, size=size, spacing_mm=spacing)
+    frame = make_frame(case, size=size, spacing_mm=spacing, centre=None if case.mask is not None and case.mask.any() else centre)
     framed = to_frame(case, frame)
     zs = list(range(case.shape[0])) if slices is None else [int(z) for z in slices]
     out = np.zeros(case.shape, np.uint8)

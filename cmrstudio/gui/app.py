@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from pathlib import Path
 
 import napari
@@ -47,14 +48,26 @@ class _Drops(QObject):
 
 
 class _Closing(QObject):
+    """Stops the studio once its window has really closed (napari may ask first, and the user may cancel)."""
+
     def __init__(self, studio: Studio):
         super().__init__()
         self.studio = studio
 
     def eventFilter(self, obj, event):  # noqa: N802
         if event.type() == QEvent.Close:
-            self.studio.close()
+            # weak references only: a pending check must not keep a closed window (and its viewer) alive
+            me, window = weakref.WeakMethod(self._after_close), weakref.ref(obj)
+            QTimer.singleShot(0, lambda: me() is not None and me()(window()))
         return False
+
+    def _after_close(self, window) -> None:
+        try:
+            gone = window is None or not window.isVisible()
+        except RuntimeError:  # the C++ window was already deleted
+            gone = True
+        if gone:
+            self.studio.close()
 
 
 class SettingsDialog(QDialog):
@@ -79,7 +92,7 @@ class SettingsDialog(QDialog):
         f.addRow("Device", self.device)
         f.addRow("Live model", self.live)
         f.addRow("HQ model", self.hq)
-        f.addRow(QLabel("The device applies the next time the studio starts."))
+        f.addRow(QLabel("The live model applies now, the device at the next start."))
         bb = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         bb.accepted.connect(self.accept)
         bb.rejected.connect(self.reject)
@@ -92,6 +105,9 @@ class SettingsDialog(QDialog):
         s.live_model = self.live.currentText() or None
         s.hq_model = self.hq.currentText() or None
         self.studio.save_settings()
+        r = self.studio.renderer
+        if s.live_model and (r is None or r.name != s.live_model):
+            self.studio.set_live_model(s.live_model)
         super().accept()
 
 
@@ -205,12 +221,13 @@ def run(path: Path | None = None, case: str | None = None, ready_file: Path | No
         def poll():
             now = time.time()
             marks.setdefault("window", now)  # the event loop runs: the window is up and takes input
-            if win.studio.frame_ms or win.studio.messages and win.studio.messages[-1][0] == "error":
-                marks["first_frame"] = now
+            errors = [text for lvl, text in win.studio.messages if lvl == "error"]
+            if win.studio.frame_ms or errors:
                 if ready_file is not None:
                     Path(ready_file).write_text(json.dumps({"wall_window": marks["window"], "wall_first_frame": now,
                                                             "in_process_window": marks["window"] - born,
-                                                            "in_process_first_frame": now - born}))
+                                                            "in_process_first_frame": now - born,
+                                                            "error": errors[-1] if errors and not win.studio.frame_ms else None}))
                 if quit_when_ready:
                     win.close()
                     QApplication.instance().quit()

@@ -168,6 +168,8 @@ def bench_startup(n: int = 3, timeout: float = 120.0) -> dict:
             if p.returncode != 0 or not ready.exists():
                 raise CmrError(f"The studio did not start (exit {p.returncode}): {(p.stderr or p.stdout).strip()[-400:]}")
             info = json.loads(ready.read_text())
+            if info.get("error"):
+                raise CmrError(f"The studio started but showed an error instead of a first frame: {info['error']}")
             times.append({"window_s": round(info["wall_window"] - t0, 2), "first_frame_s": round(info["wall_first_frame"] - t0, 2),
                           "exit_s": round(time.time() - t0, 2)})
     w = [t["window_s"] for t in times]

@@ -60,6 +60,8 @@ class GalleryPanel(QWidget):
         h.addWidget(self.mask_btn)
         h.addWidget(self.delete_btn)
         lay.addLayout(h)
+        self._broken: set[str] = set()
+        self._checked_for = None
         studio.changed.connect(self._changed)
         self.refresh()
 
@@ -68,7 +70,8 @@ class GalleryPanel(QWidget):
         it = self.list.currentItem()
         return it.data(Qt.UserRole) if it is not None else None
 
-    def refresh(self, select: str | None = None) -> None:
+    def refresh(self, select: str | None = None, check: bool = False) -> None:
+        """List the kept renders; ``check`` reads every render's files (on opening a project) to mark broken ones."""
         p = self.studio.project
         self.list.clear()
         if p is None:
@@ -77,11 +80,10 @@ class GalleryPanel(QWidget):
             return
         self.project_label.setText(f"Project <b>{p.name}</b> — {len(p.items)} kept · {p.folder}")
         self.project_label.setToolTip(str(p.folder))
-        broken = set()
-        for problem in p.check():
-            for it in p.items:
-                if it.id in problem:
-                    broken.add(it.id)
+        if check or self._checked_for is not p:
+            self._broken = {it.id for problem in p.check() for it in p.items if it.id in problem}
+            self._checked_for = p
+        broken = self._broken
         for it in p.items:
             stars = "★" * (it.rating or 0)
             w = QListWidgetItem(f"{it.id} {stars}".strip())
@@ -141,10 +143,17 @@ class GalleryPanel(QWidget):
         except Exception as exc:
             self.studio.say("error", f"{iid} could not be updated: {getattr(exc, 'message', exc)}")
 
-    def remove(self) -> None:
+    def remove(self, confirm: bool = True) -> None:
         iid = self.current_id()
         if iid is None:
             return
+        if confirm:
+            from qtpy.QtWidgets import QMessageBox
+
+            answer = QMessageBox.question(self, "Remove a kept render",
+                                          f"Remove {iid} from the project and delete its files? This cannot be undone.")
+            if answer != QMessageBox.Yes:
+                return
         try:
             self.studio.project.remove(iid)
         except Exception as exc:

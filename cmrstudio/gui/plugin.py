@@ -13,27 +13,28 @@ from qtpy.QtWidgets import QTabWidget
 from cmrstudio.case import Case
 
 
-def case_from_layers(viewer) -> tuple[Case | None, str | None]:
-    """(case, note) from the viewer's first image and labels layers; (None, None) without an image layer."""
+def case_from_layers(viewer) -> tuple[Case | None, str | None, list]:
+    """(case, note, the layers it came from) from the viewer's first image and labels layers; (None, None, []) without an image layer."""
     from napari.layers import Image, Labels
 
     imgs = [layer for layer in viewer.layers if isinstance(layer, Image) and not layer.rgb]
     if not imgs:
-        return None, None
+        return None, None, []
     im = imgs[0]
     data = np.asarray(im.data, dtype=np.float32)
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3:
-        return None, f"The layer '{im.name}' is {data.ndim}D; the studio paints 2D slices of 3D volumes, so the sample case is open instead."
+        return None, f"The layer '{im.name}' is {data.ndim}D; the studio paints 2D slices of 3D volumes, so the sample case is open instead.", []
     scale = tuple(float(s) for s in im.scale[-3:]) if im.ndim >= 3 else (1.0,) + tuple(float(s) for s in im.scale[-2:])
     spacing_known = any(abs(s - 1.0) > 1e-6 for s in scale)
     affine = np.diag(list(scale) + [1.0]) if spacing_known else None
-    mask, note = None, None
+    mask, note, used = None, None, [im]
     for lab in (layer for layer in viewer.layers if isinstance(layer, Labels)):
         m = np.asarray(lab.data)
         m = m[None] if m.ndim == 2 else m
         if m.shape == data.shape:
+            used.append(lab)
             if m.max() <= 3:
                 mask = m.astype(np.uint8)
             else:
@@ -42,7 +43,7 @@ def case_from_layers(viewer) -> tuple[Case | None, str | None]:
     meta = im.metadata.get("cmrstudio", {}) if isinstance(im.metadata, dict) else {}
     case_id = str(meta.get("case") or im.name.replace(" scan", ""))
     return Case(data, mask, affine, vendor=meta.get("vendor", "unknown"), case_id=case_id,
-                source={"dataset": "napari layer", "layer": im.name}), note
+                source={"dataset": "napari layer", "layer": im.name}), note, used
 
 
 def synthesis_widget(napari_viewer):
@@ -53,15 +54,16 @@ def synthesis_widget(napari_viewer):
     from cmrstudio.project import Project, default_project_dir
 
     studio = Studio(napari_viewer)
+    studio.owns_viewer = False
     try:
         studio.project = Project.open_or_create(studio.settings.last_project or default_project_dir())
     except Exception as exc:
         studio.say("warning", f"{getattr(exc, 'message', exc)} Kept renders need a project.")
-    case, note = case_from_layers(napari_viewer)
+    case, note, used = case_from_layers(napari_viewer)
     if case is None:
-        studio.open_path(None)
+        studio.open_path(None)  # the sample: it takes the viewer over
     else:
-        studio.set_case(case)
+        studio.set_case(case, replace=used)  # other layers (points, shapes, ...) stay
     if note:
         studio.say("warning", note)
     tabs = QTabWidget()

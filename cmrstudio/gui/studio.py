@@ -93,7 +93,7 @@ class Studio(QObject):
     live_result = Signal(object)  # RenderResult, from the live worker
     hq_progress = Signal(object)  # Job, from the HQ worker
     hq_finished = Signal(object)  # Job, from the HQ worker (or the thread that cancelled it)
-    live_loaded = Signal(object, object, str)  # (renderer or None, name, error) from the loading thread
+    live_loaded = Signal(object, object, str, int)  # (renderer or None, name, error, load number) from the loading thread
     changed = Signal(str)  # "case", "mask", "live", "live_model", "hq", "project", "gallery", "settings"
     message = Signal(str, str)  # level (info, warning, error), one sentence
 
@@ -106,6 +106,7 @@ class Studio(QObject):
             settings, warn = load_settings()
         self.settings = settings
         self.remember = True  # save settings on change and close (off for screenshots and benchmarks)
+        self.owns_viewer = True  # False inside plain napari: the user's other layers are left alone
         self.device = device or (None if settings.device in (None, "", "auto") else settings.device)
         self.live_threads = live_threads()
         self.case: Case | None = None
@@ -128,12 +129,15 @@ class Studio(QObject):
         self.frame_ms: deque[float] = deque(maxlen=500)  # dab -> synthetic layer drawn
         self.render_ms: deque[float] = deque(maxlen=500)
         self._submitted: dict[int, float] = {}
+        self._load_seq = 0  # the newest model load wins; a slower, older one is discarded
         self._awaiting_draw: list[float] = []
         self._z = None
         self._building = False
         self._stroking = False
         self._rendered_mask: dict[int, np.ndarray] = {}
         self._auto_contrast: dict[str, bool] = {}
+        self._hq_contour_shown: set[int] = set()
+        self.hq_step = 0
         self._closed = False
         self.findings: list = []
         self.project = project
@@ -247,7 +251,9 @@ class Studio(QObject):
         return False
 
     # -- the case and its layers -----------------------------------------------------------------
-    def set_case(self, case: Case) -> None:
+    def set_case(self, case: Case, replace: list | None = None) -> None:
+        """Show ``case``. The studio owns the viewer: every layer goes, unless ``replace`` names the
+        layers to take over (plain napari, the npe2 widget): then only those and the studio's own go."""
         v = self.viewer
         self.token += 1
         self._building = True
@@ -255,14 +261,22 @@ class Studio(QObject):
             self.queue.cancel_all()
         self.case = case
         self.hq_results.clear()
+        self._hq_contour_shown.clear()
+        self.hq_step = 0
         self.live_shown.clear()
         self._rendered_mask.clear()
         self._auto_contrast = {}
         self._stroking = False
+        self.centre = None  # the new case's heart, not the previous one's
         self.hq_job = None
         for layer in list(self.layers.values()):
             self._disconnect(layer)
-        v.layers.clear()
+        if replace is None and self.owns_viewer:
+            v.layers.clear()
+        else:
+            for layer in list(self.layers.values()) + list(replace or []):
+                if layer in v.layers:
+                    v.layers.remove(layer)
         self.layers = {}
         scale = case.spacing or (1.0, 1.0, 1.0)
         cid = case.case_id
@@ -302,6 +316,7 @@ class Studio(QObject):
         self._title()
         self.check_anatomy()
         self.changed.emit("case")
+        self.changed.emit("hq")  # the HQ panel forgets the previous case's job
         self.request_live()
 
     def _hook_history(self, lab) -> None:
@@ -317,6 +332,7 @@ class Studio(QObject):
         lab.undo, lab.redo = after(undo), after(redo)
 
     def _mask_edited(self) -> None:
+        self._stroking = False  # a panel edit or undo is not a brush stroke: the contour follows the next frame
         if not self.live_on:  # with live on, the contour follows the next rendered frame
             self._show_contour("contour", self.current_z(), self.mask_layer.data[self.current_z()])
         self.check_anatomy()
@@ -400,6 +416,7 @@ class Studio(QObject):
     # -- live synthesis ------------------------------------------------------------------------
     def set_live_model(self, name: str | None, quiet: bool = True) -> bool:
         """Load a SPADE model for the live path; on failure the current one stays."""
+        self._load_seq += 1
         try:
             from cmrstudio.engine.live import Renderer
 
@@ -412,6 +429,9 @@ class Studio(QObject):
 
     def load_live_model_async(self, name: str | None) -> threading.Thread:
         """Load the live model on a thread (importing torch takes a second or two); it takes over when ready."""
+        self._load_seq += 1
+        seq = self._load_seq
+
         def work():
             try:
                 from cmrstudio.engine.live import Renderer
@@ -419,15 +439,15 @@ class Studio(QObject):
                 r, err = Renderer(name, device=self.device, threads=self.live_threads, bf16=None), ""
             except Exception as exc:
                 r, err = None, _err(exc)
-            self.live_loaded.emit(r, name, err)
+            self.live_loaded.emit(r, name, err, seq)
 
         self.say("info", "Loading the live model…")
         t = threading.Thread(target=work, name="cmrstudio-load", daemon=True)
         t.start()
         return t
 
-    def _on_live_loaded(self, r, name, err: str) -> None:
-        if self._closed:
+    def _on_live_loaded(self, r, name, err: str, seq: int) -> None:
+        if self._closed or seq != self._load_seq:  # closed, or the user picked another model meanwhile
             return
         if r is None:
             self._live_failed(name, err)
@@ -444,6 +464,7 @@ class Studio(QObject):
 
         old = self.engine
         self.renderer = r
+        self._submitted.clear()  # request ids restart with each engine
         self.engine = LiveEngine(r, on_ready=self.live_result.emit)
         if old is not None:
             old.close()
@@ -599,7 +620,7 @@ class Studio(QObject):
             elif kind == "segment":
                 from cmrstudio.engine.segment import segment_scan
 
-                vol[zs] = segment_scan(c, device=self.device, slices=zs)[zs]
+                vol[zs] = segment_scan(c, device=self.device, slices=zs, centre=self.centre)[zs]
             elif kind == "template":
                 if scope == "slice":
                     from cmrstudio.anatomy import template_mask
@@ -677,7 +698,8 @@ class Studio(QObject):
                 if self.queue is not None:
                     self.queue.close()
                 live = self
-                self.queue = JobQueue(r, on_progress=self.hq_progress.emit, on_done=self.hq_finished.emit,
+                self.queue = JobQueue(r, on_progress=lambda job: self.hq_progress.emit((job, job.step, job.preview)),
+                                      on_done=self.hq_finished.emit,
                                       yield_to=lambda: live.engine is not None and live.engine.busy)
             z = self.current_z()
             jid = self.queue.submit(self.mask_layer.data[z], self.frame_for(r), self.vendor, self.seed, steps, guidance, solver,
@@ -686,6 +708,8 @@ class Studio(QObject):
             self.say("error", f"HQ rendering with '{model}' could not start: {_err(exc)}")
             return None
         self.hq_job = self.queue.job(jid)
+        self.hq_step = 0
+        self._hq_contour_shown.discard(z)
         self._ensure_hq_layers()
         self.changed.emit("hq")
         return jid
@@ -708,14 +732,17 @@ class Studio(QObject):
         v.layers.selection.active = self.mask_layer
         self.fit_heart()
 
-    def _on_hq_progress(self, job) -> None:
+    def _on_hq_progress(self, snap) -> None:
+        job, step, preview = snap  # step and preview as they were when the worker reported them
         token, z = job.tag
-        if token != self.token or job.preview is None:
+        if token != self.token or preview is None or "hq" not in self.layers:
             return
-        self.layers["hq"].data[z] = from_frame(job.preview, job.frame, kind="image")
+        self.layers["hq"].data[z] = from_frame(preview, job.frame, kind="image")
         _light_refresh(self.layers["hq"])
-        if job.step == 1:
+        if z not in self._hq_contour_shown:
             self._show_contour("hq_contour", z, job.mask)
+            self._hq_contour_shown.add(z)
+        self.hq_step = step
         self.changed.emit("hq")
 
     def _on_hq_finished(self, job) -> None:
@@ -723,6 +750,7 @@ class Studio(QObject):
         if token != self.token:
             return
         if job.status == "done":
+            self.hq_step = job.step
             self.layers["hq"].data[z] = job.result.image
             if not self._auto_contrast.get("hq") and job.result.framed is not None:
                 lo, hi = np.percentile(job.result.framed, (0.5, 99.5))
@@ -758,10 +786,28 @@ class Studio(QObject):
         a[:3, 3] = a[:3, 3] + a[:3, 0] * z
         return a
 
-    def keep(self, which: str = "live", note: str = "", rating: int | None = None):
-        """Keep the live or HQ render of the current slice in the project's gallery."""
+    def _live_record(self, r, z: int):
+        """The live render of slice ``z`` as a record: the frame on screen when it shows the current mask
+        (and seed, vendor, model), else a fresh render of the current mask (live off, or mid-stroke)."""
         from cmrstudio.engine.hq import JobResult
 
+        mask = np.array(self.mask_layer.data[z], copy=True)
+        res = self.live_shown.get(z)
+        _, vendor, _ = r.resolve_vendor(self.vendor)
+        if (res is not None and res.mask is not None and res.framed is not None and np.array_equal(res.mask, mask)
+                and res.seed == self.seed and res.vendor == vendor and res.model == r.name):
+            image, framed, seconds = res.image, res.framed, res.render_ms / 1000.0
+        else:
+            t0 = time.perf_counter()
+            image, framed = r.render_slice(mask, self.frame, self.vendor, self.seed)
+            seconds = time.perf_counter() - t0
+        params = {"model": r.name, "model_sha256": r.info.card.get("sha256"), "kind": r.kind, "sampler": "spade", "steps": 1,
+                  "guidance": None, "seed": self.seed, "vendor": vendor, "seconds": round(seconds, 3),
+                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        return JobResult(image, framed, mask, self.frame, params)
+
+    def keep(self, which: str = "live", note: str = "", rating: int | None = None):
+        """Keep the live or HQ render of the current slice in the project's gallery."""
         if self.project is None:
             self.say("error", "No project is open; open or create one (Studio ▸ Open project) to keep renders.")
             return None
@@ -775,15 +821,7 @@ class Studio(QObject):
                 r = self.renderer
                 if r is None:
                     raise CmrError("No live model is loaded.")
-                mask = np.array(self.mask_layer.data[z], copy=True)
-                t0 = time.perf_counter()
-                # the same seed, mask and frame as on screen: a deterministic re-render gives the kept record its framed image
-                image, framed = r.render_slice(mask, self.frame, self.vendor, self.seed)
-                _, vendor, _ = r.resolve_vendor(self.vendor)
-                params = {"model": r.name, "model_sha256": r.info.card.get("sha256"), "kind": r.kind, "sampler": "spade", "steps": 1,
-                          "guidance": None, "seed": self.seed, "vendor": vendor, "seconds": round(time.perf_counter() - t0, 3),
-                          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-                res = JobResult(image, framed, mask, self.frame, params)
+                res = self._live_record(r, z)
             item = self.project.add(res, self._source(z), note=note, rating=rating, affine=self._slice_affine(z))
         except Exception as exc:
             self.say("error", f"The render could not be kept: {_err(exc)}")
