@@ -563,12 +563,18 @@ def bench_studio_cmd(
     strokes: int = typer.Option(12, "--strokes", help="Brush strokes to paint (real mouse drags on the canvas)."),
     moves: int = typer.Option(24, "--moves", help="Mouse moves per stroke, one every 16 ms (a 60 Hz mouse)."),
     model: Optional[str] = typer.Option(None, "--model", help="Live model (default: the shipped SPADE model)."),
+    window: str = typer.Option("1600x960", "--window", help="Window size WxH in pixels."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Brush dab -> synthetic layer on screen in the real studio window, and how long the GUI thread was ever blocked."""
     from cmrstudio.gui.bench import bench_studio
 
-    res = bench_studio(strokes=strokes, moves=moves, model=model)
+    try:
+        size = tuple(int(x) for x in window.lower().split("x"))
+        assert len(size) == 2 and min(size) >= 400
+    except (ValueError, AssertionError):
+        raise CmrError(f"--window {window!r} must be WIDTHxHEIGHT in pixels, at least 400 each, like 1600x960.") from None
+    res = bench_studio(strokes=strokes, moves=moves, model=model, window=size)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return

@@ -36,7 +36,7 @@ def display():
         from pyvirtualdisplay import Display
     except ImportError:
         raise CmrError("The studio benchmark needs a display; run it under `xvfb-run -a` or install the test extras.") from None
-    d = Display(visible=False, size=(1600, 1000), color_depth=24)
+    d = Display(visible=False, size=(1920, 1080), color_depth=24)
     try:
         d.start()
     except Exception as exc:
@@ -51,7 +51,8 @@ def _pct(xs, q):
     return round(float(np.percentile(xs, q)), 1) if len(xs) else None
 
 
-def bench_studio(strokes: int = 12, moves: int = 24, model: str | None = None, interval_s: float = 0.016) -> dict:
+def bench_studio(strokes: int = 12, moves: int = 24, model: str | None = None, interval_s: float = 0.016,
+                 window: tuple[int, int] = (1600, 960)) -> dict:
     with display(), tempfile.TemporaryDirectory() as tmp:
         from qtpy.QtCore import Qt, QTimer
         from qtpy.QtWidgets import QApplication
@@ -66,7 +67,7 @@ def bench_studio(strokes: int = 12, moves: int = 24, model: str | None = None, i
         win = StudioWindow(None, show=True, project=Project.create(Path(tmp) / "project"), live_model=model, remember=False,
                            settings=Settings())  # the defaults, not this user's settings
         st, v = win.studio, win.viewer
-        v.window.resize(1400, 900)
+        v.window.resize(*window)
         _pump(1.0)
         st.engine.wait_idle(10)
         lab = st.mask_layer
