@@ -261,6 +261,17 @@ def test_render_hq_completes_cancels_and_keeps(open_window, studio_env):
     assert win.gallery.list.count() == 2
     items = Project.open(studio_env / "project").items
     assert [(i.kind, i.note, i.rating) for i in items] == [("spade", "dilated LV, keep", 4), ("flow", "", None)]
+    # the gallery hands its set to the exporters (here: an nnU-Net dataset), off the GUI thread
+    from cmrstudio.export import check_nnunet_dataset_json, verify
+
+    g = win.gallery
+    g.format_box.setCurrentIndex(g.format_box.findData("nnunet"))
+    assert g.export(parent=studio_env / "exports") is not None
+    assert pump(lambda: g.exports and g.export_btn.isEnabled(), 60)
+    dest = g.exports[0]
+    root = dest / "Dataset501_SyntheticCMR"
+    assert verify(dest) == [] and check_nnunet_dataset_json(json.loads((root / "dataset.json").read_text()), root) == []
+    assert "Exported 2 renders as nnunet" in syn.message.text()
 
 
 def test_kept_renders_survive_closing_and_reopening(open_window, studio_env):

@@ -6,6 +6,7 @@ so closing the studio loses nothing.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from qtpy.QtCore import QSize, Qt
@@ -60,6 +61,20 @@ class GalleryPanel(QWidget):
         h.addWidget(self.mask_btn)
         h.addWidget(self.delete_btn)
         lay.addLayout(h)
+        h = QHBoxLayout()
+        self.format_box = QComboBox()
+        for fmt, text in (("nifti", "NIfTI + JSON"), ("nnunet", "nnU-Net v2 dataset"), ("dicom", "DICOM (marked synthetic)")):
+            self.format_box.addItem(text, fmt)
+        self.min_rating_box = QComboBox()
+        self.min_rating_box.addItem("all", None)
+        for r in range(1, 6):
+            self.min_rating_box.addItem("★" * r + " or more", r)
+        self.export_btn = button("Export…", "fa5s.file-export", "Write the kept renders in a format other tools read", self.export)
+        h.addWidget(self.format_box, 1)
+        h.addWidget(self.min_rating_box)
+        h.addWidget(self.export_btn)
+        lay.addLayout(h)
+        self.exports: list[Path] = []
         self._broken: set[str] = set()
         self._checked_for = None
         studio.changed.connect(self._changed)
@@ -107,6 +122,7 @@ class GalleryPanel(QWidget):
         on = p is not None and iid is not None
         for w in (self.note_edit, self.rating_box, self.mask_btn, self.delete_btn):
             w.setEnabled(on)
+        self.export_btn.setEnabled(p is not None and bool(p.items))
         if not on:
             self.details.setText("")
             self.note_edit.clear()
@@ -173,6 +189,43 @@ class GalleryPanel(QWidget):
         s.apply_mask(res.mask, s.current_z())
         return True
 
+    # -- export --------------------------------------------------------------------------------
+    def export(self, parent: Path | None = None) -> threading.Thread | None:
+        """Export the gallery (as `cmrstudio export` does) into a new folder under ``parent``, on a worker thread."""
+        from datetime import datetime
+
+        s, p = self.studio, self.studio.project
+        if p is None or not p.items:
+            s.say("warning", "The gallery is empty: keep a render first.")
+            return None
+        if parent is None:
+            d = QFileDialog.getExistingDirectory(self, "Export the gallery into which folder?", s.settings.last_folder or str(Path.home()))
+            if not d:
+                return None
+            parent = Path(d)
+        fmt, min_rating = self.format_box.currentData(), self.min_rating_box.currentData()
+        dest = Path(parent) / f"{p.name}-{fmt}-{datetime.now():%Y%m%d-%H%M%S}"
+        self.export_btn.setEnabled(False)
+        s.say("info", f"Exporting the gallery as {fmt} to {dest}…")
+
+        def job():
+            from cmrstudio.export import export
+
+            try:
+                rep = export(p.folder, dest, fmt, min_rating=min_rating)
+                skipped = f"; skipped: {' '.join(rep.skipped)}" if rep.skipped else ""
+                s.message.emit("warning" if rep.skipped else "info",
+                               f"Exported {len(rep.exported)} render{'s' if len(rep.exported) != 1 else ''} as {fmt} to {dest}{skipped}")
+                self.exports.append(dest)
+            except Exception as exc:
+                s.message.emit("error", f"The export to {dest} failed: {getattr(exc, 'message', exc)}")
+            finally:
+                s.changed.emit("exported")
+
+        t = threading.Thread(target=job, name="cmrstudio-export", daemon=True)
+        t.start()
+        return t
+
     # -- projects ------------------------------------------------------------------------------
     def _pick_folder(self, title: str) -> Path | None:
         start = self.studio.settings.last_project or self.studio.settings.last_folder or str(Path.home())
@@ -208,6 +261,8 @@ class GalleryPanel(QWidget):
         return True
 
     def _changed(self, what: str) -> None:
+        if what == "exported":
+            self.export_btn.setEnabled(True)
         if what in ("gallery", "project"):
             p = self.studio.project
             self.refresh(select=p.items[-1].id if (what == "gallery" and p and p.items) else None)

@@ -1,0 +1,219 @@
+"""Exports of kept renders: written from a studio project and from a folder of renders, read back
+through nibabel, SimpleITK and pydicom; nnU-Net's dataset.json fields; safety (atomic, no
+overwrite, interrupted exports, manifest + verify) and bad input."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from cmrstudio.errors import CmrError
+from tests.helpers import run
+
+
+def _render(seed: int, z: int = 1, vendor: str = "siemens"):
+    """A kept render as the studio makes one: a JobResult (framed image + native slice) and its slice affine."""
+    from cmrstudio.data.frame import from_frame, make_frame, to_frame
+    from cmrstudio.data.phantom import phantom_case
+    from cmrstudio.engine.hq import JobResult
+
+    c = phantom_case(seed, n_slices=3, shape=(96, 88), vendor=vendor)
+    frame = make_frame(c, size=64)
+    framed = to_frame(c, frame).image[z]
+    params = {"model": "spade-test", "model_sha256": "ab" * 32, "kind": "spade", "sampler": "spade", "steps": 1, "guidance": None,
+              "seed": seed, "vendor": vendor, "seconds": 0.02, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    res = JobResult(from_frame(framed, frame, kind="image"), framed, c.mask[z], frame, params)
+    aff = np.array(c.affine, float)
+    aff[:3, 3] += aff[:3, 0] * z
+    return res, aff, c
+
+
+@pytest.fixture
+def project(tmp_path):
+    from cmrstudio.project import Project
+
+    p = Project.create(tmp_path / "project", name="curated")
+    for i, (note, rating) in enumerate([("dilated LV", 5), ("thin wall", 3), ("", None)]):
+        res, aff, c = _render(10 + i)
+        p.add(res, {"case_id": c.case_id, "slice": 1, "phase": "ED"}, note=note, rating=rating, affine=aff)
+    return p
+
+
+def test_nifti_export_from_a_project_round_trips(project, tmp_path):
+    from cmrstudio.export import export, verify
+
+    rep = export(project.folder, tmp_path / "out", "nifti")
+    assert rep.exported == ["r0001", "r0002", "r0003"] and not rep.skipped
+    out = tmp_path / "out"
+    for it in project.items:
+        kept = project.load(it.id)
+        img = nib.load(str(out / f"{it.id}_image.nii.gz"))
+        msk = nib.load(str(out / f"{it.id}_mask.nii.gz"))
+        # same pixels, labels and geometry as the kept render, through nibabel and through SimpleITK
+        assert np.array_equal(np.asarray(img.dataobj)[:, :, 0].T, kept.image)
+        assert np.array_equal(np.asarray(msk.dataobj)[:, :, 0].T, kept.mask)
+        ref = nib.load(str(project.render_files(it.id)["image"]))
+        assert np.allclose(img.affine, ref.affine) and np.allclose(msk.affine, ref.affine)
+        s = sitk.ReadImage(str(out / f"{it.id}_image.nii.gz"))
+        assert np.array_equal(sitk.GetArrayFromImage(s)[0], kept.image)
+        side = json.loads((out / f"{it.id}.json").read_text())
+        assert side["synthetic"] is True and side["model"] == "spade-test" and side["model_sha256"] == "ab" * 32
+        assert side["rating"] == it.rating and side["note"] == it.note and side["seed"] == it.seed
+        assert side["source"]["slice"] == 1 and side["frame"]["size"] == 64 and side["sampler"] == "spade"
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "cmrstudio" and desc["BIDSVersion"]
+    from PIL import Image
+
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.width >= 3 * 100 and np.asarray(sheet).std() > 10
+    assert verify(out) == []
+
+
+def test_nnunet_dataset_passes_the_fields_nnunet_reads_and_merges_real_cases(project, tmp_path):
+    from cmrstudio.data.phantom import phantom_case
+    from cmrstudio.export import check_nnunet_dataset_json, export, verify
+    from cmrstudio.io import write_case
+
+    real = tmp_path / "real"
+    for s in (1, 2):
+        write_case(phantom_case(s, n_slices=3, shape=(64, 64)), real)
+    rep = export(project.folder, tmp_path / "nn", "nnunet", with_real=[real], dataset_id=42, name="SynthCMR")
+    root = tmp_path / "nn" / "Dataset042_SynthCMR"
+    d = json.loads((root / "dataset.json").read_text())
+    assert check_nnunet_dataset_json(d, root) == []
+    assert d["numTraining"] == 5 and d["labels"] == {"background": 0, "LV": 1, "MYO": 2, "RV": 3} and d["file_ending"] == ".nii.gz"
+    assert sorted(rep.real) == ["real_phantom_0001_ED", "real_phantom_0002_ED"] and d["real_cases"] == rep.real
+    for it in project.items:
+        lab = np.asarray(nib.load(str(root / "labelsTr" / f"{it.id}.nii.gz")).dataobj)[:, :, 0].T
+        assert np.array_equal(lab, project.load(it.id).mask)
+        assert (root / "imagesTr" / f"{it.id}_0000.nii.gz").exists()
+    prov = json.loads((root / "provenance.json").read_text())
+    assert prov["r0001"]["synthetic"] is True and prov["r0001"]["note"] == "dilated LV"
+    assert verify(tmp_path / "nn") == []
+    # the check itself catches what nnU-Net would reject
+    broken = dict(d, labels={"LV": 1, "MYO": 2}, numTraining=9)
+    msgs = check_nnunet_dataset_json(broken, root)
+    assert any("background" in m for m in msgs) and any("numTraining" in m for m in msgs)
+    with pytest.raises(CmrError, match="merges real cases into an nnU-Net dataset"):
+        export(project.folder, tmp_path / "x", "nifti", with_real=[real])
+
+
+def test_dicom_export_is_marked_synthetic_and_reads_back(project, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from cmrstudio.export import export, verify
+
+    export(project.folder, tmp_path / "dcm", "dicom")
+    out = tmp_path / "dcm"
+    for it in project.items:
+        kept = project.load(it.id)
+        files = sorted((out / it.id / "image").glob("*.dcm"))
+        ds = pydicom.dcmread(str(files[0]))
+        assert "DERIVED" in ds.ImageType and "SECONDARY" in ds.ImageType and ds.ConversionType == "SYN"
+        assert ds.SeriesDescription.startswith("SYNTHETIC") and "SYNTHETIC" in str(ds.PatientName)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(out / it.id / "image")))
+        arr = sitk.GetArrayFromImage(reader.Execute())
+        span = float(kept.image.max() - kept.image.min())
+        assert np.abs(arr[0] - kept.image).max() <= span / 65535 * 1.01 + 1e-6
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(out / it.id / "mask")))
+        assert np.array_equal(sitk.GetArrayFromImage(reader.Execute())[0], kept.mask)
+    assert verify(out) == []
+
+
+def test_a_folder_of_renders_exports_too(project, tmp_path):
+    from cmrstudio.export import collect, export
+
+    items, problems = collect(project.renders_dir)
+    assert [i.case.case_id for i in items] == ["r0001", "r0002", "r0003"] and not problems
+    rep = export(project.renders_dir, tmp_path / "out", "nifti")
+    assert len(rep.exported) == 3
+    rated = export(project.folder, tmp_path / "best", "nifti", min_rating=4)
+    assert rated.exported == ["r0001"]
+
+
+def test_no_overwrite_unless_asked_and_interrupted_exports_leave_nothing(project, tmp_path, monkeypatch):
+    import cmrstudio.export.writers as w
+    from cmrstudio.export import export, verify
+
+    dest = tmp_path / "out"
+    export(project.folder, dest, "nifti")
+    (dest / "stray.txt").write_text("from before")
+    with pytest.raises(CmrError, match="already exists; choose a new destination or pass --overwrite"):
+        export(project.folder, dest, "nnunet")
+    assert (dest / "stray.txt").exists() and (dest / "r0001_image.nii.gz").exists()  # untouched
+
+    def boom(*a, **k):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(w, "contact_sheet", boom)
+    with pytest.raises(RuntimeError):
+        export(project.folder, tmp_path / "half", "nifti")
+    assert not (tmp_path / "half").exists() and not list(tmp_path.glob(".half*"))
+    with pytest.raises(RuntimeError):
+        export(project.folder, dest, "nnunet", overwrite=True)
+    assert (dest / "stray.txt").exists() and verify(dest) == ["stray.txt is not part of the export (not in the manifest)."]
+    monkeypatch.undo()
+    export(project.folder, dest, "nnunet", overwrite=True)
+    assert not (dest / "stray.txt").exists() and (dest / "Dataset501_SyntheticCMR" / "dataset.json").exists()
+    assert verify(dest) == []
+
+
+def test_verify_names_changed_missing_and_extra_files(project, tmp_path):
+    from cmrstudio.export import export, verify
+
+    dest = tmp_path / "out"
+    export(project.folder, dest, "nifti")
+    (dest / "r0002.json").write_text("{}")
+    (dest / "r0003_mask.nii.gz").unlink()
+    problems = verify(dest)
+    assert "r0002.json has changed since the export (its sha256 differs)." in problems
+    assert "r0003_mask.nii.gz is listed in the manifest but missing." in problems
+    (dest / "manifest.json").unlink()
+    with pytest.raises(CmrError, match="manifest.json is missing or damaged"):
+        verify(dest)
+    p = run("export", "--verify", str(dest), check=False)
+    assert p.returncode == 2 and "manifest.json is missing or damaged" in p.stderr
+
+
+def test_bad_renders_are_named_and_the_good_ones_still_export(project, tmp_path):
+    from cmrstudio.export import export
+
+    files = project.render_files("r0002")
+    m = nib.load(str(files["mask"]))
+    data = np.asarray(m.dataobj).copy()
+    data[data == 2] = 7
+    nib.save(nib.Nifti1Image(data, m.affine), str(files["mask"]))
+    project.render_files("r0003")["image"].unlink()
+    rep = export(project.folder, tmp_path / "out", "nifti")
+    assert rep.exported == ["r0001"]
+    assert any("r0002" in s and "label 7" in s for s in rep.skipped)
+    assert any("r0003" in s and "r0003_image.nii.gz is missing" in s for s in rep.skipped)
+    assert json.loads((tmp_path / "out" / "export.json").read_text())["skipped"] == rep.skipped
+    # the command line says the same and exits 1, with the good case written
+    p = run("export", "--format", "dicom", str(project.folder), str(tmp_path / "cli"), check=False)
+    assert p.returncode == 1 and "skipped" in p.stderr and "label 7" in p.stderr
+    assert (tmp_path / "cli" / "r0001" / "image").is_dir() and not (tmp_path / "cli" / "r0002").exists()
+
+
+def test_bad_destinations_and_sources_get_one_sentence(project, tmp_path):
+    from cmrstudio.export import export
+    from cmrstudio.project import Project
+
+    with pytest.raises(CmrError, match="Cannot write in /proc/cmrstudio-export-test"):
+        export(project.folder, Path("/proc/cmrstudio-export-test/out"), "nifti")
+    with pytest.raises(CmrError, match="--format 'png' is not known"):
+        export(project.folder, tmp_path / "o", "png")
+    with pytest.raises(CmrError, match="Nothing to export"):
+        export(Project.create(tmp_path / "empty").folder, tmp_path / "o", "nifti")
+    with pytest.raises(CmrError, match="holds no cmrstudio renders"):
+        export(tmp_path, tmp_path / "o2", "nifti")
+    with pytest.raises(CmrError, match="--dataset-id 1000 must be 1–999"):
+        export(project.folder, tmp_path / "o3", "nnunet", dataset_id=1000)
+    p = run("export", "--format", "nifti", str(project.folder), "/proc/cmrstudio-export-test/out", check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "choose a writable destination" in p.stderr
