@@ -645,7 +645,9 @@ def bench_startup_cmd(
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=False, prog_name="cmrstudio")
+        rc = app(args=argv, standalone_mode=False, prog_name="cmrstudio")
+        if isinstance(rc, int) and rc:  # typer.Exit(n) inside a command comes back as a return value here
+            sys.exit(rc)
     except CmrError as exc:
         typer.echo(f"cmrstudio: {exc.message}", err=True)
         sys.exit(2)
