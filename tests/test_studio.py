@@ -473,3 +473,16 @@ def test_qt_binding_keeps_reference_counts():
     after = sys.getrefcount(True), sys.getrefcount(False)
     assert len(got) == 300
     assert after[0] >= before[0] - 50 and after[1] >= before[1] - 50, f"the Qt binding leaks bool references: {before} -> {after}"
+
+
+def test_new_and_open_project_switch_the_gallery(open_window, studio_env):
+    win = open_window()
+    g, st = win.gallery, win.studio
+    assert st.keep("live") is not None and g.list.count() == 1
+    assert g.new_project(studio_env / "second")
+    assert st.project.folder == studio_env / "second" and g.list.count() == 0
+    assert st.settings.last_project == str(studio_env / "second")
+    (studio_env / "not-a-project").mkdir()
+    assert not g.open_project(studio_env / "not-a-project")
+    assert "not-a-project" in win.synthesis.message.text() and st.project.folder == studio_env / "second"
+    assert g.open_project(studio_env / "project") and g.list.count() == 1

@@ -233,27 +233,18 @@ class GalleryPanel(QWidget):
         return Path(d) if d else None
 
     def open_project(self, folder: Path | None = None) -> bool:
-        from cmrstudio.project import Project
-
-        folder = folder or self._pick_folder("Open a cmrstudio project folder")
-        if folder is None:
-            return False
-        try:
-            p = Project.open(folder)
-        except Exception as exc:
-            self.studio.say("error", getattr(exc, "message", str(exc)))
-            return False
-        self.studio.set_project(p)
-        return True
+        return self._switch_project("open", folder or self._pick_folder("Open a cmrstudio project folder"))
 
     def new_project(self, folder: Path | None = None) -> bool:
+        return self._switch_project("create", folder or self._pick_folder("Choose an empty folder for the new project"))
+
+    def _switch_project(self, how: str, folder: Path | None) -> bool:
         from cmrstudio.project import Project
 
-        folder = folder or self._pick_folder("Choose an empty folder for the new project")
         if folder is None:
             return False
         try:
-            p = Project.create(folder)
+            p = getattr(Project, how)(folder)
         except Exception as exc:
             self.studio.say("error", getattr(exc, "message", str(exc)))
             return False
