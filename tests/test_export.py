@@ -135,6 +135,11 @@ def test_a_folder_of_renders_exports_too(project, tmp_path):
     assert len(rep.exported) == 3
     rated = export(project.folder, tmp_path / "best", "nifti", min_rating=4)
     assert rated.exported == ["r0001"]
+    # an export is itself a folder of renders: re-exported as nnU-Net it keeps rating and note
+    again = export(tmp_path / "best", tmp_path / "nn", "nnunet", min_rating=5)
+    assert again.exported == ["r0001"]
+    prov = json.loads((tmp_path / "nn" / "Dataset501_SyntheticCMR" / "provenance.json").read_text())
+    assert prov["r0001"]["rating"] == 5 and prov["r0001"]["note"] == "dilated LV" and prov["r0001"]["model"] == "spade-test"
 
 
 def test_no_overwrite_unless_asked_and_interrupted_exports_leave_nothing(project, tmp_path, monkeypatch):
@@ -159,9 +164,62 @@ def test_no_overwrite_unless_asked_and_interrupted_exports_leave_nothing(project
         export(project.folder, dest, "nnunet", overwrite=True)
     assert (dest / "stray.txt").exists() and verify(dest) == ["stray.txt is not part of the export (not in the manifest)."]
     monkeypatch.undo()
+    # a folder that appears at DEST while the export is written is never replaced without --overwrite
+    real_sheet = w.contact_sheet
+
+    def racing(items, path):
+        (tmp_path / "race").mkdir()
+        (tmp_path / "race" / "precious.txt").write_text("mine")
+        return real_sheet(items, path)
+
+    monkeypatch.setattr(w, "contact_sheet", racing)
+    with pytest.raises(CmrError, match="appeared while the export was being written; nothing was replaced"):
+        export(project.folder, tmp_path / "race", "nifti")
+    assert (tmp_path / "race" / "precious.txt").read_text() == "mine" and not list(tmp_path.glob(".race*"))
+    monkeypatch.undo()
+    # what a killed export left (a dead process's staging folder) is cleared by the next one
+    (tmp_path / ".out.partial-999999").mkdir()
     export(project.folder, dest, "nnunet", overwrite=True)
+    assert not (tmp_path / ".out.partial-999999").exists()
     assert not (dest / "stray.txt").exists() and (dest / "Dataset501_SyntheticCMR" / "dataset.json").exists()
     assert verify(dest) == []
+
+
+def test_a_case_failing_half_way_leaves_no_orphan_files(project, tmp_path, monkeypatch):
+    import cmrstudio.io.nifti as nifti
+    from cmrstudio.export import check_nnunet_dataset_json, export, verify
+
+    real_write = nifti.write_nifti
+
+    def flaky(path, *a, **k):
+        if Path(path).name == "r0002.nii.gz":  # the label of r0002, after its image was written
+            raise OSError(28, "No space left on device", str(path))
+        return real_write(path, *a, **k)
+
+    monkeypatch.setattr(nifti, "write_nifti", flaky)
+    rep = export(project.folder, tmp_path / "nn", "nnunet")
+    root = tmp_path / "nn" / "Dataset501_SyntheticCMR"
+    assert rep.exported == ["r0001", "r0003"] and any("r0002" in s and "No space left" in s for s in rep.skipped)
+    assert not (root / "imagesTr" / "r0002_0000.nii.gz").exists()
+    d = json.loads((root / "dataset.json").read_text())
+    assert d["numTraining"] == 2 and check_nnunet_dataset_json(d, root) == [] and verify(tmp_path / "nn") == []
+    assert ".partial" not in " ".join(rep.skipped)  # messages name the export, not the staging folder
+    (root / "imagesTr" / "stray_0000.nii.gz").write_bytes(b"x")
+    assert "imagesTr has stray but labelsTr has no stray.nii.gz" in check_nnunet_dataset_json(d, root)
+
+
+def test_dicom_export_keeps_the_vendor_style(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from cmrstudio.export import export
+    from cmrstudio.project import Project
+
+    p = Project.create(tmp_path / "p")
+    res, aff, c = _render(5, vendor="philips")
+    p.add(res, {"case_id": c.case_id, "slice": 1}, affine=aff)
+    export(p.folder, tmp_path / "dcm", "dicom")
+    ds = pydicom.dcmread(str(sorted((tmp_path / "dcm" / "r0001" / "image").glob("*.dcm"))[0]))
+    assert "philips" in ds.SeriesDescription and "vendor_style=philips" in ds.DerivationDescription
+    assert ds.SyntheticData == "YES" and c.case_id not in str(ds.PatientID)
 
 
 def test_verify_names_changed_missing_and_extra_files(project, tmp_path):
@@ -211,8 +269,19 @@ def test_bad_destinations_and_sources_get_one_sentence(project, tmp_path):
         export(project.folder, tmp_path / "o", "png")
     with pytest.raises(CmrError, match="Nothing to export"):
         export(Project.create(tmp_path / "empty").folder, tmp_path / "o", "nifti")
+    (tmp_path / "plain").mkdir()
     with pytest.raises(CmrError, match="holds no cmrstudio renders"):
-        export(tmp_path, tmp_path / "o2", "nifti")
+        export(tmp_path / "plain", tmp_path / "o2", "nifti")
+    # never over the source, nor over a folder that is not an export
+    with pytest.raises(CmrError, match="a folder holding the source"):
+        export(project.folder, tmp_path, "nifti", overwrite=True)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(b"jpg")
+    with pytest.raises(CmrError, match="is not a cmrstudio export"):
+        export(project.folder, tmp_path / "photos", "nifti", overwrite=True)
+    assert (tmp_path / "photos" / "holiday.jpg").exists() and (project.folder / "project.json").exists()
+    with pytest.raises(CmrError, match="--min-rating needs ratings"):
+        export(project.renders_dir, tmp_path / "o4", "nifti", min_rating=3)
     with pytest.raises(CmrError, match="--dataset-id 1000 must be 1–999"):
         export(project.folder, tmp_path / "o3", "nnunet", dataset_id=1000)
     p = run("export", "--format", "nifti", str(project.folder), "/proc/cmrstudio-export-test/out", check=False)

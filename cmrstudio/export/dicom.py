@@ -77,9 +77,11 @@ def _ds_value(value: float) -> float:
     return float(_ds(value))
 
 
-def _patient_id(case_id: str) -> str:
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", str(case_id)).strip("_") or "case"
-    return ("SYN-" + clean)[:64]
+def _patient_id(study_uid: str) -> str:
+    """A made-up patient id, derived from the new study UID: nothing of a source scan's name (which may hold a patient id)."""
+    import hashlib
+
+    return "SYN-" + hashlib.sha256(study_uid.encode("ascii")).hexdigest()[:12].upper()
 
 
 def _label(value: Any) -> str:
@@ -245,7 +247,7 @@ def _base_dataset(case: Case, common: dict[str, Any]) -> Dataset:
     ds.TimezoneOffsetFromUTC = "+0000"
     # Patient: synthetic; type 2 attributes present but empty.
     ds.PatientName = PATIENT_NAME
-    ds.PatientID = _patient_id(case.case_id)
+    ds.PatientID = _patient_id(common["study_uid"])
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
     ds.PatientIdentityRemoved = "YES"
@@ -267,6 +269,7 @@ def _base_dataset(case: Case, common: dict[str, Any]) -> Dataset:
     ds.ManufacturerModelName = "cmrstudio"
     ds.SoftwareVersions = common["software"]
     ds.ConversionType = "SYN"
+    ds.SyntheticData = "YES"  # (0008,001C): the standard's own flag for synthetic content
     ds.FrameOfReferenceUID = common["frame_uid"]
     ds.PositionReferenceIndicator = ""
     # General image / MR image
@@ -344,13 +347,9 @@ def _save(ds: Dataset, path: Path) -> None:
 
 
 def _software_version() -> str:
-    try:
-        from importlib.metadata import version
+    from cmrstudio import __version__
 
-        v = version("cmrstudio")
-    except Exception:  # not installed as a distribution (a source checkout)
-        v = "dev"
-    return _ascii(f"cmrstudio {v}; pydicom {pydicom.__version__}", 64)
+    return _ascii(f"cmrstudio {__version__}; pydicom {pydicom.__version__}", 64)
 
 
 # ----------------------------------------------------------------------------- public
@@ -416,7 +415,7 @@ def write_dicom(
     _check_folder(folder)
 
     image_pixels, slope, intercept = _quantise(case.image)
-    vendor = _label(provenance.get("vendor")) or case.vendor
+    vendor = _label(provenance.get("vendor") or provenance.get("vendor_style")) or case.vendor
     now = _dt.datetime.now(_dt.timezone.utc)
     common = {
         "date": now.strftime("%Y%m%d"),

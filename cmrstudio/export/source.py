@@ -9,15 +9,20 @@ cannot be read is not fatal: it is named in the problems and the others go on.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cmrstudio.anatomy import VENDORS
 from cmrstudio.case import Case
 from cmrstudio.errors import CmrError
 
 KNOWN_LABELS = (0, 1, 2, 3)
+# names an export writes beside the cases: a render may not take one of them
+RESERVED_IDS = {"export", "manifest", "dataset", "dataset_description", "contact_sheet", "provenance"}
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 @dataclass
@@ -40,7 +45,14 @@ def _read_render(folder: Path, rid: str, what: str) -> tuple[Case, dict]:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CmrError(f"{what}: its sidecar {side} cannot be read ({exc}).") from None
+    if not _ID_RE.match(rid) or rid in RESERVED_IDS or rid.startswith("real_"):
+        raise CmrError(f"{what}: the name {rid!r} cannot be an export id (letters, digits, '_' or '-'; not 'real_…' "
+                       f"nor one of {', '.join(sorted(RESERVED_IDS))}); rename its three files.")
     src = meta.get("source") if isinstance(meta, dict) else None
+    if isinstance(meta, dict) and meta.get("synthetic") is True and meta.get("model"):
+        src = {"render": {k: meta.get(k) for k in ("model", "model_sha256", "kind", "sampler", "steps", "guidance", "seed",
+                                                  "seconds", "created")} | {"vendor": meta.get("vendor_style")},
+               "frame": meta.get("frame"), "exported": {k: meta.get(k) for k in ("rating", "note", "source")}}
     if not isinstance(src, dict) or not isinstance(src.get("render"), dict):
         raise CmrError(f"{what}: {side} is not the sidecar of a cmrstudio render (no 'render' record).")
     img, msk = folder / f"{rid}_image.nii.gz", folder / f"{rid}_mask.nii.gz"
@@ -60,6 +72,9 @@ def _read_render(folder: Path, rid: str, what: str) -> tuple[Case, dict]:
         raise CmrError(f"{what}: the image or the mask is missing.")
     if not np.all(np.isfinite(case.image)):
         raise CmrError(f"{what}: {img.name} holds non-finite pixels; render it again.")
+    vendor = src["render"].get("vendor")
+    if vendor in VENDORS:
+        case.vendor = vendor  # the style it was rendered in (the NIfTI itself does not say)
     return case, src
 
 
@@ -82,6 +97,7 @@ def _provenance(src: dict, rid: str, vendor: str, extra: dict | None = None) -> 
         "guidance": render.get("guidance"),
         "seed": render.get("seed"),
         "vendor_style": render.get("vendor", vendor),
+        "vendor": render.get("vendor", vendor),
         "seconds": render.get("seconds"),
         "created": render.get("created"),
         "frame": src.get("frame"),
@@ -119,6 +135,8 @@ def collect(source: str | Path, min_rating: int | None = None) -> tuple[list[Exp
             case.case_id = it.id
             items.append(ExportItem(case, _provenance(s, it.id, case.vendor, extra), what))
         return items, problems
+    if min_rating is not None and not (src / "export.json").exists():
+        raise CmrError(f"--min-rating needs ratings, which a studio project keeps and {src} does not; export the project folder instead.")
     sidecars = sorted(p for p in src.glob("*.json") if (src / f"{p.stem}_image.nii.gz").exists() or (src / f"{p.stem}_mask.nii.gz").exists())
     if not sidecars:
         raise CmrError(f"{src} holds no cmrstudio renders (NAME.json beside NAME_image.nii.gz) and is not a studio project.")
@@ -130,7 +148,7 @@ def collect(source: str | Path, min_rating: int | None = None) -> tuple[list[Exp
         except CmrError as exc:
             problems.append(exc.message)
             continue
-        extra = {k: s[k] for k in ("rating", "note") if k in s}
+        extra = {k: v for k, v in (s.get("exported") or {}).items() if v is not None}  # a re-export keeps rating and note
         if min_rating is not None and (extra.get("rating") or 0) < min_rating:
             continue
         case.case_id = rid

@@ -58,11 +58,9 @@ def _write_json(path: Path, obj) -> Path:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from cmrstudio.models.checkpoint import sha256_file
+
+    return sha256_file(path)
 
 
 # -- one case per format -----------------------------------------------------------------------
@@ -112,6 +110,10 @@ def nnunet_folder(dataset_id: int, name: str) -> str:
 def write_nnunet_case(case: Case, root: Path, case_id: str) -> list[Path]:
     from cmrstudio.io.nifti import write_nifti
 
+    if case.affine is None:  # nnU-Net plans its target spacing from the files: never invent one
+        raise CmrError(f"{case_id} has no known pixel spacing, which nnU-Net needs; give the source scan its spacing "
+                       "(--spacing when converting) or export it as nifti.")
+
     img = write_nifti(root / "imagesTr" / f"{case_id}_0000.nii.gz", case.image, case.affine, dtype=np.float32)
     lab = write_nifti(root / "labelsTr" / f"{case_id}.nii.gz", case.mask, case.affine, dtype=np.uint8)
     return [img, lab]
@@ -153,14 +155,22 @@ def check_nnunet_dataset_json(d: dict, root: Path | None = None) -> list[str]:
         problems.append("dataset.json 'channel_names' keys must be '0', '1', ...")
     if root is not None and isinstance(d.get("numTraining"), int) and isinstance(d.get("file_ending"), str):
         fe = d["file_ending"]
+        n_ch = len(ch) if isinstance(ch, dict) else 1
         labels_tr = sorted(p.name[: -len(fe)] for p in (root / "labelsTr").glob(f"*{fe}"))
         images_tr = sorted(p.name for p in (root / "imagesTr").glob(f"*{fe}"))
         if len(labels_tr) != d["numTraining"]:
             problems.append(f"numTraining is {d['numTraining']} but labelsTr holds {len(labels_tr)} cases")
         for cid in labels_tr:
-            for i in range(len(ch) if isinstance(ch, dict) else 1):
+            for i in range(n_ch):
                 if f"{cid}_{i:04d}{fe}" not in images_tr:
                     problems.append(f"imagesTr lacks {cid}_{i:04d}{fe}")
+        # as nnU-Net's verify_dataset_integrity does: every image belongs to a labelled case with all channels
+        ids = {n[: -len(fe) - 5] for n in images_tr if re.fullmatch(r".+_\d{4}", n[: -len(fe)])}
+        for cid in sorted(ids - set(labels_tr)):
+            problems.append(f"imagesTr has {cid} but labelsTr has no {cid}{fe}")
+        for n in images_tr:
+            if not re.fullmatch(r".+_\d{4}", n[: -len(fe)]):
+                problems.append(f"imagesTr/{n} does not end in _NNNN{fe} (the channel)")
     return problems
 
 
@@ -201,15 +211,16 @@ def contact_sheet(items: list[ExportItem], path: Path, cols: int = 6, tile: int 
         sheet.paste(im, (x + (tile - im.width) // 2, y + (tile - im.height) // 2))
         text = c.case_id + (f" {'*' * it.provenance['rating']}" if it.provenance.get("rating") else "")
         draw.text((x + 3, y + tile + 1), text[:22], fill=(230, 230, 230))
-    tmp = path.with_name(f".{path.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    from cmrstudio.io.common import atomic_path
+
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
     return path
 
 
 def write_manifest(root: Path) -> Path:
     files = {str(p.relative_to(root)).replace(os.sep, "/"): sha256(p) for p in sorted(root.rglob("*"))
-             if p.is_file() and p.name != MANIFEST}
+             if p.is_file() and p != root / MANIFEST}
     return _write_json(root / MANIFEST, {"format": "cmrstudio-export-manifest", "version": 1, "created": _now(),
                                          "algorithm": "sha256", "files": files})
 
@@ -236,17 +247,47 @@ def verify(dest: str | Path) -> list[str]:
     listed = set(files)
     for p in sorted(root.rglob("*")):
         rel = str(p.relative_to(root)).replace(os.sep, "/")
-        if p.is_file() and p.name != MANIFEST and rel not in listed:
+        if p.is_file() and p != root / MANIFEST and rel not in listed:
             problems.append(f"{rel} is not part of the export (not in the manifest).")
     return problems
 
 
 # -- the export --------------------------------------------------------------------------------
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _tidy(dest: Path) -> None:
+    """What a killed export left beside ``dest``: its staging folders go; a previous export set aside is put back."""
+    for p in dest.parent.glob(f".{dest.name}.partial-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+    for p in dest.parent.glob(f".{dest.name}.replaced-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            if not dest.exists():
+                os.replace(p, dest)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _is_export(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file() or (folder / "export.json").is_file()
+
+
 def _staging(dest: Path) -> Path:
     parent = dest.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        _tidy(dest)
         tmp = parent / f".{dest.name}.partial-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -269,16 +310,24 @@ def export(source: str | Path, dest: str | Path, fmt: str = "nifti", overwrite: 
         raise CmrError("--with-real merges real cases into an nnU-Net dataset; use it with --format nnunet.")
     folder = nnunet_folder(dataset_id, name) if fmt == "nnunet" else None
     dest = Path(dest).expanduser()
+    src = Path(source).expanduser().resolve()
+    d = dest.resolve()
+    if d == src or src.is_relative_to(d) or d.is_relative_to(src):
+        raise CmrError(f"{dest} is {'the source' if d == src else 'inside the source' if d.is_relative_to(src) else 'a folder holding the source'} "
+                       f"{source}; export to a folder outside it.")
     if dest.exists() and not overwrite:
         raise CmrError(f"{dest} already exists; choose a new destination or pass --overwrite to replace it.")
     if dest.exists() and not dest.is_dir():
         raise CmrError(f"{dest} is a file; give a folder as the destination.")
+    if dest.exists() and not _is_export(dest):
+        raise CmrError(f"{dest} exists and is not a cmrstudio export (no manifest.json), so --overwrite will not replace it; "
+                       "choose a new destination.")
     items, problems = collect(source, min_rating=min_rating)
     report = ExportReport(dest, fmt, skipped=list(problems))
     if not items:
         raise CmrError(f"Nothing to export from {source}: " + ("; ".join(problems) if problems else "it holds no renders"
                                                                  + (f" rated {min_rating} or more" if min_rating else "") + "."))
-    real_cases = _real_cases(with_real or [])
+    real_cases = _real_cases(with_real or [], report.skipped)
     tmp = _staging(dest)
     say = progress or (lambda _m: None)
     try:
@@ -286,15 +335,9 @@ def export(source: str | Path, dest: str | Path, fmt: str = "nifti", overwrite: 
         root.mkdir(parents=True, exist_ok=True)
         done: list[ExportItem] = []
         for i, it in enumerate(items, 1):
-            try:
-                if fmt == "nifti":
-                    write_nifti_case(it, root)
-                elif fmt == "dicom":
-                    write_dicom_case(it, root)
-                else:
-                    write_nnunet_case(it.case, root, it.case.case_id)
-            except CmrError as exc:
-                report.skipped.append(f"{it.origin}: {exc.message}")
+            if not _write_case(it.case.case_id, root, tmp / ".case", report, it.origin,
+                               lambda r, it=it: write_nifti_case(it, r) if fmt == "nifti" else write_dicom_case(it, r)
+                               if fmt == "dicom" else write_nnunet_case(it.case, r, it.case.case_id)):
                 continue
             done.append(it)
             report.exported.append(it.case.case_id)
@@ -303,8 +346,9 @@ def export(source: str | Path, dest: str | Path, fmt: str = "nifti", overwrite: 
             raise CmrError(f"No render of {source} could be written: " + "; ".join(report.skipped))
         if fmt == "nnunet":
             for rid, c in real_cases:
-                write_nnunet_case(c, root, rid)
-                report.real.append(rid)
+                if _write_case(rid, root, tmp / ".case", report, f"Real case {c.case_id}",
+                               lambda r, c=c, rid=rid: write_nnunet_case(c, r, rid)):
+                    report.real.append(rid)
             _write_json(root / "dataset.json", nnunet_dataset_json(name, len(done) + len(real_cases), report.exported, report.real))
             _write_json(root / "provenance.json", {it.case.case_id: _sidecar(it, {"image": f"imagesTr/{it.case.case_id}_0000.nii.gz",
                                                                                  "label": f"labelsTr/{it.case.case_id}.nii.gz"})
@@ -318,15 +362,43 @@ def export(source: str | Path, dest: str | Path, fmt: str = "nifti", overwrite: 
                                           **({"nnunet_dataset": folder} if folder else {})})
         write_manifest(tmp)  # last: a folder with a manifest is a finished export
         report.files = sum(1 for p in tmp.rglob("*") if p.is_file())
-        _publish(tmp, dest)
+        _publish(tmp, dest, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
 
 
-def _publish(tmp: Path, dest: Path) -> None:
+def _write_case(cid: str, root: Path, scratch: Path, report: ExportReport, origin: str, write) -> bool:
+    """Write one case into its own scratch folder, then move its files into ``root``: a case that fails
+    half-way leaves nothing in the export. Failures are named in the report; False then."""
+    work = scratch / cid
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        write(work)
+        for f in sorted(p for p in work.rglob("*") if p.is_file()):
+            target = root / f.relative_to(work)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, target)
+        return True
+    except (CmrError, OSError, ValueError) as exc:
+        text = exc.message if isinstance(exc, CmrError) else f"{type(exc).__name__}: {exc}"
+        report.skipped.append(f"{origin}: {text.replace(str(work), str(report.dest))}")
+        # files already moved for this case (a failure while moving) go too
+        for f in (p for p in work.rglob("*") if p.is_file()):
+            (root / f.relative_to(work)).unlink(missing_ok=True)
+        return False
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if scratch.exists() and not any(scratch.iterdir()):
+            scratch.rmdir()
+
+
+def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:
     old = None
+    if dest.exists() and not overwrite:  # it appeared while the export was being written
+        raise CmrError(f"{dest} appeared while the export was being written; nothing was replaced. Export again to a new folder.")
     if dest.exists():
         old = dest.parent / f".{dest.name}.replaced-{os.getpid()}"
         os.replace(dest, old)
@@ -340,8 +412,9 @@ def _publish(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _real_cases(folders: list[str | Path]) -> list[tuple[str, Case]]:
-    """Real cases (image + canonical mask) to merge into an nnU-Net dataset, with ids prefixed 'real_'."""
+def _real_cases(folders: list[str | Path], skipped: list[str]) -> list[tuple[str, Case]]:
+    """Real cases (image + canonical mask) to merge into an nnU-Net dataset, with ids prefixed 'real_'.
+    Cases without a mask or with non-finite pixels are named in ``skipped``."""
     from cmrstudio.io import read_cases
 
     out: list[tuple[str, Case]] = []
@@ -349,6 +422,10 @@ def _real_cases(folders: list[str | Path]) -> list[tuple[str, Case]]:
     for f in folders:
         for c in read_cases(f):
             if c.image is None or c.mask is None:
+                skipped.append(f"Real case {c.case_id} in {f}: it has no {'image' if c.image is None else 'mask'}, so it cannot train a segmenter.")
+                continue
+            if not np.all(np.isfinite(c.image)):
+                skipped.append(f"Real case {c.case_id} in {f}: its image holds non-finite pixels.")
                 continue
             rid = "real_" + re.sub(r"[^A-Za-z0-9_-]", "_", c.case_id)
             while rid in seen:

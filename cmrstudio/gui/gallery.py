@@ -204,7 +204,10 @@ class GalleryPanel(QWidget):
                 return None
             parent = Path(d)
         fmt, min_rating = self.format_box.currentData(), self.min_rating_box.currentData()
-        dest = Path(parent) / f"{p.name}-{fmt}-{datetime.now():%Y%m%d-%H%M%S}"
+        import re
+
+        safe = re.sub(r"[^A-Za-z0-9_-]+", "_", p.name).strip("_") or "gallery"  # a folder name, whatever the project is called
+        dest = Path(parent) / f"{safe}-{fmt}-{datetime.now():%Y%m%d-%H%M%S}"
         self.export_btn.setEnabled(False)
         s.say("info", f"Exporting the gallery as {fmt} to {dest}…")
 
