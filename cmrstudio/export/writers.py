@@ -11,7 +11,6 @@ an existing DEST is replaced only with ``overwrite`` (the old one is removed aft
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
