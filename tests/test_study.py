@@ -1,0 +1,257 @@
+"""Reader studies: design from real and synthetic cases, the blinded reading view driven by key
+presses under Xvfb, answers that survive a killed process, two readers at once, a locked
+database, hand-edited study files, and the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmrstudio.errors import CmrError
+from tests.helpers import run
+
+
+def _renders_project(folder: Path, specs):
+    """A studio project with one kept render per (seed, vendor, phase): phantom-based, no model needed."""
+    from cmrstudio.project import Project
+    from tests.test_export import _render
+
+    p = Project.create(folder)
+    for seed, vendor, phase in specs:
+        res, aff, c = _render(seed, vendor=vendor)
+        p.add(res, {"case_id": c.case_id, "slice": 1, "phase": phase}, affine=aff)
+    return p
+
+
+@pytest.fixture
+def sources(tmp_path):
+    from cmrstudio.data.phantom import phantom_case
+    from cmrstudio.io import write_case
+
+    real = tmp_path / "real"
+    for seed, vendor, phase in [(1, "siemens", "ED"), (2, "philips", "ED"), (3, "siemens", "ES")]:
+        write_case(phantom_case(seed, n_slices=3, shape=(96, 96), vendor=vendor, phase=phase), real)
+    proj = _renders_project(tmp_path / "project", [(40, "siemens", "ED"), (41, "siemens", "ED"), (42, "philips", "ED"),
+                                                   (43, "siemens", "ES"), (44, "canon", "ED")])
+    return real, proj.folder
+
+
+def test_study_design_is_balanced_stratified_blinded_and_seeded(sources, tmp_path):
+    from cmrstudio.study.design import load_study
+
+    from cmrstudio.study.design import create_study
+
+    real, syn = sources
+    st = create_study([real], [syn], tmp_path / "study", n=4, seed=7, mode="both")
+    kinds = [it.kind for it in st.items]
+    assert kinds.count("real") == 4 and kinds.count("synthetic") == 4 and len(st.pairs) == 4
+    # matched strata first: siemens/ED and philips/ED and siemens/ES exist in both kinds
+    strata = lambda k: sorted((it.vendor, it.phase) for it in st.items if it.kind == k)  # noqa: E731
+    assert strata("real")[:3] == strata("synthetic")[:3] or len(set(strata("real")) & set(strata("synthetic"))) >= 3
+    for p in st.pairs:
+        l, r = st.item(p.left), st.item(p.right)
+        assert {l.kind, r.kind} == {"real", "synthetic"} and (l if p.real_side == "left" else r).kind == "real"
+    for iid, img in st.images.items():
+        assert img.shape == (128, 128) and img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1
+        assert np.percentile(img, 99.5) > 0.9  # the same normalisation for both kinds
+    # ids and images say nothing of the kind; orders are per reader, stable, and differ between readers
+    assert [it.id for it in st.items] == sorted(it.id for it in st.items) and kinds != sorted(kinds)
+    assert st.order("dr a") == load_study(st.folder).order("dr a") != st.order("dr b")
+    again = create_study([real], [syn], tmp_path / "again", n=4, seed=7, mode="both")
+    assert [(i.kind, i.source) for i in again.items] == [(i.kind, i.source) for i in st.items]
+
+
+def test_hand_edited_or_damaged_studies_get_one_sentence(sources, tmp_path):
+    from cmrstudio.study.design import create_study, load_study
+
+    real, syn = sources
+    with pytest.raises(CmrError, match="needs real and synthetic"):
+        create_study([real], [], tmp_path / "s0")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CmrError, match="No real heart slice"):
+        create_study([syn], [syn], tmp_path / "s1")  # a project holds no real scans
+    st = create_study([real], [syn], tmp_path / "s", n=3)
+    with pytest.raises(CmrError, match="already holds a study"):
+        create_study([real], [syn], tmp_path / "s")
+    path = st.folder / "study.json"
+    good = path.read_text()
+    doc = json.loads(good)
+    doc["pairs"][0]["real_side"] = "right" if doc["pairs"][0]["real_side"] == "left" else "left"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CmrError, match=r"study.json is inconsistent: pair p0001 does not hold one real and one synthetic"):
+        load_study(st.folder)
+    doc = json.loads(good)
+    doc["items"][0]["kind"] = "synthetic" if doc["items"][0]["kind"] == "real" else "real"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CmrError, match="inconsistent: real and synthetic items are no longer balanced"):
+        load_study(st.folder)
+    path.write_text(good)
+    np.savez(st.folder / "images.npz", **{k: v * 0 for k, v in st.images.items()})
+    with pytest.raises(CmrError, match="images.npz is not the file the study was created with"):
+        load_study(st.folder)
+
+
+def test_answers_are_committed_at_once_and_survive_a_killed_process(sources, tmp_path):
+    from cmrstudio.study.design import create_study, load_study
+    from cmrstudio.study.store import Store
+
+    real, syn = sources
+    st = create_study([real], [syn], tmp_path / "s", n=3, mode="single")
+    order = st.order("kim")
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from cmrstudio.study.design import load_study
+from cmrstudio.study.store import Store
+st = load_study({str(st.folder)!r})
+s = Store(st)
+s.start("kim")
+for mode, key in {order[:2]!r}:
+    s.answer("kim", mode, key, "real", 3, 1.5)
+os.kill(os.getpid(), 9)  # no close, no cleanup
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert p.returncode == -9, p.stderr
+    s = Store(load_study(st.folder))
+    with pytest.raises(CmrError, match="'kim' is already taken in this study \\(2 answers\\); to continue as 'kim' use --resume"):
+        s.start("kim")
+    assert s.start("kim", resume=True) == set(order[:2])
+    with pytest.raises(CmrError, match="already answered"):
+        s.answer("kim", *order[0], "synthetic", 5, 1.0)
+    s.close()
+
+
+def test_two_readers_at_once_and_a_locked_database(sources, tmp_path):
+    from cmrstudio.study.design import create_study
+    from cmrstudio.study.store import Store
+
+    real, syn = sources
+    st = create_study([real], [syn], tmp_path / "s", n=3, mode="single")
+    a, b = Store(st), Store(st)  # two windows
+    a.start("ann")
+    b.start("bob")
+    for (m1, k1), (m2, k2) in zip(st.order("ann"), st.order("bob")):
+        a.answer("ann", m1, k1, "real", 2, 1.0)
+        b.answer("bob", m2, k2, "synthetic", 4, 2.0)
+    assert len(a.rows()) == 2 * len(st.items)
+    # another program holds the database with an exclusive lock for a while
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, time, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); c.execute('BEGIN EXCLUSIVE'); "
+        "print('locked', flush=True); time.sleep(4); c.execute('ROLLBACK')"), str(st.folder / "answers.sqlite")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    c = Store(st, timeout=0.3) if False else a
+    c.conn.execute("PRAGMA busy_timeout = 300")
+    with pytest.raises(CmrError, match="is locked by another program .* no answer was lost"):
+        c.start("cy")
+    holder.wait(timeout=30)
+    assert "cy" not in c.readers() and len(c.rows()) == 2 * len(st.items)
+    c.start("cy")
+    a.close()
+    b.close()
+
+
+@pytest.mark.gui
+def test_reading_view_keys_pause_resume_and_report(sources, tmp_path, qtbot):
+    from qtpy.QtCore import Qt
+
+    from cmrstudio.gui.reader import ReadingWindow
+    from cmrstudio.study.design import create_study
+    from cmrstudio.study.store import Store
+
+    real, syn = sources
+    st = create_study([real], [syn], tmp_path / "s", n=3, mode="both")
+    total = len(st.items) + len(st.pairs)
+    win = ReadingWindow(st, Store(st), "reader one")
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitExposed(win)
+    assert win.status.text().startswith(f"1 / {total}") and "Is this image real or synthetic?" in win.status.text()
+    # nothing identifying on screen: the title is the study's name, no file or case names anywhere
+    shown_text = win.windowTitle() + win.status.text() + win.hint.text()
+    assert not any(str(it.source.get("case", "@@")) in shown_text or str(it.source.get("render", "@@")) in shown_text for it in st.items)
+    first = win.current
+    qtbot.keyClick(win, Qt.Key_R)
+    assert "you said: real" in win.status.text()
+    qtbot.keyClick(win, Qt.Key_Backspace)
+    qtbot.keyClick(win, Qt.Key_S)
+    qtbot.keyClick(win, Qt.Key_P)  # pause: the image is hidden and the clock stops
+    assert "Paused" in win.status.text() and win.left.pixmap().isNull()
+    time.sleep(0.6)
+    qtbot.keyClick(win, Qt.Key_P)
+    qtbot.keyClick(win, Qt.Key_4)
+    rows = Store(st).rows()
+    assert len(rows) == 1 and rows[0]["item"] == first[1] and rows[0]["answer"] == "synthetic" and rows[0]["confidence"] == 4
+    assert rows[0]["seconds"] < 0.5  # the paused time is not reading time
+    qtbot.keyClick(win, Qt.Key_R)
+    qtbot.keyClick(win, Qt.Key_2)
+    win.close()  # closed after 2 answers: they are saved
+
+    with pytest.raises(CmrError, match="already taken"):
+        ReadingWindow(st, Store(st), "reader one")
+    win2 = ReadingWindow(st, Store(st), "reader one", resume=True)
+    qtbot.addWidget(win2)
+    win2.show()
+    assert len(win2.todo) == total - 2 and win2.status.text().startswith(f"3 / {total}")
+    while win2.current is not None:
+        mode = win2.current[0]
+        qtbot.keyClick(win2, Qt.Key_S if mode == "single" else Qt.Key_Left)
+        qtbot.keyClick(win2, Qt.Key_3)
+    assert "All" in win2.status.text() and len(Store(st).rows()) == total
+    win2.close()
+
+    # the report from the command line (the study's own answers, scored per reader and pooled)
+    run("study", "report", str(st.folder), "--out", str(tmp_path / "rep"))
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "reader one" in html and "<img" in html
+    assert len((tmp_path / "rep" / "answers.csv").read_text().strip().splitlines()) == total + 1
+
+
+def test_cli_creates_a_study_and_reports_bad_input(sources, tmp_path):
+    real, syn = sources
+    p = run("study", "create", str(tmp_path / "s"), "--real", str(real), "--synthetic", str(syn), "--n", "2", "--seed", "3")
+    assert "2 real + 2 synthetic slices, 2 2AFC pairs" in p.stdout
+    p = run("study", "create", str(tmp_path / "s"), "--real", str(real), "--synthetic", str(syn), check=False)
+    assert p.returncode == 2 and "already holds a study" in p.stderr and p.stderr.count("\n") == 1
+    p = run("study", "report", str(tmp_path / "s"), check=False)
+    assert p.returncode == 2 and "has no answers yet" in p.stderr
+    p = run("study", "create", str(tmp_path / "t"), "--real", str(real), "--synthetic", str(syn), "--mode", "triple", check=False)
+    assert p.returncode == 2 and "--mode 'triple' is not known" in p.stderr
+
+
+@pytest.mark.shared_data
+def test_study_from_real_scans_and_spade_renders(mnms_dir, tmp_path):
+    """Real M&Ms slices against the shipped SPADE model's renders of other M&Ms masks."""
+    from cmrstudio.engine.hq import JobResult
+    from cmrstudio.engine.live import Renderer
+    from cmrstudio.io import read_cases
+    from cmrstudio.project import Project
+    from cmrstudio.study.design import create_study
+
+    cases = [c for c in read_cases(mnms_dir) if c.mask is not None and c.image is not None][:4]
+    r = Renderer()
+    proj = Project.create(tmp_path / "proj")
+    for c in cases[2:]:
+        frame = r.frame_for(c.mask, c.spacing)
+        for z in range(c.shape[0]):
+            if (c.mask[z] > 0).sum() > 400:
+                img, framed = r.render_slice(c.mask[z], frame, c.vendor, seed=z)
+                params = {"model": r.name, "model_sha256": r.info.card.get("sha256"), "kind": "spade", "sampler": "spade", "steps": 1,
+                          "guidance": None, "seed": z, "vendor": c.vendor, "seconds": 0.0, "created": "2026-01-01T00:00:00+00:00"}
+                proj.add(JobResult(img, framed, c.mask[z], frame, params), {"case_id": c.case_id, "slice": z, "phase": c.phase})
+    real = tmp_path / "real"
+    from cmrstudio.io import write_case
+
+    for c in cases[:2]:
+        write_case(c, real)
+    st = create_study([real], [proj.folder], tmp_path / "study", n=6, seed=1)
+    assert sum(it.kind == "real" for it in st.items) == 6 == sum(it.kind == "synthetic" for it in st.items)
+    vendors = {it.vendor for it in st.items}
+    assert vendors <= {"siemens", "philips", "ge", "canon", "unknown"} and len(st.pairs) == 6
