@@ -481,7 +481,7 @@ def study_report(
     paths = write_report(scores, answers, out or (st.folder / "report"), title=f"Reader study: {st.name}",
                          study_info={"items": len(st.items), "pairs": len(st.pairs), "seed": st.seed, "mode": st.mode,
                                      "readers": sorted({a.reader for a in answers})})
-    typer.echo(f"report: {paths['report.html'] if 'report.html' in paths else list(paths.values())[0]}")
+    typer.echo(f"report: {paths['html']} (answers: {paths['csv']}, scores: {paths['json']})")
 
 
 @study_app.command("machine")

@@ -99,6 +99,19 @@ class Store:
         self._run(go)
         return self.answered(name)
 
+    def forget_reader(self, reader: str) -> None:
+        """Remove a machine reader and its answers (a retrained classifier replaces it); human readers' answers are final."""
+        if not reader.startswith("machine"):
+            raise CmrError(f"Only machine readers can be removed; {reader!r} is a human reader whose answers are final.")
+
+        def go(c):
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("DELETE FROM answers WHERE reader=?", (reader,))
+            c.execute("DELETE FROM readers WHERE name=?", (reader,))
+            c.execute("COMMIT")
+
+        self._run(go)
+
     def answered(self, reader: str) -> set[tuple[str, str]]:
         rows = self._run(lambda c: c.execute("SELECT mode, item FROM answers WHERE reader=?", (reader,)).fetchall())
         return {(m, i) for m, i in rows}
