@@ -172,6 +172,8 @@ class StudioWindow:
         menu.addAction("New project…", lambda: self.gallery.new_project())
         menu.addAction("Open project…", lambda: self.gallery.open_project())
         menu.addSeparator()
+        menu.addAction("Read a study (blinded)…", self.read_study_dialog)
+        menu.addSeparator()
         menu.addAction("Settings…", lambda: SettingsDialog(st, w._qt_window).exec())
         self.studio_menu = menu
         # napari's File menu opens files as loose layers; the studio's own entries come first
@@ -186,6 +188,37 @@ class StudioWindow:
                 fm.insertAction(first, a)
                 self.file_actions.append(a)
             fm.insertSeparator(first)
+
+    def read_study_dialog(self, folder: str | None = None, reader: str | None = None, resume: bool = False):
+        """Open the blinded reading view on a study (a separate window: nothing of the studio shows)."""
+        from qtpy.QtWidgets import QInputDialog
+
+        from cmrstudio.gui.reader import ReadingWindow
+        from cmrstudio.study.design import load_study
+        from cmrstudio.study.store import Store
+
+        parent = self.viewer.window._qt_window
+        folder = folder or QFileDialog.getExistingDirectory(parent, "Open a reader study folder", self.studio.settings.last_folder or str(Path.home()))
+        if not folder:
+            return None
+        if reader is None:
+            reader, ok = QInputDialog.getText(parent, "Reader", "Your name or reader code:")
+            if not ok:
+                return None
+        try:
+            study = load_study(folder)
+            store = Store(study)
+            try:
+                win = ReadingWindow(study, store, reader, resume=resume)
+            except Exception:
+                store.close()
+                raise
+        except Exception as exc:
+            self.studio.say("error", getattr(exc, "message", str(exc)))
+            return None
+        self.reading = win
+        win.show()
+        return win
 
     def open_file_dialog(self) -> bool:
         start = self.studio.settings.last_folder or str(Path.home())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlite3
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 from cmrstudio.errors import CmrError
 from cmrstudio.study.design import Study
