@@ -109,8 +109,8 @@ class ReadingWindow(QMainWindow):
         lay.addWidget(self.status)
         row = QHBoxLayout()
         self.left, self.right = ImageView(self), ImageView(self)
-        row.addWidget(self.left)
-        row.addWidget(self.right)
+        row.addWidget(self.left, 1)  # equal halves in 2AFC: neither image looks more important
+        row.addWidget(self.right, 1)
         lay.addLayout(row, 1)
         self.hint = QLabel("")
         self.hint.setAlignment(Qt.AlignCenter)
