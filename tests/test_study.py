@@ -164,7 +164,7 @@ def test_reading_view_keys_pause_resume_and_report(sources, tmp_path, qtbot):
     from cmrstudio.study.store import Store
 
     real, syn = sources
-    st = create_study([real], [syn], tmp_path / "s", n=3, mode="both")
+    st = create_study([real], [syn], tmp_path / "s", n=3, mode="both", free_text=True)
     total = len(st.items) + len(st.pairs)
     win = ReadingWindow(st, Store(st), "reader one")
     qtbot.addWidget(win)
@@ -183,9 +183,12 @@ def test_reading_view_keys_pause_resume_and_report(sources, tmp_path, qtbot):
     assert "Paused" in win.status.text() and win.left.pixmap().isNull()
     time.sleep(0.6)
     qtbot.keyClick(win, Qt.Key_P)
+    assert win.note.isVisible()
+    win.note.setText("wall texture too smooth")  # the optional comment of the question set
     qtbot.keyClick(win, Qt.Key_4)
     rows = Store(st).rows()
     assert len(rows) == 1 and rows[0]["item"] == first[1] and rows[0]["answer"] == "synthetic" and rows[0]["confidence"] == 4
+    assert rows[0]["free_text"] == "wall texture too smooth" and win.note.text() == ""
     assert rows[0]["seconds"] < 0.5  # the paused time is not reading time
     qtbot.keyClick(win, Qt.Key_R)
     qtbot.keyClick(win, Qt.Key_2)
