@@ -435,15 +435,20 @@ def study_create(
     seed: int = typer.Option(0, "--seed", help="Seed for the selection, the pairs and every reader's order."),
     mode: str = typer.Option("both", "--mode", help="single (real or synthetic?), 2afc (which is real?) or both."),
     free_text: bool = typer.Option(False, "--free-text", help="Offer an optional comment box."),
+    fill: bool = typer.Option(False, "--fill", help="Also pair slices across vendor/phase strata (then vendor or phase may hint at the answer)."),
 ):
-    """Design a study: balanced real and synthetic heart slices, stratified by vendor and phase, pairs for 2AFC."""
+    """Design a study: real and synthetic heart slices matched by vendor and phase, pairs for 2AFC; no patient is
+    shown as both real and synthetic."""
     from cmrstudio.study.design import create_study
 
-    st = create_study(real, synthetic, out, n=n, seed=seed, mode=mode, free_text=free_text)
+    st = create_study(real, synthetic, out, n=n, seed=seed, mode=mode, free_text=free_text, fill=fill)
     n_real = sum(it.kind == "real" for it in st.items)
     strata = sorted({(it.vendor, it.phase or "-") for it in st.items})
     typer.echo(f"study {st.folder}: {n_real} real + {len(st.items) - n_real} synthetic slices, {len(st.pairs)} 2AFC pairs, "
                f"mode {st.mode}, seed {st.seed}; strata {', '.join('/'.join(s) for s in strata)}")
+    excluded = st.selection.get("excluded_real_slices_same_patient", 0)
+    if excluded:
+        typer.echo(f"left out {excluded} real slices of patients whose masks made synthetic slices")
 
 
 @study_app.command("read")

@@ -64,6 +64,28 @@ def test_study_design_is_balanced_stratified_blinded_and_seeded(sources, tmp_pat
     assert st.order("dr a") == load_study(st.folder).order("dr a") != st.order("dr b")
     again = create_study([real], [syn], tmp_path / "again", n=4, seed=7, mode="both")
     assert [(i.kind, i.source) for i in again.items] == [(i.kind, i.source) for i in st.items]
+    assert sorted(p.real_side for p in st.pairs) == ["left", "left", "right", "right"]  # the real image on each side equally
+    # by default only matched strata: the canon render (no canon real scan) never enters, even with n unset
+    full = create_study([real], [syn], tmp_path / "full", seed=7)
+    assert "canon" not in {it.vendor for it in full.items}
+    filled = create_study([real], [syn], tmp_path / "filled", seed=7, fill=True)
+    assert "canon" in {it.vendor for it in filled.items}
+    # both kinds went through the same resampling: their smoothness (mean absolute neighbour difference) is alike
+    rough = lambda k: np.mean([np.abs(np.diff(st.images[i.id], axis=1)).mean() for i in st.items if i.kind == k])  # noqa: E731
+    assert 0.5 < rough("real") / rough("synthetic") < 2.0
+
+
+def test_no_patient_is_shown_as_both_real_and_synthetic(sources, tmp_path):
+    from cmrstudio.study.design import create_study
+
+    real, syn = sources
+    # masks of the real patients 1 and 2, and of another patient (50) in patient 3's stratum
+    _renders_project(tmp_path / "same", [(1, "siemens", "ED"), (2, "philips", "ED"), (50, "siemens", "ES")])
+    st = create_study([real], [tmp_path / "same"], tmp_path / "s")
+    reals = {it.source["case"] for it in st.items if it.kind == "real"}
+    assert reals == {"phantom_0003_ES"}
+    doc = json.loads((st.folder / "study.json").read_text())
+    assert doc["selection"]["excluded_real_slices_same_patient"] == 6
 
 
 def test_hand_edited_or_damaged_studies_get_one_sentence(sources, tmp_path):
@@ -82,12 +104,22 @@ def test_hand_edited_or_damaged_studies_get_one_sentence(sources, tmp_path):
     doc = json.loads(good)
     doc["pairs"][0]["real_side"] = "right" if doc["pairs"][0]["real_side"] == "left" else "left"
     path.write_text(json.dumps(doc))
-    with pytest.raises(CmrError, match=r"study.json is inconsistent: pair p0001 does not hold one real and one synthetic"):
+    with pytest.raises(CmrError, match=r"study.json is inconsistent: its items, truths, pairs, seed or mode were changed"):
         load_study(st.folder)
     doc = json.loads(good)
     doc["items"][0]["kind"] = "synthetic" if doc["items"][0]["kind"] == "real" else "real"
     path.write_text(json.dumps(doc))
-    with pytest.raises(CmrError, match="inconsistent: real and synthetic items are no longer balanced"):
+    with pytest.raises(CmrError, match="inconsistent: its items, truths, pairs, seed or mode were changed"):
+        load_study(st.folder)
+    doc = json.loads(good)
+    doc["seed"] = doc["seed"] + 1  # would silently reorder a resuming reader's cases
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CmrError, match="were changed after it was created"):
+        load_study(st.folder)
+    doc = json.loads(good)
+    doc["pairs"][1]["id"] = doc["pairs"][0]["id"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CmrError, match="two pairs share an id"):
         load_study(st.folder)
     path.write_text(good)
     np.savez(st.folder / "images.npz", **{k: v * 0 for k, v in st.images.items()})
@@ -118,8 +150,16 @@ os.kill(os.getpid(), 9)  # no close, no cleanup
     assert p.returncode == -9, p.stderr
     s = Store(load_study(st.folder))
     with pytest.raises(CmrError, match="'kim' is already taken in this study \\(2 answers\\); to continue as 'kim' use --resume"):
-        s.start("kim")
-    assert s.start("kim", resume=True) == set(order[:2])
+        s.start(" kim ")  # the same name, whatever the spaces
+    assert s.start(" kim", resume=True) == set(order[:2])  # the killed session's lock does not count
+    other = Store(load_study(st.folder))
+    with pytest.raises(CmrError, match="'kim' is already reading this study in another window"):
+        other.start("kim", resume=True)
+    with pytest.raises(CmrError, match="starts with 'machine'"):
+        other.start("Machine Reader")
+    s.end()
+    assert other.start("kim", resume=True) == set(order[:2])
+    other.close()
     with pytest.raises(CmrError, match="already answered"):
         s.answer("kim", *order[0], "synthetic", 5, 1.0)
     s.close()
@@ -235,10 +275,13 @@ def test_study_from_real_scans_and_spade_renders(mnms_dir, tmp_path):
     from cmrstudio.project import Project
     from cmrstudio.study.design import create_study
 
-    cases = [c for c in read_cases(mnms_dir) if c.mask is not None and c.image is not None][:4]
+    every = [c for c in read_cases(mnms_dir) if c.mask is not None and c.image is not None]
+    # two patients of each vendor, so that each vendor/phase stratum holds both kinds: real slices of one, renders of the other's masks
+    by = lambda v: [c for c in every if c.vendor == v]  # noqa: E731
+    cases = by("siemens")[:2] + by("philips")[:2] + by("siemens")[2:4] + by("philips")[2:4]
     r = Renderer()
     proj = Project.create(tmp_path / "proj")
-    for c in cases[2:]:
+    for c in cases[4:]:
         frame = r.frame_for(c.mask, c.spacing)
         for z in range(c.shape[0]):
             if (c.mask[z] > 0).sum() > 400:
@@ -249,7 +292,7 @@ def test_study_from_real_scans_and_spade_renders(mnms_dir, tmp_path):
     real = tmp_path / "real"
     from cmrstudio.io import write_case
 
-    for c in cases[:2]:
+    for c in cases[:4]:
         write_case(c, real)
     st = create_study([real], [proj.folder], tmp_path / "study", n=6, seed=1)
     assert sum(it.kind == "real" for it in st.items) == 6 == sum(it.kind == "synthetic" for it in st.items)
@@ -319,7 +362,15 @@ def test_the_studio_opens_a_study_for_reading(sources, tmp_path, make_napari_vie
         QTest.keyClick(rw, Qt.Key_5)
         assert len(Store(st).rows()) == 1
         rw.close()
-        assert win.read_study_dialog(str(st.folder), reader="R1") is None  # the name is taken: a message, no window
+        # the name is taken: declining "Continue as R1?" gives a message and no window, accepting resumes
+        assert win.read_study_dialog(str(st.folder), reader="R1", resume=False) is None
         assert "already taken" in win.synthesis.message.text()
+        again = win.read_study_dialog(str(st.folder), reader="R1", resume=True)
+        assert again is not None and again.isVisible()
+        QTest.keyClick(again, Qt.Key_R)
+        QTest.keyClick(again, Qt.Key_4)
+        rows = Store(st).rows()
+        assert len(rows) == 2 and len({r["item"] for r in rows}) == 2  # the second answer is for the other image
+        again.close()
     finally:
         win.studio.close()

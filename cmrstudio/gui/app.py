@@ -189,7 +189,7 @@ class StudioWindow:
                 self.file_actions.append(a)
             fm.insertSeparator(first)
 
-    def read_study_dialog(self, folder: str | None = None, reader: str | None = None, resume: bool = False):
+    def read_study_dialog(self, folder: str | None = None, reader: str | None = None, resume: bool | None = None):
         """Open the blinded reading view on a study (a separate window: nothing of the studio shows)."""
         from qtpy.QtWidgets import QInputDialog
 
@@ -208,16 +208,24 @@ class StudioWindow:
         try:
             study = load_study(folder)
             store = Store(study)
+            name = store.clean_name(reader)
+            known = name in store.readers()
+            if known and resume is None:  # ask, as the command line's --resume would
+                from qtpy.QtWidgets import QMessageBox
+
+                n = len(store.answered(name))
+                resume = QMessageBox.question(parent, "Continue?", f"{name} has already answered {n} questions. Continue as {name}?") \
+                    == QMessageBox.Yes
             try:
-                win = ReadingWindow(study, store, reader, resume=resume)
+                win = ReadingWindow(study, store, name, resume=bool(resume))
             except Exception:
                 store.close()
                 raise
         except Exception as exc:
             self.studio.say("error", getattr(exc, "message", str(exc)))
             return None
-        self.reading = win
-        win.show()
+        self.readings = [w for w in getattr(self, "readings", []) if w.isVisible()] + [win]  # keep every open one alive
+        win.showMaximized()
         return win
 
     def open_file_dialog(self) -> bool:

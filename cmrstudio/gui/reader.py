@@ -87,8 +87,8 @@ class ReadingWindow(QMainWindow):
 
     def __init__(self, study, store, reader: str, resume: bool = False):
         super().__init__()
-        self.study, self.store, self.reader = study, store, reader
-        done = store.start(reader, resume=resume)
+        self.study, self.store, self.reader = study, store, store.clean_name(reader)
+        done = store.start(self.reader, resume=resume)
         self.order = study.order(reader)
         self.todo = [t for t in self.order if t not in done]
         self.total = len(self.order)
@@ -99,6 +99,7 @@ class ReadingWindow(QMainWindow):
         self._t_shown = 0.0
         self._paused_at = 0.0
         self._paused_total = 0.0
+        self._shown_once = False
         self.setWindowTitle(f"{study.name} — reader study")
         self.setStyleSheet("QMainWindow, QWidget { background: #111; color: #ddd; } QLabel#status { font-size: 15px; }")
         central = QWidget()
@@ -118,6 +119,7 @@ class ReadingWindow(QMainWindow):
         self.note = QLineEdit()
         self.note.setPlaceholderText("optional comment (Tab to type, Enter to return to the keys)")
         self.note.returnPressed.connect(lambda: self.setFocus())
+        self.note.setFocusPolicy(Qt.ClickFocus)  # the answer keys always reach the window unless the reader clicks here
         self.note.setVisible(bool(study.questions.get("free_text")))
         lay.addWidget(self.note)
         self.setCentralWidget(central)
@@ -187,10 +189,15 @@ class ReadingWindow(QMainWindow):
         except CmrError as exc:  # e.g. the database is locked by another program: the answer stays on screen to retry
             self.messages.append(exc.message)
             self.status.setText(exc.message)
+            answered = self.store.answered(self.reader)
+            if (mode, key) in answered:  # saved by another session of this reader after all: move on
+                self.todo = [t for t in self.todo if t not in answered]
+                self.next_task()
             return False
         self.note.clear()
         self.todo.pop(0)
         self.next_task()
+        self.setFocus()
         return True
 
     def toggle_pause(self) -> None:
@@ -237,6 +244,13 @@ class ReadingWindow(QMainWindow):
         else:
             super().keyPressEvent(e)
 
+    def showEvent(self, e):  # noqa: N802
+        super().showEvent(e)
+        self.setFocus()
+        if self.current is not None and not self._shown_once:
+            self._t_shown = time.perf_counter()  # the first case's clock starts when the reader can see it
+            self._shown_once = True
+
     def closeEvent(self, e):  # noqa: N802
         self.store.close()
         super().closeEvent(e)
@@ -254,7 +268,7 @@ def run_reader(study_dir, reader: str, resume: bool = False) -> int:
     app = QApplication.instance() or QApplication([])
     win = ReadingWindow(study, store, reader, resume=resume)
     before = len(win.todo)
-    win.show()
+    win.showMaximized()  # nothing else on the screen
     win.activateWindow()
     app.exec()
     return before - len(win.todo)

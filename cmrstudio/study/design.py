@@ -60,6 +60,7 @@ class Study:
     created: str
     images: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     sha256: str = ""
+    selection: dict = field(default_factory=dict)
 
     def item(self, iid: str) -> Item:
         for it in self.items:
@@ -102,6 +103,20 @@ class Study:
         raise CmrError(f"The study {self.folder} has no pair {pid!r}.")
 
 
+def patient_of(case_id: str) -> str:
+    """The patient a case id belongs to (without its phase or frame suffix)."""
+    import re
+
+    return re.sub(r"(_(ed|es)|_frame\d+)$", "", str(case_id), flags=re.IGNORECASE)
+
+
+def design_sha256(doc: dict) -> str:
+    """A fingerprint of what a study asks (items and their truth, pairs, seed, mode): a hand edit changes it."""
+    core = {"seed": doc["seed"], "mode": doc["mode"], "items": [[d["id"], d["kind"]] for d in doc["items"]],
+            "pairs": [[d["id"], d["left"], d["right"], d["real_side"]] for d in doc.get("pairs", [])]}
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def _norm(img: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(img, (0.5, 99.5))
     return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
@@ -134,7 +149,8 @@ def _synthetic(case) -> bool:
 
 def real_candidates(paths: list[str | Path]) -> list[tuple[dict, np.ndarray]]:
     """Heart slices of real scans (cases with an image and a mask), cropped and normalised."""
-    from cmrstudio.data.frame import make_frame, to_frame
+    from cmrstudio.case import Case
+    from cmrstudio.data.frame import from_frame, make_frame, to_frame
     from cmrstudio.io import read_cases
 
     out = []
@@ -142,11 +158,16 @@ def real_candidates(paths: list[str | Path]) -> list[tuple[dict, np.ndarray]]:
         for c in read_cases(p):
             if c.image is None or c.mask is None or _synthetic(c):
                 continue
-            fc = to_frame(c, make_frame(c, size=SIZE, spacing_mm=SPACING_MM))
+            frame = make_frame(c, size=SIZE, spacing_mm=SPACING_MM)
+            fc = to_frame(c, frame)
+            # the same path a kept render took (frame-resolution image -> scan grid -> frame), so both kinds
+            # are resampled alike and smoothness cannot tell them apart
+            native = from_frame(fc.image, frame, kind="image")
+            again = to_frame(Case(native, c.mask, c.affine, vendor=c.vendor, case_id=c.case_id), frame).image
             for z in range(c.shape[0]):
                 if _heart(fc.mask[z]):
-                    out.append(({"kind": "real", "vendor": c.vendor, "phase": c.phase,
-                                 "source": {"path": str(p), "case": c.case_id, "slice": z}}, _norm(fc.image[z])))
+                    out.append(({"kind": "real", "vendor": c.vendor, "phase": c.phase, "patient": patient_of(c.case_id),
+                                 "source": {"path": str(p), "case": c.case_id, "slice": z}}, _norm(again[z])))
     return out
 
 
@@ -166,15 +187,19 @@ def synthetic_candidates(paths: list[str | Path]) -> list[tuple[dict, np.ndarray
             for z in range(c.shape[0]):
                 m = frame_mask(c.mask[z], fc.frame)
                 if _heart(m):
+                    src_case = str((it.provenance.get("source") or {}).get("case_id") or "")
                     out.append(({"kind": "synthetic", "vendor": it.provenance.get("vendor_style") or c.vendor,
                                  "phase": (it.provenance.get("source") or {}).get("phase"),
-                                 "source": {"path": str(p), "render": it.case.case_id, "slice": z, "model": it.provenance.get("model")}},
+                                 "patient": patient_of(src_case) if src_case else None,
+                                 "source": {"path": str(p), "render": it.case.case_id, "slice": z, "model": it.provenance.get("model"),
+                                            "mask_from": src_case or None}},
                                 _norm(_resize(fc.image[z]))))
     return out
 
 
-def _balanced(real: list, syn: list, n: int | None, rng: np.random.Generator) -> list[tuple]:
-    """Matched (real, synthetic) picks, stratum by stratum (vendor, phase) where both kinds exist, then the rest."""
+def _balanced(real: list, syn: list, n: int | None, rng: np.random.Generator, fill: bool = False) -> list[tuple]:
+    """Matched (real, synthetic) picks, stratum by stratum (vendor, phase) where both kinds exist; with ``fill``,
+    then pairs across strata (which lets vendor or phase hint at the answer: off by default)."""
     n_max = min(len(real), len(syn))
     n = n_max if n is None else min(int(n), n_max)
     key = lambda c: (c[0]["vendor"], c[0]["phase"] or "")  # noqa: E731
@@ -192,14 +217,20 @@ def _balanced(real: list, syn: list, n: int | None, rng: np.random.Generator) ->
                 picks.append((pools_r[k].pop(), pools_s[k].pop()))
     rest_r = [c for v in pools_r.values() for c in v]
     rest_s = [c for v in pools_s.values() for c in v]
-    while len(picks) < n and rest_r and rest_s:
+    while fill and len(picks) < n and rest_r and rest_s:
         picks.append((rest_r.pop(), rest_s.pop()))
     return picks
 
 
 def create_study(real: list[str | Path], synthetic: list[str | Path], out: str | Path, n: int | None = None, seed: int = 0,
-                 mode: str = "both", free_text: bool = False, name: str | None = None) -> Study:
-    """Design a study: ``n`` real and ``n`` synthetic heart slices (all that balance allows by default)."""
+                 mode: str = "both", free_text: bool = False, name: str | None = None, fill: bool = False) -> Study:
+    """Design a study: ``n`` real and ``n`` synthetic heart slices (all that matched strata allow by default).
+
+    Real slices of a patient whose mask made one of the synthetic slices are left out, so no patient
+    appears as both kinds. ``fill`` also pairs slices across vendor/phase strata.
+    """
+    if int(seed) < 0:
+        raise CmrError(f"--seed {seed} must be 0 or more.")
     if mode not in MODES:
         raise CmrError(f"--mode {mode!r} is not known; use one of {', '.join(MODES)}.")
     if n is not None and n < 1:
@@ -210,12 +241,22 @@ def create_study(real: list[str | Path], synthetic: list[str | Path], out: str |
     if not real or not synthetic:
         raise CmrError("A study needs real and synthetic cases: give --real and --synthetic folders.")
     r, s = real_candidates(real), synthetic_candidates(synthetic)
+    syn_patients = {c[0]["patient"] for c in s if c[0].get("patient")}
+    excluded = sum(c[0]["patient"] in syn_patients for c in r)
+    r = [c for c in r if c[0]["patient"] not in syn_patients]
+    if not r and excluded:
+        raise CmrError(f"Every real slice comes from a patient whose mask made a synthetic slice ({excluded} slices); "
+                       "give real scans of other patients.")
     if not r:
         raise CmrError(f"No real heart slice (an image with an LV/MYO/RV mask) was found in {', '.join(map(str, real))}.")
     if not s:
         raise CmrError(f"No synthetic heart slice was found in {', '.join(map(str, synthetic))}; give a studio project, renders or an export.")
     rng = np.random.default_rng(seed)
-    picks = _balanced(r, s, n, rng)
+    picks = _balanced(r, s, n, rng, fill=fill)
+    if not picks:
+        raise CmrError("No vendor/phase stratum has both real and synthetic slices; add matching cases or pass --fill "
+                       "(then vendor or phase may hint at the answer).")
+    sides = rng.permutation([True] * ((len(picks) + 1) // 2) + [False] * (len(picks) // 2))  # the real image left in half the pairs
     items: list[Item] = []
     images: dict[str, np.ndarray] = {}
     pairs: list[Pair] = []
@@ -226,18 +267,18 @@ def create_study(real: list[str | Path], synthetic: list[str | Path], out: str |
         for iid, (meta, img) in ((ir, cr), (is_, cs)):
             items.append(Item(iid, meta["kind"], meta["vendor"], meta["phase"], meta["source"]))
             images[iid] = img
-        real_left = bool(rng.integers(0, 2))
+        real_left = bool(sides[j])
         pairs.append(Pair(f"p{j + 1:04d}", ir if real_left else is_, is_ if real_left else ir, "left" if real_left else "right"))
     items.sort(key=lambda it: it.id)
     questions = {"single": "Is this image real or synthetic?", "2afc": "Which of the two images is real?",
                  "confidence": "How sure are you? 1 (guessing) to 5 (certain)", "free_text": bool(free_text)}
     study = Study(out, name or out.name, int(seed), mode, items, pairs if mode != "single" else [], questions,
                   datetime.now(timezone.utc).isoformat(timespec="seconds"), images)
-    save_study(study)
+    save_study(study, {"excluded_real_slices_same_patient": excluded, "fill_across_strata": bool(fill)})
     return load_study(out)
 
 
-def save_study(study: Study) -> None:
+def save_study(study: Study, notes: dict | None = None) -> None:
     out = study.folder
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / IMAGES_FILE) as tmp:
@@ -248,7 +289,9 @@ def save_study(study: Study) -> None:
            "mode": study.mode, "questions": study.questions, "frame": {"size": SIZE, "spacing_mm": SPACING_MM},
            "images": IMAGES_FILE, "images_sha256": digest,
            "items": [{"id": it.id, "kind": it.kind, "vendor": it.vendor, "phase": it.phase, "source": it.source} for it in study.items],
-           "pairs": [{"id": p.id, "left": p.left, "right": p.right, "real_side": p.real_side} for p in study.pairs]}
+           "pairs": [{"id": p.id, "left": p.left, "right": p.right, "real_side": p.real_side} for p in study.pairs],
+           "selection": notes or {}}
+    doc["design_sha256"] = design_sha256(doc)
     write_text_atomic(out / STUDY_FILE, json.dumps(doc, indent=2) + "\n")
 
 
@@ -278,6 +321,14 @@ def load_study(folder: str | Path) -> Study:
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
         raise bad("two items share an id")
+    if len({p.id for p in pairs}) != len(pairs):
+        raise bad("two pairs share an id")
+    try:
+        fingerprint = design_sha256(doc)
+    except (KeyError, TypeError):
+        raise bad("a field is missing or malformed") from None
+    if fingerprint != doc.get("design_sha256"):
+        raise bad("its items, truths, pairs, seed or mode were changed after it was created (the design fingerprint differs)")
     if mode not in MODES:
         raise bad(f"mode {mode!r} is not one of {', '.join(MODES)}")
     kinds = {it.id: it.kind for it in items}
@@ -310,4 +361,4 @@ def load_study(folder: str | Path) -> Study:
     if missing:
         raise bad(f"item {missing[0]} has no image")
     return Study(folder, doc.get("name", folder.name), seed, mode, items, pairs, doc.get("questions", {}), doc.get("created", ""),
-                 images, digest)
+                 images, hashlib.sha256((digest + fingerprint).encode("ascii")).hexdigest(), dict(doc.get("selection") or {}))

@@ -43,7 +43,7 @@ def add_machine_reader(study_dir: str | Path, train: list[str | Path], model: st
     store = Store(st)
     try:
         store.forget_reader(READER)  # a new machine replaces the previous one
-        store.start(READER)
+        store.start(READER, machine=True)
         for a in answers:
             store.answer(READER, a["mode"], a["item"], a["answer"], int(a["confidence"]), float(a["seconds"]))
     finally:
