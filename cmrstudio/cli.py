@@ -237,10 +237,14 @@ def train_spade(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved step."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (and save) after this many minutes."),
+    dp_epsilon: Optional[float] = typer.Option(None, "--dp-epsilon", help="Train with differential privacy (DP-SGD, Opacus) and stop when this epsilon is spent."),
+    dp_delta: float = typer.Option(1e-5, "--dp-delta", help="Delta of the (epsilon, delta) guarantee."),
+    dp_max_grad_norm: float = typer.Option(1.0, "--dp-max-grad-norm", help="Per-sample gradient clipping bound."),
+    dp_noise: Optional[float] = typer.Option(None, "--dp-noise", help="Noise multiplier (default: calibrated to spend --dp-epsilon in --steps)."),
     install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
-    """Train a SPADE generator (resumable; progress bar with ETA; sample grids in OUT/samples)."""
+    """Train a SPADE generator (resumable; progress bar with ETA; sample grids in OUT/samples); --dp-epsilon trains it privately."""
     from cmrstudio.models.checkpoint import read_card
     from cmrstudio.train.spade import SpadeTrainer, TrainOptions
 
@@ -248,9 +252,12 @@ def train_spade(
         data=list(data), out=str(out), name=name, phantom=phantom, exclude=list(exclude), preset=preset, size=size,
         steps=steps, batch=batch, lr_g=lr_g, lr_d=lr_d, seed=seed, sample_every=sample_every, save_every=save_every,
         device=device, threads=threads, resume=resume, max_minutes=max_minutes,
+        dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm, dp_noise=dp_noise,
     )
     _check_name(name)
     tr = SpadeTrainer(opts).run(progress=not quiet)
+    if tr.dp:
+        typer.echo(f"Differential privacy: epsilon {tr.epsilon_spent():.3f} spent of {dp_epsilon} (delta {dp_delta:g}) in {tr.step} steps.")
     _report_trained(read_card(Path(out) / f"{name}.json"), tr.step, install)
 
 
@@ -675,6 +682,99 @@ def evaluate_fidelity_cmd(
                f"paired SSIM {res.ssim:.3f}  PSNR {res.psnr:.1f} dB")
     if res.reference_fid_real_halves is not None:
         typer.echo(f"  reference: FID between two halves of the real slices ({res.n_real // 2} each) {res.reference_fid_real_halves:.1f}: how far real is from real at this size")
+
+
+@evaluate_app.command("segmenter")
+def evaluate_segmenter_cmd(
+    data: list[str] = EvalDataOpt,
+    case: list[str] = typer.Option([], "--case", help="Cases whose id starts with this; default: the segmenter card's held-out patients."),
+    segmenter: Optional[str] = typer.Option(None, "--segmenter", help="Segmenter (default: the shipped one)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    write_card: bool = typer.Option(False, "--write-card", help="Record the result in the segmenter's card."),
+):
+    """Dice and HD95 (mm) per structure of the segmenter on real patients it was not trained on."""
+    import shlex
+
+    from cmrstudio.data.dataset import cases_from
+    from cmrstudio.evaluate.segmentation import evaluate_segmenter
+    from cmrstudio.models.checkpoint import update_card
+    from cmrstudio.models.registry import get_model
+
+    info = get_model(segmenter, kind="segmenter")
+    held = list(case) or list(info.card.get("training", {}).get("held_out_case_prefixes") or [])
+    cases = [c for c in cases_from(data) if not held or any(c.case_id.startswith(p) for p in held)]
+    if not cases:
+        raise CmrError(f"No case in {', '.join(data)} matches {', '.join(held)}; give the folder that holds them with --data.")
+    res = evaluate_segmenter(cases, info, device=device)
+    if write_card:
+        cmd = "cmrstudio " + shlex.join(a for a in sys.argv[1:] if a != "--write-card")
+        update_card(info, metrics={**info.card.get("metrics", {}), "held_out_segmentation": {
+            **{k: v for k, v in res.to_dict().items() if k != "per_case"}, "cases_evaluated": [r["case"] for r in res.per_case], "command": cmd}})
+    if as_json:
+        typer.echo(json.dumps(res.to_dict(), indent=2))
+        return
+    typer.echo(f"{res.segmenter} on {res.cases} cases, {res.slices} heart slices (frame pixels {res.spacing_mm} mm):")
+    typer.echo(f"  {'':<6}{'Dice':>14}{'HD95 (mm)':>18}{'missed slices':>15}")
+    for name, v in res.summary.items():
+        if name == "mean":
+            continue
+        sd = lambda k: f" ± {v[k + '_sd']:.3f}" if v.get(k + "_sd") is not None else ""  # noqa: E731
+        typer.echo(f"  {name:<6}{v['dice']:>8.3f}{sd('dice'):>6}{v['hd95_mm']:>10.2f}{sd('hd95_mm'):>8}{v['missed_slices']:>15}")
+    typer.echo(f"  mean  {res.summary['mean']['dice']:>8.3f}{'':>6}{res.summary['mean']['hd95_mm']:>10.2f}")
+
+
+@evaluate_app.command("privacy")
+def evaluate_privacy_cmd(
+    data: list[str] = EvalDataOpt,
+    case: list[str] = typer.Option([], "--case", help="Held-out patients (case-id prefixes), the non-members; default: the model card's."),
+    model: Optional[str] = GeneratorOpt,
+    space: str = typer.Option("inception", "--space", help="Feature space of the nearest-neighbour analysis: inception or pixel."),
+    seeds: int = typer.Option(3, "--seeds", help="Renders per mask in the reconstruction attack."),
+    max_members: Optional[int] = typer.Option(None, "--max-members", help="Cap the member slices of the attacks (a seeded sample)."),
+    steps: Optional[int] = EvalStepsOpt,
+    guidance: Optional[float] = EvalGuidanceOpt,
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for privacy.json and the closest-pairs figure."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    write_card: bool = typer.Option(False, "--write-card", help="Record the result in the generator's card."),
+):
+    """Nearest-neighbour memorisation and authenticity, and membership-inference attacks (training vs held-out patients)."""
+    from cmrstudio.data.dataset import cases_from
+    from cmrstudio.evaluate.privacy import evaluate_privacy
+    from cmrstudio.models.registry import GENERATOR_KINDS, get_model
+    from cmrstudio.train.common import check_counts
+
+    check_counts(seeds=seeds)
+    if max_members is not None:
+        check_counts(max_members=max_members)
+    held = list(case) or list(get_model(model, kind=GENERATOR_KINDS).card.get("training", {}).get("held_out_case_prefixes") or [])
+    hq = {k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}
+    res = evaluate_privacy(cases_from(data), held, model=model, space=space, seeds=seeds, max_members=max_members, out=out, device=device, **hq)
+    doc = res.to_dict()
+    if out is not None:
+        from cmrstudio.io.common import write_text_atomic
+
+        write_text_atomic(Path(out) / "privacy.json", json.dumps(doc, indent=2) + "\n")
+    if write_card:
+        _record_metric(model, "privacy", {k: v for k, v in doc.items() if k != "figure"})
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    nn, g = res.nearest, res.generator
+    typer.echo(f"{g['model']}: members {res.members['patients']} training patients ({res.members['slices']} slices), "
+               f"non-members {res.nonmembers['patients']} held-out patients ({res.nonmembers['slices']} slices)")
+    typer.echo(f"nearest neighbours ({nn['space']}): synthetic->train median {nn['synthetic_to_train_median']:.4g}, "
+               f"new real patients->train {nn['holdout_to_train_median']:.4g} (ratio {nn['distance_ratio']:.2f})")
+    typer.echo(f"  memorised (closer than 1/3 of any other patient's image): {nn['memorised']}/{nn['n_synthetic']} "
+               f"= {100 * nn['memorisation_ratio']:.1f}% (new real patients: {100 * nn['holdout_memorisation_ratio']:.1f}%)")
+    typer.echo(f"  authenticity {100 * nn['authenticity']:.1f}% (new real patients: {100 * nn['holdout_authenticity']:.1f}%)")
+    for name, a in res.attacks.items():
+        ci = a["auc_ci"]
+        typer.echo(f"membership inference, {name}: AUC {a['auc']:.3f}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+                   + f", TPR at 1% FPR {100 * a['tpr_at_1pct_fpr']:.1f}% ({a['members']} members, {a['nonmembers']} non-members)")
+    if res.figure:
+        typer.echo(f"closest pairs: {res.figure}")
 
 
 @bench_app.command("studio")

@@ -53,6 +53,7 @@ class SpadeConfig:
     num_d: int = 2
     d_layers: int = 3
     d_spectral_norm: bool = True
+    d_groupnorm: bool = False  # GroupNorm in the discriminator (differentially private training: no spectral norm there)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,14 +152,15 @@ def _sn(m: nn.Module, on: bool) -> nn.Module:
 
 
 class PatchDiscriminator(nn.Module):
-    def __init__(self, cin: int, ndf: int, n_layers: int, sn: bool):
+    def __init__(self, cin: int, ndf: int, n_layers: int, sn: bool, gn: bool = False):
         super().__init__()
         layers = [nn.Sequential(_sn(nn.Conv2d(cin, ndf, 4, 2, 1), sn), nn.LeakyReLU(0.2))]
         c = ndf
         for i in range(1, n_layers):
             c2 = min(c * 2, ndf * 8)
             stride = 2 if i < n_layers - 1 else 1
-            layers.append(nn.Sequential(_sn(nn.Conv2d(c, c2, 4, stride, 1), sn), nn.LeakyReLU(0.2)))
+            norm = [nn.GroupNorm(min(8, c2 // 4), c2)] if gn else []  # per sample: no statistics shared across the batch
+            layers.append(nn.Sequential(_sn(nn.Conv2d(c, c2, 4, stride, 1), sn), *norm, nn.LeakyReLU(0.2)))
             c = c2
         layers.append(_sn(nn.Conv2d(c, 1, 4, 1, 1), sn))
         self.layers = nn.ModuleList(layers)
@@ -176,7 +178,7 @@ class MultiScaleDiscriminator(nn.Module):
         super().__init__()
         self.cfg = cfg
         cin = 1 + cfg.n_labels + cfg.n_vendors
-        self.ds = nn.ModuleList(PatchDiscriminator(cin, cfg.ndf, cfg.d_layers, cfg.d_spectral_norm) for _ in range(cfg.num_d))
+        self.ds = nn.ModuleList(PatchDiscriminator(cin, cfg.ndf, cfg.d_layers, cfg.d_spectral_norm, cfg.d_groupnorm) for _ in range(cfg.num_d))
 
     def forward(self, image: torch.Tensor, onehot: torch.Tensor, vendor: torch.Tensor) -> list[list[torch.Tensor]]:
         vmap = F.one_hot(vendor, self.cfg.n_vendors).to(image.dtype)[:, :, None, None].expand(-1, -1, *image.shape[-2:])

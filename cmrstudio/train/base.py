@@ -325,6 +325,13 @@ class BaseTrainer:
     def describe_start(self) -> str:
         return f"Training a {self.kind} model"
 
+    def step_limit(self) -> int:
+        """The last step this run may take (a private run stops earlier when its privacy budget is spent)."""
+        return self.opts.steps
+
+    def limit_reason(self) -> str:
+        return f"Stopping at step {self.step}."
+
     def run(self, progress: bool = True):
         from tqdm import tqdm
 
@@ -341,7 +348,7 @@ class BaseTrainer:
         t_last = time.perf_counter()
         deadline = None if opts.max_minutes is None else time.perf_counter() + 60 * opts.max_minutes
         try:
-            while self.step < opts.steps:
+            while self.step < self.step_limit():
                 losses = self.train_step(next(it))
                 self.step += 1
                 now = time.perf_counter()
@@ -371,6 +378,8 @@ class BaseTrainer:
             raise
         finally:
             bar.close()
+        if self.step < opts.steps and self.step >= self.step_limit():
+            self.log(self.limit_reason())
         self._save_state()
         self.write_samples()
         self.save_model()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from torch.utils.data import DataLoader
+
 from cmrstudio.errors import CmrError
 from cmrstudio.models.spade import (
     PRESETS,
@@ -38,6 +40,10 @@ class TrainOptions(BaseOptions):
     lr_d: float = 4e-4
     fm: float = 10.0
     lowpass: float = 10.0
+    dp_epsilon: float | None = None  # differentially private training (DP-SGD, Opacus) to this epsilon
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0  # per-sample gradient clipping bound
+    dp_noise: float | None = None  # noise multiplier; calibrated to reach dp_epsilon at --steps when None
 
 
 class SpadeTrainer(BaseTrainer):
@@ -50,10 +56,27 @@ class SpadeTrainer(BaseTrainer):
             SpadeConfig(size=self.opts.size).n_up
         except ValueError:
             raise CmrError(f"--size {self.opts.size} must be 8 times a power of two, like 64, 128 or 256.") from None
+        o = self.opts
+        if o.dp_epsilon is not None:
+            if not o.dp_epsilon > 0:
+                raise CmrError(f"--dp-epsilon {o.dp_epsilon} must be above 0 (smaller is more private; 1 to 10 is usual).")
+            if not 0 < o.dp_delta < 1:
+                raise CmrError(f"--dp-delta {o.dp_delta} must lie between 0 and 1 (well below 1/number of patients, like 1e-5).")
+            if not o.dp_max_grad_norm > 0:
+                raise CmrError(f"--dp-max-grad-norm {o.dp_max_grad_norm} must be above 0.")
+            if o.dp_noise is not None and not o.dp_noise > 0:
+                raise CmrError(f"--dp-noise {o.dp_noise} must be above 0.")
+            if o.resume:
+                raise CmrError("--resume does not continue a differentially private run (its privacy accounting starts afresh); start a new run.")
+
+    @property
+    def private(self) -> bool:
+        return self.opts.dp_epsilon is not None
 
     def build(self) -> None:
         opts = self.opts
-        self.cfg = SpadeConfig.from_dict({**PRESETS[opts.preset].to_dict(), "size": opts.size})
+        extra = {"d_spectral_norm": False, "d_groupnorm": True} if self.private else {}
+        self.cfg = SpadeConfig.from_dict({**PRESETS[opts.preset].to_dict(), "size": opts.size, **extra})
         self.G = SpadeGenerator(self.cfg).to(self.device)
         self.D = MultiScaleDiscriminator(self.cfg).to(self.device)
         self.G_ema = SpadeGenerator(self.cfg).to(self.device).eval()
@@ -63,6 +86,80 @@ class SpadeTrainer(BaseTrainer):
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=opts.lr_g, betas=(0.0, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=opts.lr_d, betas=(0.0, 0.999))
         self.weights = LossWeights(fm=opts.fm, lowpass=opts.lowpass)
+        self.dp = None
+        if self.private:
+            self._make_private()
+
+    # -- differential privacy --------------------------------------------------------------------
+    def _make_private(self) -> None:
+        """DP-SGD (Opacus) on both networks: every gradient that a training image or mask reaches is clipped
+        per sample and noised. The discriminator sees real images; the generator sees real masks (and real
+        images through the feature-matching and low-pass losses), so both are private. Each step releases two
+        noised gradients, each on its own Poisson sample of the data; one RDP accountant composes them."""
+        import warnings
+
+        from opacus import PrivacyEngine
+        from opacus.accountants.utils import get_noise_multiplier
+        from opacus.validators import ModuleValidator
+
+        # Opacus's per-sample hooks on modules whose inputs need no gradient (the first layers): harmless
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
+
+        opts = self.opts
+        for name, net in (("generator", self.G), ("discriminator", self.D)):
+            errors = ModuleValidator.validate(net, strict=False)
+            if errors:
+                raise CmrError(f"The {name} cannot be trained privately: {errors[0]}.")
+        n = len(self.ds)
+        q = min(1.0, opts.batch / n)
+        noise = opts.dp_noise or get_noise_multiplier(target_epsilon=opts.dp_epsilon, target_delta=opts.dp_delta, sample_rate=q,
+                                                      steps=2 * opts.steps, accountant="rdp")
+        self.engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+        gen = torch.Generator().manual_seed(opts.seed + 11)
+        loader = lambda: DataLoader(self.ds, batch_size=opts.batch, shuffle=False)  # noqa: E731  (Poisson-sampled by Opacus)
+        self.Gp, self.opt_g, g_loader = self.engine.make_private(module=self.G, optimizer=self.opt_g, data_loader=loader(), noise_multiplier=noise,
+                                                                 max_grad_norm=opts.dp_max_grad_norm, poisson_sampling=True, noise_generator=gen)
+        self.Dp, self.opt_d, d_loader = self.engine.make_private(module=self.D, optimizer=self.opt_d, data_loader=loader(), noise_multiplier=noise,
+                                                                 max_grad_norm=opts.dp_max_grad_norm, poisson_sampling=True, noise_generator=gen)
+        self.loader = d_loader  # the discriminator's batches drive the loop; the generator draws its own
+        self._g_batches = endless_nonempty(g_loader)
+        self.dp = {"noise_multiplier": float(noise), "sample_rate": q, "max_grad_norm": opts.dp_max_grad_norm,
+                   "delta": opts.dp_delta, "target_epsilon": opts.dp_epsilon}
+        self._limit = self._steps_within_budget()
+        if self._limit < 1:
+            raise CmrError(f"--dp-epsilon {opts.dp_epsilon} is spent before the first step at noise multiplier {noise:.3g}; "
+                           "raise --dp-epsilon or --dp-noise, or lower --batch.")
+        self.log(f"Differentially private: noise multiplier {noise:.3f}, sample rate {q:.4f}, clipping {opts.dp_max_grad_norm}; "
+                 f"the budget epsilon={opts.dp_epsilon} (delta={opts.dp_delta:g}) allows {self._limit} steps.")
+
+    def _epsilon_after(self, steps: int) -> float:
+        from opacus.accountants import RDPAccountant
+
+        acc = RDPAccountant()
+        acc.history = [(self.dp["noise_multiplier"], self.dp["sample_rate"], 2 * steps)] if steps else []
+        return float(acc.get_epsilon(self.dp["delta"])) if steps else 0.0
+
+    def _steps_within_budget(self) -> int:
+        """The most steps (each two releases) whose epsilon stays within the target, at most --steps."""
+        target = self.dp["target_epsilon"]
+        if self._epsilon_after(self.opts.steps) <= target:
+            return self.opts.steps
+        lo, hi = 0, self.opts.steps  # eps(lo) <= target < eps(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self._epsilon_after(mid) <= target else (lo, mid)
+        return lo
+
+    def step_limit(self) -> int:
+        return self._limit if self.dp else self.opts.steps
+
+    def limit_reason(self) -> str:
+        return (f"Stopping at step {self.step}: the privacy budget epsilon={self.opts.dp_epsilon} (delta={self.opts.dp_delta:g}) is spent "
+                f"(one more step would pass it).")
+
+    def epsilon_spent(self) -> float | None:
+        return float(self.engine.accountant.get_epsilon(self.opts.dp_delta)) if self.dp else None
 
     def networks(self) -> dict:
         return {"generator": self.G, "ema": self.G_ema, "discriminator": self.D}
@@ -87,7 +184,18 @@ class SpadeTrainer(BaseTrainer):
         }
 
     def training_extra(self) -> dict:
-        return {"lr": {"g": self.opts.lr_g, "d": self.opts.lr_d}}
+        extra = {"lr": {"g": self.opts.lr_g, "d": self.opts.lr_d}}
+        if self.dp:
+            extra["differential_privacy"] = {
+                "epsilon": round(self.epsilon_spent(), 4), **self.dp, "steps_taken": self.step, "steps_allowed": self._limit,
+                "stopped_by": "privacy budget" if self.step >= self._limit and self._limit < self.opts.steps else "steps",
+                "mechanism": "DP-SGD (Opacus) on generator and discriminator: per-sample clipping and Gaussian noise, two releases "
+                             "per step on independent Poisson samples, RDP accountant",
+                "unit": "one training slice (the images of one patient are several slices: patient-level epsilon is larger)",
+                "library": "opacus " + __import__("opacus").__version__,
+                "secure_rng": False,  # torch's generator draws the noise (Opacus secure_mode off): fine for research, not a formal release
+            }
+        return extra
 
     def render_fixed(self, f: dict) -> list[np.ndarray]:
         oh = onehot(f["mask"]).to(self.device)
@@ -99,6 +207,8 @@ class SpadeTrainer(BaseTrainer):
         return rows
 
     def train_step(self, batch: dict) -> dict:
+        if self.dp:
+            return self._private_step(batch)
         real = batch["image"].to(self.device)
         oh = onehot(batch["mask"]).to(self.device)
         vendor = self.drop_vendor(batch["vendor"])
@@ -123,3 +233,50 @@ class SpadeTrainer(BaseTrainer):
         self.opt_g.step()
         self.update_ema(self.G_ema, self.G)
         return {k: float(v.detach()) for k, v in (("d", loss_d), ("g_adv", adv), ("fm", fm), ("lowpass", lp), ("g", loss_g))}
+
+    def _private_step(self, batch: dict) -> dict:
+        """One DP step: the discriminator on one Poisson sample, then the generator on another. Losses are
+        means over the sample, so every image's part of a gradient is its own (no batch statistics)."""
+        nan = float("nan")
+        loss_d = torch.tensor(nan)
+        self.opt_d.zero_grad(set_to_none=True)
+        if len(batch["image"]):
+            real = batch["image"].to(self.device)
+            oh = onehot(batch["mask"]).to(self.device)
+            vendor = self.drop_vendor(batch["vendor"])
+            with torch.no_grad():
+                fake = self.G(oh, vendor)
+            self.Gp.disable_hooks()
+            loss_d = d_hinge(self.Dp(real, oh, vendor), self.Dp(fake, oh, vendor))  # both terms of sample i sum into its gradient
+            loss_d.backward()
+            self.Gp.enable_hooks()
+        self.opt_d.step()  # noise is added even to an empty sample, as the accounting assumes
+
+        b = next(self._g_batches)
+        real = b["image"].to(self.device)
+        oh = onehot(b["mask"]).to(self.device)
+        vendor = self.drop_vendor(b["vendor"])
+        self.opt_g.zero_grad(set_to_none=True)
+        self.Dp.disable_hooks()
+        fake = self.Gp(oh, vendor)
+        d_fake = self.Dp(fake, oh, vendor)
+        with torch.no_grad():
+            d_real = self.Dp(real, oh, vendor)
+        adv = g_hinge(d_fake)
+        fm = feature_matching(d_real, d_fake)
+        lp = lowpass_l1(fake, real)
+        loss_g = adv + self.weights.fm * fm + self.weights.lowpass * lp
+        loss_g.backward()
+        self.Dp.enable_hooks()
+        self.opt_g.step()
+        self.opt_d.zero_grad(set_to_none=True)  # the discriminator's gradients from the generator's loss are not used
+        self.update_ema(self.G_ema, self.G)
+        return {k: float(v.detach()) for k, v in (("d", loss_d), ("g_adv", adv), ("fm", fm), ("lowpass", lp), ("g", loss_g))}
+
+
+def endless_nonempty(loader):
+    """Poisson-sampled batches forever, skipping (rare) empty ones: nothing is released for a skipped draw."""
+    while True:
+        for b in loader:
+            if len(b["image"]):
+                yield b

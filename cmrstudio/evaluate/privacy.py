@@ -1,0 +1,322 @@
+"""Privacy: does a generator give back the patients it was trained on?
+
+Two measurements, both on real patients split by *patient* into the generator's training
+patients (members) and patients it never saw (non-members, the held-out ones of its card):
+
+**Nearest neighbours.** Every synthetic image (renders of held-out masks) and every held-out real
+image is compared with every training image, in a feature space (the FID Inception's pool3
+features by default, or pixels):
+
+* *distance to the closest training image*, synthetic against the real-to-real baseline (held-out
+  real images, which are new patients by construction). A ratio well below 1 means the synthetic
+  images sit closer to the training set than new patients do;
+* *memorisation*: a synthetic image is flagged when its closest training image is less than a third
+  of the distance to the closest training image of any *other* patient (a near copy of one training
+  image, not just a typical heart; the 1/3 rule of Carlini et al. 2023 and Yoon et al. 2023, with the
+  second neighbour taken from another patient since neighbouring slices of one patient are alike).
+  The memorisation ratio is the fraction flagged;
+* *authenticity* (Alaa et al., ICML 2022): a synthetic image is authentic when it is farther from its
+  closest training image than that training image is from its own closest training neighbour (of
+  another patient). The same score of held-out real images is the baseline a private model should reach;
+* a figure of the closest pairs side by side.
+
+**Membership inference.** An attacker who holds a real image and its mask asks whether the patient
+was in the training set. Scores (higher = "member"):
+
+* *reconstruction*: minus the smallest pixel distance between the real image and renders of its mask
+  over several seeds (any generator);
+* *denoising loss* (diffusion and flow models): minus the model's training loss on the real image at
+  fixed noise levels and noises (Carlini et al. 2023, Matsumoto et al. 2023).
+
+Each is reported as ROC AUC (with DeLong's interval) and the true-positive rate at 1% false positives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmrstudio.errors import CmrError
+
+MEMORISED_RATIO = 1.0 / 3.0
+SPACES = ("inception", "pixel")
+
+
+def patient_of(case_id: str) -> str:
+    from cmrstudio.study.design import patient_of as p
+
+    return p(case_id)
+
+
+@dataclass
+class SliceSet:
+    """Framed real heart slices with their masks, vendors and patients."""
+
+    images: np.ndarray  # (N, S, S) in [0, 1]
+    masks: np.ndarray  # (N, S, S) uint8
+    vendors: list[str]
+    patients: list[str]
+    cases: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, idx) -> "SliceSet":
+        idx = list(idx)
+        return SliceSet(self.images[idx], self.masks[idx], [self.vendors[i] for i in idx], [self.patients[i] for i in idx],
+                        [self.cases[i] for i in idx] if self.cases else [])
+
+
+def slices_of(cases, renderer) -> SliceSet:
+    """Every heart slice of ``cases`` in the renderer's frame."""
+    from cmrstudio.evaluate.faithfulness import heart_slices
+
+    imgs, masks, vendors, patients, ids = [], [], [], [], []
+    for c, im, m in heart_slices(cases, renderer):
+        imgs.append(im)
+        masks.append(m)
+        vendors += [c.vendor] * len(m)
+        patients += [patient_of(c.case_id)] * len(m)
+        ids += [c.case_id] * len(m)
+    if not imgs:
+        return SliceSet(np.zeros((0, renderer.size, renderer.size), np.float32), np.zeros((0, renderer.size, renderer.size), np.uint8), [], [], [])
+    return SliceSet(np.concatenate(imgs).astype(np.float32), np.concatenate(masks).astype(np.uint8), vendors, patients, ids)
+
+
+def features(images01: np.ndarray, space: str = "inception", device: str | torch.device = "cpu") -> np.ndarray:
+    """Feature vectors for nearest-neighbour distances: FID Inception pool3 or pixels at 64×64."""
+    if space not in SPACES:
+        raise CmrError(f"--space {space!r} is not known; use one of {', '.join(SPACES)}.")
+    if space == "inception":
+        from cmrstudio.evaluate.fidelity import InceptionFeatures
+
+        return InceptionFeatures(device)(images01)
+    x = torch.from_numpy(np.asarray(images01, np.float32))[:, None]
+    x = torch.nn.functional.interpolate(x, size=(64, 64), mode="area")
+    return x.flatten(1).double().numpy()
+
+
+def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return torch.cdist(torch.from_numpy(np.asarray(a, np.float64)), torch.from_numpy(np.asarray(b, np.float64))).numpy()
+
+
+@dataclass
+class NearestNeighbours:
+    n_train: int
+    n_synthetic: int
+    n_holdout: int
+    space: str
+    synthetic_to_train_median: float
+    holdout_to_train_median: float | None
+    distance_ratio: float | None  # median synthetic->train / median held-out real->train
+    memorisation_ratio: float  # fraction of synthetic images flagged as near copies
+    memorised: int
+    holdout_memorisation_ratio: float | None  # the same rule applied to new real patients (its false-alarm rate)
+    authenticity: float  # fraction of synthetic images that are authentic
+    holdout_authenticity: float | None
+    closest: list[dict]  # the closest synthetic/training pairs: indices and distances
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _nn_rows(query: np.ndarray, train: np.ndarray, train_patients: np.ndarray, own_nn: np.ndarray):
+    """For each query: closest training index, its distance, the distance to the closest training image of
+    another patient than that one, and whether it is authentic."""
+    d = _dist(query, train)
+    j = d.argmin(1)
+    d1 = d[np.arange(len(d)), j]
+    other = np.where(train_patients[None, :] != train_patients[j][:, None], d, np.inf).min(1)
+    flagged = d1 < MEMORISED_RATIO * other
+    authentic = d1 >= own_nn[j]
+    return j, d1, flagged, authentic
+
+
+def nearest_neighbours(train_f: np.ndarray, train_patients: list[str], synth_f: np.ndarray, holdout_f: np.ndarray | None = None,
+                       space: str = "inception", top: int = 8) -> NearestNeighbours:
+    """Nearest-neighbour distances of synthetic (and held-out real) features to the training features."""
+    if len(train_f) < 2 or len(synth_f) < 1:
+        raise CmrError("The nearest-neighbour analysis needs at least two training images and one synthetic image.")
+    tp = np.asarray(train_patients)
+    if len(set(tp)) < 2:
+        raise CmrError("The nearest-neighbour analysis needs training images of at least two patients.")
+    dtt = _dist(train_f, train_f)
+    own_nn = np.where(tp[None, :] != tp[:, None], dtt, np.inf).min(1)  # each training image to another patient's
+    j, d1, flagged, authentic = _nn_rows(synth_f, train_f, tp, own_nn)
+    hold = None
+    if holdout_f is not None and len(holdout_f):
+        hold = _nn_rows(holdout_f, train_f, tp, own_nn)
+    order = np.argsort(d1)[:top]
+    h_med = float(np.median(hold[1])) if hold else None
+    s_med = float(np.median(d1))
+    return NearestNeighbours(
+        len(train_f), len(synth_f), 0 if hold is None else len(hold[1]), space, s_med, h_med,
+        (s_med / h_med) if h_med else None, float(flagged.mean()), int(flagged.sum()),
+        float(hold[2].mean()) if hold else None, float(authentic.mean()), float(hold[3].mean()) if hold else None,
+        [{"synthetic": int(i), "train": int(j[i]), "distance": float(d1[i]), "flagged": bool(flagged[i])} for i in order])
+
+
+# -- membership inference ----------------------------------------------------------------------
+
+def _tpr_at(pos: np.ndarray, neg: np.ndarray, fpr: float = 0.01) -> float:
+    """True-positive rate at the largest threshold whose false-positive rate is at most ``fpr``."""
+    from cmrstudio.study.stats import roc_points
+
+    roc = roc_points(list(pos), list(neg))
+    best = 0.0
+    for f, t in zip(roc["fpr"], roc["tpr"]):
+        if f <= fpr + 1e-12:
+            best = max(best, t)
+    return float(best)
+
+
+def attack_summary(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> dict:
+    from cmrstudio.study.stats import auc
+
+    a = auc(list(member_scores), list(nonmember_scores))
+    return {"auc": a["auc"], "auc_ci": a["auc_ci"], "tpr_at_1pct_fpr": _tpr_at(member_scores, nonmember_scores),
+            "members": int(len(member_scores)), "nonmembers": int(len(nonmember_scores))}
+
+
+def reconstruction_scores(renderer, s: SliceSet, seeds: int = 3, batch: int = 16) -> np.ndarray:
+    """Minus the smallest mean squared pixel distance between each real image and renders of its mask."""
+    best = np.full(len(s), np.inf)
+    for k in range(seeds):
+        for i in range(0, len(s), batch):
+            idx = range(i, min(i + batch, len(s)))
+            # one vendor per call: group the batch by vendor
+            for v in sorted({s.vendors[j] for j in idx}):
+                sel = [j for j in idx if s.vendors[j] == v]
+                out = renderer.render_framed(s.masks[sel], v, seed=[10_000 * (k + 1) + j for j in sel])
+                err = ((out - s.images[sel]) ** 2).reshape(len(sel), -1).mean(1)
+                best[sel] = np.minimum(best[sel], err)
+    return -best
+
+
+@torch.inference_mode()
+def denoising_scores(renderer, s: SliceSet, levels=(0.1, 0.3, 0.5), seeds: int = 2, batch: int = 16) -> np.ndarray:
+    """Minus the diffusion/flow training loss of each real image at fixed noise levels and fixed noises."""
+    from cmrstudio.models.sampling import training_loss
+    from cmrstudio.models.spade import onehot
+
+    if renderer.kind not in ("diffusion", "flow"):
+        raise CmrError(f"The denoising-loss attack needs a diffusion or flow model; '{renderer.name}' is a {renderer.kind} model.")
+    net, dev = renderer.net, renderer.device
+    out = np.zeros(len(s))
+    for i in range(0, len(s), batch):
+        sel = list(range(i, min(i + batch, len(s))))
+        x0 = torch.from_numpy(s.images[sel] * 2 - 1)[:, None].float().to(dev)
+        oh = onehot(torch.from_numpy(s.masks[sel].astype(np.int64))).to(dev)
+        v = torch.tensor([renderer.resolve_vendor(s.vendors[j])[0] for j in sel], dtype=torch.long, device=dev)
+        total = torch.zeros(len(sel))
+        for k in range(seeds):
+            for lvl in levels:
+                g = torch.Generator().manual_seed(1000 * k + int(lvl * 100))
+                noise = torch.randn(x0.shape, generator=g).to(dev)
+                t = torch.full((len(sel),), float(lvl), device=dev)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=renderer.bf16 and dev.type == "cpu"):
+                    # per-sample loss: the helper averages over the batch, so run it one image at a time
+                    for n in range(len(sel)):
+                        total[n] += float(training_loss(net, renderer.kind, x0[n:n + 1], oh[n:n + 1], v[n:n + 1], t[n:n + 1], noise[n:n + 1]))
+        out[sel] = -(total / (seeds * len(levels))).numpy()
+    return out
+
+
+# -- the whole evaluation ----------------------------------------------------------------------
+
+@dataclass
+class Privacy:
+    generator: dict
+    members: dict  # patients and slices
+    nonmembers: dict
+    nearest: dict
+    attacks: dict
+    figure: str | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def split_members(cases, held_out_prefixes: list[str]):
+    """(members, non-members) by case-id prefix: the held-out patients are the non-members."""
+    if not held_out_prefixes:
+        raise CmrError("A membership split needs the held-out patients: give --case (or use a model whose card names them).")
+    hold = [c for c in cases if any(c.case_id.startswith(p) for p in held_out_prefixes)]
+    train = [c for c in cases if not any(c.case_id.startswith(p) for p in held_out_prefixes)]
+    if not hold:
+        raise CmrError(f"No case matches the held-out patients {', '.join(held_out_prefixes)}; give the folder that holds them with --data.")
+    if not train:
+        raise CmrError("Every case is a held-out one: give the training data too with --data.")
+    return train, hold
+
+
+def closest_pairs_figure(path: str | Path, synth: np.ndarray, train: np.ndarray, closest: list[dict], title: str) -> Path:
+    """PNG: each closest synthetic image (top row) above its nearest training image (bottom row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cmrstudio.io.common import atomic_path
+
+    n = max(1, len(closest))
+    fig, ax = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    for k, c in enumerate(closest):
+        ax[0, k].imshow(synth[c["synthetic"]], cmap="gray", vmin=0, vmax=1)
+        ax[1, k].imshow(train[c["train"]], cmap="gray", vmin=0, vmax=1)
+        ax[0, k].set_title(f"d={c['distance']:.3g}" + (" (!)" if c["flagged"] else ""), fontsize=7, color="red" if c["flagged"] else "black")
+    for a in ax.ravel():
+        a.set_xticks([])
+        a.set_yticks([])
+    ax[0, 0].set_ylabel("synthetic", fontsize=8)
+    ax[1, 0].set_ylabel("closest\ntraining", fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def evaluate_privacy(cases, held_out: list[str], model=None, space: str = "inception", seeds: int = 3, max_members: int | None = None,
+                     out: str | Path | None = None, device: str | None = None, seed: int = 0, **hq) -> Privacy:
+    """Nearest-neighbour analysis and membership inference for one generator.
+
+    ``cases``: real cases with masks, training patients and held-out ones; ``held_out``: case-id prefixes of
+    the patients the model never saw. ``max_members`` caps the member slices (a seeded sample) to bound the time.
+    """
+    from cmrstudio.engine.live import open_renderer
+
+    if space not in SPACES:
+        raise CmrError(f"--space {space!r} is not known; use one of {', '.join(SPACES)}.")
+    train_c, hold_c = split_members(cases, held_out)
+    r = open_renderer(model, device=device, **hq)
+    members, nonmembers = slices_of(train_c, r), slices_of(hold_c, r)
+    if len(members) < 2 or len(nonmembers) < 2:
+        raise CmrError("Membership inference needs at least two heart slices of training patients and two of held-out patients.")
+    attack_members = members
+    if max_members and len(members) > max_members:
+        attack_members = members.subset(sorted(np.random.default_rng(seed).choice(len(members), max_members, replace=False)))
+    # synthetic images: renders of the held-out masks (what a user would make), one independent seed each
+    synth = np.concatenate([r.render_framed(nonmembers.masks[[i]], nonmembers.vendors[i], seed=[i]) for i in range(len(nonmembers))])
+    ft, fs, fh = (features(x, space, r.device) for x in (members.images, synth, nonmembers.images))
+    nn = nearest_neighbours(ft, members.patients, fs, fh, space=space)
+    attacks = {"reconstruction": attack_summary(reconstruction_scores(r, attack_members, seeds),
+                                                reconstruction_scores(r, nonmembers, seeds))}
+    attacks["reconstruction"]["seeds"] = seeds
+    if r.kind in ("diffusion", "flow"):
+        attacks["denoising_loss"] = {**attack_summary(denoising_scores(r, attack_members), denoising_scores(r, nonmembers)),
+                                     "levels": [0.1, 0.3, 0.5], "seeds": 2}
+    fig = None
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        fig = str(closest_pairs_figure(out / f"{r.name}_closest_pairs.png", synth, members.images, nn.closest,
+                                       f"{r.name}: the synthetic images closest to a training image ({space} space)"))
+    summary = lambda s, c: {"patients": len(set(s.patients)), "slices": len(s), "cases": sorted({x.case_id for x in c})}  # noqa: E731
+    return Privacy(r.describe(), {**summary(members, train_c), "attack_slices": len(attack_members)}, summary(nonmembers, hold_c),
+                   nn.to_dict(), attacks, fig)
