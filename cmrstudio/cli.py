@@ -586,7 +586,7 @@ def train_segmenter_cmd(
     typer.echo(f"Model {info.name}: {info.weights_path} ({info.size_mb:.1f} MB), card {info.card_path}.")
 
 
-evaluate_app = typer.Typer(help="Measure models: faithfulness, fidelity.", no_args_is_help=True)
+evaluate_app = typer.Typer(help="Measure models: fidelity, faithfulness, diversity, privacy, utility, the segmenter; and report.", no_args_is_help=True)
 app.add_typer(evaluate_app, name="evaluate")
 
 
@@ -616,9 +616,12 @@ def _record_metric(model: Optional[str], key: str, value: dict) -> None:
     from cmrstudio.models.checkpoint import update_card
     from cmrstudio.models.registry import GENERATOR_KINDS, get_model
 
+    from cmrstudio.evaluate.report import headline
+
     info = get_model(model, kind=GENERATOR_KINDS)
     cmd = "cmrstudio " + shlex.join(a for a in sys.argv[1:] if a != "--write-card")
-    update_card(info, metrics={**info.card.get("metrics", {}), key: {**value, "command": cmd}})
+    metrics = {**info.card.get("metrics", {}), key: {**value, "command": cmd}}
+    update_card(info, metrics=metrics, headline=headline({**info.card, "metrics": metrics}))
 
 
 @evaluate_app.command("faithfulness")
@@ -684,6 +687,56 @@ def evaluate_fidelity_cmd(
         typer.echo(f"  reference: FID between two halves of the real slices ({res.n_real // 2} each) {res.reference_fid_real_halves:.1f}: how far real is from real at this size")
 
 
+@evaluate_app.command("diversity")
+def evaluate_diversity_cmd(
+    data: list[str] = EvalDataOpt,
+    case: list[str] = EvalCaseOpt,
+    model: Optional[str] = GeneratorOpt,
+    seeds: int = typer.Option(3, "--seeds", help="Renders per mask (pairs of them are compared)."),
+    masks: int = typer.Option(32, "--masks", help="Masks to render, spread over the cases."),
+    steps: Optional[int] = EvalStepsOpt,
+    guidance: Optional[float] = EvalGuidanceOpt,
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    write_card: bool = typer.Option(False, "--write-card", help="Record the result in the generator's card."),
+):
+    """Diversity: MS-SSIM between renders of one mask with different seeds (lower = more varied)."""
+    from cmrstudio.evaluate.fidelity import evaluate_diversity
+
+    cases, hq = _eval_inputs(data, case, 1, steps, guidance)
+    from cmrstudio.train.common import check_counts
+
+    check_counts(masks=masks)
+    res = evaluate_diversity(cases, model=model, seeds=seeds, masks=masks, device=device, **hq)
+    if write_card:
+        _record_metric(model, "diversity", {**res, "cases_evaluated": sorted({c.case_id for c in cases})})
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    typer.echo(f"{res['generator']['model']}: MS-SSIM between seeds {res['ms_ssim_between_seeds']:.3f}"
+               + (f" ± {res['ms_ssim_sd_over_masks']:.3f}" if res["ms_ssim_sd_over_masks"] is not None else "")
+               + f" over {res['masks']} masks, {res['seeds']} seeds each (1 = the same image every time)")
+
+
+@evaluate_app.command("report")
+def evaluate_report_cmd(
+    model: Optional[str] = typer.Argument(None, help="A model name or card path (default: the shipped SPADE model)."),
+    out: Path = typer.Option(Path("report"), "--out", help="Folder for MODEL_report.html."),
+    figures: list[Path] = typer.Option([], "--figures", help="An evaluation's --out folder whose MODEL_*.png figures to embed; repeatable."),
+):
+    """A self-contained HTML report of a model's card and evaluation (tables, plots, plain-language lines, methods)."""
+    from cmrstudio.evaluate.report import plain_language, write_model_report
+    from cmrstudio.models.registry import get_model
+
+    from cmrstudio.models.registry import GENERATOR_KINDS
+
+    info = get_model(model, kind=tuple(GENERATOR_KINDS) + ("segmenter",))
+    path = write_model_report(info, out, figures)
+    for line in plain_language(info.card):
+        typer.echo(f"- {line}")
+    typer.echo(f"report: {path}")
+
+
 @evaluate_app.command("segmenter")
 def evaluate_segmenter_cmd(
     data: list[str] = EvalDataOpt,
@@ -709,8 +762,11 @@ def evaluate_segmenter_cmd(
     res = evaluate_segmenter(cases, info, device=device)
     if write_card:
         cmd = "cmrstudio " + shlex.join(a for a in sys.argv[1:] if a != "--write-card")
-        update_card(info, metrics={**info.card.get("metrics", {}), "held_out_segmentation": {
-            **{k: v for k, v in res.to_dict().items() if k != "per_case"}, "cases_evaluated": [r["case"] for r in res.per_case], "command": cmd}})
+        from cmrstudio.evaluate.report import headline
+
+        metrics = {**info.card.get("metrics", {}), "held_out_segmentation": {
+            **{k: v for k, v in res.to_dict().items() if k != "per_case"}, "cases_evaluated": [r["case"] for r in res.per_case], "command": cmd}}
+        update_card(info, metrics=metrics, headline=headline({**info.card, "metrics": metrics}))
     if as_json:
         typer.echo(json.dumps(res.to_dict(), indent=2))
         return

@@ -122,6 +122,11 @@ def test_evaluate_privacy_command_writes_json_figure_and_card(tiny_run, tmp_path
     metrics = json.loads(card.read_text())["metrics"]["privacy"]
     assert metrics["attacks"]["reconstruction"]["auc"] == doc["attacks"]["reconstruction"]["auc"]
     assert metrics["command"].startswith("cmrstudio evaluate privacy")
+    rep = run("evaluate", "report", str(card), "--out", str(tmp_path / "report"), "--figures", str(out))
+    assert "An attacker holding a patient's image and mask" in rep.stdout
+    page = (tmp_path / "report" / "tiny_report.html").read_text()
+    assert "Membership-inference ROC curves" in page and "tiny_closest_pairs.png" in page and "Methods" in page
+    assert json.loads(card.read_text())["headline"]["membership_auc"] == doc["attacks"]["reconstruction"]["auc"]
     bad = run("evaluate", "privacy", "--data", str(data), "--case", "nobody", "--model", str(card), "--space", "pixel", check=False)
     assert bad.returncode != 0 and "No case matches the held-out patients nobody" in bad.stderr
     bad = run("evaluate", "privacy", "--data", str(data), "--case", "heldout", "--model", str(card), "--space", "vgg", check=False)

@@ -160,3 +160,37 @@ def evaluate_fidelity(cases, model: str | None = None, seeds: int = 1, device: s
     half = len(fr) // 2
     ref = fid(fr[:half], fr[half:2 * half]) if half >= 2 else None
     return Fidelity(fid(fr, fs), kd, kd_std, ssim, psnr, len(fr), len(synth_a), r.describe(), ref)
+
+
+def ms_ssim(a01: np.ndarray, b01: np.ndarray) -> np.ndarray:
+    """MS-SSIM (MONAI, 7-pixel window so that five scales fit 128×128) between image pairs (N, H, W) in [0, 1]."""
+    from monai.metrics import MultiScaleSSIMMetric
+
+    m = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_size=7)
+    x = torch.from_numpy(np.asarray(a01, np.float32))[:, None]
+    y = torch.from_numpy(np.asarray(b01, np.float32))[:, None]
+    return m(x, y).reshape(-1).numpy().astype(np.float64)
+
+
+def evaluate_diversity(cases, model: str | None = None, seeds: int = 3, masks: int = 32, device: str | None = None, **hq) -> dict:
+    """Diversity: mean MS-SSIM between renders of the same mask with different seeds (1 = identical every
+    time, lower = more varied), over up to ``masks`` held-out masks spread across the cases."""
+    from cmrstudio.engine.live import open_renderer
+    from cmrstudio.evaluate.faithfulness import heart_slices
+
+    if seeds < 2:
+        raise CmrError(f"--seeds {seeds}: diversity compares renders of one mask, so it needs at least 2.")
+    r = open_renderer(model, device=device, **hq)
+    picks = [(c.vendor, m) for c, _, ms in heart_slices(cases, r) for m in ms]
+    if not picks:
+        raise CmrError("None of the given cases has an image, a mask and heart slices to evaluate on.")
+    idx = np.linspace(0, len(picks) - 1, min(masks, len(picks))).round().astype(int)
+    per_mask = []
+    for j, i in enumerate(idx):
+        vendor, m = picks[i]
+        imgs = np.stack([r.render_framed(m, vendor, seed=[7919 * (k + 1) + j]) for k in range(seeds)])
+        pairs = [(a, b) for a in range(seeds) for b in range(a + 1, seeds)]
+        per_mask.append(float(np.mean(ms_ssim(imgs[[a for a, _ in pairs]], imgs[[b for _, b in pairs]]))))
+    v = np.asarray(per_mask)
+    return {"ms_ssim_between_seeds": round(float(v.mean()), 4), "ms_ssim_sd_over_masks": round(float(v.std(ddof=1)), 4) if len(v) > 1 else None,
+            "masks": int(len(v)), "seeds": int(seeds), "generator": r.describe()}

@@ -176,9 +176,14 @@ def _tpr_at(pos: np.ndarray, neg: np.ndarray, fpr: float = 0.01) -> float:
 def attack_summary(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> dict:
     from cmrstudio.study.stats import auc
 
+    from cmrstudio.study.stats import roc_points
+
     a = auc(list(member_scores), list(nonmember_scores))
+    roc = roc_points(list(member_scores), list(nonmember_scores))
+    keep = np.unique(np.linspace(0, len(roc["fpr"]) - 1, min(len(roc["fpr"]), 101)).round().astype(int))  # enough points to draw it
     return {"auc": a["auc"], "auc_ci": a["auc_ci"], "tpr_at_1pct_fpr": _tpr_at(member_scores, nonmember_scores),
-            "members": int(len(member_scores)), "nonmembers": int(len(nonmember_scores))}
+            "members": int(len(member_scores)), "nonmembers": int(len(nonmember_scores)),
+            "roc": {"fpr": [round(roc["fpr"][i], 4) for i in keep], "tpr": [round(roc["tpr"][i], 4) for i in keep]}}
 
 
 def reconstruction_scores(renderer, s: SliceSet, seeds: int = 3, batch: int = 16) -> np.ndarray:

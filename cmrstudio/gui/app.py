@@ -173,6 +173,7 @@ class StudioWindow:
         menu.addAction("Open project…", lambda: self.gallery.open_project())
         menu.addSeparator()
         menu.addAction("Read a study (blinded)…", self.read_study_dialog)
+        menu.addAction("Model cards…", self.model_cards_dialog)
         menu.addSeparator()
         menu.addAction("Settings…", lambda: SettingsDialog(st, w._qt_window).exec())
         self.studio_menu = menu
@@ -227,6 +228,16 @@ class StudioWindow:
         self.readings = [w for w in getattr(self, "readings", []) if w.isVisible()] + [win]  # keep every open one alive
         win.showMaximized()
         return win
+
+    def model_cards_dialog(self, name: str | None = None, modal: bool = True):
+        """Every installed model's card with its evaluation (fidelity, faithfulness, privacy, utility, DP), the live one first."""
+        dlg = ModelCardsDialog(self.viewer.window._qt_window, current=name or (self.studio.renderer.name if self.studio.renderer else None))
+        self.cards_dialog = dlg
+        if modal:
+            dlg.exec()
+        else:
+            dlg.show()
+        return dlg
 
     def open_file_dialog(self) -> bool:
         start = self.studio.settings.last_folder or str(Path.home())
@@ -321,3 +332,38 @@ def _pump(seconds: float) -> None:
         QApplication.processEvents()
         time.sleep(0.005)
 
+
+
+class ModelCardsDialog(QDialog):
+    """A model picker and the chosen model's card as rich text (what it was trained on, how it measures up)."""
+
+    def __init__(self, parent=None, current: str | None = None):
+        from qtpy.QtWidgets import QTextBrowser, QVBoxLayout
+
+        from cmrstudio.models.registry import list_models
+
+        super().__init__(parent)
+        self.setWindowTitle("Model cards")
+        self.resize(900, 640)
+        self.models = {m.name: m for m in list_models()}
+        self.picker = QComboBox()
+        names = sorted(self.models, key=lambda n: (n != current, self.models[n].kind, n))
+        self.picker.addItems(names)
+        self.text = QTextBrowser()
+        self.text.setOpenExternalLinks(False)
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.picker)
+        lay.addWidget(self.text, 1)
+        buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        buttons.rejected.connect(self.reject)
+        lay.addWidget(buttons)
+        self.picker.currentTextChanged.connect(self.show_card)
+        if names:
+            self.show_card(names[0])
+
+    def show_card(self, name: str) -> None:
+        from cmrstudio.evaluate.report import card_html
+
+        info = self.models.get(name)
+        if info is not None:
+            self.text.setHtml(card_html({**info.card, "name": info.name, "kind": info.kind}))
