@@ -889,6 +889,8 @@ def evaluate_privacy_cmd(
         ci = a["auc_ci"]
         typer.echo(f"membership inference, {name}: AUC {a['auc']:.3f}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
                    + f", TPR at 1% FPR {100 * a['tpr_at_1pct_fpr']:.1f}% ({a['members']} members, {a['nonmembers']} non-members)")
+        for d, b in a.get("by_dataset", {}).items():
+            typer.echo(f"    within {d}: AUC {b['auc']:.3f} ({b['members']} members, {b['nonmembers']} non-members)")
     if res.figure:
         typer.echo(f"closest pairs: {res.figure}")
 

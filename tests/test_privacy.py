@@ -118,6 +118,8 @@ def test_evaluate_privacy_command_writes_json_figure_and_card(tiny_run, tmp_path
     assert doc["members"]["patients"] == 4 and doc["nonmembers"]["patients"] == 2
     assert doc["nonmembers"]["cases"] == ["heldout200_ED", "heldout201_ED"]
     assert 0 <= doc["nearest"]["memorisation_ratio"] <= 1 and doc["attacks"]["reconstruction"]["members"] == doc["members"]["slices"]
+    by = doc["attacks"]["reconstruction"]["by_dataset"]  # every case here comes from one source: its AUC is the pooled one
+    assert len(by) == 1 and next(iter(by.values()))["auc"] == doc["attacks"]["reconstruction"]["auc"]
     assert (out / "tiny_closest_pairs.png").stat().st_size > 1000
     metrics = json.loads(card.read_text())["metrics"]["privacy"]
     assert metrics["attacks"]["reconstruction"]["auc"] == doc["attacks"]["reconstruction"]["auc"]

@@ -60,6 +60,7 @@ class SliceSet:
     vendors: list[str]
     patients: list[str]
     cases: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -67,23 +68,24 @@ class SliceSet:
     def subset(self, idx) -> "SliceSet":
         idx = list(idx)
         return SliceSet(self.images[idx], self.masks[idx], [self.vendors[i] for i in idx], [self.patients[i] for i in idx],
-                        [self.cases[i] for i in idx] if self.cases else [])
+                        [self.cases[i] for i in idx] if self.cases else [], [self.datasets[i] for i in idx] if self.datasets else [])
 
 
 def slices_of(cases, renderer) -> SliceSet:
     """Every heart slice of ``cases`` in the renderer's frame."""
     from cmrstudio.evaluate.faithfulness import heart_slices
 
-    imgs, masks, vendors, patients, ids = [], [], [], [], []
+    imgs, masks, vendors, patients, ids, datasets = [], [], [], [], [], []
     for c, im, m in heart_slices(cases, renderer):
         imgs.append(im)
         masks.append(m)
         vendors += [c.vendor] * len(m)
         patients += [patient_of(c.case_id)] * len(m)
         ids += [c.case_id] * len(m)
+        datasets += [str((c.source or {}).get("dataset") or "unknown")] * len(m)
     if not imgs:
-        return SliceSet(np.zeros((0, renderer.size, renderer.size), np.float32), np.zeros((0, renderer.size, renderer.size), np.uint8), [], [], [])
-    return SliceSet(np.concatenate(imgs).astype(np.float32), np.concatenate(masks).astype(np.uint8), vendors, patients, ids)
+        return SliceSet(np.zeros((0, renderer.size, renderer.size), np.float32), np.zeros((0, renderer.size, renderer.size), np.uint8), [], [], [], [])
+    return SliceSet(np.concatenate(imgs).astype(np.float32), np.concatenate(masks).astype(np.uint8), vendors, patients, ids, datasets)
 
 
 def features(images01: np.ndarray, space: str = "inception", device: str | torch.device = "cpu") -> np.ndarray:
@@ -310,12 +312,25 @@ def evaluate_privacy(cases, held_out: list[str], model=None, space: str = "incep
     synth = np.concatenate([r.render_framed(nonmembers.masks[[i]], nonmembers.vendors[i], seed=[i]) for i in range(len(nonmembers))])
     ft, fs, fh = (features(x, space, r.device) for x in (members.images, synth, nonmembers.images))
     nn = nearest_neighbours(ft, members.patients, fs, fh, space=space)
-    attacks = {"reconstruction": attack_summary(reconstruction_scores(r, attack_members, seeds),
-                                                reconstruction_scores(r, nonmembers, seeds))}
-    attacks["reconstruction"]["seeds"] = seeds
+    def run(name, score, **extra):
+        pos, neg = score(attack_members), score(nonmembers)
+        res = {**attack_summary(pos, neg), **extra}
+        # within each dataset holding both: members and non-members differ in source as well as membership
+        # (scanner, protocol, labelling), which an attack can pick up; the per-dataset AUC removes that
+        by = {}
+        for d in sorted(set(attack_members.datasets) & set(nonmembers.datasets)):
+            p = pos[[i for i, x in enumerate(attack_members.datasets) if x == d]]
+            n = neg[[i for i, x in enumerate(nonmembers.datasets) if x == d]]
+            if len(p) >= 2 and len(n) >= 2:
+                s = attack_summary(p, n)
+                by[d] = {k: s[k] for k in ("auc", "auc_ci", "tpr_at_1pct_fpr", "members", "nonmembers")}
+        res["by_dataset"] = by
+        attacks[name] = res
+
+    attacks: dict = {}
+    run("reconstruction", lambda s: reconstruction_scores(r, s, seeds), seeds=seeds)
     if r.kind in ("diffusion", "flow"):
-        attacks["denoising_loss"] = {**attack_summary(denoising_scores(r, attack_members), denoising_scores(r, nonmembers)),
-                                     "levels": [0.1, 0.3, 0.5], "seeds": 2}
+        run("denoising_loss", lambda s: denoising_scores(r, s), levels=[0.1, 0.3, 0.5], seeds=2)
     fig = None
     if out is not None:
         out = Path(out)
