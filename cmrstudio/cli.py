@@ -718,6 +718,42 @@ def evaluate_diversity_cmd(
                + f" over {res['masks']} masks, {res['seeds']} seeds each (1 = the same image every time)")
 
 
+@evaluate_app.command("all")
+def evaluate_all_cmd(
+    data: list[str] = EvalDataOpt,
+    case: list[str] = typer.Option([], "--case", help="Held-out patients (case-id prefixes); default: the model card's."),
+    model: Optional[str] = GeneratorOpt,
+    seeds: int = typer.Option(1, "--seeds", help="Renders per mask for fidelity and faithfulness."),
+    space: str = typer.Option("inception", "--space", help="Feature space of the nearest-neighbour analysis."),
+    utility: Optional[str] = typer.Option(None, "--utility", help="Also run the utility evaluation with this preset (cpu or full)."),
+    max_members: Optional[int] = typer.Option(200, "--max-members", help="Cap the member slices of the membership attacks."),
+    out: Path = typer.Option(Path("evaluation"), "--out", help="Folder for the JSON results, figures and MODEL_report.html."),
+    device: Optional[str] = typer.Option(None, "--device"),
+):
+    """Every evaluation of one generator on patients it was not trained on — fidelity, faithfulness, diversity, privacy
+    (and utility) — recorded in its card, then its HTML report."""
+    from cmrstudio.models.registry import GENERATOR_KINDS, get_model
+
+    info = get_model(model, kind=GENERATOR_KINDS)
+    model = str(info.card_path)
+    held = list(case) or list(info.card.get("training", {}).get("held_out_case_prefixes") or [])
+    if not held:
+        raise CmrError(f"The card of '{info.name}' names no held-out patients; give them with --case.")
+    out.mkdir(parents=True, exist_ok=True)
+    common = dict(data=data, case=held, model=model, device=device, as_json=False, write_card=True)
+    hq = dict(steps=None, guidance=None)
+    steps_ = [("fidelity", lambda: evaluate_fidelity_cmd(seeds=seeds, **hq, **common)),
+              ("faithfulness", lambda: evaluate_faithfulness_cmd(segmenter=None, seeds=seeds, **hq, **common)),
+              ("diversity", lambda: evaluate_diversity_cmd(seeds=3, masks=16, **hq, **common)),
+              ("privacy", lambda: evaluate_privacy_cmd(space=space, seeds=2, max_members=max_members, out=out, **hq, **common))]
+    if utility:
+        steps_.append(("utility", lambda: evaluate_utility_cmd(preset=utility, fractions=None, seeds=None, steps=None, out=out, **common)))
+    for name, fn in steps_:
+        typer.echo(f"== {name}")
+        fn()
+    evaluate_report_cmd(model=model, out=out, figures=[out])
+
+
 @evaluate_app.command("report")
 def evaluate_report_cmd(
     model: Optional[str] = typer.Argument(None, help="A model name or card path (default: the shipped SPADE model)."),

@@ -189,3 +189,29 @@ def test_private_training_bad_options_get_one_sentence(tmp_path):
     p = run("train", "spade", "--phantom", "4", "--size", "64", "--steps", "3", "--out", str(tmp_path / "d"), "--dp-epsilon", "1",
             "--resume", "--quiet", check=False)
     assert p.returncode != 0 and "does not continue a differentially private run" in p.stderr
+
+
+def test_evaluate_all_records_every_aspect_in_the_card_and_reports(tiny_run, tmp_path):
+    from cmrstudio.data.phantom import phantom_case
+    from cmrstudio.io import write_case
+
+    data = tmp_path / "data"
+    for i in range(3):
+        write_case(phantom_case(seed=i, vendor="siemens", n_slices=4), data)
+    for i in (500, 501):
+        c = phantom_case(seed=i, vendor="siemens", n_slices=4)
+        c.case_id = f"heldout{i}_ED"
+        write_case(c, data)
+    card = copy_model(tiny_run.out / "tiny.json", tmp_path / "gen")
+    out = tmp_path / "eval"
+    p = run("evaluate", "all", "--data", str(data), "--case", "heldout", "--model", str(card), "--space", "pixel", "--out", str(out))
+    for section in ("== fidelity", "== faithfulness", "== diversity", "== privacy"):
+        assert section in p.stdout
+    doc = json.loads(card.read_text())
+    assert {"fidelity", "mask_faithfulness_dice", "diversity", "privacy"} <= set(doc["metrics"])
+    assert doc["metrics"]["fidelity"]["cases_evaluated"] == ["heldout500_ED", "heldout501_ED"]  # held-out patients only
+    assert 0 < doc["metrics"]["diversity"]["ms_ssim_between_seeds"] <= 1
+    h = doc["headline"]
+    assert h["fid"] == doc["metrics"]["fidelity"]["fid"] and h["membership_auc"] == doc["metrics"]["privacy"]["attacks"]["reconstruction"]["auc"]
+    page = (out / "tiny_report.html").read_text()
+    assert "Mask faithfulness" in page and "Membership" in page and page.count("<img") >= 3

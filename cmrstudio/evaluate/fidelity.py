@@ -169,6 +169,8 @@ def ms_ssim(a01: np.ndarray, b01: np.ndarray) -> np.ndarray:
     m = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_size=7)
     x = torch.from_numpy(np.asarray(a01, np.float32))[:, None]
     y = torch.from_numpy(np.asarray(b01, np.float32))[:, None]
+    if x.shape[-1] < 128:  # five scales of a 7-pixel window need more than 96 pixels: smaller frames are upsampled
+        x, y = (F.interpolate(t, size=(128, 128), mode="bilinear", align_corners=False) for t in (x, y))
     return m(x, y).reshape(-1).numpy().astype(np.float64)
 
 
