@@ -114,7 +114,9 @@ def _summary(key: str, v: dict) -> str:
         return f"MS-SSIM between seeds {_f(v.get('ms_ssim_between_seeds'))} over {v.get('masks')} masks"
     if key == "privacy":
         nn = v.get("nearest", {})
-        att = "; ".join(f"{k}: AUC {_f(a.get('auc'))}, TPR@1%FPR {_f(a.get('tpr_at_1pct_fpr'))}" for k, a in v.get("attacks", {}).items())
+        within = lambda a: (" [within " + ", ".join(f"{d} {_f(b.get('auc'), '.2f')}" for d, b in a["by_dataset"].items()) + "]") \
+            if a.get("by_dataset") else ""  # noqa: E731
+        att = "; ".join(f"{k}: AUC {_f(a.get('auc'))}{within(a)}, TPR@1%FPR {_f(a.get('tpr_at_1pct_fpr'))}" for k, a in v.get("attacks", {}).items())
         return (f"memorised {_f(100 * nn.get('memorisation_ratio', 0), '.1f')}%, authenticity {_f(100 * nn.get('authenticity', 0), '.1f')}% "
                 f"(new patients {_f(100 * (nn.get('holdout_authenticity') or 0), '.1f')}%), NN distance ratio {_f(nn.get('distance_ratio'), '.2f')}; {att}")
     if key == "utility":
