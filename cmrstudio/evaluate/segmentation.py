@@ -14,6 +14,7 @@ Cases are then averaged (mean and standard deviation across cases).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,9 @@ def hd95_2d(pred: np.ndarray, ref: np.ndarray, label: int, spacing_mm: float) ->
         return None
     y_pred = torch.from_numpy(np.stack([~p, p])[None].astype(np.float32))
     y = torch.from_numpy(np.stack([~r, r])[None].astype(np.float32))
-    d = compute_hausdorff_distance(y_pred, y, include_background=False, percentile=95, spacing=float(spacing_mm))
+    with warnings.catch_warnings():  # MONAI 1.5+ warns about one of its own internal arguments on every call
+        warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
+        d = compute_hausdorff_distance(y_pred, y, include_background=False, percentile=95, spacing=float(spacing_mm))
     return float(d.item())
 
 
