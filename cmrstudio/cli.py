@@ -609,16 +609,28 @@ def _eval_inputs(data: list[str], case: list[str], seeds: int, steps: Optional[i
     return cases, {k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}
 
 
-def _record_metric(model: Optional[str], key: str, value: dict) -> None:
-    """Write a measured figure into the generator's card, with the command that reproduces it."""
+def _held_out(case: list[str], info) -> list[str]:
+    """The held-out patients given with --case, else those the model's card names."""
+    return list(case) or list(info.card.get("training", {}).get("held_out_case_prefixes") or [])
+
+
+def _write_json(out: Path, name: str, doc: dict) -> None:
+    from cmrstudio.io.common import write_text_atomic
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(out) / name, json.dumps(doc, indent=2) + "\n")
+
+
+def _record_metric(model, key: str, value: dict, kind=None) -> None:
+    """Write a measured figure into a model's card (a generator's by default), with the command that reproduces it,
+    and refresh the card's headline numbers."""
     import shlex
 
+    from cmrstudio.evaluate.report import headline
     from cmrstudio.models.checkpoint import update_card
     from cmrstudio.models.registry import GENERATOR_KINDS, get_model
 
-    from cmrstudio.evaluate.report import headline
-
-    info = get_model(model, kind=GENERATOR_KINDS)
+    info = model if hasattr(model, "card") else get_model(model, kind=kind or GENERATOR_KINDS)
     cmd = "cmrstudio " + shlex.join(a for a in sys.argv[1:] if a != "--write-card")
     metrics = {**info.card.get("metrics", {}), key: {**value, "command": cmd}}
     update_card(info, metrics=metrics, headline=headline({**info.card, "metrics": metrics}))
@@ -703,10 +715,10 @@ def evaluate_diversity_cmd(
     """Diversity: MS-SSIM between renders of one mask with different seeds (lower = more varied)."""
     from cmrstudio.evaluate.fidelity import evaluate_diversity
 
-    cases, hq = _eval_inputs(data, case, 1, steps, guidance)
     from cmrstudio.train.common import check_counts
 
     check_counts(masks=masks)
+    cases, hq = _eval_inputs(data, case, 1, steps, guidance)
     res = evaluate_diversity(cases, model=model, seeds=seeds, masks=masks, device=device, **hq)
     if write_card:
         _record_metric(model, "diversity", {**res, "cases_evaluated": sorted({c.case_id for c in cases})})
@@ -736,7 +748,7 @@ def evaluate_all_cmd(
 
     info = get_model(model, kind=GENERATOR_KINDS)
     model = str(info.card_path)
-    held = list(case) or list(info.card.get("training", {}).get("held_out_case_prefixes") or [])
+    held = _held_out(case, info)
     if not held:
         raise CmrError(f"The card of '{info.name}' names no held-out patients; give them with --case.")
     out.mkdir(parents=True, exist_ok=True)
@@ -783,26 +795,19 @@ def evaluate_segmenter_cmd(
     write_card: bool = typer.Option(False, "--write-card", help="Record the result in the segmenter's card."),
 ):
     """Dice and HD95 (mm) per structure of the segmenter on real patients it was not trained on."""
-    import shlex
-
     from cmrstudio.data.dataset import cases_from
     from cmrstudio.evaluate.segmentation import evaluate_segmenter
-    from cmrstudio.models.checkpoint import update_card
     from cmrstudio.models.registry import get_model
 
     info = get_model(segmenter, kind="segmenter")
-    held = list(case) or list(info.card.get("training", {}).get("held_out_case_prefixes") or [])
+    held = _held_out(case, info)
     cases = [c for c in cases_from(data) if not held or any(c.case_id.startswith(p) for p in held)]
     if not cases:
         raise CmrError(f"No case in {', '.join(data)} matches {', '.join(held)}; give the folder that holds them with --data.")
     res = evaluate_segmenter(cases, info, device=device)
     if write_card:
-        cmd = "cmrstudio " + shlex.join(a for a in sys.argv[1:] if a != "--write-card")
-        from cmrstudio.evaluate.report import headline
-
-        metrics = {**info.card.get("metrics", {}), "held_out_segmentation": {
-            **{k: v for k, v in res.to_dict().items() if k != "per_case"}, "cases_evaluated": [r["case"] for r in res.per_case], "command": cmd}}
-        update_card(info, metrics=metrics, headline=headline({**info.card, "metrics": metrics}))
+        _record_metric(info, "held_out_segmentation", {**{k: v for k, v in res.to_dict().items() if k != "per_case"},
+                                                       "cases_evaluated": [r["case"] for r in res.per_case]})
     if as_json:
         typer.echo(json.dumps(res.to_dict(), indent=2))
         return
@@ -847,15 +852,12 @@ def evaluate_utility_cmd(
         pr["seeds"] = seeds
     if steps is not None:
         pr["steps"] = steps
-    held = list(case) or list(get_model(model, kind=GENERATOR_KINDS).card.get("training", {}).get("held_out_case_prefixes") or [])
+    held = _held_out(case, get_model(model, kind=GENERATOR_KINDS))
     say = lambda i, n, msg: typer.echo(f"[{i}/{n}] {msg}", err=True)  # noqa: E731
     res = evaluate_utility(cases_from(data), held, model=model, device=device, progress=say, **pr)
     doc = res.to_dict()
     if out is not None:
-        from cmrstudio.io.common import write_text_atomic
-
-        Path(out).mkdir(parents=True, exist_ok=True)
-        write_text_atomic(Path(out) / "utility.json", json.dumps(doc, indent=2) + "\n")
+        _write_json(out, "utility.json", doc)
         doc["figure"] = utility_figure(Path(out) / f"{res.generator['model']}_utility.png", res)
     if write_card:
         _record_metric(model, "utility", {k: v for k, v in doc.items() if k not in ("runs", "figure")} | {"preset_name": preset})
@@ -900,14 +902,12 @@ def evaluate_privacy_cmd(
     check_counts(seeds=seeds)
     if max_members is not None:
         check_counts(max_members=max_members)
-    held = list(case) or list(get_model(model, kind=GENERATOR_KINDS).card.get("training", {}).get("held_out_case_prefixes") or [])
+    held = _held_out(case, get_model(model, kind=GENERATOR_KINDS))
     hq = {k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}
     res = evaluate_privacy(cases_from(data), held, model=model, space=space, seeds=seeds, max_members=max_members, out=out, device=device, **hq)
     doc = res.to_dict()
     if out is not None:
-        from cmrstudio.io.common import write_text_atomic
-
-        write_text_atomic(Path(out) / "privacy.json", json.dumps(doc, indent=2) + "\n")
+        _write_json(out, "privacy.json", doc)
     if write_card:
         _record_metric(model, "privacy", {k: v for k, v in doc.items() if k != "figure"})
     if as_json:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from cmrstudio.case import Case
-from cmrstudio.data.frame import to_frame
 from cmrstudio.engine.live import open_renderer
 from cmrstudio.errors import CmrError
 from cmrstudio.models.registry import build_model, get_model
@@ -79,13 +78,9 @@ def _segment(seg, images01: np.ndarray, seg_size: int) -> np.ndarray:
 
 def heart_slices(cases: list[Case], r):
     """(case, framed real images, framed masks) for every case with an image, a mask and heart slices, in ``r``'s frame."""
-    for c in cases:
-        if c.image is None or c.mask is None:
-            continue
-        fc = to_frame(c, size=r.size, spacing_mm=r.spacing_mm)
-        zs = [z for z in range(len(fc.mask)) if (fc.mask[z] > 0).sum() >= 20 * (r.size / 128) ** 2]
-        if zs:
-            yield c, fc.image[zs], fc.mask[zs]
+    from cmrstudio.evaluate.segmentation import framed_slices
+
+    return framed_slices(cases, r.size, r.spacing_mm)
 
 
 def evaluate_faithfulness(cases: list[Case], model: str | None = None, segmenter: str | None = None, seeds: int = 2,

@@ -40,15 +40,10 @@ import numpy as np
 import torch
 
 from cmrstudio.errors import CmrError
+from cmrstudio.study.design import patient_of
 
 MEMORISED_RATIO = 1.0 / 3.0
 SPACES = ("inception", "pixel")
-
-
-def patient_of(case_id: str) -> str:
-    from cmrstudio.study.design import patient_of as p
-
-    return p(case_id)
 
 
 @dataclass
@@ -188,18 +183,23 @@ def attack_summary(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> d
             "roc": {"fpr": [round(roc["fpr"][i], 4) for i in keep], "tpr": [round(roc["tpr"][i], 4) for i in keep]}}
 
 
+def render_each(renderer, s: SliceSet, seeds: list[int], batch: int = 16) -> np.ndarray:
+    """One independent render of every slice's mask (its vendor, its own seed), in batches of one vendor."""
+    out = np.zeros(s.masks.shape, np.float32)
+    for v in sorted(set(s.vendors)):
+        idx = [i for i, x in enumerate(s.vendors) if x == v]
+        for j in range(0, len(idx), batch):
+            sel = idx[j:j + batch]
+            out[sel] = renderer.render_framed(s.masks[sel], v, seed=[seeds[i] for i in sel])
+    return out
+
+
 def reconstruction_scores(renderer, s: SliceSet, seeds: int = 3, batch: int = 16) -> np.ndarray:
     """Minus the smallest mean squared pixel distance between each real image and renders of its mask."""
     best = np.full(len(s), np.inf)
     for k in range(seeds):
-        for i in range(0, len(s), batch):
-            idx = range(i, min(i + batch, len(s)))
-            # one vendor per call: group the batch by vendor
-            for v in sorted({s.vendors[j] for j in idx}):
-                sel = [j for j in idx if s.vendors[j] == v]
-                out = renderer.render_framed(s.masks[sel], v, seed=[10_000 * (k + 1) + j for j in sel])
-                err = ((out - s.images[sel]) ** 2).reshape(len(sel), -1).mean(1)
-                best[sel] = np.minimum(best[sel], err)
+        out = render_each(renderer, s, [10_000 * (k + 1) + j for j in range(len(s))], batch)
+        best = np.minimum(best, ((out - s.images) ** 2).reshape(len(s), -1).mean(1))
     return -best
 
 
@@ -225,9 +225,7 @@ def denoising_scores(renderer, s: SliceSet, levels=(0.1, 0.3, 0.5), seeds: int =
                 noise = torch.randn(x0.shape, generator=g).to(dev)
                 t = torch.full((len(sel),), float(lvl), device=dev)
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=renderer.bf16 and dev.type == "cpu"):
-                    # per-sample loss: the helper averages over the batch, so run it one image at a time
-                    for n in range(len(sel)):
-                        total[n] += float(training_loss(net, renderer.kind, x0[n:n + 1], oh[n:n + 1], v[n:n + 1], t[n:n + 1], noise[n:n + 1]))
+                    total += training_loss(net, renderer.kind, x0, oh, v, t, noise, per_sample=True).cpu()
         out[sel] = -(total / (seeds * len(levels))).numpy()
     return out
 
@@ -309,7 +307,7 @@ def evaluate_privacy(cases, held_out: list[str], model=None, space: str = "incep
     if max_members and len(members) > max_members:
         attack_members = members.subset(sorted(np.random.default_rng(seed).choice(len(members), max_members, replace=False)))
     # synthetic images: renders of the held-out masks (what a user would make), one independent seed each
-    synth = np.concatenate([r.render_framed(nonmembers.masks[[i]], nonmembers.vendors[i], seed=[i]) for i in range(len(nonmembers))])
+    synth = render_each(r, nonmembers, list(range(len(nonmembers))))
     ft, fs, fh = (features(x, space, r.device) for x in (members.images, synth, nonmembers.images))
     nn = nearest_neighbours(ft, members.patients, fs, fh, space=space)
     def run(name, score, **extra):

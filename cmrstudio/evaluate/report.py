@@ -134,6 +134,18 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _finish(fig, ax, title: str, caption: str) -> tuple[str, str]:
+    """Legend, title and layout of a report plot; (caption, PNG as base64), the figure closed."""
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    png = _png(fig)
+    plt.close(fig)
+    return caption, png
+
+
 def _plots(card: dict) -> list[tuple[str, str]]:
     import matplotlib
 
@@ -152,11 +164,7 @@ def _plots(card: dict) -> list[tuple[str, str]]:
         ax.set_xticks(list(x), names)
         ax.set_ylim(0, 1)
         ax.set_ylabel("segmenter Dice")
-        ax.legend(fontsize=7)
-        ax.set_title("Mask faithfulness", fontsize=9)
-        fig.tight_layout()
-        out.append(("Mask faithfulness: the segmenter's Dice on real and on synthetic images of the same masks", _png(fig)))
-        plt.close(fig)
+        out.append(_finish(fig, ax, "Mask faithfulness", "Mask faithfulness: the segmenter's Dice on real and on synthetic images of the same masks"))
     attacks = (m.get("privacy") or {}).get("attacks", {})
     if any("roc" in a for a in attacks.values()):
         fig, ax = plt.subplots(figsize=(3.6, 3.4))
@@ -166,11 +174,7 @@ def _plots(card: dict) -> list[tuple[str, str]]:
                 ax.plot(a["roc"]["fpr"], a["roc"]["tpr"], label=f"{k} (AUC {a['auc']:.2f})")
         ax.set_xlabel("false-positive rate")
         ax.set_ylabel("true-positive rate")
-        ax.legend(fontsize=7)
-        ax.set_title("Membership inference", fontsize=9)
-        fig.tight_layout()
-        out.append(("Membership-inference ROC curves (members: training patients; non-members: held-out patients)", _png(fig)))
-        plt.close(fig)
+        out.append(_finish(fig, ax, "Membership inference", "Membership-inference ROC curves (members: training patients; non-members: held-out patients)"))
     return out
 
 

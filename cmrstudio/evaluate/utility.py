@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cmrstudio.errors import CmrError
 
@@ -68,8 +67,8 @@ def train_unet(images01: np.ndarray, masks: np.ndarray, steps: int, base: int, b
                device: str | torch.device = "cpu") -> torch.nn.Module:
     """A U-Net trained from scratch for a fixed number of iterations on framed slices (cross-entropy + soft Dice,
     intensity augmentation). The initialisation and the batch order depend only on ``seed``."""
-    from cmrstudio.models.unet import UNet, UNetConfig, soft_dice_loss
-    from cmrstudio.train.segmenter import intensity_augment
+    from cmrstudio.models.unet import UNet, UNetConfig
+    from cmrstudio.train.segmenter import intensity_augment, seg_train_step
 
     if len(images01) == 0:
         raise CmrError("A training arm has no slices; use a larger fraction or more data.")
@@ -83,14 +82,7 @@ def train_unet(images01: np.ndarray, masks: np.ndarray, steps: int, base: int, b
     net.train()
     for _ in range(steps):
         idx = torch.randint(0, len(x_all), (min(batch, len(x_all)),), generator=g)
-        x = intensity_augment(x_all[idx], g).to(device)
-        y = y_all[idx].to(device)
-        logits = net(x)
-        loss = F.cross_entropy(logits, y) + soft_dice_loss(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        seg_train_step(net, opt, sched, intensity_augment(x_all[idx], g).to(device), y_all[idx].to(device))
     return net.eval()
 
 
@@ -122,12 +114,12 @@ def evaluate_utility(cases, held_out: list[str], model=None, fractions=(0.25, 1.
 
     from cmrstudio.engine.live import open_renderer
     from cmrstudio.evaluate.faithfulness import _segment
-    from cmrstudio.evaluate.privacy import slices_of, split_members
+    from cmrstudio.evaluate.privacy import render_each, slices_of, split_members
     from cmrstudio.evaluate.segmentation import STRUCTURES, case_scores
 
-    fractions = check_fractions(fractions)
     from cmrstudio.train.common import check_counts
 
+    fractions = check_fractions(fractions)
     check_counts(seeds=seeds, steps=steps, batch=batch, per_mask=per_mask)
     train_c, test_c = split_members(cases, held_out)
     r = open_renderer(model, device=device)
@@ -145,9 +137,7 @@ def evaluate_utility(cases, held_out: list[str], model=None, fractions=(0.25, 1.
         for s in range(seeds):
             keep = set(_patient_subset(train.patients, f, s))
             sub = train.subset([i for i, p in enumerate(train.patients) if p in keep])
-            synth = np.concatenate([
-                np.concatenate([r.render_framed(sub.masks[[i]], sub.vendors[i], seed=[100_000 * (k + 1) + 1000 * s + i]) for i in range(len(sub))])
-                for k in range(per_mask)])
+            synth = np.concatenate([render_each(r, sub, [100_000 * (k + 1) + 1000 * s + i for i in range(len(sub))]) for k in range(per_mask)])
             syn_masks = np.concatenate([sub.masks] * per_mask)
             data = {"real": (sub.images, sub.masks), "synthetic": (synth, syn_masks),
                     "real+synthetic": (np.concatenate([sub.images, synth]), np.concatenate([sub.masks, syn_masks]))}

@@ -94,8 +94,9 @@ def sample_t(objective: str, n: int, generator: torch.Generator) -> torch.Tensor
 
 
 def training_loss(net, objective: str, x0: torch.Tensor, onehot: torch.Tensor, vendor: torch.Tensor, t: torch.Tensor,
-                  noise: torch.Tensor) -> torch.Tensor:
-    """MSE between the network output and the objective's target (v for diffusion, velocity for flow)."""
+                  noise: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+    """MSE between the network output and the objective's target (v for diffusion, velocity for flow);
+    the batch mean, or one value per sample with ``per_sample``."""
     tt = t[:, None, None, None]
     if objective == "diffusion":
         alpha, sigma = alpha_sigma(tt)
@@ -107,6 +108,8 @@ def training_loss(net, objective: str, x0: torch.Tensor, onehot: torch.Tensor, v
     else:
         raise ValueError(f"unknown objective {objective!r}")
     pred = net(xt, t, onehot, vendor).float()
+    if per_sample:
+        return ((pred - target) ** 2).flatten(1).mean(1)
     return F.mse_loss(pred, target)
 
 

@@ -89,15 +89,7 @@ def train_segmenter(opts: SegOptions, progress: bool = True) -> ModelInfo:
     for step in tqdm(range(1, opts.steps + 1), disable=not progress, unit="step", dynamic_ncols=True,
                      mininterval=0.5 if sys.stderr.isatty() else 30.0):
         b = next(it)
-        x = intensity_augment(b["image"], g).to(device)
-        y = b["mask"].to(device)
-        logits = net(x)
-        loss = F.cross_entropy(logits, y) + soft_dice_loss(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        acc.append(float(loss.detach()))
+        acc.append(seg_train_step(net, opt, sched, intensity_augment(b["image"], g).to(device), b["mask"].to(device)))
         if step % 25 == 0 or step == opts.steps:
             rec = {"step": step, "loss": round(float(np.mean(acc)), 4), "elapsed_s": round(time.perf_counter() - t0, 1)}
             history.append(rec)
@@ -121,6 +113,17 @@ def train_segmenter(opts: SegOptions, progress: bool = True) -> ModelInfo:
         "metrics": {},
     }
     return save_model(out, opts.name, net.state_dict(), card)
+
+
+def seg_train_step(net: torch.nn.Module, opt, sched, x: torch.Tensor, y: torch.Tensor) -> float:
+    """One optimiser step of a segmenter on a batch (x in [-1, 1], y canonical labels): cross-entropy + soft Dice."""
+    logits = net(x)
+    loss = F.cross_entropy(logits, y) + soft_dice_loss(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach())
 
 
 @torch.inference_mode()

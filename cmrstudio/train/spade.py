@@ -221,18 +221,20 @@ class SpadeTrainer(BaseTrainer):
         loss_d.backward()
         self.opt_d.step()
 
-        d_fake = self.D(fake, oh, vendor)
-        with torch.no_grad():
-            d_real = self.D(real, oh, vendor)
-        adv = g_hinge(d_fake)
-        fm = feature_matching(d_real, d_fake)
-        lp = lowpass_l1(fake, real)
-        loss_g = adv + self.weights.fm * fm + self.weights.lowpass * lp
+        g = self._g_losses(self.D, fake, real, oh, vendor)
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        g["g"].backward()
         self.opt_g.step()
         self.update_ema(self.G_ema, self.G)
-        return {k: float(v.detach()) for k, v in (("d", loss_d), ("g_adv", adv), ("fm", fm), ("lowpass", lp), ("g", loss_g))}
+        return {k: float(v.detach()) for k, v in {"d": loss_d, **g}.items()}
+
+    def _g_losses(self, D, fake: torch.Tensor, real: torch.Tensor, oh: torch.Tensor, vendor: torch.Tensor) -> dict:
+        """The generator's losses: hinge, feature matching against the real image's features, low-pass L1."""
+        d_fake = D(fake, oh, vendor)
+        with torch.no_grad():
+            d_real = D(real, oh, vendor)
+        adv, fm, lp = g_hinge(d_fake), feature_matching(d_real, d_fake), lowpass_l1(fake, real)
+        return {"g_adv": adv, "fm": fm, "lowpass": lp, "g": adv + self.weights.fm * fm + self.weights.lowpass * lp}
 
     def _private_step(self, batch: dict) -> dict:
         """One DP step: the discriminator on one Poisson sample, then the generator on another. Losses are
@@ -258,20 +260,13 @@ class SpadeTrainer(BaseTrainer):
         vendor = self.drop_vendor(b["vendor"])
         self.opt_g.zero_grad(set_to_none=True)
         self.Dp.disable_hooks()
-        fake = self.Gp(oh, vendor)
-        d_fake = self.Dp(fake, oh, vendor)
-        with torch.no_grad():
-            d_real = self.Dp(real, oh, vendor)
-        adv = g_hinge(d_fake)
-        fm = feature_matching(d_real, d_fake)
-        lp = lowpass_l1(fake, real)
-        loss_g = adv + self.weights.fm * fm + self.weights.lowpass * lp
-        loss_g.backward()
+        g = self._g_losses(self.Dp, self.Gp(oh, vendor), real, oh, vendor)
+        g["g"].backward()
         self.Dp.enable_hooks()
         self.opt_g.step()
         self.opt_d.zero_grad(set_to_none=True)  # the discriminator's gradients from the generator's loss are not used
         self.update_ema(self.G_ema, self.G)
-        return {k: float(v.detach()) for k, v in (("d", loss_d), ("g_adv", adv), ("fm", fm), ("lowpass", lp), ("g", loss_g))}
+        return {k: float(v.detach()) for k, v in {"d": loss_d, **g}.items()}
 
 
 def endless_nonempty(loader):
