@@ -208,6 +208,9 @@ def utility_figure(path, res: Utility) -> str:
         ax.errorbar([100 * r["fraction"] for r in rs], [r["mean_dice"] for r in rs], yerr=[r["mean_dice_sd"] or 0 for r in rs],
                     fmt=style, capsize=3, label=arm)
     ax.set_xscale("log")
+    pct = [100 * f for f in res.preset["fractions"]]
+    ax.set_xticks(pct, [f"{v:g}%" for v in pct])
+    ax.minorticks_off()
     ax.set_xlabel("training patients used (%)")
     ax.set_ylabel("mean Dice, held-out patients")
     ax.set_title(f"Utility of {res.generator.get('model')}", fontsize=9)
