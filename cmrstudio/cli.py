@@ -224,7 +224,7 @@ def train_spade(
     name: str = typer.Option("spade", "--name", help="Model name (file names and registry)."),
     phantom: int = typer.Option(0, "--phantom", help="Add N phantom cases to the data (alone, for a smoke run)."),
     exclude: list[str] = typer.Option([], "--exclude", help="Hold out cases whose id starts with this; repeatable."),
-    preset: str = typer.Option("lite", "--preset", help="Architecture: lite (CPU live) or base (GPU)."),
+    preset: str = typer.Option("lite", "--preset", help="Architecture: scene (whole field of view, live), lite (heart crop), base (GPU), scene-tiny (tests)."),
     size: int = typer.Option(128, "--size", help="Frame size in pixels (128 live, 256 HQ)."),
     steps: int = typer.Option(2000, "--steps", help="Total training iterations."),
     batch: int = typer.Option(8, "--batch", help="Batch size."),
@@ -241,6 +241,7 @@ def train_spade(
     dp_delta: float = typer.Option(1e-5, "--dp-delta", help="Delta of the (epsilon, delta) guarantee."),
     dp_max_grad_norm: float = typer.Option(1.0, "--dp-max-grad-norm", help="Per-sample gradient clipping bound."),
     dp_noise: Optional[float] = typer.Option(None, "--dp-noise", help="Noise multiplier (default: calibrated to spend --dp-epsilon in --steps)."),
+    bf16: Optional[bool] = typer.Option(False, "--bf16/--fp32", help="Scene presets: bfloat16 autocast for the networks (losses stay float32)."),
     install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
@@ -252,7 +253,7 @@ def train_spade(
         data=list(data), out=str(out), name=name, phantom=phantom, exclude=list(exclude), preset=preset, size=size,
         steps=steps, batch=batch, lr_g=lr_g, lr_d=lr_d, seed=seed, sample_every=sample_every, save_every=save_every,
         device=device, threads=threads, resume=resume, max_minutes=max_minutes,
-        dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm, dp_noise=dp_noise,
+        dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm, dp_noise=dp_noise, bf16=bf16,
     )
     _check_name(name)
     tr = SpadeTrainer(opts).run(progress=not quiet)
@@ -287,7 +288,7 @@ def _hq_train_command(objective: str, default_steps: int):
         name: str = typer.Option(objective, "--name", help="Model name (file names and registry)."),
         phantom: int = typer.Option(0, "--phantom", help="Add N phantom cases to the data (alone, for a smoke run)."),
         exclude: list[str] = typer.Option([], "--exclude", help="Hold out cases whose id starts with this; repeatable."),
-        preset: str = typer.Option("lite", "--preset", help="Architecture: lite (CPU) or base (GPU)."),
+        preset: str = typer.Option("lite", "--preset", help="Architecture: scene (whole field of view), lite (heart crop), base (GPU), layout (tissue-class prior), tiny/scene-tiny (tests)."),
         size: int = typer.Option(128, "--size", help="Frame size in pixels (128 live frame, 256 HQ frame)."),
         steps: int = typer.Option(20000, "--steps", help="Total training iterations."),
         batch: int = typer.Option(8, "--batch", help="Batch size."),
@@ -355,7 +356,11 @@ def render(
     mask: Path = typer.Argument(..., help="Mask file (any supported format) or dataset folder / HDF5 file with labels."),
     out: Path = typer.Option(..., "--out", help="Output image: .nii.gz, .nii, .mha or .nrrd."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name or card path: spade (default, live), diffusion or flow (HQ), or any installed model."),
-    vendor: str = typer.Option("unknown", "--vendor", help="Scanner style: siemens, philips, ge, canon or unknown."),
+    context: Optional[Path] = typer.Option(None, "--context", help="Render in this patient: the scan (file or dataset folder) the mask was painted on; "
+                                                                  "its own pixels stay outside a margin around the heart. Without it the render is fully synthetic."),
+    context_case: Optional[str] = typer.Option(None, "--context-case", help="The case in a --context dataset folder (default: --case)."),
+    margin: float = typer.Option(10.0, "--margin", help="In this patient: repaint within this many mm of the scan's own heart and the painted one."),
+    vendor: Optional[str] = typer.Option(None, "--vendor", help="Scanner style: siemens, philips, ge, canon or unknown (default: the context scan's, else unknown)."),
     seed: int = typer.Option(0, "--seed", help="Style seed; the same seed gives the same image."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps of a diffusion (e.g. 25) or flow (e.g. 4) model; the card's default when omitted."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale of a diffusion or flow model (1 = none)."),
@@ -366,30 +371,58 @@ def render(
     case: Optional[str] = typer.Option(None, "--case", help="Case to take the mask from, in a dataset folder."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (automatic when omitted)."),
 ):
-    """Render every slice of a mask into a synthetic image with the mask's own shape and geometry."""
+    """Render every slice of a mask into an image with the mask's own shape and geometry: fully synthetic, or in a patient's own scan."""
     import time
 
-    from cmrstudio.engine.live import open_renderer
-    from cmrstudio.io import read_mask, write_volume
-    from cmrstudio.models.registry import GENERATOR_KINDS, get_model
+    from cmrstudio.engine.factory import open_renderer
+    from cmrstudio.io import read_case, read_mask, write_volume
+    from cmrstudio.models.registry import get_model
 
-    info = get_model(model, kind=GENERATOR_KINDS)
+    from cmrstudio.engine.factory import generator_kinds
+
+    info = get_model(model, kind=generator_kinds())
     hq = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver)) if v is not None}
     r = open_renderer(info, device=device, **hq)
     c = read_mask(mask, labels=labels, frame=frame, spacing=_parse_spacing(spacing), case=case)
+    image = heart = None
+    if context is not None:
+        scan = read_case(context, frame=frame, spacing=_parse_spacing(spacing), case=context_case or case)
+        if scan.image is None:
+            raise CmrError(f"{context} holds no image to render into; give the scan the mask was painted on.")
+        if scan.shape != c.shape:
+            raise CmrError(f"The mask {mask} is {'×'.join(map(str, c.shape))} but the scan {context} is {'×'.join(map(str, scan.shape))}; "
+                           "give the mask that was painted on this scan.")
+        if not r.scene:
+            raise CmrError(f"The model '{r.name}' renders the heart crop only and cannot render into a patient's scan; "
+                           "use a scene model (spade-cmr, flow-cmr) or drop --context.")
+        image = scan.image
+        if scan.mask is not None:
+            heart = scan.mask
+        else:  # the scan's own heart must be repainted too, or it would show beside the painted one
+            from cmrstudio.case import Case
+            from cmrstudio.engine.segment import segment_scan
+
+            heart = segment_scan(Case(scan.image, c.mask, scan.affine), device=device)
+            typer.echo(f"note: {context} has no segmentation; its own heart was found with the bundled segmenter and is repainted too.", err=True)
+        vendor = vendor or scan.vendor
+        c.affine = scan.affine if scan.affine is not None else c.affine
+    vendor = vendor or "unknown"
     _, _, note = r.resolve_vendor(vendor)
     if note:
         typer.echo(f"note: {note}", err=True)
     if c.spacing is None:
         typer.echo(f"note: {mask} stores no voxel spacing; the frame is sized to the heart (give --spacing to use mm).", err=True)
     t0 = time.perf_counter()
-    img, fr = r.render_volume(c.mask, c.spacing, vendor=vendor, seed=seed)
+    img, fr = r.render_volume(c.mask, c.spacing, vendor=vendor, seed=seed, image=image, heart=heart,
+                              margin_mm=margin if image is not None else None)
     secs = time.perf_counter() - t0
     write_volume(out, img, c.affine, dtype=np.float32)
     fov = f"{fr.spacing_mm * fr.size:.0f} mm" if fr.spacing_mm else "heart-sized"
-    how = f", {r.solver} {r.steps} steps, guidance {r.guidance:g}" if r.kind != "spade" else ""
+    how = f", {r.solver} {r.steps} steps, guidance {r.guidance:g}" if hasattr(r, "solver") else ""
+    where = (f"in this patient ({context}; {margin:g} mm around the heart repainted, derived from a patient scan)" if image is not None
+             else "fully synthetic, the whole field of view" if r.scene else f"fully synthetic, {fov} heart frame")
     typer.echo(f"Wrote {out}: {img.shape[0]} slices of {img.shape[1]}×{img.shape[2]}, model {r.name} ({r.kind}{how}), "
-               f"vendor {vendor}, seed {seed}, {fov} field of view, {secs:.1f} s.")
+               f"vendor {vendor}, seed {seed}, {where}, {secs:.1f} s.")
 
 
 @app.command("export")
@@ -764,6 +797,80 @@ def evaluate_all_cmd(
         typer.echo(f"== {name}")
         fn()
     evaluate_report_cmd(model=model, out=out, figures=[out])
+
+
+@evaluate_app.command("realism")
+def evaluate_realism_cmd(
+    data: list[str] = EvalDataOpt,
+    case: list[str] = typer.Option([], "--case", help="Held-out patients (case-id prefixes); default: the model card's."),
+    model: Optional[str] = GeneratorOpt,
+    mode: str = typer.Option("synthetic", "--mode", help="synthetic (no real pixel) or in-patient (the scan's own surroundings outside a margin)."),
+    steps: Optional[int] = EvalStepsOpt,
+    classifier_steps: int = typer.Option(400, "--classifier-steps", help="Training steps of the machine reader."),
+    max_train: int = typer.Option(300, "--max-train", help="Training-patient slices the machine reader and the real-vs-real floor use."),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    write_card: bool = typer.Option(False, "--write-card", help="Record the result in the generator's card."),
+):
+    """Realism on held-out patients: KID beside the real-vs-real floor, a trained machine reader's accuracy, and upsampling-grid artefacts."""
+    from cmrstudio.data.dataset import cases_from
+    from cmrstudio.engine.factory import generator_kinds
+    from cmrstudio.evaluate.realism import evaluate_realism
+    from cmrstudio.models.registry import get_model
+
+    info = get_model(model, kind=generator_kinds())
+    held = _held_out(case, info)
+    if not held:
+        raise CmrError(f"The card of '{info.name}' names no held-out patients; give them with --case.")
+    every = cases_from(data)
+    held_cases = [c for c in every if any(c.case_id.startswith(p) for p in held)]
+    reference = [c for c in every if not any(c.case_id.startswith(p) for p in held)]
+    if not held_cases:
+        raise CmrError(f"No case in {', '.join(data)} is one of the held-out patients {', '.join(held)}.")
+    hq = {"steps": steps} if steps is not None else {}
+    res = evaluate_realism(held_cases, reference, model=str(info.card_path), mode=mode, classifier_steps=classifier_steps,
+                           max_train_slices=max_train, device=device, seed=seed, **hq)
+    if write_card:
+        _record_metric(info, f"realism_{mode.replace('-', '_')}", {**res.to_dict(), "held_out": held})
+    if as_json:
+        typer.echo(json.dumps(res.to_dict(), indent=2))
+        return
+    lo, hi = res.machine_accuracy_ci
+    g = res.grid_artefact
+    typer.echo(f"{info.name}, {mode}: {res.n_synthetic} renders of held-out masks vs {res.n_real} real held-out slices")
+    typer.echo(f"  KID {res.kid:.4f} ± {res.kid_std:.4f}   (real vs real, other patients: {res.kid_real_floor:.4f} ± {res.kid_real_floor_std:.4f})   "
+               f"FID {res.fid:.1f} (real vs real {res.fid_real_floor:.1f})")
+    typer.echo(f"  machine reader (trained on {res.n_classifier_train} training-patient slices): accuracy {res.machine_accuracy:.1%} "
+               f"(95% CI {lo:.1%}–{hi:.1%}, {res.machine_n} images), AUC {res.machine_auc:.3f}; 50% = cannot tell")
+    typer.echo(f"  upsampling grid: peak {g['peak_ratio']:.2f} at period {g['period_px']} px ({g['spectrum']} spectrum); real scans {g.get('real_peak_ratio', float('nan')):.2f}")
+
+
+@evaluate_app.command("sheet")
+def evaluate_sheet_cmd(
+    data: list[str] = EvalDataOpt,
+    case: list[str] = typer.Option([], "--case", help="Held-out patients to show (case-id prefixes); default: the live model card's."),
+    model: list[str] = typer.Option([], "--model", help="Generators, one column group each (default: the live and the HQ model)."),
+    seeds: int = typer.Option(2, "--seeds", help="Fully synthetic renders per mask and model."),
+    rows: int = typer.Option(6, "--rows", help="Masks (rows), spread over the held-out cases."),
+    full: bool = typer.Option(False, "--full", help="Whole slices instead of the 160 mm heart frame."),
+    out: Path = typer.Option(Path("contact_sheet.png"), "--out", help="The PNG to write."),
+    device: Optional[str] = typer.Option(None, "--device"),
+):
+    """A contact sheet of held-out masks: the real slice | each model fully synthetic (several seeds) | each model in this patient."""
+    from cmrstudio.data.dataset import cases_from
+    from cmrstudio.engine.factory import generator_kinds
+    from cmrstudio.evaluate.sheet import contact_sheet
+    from cmrstudio.models.registry import get_model
+
+    names = list(model) or ["spade", "flow"]
+    infos = [get_model(m, kind=generator_kinds()) for m in names]
+    held = _held_out(case, infos[0])
+    cases = [c for c in cases_from(data) if not held or any(c.case_id.startswith(p) for p in held)]
+    if not cases:
+        raise CmrError(f"No case in {', '.join(data)} is one of the held-out patients {', '.join(held)}.")
+    path = contact_sheet(cases, [str(i.card_path) for i in infos], out, seeds=seeds, rows=rows, full=full, device=device)
+    typer.echo(f"Wrote {path}.")
 
 
 @evaluate_app.command("report")

@@ -27,7 +27,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -35,8 +35,7 @@ from cmrstudio.anatomy import COLOURS, LV, MYO, RV
 from cmrstudio.errors import CmrError
 from cmrstudio.io.common import atomic_path, jsonable, write_text_atomic
 
-if TYPE_CHECKING:  # the render record; imported lazily (it pulls in torch)
-    from cmrstudio.engine.hq import JobResult
+from cmrstudio.record import MODES, Render
 
 PROJECT_FILE = "project.json"
 FORMAT = "cmrstudio-project"
@@ -98,9 +97,14 @@ class GalleryItem:
     source: dict = field(default_factory=dict)  # the caller's: case_id, path, slice, phase, ...
     note: str = ""
     rating: int | None = None  # 1–5 or None
+    mode: str = "synthetic"  # or "in-patient": the heart painted into a patient's own slice (derived from a patient scan)
+
+    @property
+    def derived_from_patient(self) -> bool:
+        return self.mode == "in-patient"
 
     def to_dict(self) -> dict:
-        return jsonable(asdict(self))
+        return jsonable({**asdict(self), "derived_from_patient": self.derived_from_patient})
 
     @classmethod
     def from_dict(cls, d: dict) -> "GalleryItem":
@@ -138,10 +142,13 @@ class GalleryItem:
             rating = check_rating(d.get("rating"))
         except CmrError:
             raise ValueError(f"item {iid}: rating {d.get('rating')!r} is not 1–5") from None
+        mode = d.get("mode") or "synthetic"
+        if mode not in MODES:
+            raise ValueError(f"item {iid}: mode {mode!r} is not one of {', '.join(MODES)}")
         return cls(
             id=iid, created=d["created"], model=d["model"], kind=d["kind"], vendor=d["vendor"], seed=seed,
             sampler=opt("sampler", str, str), steps=opt("steps", int, int), guidance=opt("guidance", (int, float), float),
-            seconds=opt("seconds", (int, float), float), source=dict(source), note=note, rating=rating,
+            seconds=opt("seconds", (int, float), float), source=dict(source), note=note, rating=rating, mode=mode,
         )
 
 
@@ -184,7 +191,7 @@ def render_thumbnail(image: np.ndarray, mask: np.ndarray, intensity: tuple[float
     return rgb
 
 
-def _thumbnail_of(result: JobResult) -> np.ndarray:
+def _thumbnail_of(result: Render) -> np.ndarray:
     """The framed render with the framed mask when there is one, else the native render and mask."""
     if result.framed is not None:
         from cmrstudio.data.frame import frame_mask
@@ -358,7 +365,7 @@ class Project:
                                    "choose a project folder you can write to.") from None
             n += 1
 
-    def add(self, result: JobResult, source: dict | None = None, note: str = "", rating: int | None = None,
+    def add(self, result: Render, source: dict | None = None, note: str = "", rating: int | None = None,
             affine: np.ndarray | None = None) -> GalleryItem:
         """Keep a render: its files under ``renders/``, a thumbnail, then the listing (last)."""
         rating = check_rating(rating)
@@ -368,18 +375,9 @@ class Project:
             raise CmrError(f"A note must be text, not {type(note).__name__}.")
         if np.ndim(result.image) != 2 or np.shape(result.mask) != np.shape(result.image):
             raise CmrError(f"A kept render needs a 2D image and a mask of the same shape, got {np.shape(result.image)} and {np.shape(result.mask)}.")
-        p = result.params or {}
-
-        def num(key, conv):
-            v = p.get(key)
-            return None if v is None else conv(v)
-
-        try:
-            meta = dict(model=str(p.get("model", "unknown")), kind=str(p.get("kind", "unknown")), vendor=str(p.get("vendor", "unknown")),
-                        seed=int(p.get("seed", 0)), sampler=num("sampler", str), steps=num("steps", int),
-                        guidance=num("guidance", float), seconds=num("seconds", float))
-        except (TypeError, ValueError) as exc:
-            raise CmrError(f"The render's parameters are malformed ({exc}); it cannot be kept as it is.") from None
+        r = result.record
+        meta = dict(model=r.model, kind=r.kind, vendor=r.vendor, seed=r.seed, sampler=r.sampler, steps=r.steps, guidance=r.guidance,
+                    seconds=r.seconds, mode=r.mode)
         iid = self._new_id()
         files = self._files(iid)
         try:
@@ -438,7 +436,7 @@ class Project:
             except OSError:
                 pass  # unlisted already; a leftover file only keeps its id from being reused
 
-    def load(self, item_id: str) -> JobResult:
+    def load(self, item_id: str) -> Render:
         """Read a kept render back; a missing or damaged file gives one sentence naming the item and the file."""
         self.item(item_id)
         files = self._files(item_id)
@@ -446,9 +444,7 @@ class Project:
             if not files[key].is_file():
                 raise CmrError(f"Gallery item {item_id} is broken: its file {files[key]} is missing; remove the item from the gallery.")
         try:
-            from cmrstudio.engine.hq import JobResult
-
-            return JobResult.load(self.renders_dir, item_id)
+            return Render.load(self.renders_dir, item_id)
         except CmrError as exc:
             raise CmrError(f"Gallery item {item_id} cannot be read: {exc.message.rstrip('.')}; remove the item if it cannot be restored.") from None
         except Exception as exc:  # a file that parses but holds nonsense

@@ -18,17 +18,17 @@ from tests.helpers import run
 
 
 def _render(seed: int, z: int = 1, vendor: str = "siemens"):
-    """A kept render as the studio makes one: a JobResult (framed image + native slice) and its slice affine."""
+    """A kept render as the studio makes one: a Render (framed image + native slice) and its slice affine."""
     from cmrstudio.data.frame import from_frame, make_frame, to_frame
     from cmrstudio.data.phantom import phantom_case
-    from cmrstudio.engine.hq import JobResult
+    from cmrstudio.record import Render, RenderRecord
 
     c = phantom_case(seed, n_slices=3, shape=(96, 88), vendor=vendor)
     frame = make_frame(c, size=64)
     framed = to_frame(c, frame).image[z]
     params = {"model": "spade-test", "model_sha256": "ab" * 32, "kind": "spade", "sampler": "spade", "steps": 1, "guidance": None,
               "seed": seed, "vendor": vendor, "seconds": 0.02, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    res = JobResult(from_frame(framed, frame, kind="image"), framed, c.mask[z], frame, params)
+    res = Render(from_frame(framed, frame, kind="image"), framed, c.mask[z], frame, RenderRecord.from_dict(params))
     aff = np.array(c.affine, float)
     aff[:3, 3] += aff[:3, 0] * z
     return res, aff, c

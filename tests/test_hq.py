@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from cmrstudio.data.phantom import phantom_case
-from cmrstudio.engine.hq import HQRenderer, JobQueue, JobResult
-from cmrstudio.engine.live import LiveEngine, Renderer, open_renderer
+from cmrstudio.engine.hq import HQRenderer, JobQueue
+from cmrstudio.record import Render
+from cmrstudio.engine.factory import open_renderer
+from cmrstudio.engine.live import LiveEngine, Renderer
 from cmrstudio.errors import CmrError
 from cmrstudio.io import write_volume
 from cmrstudio.models.checkpoint import read_card, sha256_file, verify
@@ -147,7 +149,7 @@ def test_job_queue_runs_jobs_in_order_with_progress_cancel_and_saved_results(tin
     # saved and read back: the same pixels, mask, frame and parameters
     paths = res.save(tmp_path / "kept", "render_001")
     assert {"image", "mask", "json"} <= set(paths)
-    back = JobResult.load(tmp_path / "kept", "render_001")
+    back = Render.load(tmp_path / "kept", "render_001")
     assert np.allclose(back.image, res.image, atol=1e-6) and np.array_equal(back.mask, case.mask[1])
     assert back.params == res.params and back.frame.to_dict() == res.frame.to_dict()
     side = json.loads((tmp_path / "kept" / "render_001.json").read_text())
@@ -155,7 +157,7 @@ def test_job_queue_runs_jobs_in_order_with_progress_cancel_and_saved_results(tin
     # a damaged sidecar: one sentence naming the file
     (tmp_path / "kept" / "render_001.json").write_text("{broken")
     with pytest.raises(CmrError, match="render_001.json"):
-        JobResult.load(tmp_path / "kept", "render_001")
+        Render.load(tmp_path / "kept", "render_001")
 
 
 def test_job_queue_gives_way_to_the_live_path_and_survives_bad_jobs(tiny_flow):

@@ -77,7 +77,7 @@ def memorising_flow(tmp_path_factory):
 
 def test_membership_attacks_find_the_patients_a_model_memorised(memorising_flow, tmp_path):
     from cmrstudio.data.phantom import phantom_case
-    from cmrstudio.engine.live import open_renderer
+    from cmrstudio.engine.factory import open_renderer
     from cmrstudio.evaluate.privacy import attack_summary, denoising_scores, reconstruction_scores, slices_of
     from cmrstudio.train.diffusion import DiffusionOptions, DiffusionTrainer
 

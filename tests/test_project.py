@@ -13,19 +13,19 @@ from scipy import ndimage
 from cmrstudio.anatomy import COLOURS, LV, MYO, RV
 from cmrstudio.data.frame import frame_mask, from_frame, make_frame, to_frame
 from cmrstudio.data.phantom import phantom_case
-from cmrstudio.engine.hq import JobResult
+from cmrstudio.record import Render, RenderRecord
 from cmrstudio.errors import CmrError
 from cmrstudio.project import PROJECT_FILE, GalleryItem, Project, default_project_dir
 
 
-def _result(seed: int, z: int = 1, kind: str = "flow") -> JobResult:
+def _result(seed: int, z: int = 1, kind: str = "flow") -> Render:
     """A real render-shaped result: a phantom slice put through a real synthesis frame."""
     case = phantom_case(seed=seed, n_slices=3, shape=(90, 100))
     frame = make_frame(case, size=64, spacing_mm=2.5)
     framed = to_frame(case, frame).image[z]
     params = {"model": f"{kind}-test", "model_sha256": "ab" * 32, "kind": kind, "sampler": "euler", "steps": 5,
               "guidance": 1.5, "seed": seed, "vendor": case.vendor, "seconds": 0.25, "created": "2026-01-01T00:00:00+00:00"}
-    return JobResult(from_frame(framed, frame, kind="image"), framed, case.mask[z].copy(), frame, params)
+    return Render(from_frame(framed, frame, kind="image"), framed, case.mask[z].copy(), frame, RenderRecord.from_dict(params))
 
 
 @pytest.fixture(scope="module")

@@ -269,7 +269,7 @@ def test_cli_creates_a_study_and_reports_bad_input(sources, tmp_path):
 @pytest.mark.shared_data
 def test_study_from_real_scans_and_spade_renders(mnms_dir, tmp_path):
     """Real M&Ms slices against the shipped SPADE model's renders of other M&Ms masks."""
-    from cmrstudio.engine.hq import JobResult
+    from cmrstudio.record import Render, RenderRecord
     from cmrstudio.engine.live import Renderer
     from cmrstudio.io import read_cases
     from cmrstudio.project import Project
@@ -288,7 +288,7 @@ def test_study_from_real_scans_and_spade_renders(mnms_dir, tmp_path):
                 img, framed = r.render_slice(c.mask[z], frame, c.vendor, seed=z)
                 params = {"model": r.name, "model_sha256": r.info.card.get("sha256"), "kind": "spade", "sampler": "spade", "steps": 1,
                           "guidance": None, "seed": z, "vendor": c.vendor, "seconds": 0.0, "created": "2026-01-01T00:00:00+00:00"}
-                proj.add(JobResult(img, framed, c.mask[z], frame, params), {"case_id": c.case_id, "slice": z, "phase": c.phase})
+                proj.add(Render(img, framed, c.mask[z], frame, RenderRecord.from_dict(params)), {"case_id": c.case_id, "slice": z, "phase": c.phase})
     real = tmp_path / "real"
     from cmrstudio.io import write_case
 

@@ -111,3 +111,211 @@ class SliceDataset(Dataset):
             "case": self.index[i][0],
             "slice": self.index[i][1],
         }
+
+
+@dataclass
+class SceneAugment:
+    """Training windows of the scene: where, how turned and scaled, and which mode."""
+
+    rotate_deg: float = 15.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    jitter_px: float = 16.0  # window centre around the heart (SD, frame pixels)
+    anywhere: float = 0.15  # fraction of windows placed anywhere in the scene (background away from the heart)
+    context: float = 0.5  # fraction trained "in this patient" (real context outside a margin); the rest fully synthetic
+    margin_px: tuple[float, float] = (4.0, 14.0)  # repaint margin around the heart in context mode
+    move_px: float = 10.0  # the repainted region also covers the heart moved by up to this (a painted heart differs)
+
+
+class SceneDataset(Dataset):
+    """Windows of whole-scan scenes for fully convolutional generators.
+
+    Every heart slice is put in its scene frame (:func:`cmrstudio.data.scene.scene_for`: the heart
+    frame's pixel size, covering the whole scan) with its background tissue classes. A sample is a
+    ``window``-pixel square around the heart (or anywhere, sometimes), turned and scaled, in one of
+    two modes: *fully synthetic* (conditioning: heart one-hot and tissue-class fractions) or *in this
+    patient* (heart one-hot and the real image outside a margin around the heart as context).
+    Images come out in [-1, 1], shape (1, W, W); ``cond`` is (CONDITION_CHANNELS, W, W).
+    """
+
+    def __init__(self, cases: Sequence[Case], window: int = LIVE_SIZE, spacing_mm: float = LIVE_SPACING_MM,
+                 augment: SceneAugment | None = SceneAugment(), seed: int = 0, min_heart_px: int = 20,
+                 require_labels: Sequence[int] = (), mode: str | None = None):
+        from cmrstudio.data.frame import make_frame
+        from cmrstudio.data.scene import LAYOUT_FACTOR, scene_for, tissue_classes
+
+        if window % LAYOUT_FACTOR:
+            raise CmrError(f"The training window {window} must be a multiple of {LAYOUT_FACTOR}.")
+        self.window = window
+        self.augment = augment
+        self.mode = mode  # None: mixed as augment.context says; "synthetic" or "context": always that mode
+        self.rng = np.random.default_rng(seed)
+        self.images, self.masks, self.classes, self.centres, self.insides = [], [], [], [], []
+        vendors, index = [], []
+        for c in cases:
+            if c.image is None or c.mask is None:
+                continue
+            heart = make_frame(c, size=window, spacing_mm=spacing_mm)
+            sc = scene_for(heart)
+            fc = to_frame(c, sc.frame)
+            inside = sc.inside_scan()
+            centre = (sc.window[0] + (window - 1) / 2.0, sc.window[1] + (window - 1) / 2.0)
+            for z in range(fc.mask.shape[0]):
+                hm = sc.crop(fc.mask[z])
+                present = np.unique(hm)
+                if int((hm > 0).sum()) >= min_heart_px and all(l in present for l in require_labels):
+                    self.images.append(fc.image[z].astype(np.float16))
+                    self.masks.append(fc.mask[z])
+                    self.classes.append(tissue_classes(fc.image[z], inside))
+                    self.centres.append(centre)
+                    self.insides.append(inside)  # one array per case, shared by its slices
+                    vendors.append(VENDORS.index(c.vendor))
+                    index.append((c.case_id, z))
+        if not self.images:
+            raise CmrError("None of the given cases has a slice with both an image and heart labels to train on.")
+        self.vendors = np.asarray(vendors, dtype=np.int64)
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _coords(self, i: int, fixed: bool = False) -> np.ndarray:
+        a = self.augment
+        n = self.window
+        size = self.images[i].shape[-1]
+        c = np.asarray(self.centres[i], dtype=np.float64)
+        if a is None or fixed:
+            ang, s = 0.0, 1.0
+        else:
+            if self.rng.random() < a.anywhere:
+                c = self.rng.uniform(n / 2, size - n / 2, 2)
+            else:
+                c = c + np.clip(self.rng.normal(0, a.jitter_px, 2), -2.5 * a.jitter_px, 2.5 * a.jitter_px)
+            ang = np.deg2rad(self.rng.uniform(-a.rotate_deg, a.rotate_deg))
+            s = self.rng.uniform(*a.scale)
+        r = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+        g = np.stack(np.meshgrid(r, r, indexing="ij")).reshape(2, -1)
+        m = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]) / s
+        return (m @ g + c[:, None]).reshape(2, n, n)
+
+    def sample(self, i: int, mode: str | None = None, fixed: bool = False) -> dict:
+        """Window ``i`` as numpy arrays (image in [0, 1], mask, classes, conditioning, repaint region).
+        ``fixed``: the heart window itself, unturned, with a 10-pixel margin in context mode (sample grids)."""
+        from cmrstudio.data.scene import LAYOUT_FACTOR, class_fractions, condition, repaint_region
+
+        g = self._coords(i, fixed)
+        img = ndimage.map_coordinates(self.images[i].astype(np.float32), g, order=1, mode="constant", cval=0.0)
+        msk = ndimage.map_coordinates(self.masks[i], g, order=0, mode="constant", cval=0).astype(np.uint8)
+        cls = ndimage.map_coordinates(self.classes[i], g, order=0, mode="constant", cval=0).astype(np.uint8)
+        a = self.augment or SceneAugment(context=0.5)
+        mode = mode or self.mode or ("context" if self.rng.random() < a.context else "synthetic")
+        hole = np.zeros(msk.shape, bool)
+        if mode == "context":
+            moved = None if fixed or not a.move_px else ndimage.shift(msk, self.rng.uniform(-a.move_px, a.move_px, 2), order=0)
+            hole = repaint_region([msk, moved], 10.0 if fixed else self.rng.uniform(*a.margin_px))
+            if not hole.any():  # no heart in this window: repaint a random disc, as a painter might
+                yy, xx = np.ogrid[: msk.shape[0], : msk.shape[1]]
+                cy, cx = self.rng.uniform(0, msk.shape[0], 2)
+                hole = (yy - cy) ** 2 + (xx - cx) ** 2 <= self.rng.uniform(10, 30) ** 2
+            cond = condition(msk, None, img, ~hole)
+        else:
+            cond = condition(msk, class_fractions(cls, LAYOUT_FACTOR))
+        return {"image01": img, "mask": msk, "classes": cls, "cond": cond, "hole": hole, "mode": mode}
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.sample(i)
+        return {
+            "image": torch.from_numpy(s["image01"] * 2.0 - 1.0)[None],
+            "cond": torch.from_numpy(s["cond"]),
+            "mask": torch.from_numpy(s["mask"].astype(np.int64)),
+            "hole": torch.from_numpy(s["hole"]),
+            "vendor": torch.tensor(self.vendors[i]),
+            "case": self.index[i][0],
+            "slice": self.index[i][1],
+        }
+
+    def fixed_batch(self, n: int = 6) -> dict:
+        """The sample grid's windows: one slice from each of ``n`` cases spread over the data, both modes."""
+        picks = spread_picks(self.index, n)
+        syn = [self.sample(i, "synthetic", fixed=True) for i in picks]
+        ctx = [self.sample(i, "context", fixed=True) for i in picks]
+        return {
+            "mask": torch.from_numpy(np.stack([s["mask"] for s in syn]).astype(np.int64)),
+            "image": torch.from_numpy(np.stack([s["image01"] for s in syn]) * 2 - 1)[:, None],
+            "cond": torch.from_numpy(np.stack([s["cond"] for s in syn])),
+            "cond_context": torch.from_numpy(np.stack([s["cond"] for s in ctx])),
+            "vendor": torch.from_numpy(self.vendors[picks]),
+            "seeds": (1234, 1235),
+        }
+
+
+def spread_picks(index: list[tuple[str, int]], n: int) -> list[int]:
+    """Up to ``n`` sample indices, each from another case (not its first slice), spread over the data."""
+    picks, seen = [], set()
+    for i, (cid, z) in enumerate(index):
+        if cid not in seen and z >= 1:
+            picks.append(i)
+            seen.add(cid)
+    step = max(1, len(picks) // n)
+    return picks[::step][:n] or [0]
+
+
+class LayoutDataset(Dataset):
+    """Training data of the tissue-class prior: for each heart slice of a :class:`SceneDataset`, the
+    fractions of every background class on coarse cells of the whole scene (``x``, in [-1, 1]), given
+    the heart's label fractions and the scan's extent on the same cells (``cond``).
+
+    Windows of ``cells`` × ``cells`` cells (the whole scene for usual fields of view; scenes are padded
+    as "outside" when smaller), turned and scaled about the heart like the image windows.
+    """
+
+    def __init__(self, scenes: SceneDataset, cells: int = 32, seed: int = 0, augment: bool = True):
+        from cmrstudio.data.scene import LAYOUT_FACTOR
+
+        self.scenes = scenes
+        self.cells = cells
+        self.factor = LAYOUT_FACTOR
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+        self.vendors = scenes.vendors
+        self.index = scenes.index
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def sample(self, i: int, fixed: bool = False) -> dict:
+        from cmrstudio.data.scene import N_LAYOUT, class_fractions, heart_onehot
+
+        sc = self.scenes
+        n = self.cells * self.factor
+        c = np.asarray(sc.centres[i], dtype=np.float64)
+        size = sc.images[i].shape[-1]
+        c = np.clip(c, n / 2 - 0.5 if size >= n else size / 2, size - n / 2 - 0.5 if size >= n else size / 2)
+        ang, s = 0.0, 1.0
+        if self.augment and not fixed:
+            c = c + self.rng.normal(0, 8, 2)
+            ang = np.deg2rad(self.rng.uniform(-15, 15))
+            s = self.rng.uniform(0.9, 1.1)
+        r = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+        g = np.stack(np.meshgrid(r, r, indexing="ij")).reshape(2, -1)
+        m = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]) / s
+        g = (m @ g + c[:, None]).reshape(2, n, n)
+        cls = ndimage.map_coordinates(sc.classes[i], g, order=0, mode="constant", cval=0).astype(np.uint8)
+        msk = ndimage.map_coordinates(sc.masks[i], g, order=0, mode="constant", cval=0).astype(np.uint8)
+        inside = ndimage.map_coordinates(sc.insides[i].astype(np.uint8), g, order=0, mode="constant", cval=0)
+        frac = class_fractions(cls, self.factor, N_LAYOUT)
+        heart = heart_onehot(msk).reshape(3, self.cells, self.factor, self.cells, self.factor).mean(axis=(2, 4))
+        ins = inside.reshape(self.cells, self.factor, self.cells, self.factor).mean(axis=(1, 3))[None]
+        return {"x": frac * 2 - 1, "cond": np.concatenate([heart, ins]).astype(np.float32), "mask": msk[:: self.factor, :: self.factor]}
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.sample(i)
+        return {"image": torch.from_numpy(s["x"]), "cond": torch.from_numpy(s["cond"]), "mask": torch.from_numpy(s["mask"].astype(np.int64)),
+                "vendor": torch.tensor(self.vendors[i]), "case": self.index[i][0], "slice": self.index[i][1]}
+
+    def fixed_batch(self, n: int = 6) -> dict:
+        picks = spread_picks(self.index, n)
+        ss = [self.sample(i, fixed=True) for i in picks]
+        return {"mask": torch.from_numpy(np.stack([s["mask"] for s in ss]).astype(np.int64)),
+                "image": torch.from_numpy(np.stack([s["x"] for s in ss])),
+                "cond": torch.from_numpy(np.stack([s["cond"] for s in ss])),
+                "vendor": torch.from_numpy(self.vendors[picks]), "seeds": (1234, 1235)}

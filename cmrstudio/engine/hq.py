@@ -8,7 +8,7 @@ with a preview of the predicted clean image.
 :class:`JobQueue` runs render jobs (mask slice, frame, vendor, seed, steps, guidance) one
 after another on a worker thread: every step is reported (``on_progress``) with its
 preview, a job can be cancelled (it stops before its next step), and the finished result
-(:class:`JobResult`) can be saved as a case (NIfTI image + mask + JSON) and read back.
+(a :class:`~cmrstudio.record.Render`) can be saved as a case (NIfTI image + mask + JSON) and read back.
 While ``yield_to()`` is true (for example, the live engine is rendering a brush dab), the
 worker waits between steps, so the live path is never queued behind a long HQ render.
 """
@@ -19,18 +19,17 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from cmrstudio.case import Case
 from cmrstudio.data.frame import Frame, frame_mask, from_frame
 from cmrstudio.engine.device import bf16_native
-from cmrstudio.engine.live import GeneratorFront
+from cmrstudio.engine.base import GeneratorFront
+from cmrstudio.engine.scene import SceneMixin, SliceContext
 from cmrstudio.errors import CmrError
+from cmrstudio.record import Render, make_record
 from cmrstudio.models.checkpoint import ModelInfo
 from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, SOLVERS, Cancelled, Step, check_guidance, check_steps, noise_for,
                                        run_to_end, sample)
@@ -95,49 +94,43 @@ class HQRenderer(GeneratorFront):
         return run_to_end(self._sample(framed, vendor_index, seed, self.steps, self.guidance, self.solver, None))
 
 
+class SceneHQRenderer(SceneMixin, HQRenderer):
+    """A diffusion or flow scene model: whole slices in this patient or fully synthetic, step by step."""
+
+    scene = True
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._init_scene()
+
+    def _window_steps(self, cond, vendor_index, seed, noise, cancel=None, steps=None, solver=None, guidance=None, **kw):
+        steps, guidance, solver = self.sampling(steps, guidance, solver)
+        v = torch.tensor([vendor_index], dtype=torch.long, device=self.device)
+        it = sample(self.net, self.kind, cond, v, noise, steps, guidance, solver, bf16=self.bf16, cancel=cancel)
+        while True:
+            with self._lock:  # one step at a time holds the network
+                try:
+                    st = next(it)
+                except StopIteration:
+                    return
+            yield st.step, st.total, st.preview[0]
+
+    def sample_framed(self, masks, vendor="unknown", seed=0, steps=None, guidance=None, solver=None, cancel=None):
+        """Fully synthetic heart-frame renders step by step are not offered for scene models; render slices instead."""
+        raise CmrError(f"The scene model '{self.name}' renders whole slices: use render_slice or slice_steps for step-by-step previews.")
+
+    def render_slice(self, mask2d, frame, vendor="unknown", seed=0, context=None):
+        return self.render_slice_ctx(mask2d, frame, vendor, seed, context)
+
+    def _render_framed(self, masks, vendor_index, seed, context):
+        seeds = [int(seed)] * len(masks) if np.isscalar(seed) else [int(s) for s in seed]
+        return self.render_framed_scene(masks, vendor_index, seeds, context, spacing_mm=self.spacing_mm)
+
+    def render_volume(self, mask, spacing=None, vendor="unknown", seed=0, batch=16, image=None, heart=None, margin_mm=None):
+        return self.render_volume_scene(mask, spacing, vendor, seed, image, heart, margin_mm)
+
+
 # -- jobs --------------------------------------------------------------------------------------
-
-@dataclass
-class JobResult:
-    """A finished HQ render: the image in the scan's grid and in the frame, and how it was made."""
-
-    image: np.ndarray  # native 2D slice, float32 [0, 1]
-    framed: np.ndarray | None  # (N, N) float32 [0, 1]; None when read back (the native image is the record)
-    mask: np.ndarray  # native 2D mask slice (canonical labels)
-    frame: Frame
-    params: dict  # model, model_sha256, kind, sampler, steps, guidance, seed, vendor, seconds, created
-
-    def to_case(self, case_id: str, affine: np.ndarray | None = None) -> Case:
-        src = {"dataset": "cmrstudio-render", "synthetic": True, "render": dict(self.params), "frame": self.frame.to_dict()}
-        return Case(self.image[None].astype(np.float32), self.mask[None].astype(np.uint8), affine, vendor=self.params.get("vendor", "unknown"),
-                    case_id=case_id, source=src)
-
-    def save(self, folder: str | Path, case_id: str, affine: np.ndarray | None = None) -> dict[str, Path]:
-        """Write ``case_id``_image.nii.gz, _mask.nii.gz and .json (atomically, the sidecar last)."""
-        from cmrstudio.io import write_case
-
-        return write_case(self.to_case(case_id, affine), folder, name=case_id)
-
-    @classmethod
-    def load(cls, folder: str | Path, case_id: str) -> "JobResult":
-        """Read a saved render back (its sidecar, image and mask) from ``folder``."""
-        import json
-
-        from cmrstudio.io import read_case
-
-        folder = Path(folder)
-        path = folder / f"{case_id}.json"
-        try:
-            src = json.loads(path.read_text(encoding="utf-8")).get("source", {})
-        except (OSError, ValueError, AttributeError) as exc:
-            raise CmrError(f"{path} cannot be read as a render's sidecar ({exc}); it may be damaged or not a cmrstudio render.") from None
-        # the two NIfTI files themselves: no scan of the whole folder (a gallery holds many renders)
-        c = read_case(folder / f"{case_id}_image.nii.gz", mask=folder / f"{case_id}_mask.nii.gz", labels="canonical")
-        render, fr = src.get("render"), src.get("frame")
-        if not isinstance(render, dict) or not isinstance(fr, dict) or c.image is None or c.mask is None:
-            raise CmrError(f"{path} is not a saved cmrstudio render (its sidecar lacks 'render' or 'frame', or the image or mask is missing).")
-        return cls(c.image[0], None, c.mask[0], Frame.from_dict(fr), dict(render))
-
 
 @dataclass(eq=False)  # a job is itself, not its fields
 class Job:
@@ -150,10 +143,11 @@ class Job:
     guidance: float
     solver: str
     tag: Any = None
+    context: SliceContext | None = None  # scene models: in this patient or fully synthetic
     status: str = "queued"  # queued, running, done, cancelled, failed
     step: int = 0  # steps done, of ``steps``
     preview: np.ndarray | None = None  # framed preview of the predicted clean image
-    result: JobResult | None = None
+    result: Render | None = None
     error: str | None = None
     seconds: float = 0.0
     submitted: float = field(default_factory=time.perf_counter)
@@ -188,17 +182,19 @@ class JobQueue:
         self._thread.start()
 
     def submit(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0, steps: int | None = None,
-               guidance: float | None = None, solver: str | None = None, tag: Any = None) -> int:
+               guidance: float | None = None, solver: str | None = None, tag: Any = None, context: SliceContext | None = None) -> int:
         """Queue a render of a native mask slice in ``frame``; returns the job id. Bad options raise at once."""
         r = self.renderer
         steps_i, g, solver = r.sampling(steps, guidance, solver)
         r.resolve_vendor(vendor)
+        if not r.scene:
+            r._crop_only(context)
         m = r.check_mask(np.array(mask2d, copy=True))
         with self._cond:
             if self._closed:
                 raise CmrError("The render queue was closed; start a new one.")
             self._next += 1
-            job = Job(self._next, m, frame, vendor, int(seed), steps_i, g, solver, tag)
+            job = Job(self._next, m, frame, vendor, int(seed), steps_i, g, solver, tag, context)
             self._jobs[job.id] = job
             self._queue.append(job)
             self._cond.notify_all()
@@ -278,9 +274,14 @@ class JobQueue:
         r = self.renderer
         t0 = time.perf_counter()
         try:
-            framed_mask = frame_mask(job.mask, job.frame)
             vi, vendor, _ = r.resolve_vendor(job.vendor)
-            it = r._sample(framed_mask[None], vi, job.seed, job.steps, job.guidance, job.solver, job.cancel_event)
+            if r.scene:
+                it = r.slice_steps(job.mask, job.frame, job.vendor, job.seed, job.context, job.cancel_event,
+                                   steps=job.steps, solver=job.solver, guidance=job.guidance)
+            else:
+                framed_mask = frame_mask(job.mask, job.frame)
+                it = ((st.step, st.total, st.preview[0]) for st in
+                      r._sample(framed_mask[None], vi, job.seed, job.steps, job.guidance, job.solver, job.cancel_event))
             last = None
             while True:
                 self._give_way(job)
@@ -288,14 +289,13 @@ class JobQueue:
                     last = next(it)
                 except StopIteration:
                     break
-                job.step, job.preview = last.step, last.preview[0]
+                job.step, job.preview = last[0], last[2]
                 self._emit(self.on_progress, job)
-            framed = last.preview[0]
+            framed = last[2]
+            native = last[3] if len(last) > 3 else from_frame(framed, job.frame, kind="image")
             job.seconds = time.perf_counter() - t0
-            params = {"model": r.name, "model_sha256": r.info.card.get("sha256"), "kind": r.kind, "sampler": job.solver,
-                      "steps": job.steps, "guidance": job.guidance, "seed": job.seed, "vendor": vendor,
-                      "seconds": round(job.seconds, 3), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            job.result = JobResult(from_frame(framed, job.frame, kind="image"), framed, job.mask, job.frame, params)
+            record = make_record(r, job.seed, vendor, job.context, job.steps, job.guidance, job.solver, job.seconds)
+            job.result = Render(native, framed, job.mask, job.frame, record)
             job.status = "done"
         except Cancelled:
             job.status = "cancelled"

@@ -26,159 +26,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from cmrstudio.anatomy import LABELS, VENDORS
-from cmrstudio.case import Case
-from cmrstudio.data.frame import Frame, frame_mask, from_frame, make_frame
+from cmrstudio.data.frame import Frame, frame_mask, from_frame
+from cmrstudio.engine.base import GeneratorFront, RenderResult
+from cmrstudio.engine.scene import SceneMixin, SliceContext
 from cmrstudio.errors import CmrError
 from cmrstudio.models.checkpoint import ModelInfo
-from cmrstudio.models.registry import build_model, get_model
 from cmrstudio.models.spade import onehot
-from cmrstudio.engine.device import pick_device
-
-
-def describe_labels(n: int) -> str:
-    return ", ".join(f"{i} {LABELS[i]}" for i in range(n))
-
-
-@dataclass
-class RenderResult:
-    request_id: int
-    image: np.ndarray | None  # native 2D slice, float32, [0, 1] unless the frame carries an intensity range
-    framed: np.ndarray | None  # (N, N) float32 in [0, 1]
-    frame: Frame | None
-    vendor: str
-    seed: int
-    model: str
-    render_ms: float  # model + resampling
-    latency_ms: float  # submit -> ready
-    tag: Any = None
-    note: str | None = None
-    error: str | None = None
-    mask: np.ndarray | None = None  # the native mask slice that was rendered (the request's own copy)
-
-
-class GeneratorFront:
-    """What every mask-to-image model shares: loading, input checks, vendors, frames, volumes.
-
-    A subclass implements ``_generate(framed, vendor_index, seed)`` for checked framed masks
-    (B, N, N) -> images (B, N, N) in [0, 1]. Thread-safe: one lock around the network.
-    """
-
-    kinds: tuple[str, ...] = ()
-
-    def __init__(self, model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None):
-        self.info = model if isinstance(model, ModelInfo) else get_model(model, kind=self.kinds)
-        if self.info.kind not in self.kinds:
-            raise CmrError(f"The model '{self.info.name}' is a {self.info.kind} model, not a {' or '.join(self.kinds)} model.")
-        if threads:
-            torch.set_num_threads(threads)
-        self.device = pick_device(device)
-        self.net = build_model(self.info, self.device)
-        cfg = self.net.cfg
-        self.n_labels = cfg.n_labels
-        frame = self.info.card.get("frame", {})
-        self.size = int(frame.get("size", cfg.size))
-        self.spacing_mm = frame.get("spacing_mm")
-        self.vendors_trained = self.info.vendors_trained or list(VENDORS)
-        self._lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        return self.info.name
-
-    @property
-    def kind(self) -> str:
-        return self.info.kind
-
-    def describe(self) -> dict:
-        """What renders: for result records and measured figures."""
-        return {"model": self.name, "kind": self.kind}
-
-    # -- inputs --------------------------------------------------------------------------------
-    def check_mask(self, mask: np.ndarray, where: str = "The mask") -> np.ndarray:
-        m = np.asarray(mask)
-        if m.dtype.kind == "f" and (not np.all(np.isfinite(m)) or np.any(m != np.round(m))):
-            raise CmrError(f"{where} holds non-integer values; a label map must hold whole numbers 0–{self.n_labels - 1}.")
-        if m.size and (m.min() < 0 or m.max() >= self.n_labels):
-            bad = int(m.max()) if m.max() >= self.n_labels else int(m.min())
-            raise CmrError(
-                f"{where} holds label {bad}, which the model '{self.name}' does not know "
-                f"(it knows {describe_labels(self.n_labels)}); remap it with --labels or clean the mask."
-            )
-        return m.astype(np.uint8, copy=False)
-
-    def resolve_vendor(self, vendor: str | None) -> tuple[int, str, str | None]:
-        v = (vendor or "unknown").lower()
-        if v not in VENDORS:
-            raise CmrError(f"Vendor {vendor!r} is not known; use one of {', '.join(VENDORS)}.")
-        if v not in self.vendors_trained:
-            note = (f"The model '{self.name}' saw no {v} images in training (it knows {', '.join(self.vendors_trained)}); "
-                    "rendering in the 'unknown' (average) style instead.")
-            return VENDORS.index("unknown"), "unknown", note
-        return VENDORS.index(v), v, None
-
-    def frame_for(self, mask: np.ndarray, spacing: tuple[float, ...] | None = None, centre=None) -> Frame:
-        """The synthesis frame for a mask volume (Z, Y, X) or slice (Y, X).
-
-        ``spacing`` is (z, y, x) or (y, x) in mm; without it the frame is sized to the heart.
-        """
-        m = np.asarray(mask)
-        if m.ndim == 2:
-            m = m[None]
-        affine = None
-        if spacing is not None:
-            sp = tuple(float(s) for s in spacing)
-            sp = (1.0,) + sp if len(sp) == 2 else sp
-            affine = np.diag([sp[0], sp[1], sp[2], 1.0])
-        case = Case(None, self.check_mask(m), affine)
-        return make_frame(case, size=self.size, spacing_mm=self.spacing_mm, centre=centre)
-
-    # -- rendering -----------------------------------------------------------------------------
-    def _generate(self, framed: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
-        raise NotImplementedError
-
-    def check_framed(self, masks: np.ndarray) -> np.ndarray:
-        """Checked framed masks as (B, N, N)."""
-        m = self.check_mask(masks)
-        if m.ndim == 2:
-            m = m[None]
-        if m.shape[-2:] != (self.size, self.size):
-            raise CmrError(f"Framed masks must be {self.size}×{self.size} for the model '{self.name}', not {m.shape[-2]}×{m.shape[-1]}.")
-        return m
-
-    def render_framed(self, masks: np.ndarray, vendor: str | None = "unknown", seed: int | Sequence[int] = 0) -> np.ndarray:
-        """Framed masks (N, N) or (B, N, N) -> images in [0, 1], same shape.
-
-        One seed: one latent for the whole batch (the slices of one volume look alike); a list of
-        seeds, one per mask: independent samples (what distribution metrics need).
-        """
-        m = self.check_framed(masks)
-        if not np.isscalar(seed) and len(seed) != len(m):
-            raise CmrError(f"{len(seed)} seeds were given for {len(m)} masks; give one seed, or one per mask.")
-        img = self._generate(m, self.resolve_vendor(vendor)[0], seed)
-        return img[0] if np.asarray(masks).ndim == 2 else img
-
-    def render_slice(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Native mask slice -> (native image slice, framed image). The live path: one check, one vendor lookup."""
-        vi = self.resolve_vendor(vendor)[0]
-        framed = self._generate(frame_mask(self.check_mask(mask2d), frame)[None], vi, seed)[0]
-        return from_frame(framed, frame, kind="image"), framed
-
-    def render_volume(self, mask: np.ndarray, spacing: tuple[float, float, float] | None = None, vendor: str | None = "unknown",
-                      seed: int = 0, batch: int = 16) -> tuple[np.ndarray, Frame]:
-        """Every slice of a (Z, Y, X) mask, one frame and one latent for the volume -> (Z, Y, X) image."""
-        m = self.check_mask(mask)
-        if m.ndim == 2:
-            m = m[None]
-        vi = self.resolve_vendor(vendor)[0]
-        frame = self.frame_for(m, spacing)
-        framed = frame_mask(m, frame)
-        imgs = np.concatenate([self._generate(framed[i:i + batch], vi, seed) for i in range(0, len(framed), batch)])
-        return from_frame(imgs, frame, kind="image"), frame
-
-    def to_frame(self, mask2d: np.ndarray, frame: Frame) -> np.ndarray:
-        """A checked native mask slice in the synthesis frame."""
-        return frame_mask(self.check_mask(mask2d), frame)
+from cmrstudio.record import make_record
 
 
 class Renderer(GeneratorFront):
@@ -190,6 +44,7 @@ class Renderer(GeneratorFront):
     """
 
     kinds = ("spade",)
+    one_step = True
 
     def __init__(self, model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None,
                  bf16: bool | None = False):
@@ -243,7 +98,9 @@ class Renderer(GeneratorFront):
                     warnings.warn(f"The live network could not be traced ({type(exc).__name__}: {exc}); using eager mode.")
         return self._live_net
 
-    def render_slice(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def render_slice(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0,
+                     context: SliceContext | None = None) -> tuple[np.ndarray, np.ndarray]:
+        self._crop_only(context)
         vi = self.resolve_vendor(vendor)[0]
         framed = self._generate(frame_mask(self.check_mask(mask2d), frame)[None], vi, seed, live=True)[0]
         return from_frame(framed, frame, kind="image"), framed
@@ -252,22 +109,51 @@ class Renderer(GeneratorFront):
         return {**super().describe(), **({"bf16": True} if self.bf16 else {})}
 
 
-def open_renderer(model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None, **hq) -> GeneratorFront:
-    """A renderer for any generator: SPADE -> :class:`Renderer`, diffusion/flow -> :class:`~cmrstudio.engine.hq.HQRenderer`.
+class SceneRenderer(SceneMixin, Renderer):
+    """A SPADE scene model (fully convolutional, heart + tissue classes + context): whole slices in this
+    patient or fully synthetic; one network call a render. Live edits repaint a window around the heart."""
 
-    ``hq`` (steps, guidance, solver) applies to diffusion and flow models only.
-    """
-    from cmrstudio.models.registry import GENERATOR_KINDS
+    scene = True
 
-    info = model if isinstance(model, ModelInfo) else get_model(model, kind=GENERATOR_KINDS)
-    if info.kind == "spade":
-        given = [k for k, v in hq.items() if v is not None]
-        if given:
-            raise CmrError(f"--{'/--'.join(given)} applies to diffusion and flow models; '{info.name}' is a SPADE model (one step, no guidance).")
-        return Renderer(info, device=device, threads=threads)
-    from cmrstudio.engine.hq import HQRenderer
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._init_scene()
+        self._traced: dict = {}
 
-    return HQRenderer(info, device=device, threads=threads, **hq)
+    @torch.inference_mode()
+    def _window_steps(self, cond, vendor_index, seed, noise, cancel=None, live: bool = True, **kw):
+        v = torch.tensor([vendor_index], dtype=torch.long, device=self.device)
+        z = self.latent(seed).to(self.device)
+        with self._lock, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            net = self._frozen_for(cond, v, z, noise) if live else self.net
+            out = net(cond, v, z, noise)
+        yield 1, 1, ((out[0, 0].float().cpu().numpy() + 1.0) / 2.0).clip(0, 1).astype(np.float32)
+
+    def _frozen_for(self, cond, v, z, noise):
+        """The network traced and frozen for this window size (live edits repeat a few sizes); eager if tracing fails."""
+        key = tuple(cond.shape)
+        net = self._traced.get(key)
+        if net is None:
+            net = self.net
+            if len(self._traced) < 4:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        net = torch.jit.freeze(torch.jit.trace(self.net.eval(), (cond, v, z, noise), check_trace=False))
+                except Exception as exc:
+                    warnings.warn(f"The live network could not be traced ({type(exc).__name__}: {exc}); using eager mode.")
+            self._traced[key] = net
+        return net
+
+    def render_slice(self, mask2d, frame, vendor="unknown", seed=0, context=None):
+        return self.render_slice_ctx(mask2d, frame, vendor, seed, context)
+
+    def _render_framed(self, masks, vendor_index, seed, context):
+        seeds = [int(seed)] * len(masks) if np.isscalar(seed) else [int(s) for s in seed]
+        return self.render_framed_scene(masks, vendor_index, seeds, context, spacing_mm=self.spacing_mm, live=False)
+
+    def render_volume(self, mask, spacing=None, vendor="unknown", seed=0, batch=16, image=None, heart=None, margin_mm=None):
+        return self.render_volume_scene(mask, spacing, vendor, seed, image, heart, margin_mm)
 
 
 @dataclass
@@ -278,6 +164,7 @@ class _Request:
     vendor: str | None
     seed: int
     tag: Any
+    context: SliceContext | None = None
     submitted: float = field(default_factory=time.perf_counter)
 
 
@@ -300,8 +187,10 @@ class LiveEngine:
         self._thread = threading.Thread(target=self._run, name="cmrstudio-live", daemon=True)
         self._thread.start()
 
-    def submit(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0, tag: Any = None) -> int:
-        """Queue a render of this mask slice (copied); a request still waiting is dropped. Returns its id."""
+    def submit(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0, tag: Any = None,
+               context: SliceContext | None = None) -> int:
+        """Queue a render of this mask slice (copied); a request still waiting is dropped. Returns its id.
+        ``context``: in this patient or fully synthetic (scene models; see :class:`~cmrstudio.engine.scene.SliceContext`)."""
         req_mask = np.array(mask2d, copy=True)
         with self._cond:
             if self._closed:
@@ -309,7 +198,7 @@ class LiveEngine:
             self._next_id += 1
             if self._pending is not None:
                 self.dropped += 1
-            self._pending = _Request(self._next_id, req_mask, frame, vendor, int(seed), tag)
+            self._pending = _Request(self._next_id, req_mask, frame, vendor, int(seed), tag, context)
             self.submitted += 1
             self._cond.notify_all()
             return self._next_id
@@ -344,18 +233,20 @@ class LiveEngine:
     def _render(self, req: _Request) -> RenderResult:
         r = self.renderer
         t0 = time.perf_counter()
-        image = framed = None
+        image = framed = record = None
         vendor, note, err = str(req.vendor), None, None
         try:
             _, vendor, note = r.resolve_vendor(req.vendor)
-            image, framed = r.render_slice(req.mask, req.frame, req.vendor, req.seed)
+            image, framed = r.render_slice(req.mask, req.frame, req.vendor, req.seed, req.context)
         except CmrError as exc:
             err = exc.message
         except Exception as exc:  # torch / scipy / out of memory: reported in the result, engine stays up
             err = f"Rendering failed ({type(exc).__name__}: {exc})."
         t1 = time.perf_counter()
+        if err is None:
+            record = make_record(r, req.seed, vendor, req.context, seconds=t1 - t0)
         return RenderResult(req.id, image, framed, req.frame, vendor, req.seed, r.name, 1000 * (t1 - t0),
-                            1000 * (t1 - req.submitted), req.tag, note, err, req.mask)
+                            1000 * (t1 - req.submitted), req.tag, note, err, req.mask, record)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is waiting or rendering; False on timeout."""

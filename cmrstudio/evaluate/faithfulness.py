@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cmrstudio.case import Case
-from cmrstudio.engine.live import open_renderer
+from cmrstudio.engine.factory import open_renderer
 from cmrstudio.errors import CmrError
 from cmrstudio.models.registry import build_model, get_model
 from cmrstudio.train.segmenter import segment_framed

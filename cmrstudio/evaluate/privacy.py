@@ -294,7 +294,7 @@ def evaluate_privacy(cases, held_out: list[str], model=None, space: str = "incep
     ``cases``: real cases with masks, training patients and held-out ones; ``held_out``: case-id prefixes of
     the patients the model never saw. ``max_members`` caps the member slices (a seeded sample) to bound the time.
     """
-    from cmrstudio.engine.live import open_renderer
+    from cmrstudio.engine.factory import open_renderer
 
     if space not in SPACES:
         raise CmrError(f"--space {space!r} is not known; use one of {', '.join(SPACES)}.")

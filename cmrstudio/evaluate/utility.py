@@ -112,7 +112,7 @@ def evaluate_utility(cases, held_out: list[str], model=None, fractions=(0.25, 1.
     """Train-on-real vs real+synthetic vs synthetic, scored on held-out real patients. See the module docstring."""
     from scipy.stats import wilcoxon
 
-    from cmrstudio.engine.live import open_renderer
+    from cmrstudio.engine.factory import open_renderer
     from cmrstudio.evaluate.faithfulness import _segment
     from cmrstudio.evaluate.privacy import render_each, slices_of, split_members
     from cmrstudio.evaluate.segmentation import STRUCTURES, case_scores

@@ -42,7 +42,7 @@ class _Drops(QObject):
             paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
             event.acceptProposedAction()
             if paths:
-                self.studio.open_path(paths[0])
+                self.studio.session.open_path(paths[0])
             return True
         return False
 
@@ -76,7 +76,7 @@ class SettingsDialog(QDialog):
 
         super().__init__(parent)
         self.setWindowTitle("cmrstudio settings")
-        s = studio.settings
+        s = studio.session.settings
         f = QFormLayout(self)
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
@@ -100,14 +100,14 @@ class SettingsDialog(QDialog):
         self.studio = studio
 
     def accept(self) -> None:
-        s = self.studio.settings
+        s = self.studio.session.settings
         s.device = self.device.currentText()
         s.live_model = self.live.currentText() or None
         s.hq_model = self.hq.currentText() or None
-        self.studio.save_settings()
-        r = self.studio.renderer
+        self.studio.session.save_settings()
+        r = self.studio.session.renderer
         if s.live_model and (r is None or r.name != s.live_model):
-            self.studio.set_live_model(s.live_model)
+            self.studio.session.set_live_model(s.live_model)
         super().accept()
 
 
@@ -122,20 +122,20 @@ class StudioWindow:
 
         self.viewer = viewer or napari.Viewer(title="cmrstudio", show=show)
         self.studio = st = Studio(self.viewer, settings=settings, live_model=live_model, load_async=load_async)
-        st.remember = remember
+        st.session.remember = remember
         if project is None:
-            where = st.settings.last_project or default_project_dir()
+            where = st.session.settings.last_project or default_project_dir()
             try:
                 project = Project.open_or_create(where)
             except Exception as exc:
-                st.say("warning", f"{getattr(exc, 'message', exc)} Kept renders need a project: Studio ▸ New project.")
+                st.session.say("warning", f"{getattr(exc, 'message', exc)} Kept renders need a project: Studio ▸ New project.")
         elif not hasattr(project, "items"):
             project = Project.open_or_create(project)
         if project is not None:
-            st.set_project(project)
-        ok = st.open_path(path, case=case)
+            st.session.set_project(project)
+        ok = st.session.open_path(path, case=case)
         if not ok and path is not None:
-            st.open_path(None)  # the sample, so the studio is usable; the message says what failed
+            st.session.open_path(None)  # the sample, so the studio is usable; the message says what failed
         self.synthesis = SynthesisPanel(st)
         self.paint = PaintPanel(st)
         self.gallery = GalleryPanel(st)
@@ -152,9 +152,9 @@ class StudioWindow:
         QTimer.singleShot(0, self.paint_dock.raise_)
         self._status = QLabel("")
         qt_window.statusBar().addPermanentWidget(self._status)
-        st.changed.connect(lambda _w: self._status.setText(st.status_line()))
+        st.changed.connect(lambda _w: self._status.setText(st.session.status_line()))
         st.message.connect(lambda lvl, text: qt_window.statusBar().showMessage(text, 15000))
-        self._status.setText(st.status_line())
+        self._status.setText(st.session.status_line())
         self._drops = _Drops(st)
         w._qt_viewer.installEventFilter(self._drops)
         w._qt_viewer.setAcceptDrops(True)
@@ -167,7 +167,7 @@ class StudioWindow:
         menu = w.main_menu.addMenu("&Studio")
         menu.addAction("Open scan file…", self.open_file_dialog)
         menu.addAction("Open dataset folder…", self.open_folder_dialog)
-        menu.addAction("Open the sample case", lambda: st.open_path(None))
+        menu.addAction("Open the sample case", lambda: st.session.open_path(None))
         menu.addSeparator()
         menu.addAction("New project…", lambda: self.gallery.new_project())
         menu.addAction("Open project…", lambda: self.gallery.open_project())
@@ -199,7 +199,7 @@ class StudioWindow:
         from cmrstudio.study.store import Store
 
         parent = self.viewer.window._qt_window
-        folder = folder or QFileDialog.getExistingDirectory(parent, "Open a reader study folder", self.studio.settings.last_folder or str(Path.home()))
+        folder = folder or QFileDialog.getExistingDirectory(parent, "Open a reader study folder", self.studio.session.settings.last_folder or str(Path.home()))
         if not folder:
             return None
         if reader is None:
@@ -223,7 +223,7 @@ class StudioWindow:
                 store.close()
                 raise
         except Exception as exc:
-            self.studio.say("error", getattr(exc, "message", str(exc)))
+            self.studio.session.say("error", getattr(exc, "message", str(exc)))
             return None
         self.readings = [w for w in getattr(self, "readings", []) if w.isVisible()] + [win]  # keep every open one alive
         win.showMaximized()
@@ -231,7 +231,7 @@ class StudioWindow:
 
     def model_cards_dialog(self, name: str | None = None, modal: bool = True):
         """Every installed model's card with its evaluation (fidelity, faithfulness, privacy, utility, DP), the live one first."""
-        dlg = ModelCardsDialog(self.viewer.window._qt_window, current=name or (self.studio.renderer.name if self.studio.renderer else None))
+        dlg = ModelCardsDialog(self.viewer.window._qt_window, current=name or (self.studio.session.renderer.name if self.studio.session.renderer else None))
         self.cards_dialog = dlg
         if modal:
             dlg.exec()
@@ -240,15 +240,15 @@ class StudioWindow:
         return dlg
 
     def open_file_dialog(self) -> bool:
-        start = self.studio.settings.last_folder or str(Path.home())
+        start = self.studio.session.settings.last_folder or str(Path.home())
         f, _ = QFileDialog.getOpenFileName(self.viewer.window._qt_window, "Open a cardiac scan", start,
                                            "Scans (*.nii *.nii.gz *.mha *.mhd *.nrrd *.h5 *.dcm);;All files (*)")
-        return self.studio.open_path(f) if f else False
+        return self.studio.session.open_path(f) if f else False
 
     def open_folder_dialog(self) -> bool:
-        start = self.studio.settings.last_folder or str(Path.home())
+        start = self.studio.session.settings.last_folder or str(Path.home())
         d = QFileDialog.getExistingDirectory(self.viewer.window._qt_window, "Open a dataset or DICOM folder", start)
-        return self.studio.open_path(d) if d else False
+        return self.studio.session.open_path(d) if d else False
 
     def close(self) -> None:
         self.studio.close()
@@ -273,7 +273,7 @@ def run(path: Path | None = None, case: str | None = None, ready_file: Path | No
         def poll():
             now = time.time()
             marks.setdefault("window", now)  # the event loop runs: the window is up and takes input
-            errors = [text for lvl, text in win.studio.messages if lvl == "error"]
+            errors = [text for lvl, text in win.studio.session.messages if lvl == "error"]
             if win.studio.frame_ms or errors:
                 if ready_file is not None:
                     Path(ready_file).write_text(json.dumps({"wall_window": marks["window"], "wall_first_frame": now,
@@ -315,7 +315,7 @@ def screenshot(out: Path, path: Path | None = None, case: str | None = None, pai
         # thicken the septal wall with a myocardium stroke, as a radiologist sketching hypertrophy would
         centre = lv.mean(0) + np.array([0.0, -0.35 * np.ptp(lv[:, 1])]) if len(lv) else None
         stroke_on_mask(win.viewer, st.mask_layer, label=2, n=14, radius_frac=0.012, centre_yx=centre)
-    win.studio.engine.wait_idle(10)
+    win.studio.session.engine.wait_idle(10)
     _pump(0.6)
     img = win.viewer.screenshot(canvas_only=False, flash=False)
     win.close()

@@ -69,7 +69,7 @@ def bench_studio(strokes: int = 12, moves: int = 24, model: str | None = None, i
         st, v = win.studio, win.viewer
         v.window.resize(*window)
         _pump(1.0)
-        st.engine.wait_idle(10)
+        st.session.engine.wait_idle(10)
         lab = st.mask_layer
         z = st.current_z()
         heart = np.argwhere(lab.data[z] > 0)
@@ -104,40 +104,40 @@ def bench_studio(strokes: int = 12, moves: int = 24, model: str | None = None, i
             t0 = time.perf_counter()
             run()
             took = time.perf_counter() - t0
-            st.engine.wait_idle(10)
+            st.session.engine.wait_idle(10)
             _pump(0.3)
             timer.stop()
             return list(gaps), took
 
         # warm-up stroke (first-call allocations, tracing), not counted
         stroke_on_mask(v, lab, LV, n=8, radius_frac=0.02, centre_yx=centre, interval_s=interval_s)
-        st.engine.wait_idle(10)
+        st.session.engine.wait_idle(10)
         _pump(0.3)
         # the same strokes with live synthesis off: what painting alone costs the GUI thread
-        st.set_live(False)
+        st.session.set_live(False)
         quiet_gaps, _ = heartbeat(paint_strokes)
         for _ in range(strokes):
             lab.undo()
-        st.set_live(True)
-        st.engine.wait_idle(10)
+        st.session.set_live(True)
+        st.session.engine.wait_idle(10)
         _pump(0.3)
         st.frame_ms.clear()
-        st.render_ms.clear()
+        st.session.render_ms.clear()
         dabs.clear()
-        r0, d0 = st.engine.rendered, st.engine.dropped
+        r0, d0 = st.session.engine.rendered, st.session.engine.dropped
         gaps, painting_s = heartbeat(paint_strokes)
         frames = list(st.frame_ms)
         out = {
-            "model": st.renderer.name,
-            "scan": f"{st.case.case_id} {st.case.shape[1]}×{st.case.shape[2]}",
-            "frame_size": st.renderer.size,
+            "model": st.session.renderer.name,
+            "scan": f"{st.session.case.case_id} {st.session.case.shape[1]}×{st.session.case.shape[2]}",
+            "frame_size": st.session.renderer.size,
             "strokes": strokes,
             "dabs": len(dabs),
             "frames_shown": len(frames),
-            "rendered": st.engine.rendered - r0,
-            "skipped_latest_wins": st.engine.dropped - d0,
+            "rendered": st.session.engine.rendered - r0,
+            "skipped_latest_wins": st.session.engine.dropped - d0,
             "dab_to_screen_ms": {"p50": _pct(frames, 50), "p95": _pct(frames, 95), "max": _pct(frames, 100)},
-            "model_ms": {"p50": _pct(list(st.render_ms), 50), "p95": _pct(list(st.render_ms), 95)},
+            "model_ms": {"p50": _pct(list(st.session.render_ms), 50), "p95": _pct(list(st.session.render_ms), 95)},
             "gui_heartbeat_ms": {"p50": _pct(gaps, 50), "p99": _pct(gaps, 99), "max": _pct(gaps, 100)},
             "gui_heartbeat_live_off_ms": {"p50": _pct(quiet_gaps, 50), "p99": _pct(quiet_gaps, 99), "max": _pct(quiet_gaps, 100)},
             "window": f"{v.window._qt_window.width()}×{v.window._qt_window.height()}",

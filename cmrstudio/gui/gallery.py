@@ -87,7 +87,7 @@ class GalleryPanel(QWidget):
 
     def refresh(self, select: str | None = None, check: bool = False) -> None:
         """List the kept renders; ``check`` reads every render's files (on opening a project) to mark broken ones."""
-        p = self.studio.project
+        p = self.studio.session.project
         self.list.clear()
         if p is None:
             self.project_label.setText("No project open: kept renders need one.")
@@ -101,7 +101,8 @@ class GalleryPanel(QWidget):
         broken = self._broken
         for it in p.items:
             stars = "★" * (it.rating or 0)
-            w = QListWidgetItem(f"{it.id} {stars}".strip())
+            badge = " ⓟ" if it.derived_from_patient else ""
+            w = QListWidgetItem(f"{it.id}{badge} {stars}".strip())
             w.setData(Qt.UserRole, it.id)
             thumb = p.thumbnail_path(it.id)
             if thumb.exists():
@@ -110,7 +111,8 @@ class GalleryPanel(QWidget):
                 w.setText(f"{it.id} (broken)")
                 w.setToolTip("A file of this render is missing or damaged.")
             else:
-                w.setToolTip(f"{it.kind} · {it.model} · {it.vendor} · seed {it.seed}")
+                w.setToolTip(f"{it.kind} · {it.model} · {it.vendor} · seed {it.seed} · "
+                             + ("in this patient: derived from a patient scan (ⓟ)" if it.derived_from_patient else "fully synthetic"))
             self.list.addItem(w)
             if it.id == select:
                 self.list.setCurrentItem(w)
@@ -118,7 +120,7 @@ class GalleryPanel(QWidget):
             self.list.setCurrentRow(self.list.count() - 1)
 
     def _selected(self, cur, prev=None) -> None:
-        p, iid = self.studio.project, self.current_id()
+        p, iid = self.studio.session.project, self.current_id()
         on = p is not None and iid is not None
         for w in (self.note_edit, self.rating_box, self.mask_btn, self.delete_btn):
             w.setEnabled(on)
@@ -128,7 +130,9 @@ class GalleryPanel(QWidget):
             self.note_edit.clear()
             return
         it = p.item(iid)
-        how = f"{it.sampler}, {it.steps} steps, guidance {it.guidance}" if it.kind != "spade" else "one pass"
+        how = f"{it.sampler}, {it.steps} steps, guidance {it.guidance}" if (it.steps or 1) > 1 else "one pass"
+        how += (" · <b>in this patient</b> (derived from a patient scan: not anonymous)" if it.derived_from_patient
+                else " · fully synthetic")
         src = it.source or {}
         secs = f"{it.seconds:.2f} s" if it.seconds is not None else "?"
         self.details.setText(f"<b>{it.id}</b> · {it.kind} <i>{it.model}</i> · vendor {it.vendor} · seed {it.seed}<br>"
@@ -140,24 +144,25 @@ class GalleryPanel(QWidget):
     # -- edits ---------------------------------------------------------------------------------
     def _save_note(self) -> None:
         iid = self.current_id()
-        if iid is None or self.studio.project is None:
+        if iid is None or self.studio.session.project is None:
             return
         text = self.note_edit.text().strip()
-        if text != (self.studio.project.item(iid).note or ""):
+        if text != (self.studio.session.project.item(iid).note or ""):
             self._update(iid, note=text)
 
     def _save_rating(self, i: int) -> None:
         iid = self.current_id()
-        if iid is not None and self.studio.project is not None:
+        if iid is not None and self.studio.session.project is not None:
             self._update(iid, rating=self.rating_box.itemData(i))
             cur = self.list.currentItem()
-            cur.setText(f"{iid} {'★' * (self.rating_box.itemData(i) or 0)}".strip())
+            badge = " ⓟ" if self.studio.session.project.item(iid).derived_from_patient else ""
+            cur.setText(f"{iid}{badge} {'★' * (self.rating_box.itemData(i) or 0)}".strip())
 
     def _update(self, iid: str, **kw) -> None:
         try:
-            self.studio.project.update(iid, **kw)
+            self.studio.session.project.update(iid, **kw)
         except Exception as exc:
-            self.studio.say("error", f"{iid} could not be updated: {getattr(exc, 'message', exc)}")
+            self.studio.session.say("error", f"{iid} could not be updated: {getattr(exc, 'message', exc)}")
 
     def remove(self, confirm: bool = True) -> None:
         iid = self.current_id()
@@ -171,22 +176,22 @@ class GalleryPanel(QWidget):
             if answer != QMessageBox.Yes:
                 return
         try:
-            self.studio.project.remove(iid)
+            self.studio.session.project.remove(iid)
         except Exception as exc:
-            self.studio.say("error", f"{iid} could not be removed: {getattr(exc, 'message', exc)}")
+            self.studio.session.say("error", f"{iid} could not be removed: {getattr(exc, 'message', exc)}")
         self.refresh()
 
     def use_mask(self) -> bool:
         iid, s = self.current_id(), self.studio
         try:
-            res = s.project.load(iid)
-            if s.case is None or res.mask.shape != s.case.shape[1:]:
+            res = s.session.project.load(iid)
+            if s.session.case is None or res.mask.shape != s.session.case.shape[1:]:
                 raise ValueError(f"its mask is {res.mask.shape[0]}×{res.mask.shape[1]}, the open scan's slices are "
-                                 f"{s.case.shape[1]}×{s.case.shape[2]}; open the scan it came from")
+                                 f"{s.session.case.shape[1]}×{s.session.case.shape[2]}; open the scan it came from")
         except Exception as exc:
-            s.say("error", f"The mask of {iid} cannot be used here: {getattr(exc, 'message', exc)}.")
+            s.session.say("error", f"The mask of {iid} cannot be used here: {getattr(exc, 'message', exc)}.")
             return False
-        s.apply_mask(res.mask, s.current_z())
+        s.session.apply_mask(res.mask, s.current_z())
         return True
 
     # -- export --------------------------------------------------------------------------------
@@ -194,12 +199,12 @@ class GalleryPanel(QWidget):
         """Export the gallery (as `cmrstudio export` does) into a new folder under ``parent``, on a worker thread."""
         from datetime import datetime
 
-        s, p = self.studio, self.studio.project
+        s, p = self.studio, self.studio.session.project
         if p is None or not p.items:
-            s.say("warning", "The gallery is empty: keep a render first.")
+            s.session.say("warning", "The gallery is empty: keep a render first.")
             return None
         if parent is None:
-            d = QFileDialog.getExistingDirectory(self, "Export the gallery into which folder?", s.settings.last_folder or str(Path.home()))
+            d = QFileDialog.getExistingDirectory(self, "Export the gallery into which folder?", s.session.settings.last_folder or str(Path.home()))
             if not d:
                 return None
             parent = Path(d)
@@ -209,7 +214,7 @@ class GalleryPanel(QWidget):
         safe = re.sub(r"[^A-Za-z0-9_-]+", "_", p.name).strip("_") or "gallery"  # a folder name, whatever the project is called
         dest = Path(parent) / f"{safe}-{fmt}-{datetime.now():%Y%m%d-%H%M%S}"
         self.export_btn.setEnabled(False)
-        s.say("info", f"Exporting the gallery as {fmt} to {dest}…")
+        s.session.say("info", f"Exporting the gallery as {fmt} to {dest}…")
 
         def job():
             from cmrstudio.export import export
@@ -231,7 +236,7 @@ class GalleryPanel(QWidget):
 
     # -- projects ------------------------------------------------------------------------------
     def _pick_folder(self, title: str) -> Path | None:
-        start = self.studio.settings.last_project or self.studio.settings.last_folder or str(Path.home())
+        start = self.studio.session.settings.last_project or self.studio.session.settings.last_folder or str(Path.home())
         d = QFileDialog.getExistingDirectory(self, title, start)
         return Path(d) if d else None
 
@@ -249,14 +254,14 @@ class GalleryPanel(QWidget):
         try:
             p = getattr(Project, how)(folder)
         except Exception as exc:
-            self.studio.say("error", getattr(exc, "message", str(exc)))
+            self.studio.session.say("error", getattr(exc, "message", str(exc)))
             return False
-        self.studio.set_project(p)
+        self.studio.session.set_project(p)
         return True
 
     def _changed(self, what: str) -> None:
         if what == "exported":
             self.export_btn.setEnabled(True)
         if what in ("gallery", "project"):
-            p = self.studio.project
+            p = self.studio.session.project
             self.refresh(select=p.items[-1].id if (what == "gallery" and p and p.items) else None)

@@ -13,7 +13,8 @@ from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBox, 
                             QLabel, QLineEdit, QProgressBar, QPushButton, QSlider, QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
 from cmrstudio.anatomy import COLOURS, LV, MYO, RV, VENDORS
-from cmrstudio.gui.studio import START_KINDS, Studio, _base_id
+from cmrstudio.gui.studio import START_KINDS, Studio
+from cmrstudio.session import MODES, base_id
 
 STRUCTURES = {LV: "LV blood pool", MYO: "LV myocardium", RV: "RV blood pool"}
 LEVEL_COLOURS = {"info": "#9fd0a0", "warning": "#e8c16a", "error": "#ff8a80"}
@@ -50,7 +51,7 @@ class MessageBar(QLabel):
         self.setTextInteractionFlags(Qt.TextSelectableByMouse)
         studio.message.connect(self.show_message)
         # what was said before the panel existed (a file that would not open at start-up): errors first
-        earlier = [m for m in studio.messages if m[0] == "error"] or [m for m in studio.messages if m[0] == "warning"]
+        earlier = [m for m in studio.session.messages if m[0] == "error"] or [m for m in studio.session.messages if m[0] == "warning"]
         if earlier:
             self.show_message(*earlier[-1])
 
@@ -87,9 +88,9 @@ class PaintPanel(QWidget):
         g = QGroupBox("Scan")
         f = QFormLayout(g)
         self.case_box = QComboBox()
-        self.case_box.activated.connect(lambda i: studio.open_case_id(self.case_box.itemText(i)))
+        self.case_box.activated.connect(lambda i: studio.session.open_case_id(self.case_box.itemText(i)))
         self.phase_box = QComboBox()
-        self.phase_box.activated.connect(lambda i: studio.open_ref(self.phase_box.itemData(i)))
+        self.phase_box.activated.connect(lambda i: studio.session.open_ref(self.phase_box.itemData(i)))
         f.addRow("Case", self.case_box)
         f.addRow("Phase", self.phase_box)
         lay.addWidget(g)
@@ -187,8 +188,8 @@ class PaintPanel(QWidget):
         v.addWidget(button("Grow", "fa5s.expand-arrows-alt", "Dilate the structure (LV: the wall moves with it; MYO: thicker wall)",
                            lambda: self.grow(+1)), 1, 0)
         v.addWidget(button("Shrink", "fa5s.compress-arrows-alt", "Erode the structure", lambda: self.grow(-1)), 1, 1)
-        v.addWidget(button("Copy ↑ slice", "fa5s.copy", "Copy the previous slice's mask here", lambda: studio.copy_from_neighbour(-1)), 2, 0)
-        v.addWidget(button("Copy ↓ slice", "fa5s.copy", "Copy the next slice's mask here", lambda: studio.copy_from_neighbour(+1)), 2, 1)
+        v.addWidget(button("Copy ↑ slice", "fa5s.copy", "Copy the previous slice's mask here", lambda: studio.session.copy_from_neighbour(-1)), 2, 0)
+        v.addWidget(button("Copy ↓ slice", "fa5s.copy", "Copy the next slice's mask here", lambda: studio.session.copy_from_neighbour(+1)), 2, 1)
         lay.addWidget(g)
 
         # anatomy
@@ -229,7 +230,7 @@ class PaintPanel(QWidget):
     def apply_start(self) -> bool:
         kind = self.start_box.currentData()
         params = self.template_params() if kind == "template" else {}
-        return self.studio.start_mask(kind, self.scope_box.currentData(), **params)
+        return self.studio.session.start_mask(kind, self.scope_box.currentData(), **params)
 
     def _start_kind_changed(self, *_):
         self.template_box.setVisible(self.start_box.currentData() == "template")
@@ -245,21 +246,21 @@ class PaintPanel(QWidget):
             self._template_moved()
 
     def grow(self, sign: int) -> bool:
-        return self.studio.change_structure(self.struct_box.currentData(), sign * self.mm_box.value(), self.edit_scope.currentData())
+        return self.studio.session.change_structure(self.struct_box.currentData(), sign * self.mm_box.value(), self.edit_scope.currentData())
 
     # -- observing -----------------------------------------------------------------------------
     def _changed(self, what: str) -> None:
         s = self.studio
-        if what == "case" and s.case is not None:
+        if what == "case" and s.session.case is not None:
             self.case_box.clear()
-            ids = s.case_ids() or [s.case.case_id]
+            ids = s.session.case_ids() or [s.session.case.case_id]
             self.case_box.addItems(ids)
-            self.case_box.setCurrentText(_base_id(s.opened.refs[s.opened.index]) if s.opened.index >= 0 else s.case.case_id)
+            self.case_box.setCurrentText(base_id(s.session.opened.refs[s.session.opened.index]) if s.session.opened.index >= 0 else s.session.case.case_id)
             self.case_box.setEnabled(len(ids) > 1)
             self.phase_box.clear()
-            for ph, idx in s.phases():
+            for ph, idx in s.session.phases():
                 self.phase_box.addItem(ph, idx)
-            self.phase_box.setCurrentText(s.case.phase or "-")
+            self.phase_box.setCurrentText(s.session.case.phase or "-")
             self.phase_box.setEnabled(self.phase_box.count() > 1)
             layer = s.mask_layer
             self.brush.setValue(int(layer.brush_size))
@@ -273,11 +274,11 @@ class PaintPanel(QWidget):
         from cmrstudio import edits
 
         s = self.studio
-        if s.case is None:
+        if s.session.case is None:
             return
         sl = s.mask_layer.data[s.current_z()]
         try:
-            sz = edits.structure_sizes(sl, s.spacing_yx())
+            sz = edits.structure_sizes(sl, s.session.spacing_yx())
         except Exception:  # sizes are a read-out only
             sz = {}
         unit = sz.get("unit", "px")
@@ -289,9 +290,9 @@ class PaintPanel(QWidget):
         if sz.get("rv_area") is not None:
             parts.append(f"RV {sz['rv_area'] / 100:.1f} c{unit}²" if unit == "mm" else f"RV {sz['rv_area']:.0f} px²")
         self.sizes_label.setText(" · ".join(parts) if parts else "no heart painted on this slice")
-        if s.findings:
+        if s.session.findings:
             self.anatomy_label.setStyleSheet(f"color: {LEVEL_COLOURS['warning']};")
-            self.anatomy_label.setText("\n".join(f"• {f.message}" for f in s.findings[:4]))
+            self.anatomy_label.setText("\n".join(f"• {f.message}" for f in s.session.findings[:4]))
         else:
             self.anatomy_label.setStyleSheet(f"color: {LEVEL_COLOURS['info']};")
             self.anatomy_label.setText("No anatomy warnings." if sl.any() else "")
@@ -317,24 +318,32 @@ class SynthesisPanel(QWidget):
             self.model_box.addItem(m.name, m.name)
         self.model_box.activated.connect(self._model_picked)
         f.addRow("Model", self.model_box)
+        self.mode_box = QComboBox()
+        for key, text in MODES.items():
+            self.mode_box.addItem(text, key)
+        self.mode_box.setToolTip("In this patient: the painted heart is rendered into the scan's own slice, its surroundings kept "
+                                 "(derived from a patient scan). Fully synthetic: no real pixel, the model makes the whole slice.")
+        self.mode_box.setCurrentIndex(self.mode_box.findData(studio.session.mode))
+        self.mode_box.activated.connect(self._mode_picked)
+        f.addRow("Render", self.mode_box)
         self.vendor_box = QComboBox()
         self.vendor_box.addItems(list(VENDORS))
-        self.vendor_box.setCurrentText(studio.vendor)
-        self.vendor_box.activated.connect(lambda i: studio.set_vendor(self.vendor_box.itemText(i)))
+        self.vendor_box.setCurrentText(studio.session.vendor)
+        self.vendor_box.activated.connect(lambda i: studio.session.set_vendor(self.vendor_box.itemText(i)))
         f.addRow("Vendor style", self.vendor_box)
         h = QHBoxLayout()
         self.seed_box = QSpinBox()
         self.seed_box.setRange(0, 2**31 - 2)
-        self.seed_box.setValue(studio.seed)
-        self.seed_box.editingFinished.connect(lambda: studio.set_seed(self.seed_box.value()) if self.seed_box.value() != studio.seed else None)
-        self.new_seed = button("New seed", "fa5s.dice", "Another random seed: another plausible image for the same mask", lambda: studio.set_seed())
+        self.seed_box.setValue(studio.session.seed)
+        self.seed_box.editingFinished.connect(lambda: studio.session.set_seed(self.seed_box.value()) if self.seed_box.value() != studio.session.seed else None)
+        self.new_seed = button("New seed", "fa5s.dice", "Another random seed: another plausible image for the same mask", lambda: studio.session.set_seed())
         h.addWidget(self.seed_box, 1)
         h.addWidget(self.new_seed)
         f.addRow("Seed", h)
         h = QHBoxLayout()
         self.live_check = QCheckBox("Live")
-        self.live_check.setChecked(studio.live_on)
-        self.live_check.toggled.connect(studio.set_live)
+        self.live_check.setChecked(studio.session.live_on)
+        self.live_check.toggled.connect(studio.session.set_live)
         self.contour_check = QCheckBox("Mask contours")
         self.contour_check.setChecked(studio.contours_on)
         self.contour_check.toggled.connect(studio.set_contours)
@@ -353,8 +362,8 @@ class SynthesisPanel(QWidget):
         hq_models = list_models("diffusion") + list_models("flow")
         for m in hq_models:
             self.hq_box.addItem(f"{m.name} ({m.kind})", m.name)
-        if studio.settings.hq_model and self.hq_box.findData(studio.settings.hq_model) >= 0:
-            self.hq_box.setCurrentIndex(self.hq_box.findData(studio.settings.hq_model))
+        if studio.session.settings.hq_model and self.hq_box.findData(studio.session.settings.hq_model) >= 0:
+            self.hq_box.setCurrentIndex(self.hq_box.findData(studio.session.settings.hq_model))
         self.hq_box.currentIndexChanged.connect(self._hq_model_changed)
         f.addRow("Model", self.hq_box)
         self.steps_box = QSpinBox()
@@ -366,7 +375,7 @@ class SynthesisPanel(QWidget):
         f.addRow("Guidance", self.guidance_box)
         h = QHBoxLayout()
         self.hq_btn = button("Render HQ", "fa5s.magic", "Render this slice with the diffusion or flow model", self.render_hq)
-        self.cancel_btn = button("Cancel", "fa5s.stop", "Stop the HQ render before its next step", studio.cancel_hq)
+        self.cancel_btn = button("Cancel", "fa5s.stop", "Stop the HQ render before its next step", studio.session.cancel_hq)
         self.cancel_btn.setEnabled(False)
         h.addWidget(self.hq_btn, 1)
         h.addWidget(self.cancel_btn)
@@ -413,9 +422,13 @@ class SynthesisPanel(QWidget):
 
     def _model_picked(self, i: int) -> None:
         name = self.model_box.itemData(i)
-        if self.studio.renderer is None or name != self.studio.renderer.name:
-            if not self.studio.set_live_model(name):
+        if self.studio.session.renderer is None or name != self.studio.session.renderer.name:
+            if not self.studio.session.set_live_model(name):
                 self._changed("live_model")  # back to the model still in use
+
+    def _mode_picked(self, i: int) -> None:
+        if not self.studio.session.set_mode(self.mode_box.itemData(i)):
+            self.mode_box.setCurrentIndex(self.mode_box.findData(self.studio.session.mode))
 
     def _hq_model_changed(self, *_):
         name = self.hq_box.currentData()
@@ -443,10 +456,10 @@ class SynthesisPanel(QWidget):
         name = self.hq_box.currentData()
         if not name:
             return None
-        jid = self.studio.render_hq(name, self.steps_box.value(), self.guidance_box.value())
+        jid = self.studio.session.render_hq(name, self.steps_box.value(), self.guidance_box.value())
         if jid is not None:
-            self.studio.settings.hq_model = name
-            self.studio.save_settings()
+            self.studio.session.settings.hq_model = name
+            self.studio.session.save_settings()
             self.progress.setRange(0, self.steps_box.value())
             self.progress.setValue(0)
             self.progress.setFormat("%v / %m steps")
@@ -454,7 +467,7 @@ class SynthesisPanel(QWidget):
         return jid
 
     def keep(self, which: str):
-        item = self.studio.keep(which, note=self.note_edit.text().strip(), rating=self.rating_box.currentData())
+        item = self.studio.session.keep(which, note=self.note_edit.text().strip(), rating=self.rating_box.currentData())
         if item is not None:
             self.note_edit.clear()
             self.rating_box.setCurrentIndex(0)
@@ -462,34 +475,40 @@ class SynthesisPanel(QWidget):
 
     def _changed(self, what: str) -> None:
         s = self.studio
-        if what == "live_model" and s.renderer is not None:
-            i = self.model_box.findData(s.renderer.name)
+        if what in ("mode", "case"):
+            self.mode_box.setCurrentIndex(self.mode_box.findData(s.session.mode))
+            self.mode_box.setEnabled(s.session.case is None or s.session.case.image is not None)
+            self.vendor_box.setCurrentText(s.session.vendor)
+        if what == "live_model" and s.session.renderer is not None:
+            i = self.model_box.findData(s.session.renderer.name)
             if i < 0:
-                self.model_box.addItem(s.renderer.name, s.renderer.name)
+                self.model_box.addItem(s.session.renderer.name, s.session.renderer.name)
                 i = self.model_box.count() - 1
             self.model_box.setCurrentIndex(i)
         elif what == "seed":
-            self.seed_box.setValue(s.seed)
+            self.seed_box.setValue(s.session.seed)
+        elif what == "vendor":
+            self.vendor_box.setCurrentText(s.session.vendor)
         elif what == "hq":
-            job = s.hq_job
+            job = s.session.hq_job
             if job is None:
                 self.progress.setRange(0, 1)
                 self.progress.setValue(0)
                 self.progress.setFormat("no HQ render yet")
                 self.cancel_btn.setEnabled(False)
-                self.keep_hq_btn.setEnabled(s.current_z() in s.hq_results)
+                self.keep_hq_btn.setEnabled(s.current_z() in s.session.hq_results)
                 return
             self.progress.setFormat("%v / %m steps")
             self.progress.setRange(0, job.steps)
-            self.progress.setValue(s.hq_step)
+            self.progress.setValue(s.session.hq_step)
             self.cancel_btn.setEnabled(not job.finished)
-            self.keep_hq_btn.setEnabled(s.current_z() in s.hq_results)
+            self.keep_hq_btn.setEnabled(s.current_z() in s.session.hq_results)
         elif what in ("slice", "case"):
-            self.keep_hq_btn.setEnabled(s.current_z() in s.hq_results)
+            self.keep_hq_btn.setEnabled(s.current_z() in s.session.hq_results)
 
     def _tick(self) -> None:
         st = self.studio.frame_stats()
-        if not self.studio.live_on:
+        if not self.studio.session.live_on:
             self.readout.setText("live is off")
             return
         if st["frame_p50_ms"] is None:

@@ -56,16 +56,16 @@ def synthesis_widget(napari_viewer):
     studio = Studio(napari_viewer)
     studio.owns_viewer = False
     try:
-        studio.project = Project.open_or_create(studio.settings.last_project or default_project_dir())
+        studio.session.project = Project.open_or_create(studio.session.settings.last_project or default_project_dir())
     except Exception as exc:
-        studio.say("warning", f"{getattr(exc, 'message', exc)} Kept renders need a project.")
+        studio.session.say("warning", f"{getattr(exc, 'message', exc)} Kept renders need a project.")
     case, note, used = case_from_layers(napari_viewer)
     if case is None:
-        studio.open_path(None)  # the sample: it takes the viewer over
+        studio.session.open_path(None)  # the sample: it takes the viewer over
     else:
         studio.set_case(case, replace=used)  # other layers (points, shapes, ...) stay
     if note:
-        studio.say("warning", note)
+        studio.session.say("warning", note)
     tabs = QTabWidget()
     tabs.addTab(SynthesisPanel(studio), "Synthesis")
     tabs.addTab(PaintPanel(studio), "Paint")

@@ -56,6 +56,13 @@ class DiffusionConfig:
     n_vendors: int = N_VENDORS
     mask_input: bool = True  # one-hot concatenated to the noisy image
     patch: int = 2  # pixel-unshuffle at the input (and shuffle at the output): the U-Net runs at size/patch
+    cond_channels: int | None = None  # conditioning channels (None: the n_labels one-hot; scene models: heart, tissue classes, context)
+    channels: int = 1  # channels of what is generated (1: an image; the tissue-class prior: one per class)
+    norm: str = "group"  # "group" (GroupNorm) or "pixel" (each pixel's channels: the same at any canvas size, fully convolutional)
+
+    @property
+    def n_cond(self) -> int:
+        return self.n_labels if self.cond_channels is None else int(self.cond_channels)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -78,6 +85,8 @@ class DiffusionConfig:
             raise ValueError(f"size {self.size} is not divisible by patch {self.patch} × 2**{levels}")
         if any(self.base * m % self.groups for m in self.mults):
             raise ValueError(f"every level's channels must be divisible by groups={self.groups}")
+        if self.norm not in ("group", "pixel"):
+            raise ValueError(f"norm {self.norm!r} must be 'group' or 'pixel'")
 
 
 PRESETS = {
@@ -87,6 +96,14 @@ PRESETS = {
     "tiny": DiffusionConfig(base=16, mults=(1, 2, 2), attention=False, spade_hidden=16, time_dim=64),
     # GPU: wider and deeper, same structure.
     "base": DiffusionConfig(base=64, mults=(1, 2, 2, 4), blocks=2, spade_hidden=64, time_dim=256),
+    # Scene models (whole field of view, fully convolutional): conditioned on heart, tissue classes and context.
+    "scene": DiffusionConfig(base=40, mults=(1, 2, 3, 4), blocks=1, attention=False, spade_hidden=32, norm="pixel",
+                             cond_channels=10),
+    "scene-tiny": DiffusionConfig(base=16, mults=(1, 2, 2), attention=False, spade_hidden=16, time_dim=64, norm="pixel",
+                                  cond_channels=10),
+    # The tissue-class prior: fractions of the five classes on 10 mm cells, given the heart there and the scan's extent.
+    "layout": DiffusionConfig(size=32, base=32, mults=(1, 2, 2), blocks=1, attention=False, spade_hidden=16, time_dim=64,
+                              patch=1, norm="pixel", cond_channels=4, channels=5),
 }
 
 
@@ -98,12 +115,35 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(a), torch.sin(a)], dim=1)
 
 
-class SpatialNorm(nn.Module):
-    """GroupNorm without affine, then per-pixel (1 + gamma, beta) from the one-hot mask."""
+class PixelNorm(nn.Module):
+    """Normalise each pixel's channels (a LayerNorm over channels): no statistics over the image, so a
+    network behaves the same on a training window and on a whole scene of any size."""
 
-    def __init__(self, channels: int, groups: int, n_labels: int, hidden: int):
+    def __init__(self, channels: int, affine: bool = True, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, affine=False)
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = x.mean(1, keepdim=True)
+        var = (x - mu).pow(2).mean(1, keepdim=True)
+        x = (x - mu) * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            x = x * self.weight[:, None, None] + self.bias[:, None, None]
+        return x
+
+
+def make_norm(kind: str, groups: int, channels: int, affine: bool = True) -> nn.Module:
+    return PixelNorm(channels, affine) if kind == "pixel" else nn.GroupNorm(groups, channels, affine=affine)
+
+
+class SpatialNorm(nn.Module):
+    """GroupNorm (or PixelNorm) without affine, then per-pixel (1 + gamma, beta) from the conditioning maps."""
+
+    def __init__(self, channels: int, groups: int, n_labels: int, hidden: int, norm: str = "group"):
+        super().__init__()
+        self.norm = make_norm(norm, groups, channels, affine=False)
         self.shared = nn.Sequential(nn.Conv2d(n_labels, hidden, 3, padding=1), nn.SiLU())
         self.gamma_beta = nn.Conv2d(hidden, 2 * channels, 3, padding=1)
         nn.init.zeros_(self.gamma_beta.weight)
@@ -122,15 +162,15 @@ class ResBlock(nn.Module):
     With ``spatial`` the norms are :class:`SpatialNorm` (decoder), else GroupNorm (encoder).
     """
 
-    def __init__(self, cin: int, cout: int, emb: int, groups: int, spatial: bool, n_labels: int, hidden: int):
+    def __init__(self, cin: int, cout: int, emb: int, groups: int, spatial: bool, n_labels: int, hidden: int, norm: str = "group"):
         super().__init__()
         self.spatial = spatial
         if spatial:
-            self.norm0 = SpatialNorm(cin, groups, n_labels, hidden)
-            self.norm1 = SpatialNorm(cout, groups, n_labels, hidden)
+            self.norm0 = SpatialNorm(cin, groups, n_labels, hidden, norm)
+            self.norm1 = SpatialNorm(cout, groups, n_labels, hidden, norm)
         else:
-            self.norm0 = nn.GroupNorm(groups, cin)
-            self.norm1 = nn.GroupNorm(groups, cout)
+            self.norm0 = make_norm(norm, groups, cin)
+            self.norm1 = make_norm(norm, groups, cout)
         self.conv0 = nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb, 2 * cout)
         self.conv1 = nn.Conv2d(cout, cout, 3, padding=1)
@@ -173,12 +213,12 @@ class CondUNet(nn.Module):
         super().__init__()
         cfg.check()
         self.cfg = cfg
-        L, hid, g = cfg.n_labels, cfg.spade_hidden, cfg.groups
+        L, hid, g, nk = cfg.n_cond, cfg.spade_hidden, cfg.groups, cfg.norm
         chans = [cfg.base * m for m in cfg.mults]
         self.time = nn.Sequential(nn.Linear(cfg.time_dim, cfg.time_dim), nn.SiLU(), nn.Linear(cfg.time_dim, cfg.time_dim))
         self.vendor = nn.Embedding(cfg.n_vendors, cfg.time_dim)
         p = cfg.patch
-        self.inp = nn.Conv2d((1 + (L if cfg.mask_input else 0)) * p * p, chans[0], 3, padding=1)
+        self.inp = nn.Conv2d((cfg.channels + (L if cfg.mask_input else 0)) * p * p, chans[0], 3, padding=1)
 
         self.down = nn.ModuleList()
         skips = [chans[0]]
@@ -186,7 +226,7 @@ class CondUNet(nn.Module):
         for i, ch in enumerate(chans):
             level = nn.ModuleList()
             for _ in range(cfg.blocks):
-                level.append(ResBlock(c, ch, cfg.time_dim, g, False, L, hid))
+                level.append(ResBlock(c, ch, cfg.time_dim, g, False, L, hid, nk))
                 c = ch
                 skips.append(c)
             if i < len(chans) - 1:
@@ -194,27 +234,27 @@ class CondUNet(nn.Module):
                 skips.append(c)
             self.down.append(level)
 
-        self.mid0 = ResBlock(c, c, cfg.time_dim, g, True, L, hid)
+        self.mid0 = ResBlock(c, c, cfg.time_dim, g, True, L, hid, nk)
         self.mid_attn = Attention(c, cfg.heads, g) if cfg.attention else nn.Identity()
-        self.mid1 = ResBlock(c, c, cfg.time_dim, g, True, L, hid)
+        self.mid1 = ResBlock(c, c, cfg.time_dim, g, True, L, hid, nk)
 
         self.up = nn.ModuleList()
         for i, ch in reversed(list(enumerate(chans))):
             level = nn.ModuleList()
             for _ in range(cfg.blocks + 1):
-                level.append(ResBlock(c + skips.pop(), ch, cfg.time_dim, g, True, L, hid))
+                level.append(ResBlock(c + skips.pop(), ch, cfg.time_dim, g, True, L, hid, nk))
                 c = ch
             if i > 0:
                 level.append(nn.Upsample(scale_factor=2, mode="nearest"))
                 level.append(nn.Conv2d(c, c, 3, padding=1))
             self.up.append(level)
-        self.out_norm = nn.GroupNorm(g, c)
-        self.out = nn.Conv2d(c, p * p, 3, padding=1)
+        self.out_norm = make_norm(nk, g, c)
+        self.out = nn.Conv2d(c, cfg.channels * p * p, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, onehot: torch.Tensor, vendor: torch.Tensor) -> torch.Tensor:
-        """x (B,1,N,N); t (B,) in [0,1]; onehot (B,L,N,N), all zeros = no mask; vendor (B,) long."""
+        """x (B,C,N,N); t (B,) in [0,1]; onehot (B,L,N,N) conditioning maps, all zeros = none; vendor (B,) long."""
         emb = self.time(timestep_embedding(t, self.cfg.time_dim)) + self.vendor(vendor)
         p = self.cfg.patch
         h = self.inp(F.pixel_unshuffle(torch.cat([x, onehot], 1) if self.cfg.mask_input else x, p))

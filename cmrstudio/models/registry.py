@@ -124,10 +124,10 @@ def _architecture(info: ModelInfo) -> torch.nn.Module:
     options = info.card.get("architecture", {}).get("options", {})
     try:
         if info.kind == "spade":
-            from cmrstudio.models.spade import SpadeConfig, SpadeGenerator
+            from cmrstudio.models.spade import SpadeConfig, build_generator
 
-            return SpadeGenerator(SpadeConfig.from_dict(options))
-        if info.kind in ("diffusion", "flow"):
+            return build_generator(SpadeConfig.from_dict(options))
+        if info.kind in ("diffusion", "flow", "layout"):
             from cmrstudio.models.diffusion import CondUNet, DiffusionConfig
 
             return CondUNet(DiffusionConfig.from_dict(options))

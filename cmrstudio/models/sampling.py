@@ -132,7 +132,9 @@ def _predict(net, x: torch.Tensor, t: float, onehot: torch.Tensor, vendor: torch
 
 
 def _to01(x: torch.Tensor) -> np.ndarray:
-    return ((x[:, 0].float().clamp(-1, 1).cpu().numpy() + 1.0) / 2.0).astype(np.float32)
+    """(B, 1, N, N) -> (B, N, N) in [0, 1]; several channels stay (B, C, N, N)."""
+    x = x[:, 0] if x.shape[1] == 1 else x
+    return ((x.float().clamp(-1, 1).cpu().numpy() + 1.0) / 2.0).astype(np.float32)
 
 
 def _check(objective: str, steps: int, solver: str | None) -> str:
@@ -187,7 +189,7 @@ def run_to_end(it: Iterator[Step]) -> np.ndarray:
     return last.preview
 
 
-def noise_for(seed: int, size: int, batch: int = 1) -> torch.Tensor:
-    """The starting noise of a seed: one (1, 1, N, N) field, shared by every slice of a batch."""
+def noise_for(seed: int, size: int, batch: int = 1, channels: int = 1) -> torch.Tensor:
+    """The starting noise of a seed: one (1, C, N, N) field, shared by every slice of a batch."""
     g = torch.Generator().manual_seed(int(seed))
-    return torch.randn(1, 1, size, size, generator=g).expand(batch, -1, -1, -1).contiguous()
+    return torch.randn(1, channels, size, size, generator=g).expand(batch, -1, -1, -1).contiguous()

@@ -54,6 +54,13 @@ class SpadeConfig:
     d_layers: int = 3
     d_spectral_norm: bool = True
     d_groupnorm: bool = False  # GroupNorm in the discriminator (differentially private training: no spectral norm there)
+    arch: str = "classic"  # "classic": z -> 8x8 -> upsampling SPADE blocks; "unet": fully convolutional encoder-decoder (scene models)
+    cond_channels: int | None = None  # conditioning channels (None: the n_labels one-hot; scene models: heart, tissue classes, context)
+    levels: int = 3  # "unet": halvings between the window and the bottleneck
+
+    @property
+    def n_cond(self) -> int:
+        return self.n_labels if self.cond_channels is None else int(self.cond_channels)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +72,10 @@ class SpadeConfig:
 
     @property
     def n_up(self) -> int:
+        if self.arch == "unet":
+            if self.size % 2 ** self.levels:
+                raise ValueError(f"size {self.size} must be divisible by 2**{self.levels}")
+            return self.levels
         n = math.log2(self.size / self.start)
         if n != int(n) or n < 1:
             raise ValueError(f"size {self.size} must be start {self.start} times a power of two")
@@ -76,6 +87,9 @@ PRESETS = {
     "lite": SpadeConfig(),
     # GPU / HQ: wider (6.3 M parameters), same structure.
     "base": SpadeConfig(ngf=32, hidden=64, ndf=64),
+    # Scene models (whole field of view, fully convolutional; heart, tissue classes and context): the live path.
+    "scene": SpadeConfig(arch="unet", ngf=24, hidden=16, max_hidden=64, max_mult=4, levels=4, cond_channels=10, ndf=48),
+    "scene-tiny": SpadeConfig(arch="unet", ngf=8, hidden=8, max_hidden=16, max_mult=2, levels=2, cond_channels=10, ndf=8, num_d=1, d_layers=2),
 }
 
 
@@ -147,6 +161,111 @@ class SpadeGenerator(nn.Module):
         return torch.tanh(self.out(F.leaky_relu(x, 0.2)))
 
 
+class PixelNorm2d(nn.Module):
+    """Each pixel's channels normalised (no statistics over the image: the same on a window and a whole scene)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = x.mean(1, keepdim=True)
+        return (x - mu) * torch.rsqrt((x - mu).pow(2).mean(1, keepdim=True) + 1e-5)
+
+
+class ModSPADE(nn.Module):
+    """PixelNorm, then per-pixel gamma/beta from the shared hidden conditioning features."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.norm = PixelNorm2d()
+        self.gamma_beta = nn.Conv2d(hidden, 2 * channels, 3, padding=1)
+        nn.init.zeros_(self.gamma_beta.weight)
+        nn.init.zeros_(self.gamma_beta.bias)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.gamma_beta(h).chunk(2, dim=1)
+        return self.norm(x) * (1 + gamma) + beta
+
+
+class SceneBlock(nn.Module):
+    """A SPADE residual block with per-pixel noise (StyleGAN's noise inputs: texture that differs by seed)
+    and a style bias (latent z and vendor) on its hidden conditioning features. The input (upsampled
+    features and the encoder's skip) is first fused by a 1×1 convolution, so SPADE works on ``cout``
+    channels only."""
+
+    def __init__(self, cin: int, cout: int, hidden: int, n_cond: int, style_dim: int):
+        super().__init__()
+        self.fuse = nn.Conv2d(cin, cout, 1)
+        self.shared = nn.Conv2d(n_cond, hidden, 3, padding=1)
+        self.style = nn.Linear(style_dim, hidden)
+        self.norm0 = ModSPADE(cout, hidden)
+        self.conv0 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.noise0 = nn.Parameter(torch.zeros(1, cout, 1, 1))
+        self.norm1 = ModSPADE(cout, hidden)
+        self.conv1 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.noise1 = nn.Parameter(torch.zeros(1, cout, 1, 1))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, style: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``cond`` and ``noise`` come at this block's resolution (see :meth:`SceneGenerator.forward`)."""
+        x = self.fuse(x)
+        h = F.relu(self.shared(cond) + self.style(style)[:, :, None, None])
+        dx = self.conv0(F.leaky_relu(self.norm0(x, h), 0.2)) + self.noise0 * noise
+        dx = self.conv1(F.leaky_relu(self.norm1(dx, h), 0.2)) + self.noise1 * noise
+        return x + dx
+
+
+class SceneGenerator(nn.Module):
+    """Fully convolutional SPADE generator for whole scenes and windows (the live path).
+
+    An encoder reads the conditioning maps (heart one-hot, tissue-class fractions, context image
+    and where it is valid) down ``levels`` halvings; a decoder of :class:`SceneBlock` goes back up
+    with bilinear upsampling (no nearest-neighbour grid), U-Net skips, SPADE modulation from the
+    conditioning at every scale, per-pixel noise and a style bias from z and the vendor. No
+    statistics are taken over the image, so a window and a whole scene render alike.
+    """
+
+    def __init__(self, cfg: SpadeConfig):
+        super().__init__()
+        self.cfg = cfg
+        n = cfg.n_up
+        C = cfg.n_cond
+        chans = [cfg.ngf * min(cfg.max_mult, 2 ** i) for i in range(n + 1)]  # full .. bottleneck
+        hid = [min(cfg.max_hidden, cfg.hidden * 2 ** i) for i in range(n + 1)]
+        style = cfg.z_dim + cfg.vendor_dim
+        self.vendor_embed = nn.Embedding(cfg.n_vendors, cfg.vendor_dim)
+        self.inp = nn.Conv2d(C + 1, chans[0], 3, padding=1)
+        self.down = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 4, stride=2, padding=1) for i in range(n))
+        self.mid = SceneBlock(chans[n], chans[n], hid[n], C, style)
+        self.ups = nn.ModuleList(SceneBlock(chans[i + 1] + chans[i], chans[i], hid[i], C, style) for i in reversed(range(n)))
+        self.out = nn.Conv2d(chans[0], 1, 3, padding=1)
+
+    def forward(self, cond: torch.Tensor, vendor: torch.Tensor, z: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+        """cond (B, C, S, S); vendor (B,) long; z (B, z_dim) or None; noise (B, 1, S, S) or None (random)."""
+        b = cond.shape[0]
+        if z is None:
+            z = torch.randn(b, self.cfg.z_dim, device=cond.device, dtype=cond.dtype)
+        if noise is None:
+            noise = torch.randn(b, 1, *cond.shape[-2:], device=cond.device, dtype=cond.dtype)
+        style = torch.cat([z, self.vendor_embed(vendor)], 1)
+        h = F.leaky_relu(self.inp(torch.cat([cond, noise], 1)), 0.2)
+        skips = [h]
+        for d in self.down:
+            h = F.leaky_relu(d(h), 0.2)
+            skips.append(h)
+        conds, noises = [cond], [noise]  # conditioning (label fractions) and unit-variance noise at every level
+        for _ in self.down:
+            conds.append(F.avg_pool2d(conds[-1], 2))
+            noises.append(F.avg_pool2d(noises[-1], 2) * 2.0)
+        h = self.mid(skips.pop(), conds.pop(), style, noises.pop())
+        for blk in self.ups:
+            s = skips.pop()
+            h = F.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False)  # sizes are multiples of 2**levels
+            h = blk(torch.cat([h, s], 1), conds.pop(), style, noises.pop())
+        return torch.tanh(self.out(F.leaky_relu(h, 0.2)))
+
+
+def build_generator(cfg: SpadeConfig) -> nn.Module:
+    return SceneGenerator(cfg) if cfg.arch == "unet" else SpadeGenerator(cfg)
+
+
 def _sn(m: nn.Module, on: bool) -> nn.Module:
     return nn.utils.spectral_norm(m) if on else m
 
@@ -177,7 +296,7 @@ class MultiScaleDiscriminator(nn.Module):
     def __init__(self, cfg: SpadeConfig = SpadeConfig()):
         super().__init__()
         self.cfg = cfg
-        cin = 1 + cfg.n_labels + cfg.n_vendors
+        cin = 1 + cfg.n_cond + cfg.n_vendors
         self.ds = nn.ModuleList(PatchDiscriminator(cin, cfg.ndf, cfg.d_layers, cfg.d_spectral_norm, cfg.d_groupnorm) for _ in range(cfg.num_d))
 
     def forward(self, image: torch.Tensor, onehot: torch.Tensor, vendor: torch.Tensor) -> list[list[torch.Tensor]]:

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from cmrstudio.anatomy import COLOURS, LABELS, VENDORS
-from cmrstudio.data.dataset import Augment, SliceDataset
+from cmrstudio.data.dataset import Augment, SceneAugment, SceneDataset, SliceDataset, spread_picks
 from cmrstudio.data.frame import LIVE_SPACING_MM
 from cmrstudio.engine.device import hardware, pick_device
 from cmrstudio.errors import CmrError
@@ -125,10 +125,7 @@ class BaseTrainer:
 
         self.cases = load_cases(opts.data, opts.phantom, opts.exclude, opts.seed)
         self.spacing_mm = LIVE_SPACING_MM * 128 / opts.size
-        self.ds = SliceDataset(
-            self.cases, size=opts.size, spacing_mm=self.spacing_mm, augment=Augment() if opts.augment else None,
-            seed=opts.seed, require_labels=opts.require_labels,
-        )
+        self.ds = self.make_dataset()
         counts = Counter(self.ds.vendors.tolist())
         w = np.array([1.0 / np.sqrt(counts[v]) for v in self.ds.vendors])  # soften vendor imbalance
         self.sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), num_samples=len(self.ds), replacement=True,
@@ -147,6 +144,21 @@ class BaseTrainer:
             self._load_state()
 
     # -- what a subclass provides ----------------------------------------------------------------
+    def scene_model(self) -> bool:
+        """True for the fully convolutional scene presets (heart, tissue classes and context as conditioning)."""
+        from cmrstudio.data.scene import CONDITION_CHANNELS
+
+        return getattr(self.presets[self.opts.preset], "cond_channels", None) == CONDITION_CHANNELS
+
+    def make_dataset(self):
+        """The training samples: framed heart slices, or windows of whole scenes for scene presets."""
+        o = self.opts
+        if self.scene_model():
+            return SceneDataset(self.cases, window=o.size, spacing_mm=self.spacing_mm, augment=SceneAugment() if o.augment else None,
+                                seed=o.seed, require_labels=o.require_labels)
+        return SliceDataset(self.cases, size=o.size, spacing_mm=self.spacing_mm, augment=Augment() if o.augment else None,
+                            seed=o.seed, require_labels=o.require_labels)
+
     def check_options(self) -> None:
         """Validate subclass options (raise CmrError)."""
 
@@ -174,18 +186,29 @@ class BaseTrainer:
     def card_extra(self) -> dict:
         return {}
 
+    def conditioning_card(self) -> dict:
+        """What a scene model is conditioned on (the engine builds the same maps at render time)."""
+        from cmrstudio.data.scene import LAYOUT_CLASSES, LAYOUT_FACTOR
+
+        if not self.scene_model():
+            return {}
+        return {"conditioning": {
+            "scheme": "scene-v1",
+            "channels": ["LV", "MYO", "RV", *(f"tissue:{c}" for c in LAYOUT_CLASSES), "context", "context-valid"],
+            "layout_classes": list(LAYOUT_CLASSES), "layout_factor": LAYOUT_FACTOR,
+            "modes": {"in-patient": "the real scan outside a margin around the old and new heart is the context",
+                      "fully-synthetic": "tissue-class fractions from the learned prior; no real pixel"},
+            "fully_convolutional": True,
+        }}
+
     def training_extra(self) -> dict:
         return {}
 
     # -- shared ----------------------------------------------------------------------------------
     def _fixed_batch(self, n: int = 6) -> dict:
-        picks, seen = [], set()
-        for i, (cid, z) in enumerate(self.ds.index):
-            if cid not in seen and z >= 1:
-                picks.append(i)
-                seen.add(cid)
-        step = max(1, len(picks) // n)
-        picks = picks[::step][:n] or [0]
+        if hasattr(self.ds, "fixed_batch"):
+            return self.ds.fixed_batch(n)
+        picks = spread_picks(self.ds.index, n)
         masks = torch.from_numpy(self.ds.masks[picks].astype(np.int64))
         images = torch.from_numpy(self.ds.images[picks] * 2 - 1)[:, None]
         vendors = torch.from_numpy(self.ds.vendors[picks])
@@ -279,6 +302,7 @@ class BaseTrainer:
             "label_scheme": "canonical",
             "vendors": list(VENDORS),
             "vendors_trained": trained_vendors,
+            **self.conditioning_card(),
             **self.card_extra(),
             "training": {
                 "data": summary,
@@ -288,7 +312,7 @@ class BaseTrainer:
                 "batch": self.opts.batch,
                 "images_seen": self.step * self.opts.batch,
                 **self.training_extra(),
-                "augment": "rotation ±15°, scale 0.9–1.1, shift ±6%" if self.opts.augment else "none",
+                "augment": self.augment_text(),
                 "vendor_dropout": self.opts.vendor_dropout,
                 "ema": self.opts.ema,
                 "hardware": hardware(self.device),
@@ -312,15 +336,29 @@ class BaseTrainer:
     def save_model(self):
         return save_model(self.out, self.opts.name, self.networks()["ema"].state_dict(), self.card())
 
+    def grid_rows(self, images: torch.Tensor) -> np.ndarray:
+        """(B, C, N, N) in [-1, 1] -> (B, N, N) rows of the sample grid."""
+        return images[:, 0].numpy()
+
     @torch.no_grad()
     def write_samples(self) -> Path:
         f = self._fixed
-        rows = [f["image"][:, 0].numpy()] + self.render_fixed(f)
+        rows = [self.grid_rows(f["image"])] + self.render_fixed(f)
         d = self.out / "samples"
         d.mkdir(parents=True, exist_ok=True)
         p = write_grid(d / f"step_{self.step:06d}.png", f["mask"].numpy(), rows)
         write_grid(d / "latest.png", f["mask"].numpy(), rows)
         return p
+
+    def augment_text(self) -> str:
+        if not self.opts.augment:
+            return "none"
+        if self.scene_model():
+            a = SceneAugment()
+            return (f"windows of the whole-scan scene around the heart (SD {a.jitter_px:g} px; {a.anywhere:.0%} anywhere), rotation "
+                    f"±{a.rotate_deg:g}°, scale {a.scale[0]}–{a.scale[1]}; {a.context:.0%} in-patient (context outside a "
+                    f"{a.margin_px[0]:g}–{a.margin_px[1]:g} px margin), the rest fully synthetic (tissue classes)")
+        return "rotation ±15°, scale 0.9–1.1, shift ±6%"
 
     def describe_start(self) -> str:
         return f"Training a {self.kind} model"

@@ -45,7 +45,33 @@ class DiffusionTrainer(BaseTrainer):
 
     @property
     def kind(self) -> str:  # type: ignore[override]
-        return self.opts.objective
+        return "layout" if self.layout_model() else self.opts.objective
+
+    def layout_model(self) -> bool:
+        """The tissue-class prior (preset 'layout'): flow matching over class fractions on coarse cells."""
+        return self.opts.preset == "layout"
+
+    def make_dataset(self):
+        if self.layout_model():
+            from cmrstudio.data.dataset import LayoutDataset, SceneDataset
+            from cmrstudio.data.frame import LIVE_SIZE, LIVE_SPACING_MM
+
+            o = self.opts
+            self.spacing_mm = LIVE_SPACING_MM * 8  # one cell of the tissue-class map
+            scenes = SceneDataset(self.cases, window=LIVE_SIZE, spacing_mm=LIVE_SPACING_MM, seed=o.seed, require_labels=o.require_labels)
+            return LayoutDataset(scenes, cells=o.size, seed=o.seed, augment=o.augment)
+        return super().make_dataset()
+
+    def cond(self, batch: dict) -> torch.Tensor:
+        """The conditioning maps of a batch: its 'cond' (scene and layout models) or the mask's one-hot."""
+        return (batch["cond"] if "cond" in batch else onehot(batch["mask"])).to(self.device)
+
+    def grid_rows(self, images: torch.Tensor) -> np.ndarray:
+        if images.shape[1] == 1:
+            return images[:, 0].numpy()
+        frac = (images.float().clamp(-1, 1) + 1) / 2  # tissue classes, outside dark .. bright
+        levels = torch.linspace(-1, 1, images.shape[1])[None, :, None, None]
+        return (frac * levels).sum(1).numpy()
 
     def check_options(self) -> None:
         o = self.opts
@@ -88,15 +114,28 @@ class DiffusionTrainer(BaseTrainer):
                 f"{', bf16 mixed precision' if self.bf16 else ''})")
 
     def architecture(self) -> dict:
+        what = ("heart one-hot, tissue-class fractions, context image and its validity" if self.scene_model()
+                else "heart and tissue fractions on coarse cells" if self.layout_model() else "one-hot mask")
+        norm = "PixelNorm (each pixel's channels)" if self.cfg.norm == "pixel" else "GroupNorm"
         return {
             "class": "cmrstudio.models.diffusion.CondUNet",
             "preset": self.opts.preset,
             "options": self.cfg.to_dict(),
             "parameters": count_parameters(self.net),
-            "conditioning": "one-hot mask concatenated at the input and spatially-adaptive GroupNorm in every decoder block; "
-                            "vendor embedding added to the time embedding; classifier-free guidance (mask dropped)",
-            "normalisation": "GroupNorm (decoder: GroupNorm + per-pixel scale/shift from the mask)",
+            "conditioning": f"{what} concatenated at the input and spatially-adaptive normalisation in every decoder block; "
+                            "vendor embedding added to the time embedding"
+                            + ("; classifier-free guidance (conditioning dropped)" if self.opts.cond_drop > 0 else ""),
+            "normalisation": f"{norm} (decoder: {norm} + per-pixel scale/shift from the conditioning)",
         }
+
+    def conditioning_card(self) -> dict:
+        if not self.layout_model():
+            return super().conditioning_card()
+        from cmrstudio.data.scene import LAYOUT_CLASSES, LAYOUT_FACTOR
+
+        return {"conditioning": {"scheme": "layout-prior-v1", "channels": ["LV", "MYO", "RV", "inside-scan"],
+                                 "outputs": [f"tissue:{c}" for c in LAYOUT_CLASSES], "layout_factor": LAYOUT_FACTOR,
+                                 "note": "fractions of each background tissue class on cells of layout_factor frame pixels"}}
 
     def card_extra(self) -> dict:
         o = self.opts
@@ -115,13 +154,18 @@ class DiffusionTrainer(BaseTrainer):
         return {"lr": o.lr, "warmup": o.warmup, "cond_drop": o.cond_drop, "precision": "bf16 autocast" if self.bf16 else "fp32"}
 
     def render_fixed(self, f: dict) -> list[np.ndarray]:
-        oh = onehot(f["mask"]).to(self.device)
+        oh = self.cond(f)
         v = f["vendor"].to(self.device)
+        objective = self.opts.objective
+        size, ch = f["image"].shape[-1], f["image"].shape[1]
         rows = []
-        for seed in f["seeds"]:
-            noise = noise_for(seed, self.cfg.size, len(oh)).to(self.device)
-            img = run_to_end(sample(self.ema, self.kind, oh, v, noise, self.steps_default, self.guidance, bf16=self.bf16))
-            rows.append(img * 2 - 1)
+        runs = [(oh, seed) for seed in f["seeds"]]
+        if "cond_context" in f:  # in this patient: the real surroundings as context
+            runs.append((f["cond_context"].to(self.device), f["seeds"][0]))
+        for c, seed in runs:
+            noise = noise_for(seed, size, len(c), ch).to(self.device)
+            img = run_to_end(sample(self.ema, objective, c, v, noise, self.steps_default, self.guidance, bf16=self.bf16))
+            rows.append(self.grid_rows(torch.from_numpy(img * 2 - 1).reshape(len(c), ch, size, size)))
         return rows
 
     @torch.no_grad()
@@ -131,7 +175,7 @@ class DiffusionTrainer(BaseTrainer):
         net = self.ema if ema else self.net
         g = torch.Generator().manual_seed(4321)
         x0 = f["image"].to(self.device)
-        oh = onehot(f["mask"]).to(self.device)
+        oh = self.cond(f)
         v = f["vendor"].to(self.device)
         losses = []
         for t in (torch.arange(n_t) + 0.5) / n_t:
@@ -143,7 +187,7 @@ class DiffusionTrainer(BaseTrainer):
     def train_step(self, batch: dict) -> dict:
         o = self.opts
         x0 = batch["image"].to(self.device)
-        oh = onehot(batch["mask"]).to(self.device)
+        oh = self.cond(batch)
         vendor = self.drop_vendor(batch["vendor"])
         b = x0.shape[0]
         keep = (torch.rand(b, generator=self.rng) >= o.cond_drop).to(self.device, oh.dtype)

@@ -21,7 +21,7 @@ from cmrstudio.models.spade import (
     LossWeights,
     MultiScaleDiscriminator,
     SpadeConfig,
-    SpadeGenerator,
+    build_generator,
     count_parameters,
     d_hinge,
     feature_matching,
@@ -44,6 +44,7 @@ class TrainOptions(BaseOptions):
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0  # per-sample gradient clipping bound
     dp_noise: float | None = None  # noise multiplier; calibrated to reach dp_epsilon at --steps when None
+    bf16: bool | None = False  # scene models: bfloat16 autocast for the networks (None: where native); losses stay float32
 
 
 class SpadeTrainer(BaseTrainer):
@@ -77,15 +78,19 @@ class SpadeTrainer(BaseTrainer):
         opts = self.opts
         extra = {"d_spectral_norm": False, "d_groupnorm": True} if self.private else {}
         self.cfg = SpadeConfig.from_dict({**PRESETS[opts.preset].to_dict(), "size": opts.size, **extra})
-        self.G = SpadeGenerator(self.cfg).to(self.device)
+        self.G = build_generator(self.cfg).to(self.device)
         self.D = MultiScaleDiscriminator(self.cfg).to(self.device)
-        self.G_ema = SpadeGenerator(self.cfg).to(self.device).eval()
+        self.G_ema = build_generator(self.cfg).to(self.device).eval()
         self.G_ema.load_state_dict(self.G.state_dict())
         for p in self.G_ema.parameters():
             p.requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=opts.lr_g, betas=(0.0, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=opts.lr_d, betas=(0.0, 0.999))
         self.weights = LossWeights(fm=opts.fm, lowpass=opts.lowpass)
+        from cmrstudio.engine.device import bf16_native
+
+        on = bf16_native(self.device) if opts.bf16 is None else bool(opts.bf16)
+        self.bf16 = on and self.device.type in ("cpu", "cuda") and not self.private
         self.dp = None
         if self.private:
             self._make_private()
@@ -171,20 +176,25 @@ class SpadeTrainer(BaseTrainer):
         return f"Training SPADE ({self.opts.preset}, {count_parameters(self.G) / 1e6:.2f} M parameters)"
 
     def architecture(self) -> dict:
+        scene = self.cfg.arch == "unet"
         return {
-            "class": "cmrstudio.models.spade.SpadeGenerator",
+            "class": f"cmrstudio.models.spade.{type(self.G).__name__}",
             "preset": self.opts.preset,
             "options": self.cfg.to_dict(),
             "parameters": count_parameters(self.G),
             "discriminator_parameters": count_parameters(self.D),
-            "normalisation": "instance norm + SPADE (mask one-hot, vendor bias)",
+            "normalisation": ("PixelNorm + SPADE (heart, tissue classes, context; z and vendor bias), per-pixel noise, bilinear upsampling"
+                              if scene else "instance norm + SPADE (mask one-hot, vendor bias)"),
+            **({"composite": "in-patient windows: the context's real pixels replace the output outside the repainted region "
+                             "before the discriminator sees it"} if scene else {}),
             "losses": {"hinge_gan": 1.0, "feature_matching": self.weights.fm, "lowpass_l1_4x": self.weights.lowpass,
                        "note": "no VGG perceptual loss (no ImageNet weights offline); low-pass L1 instead"},
             "ema": self.opts.ema,
         }
 
     def training_extra(self) -> dict:
-        extra = {"lr": {"g": self.opts.lr_g, "d": self.opts.lr_d}}
+        extra = {"lr": {"g": self.opts.lr_g, "d": self.opts.lr_d},
+                 "precision": "bf16 autocast (networks), float32 losses" if self.bf16 else "fp32"}
         if self.dp:
             extra["differential_privacy"] = {
                 "epsilon": round(self.epsilon_spent(), 4), **self.dp, "steps_taken": self.step, "steps_allowed": self._limit,
@@ -198,8 +208,19 @@ class SpadeTrainer(BaseTrainer):
         return extra
 
     def render_fixed(self, f: dict) -> list[np.ndarray]:
-        oh = onehot(f["mask"]).to(self.device)
         v = f["vendor"].to(self.device)
+        if "cond" in f:  # scene model: fully synthetic with two seeds, then in this patient
+            rows = []
+            runs = [(f["cond"], s) for s in f["seeds"]] + [(f["cond_context"], f["seeds"][0])]
+            for c, seed in runs:
+                c = c.to(self.device)
+                g = torch.Generator().manual_seed(seed)
+                z = torch.randn(1, self.cfg.z_dim, generator=g).expand(len(c), -1).to(self.device)
+                noise = torch.randn(1, 1, *c.shape[-2:], generator=g).expand(len(c), -1, -1, -1).to(self.device)
+                out = composite(self.G_ema(c, v, z, noise), c, c[:, -2:-1])
+                rows.append(out.cpu()[:, 0].numpy())
+            return rows
+        oh = onehot(f["mask"]).to(self.device)
         rows = []
         for seed in f["seeds"]:
             z = torch.randn(1, self.cfg.z_dim, generator=torch.Generator().manual_seed(seed)).expand(len(oh), -1)
@@ -209,6 +230,8 @@ class SpadeTrainer(BaseTrainer):
     def train_step(self, batch: dict) -> dict:
         if self.dp:
             return self._private_step(batch)
+        if "cond" in batch:
+            return self._scene_step(batch)
         real = batch["image"].to(self.device)
         oh = onehot(batch["mask"]).to(self.device)
         vendor = self.drop_vendor(batch["vendor"])
@@ -228,12 +251,38 @@ class SpadeTrainer(BaseTrainer):
         self.update_ema(self.G_ema, self.G)
         return {k: float(v.detach()) for k, v in {"d": loss_d, **g}.items()}
 
+    def _scene_step(self, batch: dict) -> dict:
+        """A scene model's step: the generator reads heart, tissue classes and context; in in-patient windows
+        the context's real pixels replace its output outside the repainted region (as at render time)."""
+        real = batch["image"].to(self.device)
+        cond = batch["cond"].to(self.device)
+        vendor = self.drop_vendor(batch["vendor"])
+        with self._autocast():
+            fake = composite(self.G(cond, vendor), cond, real)
+            d_real = self.D(real, cond, vendor)
+            d_fake = self.D(fake.detach(), cond, vendor)
+        loss_d = d_hinge(_f32(d_real), _f32(d_fake))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        g = self._g_losses(self.D, fake, real, cond, vendor)
+        self.opt_g.zero_grad(set_to_none=True)
+        g["g"].backward()
+        self.opt_g.step()
+        self.update_ema(self.G_ema, self.G)
+        return {k: float(v.detach()) for k, v in {"d": loss_d, **g}.items()}
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
     def _g_losses(self, D, fake: torch.Tensor, real: torch.Tensor, oh: torch.Tensor, vendor: torch.Tensor) -> dict:
         """The generator's losses: hinge, feature matching against the real image's features, low-pass L1."""
-        d_fake = D(fake, oh, vendor)
-        with torch.no_grad():
-            d_real = D(real, oh, vendor)
-        adv, fm, lp = g_hinge(d_fake), feature_matching(d_real, d_fake), lowpass_l1(fake, real)
+        with self._autocast():
+            d_fake = _f32(D(fake, oh, vendor))
+            with torch.no_grad():
+                d_real = _f32(D(real, oh, vendor))
+        adv, fm, lp = g_hinge(d_fake), feature_matching(d_real, d_fake), lowpass_l1(fake.float(), real)
         return {"g_adv": adv, "fm": fm, "lowpass": lp, "g": adv + self.weights.fm * fm + self.weights.lowpass * lp}
 
     def _private_step(self, batch: dict) -> dict:
@@ -275,3 +324,13 @@ def endless_nonempty(loader):
         for b in loader:
             if len(b["image"]):
                 yield b
+
+
+def _f32(feats: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    return [[f.float() for f in fs] for fs in feats]
+
+
+def composite(out: torch.Tensor, cond: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """Where the conditioning marks real context (its last channel), the context's pixels; elsewhere the output."""
+    valid = cond[:, -1:]
+    return valid * context + (1 - valid) * out

@@ -1,0 +1,382 @@
+"""Rendering whole slices with scene models: in this patient, or fully synthetic.
+
+A *scene model* (card ``conditioning.scheme == "scene-v1"``) is fully convolutional and reads
+the heart one-hot, background tissue-class fractions and a context image (see
+:mod:`cmrstudio.data.scene`). This module turns a painted native mask slice into a render of the
+scan's whole field of view:
+
+* **in this patient** (:class:`SliceContext` with the scan's own image): the real slice is the
+  context outside :data:`~cmrstudio.data.scene.DEFAULT_MARGIN_MM` around the scan's own heart
+  and the painted one; only that region is rendered, in a window around it, and put back into
+  the real slice. Everything else is the patient's own pixels. Derived from a patient scan.
+* **fully synthetic** (no real pixel): the tissue-class prior samples where body, lung, liver
+  and fat are, given the painted heart; the model renders the whole scene. For a stream of edits
+  (the live path) that scene is made once per slice, seed and vendor and kept; each edit then
+  repaints the heart region inside it, exactly as in a patient, but with synthetic surroundings.
+
+Seeds fix everything random: the tissue classes, the latent and one noise field the size of the
+scene, which a window takes its part of, so a window render continues its scene seamlessly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Hashable, Iterator
+
+import numpy as np
+import torch
+
+from cmrstudio.data.frame import Frame, frame_mask, from_frame, to_frame
+from cmrstudio.data.scene import DEFAULT_MARGIN_MM, LAYOUT_FACTOR, N_LAYOUT, Scene, condition, heart_onehot, repaint_region, scene_for
+from cmrstudio.errors import CmrError
+
+MODES = ("in-patient", "synthetic")
+WINDOW_MULTIPLE = 16  # window sizes: the networks halve them up to four times
+DEFAULT_CANVAS = 256  # fully synthetic renders of a heart frame alone: a 320 mm square scene around it
+
+
+@dataclass
+class SliceContext:
+    """What a render of one slice may use besides the painted mask.
+
+    ``mode`` "in-patient": ``image`` is the scan's own slice (its own intensities) and ``heart`` the
+    scan's own heart labels on it (repainted too, so the old heart leaves no trace); ``margin_mm``
+    around both is repainted. "synthetic": no real pixel; ``key`` names the slice so that its
+    synthetic surroundings are made once and kept while the painter works.
+    """
+
+    mode: str = "synthetic"
+    image: np.ndarray | None = None
+    heart: np.ndarray | None = None
+    margin_mm: float = DEFAULT_MARGIN_MM
+    key: Hashable = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise CmrError(f"Render mode {self.mode!r} is not known; use 'in-patient' (the scan's own surroundings) or 'synthetic'.")
+        if self.mode == "in-patient" and self.image is None:
+            raise CmrError("Rendering in this patient needs the scan's own image; open a scan, or render fully synthetic.")
+        if not (0 < float(self.margin_mm) <= 100):
+            raise CmrError(f"The repaint margin {self.margin_mm} mm must be above 0 and at most 100 mm (10 mm is usual).")
+
+    @property
+    def derived_from_patient(self) -> bool:
+        return self.mode == "in-patient"
+
+
+@dataclass
+class Plan:
+    """One render of one slice, in its scene: the masks, context and the window to run the network on."""
+
+    scene: Scene
+    mask: np.ndarray  # (S, S) painted labels
+    context: np.ndarray | None  # (S, S) in [0, 1]: real (in patient) or earlier synthetic surroundings
+    hole: np.ndarray | None  # (S, S) bool: repainted region (None: the whole scene is made)
+    window: tuple[int, int, int]  # (row, col, size) in the scene
+    layout: np.ndarray | None = None  # (N_LAYOUT, S/f, S/f) tissue fractions for a whole-scene render
+
+    def cond(self) -> np.ndarray:
+        r, c, n = self.window
+        sl = np.s_[r:r + n, c:c + n]
+        if self.hole is None:
+            f = LAYOUT_FACTOR
+            lay = None if self.layout is None else self.layout[:, r // f:(r + n) // f, c // f:(c + n) // f]
+            return condition(self.mask[sl], lay)
+        return condition(self.mask[sl], None, self.context[sl], ~self.hole[sl])
+
+
+def window_around(region: np.ndarray, at_least: tuple[int, int, int], size: int) -> tuple[int, int, int]:
+    """The smallest square window (multiple of WINDOW_MULTIPLE, inside the scene) holding ``region`` and
+    the window ``at_least`` (row, col, n)."""
+    r0, c0, n0 = at_least
+    rows, cols = np.nonzero(region)
+    lo_r, hi_r, lo_c, hi_c = r0, r0 + n0, c0, c0 + n0
+    if rows.size:
+        lo_r, hi_r = min(lo_r, rows.min() - 4), max(hi_r, rows.max() + 5)
+        lo_c, hi_c = min(lo_c, cols.min() - 4), max(hi_c, cols.max() + 5)
+    n = int(np.ceil(max(hi_r - lo_r, hi_c - lo_c) / WINDOW_MULTIPLE) * WINDOW_MULTIPLE)
+    n = min(n, size)
+    r = int(np.clip((lo_r + hi_r - n) // 2, 0, size - n))
+    c = int(np.clip((lo_c + hi_c - n) // 2, 0, size - n))
+    return r, c, n
+
+
+class LayoutPrior:
+    """The learned prior of background tissue classes (a small flow-matching U-Net on coarse cells):
+    where body, lung, liver and fat are, given the painted heart and the scan's extent."""
+
+    def __init__(self, model=None, device: torch.device | str = "cpu", steps: int | None = None):
+        from cmrstudio.models.registry import build_model, get_model
+
+        self.info = get_model(model or "layout-cmr", kind="layout")
+        self.device = torch.device(device)
+        self.net = build_model(self.info, self.device)
+        self.steps = int(steps or self.info.card.get("sampling", {}).get("steps", 12))
+        self._lock = threading.Lock()
+
+    @torch.inference_mode()
+    def sample(self, mask: np.ndarray, inside: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
+        """(S, S) labels and scan extent -> (N_LAYOUT, S/f, S/f) class fractions (each cell sums to 1)."""
+        from cmrstudio.models.sampling import noise_for, run_to_end, sample
+
+        f = LAYOUT_FACTOR
+        s = mask.shape[-1]
+        cells = s // f
+        heart = heart_onehot(mask).reshape(3, cells, f, cells, f).mean(axis=(2, 4))
+        ins = np.asarray(inside, np.float32).reshape(cells, f, cells, f).mean(axis=(1, 3))[None]
+        cond = torch.from_numpy(np.concatenate([heart, ins]))[None].to(self.device)
+        v = torch.tensor([vendor_index], device=self.device)
+        noise = noise_for(seed + 7_000_003, cells, 1, N_LAYOUT).to(self.device)
+        with self._lock:
+            frac = run_to_end(sample(self.net, "flow", cond, v, noise, self.steps, guidance=1.0))[0]
+        frac = np.clip(frac, 0, None) + 1e-6
+        return (frac / frac.sum(0, keepdims=True)).astype(np.float32)
+
+
+_PRIORS: dict = {}
+_PRIORS_LOCK = threading.Lock()
+
+
+def layout_prior(device) -> LayoutPrior:
+    """The default tissue-class prior, loaded once per device."""
+    key = str(device)
+    with _PRIORS_LOCK:
+        if key not in _PRIORS:
+            _PRIORS[key] = LayoutPrior(device=device)
+        return _PRIORS[key]
+
+
+@dataclass
+class _Cached:
+    image: np.ndarray  # (S, S) synthetic scene in [0, 1]
+    mask: np.ndarray  # (S, S) the labels it was made for
+
+
+class SceneMixin:
+    """Scene rendering for a :class:`~cmrstudio.engine.base.GeneratorFront` whose network is a scene model.
+
+    A subclass provides ``_window_steps(cond, vendor_index, seed, noise, **kw)``: an iterator of
+    (step, total, image in [0, 1]) for one conditioning window (1, C, n, n), its noise field (1, 1, n, n)."""
+
+    scene_cache_size = 16
+
+    def _init_scene(self) -> None:
+        self._scenes: OrderedDict = OrderedDict()  # synthetic surroundings: (key, vendor, seed, frame) -> _Cached
+        self._contexts: OrderedDict = OrderedDict()  # in-patient context in the scene: (id(image), frame) -> (S, S)
+        self._scene_lock = threading.Lock()
+
+    # -- seeds -------------------------------------------------------------------------------------
+    @staticmethod
+    def noise_field(seed: int, size: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(seed) * 2 + 1)
+        return torch.randn(1, 1, size, size, generator=g)
+
+    def _prior(self) -> LayoutPrior:
+        return layout_prior(self.device)
+
+    # -- planning ----------------------------------------------------------------------------------
+    def scene_of(self, frame: Frame) -> Scene:
+        if frame.extra.get("scene"):
+            raise CmrError("Give the heart frame, not a scene frame, to render a slice.")
+        return scene_for(frame)
+
+    def _margin_px(self, frame: Frame, margin_mm: float) -> float:
+        return float(margin_mm / frame.spacing_mm) if frame.spacing_mm else float(margin_mm / 1.25)
+
+    def _context_scene(self, image: np.ndarray, scene: Scene) -> np.ndarray:
+        key = (id(image), scene.frame.origin, scene.frame.step, scene.frame.size, scene.frame.intensity)
+        with self._scene_lock:
+            hit = self._contexts.get(key)
+            if hit is not None and hit[0] is image:
+                return hit[1]
+        from cmrstudio.case import Case
+
+        fc = to_frame(Case(np.asarray(image, np.float32)[None]), scene.frame)
+        out = fc.image[0]
+        with self._scene_lock:
+            self._contexts[key] = (image, out)
+            while len(self._contexts) > self.scene_cache_size:
+                self._contexts.popitem(last=False)
+        return out
+
+    def plan(self, mask2d: np.ndarray, frame: Frame, context: SliceContext, vendor_index: int, seed: int) -> Plan:
+        """Everything one slice render needs (the synthetic surroundings are made here when missing)."""
+        scene = self.scene_of(frame)
+        m = frame_mask(self.check_mask(mask2d), scene.frame)
+        heart_window = (*scene.window, scene.heart_size)
+        margin = self._margin_px(frame, context.margin_mm)
+        if context.mode == "in-patient":
+            ctx = self._context_scene(context.image, scene)
+            own = None if context.heart is None else frame_mask(self.check_mask(context.heart), scene.frame)
+            hole = repaint_region([m, own], margin)
+        else:
+            cached = self._synthetic_scene(scene, m, vendor_index, seed, context.key)
+            ctx = cached.image
+            if cached.mask is m:  # just made for this very mask: nothing to repaint
+                return Plan(scene, m, ctx, None, (0, 0, scene.frame.size))
+            hole = repaint_region([m, cached.mask], margin)
+        if not hole.any():  # nothing painted and no heart of its own: a plain copy of the context
+            hole = np.zeros_like(hole)
+        return Plan(scene, m, ctx, hole, window_around(hole, heart_window, scene.frame.size))
+
+    def _synthetic_scene(self, scene: Scene, mask: np.ndarray, vendor_index: int, seed: int, key) -> _Cached:
+        ck = (key, vendor_index, int(seed), scene.frame.origin, scene.frame.step, scene.frame.size)
+        if key is not None:
+            with self._scene_lock:
+                hit = self._scenes.get(ck)
+            if hit is not None:
+                return hit
+        img = self.render_scene(scene, mask, vendor_index, seed)
+        made = _Cached(img, mask)
+        if key is not None:
+            with self._scene_lock:
+                self._scenes[ck] = made
+                while len(self._scenes) > self.scene_cache_size:
+                    self._scenes.popitem(last=False)
+        return made
+
+    def forget_scenes(self) -> None:
+        """Drop kept synthetic surroundings (a new case, or the painter asked for new ones)."""
+        with self._scene_lock:
+            self._scenes.clear()
+            self._contexts.clear()
+
+    # -- rendering ---------------------------------------------------------------------------------
+    def render_scene(self, scene: Scene, mask: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
+        """A whole fully synthetic scene (S, S) in [0, 1] for labels (S, S)."""
+        last = None
+        for last in self.scene_steps(scene, mask, vendor_index, seed):
+            pass
+        return last[2]
+
+    def scene_steps(self, scene: Scene, mask: np.ndarray, vendor_index: int, seed: int, cancel=None, **kw):
+        layout = self._prior().sample(mask, scene.inside_scan(), vendor_index, seed)
+        n = scene.frame.size
+        plan = Plan(scene, mask, None, None, (0, 0, n), layout)
+        yield from self._run(plan, vendor_index, seed, cancel, **kw)
+
+    def _run(self, plan: Plan, vendor_index: int, seed: int, cancel=None, **kw) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(step, total, window image in [0, 1], composited with the context) for a plan."""
+        from cmrstudio.models.sampling import Cancelled
+
+        r, c, n = plan.window
+        cond = torch.from_numpy(plan.cond())[None].to(self.device)
+        noise = self.noise_field(seed, plan.scene.frame.size)[..., r:r + n, c:c + n].to(self.device)
+        for step, total, img in self._window_steps(cond, vendor_index, seed, noise, cancel=cancel, **kw):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            if plan.hole is not None:
+                keep = ~plan.hole[r:r + n, c:c + n]
+                img = np.where(keep, plan.context[r:r + n, c:c + n], img).astype(np.float32)
+            yield step, total, img
+
+    def _window_steps(self, cond, vendor_index, seed, noise, cancel=None, **kw):
+        raise NotImplementedError
+
+    def assemble(self, plan: Plan, window_img: np.ndarray, frame: Frame, context: SliceContext) -> tuple[np.ndarray, np.ndarray]:
+        """(native image slice, framed heart window in [0, 1]) from a finished window render."""
+        scene = plan.scene
+        r, c, n = plan.window
+        full = _full(plan, window_img)
+        framed = scene.crop(full).astype(np.float32)
+        if context.mode == "in-patient":
+            # the patient's own pixels, untouched, outside the repainted region; rendered pixels inside it
+            wf = Frame(n, frame.native_shape, (scene.frame.origin[0] + r * scene.frame.step[0], scene.frame.origin[1] + c * scene.frame.step[1]),
+                       scene.frame.step, scene.frame.spacing_mm, frame.intensity)
+            rendered = from_frame(window_img, wf, kind="image")
+            weight = from_frame(plan.hole[r:r + n, c:c + n].astype(np.float32), Frame(n, wf.native_shape, wf.origin, wf.step, None, None),
+                                kind="image")
+            weight = np.clip(weight, 0.0, 1.0)
+            native = (np.asarray(context.image, np.float32) * (1 - weight) + rendered * weight).astype(np.float32)
+        else:
+            native = from_frame(full, scene.frame, kind="image").astype(np.float32)
+        return native, framed
+
+    def slice_steps(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0,
+                    context: SliceContext | None = None, cancel=None, **kw):
+        """A slice render step by step: (step, total, framed preview in [0, 1]); the last one also carries
+        the native image as a fourth item."""
+        context = context or SliceContext()
+        vi = self.resolve_vendor(vendor)[0]
+        plan = self.plan(mask2d, frame, context, vi, seed)
+        last = None
+        for last in self._run(plan, vi, seed, cancel, **kw):
+            step, total, img = last
+            if step < total:
+                yield step, total, plan.scene.crop(_full(plan, img))
+        native, framed = self.assemble(plan, last[2], frame, context)
+        yield last[0], last[1], framed, native
+
+    def render_slice_ctx(self, mask2d, frame, vendor="unknown", seed=0, context: SliceContext | None = None, **kw):
+        last = None
+        for last in self.slice_steps(mask2d, frame, vendor, seed, context, **kw):
+            pass
+        return last[3], last[2]
+
+    def render_volume_scene(self, mask, spacing=None, vendor="unknown", seed=0, image=None, heart=None, margin_mm=None):
+        """Every slice of a (Z, Y, X) mask as a whole-slice render -> ((Z, Y, X) image, heart frame).
+
+        With ``image`` (the scan, same shape): in this patient, repainting within ``margin_mm`` of ``heart``
+        (the scan's own heart labels, when known) and of the painted heart. Without it: fully synthetic.
+        """
+        m = self.check_mask(mask)
+        m = m[None] if m.ndim == 2 else m
+        if image is not None:
+            image = np.asarray(image, np.float32).reshape(m.shape)
+        if heart is not None:
+            heart = self.check_mask(heart).reshape(m.shape)
+        frame = self.frame_for(m, spacing, image=image)
+        margin = DEFAULT_MARGIN_MM if margin_mm is None else float(margin_mm)
+        out = []
+        for z in range(m.shape[0]):
+            if image is not None:
+                ctx = SliceContext("in-patient", image[z], None if heart is None else heart[z], margin)
+            else:
+                ctx = SliceContext("synthetic", margin_mm=margin)
+            native, _ = self.render_slice_ctx(m[z], frame, vendor, seed, ctx, live=False)
+            out.append(native)
+        return np.stack(out).astype(np.float32), frame
+
+    def render_framed_scene(self, masks: np.ndarray, vendor_index: int, seeds: list[int], context01: np.ndarray | None = None,
+                            margin_mm: float = DEFAULT_MARGIN_MM, spacing_mm: float | None = 1.25, **kw) -> np.ndarray:
+        """Heart-frame masks (B, N, N) -> renders (B, N, N) in [0, 1].
+
+        Fully synthetic (no ``context01``): each mask is put at the centre of a DEFAULT_CANVAS scene whose
+        tissue classes the prior samples, the scene is rendered and the heart window cut out.
+        In this patient: ``context01`` (B, N, N) holds the real framed images; the region within
+        ``margin_mm`` of the heart is repainted, the rest is theirs.
+        """
+        out = []
+        n = masks.shape[-1]
+        for i, (m, seed) in enumerate(zip(masks, seeds)):
+            if context01 is None:
+                size = max(DEFAULT_CANVAS, int(np.ceil(2 * n / WINDOW_MULTIPLE)) * WINDOW_MULTIPLE)
+                off = (size - n) // 2
+                fr = Frame(size, (size, size), (0.0, 0.0), (1.0, 1.0), spacing_mm, None, {"scene": True})
+                sc = Scene(fr, (off, off), n)
+                canvas = np.zeros((size, size), np.uint8)
+                canvas[off:off + n, off:off + n] = m
+                full = self.render_scene(sc, canvas, vendor_index, seed)
+                out.append(sc.crop(full))
+            else:
+                px = margin_mm / spacing_mm if spacing_mm else margin_mm / 1.25
+                hole = repaint_region([m], px)
+                fr = Frame(n, (n, n), (0.0, 0.0), (1.0, 1.0), spacing_mm, None, {"scene": True})
+                plan = Plan(Scene(fr, (0, 0), n), m, np.asarray(context01[i], np.float32), hole, (0, 0, n))
+                last = None
+                for last in self._run(plan, vendor_index, seed, **kw):
+                    pass
+                out.append(last[2])
+        return np.stack(out).astype(np.float32)
+
+
+def _full(plan: Plan, window_img: np.ndarray) -> np.ndarray:
+    """The whole scene with a window render in place (a whole-scene render is already whole)."""
+    if plan.hole is None:
+        return window_img
+    r, c, n = plan.window
+    full = plan.context.copy()
+    full[r:r + n, c:c + n] = window_img
+    return full

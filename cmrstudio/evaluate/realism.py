@@ -1,0 +1,174 @@
+"""Realism: can a kernel distance, a trained classifier or a spectrum tell renders from real scans?
+
+:func:`evaluate_realism` puts one generator through three tests on patients it never saw, in
+either mode (fully synthetic, or in this patient: the real slice outside a margin around the heart):
+
+* **KID** (and FID) of renders of the held-out masks against the real held-out slices, beside the
+  **real-vs-real floor**: the held-out real slices against real slices of *other* patients (the
+  training patients), measured the same way. A model is as real as KID can tell when it reaches
+  the floor.
+* **A machine reader**: the study's real-vs-synthetic CNN (:mod:`cmrstudio.study.machine`) trained
+  on the training patients' real slices against renders of their masks, then asked about the
+  held-out real slices and renders: accuracy on single images (50% = cannot tell), with an exact
+  95% interval, and its ROC AUC.
+* **Upsampling artefacts**: the renders' power at the frequencies an upsampling grid (2, 4, 8, 16
+  pixels) would add, each against its neighbouring frequencies, compared with the same figure for
+  the real slices (:func:`grid_artefact`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cmrstudio.errors import CmrError
+
+GRID_PERIODS = (2, 4, 8, 16)
+
+
+def _spectra(images01: np.ndarray) -> dict[str, np.ndarray]:
+    """Two Hann-windowed power spectra of a set of images (N, S, S): the mean power spectrum of the images
+    (a grid pattern the same in every image, as sub-pixel output layers leave) and the power spectrum of
+    their mean gradient energy (a grid that modulates the content, as nearest-neighbour upsampling does:
+    edges across block borders differ from edges inside blocks, whatever the content)."""
+    x = np.asarray(images01, np.float64)
+    if x.ndim != 3 or x.shape[1] != x.shape[2] or x.shape[1] < 32:
+        raise CmrError(f"The spectrum test needs square images (N, S, S) of at least 32 pixels, not shape {x.shape}.")
+    n = x.shape[-1]
+    window = np.hanning(n)[:, None] * np.hanning(n)[None, :]  # no edge leakage into the grid frequencies
+    xc = x - x.mean(axis=(1, 2), keepdims=True)
+    g = np.zeros_like(x)
+    g[:, :, :-1] += np.diff(x, axis=2) ** 2
+    g[:, :-1, :] += np.diff(x, axis=1) ** 2
+    # the mean gradient energy of each of up to 8 groups of images: averaging the groups' spectra keeps a
+    # grid (present in every group) and steadies the rest (Welch's method)
+    groups = np.array_split(np.arange(len(x)), max(1, min(8, len(x) // 4)))
+    ms = np.stack([g[ix].mean(0) for ix in groups])
+    ms -= ms.mean(axis=(1, 2), keepdims=True)
+    return {"image": (np.abs(np.fft.fft2(xc * window)) ** 2).mean(0),
+            "gradient energy": (np.abs(np.fft.fft2(ms * window)) ** 2).mean(0)}
+
+
+def _grid_ratios(p: np.ndarray) -> dict[tuple[int, int], float]:
+    """At every grid frequency (multiples of N/16 in each direction), the power over the median of its
+    5×5 neighbourhood off the grid lines."""
+    n = p.shape[-1]
+    step = n // max(GRID_PERIODS)
+    grid = np.zeros(n, bool)
+    grid[::step] = True
+    du, dv = np.meshgrid(np.arange(-2, 3), np.arange(-2, 3), indexing="ij")
+    out = {}
+    for u in range(0, n // 2 + 1, step):
+        for v in range(0, n, step):
+            if u == 0 and (v == 0 or v > n // 2):
+                continue
+            uu, vv = (u + du) % n, (v + dv) % n
+            off = ~grid[uu] & ~grid[vv]
+            out[(u, v)] = float(p[u, v] / max(np.median(p[uu[off], vv[off]]), 1e-30))
+    return out
+
+
+def grid_artefact(synthetic01: np.ndarray, real01: np.ndarray | None = None) -> dict:
+    """How much an upsampling grid (2, 4, 8 or 16 pixels) stands out in renders, beside real scans.
+
+    At each frequency such a grid would add power to (multiples of N/16 cycles in each direction: a
+    checkerboard at (N/2, N/2), stripes at (N/2, 0), ...), in each of two spectra (:func:`_spectra`),
+    the power is divided by the median of its neighbouring frequencies. ``peak_ratio`` is the largest
+    such ratio of the renders (about 1–3 for real scans, which have no grid; far above for a visible
+    one), with where it is; ``real_peak_ratio`` the same figure for ``real01``.
+    """
+    def peak(images):
+        n = images.shape[-1]
+        best = {"peak_ratio": 0.0}
+        for name, p in _spectra(images).items():
+            for (u, v), ratio in _grid_ratios(p).items():
+                if ratio > best["peak_ratio"]:
+                    w = min(v, n - v)
+                    best = {"peak_ratio": round(ratio, 3), "spectrum": name, "frequency": [u, w],
+                            "period_px": [round(n / k, 2) if k else None for k in (u, w)]}
+        return best
+
+    out = peak(np.asarray(synthetic01))
+    if real01 is not None:
+        out["real_peak_ratio"] = peak(np.asarray(real01))["peak_ratio"]
+    return out
+
+
+@dataclass
+class Realism:
+    mode: str
+    kid: float
+    kid_std: float
+    fid: float
+    kid_real_floor: float
+    kid_real_floor_std: float
+    fid_real_floor: float
+    machine_accuracy: float
+    machine_accuracy_ci: list[float]
+    machine_auc: float
+    machine_n: int
+    grid_artefact: dict
+    n_real: int
+    n_synthetic: int
+    n_reference: int
+    n_classifier_train: int
+    generator: dict
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _render(r, cases, mode: str, seed0: int, max_slices: int | None = None):
+    """(real framed slices, renders of their masks) over ``cases``; at most ``max_slices``, spread evenly."""
+    from cmrstudio.evaluate.faithfulness import heart_slices
+
+    rows = [(c, img, m) for c, imgs, ms in heart_slices(cases, r) for img, m in zip(imgs, ms)]
+    if not rows:
+        return np.zeros((0, r.size, r.size), np.float32), np.zeros((0, r.size, r.size), np.float32)
+    if max_slices is not None and len(rows) > max_slices:
+        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, max_slices).round().astype(int)]
+    real = np.stack([img for _, img, _ in rows]).astype(np.float32)
+    synth = []
+    for j, (c, img, m) in enumerate(rows):
+        ctx = img[None] if mode == "in-patient" else None
+        synth.append(r.render_framed(m[None], c.vendor, seed=[seed0 + j], context=ctx)[0])
+    return real, np.stack(synth).astype(np.float32)
+
+
+def evaluate_realism(held_out, reference, model: str | None = None, mode: str = "synthetic", classifier_steps: int = 400,
+                     max_train_slices: int = 300, device: str | None = None, seed: int = 0, **hq) -> Realism:
+    """KID against the real-vs-real floor, a trained machine reader and the grid-artefact spectrum (see the module notes).
+
+    ``held_out``: cases of patients the model never saw; ``reference``: cases of other patients (the training
+    ones), real images for the floor and the machine reader's training data.
+    """
+    from cmrstudio.engine.factory import open_renderer
+    from cmrstudio.evaluate.fidelity import InceptionFeatures, fid, kid
+    from cmrstudio.study.machine import auc, classify, train_classifier
+    from cmrstudio.study.stats import proportion
+
+    if mode not in ("synthetic", "in-patient"):
+        raise CmrError(f"--mode {mode!r} is not known; use synthetic (no real pixel) or in-patient (the scan's own surroundings).")
+    r = open_renderer(model, device=device, **hq)
+    if mode == "in-patient" and not r.scene:
+        raise CmrError(f"The model '{r.name}' renders the heart crop only; it has no in-patient mode.")
+    real_h, syn_h = _render(r, held_out, mode, 10_000 + seed)
+    if len(real_h) < 4:
+        raise CmrError("The held-out cases give fewer than 4 heart slices; give more held-out patients (--case).")
+    real_t, syn_t = _render(r, reference, mode, 20_000 + seed, max_train_slices)
+    if len(real_t) < 4:
+        raise CmrError("The reference (training) cases give fewer than 4 heart slices; give the training data with --data.")
+    feats = InceptionFeatures(r.device)
+    f_rh, f_sh, f_rt = feats(real_h), feats(syn_h), feats(real_t)
+    k, k_sd = kid(f_rh, f_sh)
+    k0, k0_sd = kid(f_rh, f_rt)
+    net, _info = train_classifier(np.concatenate([real_t, syn_t]), np.r_[np.zeros(len(real_t)), np.ones(len(syn_t))].astype(np.int64),
+                                  steps=classifier_steps, seed=seed, val_fraction=0.0)
+    p = np.r_[classify(net, real_h), classify(net, syn_h)]
+    y = np.r_[np.zeros(len(real_h)), np.ones(len(syn_h))]
+    correct = int(np.sum((p >= 0.5) == (y == 1)))
+    acc, ci = proportion(correct, len(y))
+    return Realism(mode, k, k_sd, fid(f_rh, f_sh), k0, k0_sd, fid(f_rh, f_rt), float(acc), [float(v) for v in ci], auc(p, y), int(len(y)),
+                   grid_artefact(syn_h, real_h), len(real_h), len(syn_h), len(real_t), 2 * len(real_t),
+                   {**r.describe(), "mode": mode})

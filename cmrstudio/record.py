@@ -1,0 +1,172 @@
+"""The record of a render: how it was made, what it is derived from. Torch-free.
+
+:class:`RenderRecord` is the one description of a render that every path writes: the live
+engine, the HQ queue, ``cmrstudio render`` and the server. :func:`make_record` builds it from a
+renderer (anything with ``info``, ``name``, ``kind`` and ``describe()``) and the render's options.
+:class:`Render` is a finished render — the image in the scan's own grid and in the frame, the mask,
+the frame and its record — which :mod:`cmrstudio.io` saves as a case (NIfTI image + mask + JSON
+sidecar) and reads back. Projects and exports read these files through :class:`Render` and never
+import the engine.
+
+Modes: ``synthetic`` (no real pixel: the content is the model's, the mask is the painter's) and
+``in-patient`` (the heart painted into a patient's own slice: everything outside the repainted
+region is that patient's scan, so the render is *derived from a patient* and never anonymous).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmrstudio.anatomy import VENDORS
+from cmrstudio.data.frame import Frame
+from cmrstudio.errors import CmrError
+
+MODES = ("synthetic", "in-patient")
+RECORD_VERSION = 2
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RenderRecord:
+    """How one render was made (JSON-able; the sidecar's ``source.render``)."""
+
+    model: str
+    kind: str
+    seed: int
+    vendor: str
+    model_sha256: str | None = None
+    sampler: str | None = None  # "one-step" (SPADE and other single-pass generators), "ddim", "euler", "heun"
+    steps: int | None = None
+    guidance: float | None = None
+    mode: str = "synthetic"
+    margin_mm: float | None = None  # in-patient: how far around the heart was repainted
+    seconds: float | None = None
+    created: str = field(default_factory=now_iso)
+    version: int = RECORD_VERSION
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise CmrError(f"Render mode {self.mode!r} is not known; it is one of {', '.join(MODES)}.")
+        if self.vendor not in VENDORS:
+            raise CmrError(f"Vendor {self.vendor!r} is not one of {', '.join(VENDORS)}.")
+
+    @property
+    def derived_from_patient(self) -> bool:
+        """True when real patient pixels are part of the image (never anonymous)."""
+        return self.mode == "in-patient"
+
+    @property
+    def synthetic(self) -> bool:
+        return self.mode == "synthetic"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["derived_from_patient"] = self.derived_from_patient
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "The render record") -> "RenderRecord":
+        """Read a record (also the older ``params`` dictionaries without a mode: those were all fully synthetic)."""
+        if not isinstance(d, dict):
+            raise CmrError(f"{where} is {type(d).__name__}, not an object.")
+        try:
+            def opt(key, conv):
+                v = d.get(key)
+                return None if v is None else conv(v)
+
+            guidance = opt("guidance", float)
+            if guidance is not None and not math.isfinite(guidance):
+                raise ValueError(f"guidance {guidance}")
+            return cls(model=str(d["model"]), kind=str(d["kind"]), seed=int(d["seed"]), vendor=str(d.get("vendor") or "unknown"),
+                       model_sha256=opt("model_sha256", str), sampler=opt("sampler", str), steps=opt("steps", int), guidance=guidance,
+                       mode=str(d.get("mode") or "synthetic"), margin_mm=opt("margin_mm", float), seconds=opt("seconds", float),
+                       created=str(d.get("created") or ""), version=int(d.get("version") or 1))
+        except KeyError as exc:
+            raise CmrError(f"{where} lacks {exc.args[0]!r}; it was not written by cmrstudio or is damaged.") from None
+        except (TypeError, ValueError) as exc:
+            raise CmrError(f"{where} is malformed ({exc}); it was not written by cmrstudio or is damaged.") from None
+
+    # the older dictionary view (``params``), kept for code and files that read it
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+
+def make_record(renderer, seed: int, vendor: str, context=None, steps: int | None = None, guidance: float | None = None,
+                sampler: str | None = None, seconds: float | None = None) -> RenderRecord:
+    """The record of a render by ``renderer`` (any generator front): the one function every path calls.
+
+    ``context`` is the :class:`~cmrstudio.engine.scene.SliceContext` the render used (None: fully
+    synthetic); the sampler, steps and guidance default to the renderer's own.
+    """
+    d = renderer.describe()
+    stepwise = "steps" in d  # diffusion and flow describe their sampling; a one-step generator does not
+    mode = getattr(context, "mode", "synthetic") if context is not None else "synthetic"
+    return RenderRecord(
+        model=renderer.name, kind=renderer.kind, seed=int(seed), vendor=vendor, model_sha256=renderer.info.card.get("sha256"),
+        sampler=sampler or (d.get("solver") if stepwise else "one-step"),
+        steps=int(steps if steps is not None else d.get("steps", 1)),
+        guidance=(guidance if guidance is not None else d.get("guidance")) if stepwise else None,
+        mode=mode, margin_mm=float(context.margin_mm) if mode == "in-patient" else None,
+        seconds=None if seconds is None else round(float(seconds), 3),
+    )
+
+
+@dataclass
+class Render:
+    """A finished render: the image in the scan's grid (and in the frame), its mask, frame and record."""
+
+    image: np.ndarray  # native 2D slice, float32 (scan units when the frame has an intensity range, else [0, 1])
+    framed: np.ndarray | None  # (N, N) float32 [0, 1]; None when read back (the native image is the record)
+    mask: np.ndarray  # native 2D mask slice (canonical labels)
+    frame: Frame
+    record: RenderRecord
+
+    @property
+    def params(self) -> RenderRecord:
+        """The record under its older name."""
+        return self.record
+
+    def to_case(self, case_id: str, affine: np.ndarray | None = None):
+        from cmrstudio.case import Case
+
+        r = self.record
+        src = {"dataset": "cmrstudio-render", "synthetic": r.synthetic, "derived_from_patient": r.derived_from_patient,
+               "render": r.to_dict(), "frame": self.frame.to_dict()}
+        return Case(self.image[None].astype(np.float32), self.mask[None].astype(np.uint8), affine, vendor=r.vendor,
+                    case_id=case_id, source=src)
+
+    def save(self, folder: str | Path, case_id: str, affine: np.ndarray | None = None) -> dict[str, Path]:
+        """Write ``case_id``_image.nii.gz, _mask.nii.gz and .json (atomically, the sidecar last)."""
+        from cmrstudio.io import write_case
+
+        return write_case(self.to_case(case_id, affine), folder, name=case_id)
+
+    @classmethod
+    def load(cls, folder: str | Path, case_id: str) -> "Render":
+        """Read a saved render back (its sidecar, image and mask) from ``folder``."""
+        from cmrstudio.io import read_case
+
+        folder = Path(folder)
+        path = folder / f"{case_id}.json"
+        try:
+            src = json.loads(path.read_text(encoding="utf-8")).get("source", {})
+        except (OSError, ValueError, AttributeError) as exc:
+            raise CmrError(f"{path} cannot be read as a render's sidecar ({exc}); it may be damaged or not a cmrstudio render.") from None
+        c = read_case(folder / f"{case_id}_image.nii.gz", mask=folder / f"{case_id}_mask.nii.gz", labels="canonical")
+        render, fr = src.get("render"), src.get("frame")
+        if not isinstance(render, dict) or not isinstance(fr, dict) or c.image is None or c.mask is None:
+            raise CmrError(f"{path} is not a saved cmrstudio render (its sidecar lacks 'render' or 'frame', or the image or mask is missing).")
+        return cls(c.image[0], None, c.mask[0], Frame.from_dict(fr), RenderRecord.from_dict(render, f"The render record in {path}"))
