@@ -296,3 +296,24 @@ def write_report(scores: dict, answers: list[Answer], out_dir: str | os.PathLike
     write_text_atomic(paths["json"], json.dumps(jsonable(scores), indent=2, allow_nan=False) + "\n")
     write_text_atomic(paths["html"], text)
     return paths
+
+
+def report_study(study: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Score every reader of a study and all pooled, and write its report (:func:`write_report`) into ``out``
+    (default: STUDY/report). Returns the paths as ``{"html": ..., "csv": ..., "json": ...}``."""
+    from cmrstudio.study.design import load_study
+    from cmrstudio.study.stats import score_study
+    from cmrstudio.study.store import Store, to_answers
+
+    st = load_study(study)
+    store = Store(st)
+    try:
+        answers = to_answers(st, store.rows())
+    finally:
+        store.close()
+    if not answers:
+        raise CmrError(f"{study} has no answers yet; readers answer with `cmrstudio study read {study} --reader NAME`.")
+    scores = score_study(answers)
+    return write_report(scores, answers, out or (st.folder / "report"), title=f"Reader study: {st.name}",
+                        study_info={"items": len(st.items), "pairs": len(st.pairs), "seed": st.seed, "mode": st.mode,
+                                    "readers": sorted({a.reader for a in answers})})

@@ -1,0 +1,72 @@
+"""The ``cmrstudio`` command. Run without a subcommand it opens the studio.
+
+The root app and ``main`` live here; the commands live one module per group: :mod:`.data` (open, screenshot, info,
+check, phantom, convert), :mod:`.render` (models, render), :mod:`.export`, :mod:`.train`, :mod:`.study`,
+:mod:`.bench` and :mod:`.evaluate`; shared options and argument checks in :mod:`.common`. Heavy modules (torch,
+napari, the engine, training, evaluation) are imported inside the commands, so ``cmrstudio --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cmrstudio import __version__
+from cmrstudio.cli import data, export, render
+from cmrstudio.cli.bench import bench_app
+from cmrstudio.cli.evaluate import evaluate_app
+from cmrstudio.cli.study import study_app
+from cmrstudio.cli.train import train_app
+from cmrstudio.errors import CmrError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    invoke_without_command=True,
+    help="cmrstudio: paint cardiac anatomy, synthesise short-axis MRI, curate, export and evaluate.",
+)
+
+
+@app.callback()
+def _root(ctx: typer.Context, version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
+    if version:
+        typer.echo(f"cmrstudio {__version__}")
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        data.launch(None)
+
+
+# The order here is the order of `cmrstudio --help`: single commands first, then the groups.
+app.command("open")(data.open_)
+app.command()(data.screenshot)
+app.command()(data.info)
+app.command()(data.check)
+app.command()(data.phantom)
+app.command()(data.convert)
+app.command()(render.models)
+app.command()(render.render)
+app.command("export")(export.export_cmd)
+app.add_typer(train_app, name="train")
+app.add_typer(study_app, name="study")
+app.add_typer(bench_app, name="bench")
+app.add_typer(evaluate_app, name="evaluate")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        rc = app(args=argv, standalone_mode=False, prog_name="cmrstudio")
+        if isinstance(rc, int) and rc:  # typer.Exit(n) inside a command comes back as a return value here
+            sys.exit(rc)
+    except CmrError as exc:
+        typer.echo(f"cmrstudio: {exc.message}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # usage errors (typer may vendor its own click)
+        if any(c.__name__ == "ClickException" for c in type(exc).__mro__) and hasattr(exc, "show"):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

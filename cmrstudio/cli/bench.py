@@ -1,0 +1,108 @@
+"""``cmrstudio bench``: benchmarks that print figures (live, hq, studio, startup)."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from cmrstudio.errors import CmrError
+
+bench_app = typer.Typer(help="Benchmarks that print figures: live, hq, studio, startup.", no_args_is_help=True)
+
+
+@bench_app.command("live")
+def bench_live(
+    model: Optional[str] = typer.Option(None, "--model", help="Model name or card path (default: the shipped SPADE model)."),
+    n: int = typer.Option(100, "--n", help="Frames to time."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Per-frame latency of the live path (mask edit -> frame -> model -> back), p50/p95/fps."""
+    from cmrstudio.engine.bench import bench_live as run_bench
+
+    res = run_bench(model=model, n=n, device=device, threads=threads)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    typer.echo(f"live path, model {res['model']} ({res['parameters'] / 1e6:.2f} M parameters), {res['size']}×{res['size']}, {res['hardware']}")
+    typer.echo(f"  synchronous: p50 {res['p50_ms']:.1f} ms  p95 {res['p95_ms']:.1f} ms  mean {res['mean_ms']:.1f} ms  "
+               f"{res['fps']:.1f} fps  (model alone p50 {res['model_p50_ms']:.1f} ms) over {res['n']} frames")
+    e = res["engine"]
+    typer.echo(f"  engine, brush dabs every {e['dab_interval_ms']:.0f} ms: {e['submitted']} submitted, {e['rendered']} rendered, "
+               f"{e['dropped']} dropped as stale; dab-to-image p50 {e['latency_p50_ms']:.1f} ms, p95 {e['latency_p95_ms']:.1f} ms")
+
+
+@bench_app.command("hq")
+def bench_hq_cmd(
+    model: list[str] = typer.Option([], "--model", help="Diffusion or flow model(s); default: the shipped diffusion and flow models."),
+    steps: list[int] = typer.Option([], "--steps", help="Step counts to time (default: 10, 25, 50 for diffusion; 1, 2, 4, 8 for flow)."),
+    n: int = typer.Option(3, "--n", help="Samples timed per setting (median reported)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Also time an untrained network of the same architecture at this size (e.g. 256)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (the card's default when omitted; 1 halves the work)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Seconds per sample of each HQ sampler and step count on this machine (one 128×128 slice of the sample case)."""
+    from cmrstudio.engine.bench import bench_hq
+
+    res = bench_hq(models=list(model) or None, steps=list(steps) or None, n=n, size=size, guidance=guidance, device=device, threads=threads)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    typer.echo(f"HQ rendering on {res['hardware']} ({res['precision']}), median of {n} per setting:")
+    for row in res["rows"]:
+        typer.echo(f"  {row['model']:<16} {row['kind']:<9} {row['solver']:<5} {row['size']:>4}px  {row['steps']:>3} steps  "
+                   f"guidance {row['guidance']:<4g} {row['seconds']:>7.2f} s/sample  ({row['ms_per_step']:.0f} ms/step)")
+
+
+@bench_app.command("studio")
+def bench_studio_cmd(
+    strokes: int = typer.Option(12, "--strokes", help="Brush strokes to paint (real mouse drags on the canvas)."),
+    moves: int = typer.Option(24, "--moves", help="Mouse moves per stroke, one every 16 ms (a 60 Hz mouse)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Live model (default: the shipped SPADE model)."),
+    window: str = typer.Option("1600x960", "--window", help="Window size WxH in pixels."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Brush dab -> synthetic layer on screen in the real studio window, and how long the GUI thread was ever blocked."""
+    from cmrstudio.gui.bench import bench_studio
+
+    try:
+        size = tuple(int(x) for x in window.lower().split("x"))
+        assert len(size) == 2 and min(size) >= 400
+    except (ValueError, AssertionError):
+        raise CmrError(f"--window {window!r} must be WIDTHxHEIGHT in pixels, at least 400 each, like 1600x960.") from None
+    res = bench_studio(strokes=strokes, moves=moves, model=model, window=size)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    d, m, h = res["dab_to_screen_ms"], res["model_ms"], res["gui_heartbeat_ms"]
+    typer.echo(f"studio on {res['scan']}, live model {res['model']} ({res['frame_size']}² frame, {res['threads']} torch threads)")
+    typer.echo(f"{res['strokes']} strokes, {res['dabs']} dabs -> {res['frames_shown']} frames shown, {res['skipped_latest_wins']} skipped (latest-wins)")
+    typer.echo(f"dab -> on screen: p50 {d['p50']} ms, p95 {d['p95']} ms, max {d['max']} ms   (model alone p50 {m['p50']} ms)")
+    q = res["gui_heartbeat_live_off_ms"]
+    typer.echo(f"GUI heartbeat (5 ms timer) while painting: live on p50 {h['p50']} / p99 {h['p99']} / longest {h['max']} ms; "
+               f"live off p50 {q['p50']} / p99 {q['p99']} / longest {q['max']} ms")
+    typer.echo(f"window {res['window']}, canvas {res['canvas']} px (software OpenGL under Xvfb draws the canvas on the CPU)")
+
+
+@bench_app.command("startup")
+def bench_startup_cmd(
+    n: int = typer.Option(3, "--n", help="Cold starts to time."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Seconds from launching `cmrstudio open` to the window with its first live frame drawn."""
+    from cmrstudio.gui.bench import bench_startup
+
+    res = bench_startup(n=n)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    for i, r in enumerate(res["runs"], 1):
+        typer.echo(f"run {i}: window taking input at {r['window_s']} s, first live frame at {r['first_frame_s']} s")
+    typer.echo(f"cold start to an interactive window: median {res['window_s_median']:.2f} s (max {res['window_s_max']:.2f}); "
+               f"first synthetic frame on screen: median {res['first_frame_s_median']:.2f} s (max {res['first_frame_s_max']:.2f})")
+

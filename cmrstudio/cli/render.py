@@ -1,0 +1,115 @@
+"""Commands on models: render (a mask into an image) and models (what is installed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from cmrstudio.cli.common import FrameOpt, LabelsOpt, SpacingOpt, parse_spacing
+from cmrstudio.errors import CmrError
+
+
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON."), verify_sums: bool = typer.Option(False, "--verify", help="Check every weights file against its card's sha256.")):
+    """List installed models: shipped, the user's folder and plugins."""
+    from cmrstudio.models.checkpoint import verify
+    from cmrstudio.models.registry import list_models, user_dir
+
+    problems: list[str] = []
+    found = list_models(problems=problems)
+    rows = []
+    for m in found:
+        row = m.summary()
+        if verify_sums:
+            try:
+                verify(m)
+                row["checksum"] = "ok"
+            except CmrError as exc:
+                row["checksum"] = exc.message
+        rows.append(row)
+    if as_json:
+        typer.echo(json.dumps({"models": rows, "problems": problems, "user_dir": str(user_dir())}, indent=2))
+        return
+    if not rows:
+        typer.echo(f"No models installed (shipped: resources/models; yours: {user_dir()}).")
+    for r in rows:
+        extra = f"  checksum {r['checksum']}" if "checksum" in r else ""
+        typer.echo(f"{r['name']:<20} {r['kind']:<10} {r['origin']:<8} {r['size_mb']:>6.1f} MB  {r['resolution']}px  "
+                   f"vendors {','.join(r['vendors_trained'])}  {r['iterations']} it{extra}")
+    for p in problems:
+        typer.echo(f"warning: {p}", err=True)
+
+
+def render(
+    mask: Path = typer.Argument(..., help="Mask file (any supported format) or dataset folder / HDF5 file with labels."),
+    out: Path = typer.Option(..., "--out", help="Output image: .nii.gz, .nii, .mha or .nrrd."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name or card path: spade (default, live), diffusion or flow (HQ), or any installed model."),
+    context: Optional[Path] = typer.Option(None, "--context", help="Render in this patient: the scan (file or dataset folder) the mask was painted on; "
+                                                                  "its own pixels stay outside a margin around the heart. Without it the render is fully synthetic."),
+    context_case: Optional[str] = typer.Option(None, "--context-case", help="The case in a --context dataset folder (default: --case)."),
+    margin: float = typer.Option(10.0, "--margin", help="In this patient: repaint within this many mm of the scan's own heart and the painted one."),
+    vendor: Optional[str] = typer.Option(None, "--vendor", help="Scanner style: siemens, philips, ge, canon or unknown (default: the context scan's, else unknown)."),
+    seed: int = typer.Option(0, "--seed", help="Style seed; the same seed gives the same image."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps of a diffusion (e.g. 25) or flow (e.g. 4) model; the card's default when omitted."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale of a diffusion or flow model (1 = none)."),
+    solver: Optional[str] = typer.Option(None, "--solver", help="ODE solver of a flow model: euler or heun."),
+    labels: Optional[str] = LabelsOpt,
+    frame: Optional[int] = FrameOpt,
+    spacing: Optional[str] = SpacingOpt,
+    case: Optional[str] = typer.Option(None, "--case", help="Case to take the mask from, in a dataset folder."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (automatic when omitted)."),
+):
+    """Render every slice of a mask into an image with the mask's own shape and geometry: fully synthetic, or in a patient's own scan."""
+    import time
+
+    from cmrstudio.engine.factory import generator_kinds, open_renderer
+    from cmrstudio.io import read_case, read_mask, write_volume
+    from cmrstudio.models.registry import get_model
+
+    info = get_model(model, kind=generator_kinds())
+    hq = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver)) if v is not None}
+    r = open_renderer(info, device=device, **hq)
+    c = read_mask(mask, labels=labels, frame=frame, spacing=parse_spacing(spacing), case=case)
+    image = heart = None
+    if context is not None:
+        scan = read_case(context, frame=frame, spacing=parse_spacing(spacing), case=context_case or case)
+        if scan.image is None:
+            raise CmrError(f"{context} holds no image to render into; give the scan the mask was painted on.")
+        if scan.shape != c.shape:
+            raise CmrError(f"The mask {mask} is {'×'.join(map(str, c.shape))} but the scan {context} is {'×'.join(map(str, scan.shape))}; "
+                           "give the mask that was painted on this scan.")
+        if not r.scene:
+            raise CmrError(f"The model '{r.name}' renders the heart crop only and cannot render into a patient's scan; "
+                           "use a scene model (spade-cmr, flow-cmr) or drop --context.")
+        image = scan.image
+        if scan.mask is not None:
+            heart = scan.mask
+        else:  # the scan's own heart must be repainted too, or it would show beside the painted one
+            from cmrstudio.case import Case
+            from cmrstudio.engine.segment import segment_scan
+
+            heart = segment_scan(Case(scan.image, c.mask, scan.affine), device=device)
+            typer.echo(f"note: {context} has no segmentation; its own heart was found with the bundled segmenter and is repainted too.", err=True)
+        vendor = vendor or scan.vendor
+        c.affine = scan.affine if scan.affine is not None else c.affine
+    vendor = vendor or "unknown"
+    _, _, note = r.resolve_vendor(vendor)
+    if note:
+        typer.echo(f"note: {note}", err=True)
+    if c.spacing is None:
+        typer.echo(f"note: {mask} stores no voxel spacing; the frame is sized to the heart (give --spacing to use mm).", err=True)
+    t0 = time.perf_counter()
+    img, fr = r.render_volume(c.mask, c.spacing, vendor=vendor, seed=seed, image=image, heart=heart,
+                              margin_mm=margin if image is not None else None)
+    secs = time.perf_counter() - t0
+    write_volume(out, img, c.affine, dtype=np.float32)
+    fov = f"{fr.spacing_mm * fr.size:.0f} mm" if fr.spacing_mm else "heart-sized"
+    how = f", {r.solver} {r.steps} steps, guidance {r.guidance:g}" if hasattr(r, "solver") else ""
+    where = (f"in this patient ({context}; {margin:g} mm around the heart repainted, derived from a patient scan)" if image is not None
+             else "fully synthetic, the whole field of view" if r.scene else f"fully synthetic, {fov} heart frame")
+    typer.echo(f"Wrote {out}: {img.shape[0]} slices of {img.shape[1]}×{img.shape[2]}, model {r.name} ({r.kind}{how}), "
+               f"vendor {vendor}, seed {seed}, {where}, {secs:.1f} s.")
+

@@ -1,0 +1,139 @@
+"""``cmrstudio train``: spade, diffusion, flow, segmenter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cmrstudio.cli.common import check_name
+
+train_app = typer.Typer(help="Train models: spade, diffusion, flow, segmenter.", no_args_is_help=True)
+
+
+@train_app.command("spade")
+def train_spade(
+    data: list[str] = typer.Option([], "--data", help="Training folder or file (any format cmrstudio reads); repeat for several."),
+    out: Path = typer.Option(Path("runs/spade"), "--out", help="Run folder: model, card, samples, training state."),
+    name: str = typer.Option("spade", "--name", help="Model name (file names and registry)."),
+    phantom: int = typer.Option(0, "--phantom", help="Add N phantom cases to the data (alone, for a smoke run)."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Hold out cases whose id starts with this; repeatable."),
+    preset: str = typer.Option("lite", "--preset", help="Architecture: scene (whole field of view, live), lite (heart crop), base (GPU), scene-tiny (tests)."),
+    size: int = typer.Option(128, "--size", help="Frame size in pixels (128 live, 256 HQ)."),
+    steps: int = typer.Option(2000, "--steps", help="Total training iterations."),
+    batch: int = typer.Option(8, "--batch", help="Batch size."),
+    lr_g: float = typer.Option(1e-4, "--lr-g"),
+    lr_d: float = typer.Option(4e-4, "--lr-d"),
+    seed: int = typer.Option(0, "--seed"),
+    sample_every: int = typer.Option(250, "--sample-every", help="Write a sample grid PNG every N steps."),
+    save_every: int = typer.Option(500, "--save-every", help="Save model and training state every N steps."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (picked automatically when omitted)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved step."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (and save) after this many minutes."),
+    dp_epsilon: Optional[float] = typer.Option(None, "--dp-epsilon", help="Train with differential privacy (DP-SGD, Opacus) and stop when this epsilon is spent."),
+    dp_delta: float = typer.Option(1e-5, "--dp-delta", help="Delta of the (epsilon, delta) guarantee."),
+    dp_max_grad_norm: float = typer.Option(1.0, "--dp-max-grad-norm", help="Per-sample gradient clipping bound."),
+    dp_noise: Optional[float] = typer.Option(None, "--dp-noise", help="Noise multiplier (default: calibrated to spend --dp-epsilon in --steps)."),
+    bf16: Optional[bool] = typer.Option(False, "--bf16/--fp32", help="Scene presets: bfloat16 autocast for the networks (losses stay float32)."),
+    install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Train a SPADE generator (resumable; progress bar with ETA; sample grids in OUT/samples); --dp-epsilon trains it privately."""
+    from cmrstudio.models.checkpoint import read_card
+    from cmrstudio.train.spade import SpadeTrainer, TrainOptions
+
+    opts = TrainOptions(
+        data=list(data), out=str(out), name=name, phantom=phantom, exclude=list(exclude), preset=preset, size=size,
+        steps=steps, batch=batch, lr_g=lr_g, lr_d=lr_d, seed=seed, sample_every=sample_every, save_every=save_every,
+        device=device, threads=threads, resume=resume, max_minutes=max_minutes,
+        dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm, dp_noise=dp_noise, bf16=bf16,
+    )
+    check_name(name)
+    tr = SpadeTrainer(opts).run(progress=not quiet)
+    if tr.dp:
+        typer.echo(f"Differential privacy: epsilon {tr.epsilon_spent():.3f} spent of {dp_epsilon} (delta {dp_delta:g}) in {tr.step} steps.")
+    _report_trained(read_card(Path(out) / f"{name}.json"), tr.step, install)
+
+
+def _train_generator(objective: str, **kw) -> None:
+    from cmrstudio.models.checkpoint import read_card
+    from cmrstudio.train.diffusion import DiffusionOptions, DiffusionTrainer
+
+    install, quiet = kw.pop("install"), kw.pop("quiet")
+    check_name(kw["name"])
+    kw["out"], kw["data"], kw["exclude"] = str(kw["out"]), list(kw["data"]), list(kw["exclude"])
+    tr = DiffusionTrainer(DiffusionOptions(objective=objective, **kw)).run(progress=not quiet)
+    _report_trained(read_card(Path(kw["out"]) / f"{kw['name']}.json"), tr.step, install)
+
+
+def _report_trained(info, step: int, install: bool) -> None:
+    typer.echo(f"Model {info.name}: {info.weights_path} ({info.size_mb:.1f} MB), card {info.card_path}, step {step}.")
+    if install:
+        from cmrstudio.models.registry import install_model
+
+        typer.echo(f"Installed into {install_model(info).card_path.parent}.")
+
+
+def _hq_train_command(objective: str, default_steps: int):
+    def command(
+        data: list[str] = typer.Option([], "--data", help="Training folder or file (any format cmrstudio reads); repeat for several."),
+        out: Path = typer.Option(Path(f"runs/{objective}"), "--out", help="Run folder: model, card, samples, training state."),
+        name: str = typer.Option(objective, "--name", help="Model name (file names and registry)."),
+        phantom: int = typer.Option(0, "--phantom", help="Add N phantom cases to the data (alone, for a smoke run)."),
+        exclude: list[str] = typer.Option([], "--exclude", help="Hold out cases whose id starts with this; repeatable."),
+        preset: str = typer.Option("lite", "--preset", help="Architecture: scene (whole field of view), lite (heart crop), base (GPU), layout (tissue-class prior), tiny/scene-tiny (tests)."),
+        size: int = typer.Option(128, "--size", help="Frame size in pixels (128 live frame, 256 HQ frame)."),
+        steps: int = typer.Option(20000, "--steps", help="Total training iterations."),
+        batch: int = typer.Option(8, "--batch", help="Batch size."),
+        lr: float = typer.Option(2e-4, "--lr"),
+        warmup: int = typer.Option(200, "--warmup", help="Steps of learning-rate warm-up."),
+        cond_drop: float = typer.Option(0.1, "--cond-drop", help="Fraction of samples trained without the mask (for guidance)."),
+        guidance: float = typer.Option(1.5, "--guidance", help="Guidance scale for the sample grids and the card's default."),
+        sample_steps: int = typer.Option(default_steps, "--sample-steps", help="Sampling steps for the grids and the card's default."),
+        seed: int = typer.Option(0, "--seed"),
+        sample_every: int = typer.Option(500, "--sample-every", help="Write a sample grid PNG every N steps."),
+        save_every: int = typer.Option(500, "--save-every", help="Save model and training state every N steps."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (picked automatically when omitted)."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+        bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32", help="Mixed precision (default: where bfloat16 is native)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved step."),
+        max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (and save) after this many minutes."),
+        install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ):
+        options = {k: v for k, v in locals().items() if k != "objective"}  # locals() also holds the closure's objective
+        _train_generator(objective, **options)
+
+    return command
+
+
+train_app.command("diffusion", help="Train a mask-conditioned diffusion model (v-prediction, DDIM sampling; resumable, EMA, sample grids).")(
+    _hq_train_command("diffusion", 25))
+train_app.command("flow", help="Train a mask-conditioned rectified-flow model (few-step ODE sampling; resumable, EMA, sample grids).")(
+    _hq_train_command("flow", 4))
+
+@train_app.command("segmenter")
+def train_segmenter_cmd(
+    data: list[str] = typer.Option([], "--data", help="Training folder or file; repeat for several."),
+    out: Path = typer.Option(Path("runs/segmenter"), "--out", help="Run folder for the model and its card."),
+    name: str = typer.Option("segmenter", "--name"),
+    phantom: int = typer.Option(0, "--phantom", help="Add N phantom cases."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Hold out cases whose id starts with this; repeatable."),
+    steps: int = typer.Option(800, "--steps"),
+    batch: int = typer.Option(16, "--batch"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Train the LV/MYO/RV U-Net segmenter used to measure mask faithfulness."""
+    from cmrstudio.train.segmenter import SegOptions, train_segmenter
+
+    check_name(name)
+    info = train_segmenter(SegOptions(data=list(data), out=str(out), name=name, phantom=phantom, exclude=list(exclude), steps=steps,
+                                      batch=batch, lr=lr, seed=seed, device=device, threads=threads), progress=not quiet)
+    typer.echo(f"Model {info.name}: {info.weights_path} ({info.size_mb:.1f} MB), card {info.card_path}.")
+

@@ -1,0 +1,120 @@
+"""The evaluation orchestration the CLI, the GUI and scripts share: figures recorded in model cards, `evaluate all`.
+
+The evaluations themselves are stubbed (their own tests run them); these tests check what is run on which cases,
+what goes into the card and what is written, in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import pytest
+
+from cmrstudio.errors import CmrError
+
+from helpers import copy_model
+
+SHIPPED = Path(__file__).resolve().parents[1] / "resources" / "models"
+
+
+@pytest.fixture
+def model(tmp_path):
+    """A copy of the shipped SPADE model, whose card may be written."""
+    return copy_model(SHIPPED / "spade-cmr.json", tmp_path / "model")
+
+
+@pytest.fixture
+def data(tmp_path):
+    from cmrstudio.data.phantom import phantom_case
+    from cmrstudio.io import write_case
+
+    out = tmp_path / "data"
+    for i in range(3):
+        write_case(phantom_case(i, n_slices=3, shape=(64, 64), phase="ED"), out)
+    return out
+
+
+def test_record_metric_writes_the_figure_with_its_command_and_refreshes_the_headline(model):
+    from cmrstudio.evaluate.cards import record_metric
+    from cmrstudio.evaluate.report import headline
+    from cmrstudio.models.registry import get_model
+
+    before = json.loads(model.read_text())["metrics"]
+    fid = {**before["fidelity"], "fid": 12.5}
+    del fid["command"]
+    info = record_metric(str(model), "fidelity", fid, command="cmrstudio evaluate fidelity --data d")
+    card = json.loads(model.read_text())
+    assert card["metrics"]["fidelity"] == {**fid, "command": "cmrstudio evaluate fidelity --data d"}
+    assert card["headline"] == headline(card) and info.card["metrics"]["fidelity"]["fid"] == 12.5
+    record_metric(get_model(str(model)), "fidelity", fid)  # a ModelInfo; no command: none recorded
+    assert "command" not in json.loads(model.read_text())["metrics"]["fidelity"]
+    after = json.loads(model.read_text())["metrics"]
+    assert after.keys() == before.keys() and all(after[k] == before[k] for k in before if k != "fidelity")  # the others stay
+
+
+def test_evaluate_all_runs_each_evaluation_on_the_held_out_patients_and_records_it(model, data, tmp_path, monkeypatch):
+    import cmrstudio.evaluate.faithfulness as fa
+    import cmrstudio.evaluate.fidelity as fi
+    import cmrstudio.evaluate.privacy as pr
+    import cmrstudio.evaluate.utility as ut
+    from cmrstudio.evaluate.run import ModelReport, evaluate_all
+
+    shipped = json.loads(model.read_text())["metrics"]
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("command", "cases_evaluated")}  # noqa: E731
+    calls = []
+
+    def result(d):
+        return types.SimpleNamespace(**d, to_dict=lambda: dict(d))
+
+    def fidelity(cases, **kw):
+        calls.append(("fidelity", sorted(c.case_id for c in cases), kw))
+        return result(strip(shipped["fidelity"]))
+
+    def faithfulness(cases, **kw):
+        calls.append(("faithfulness", sorted(c.case_id for c in cases), kw))
+        return result({**strip(shipped["mask_faithfulness_dice"]), "per_case": [{"case": c.case_id} for c in cases]})
+
+    def diversity(cases, **kw):
+        calls.append(("diversity", sorted(c.case_id for c in cases), kw))
+        return strip(shipped["diversity"])
+
+    def privacy(cases, held, **kw):
+        calls.append(("privacy", sorted(c.case_id for c in cases), {**kw, "held": held}))
+        return result({**strip(shipped["privacy"]), "figure": None})
+
+    def utility(cases, held, **kw):
+        calls.append(("utility", sorted(c.case_id for c in cases), {**kw, "held": held}))
+        kw["progress"](1, 1, "one segmenter")
+        return result({**strip(shipped["utility"]), "runs": []})
+
+    monkeypatch.setattr(fi, "evaluate_fidelity", fidelity)
+    monkeypatch.setattr(fi, "evaluate_diversity", diversity)
+    monkeypatch.setattr(fa, "evaluate_faithfulness", faithfulness)
+    monkeypatch.setattr(pr, "evaluate_privacy", privacy)
+    monkeypatch.setattr(ut, "evaluate_utility", utility)
+    monkeypatch.setattr(ut, "utility_figure", lambda path, res: str(path))
+
+    seen, progress = [], []
+    out = tmp_path / "evaluation"
+    res = evaluate_all([str(data)], ["phantom_0001", "phantom_0002"], str(model), seeds=2, utility="cpu", out=out,
+                       command="cmrstudio evaluate all", on_step=lambda n: seen.append(("step", n)),
+                       on_result=lambda n, r: seen.append(("result", n)), progress=lambda *a: progress.append(a))
+    order = ["fidelity", "faithfulness", "diversity", "privacy", "utility"]
+    assert seen == [x for n in order for x in (("step", n), ("result", n))] + [("result", "report")]
+    assert [c[0] for c in calls] == order and progress == [(1, 1, "one segmenter")]
+    held, every = ["phantom_0001_ED", "phantom_0002_ED"], ["phantom_0000_ED", "phantom_0001_ED", "phantom_0002_ED"]
+    assert [c[1] for c in calls] == [held, held, held, every, every]  # the attacks and utility need the training patients too
+    assert calls[0][2]["seeds"] == 2 and calls[2][2]["masks"] == 16 and calls[3][2]["max_members"] == 200
+    assert calls[3][2]["held"] == calls[4][2]["held"] == ["phantom_0001", "phantom_0002"]
+    card = json.loads(model.read_text())
+    for key in ("fidelity", "mask_faithfulness_dice", "diversity", "privacy", "utility"):
+        assert card["metrics"][key]["command"] == "cmrstudio evaluate all"
+    assert card["metrics"]["fidelity"]["cases_evaluated"] == held and card["metrics"]["utility"]["preset_name"] == "cpu"
+    assert (out / "privacy.json").exists() and (out / "utility.json").exists()
+    assert isinstance(res["report"], ModelReport) and res["report"].path == out / "spade-cmr_report.html" and res["report"].path.exists()
+    assert res["report"].info.card["metrics"]["fidelity"]["command"] == "cmrstudio evaluate all"
+
+    with pytest.raises(CmrError, match="matches --case nobody"):
+        evaluate_all([str(data)], ["nobody"], str(model), out=out)
