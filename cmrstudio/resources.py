@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cmrstudio.errors import CmrError
-
 
 def resources_dir() -> Path:
     env = os.environ.get("CMRSTUDIO_RESOURCES")
@@ -15,16 +13,3 @@ def resources_dir() -> Path:
 
 def sample_dir() -> Path:
     return resources_dir() / "sample"
-
-
-def sample_case(phase: str = "ED"):
-    """The built-in real case (Sunnybrook SCD0000101, CC0) in canonical labels."""
-    from cmrstudio.io import scan
-
-    d = sample_dir()
-    if not d.is_dir():
-        raise CmrError(f"The sample case folder {d} is missing; reinstall cmrstudio from its repository.")
-    refs = [r for r in scan(d) if r.phase == phase]
-    if not refs:
-        raise CmrError(f"The sample case folder {d} has no {phase} volume; reinstall cmrstudio from its repository.")
-    return refs[0].load()

@@ -58,6 +58,7 @@ def test_evaluate_all_runs_each_evaluation_on_the_held_out_patients_and_records_
     import cmrstudio.evaluate.faithfulness as fa
     import cmrstudio.evaluate.fidelity as fi
     import cmrstudio.evaluate.privacy as pr
+    import cmrstudio.evaluate.realism as re_
     import cmrstudio.evaluate.utility as ut
     from cmrstudio.evaluate.run import ModelReport, evaluate_all
 
@@ -84,6 +85,10 @@ def test_evaluate_all_runs_each_evaluation_on_the_held_out_patients_and_records_
         calls.append(("privacy", sorted(c.case_id for c in cases), {**kw, "held": held}))
         return result({**strip(shipped["privacy"]), "figure": None})
 
+    def realism(held_cases, reference, **kw):
+        calls.append(("realism", sorted(c.case_id for c in held_cases), {**kw, "reference": sorted(c.case_id for c in reference)}))
+        return result({"mode": kw["mode"], "kid": 0.5, "kid_real_floor": 0.01})
+
     def utility(cases, held, **kw):
         calls.append(("utility", sorted(c.case_id for c in cases), {**kw, "held": held}))
         kw["progress"](1, 1, "one segmenter")
@@ -94,6 +99,7 @@ def test_evaluate_all_runs_each_evaluation_on_the_held_out_patients_and_records_
     monkeypatch.setattr(fa, "evaluate_faithfulness", faithfulness)
     monkeypatch.setattr(pr, "evaluate_privacy", privacy)
     monkeypatch.setattr(ut, "evaluate_utility", utility)
+    monkeypatch.setattr(re_, "evaluate_realism", realism)
     monkeypatch.setattr(ut, "utility_figure", lambda path, res: str(path))
 
     seen, progress = [], []
@@ -101,15 +107,16 @@ def test_evaluate_all_runs_each_evaluation_on_the_held_out_patients_and_records_
     res = evaluate_all([str(data)], ["phantom_0001", "phantom_0002"], str(model), seeds=2, utility="cpu", out=out,
                        command="cmrstudio evaluate all", on_step=lambda n: seen.append(("step", n)),
                        on_result=lambda n, r: seen.append(("result", n)), progress=lambda *a: progress.append(a))
-    order = ["fidelity", "faithfulness", "diversity", "privacy", "utility"]
+    order = ["fidelity", "faithfulness", "diversity", "realism", "privacy", "utility"]  # a heart-crop model: no in-patient realism
     assert seen == [x for n in order for x in (("step", n), ("result", n))] + [("result", "report")]
     assert [c[0] for c in calls] == order and progress == [(1, 1, "one segmenter")]
     held, every = ["phantom_0001_ED", "phantom_0002_ED"], ["phantom_0000_ED", "phantom_0001_ED", "phantom_0002_ED"]
-    assert [c[1] for c in calls] == [held, held, held, every, every]  # the attacks and utility need the training patients too
-    assert calls[0][2]["seeds"] == 2 and calls[2][2]["masks"] == 16 and calls[3][2]["max_members"] == 200
-    assert calls[3][2]["held"] == calls[4][2]["held"] == ["phantom_0001", "phantom_0002"]
+    assert [c[1] for c in calls] == [held, held, held, held, every, every]  # the attacks and utility need the training patients too
+    assert calls[3][2]["reference"] == ["phantom_0000_ED"] and calls[3][2]["mode"] == "synthetic"  # the real-vs-real floor: other patients
+    assert calls[0][2]["seeds"] == 2 and calls[2][2]["masks"] == 16 and calls[4][2]["max_members"] == 200
+    assert calls[4][2]["held"] == calls[5][2]["held"] == ["phantom_0001", "phantom_0002"]
     card = json.loads(model.read_text())
-    for key in ("fidelity", "mask_faithfulness_dice", "diversity", "privacy", "utility"):
+    for key in ("fidelity", "mask_faithfulness_dice", "diversity", "realism_synthetic", "privacy", "utility"):
         assert card["metrics"][key]["command"] == "cmrstudio evaluate all"
     assert card["metrics"]["fidelity"]["cases_evaluated"] == held and card["metrics"]["utility"]["preset_name"] == "cpu"
     assert (out / "privacy.json").exists() and (out / "utility.json").exists()

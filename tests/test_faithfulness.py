@@ -5,11 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from cmrstudio.evaluate.faithfulness import dice, evaluate_faithfulness
+from cmrstudio.evaluate.faithfulness import evaluate_faithfulness
+from cmrstudio.metrics import dice
 from cmrstudio.io import read_cases
 from cmrstudio.models.checkpoint import verify
 from cmrstudio.models.registry import build_model, get_model
-from cmrstudio.train.segmenter import SegOptions, segment_framed, train_segmenter
+from cmrstudio.engine.segment import segment_framed
+from cmrstudio.train.segmenter import SegOptions, train_segmenter
 
 from helpers import copy_model, run
 

@@ -17,7 +17,7 @@ def _phantom_slices(seeds, size=64):
     """Framed heart slices of phantom patients (one patient per seed), in a renderer-like frame."""
     from cmrstudio.data.phantom import phantom_case
     from cmrstudio.evaluate.privacy import SliceSet
-    from cmrstudio.evaluate.segmentation import framed_slices
+    from cmrstudio.data.slices import framed_slices
 
     imgs, masks, vendors, patients = [], [], [], []
     for s in seeds:

@@ -182,7 +182,7 @@ def test_live_path_runs_a_frozen_graph_that_matches_eager_mode(shipped):
     fp32 to rounding and bf16 within its precision; batches stay eager."""
     import torch
 
-    from cmrstudio.resources import sample_case
+    from cmrstudio.io import sample_case
 
     c = sample_case("ED")
     for bf16, tol in ((False, 1e-4), (True, 0.02)):

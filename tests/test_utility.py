@@ -13,7 +13,7 @@ from tests.helpers import copy_model, run
 
 
 def test_dice_and_hd95_know_identity_and_a_known_shift():
-    from cmrstudio.evaluate.segmentation import case_scores
+    from cmrstudio.metrics import case_scores
 
     ref = np.zeros((2, 40, 40), np.uint8)
     ref[:, 10:20, 10:20] = 1

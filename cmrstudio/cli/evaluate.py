@@ -132,7 +132,8 @@ def evaluate_all_cmd(
     from cmrstudio.evaluate.run import evaluate_all
 
     printers = {"fidelity": _print_fidelity, "faithfulness": _print_faithfulness, "diversity": _print_diversity,
-                "privacy": _print_privacy, "utility": _print_utility, "report": lambda r: _print_report(r.info, r.path)}
+                "privacy": _print_privacy, "utility": _print_utility, "report": lambda r: _print_report(r.info, r.path),
+                "realism": _print_realism, "realism in patient": _print_realism}
     evaluate_all(data, case, model, seeds=seeds, space=space, utility=utility, max_members=max_members, out=out, device=device,
                  command=command_line(), on_step=lambda name: typer.echo(f"== {name}"),
                  on_result=lambda name, res: printers[name](res), progress=_progress)
@@ -159,30 +160,28 @@ def evaluate_realism_cmd(
     """Realism on held-out patients: KID beside the real-vs-real floor, a trained machine reader's accuracy, and upsampling-grid artefacts."""
     from cmrstudio.data.dataset import cases_from
     from cmrstudio.engine.factory import generator_kinds
-    from cmrstudio.evaluate.cards import record_metric
-    from cmrstudio.evaluate.realism import evaluate_realism
+    from cmrstudio.evaluate.run import run_realism
     from cmrstudio.models.registry import get_model
 
     info = get_model(model, kind=generator_kinds())
     held = _held_out(case, info)
     if not held:
         raise CmrError(f"The card of '{info.name}' names no held-out patients; give them with --case.")
-    every = cases_from(data)
-    held_cases = [c for c in every if any(c.case_id.startswith(p) for p in held)]
-    reference = [c for c in every if not any(c.case_id.startswith(p) for p in held)]
-    if not held_cases:
-        raise CmrError(f"No case in {', '.join(data)} is one of the held-out patients {', '.join(held)}.")
     hq = {"steps": steps} if steps is not None else {}
-    res = evaluate_realism(held_cases, reference, model=str(info.card_path), mode=mode, classifier_steps=classifier_steps,
-                           max_train_slices=max_train, device=device, seed=seed, **hq)
-    if write_card:
-        record_metric(info, f"realism_{mode.replace('-', '_')}", {**res.to_dict(), "held_out": held}, command=command_line())
+    res = run_realism(cases_from(data), held, model=str(info.card_path), mode=mode, classifier_steps=classifier_steps, max_train=max_train,
+                      seed=seed, device=device, write_card=write_card, command=command_line(), **hq)
     if as_json:
         typer.echo(json.dumps(res.to_dict(), indent=2))
         return
+    _print_realism(res, info.name)
+
+
+def _print_realism(res, name: str | None = None) -> None:
+    name = name or res.generator.get("model")
+    mode = res.mode
     lo, hi = res.machine_accuracy_ci
     g = res.grid_artefact
-    typer.echo(f"{info.name}, {mode}: {res.n_synthetic} renders of held-out masks vs {res.n_real} real held-out slices")
+    typer.echo(f"{name}, {mode}: {res.n_synthetic} renders of held-out masks vs {res.n_real} real held-out slices")
     typer.echo(f"  KID {res.kid:.4f} ± {res.kid_std:.4f}   (real vs real, other patients: {res.kid_real_floor:.4f} ± {res.kid_real_floor_std:.4f})   "
                f"FID {res.fid:.1f} (real vs real {res.fid_real_floor:.1f})")
     typer.echo(f"  machine reader (trained on {res.n_classifier_train} training-patient slices): accuracy {res.machine_accuracy:.1%} "

@@ -37,6 +37,7 @@ def train_spade(
     dp_max_grad_norm: float = typer.Option(1.0, "--dp-max-grad-norm", help="Per-sample gradient clipping bound."),
     dp_noise: Optional[float] = typer.Option(None, "--dp-noise", help="Noise multiplier (default: calibrated to spend --dp-epsilon in --steps)."),
     bf16: Optional[bool] = typer.Option(False, "--bf16/--fp32", help="Scene presets: bfloat16 autocast for the networks (losses stay float32)."),
+    layout_prior: Optional[str] = typer.Option(None, "--layout-prior", help="Scene presets: the tissue-class prior (name or card; default: the installed layout-cmr)."),
     install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
@@ -48,7 +49,7 @@ def train_spade(
         data=list(data), out=str(out), name=name, phantom=phantom, exclude=list(exclude), preset=preset, size=size,
         steps=steps, batch=batch, lr_g=lr_g, lr_d=lr_d, seed=seed, sample_every=sample_every, save_every=save_every,
         device=device, threads=threads, resume=resume, max_minutes=max_minutes,
-        dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm, dp_noise=dp_noise, bf16=bf16,
+        dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm, dp_noise=dp_noise, bf16=bf16, layout_prior=layout_prior,
     )
     check_name(name)
     tr = SpadeTrainer(opts).run(progress=not quiet)
@@ -100,6 +101,7 @@ def _hq_train_command(objective: str, default_steps: int):
         bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32", help="Mixed precision (default: where bfloat16 is native)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved step."),
         max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (and save) after this many minutes."),
+        layout_prior: Optional[str] = typer.Option(None, "--layout-prior", help="Scene presets: the tissue-class prior (name or card; default: the installed layout-cmr)."),
         install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ):
@@ -113,6 +115,28 @@ train_app.command("diffusion", help="Train a mask-conditioned diffusion model (v
     _hq_train_command("diffusion", 25))
 train_app.command("flow", help="Train a mask-conditioned rectified-flow model (few-step ODE sampling; resumable, EMA, sample grids).")(
     _hq_train_command("flow", 4))
+
+@train_app.command("layout")
+def train_layout_cmd(
+    data: list[str] = typer.Option([], "--data", help="Training folder or file; repeat for several."),
+    out: Path = typer.Option(Path("runs/layout"), "--out", help="Folder for the model and its card."),
+    name: str = typer.Option("layout", "--name"),
+    phantom: int = typer.Option(0, "--phantom", help="Add N phantom cases."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Hold out cases whose id starts with this; repeatable."),
+    components: int = typer.Option(32, "--components", help="Principal components of the prior."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Fit the tissue-class prior (probabilistic PCA of body layouts around the heart) that scene models are trained with
+    and fully synthetic renders sample from."""
+    from cmrstudio.train.layout import LayoutOptions, fit_layout
+
+    check_name(name)
+    info = fit_layout(LayoutOptions(data=list(data), out=str(out), name=name, phantom=phantom, exclude=list(exclude),
+                                    components=components, seed=seed), log=lambda m: typer.echo(m, err=True))
+    tr = info.card["training"]
+    typer.echo(f"Model {info.name}: {info.weights_path} ({info.size_mb:.1f} MB), card {info.card_path}; "
+               f"{tr['slices']} slices, variance explained {tr['variance_explained']:.1%}.")
+
 
 @train_app.command("segmenter")
 def train_segmenter_cmd(

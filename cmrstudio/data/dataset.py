@@ -139,7 +139,7 @@ class SceneDataset(Dataset):
 
     def __init__(self, cases: Sequence[Case], window: int = LIVE_SIZE, spacing_mm: float = LIVE_SPACING_MM,
                  augment: SceneAugment | None = SceneAugment(), seed: int = 0, min_heart_px: int = 20,
-                 require_labels: Sequence[int] = (), mode: str | None = None):
+                 require_labels: Sequence[int] = (), mode: str | None = None, layout_prior=None):
         from cmrstudio.data.frame import make_frame
         from cmrstudio.data.scene import LAYOUT_FACTOR, scene_for, tissue_classes
 
@@ -174,6 +174,16 @@ class SceneDataset(Dataset):
             raise CmrError("None of the given cases has a slice with both an image and heart labels to train on.")
         self.vendors = np.asarray(vendors, dtype=np.int64)
         self.index = index
+        self.layout_prior = layout_prior
+        self.projected: list[tuple[np.ndarray, tuple[int, int]]] = []
+        if layout_prior is not None:  # fully synthetic conditioning as the prior can express it (see cmrstudio.models.layout)
+            from cmrstudio.models.layout import cell_maps, window_origin
+
+            cfg = layout_prior.cfg
+            for i in range(len(self.images)):
+                o = window_origin(self.centres[i], self.images[i].shape[-1], cfg)
+                maps = cell_maps(self.classes[i], self.masks[i], self.insides[i], o, cfg)
+                self.projected.append((layout_prior.project(maps).astype(np.float16), o))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -218,8 +228,20 @@ class SceneDataset(Dataset):
                 hole = (yy - cy) ** 2 + (xx - cx) ** 2 <= self.rng.uniform(10, 30) ** 2
             cond = condition(msk, None, img, ~hole)
         else:
-            cond = condition(msk, class_fractions(cls, LAYOUT_FACTOR))
+            cond = condition(msk, self._layout(i, g) if self.projected else class_fractions(cls, LAYOUT_FACTOR))
         return {"image01": img, "mask": msk, "classes": cls, "cond": cond, "hole": hole, "mode": mode}
+
+    def _layout(self, i: int, g: np.ndarray) -> np.ndarray:
+        """The projected layout of slice ``i`` on the cells of the window whose scene coordinates are ``g`` (2, n, n)."""
+        from cmrstudio.data.scene import LAYOUT_FACTOR, N_LAYOUT
+
+        lay, (r0, c0) = self.projected[i]
+        f, n = LAYOUT_FACTOR, g.shape[-1]
+        centres = g.reshape(2, n // f, f, n // f, f).mean(axis=(2, 4))  # scene pixel coordinates of each window cell's centre
+        at = np.stack([centres[0] / f - 0.5 - r0, centres[1] / f - 0.5 - c0])
+        out = np.stack([ndimage.map_coordinates(lay[k].astype(np.float32), at, order=1, mode="constant", cval=1.0 if k == 0 else 0.0)
+                        for k in range(N_LAYOUT)])
+        return (out / np.maximum(out.sum(0, keepdims=True), 1e-6)).astype(np.float32)
 
     def __getitem__(self, i: int) -> dict:
         s = self.sample(i)
@@ -257,65 +279,3 @@ def spread_picks(index: list[tuple[str, int]], n: int) -> list[int]:
             seen.add(cid)
     step = max(1, len(picks) // n)
     return picks[::step][:n] or [0]
-
-
-class LayoutDataset(Dataset):
-    """Training data of the tissue-class prior: for each heart slice of a :class:`SceneDataset`, the
-    fractions of every background class on coarse cells of the whole scene (``x``, in [-1, 1]), given
-    the heart's label fractions and the scan's extent on the same cells (``cond``).
-
-    Windows of ``cells`` × ``cells`` cells (the whole scene for usual fields of view; scenes are padded
-    as "outside" when smaller), turned and scaled about the heart like the image windows.
-    """
-
-    def __init__(self, scenes: SceneDataset, cells: int = 32, seed: int = 0, augment: bool = True):
-        from cmrstudio.data.scene import LAYOUT_FACTOR
-
-        self.scenes = scenes
-        self.cells = cells
-        self.factor = LAYOUT_FACTOR
-        self.augment = augment
-        self.rng = np.random.default_rng(seed)
-        self.vendors = scenes.vendors
-        self.index = scenes.index
-
-    def __len__(self) -> int:
-        return len(self.scenes)
-
-    def sample(self, i: int, fixed: bool = False) -> dict:
-        from cmrstudio.data.scene import N_LAYOUT, class_fractions, heart_onehot
-
-        sc = self.scenes
-        n = self.cells * self.factor
-        c = np.asarray(sc.centres[i], dtype=np.float64)
-        size = sc.images[i].shape[-1]
-        c = np.clip(c, n / 2 - 0.5 if size >= n else size / 2, size - n / 2 - 0.5 if size >= n else size / 2)
-        ang, s = 0.0, 1.0
-        if self.augment and not fixed:
-            c = c + self.rng.normal(0, 8, 2)
-            ang = np.deg2rad(self.rng.uniform(-15, 15))
-            s = self.rng.uniform(0.9, 1.1)
-        r = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
-        g = np.stack(np.meshgrid(r, r, indexing="ij")).reshape(2, -1)
-        m = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]) / s
-        g = (m @ g + c[:, None]).reshape(2, n, n)
-        cls = ndimage.map_coordinates(sc.classes[i], g, order=0, mode="constant", cval=0).astype(np.uint8)
-        msk = ndimage.map_coordinates(sc.masks[i], g, order=0, mode="constant", cval=0).astype(np.uint8)
-        inside = ndimage.map_coordinates(sc.insides[i].astype(np.uint8), g, order=0, mode="constant", cval=0)
-        frac = class_fractions(cls, self.factor, N_LAYOUT)
-        heart = heart_onehot(msk).reshape(3, self.cells, self.factor, self.cells, self.factor).mean(axis=(2, 4))
-        ins = inside.reshape(self.cells, self.factor, self.cells, self.factor).mean(axis=(1, 3))[None]
-        return {"x": frac * 2 - 1, "cond": np.concatenate([heart, ins]).astype(np.float32), "mask": msk[:: self.factor, :: self.factor]}
-
-    def __getitem__(self, i: int) -> dict:
-        s = self.sample(i)
-        return {"image": torch.from_numpy(s["x"]), "cond": torch.from_numpy(s["cond"]), "mask": torch.from_numpy(s["mask"].astype(np.int64)),
-                "vendor": torch.tensor(self.vendors[i]), "case": self.index[i][0], "slice": self.index[i][1]}
-
-    def fixed_batch(self, n: int = 6) -> dict:
-        picks = spread_picks(self.index, n)
-        ss = [self.sample(i, fixed=True) for i in picks]
-        return {"mask": torch.from_numpy(np.stack([s["mask"] for s in ss]).astype(np.int64)),
-                "image": torch.from_numpy(np.stack([s["x"] for s in ss])),
-                "cond": torch.from_numpy(np.stack([s["cond"] for s in ss])),
-                "vendor": torch.from_numpy(self.vendors[picks]), "seeds": (1234, 1235)}

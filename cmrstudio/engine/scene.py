@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from cmrstudio.data.frame import Frame, frame_mask, from_frame, to_frame
-from cmrstudio.data.scene import DEFAULT_MARGIN_MM, LAYOUT_FACTOR, N_LAYOUT, Scene, condition, heart_onehot, repaint_region, scene_for
+from cmrstudio.data.scene import DEFAULT_MARGIN_MM, LAYOUT_FACTOR, Scene, condition, repaint_region, scene_for
 from cmrstudio.errors import CmrError
 
 MODES = ("in-patient", "synthetic")
@@ -104,47 +104,36 @@ def window_around(region: np.ndarray, at_least: tuple[int, int, int], size: int)
 
 
 class LayoutPrior:
-    """The learned prior of background tissue classes (a small flow-matching U-Net on coarse cells):
-    where body, lung, liver and fat are, given the painted heart and the scan's extent."""
+    """The tissue-class prior a scene model was trained with (:mod:`cmrstudio.models.layout`): where body, lung,
+    liver and fat are, sampled for each seed given the painted heart and the scan's extent."""
 
-    def __init__(self, model=None, device: torch.device | str = "cpu", steps: int | None = None):
-        from cmrstudio.models.registry import build_model, get_model
+    def __init__(self, model=None, sha256: str | None = None):
+        from cmrstudio.models.layout import load_layout
+        from cmrstudio.models.registry import get_model
 
         self.info = get_model(model or "layout-cmr", kind="layout")
-        self.device = torch.device(device)
-        self.net = build_model(self.info, self.device)
-        self.steps = int(steps or self.info.card.get("sampling", {}).get("steps", 12))
-        self._lock = threading.Lock()
+        if sha256 and self.info.card.get("sha256") != sha256:
+            raise CmrError(f"The tissue-class prior '{self.info.name}' installed ({self.info.card_path}) is not the one the model was "
+                           f"trained with (sha256 {sha256[:12]}…); install that one, or retrain the model with this prior.")
+        self.pca = load_layout(self.info)
 
-    @torch.inference_mode()
     def sample(self, mask: np.ndarray, inside: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
         """(S, S) labels and scan extent -> (N_LAYOUT, S/f, S/f) class fractions (each cell sums to 1)."""
-        from cmrstudio.models.sampling import noise_for, run_to_end, sample
+        from cmrstudio.models.layout import scene_layout
 
-        f = LAYOUT_FACTOR
-        s = mask.shape[-1]
-        cells = s // f
-        heart = heart_onehot(mask).reshape(3, cells, f, cells, f).mean(axis=(2, 4))
-        ins = np.asarray(inside, np.float32).reshape(cells, f, cells, f).mean(axis=(1, 3))[None]
-        cond = torch.from_numpy(np.concatenate([heart, ins]))[None].to(self.device)
-        v = torch.tensor([vendor_index], device=self.device)
-        noise = noise_for(seed + 7_000_003, cells, 1, N_LAYOUT).to(self.device)
-        with self._lock:
-            frac = run_to_end(sample(self.net, "flow", cond, v, noise, self.steps, guidance=1.0))[0]
-        frac = np.clip(frac, 0, None) + 1e-6
-        return (frac / frac.sum(0, keepdims=True)).astype(np.float32)
+        return scene_layout(self.pca, mask, inside, seed)
 
 
 _PRIORS: dict = {}
 _PRIORS_LOCK = threading.Lock()
 
 
-def layout_prior(device) -> LayoutPrior:
-    """The default tissue-class prior, loaded once per device."""
-    key = str(device)
+def layout_prior(name: str | None = None, sha256: str | None = None) -> LayoutPrior:
+    """A tissue-class prior, loaded once."""
+    key = (name, sha256)
     with _PRIORS_LOCK:
         if key not in _PRIORS:
-            _PRIORS[key] = LayoutPrior(device=device)
+            _PRIORS[key] = LayoutPrior(name, sha256)
         return _PRIORS[key]
 
 
@@ -174,7 +163,8 @@ class SceneMixin:
         return torch.randn(1, 1, size, size, generator=g)
 
     def _prior(self) -> LayoutPrior:
-        return layout_prior(self.device)
+        lp = (self.info.card.get("conditioning") or {}).get("layout_prior") or {}
+        return layout_prior(lp.get("name"), lp.get("sha256"))
 
     # -- planning ----------------------------------------------------------------------------------
     def scene_of(self, frame: Frame) -> Scene:

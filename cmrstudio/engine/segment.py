@@ -5,13 +5,13 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 from cmrstudio.case import Case
 from cmrstudio.data.frame import from_frame, make_frame, to_frame
 from cmrstudio.engine.device import pick_device
 from cmrstudio.errors import CmrError
 from cmrstudio.models.registry import build_model, get_model
-from cmrstudio.train.segmenter import segment_framed
 
 
 @lru_cache(maxsize=2)
@@ -43,3 +43,26 @@ def segment_scan(case: Case, model: str | None = None, device: str | None = None
         pred = segment_framed(net, framed.image[zs])
         out[zs] = from_frame(pred, frame, kind="mask")
     return out
+
+
+@torch.inference_mode()
+def segment_framed(net: torch.nn.Module, images01: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Framed images in [0, 1], (B, N, N) -> canonical label maps (B, N, N) uint8."""
+    dev = next(net.parameters()).device
+    out = []
+    for i in range(0, len(images01), batch):
+        x = torch.from_numpy(np.asarray(images01[i:i + batch], np.float32) * 2 - 1)[:, None].to(dev)
+        out.append(net(x).argmax(1).to(torch.uint8).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0,) + np.shape(images01)[1:], np.uint8)
+
+
+def segment_images(net: torch.nn.Module, images01: np.ndarray, seg_size: int) -> np.ndarray:
+    """Segment framed images of any frame size: resized to the segmenter's own frame size and back when they differ."""
+    n = images01.shape[-1]
+    if n == seg_size:
+        return segment_framed(net, images01)
+    from scipy import ndimage
+
+    up = ndimage.zoom(images01, (1, seg_size / n, seg_size / n), order=1)
+    pred = segment_framed(net, up)
+    return ndimage.zoom(pred, (1, n / seg_size, n / seg_size), order=0)

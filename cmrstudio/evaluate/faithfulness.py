@@ -18,21 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from cmrstudio.case import Case
+from cmrstudio.data.slices import heart_slices
 from cmrstudio.engine.factory import open_renderer
+from cmrstudio.engine.segment import segment_images
 from cmrstudio.errors import CmrError
+from cmrstudio.metrics import STRUCTURES, dice, dice_scores  # noqa: F401  (dice: the figure this module reports)
 from cmrstudio.models.registry import build_model, get_model
-from cmrstudio.train.segmenter import segment_framed
-
-STRUCTURES = {1: "LV", 2: "MYO", 3: "RV"}  # short names of LABELS[1..3]
-
-
-def dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float | None:
-    r = ref == label
-    if not r.any():
-        return None
-    p = pred == label
-    return float(2 * (p & r).sum() / (p.sum() + r.sum()))
-
 
 @dataclass
 class Faithfulness:
@@ -57,32 +48,6 @@ def _mean(rows: list[dict], key: str) -> dict[str, float]:
     return out
 
 
-def _scores(pred: np.ndarray, ref: np.ndarray) -> dict[str, float | None]:
-    d = {name: dice(pred, ref, lab) for lab, name in STRUCTURES.items()}
-    present = [v for v in d.values() if v is not None]
-    d["mean"] = float(np.mean(present)) if present else None
-    return d
-
-
-def _segment(seg, images01: np.ndarray, seg_size: int) -> np.ndarray:
-    """Segment framed images; resized to the segmenter's frame size and back when the two differ."""
-    n = images01.shape[-1]
-    if n == seg_size:
-        return segment_framed(seg, images01)
-    from scipy import ndimage
-
-    up = ndimage.zoom(images01, (1, seg_size / n, seg_size / n), order=1)
-    pred = segment_framed(seg, up)
-    return ndimage.zoom(pred, (1, n / seg_size, n / seg_size), order=0)
-
-
-def heart_slices(cases: list[Case], r):
-    """(case, framed real images, framed masks) for every case with an image, a mask and heart slices, in ``r``'s frame."""
-    from cmrstudio.evaluate.segmentation import framed_slices
-
-    return framed_slices(cases, r.size, r.spacing_mm)
-
-
 def evaluate_faithfulness(cases: list[Case], model: str | None = None, segmenter: str | None = None, seeds: int = 2,
                           device: str | None = None, **hq) -> Faithfulness:
     """Real and synthetic images are compared in the generator's frame, through the same segmenter path.
@@ -94,8 +59,8 @@ def evaluate_faithfulness(cases: list[Case], model: str | None = None, segmenter
     seg_size = int(seg.cfg.size)
     rows, n_slices = [], 0
     for c, images, ref in heart_slices(cases, r):
-        real = _scores(_segment(seg, images, seg_size), ref)
-        syn_runs = [_scores(_segment(seg, r.render_framed(ref, c.vendor, seed=s), seg_size), ref) for s in range(seeds)]
+        real = dice_scores(segment_images(seg, images, seg_size), ref)
+        syn_runs = [dice_scores(segment_images(seg, r.render_framed(ref, c.vendor, seed=s), seg_size), ref) for s in range(seeds)]
         syn = {k: (float(np.mean([x[k] for x in syn_runs])) if syn_runs[0][k] is not None else None) for k in syn_runs[0]}
         rows.append({"case": c.case_id, "vendor": c.vendor, "slices": len(ref), "real": real, "synthetic": syn})
         n_slices += len(ref)

@@ -137,7 +137,7 @@ class Fidelity:
 def evaluate_fidelity(cases, model: str | None = None, seeds: int = 1, device: str | None = None, batch: int = 16, **hq) -> Fidelity:
     """Real framed heart slices of ``cases`` against renders of their own masks (same vendor), in the generator's frame."""
     from cmrstudio.engine.factory import open_renderer
-    from cmrstudio.evaluate.faithfulness import heart_slices
+    from cmrstudio.data.slices import heart_slices
 
     r = open_renderer(model, device=device, **hq)
     real, paired, synth = [], [], []
@@ -178,7 +178,7 @@ def evaluate_diversity(cases, model: str | None = None, seeds: int = 3, masks: i
     """Diversity: mean MS-SSIM between renders of the same mask with different seeds (1 = identical every
     time, lower = more varied), over up to ``masks`` held-out masks spread across the cases."""
     from cmrstudio.engine.factory import open_renderer
-    from cmrstudio.evaluate.faithfulness import heart_slices
+    from cmrstudio.data.slices import heart_slices
 
     if seeds < 2:
         raise CmrError(f"--seeds {seeds}: diversity compares renders of one mask, so it needs at least 2.")

@@ -68,7 +68,7 @@ class SliceSet:
 
 def slices_of(cases, renderer) -> SliceSet:
     """Every heart slice of ``cases`` in the renderer's frame."""
-    from cmrstudio.evaluate.faithfulness import heart_slices
+    from cmrstudio.data.slices import heart_slices
 
     imgs, masks, vendors, patients, ids, datasets = [], [], [], [], [], []
     for c, im, m in heart_slices(cases, renderer):

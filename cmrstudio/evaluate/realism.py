@@ -121,7 +121,7 @@ class Realism:
 
 def _render(r, cases, mode: str, seed0: int, max_slices: int | None = None):
     """(real framed slices, renders of their masks) over ``cases``; at most ``max_slices``, spread evenly."""
-    from cmrstudio.evaluate.faithfulness import heart_slices
+    from cmrstudio.data.slices import heart_slices
 
     rows = [(c, img, m) for c, imgs, ms in heart_slices(cases, r) for img, m in zip(imgs, ms)]
     if not rows:

@@ -197,9 +197,9 @@ def write_model_report(model=None, out: str | Path = "report", figures: list[str
     from cmrstudio.io.common import write_text_atomic
     from cmrstudio.models.registry import get_model
 
-    from cmrstudio.models.registry import GENERATOR_KINDS
+    from cmrstudio.engine.factory import generator_kinds
 
-    info = model if hasattr(model, "card") else get_model(model, kind=tuple(GENERATOR_KINDS) + ("segmenter",))
+    info = model if hasattr(model, "card") else get_model(model, kind=tuple(generator_kinds()) + ("segmenter",))
     card = {**info.card, "name": info.name, "kind": info.kind}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

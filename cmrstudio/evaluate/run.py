@@ -103,6 +103,24 @@ def run_privacy(cases, held: list[str], model=None, space: str = "inception", se
     return res
 
 
+def run_realism(cases, held: list[str], model=None, mode: str = "synthetic", classifier_steps: int = 400, max_train: int = 300,
+                seed: int = 0, device: str | None = None, write_card: bool = False, command: str | None = None, **hq):
+    """KID beside the real-vs-real floor, a trained machine reader and the grid-artefact spectrum
+    (:func:`~cmrstudio.evaluate.realism.evaluate_realism`) on the ``held`` patients of ``cases``, the others as reference;
+    recorded as ``realism_synthetic`` or ``realism_in_patient``."""
+    from cmrstudio.evaluate.realism import evaluate_realism
+
+    held_cases = [c for c in cases if any(c.case_id.startswith(p) for p in held)]
+    reference = [c for c in cases if not any(c.case_id.startswith(p) for p in held)]
+    if not held_cases:
+        raise CmrError(f"No given case is one of the held-out patients {', '.join(held)}.")
+    res = evaluate_realism(held_cases, reference, model=model, mode=mode, classifier_steps=classifier_steps, max_train_slices=max_train,
+                           device=device, seed=seed, **hq)
+    if write_card:
+        record_metric(model, f"realism_{mode.replace('-', '_')}", {**res.to_dict(), "held_out": list(held)}, command=command)
+    return res
+
+
 def utility_preset(preset: str, fractions: Sequence | None = None, seeds: int | None = None, steps: int | None = None) -> dict:
     """The options of a utility preset (``cpu`` or ``full``), with the given ones in place of its own."""
     from cmrstudio.evaluate.utility import PRESETS
@@ -166,6 +184,11 @@ def evaluate_all(data: Sequence[str], case: Sequence[str] = (), model=None, *, s
     held = held_out(case, info)
     if not held:
         raise CmrError(f"The card of '{info.name}' names no held-out patients; give them with --case.")
+    check_counts(seeds=seeds)  # bad options are refused before hours of evaluation, not after
+    if max_members is not None:
+        check_counts(max_members=max_members)
+    utility_options = utility_preset(utility) if utility else None
+    scene = (info.card.get("conditioning") or {}).get("scheme") == "scene-v1"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     loaded: list = []
@@ -196,10 +219,15 @@ def evaluate_all(data: Sequence[str], case: Sequence[str] = (), model=None, *, s
         return run_privacy(cases(), held, space=space, seeds=2, max_members=max_members, out=out, **rec)
 
     def utility_():
-        options = utility_preset(utility)
-        return run_utility(cases(), held, preset=utility, options=options, out=out, progress=progress, **rec)[0]
+        return run_utility(cases(), held, preset=utility, options=utility_options, out=out, progress=progress, **rec)[0]
 
-    steps = [("fidelity", fidelity), ("faithfulness", faithfulness), ("diversity", diversity), ("privacy", privacy)]
+    def realism(mode):
+        return lambda: run_realism(cases(), held, mode=mode, **rec)
+
+    steps = [("fidelity", fidelity), ("faithfulness", faithfulness), ("diversity", diversity), ("realism", realism("synthetic"))]
+    if scene:  # whole-slice models render in a patient's own scan too
+        steps.append(("realism in patient", realism("in-patient")))
+    steps.append(("privacy", privacy))
     if utility:
         steps.append(("utility", utility_))
     results: dict[str, Any] = {}

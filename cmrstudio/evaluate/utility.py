@@ -113,9 +113,9 @@ def evaluate_utility(cases, held_out: list[str], model=None, fractions=(0.25, 1.
     from scipy.stats import wilcoxon
 
     from cmrstudio.engine.factory import open_renderer
-    from cmrstudio.evaluate.faithfulness import _segment
+    from cmrstudio.engine.segment import segment_images
     from cmrstudio.evaluate.privacy import render_each, slices_of, split_members
-    from cmrstudio.evaluate.segmentation import STRUCTURES, case_scores
+    from cmrstudio.metrics import STRUCTURES, case_scores
 
     from cmrstudio.train.common import check_counts
 
@@ -145,7 +145,7 @@ def evaluate_utility(cases, held_out: list[str], model=None, fractions=(0.25, 1.
                 net = train_unet(*data[arm], steps=steps, base=base, batch=batch, seed=1000 * s + 7, lr=lr, device=dev)
                 per_case = {}
                 for cid, ts in test_sets:
-                    pred = _segment(net, ts.images, int(ts.images.shape[-1]))
+                    pred = segment_images(net, ts.images, int(ts.images.shape[-1]))
                     per_case[cid] = case_scores(pred, ts.masks, spacing)
                 runs.append({"fraction": f, "arm": arm, "seed": s, "patients": len(keep), "slices": len(data[arm][0]), "per_case": per_case})
                 done += 1

@@ -61,6 +61,6 @@ def napari_reader(path):
 
 def sample_data():
     """npe2 sample-data contribution: the built-in real case (Sunnybrook, CC0)."""
-    from cmrstudio.resources import sample_case
+    from cmrstudio.io import sample_case
 
     return case_layers(sample_case("ED"))

@@ -310,3 +310,16 @@ def write_case(case: Case, out_dir: str | Path, name: str | None = None, image_d
     }
     paths["json"] = write_text_atomic(out / f"{name}.json", json.dumps(sidecar, indent=2))
     return paths
+
+
+def sample_case(phase: str = "ED"):
+    """The built-in real case (Sunnybrook SCD0000101, CC0) in canonical labels."""
+    from cmrstudio.resources import sample_dir
+
+    d = sample_dir()
+    if not d.is_dir():
+        raise CmrError(f"The sample case folder {d} is missing; reinstall cmrstudio from its repository.")
+    refs = [r for r in scan(d) if r.phase == phase]
+    if not refs:
+        raise CmrError(f"The sample case folder {d} has no {phase} volume; reinstall cmrstudio from its repository.")
+    return refs[0].load()

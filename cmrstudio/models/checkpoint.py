@@ -147,17 +147,25 @@ def load_state(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]
         raise CmrError(f"{path} is not a readable safetensors weights file ({exc}); re-copy it or retrain.") from None
 
 
-def save_state(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
-    from safetensors.torch import save_file
+def save_state(path: str | Path, state: dict, metadata: dict[str, str] | None = None) -> Path:
+    """Write torch tensors, or numpy arrays (models that need no torch), as one safetensors file, atomically."""
+    import numpy as np
 
     path = Path(path)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    if all(isinstance(v, np.ndarray) for v in state.values()):
+        from safetensors.numpy import save_file
+
+        tensors = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    else:
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
-def save_model(folder: str | Path, name: str, state: dict[str, torch.Tensor], card: dict) -> ModelInfo:
+def save_model(folder: str | Path, name: str, state: dict, card: dict) -> ModelInfo:
     """Write NAME.safetensors, then NAME.json with the weights' sha256 (the card last)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

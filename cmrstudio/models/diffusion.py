@@ -101,9 +101,6 @@ PRESETS = {
                              cond_channels=10),
     "scene-tiny": DiffusionConfig(base=16, mults=(1, 2, 2), attention=False, spade_hidden=16, time_dim=64, norm="pixel",
                                   cond_channels=10),
-    # The tissue-class prior: fractions of the five classes on 10 mm cells, given the heart there and the scan's extent.
-    "layout": DiffusionConfig(size=32, base=32, mults=(1, 2, 2), blocks=1, attention=False, spade_hidden=16, time_dim=64,
-                              patch=1, norm="pixel", cond_channels=4, channels=5),
 }
 
 

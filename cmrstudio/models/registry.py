@@ -29,7 +29,7 @@ from cmrstudio.models.checkpoint import CARD_SUFFIX, WEIGHTS_SUFFIX, ModelInfo, 
 from cmrstudio.resources import resources_dir
 
 ENTRY_POINT_GROUP = "cmrstudio.generators"
-DEFAULT_MODELS = {"spade": "spade-cmr", "diffusion": "diffusion-cmr", "flow": "flow-cmr", "segmenter": "seg-cmr"}
+DEFAULT_MODELS = {"spade": "spade-cmr", "diffusion": "diffusion-cmr", "flow": "flow-cmr", "segmenter": "seg-cmr", "layout": "layout-cmr"}
 GENERATOR_KINDS = ("spade", "diffusion", "flow")
 
 
@@ -127,7 +127,7 @@ def _architecture(info: ModelInfo) -> torch.nn.Module:
             from cmrstudio.models.spade import SpadeConfig, build_generator
 
             return build_generator(SpadeConfig.from_dict(options))
-        if info.kind in ("diffusion", "flow", "layout"):
+        if info.kind in ("diffusion", "flow"):
             from cmrstudio.models.diffusion import CondUNet, DiffusionConfig
 
             return CondUNet(DiffusionConfig.from_dict(options))

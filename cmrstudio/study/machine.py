@@ -153,7 +153,7 @@ def make_training_pairs(cases: list, renderer, seeds_per_slice: int = 1, rng_see
     (a case's real slices, then its synthetic ones), so a split by index keeps cases whole.
     A renderer with another frame size is resized to 128×128 (both kinds alike).
     """
-    from cmrstudio.evaluate.faithfulness import heart_slices
+    from cmrstudio.data.slices import heart_slices
 
     if not cases:
         raise CmrError("No cases were given; a machine reader is trained on real cases with an image and a mask.")

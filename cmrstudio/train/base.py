@@ -64,6 +64,7 @@ class BaseOptions:
     augment: bool = True
     resume: bool = False
     max_minutes: float | None = None
+    layout_prior: str | None = None  # scene presets: the tissue-class prior (name or card; default: the installed layout-cmr)
 
 
 LEGACY_STATE_NAMES = {"ema": "generator_ema"}  # SPADE runs saved before the shared trainer
@@ -150,12 +151,24 @@ class BaseTrainer:
 
         return getattr(self.presets[self.opts.preset], "cond_channels", None) == CONDITION_CHANNELS
 
+    def layout_prior(self):
+        """The tissue-class prior a scene model is trained with (its fully synthetic conditioning is projected onto it)."""
+        from cmrstudio.models.layout import load_layout
+        from cmrstudio.models.registry import get_model
+
+        try:
+            self.layout_info = get_model(self.opts.layout_prior or "layout-cmr", kind="layout")
+        except CmrError as exc:
+            raise CmrError(f"{exc.message} Scene presets are trained with a tissue-class prior: fit one first with "
+                           "`cmrstudio train layout --data ... --out RUN` and give --layout-prior RUN/NAME.json.") from None
+        return load_layout(self.layout_info)
+
     def make_dataset(self):
         """The training samples: framed heart slices, or windows of whole scenes for scene presets."""
         o = self.opts
         if self.scene_model():
             return SceneDataset(self.cases, window=o.size, spacing_mm=self.spacing_mm, augment=SceneAugment() if o.augment else None,
-                                seed=o.seed, require_labels=o.require_labels)
+                                seed=o.seed, require_labels=o.require_labels, layout_prior=self.layout_prior())
         return SliceDataset(self.cases, size=o.size, spacing_mm=self.spacing_mm, augment=Augment() if o.augment else None,
                             seed=o.seed, require_labels=o.require_labels)
 
@@ -199,6 +212,7 @@ class BaseTrainer:
             "modes": {"in-patient": "the real scan outside a margin around the old and new heart is the context",
                       "fully-synthetic": "tissue-class fractions from the learned prior; no real pixel"},
             "fully_convolutional": True,
+            "layout_prior": {"name": self.layout_info.name, "sha256": self.layout_info.card["sha256"]},
         }}
 
     def training_extra(self) -> dict:
@@ -385,6 +399,7 @@ class BaseTrainer:
         acc: dict[str, list[float]] = {}
         t_last = time.perf_counter()
         deadline = None if opts.max_minutes is None else time.perf_counter() + 60 * opts.max_minutes
+        restore = _stop_on_sigterm()
         try:
             while self.step < self.step_limit():
                 losses = self.train_step(next(it))
@@ -416,9 +431,25 @@ class BaseTrainer:
             raise
         finally:
             bar.close()
+            restore()
         if self.step < opts.steps and self.step >= self.step_limit():
             self.log(self.limit_reason())
         self._save_state()
         self.write_samples()
         self.save_model()
         return self
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM (a scheduler's or `kill`'s stop) end training like Ctrl+C: saved, resumable. Returns the undo."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, old)

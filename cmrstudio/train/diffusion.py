@@ -45,25 +45,10 @@ class DiffusionTrainer(BaseTrainer):
 
     @property
     def kind(self) -> str:  # type: ignore[override]
-        return "layout" if self.layout_model() else self.opts.objective
-
-    def layout_model(self) -> bool:
-        """The tissue-class prior (preset 'layout'): flow matching over class fractions on coarse cells."""
-        return self.opts.preset == "layout"
-
-    def make_dataset(self):
-        if self.layout_model():
-            from cmrstudio.data.dataset import LayoutDataset, SceneDataset
-            from cmrstudio.data.frame import LIVE_SIZE, LIVE_SPACING_MM
-
-            o = self.opts
-            self.spacing_mm = LIVE_SPACING_MM * 8  # one cell of the tissue-class map
-            scenes = SceneDataset(self.cases, window=LIVE_SIZE, spacing_mm=LIVE_SPACING_MM, seed=o.seed, require_labels=o.require_labels)
-            return LayoutDataset(scenes, cells=o.size, seed=o.seed, augment=o.augment)
-        return super().make_dataset()
+        return self.opts.objective
 
     def cond(self, batch: dict) -> torch.Tensor:
-        """The conditioning maps of a batch: its 'cond' (scene and layout models) or the mask's one-hot."""
+        """The conditioning maps of a batch: its 'cond' (scene models) or the mask's one-hot."""
         return (batch["cond"] if "cond" in batch else onehot(batch["mask"])).to(self.device)
 
     def grid_rows(self, images: torch.Tensor) -> np.ndarray:
@@ -114,8 +99,7 @@ class DiffusionTrainer(BaseTrainer):
                 f"{', bf16 mixed precision' if self.bf16 else ''})")
 
     def architecture(self) -> dict:
-        what = ("heart one-hot, tissue-class fractions, context image and its validity" if self.scene_model()
-                else "heart and tissue fractions on coarse cells" if self.layout_model() else "one-hot mask")
+        what = "heart one-hot, tissue-class fractions, context image and its validity" if self.scene_model() else "one-hot mask"
         norm = "PixelNorm (each pixel's channels)" if self.cfg.norm == "pixel" else "GroupNorm"
         return {
             "class": "cmrstudio.models.diffusion.CondUNet",
@@ -127,15 +111,6 @@ class DiffusionTrainer(BaseTrainer):
                             + ("; classifier-free guidance (conditioning dropped)" if self.opts.cond_drop > 0 else ""),
             "normalisation": f"{norm} (decoder: {norm} + per-pixel scale/shift from the conditioning)",
         }
-
-    def conditioning_card(self) -> dict:
-        if not self.layout_model():
-            return super().conditioning_card()
-        from cmrstudio.data.scene import LAYOUT_CLASSES, LAYOUT_FACTOR
-
-        return {"conditioning": {"scheme": "layout-prior-v1", "channels": ["LV", "MYO", "RV", "inside-scan"],
-                                 "outputs": [f"tissue:{c}" for c in LAYOUT_CLASSES], "layout_factor": LAYOUT_FACTOR,
-                                 "note": "fractions of each background tissue class on cells of layout_factor frame pixels"}}
 
     def card_extra(self) -> dict:
         o = self.opts

@@ -124,14 +124,3 @@ def seg_train_step(net: torch.nn.Module, opt, sched, x: torch.Tensor, y: torch.T
     opt.step()
     sched.step()
     return float(loss.detach())
-
-
-@torch.inference_mode()
-def segment_framed(net: torch.nn.Module, images01: np.ndarray, batch: int = 32) -> np.ndarray:
-    """Framed images in [0, 1], (B, N, N) -> canonical label maps (B, N, N) uint8."""
-    dev = next(net.parameters()).device
-    out = []
-    for i in range(0, len(images01), batch):
-        x = torch.from_numpy(np.asarray(images01[i:i + batch], np.float32) * 2 - 1)[:, None].to(dev)
-        out.append(net(x).argmax(1).to(torch.uint8).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0,) + np.shape(images01)[1:], np.uint8)

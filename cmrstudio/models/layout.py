@@ -1,0 +1,210 @@
+"""The learned prior of background tissue classes: probabilistic PCA over heart-centred layouts.
+
+A layout is what :mod:`cmrstudio.data.scene` derives from a real slice: the fraction of each
+background tissue class (outside, dark, mid-dark, mid-bright, bright) on cells of
+``LAYOUT_FACTOR`` pixels. Around the heart, a window of ``cells`` × ``cells`` cells (480 mm at the
+live frame's 1.25 mm) holds nine maps: those five, the heart's three label fractions and the scan's
+extent (1 inside the scan's own grid, 0 in padding). Probabilistic PCA (Tipping & Bishop, 1999)
+models the 9 × cells² vector as ``W z + mu + noise`` with ``z ~ N(0, I)`` of ``k`` dimensions.
+
+* **Fully synthetic renders** draw ``z`` from its posterior given the painted heart and the scan's
+  extent (:meth:`LayoutPCA.sample`): a body outline, lungs, liver and fat that fit where the heart
+  is and how big it is, different for every seed. A sample is a combination of the training
+  layouts' principal components, never one patient's layout.
+* **Training** conditions the image models on each real layout *projected* onto the same ``k``
+  components (:meth:`LayoutPCA.project`), so they learn from layouts of exactly the kind the prior
+  produces, not from crisper ones they would never be given.
+
+The model is a few matrices (safetensors) and a card of kind ``layout``; fitting takes seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from cmrstudio.data.scene import LAYOUT_FACTOR, N_HEART, N_LAYOUT, heart_onehot
+
+N_MAPS = N_LAYOUT + N_HEART + 1  # tissue fractions, heart fractions, scan extent
+
+
+@dataclass
+class LayoutConfig:
+    cells: int = 48  # window of cells around the heart
+    factor: int = LAYOUT_FACTOR  # frame pixels per cell
+    components: int = 32
+    heart_noise: float = 16.0  # the painted heart's observation noise, in units of the residual SD: lower = layouts follow the heart more
+    extent_noise: float = 8.0  # likewise for the scan's extent (its edges are enforced after sampling anyway)
+    temperature: float = 1.0  # scale of the posterior spread when sampling
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LayoutConfig":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def window_origin(centre_rc: tuple[float, float], size: int, cfg: LayoutConfig) -> tuple[int, int]:
+    """The window's first cell in the scene's cell grid: centred on the heart, whole cells."""
+    half = cfg.cells // 2
+    return int(np.floor(centre_rc[0] / cfg.factor)) - half, int(np.floor(centre_rc[1] / cfg.factor)) - half
+
+
+def cell_maps(classes: np.ndarray | None, mask: np.ndarray, inside: np.ndarray, origin: tuple[int, int], cfg: LayoutConfig) -> np.ndarray:
+    """(N_MAPS, cells, cells) fractions of the window at ``origin`` (cells) over a scene's pixel maps (S, S).
+    Cells beyond the scene are outside the scan (tissue class 'outside'). ``classes`` None: tissue maps zero."""
+    f, n = cfg.factor, cfg.cells
+    s = mask.shape[-1]
+    cells_s = s // f
+    out = np.zeros((N_MAPS, n, n), np.float32)
+    out[0] = 1.0  # outside, until the scene says otherwise
+    r0, c0 = origin
+    rs, re = max(0, r0), min(cells_s, r0 + n)
+    cs, ce = max(0, c0), min(cells_s, c0 + n)
+    if rs >= re or cs >= ce:
+        return out
+    px = np.s_[rs * f:re * f, cs * f:ce * f]
+    h, w = re - rs, ce - cs
+
+    def pool(a):  # (..., h*f, w*f) -> (..., h, w) means
+        return a.reshape(a.shape[:-2] + (h, f, w, f)).mean(axis=(-1, -3))
+
+    win = np.s_[rs - r0:re - r0, cs - c0:ce - c0]
+    if classes is not None:
+        onehot = (classes[px][None] == np.arange(N_LAYOUT, dtype=classes.dtype)[:, None, None]).astype(np.float32)
+        out[:N_LAYOUT][(slice(None),) + win] = pool(onehot)
+    else:
+        out[:N_LAYOUT][(slice(None),) + win] = 0.0
+    out[N_LAYOUT:N_LAYOUT + N_HEART][(slice(None),) + win] = pool(heart_onehot(mask[px]))
+    out[-1][win] = pool(np.asarray(inside[px], np.float32))
+    return out
+
+
+class LayoutPCA:
+    """Probabilistic PCA of heart-centred layout windows (see the module notes)."""
+
+    def __init__(self, cfg: LayoutConfig, mean: np.ndarray, components: np.ndarray, eigvals: np.ndarray, noise_var: float):
+        self.cfg = cfg
+        self.mean = np.asarray(mean, np.float64)  # (D,)
+        self.U = np.asarray(components, np.float64)  # (k, D), orthonormal rows
+        self.eigvals = np.asarray(eigvals, np.float64)  # (k,)
+        self.noise_var = float(noise_var)
+        self.W = self.U.T * np.sqrt(np.clip(self.eigvals - self.noise_var, 1e-12, None))  # (D, k)
+        n = cfg.cells * cfg.cells
+        self.layout_dims = np.arange(N_LAYOUT * n)
+        self.obs_dims = np.arange(N_LAYOUT * n, N_MAPS * n)
+
+    # -- fitting ---------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, vectors: np.ndarray, cfg: LayoutConfig) -> "LayoutPCA":
+        """Fit on (N, D) window vectors (:func:`cell_maps` flattened)."""
+        x = np.asarray(vectors, np.float64)
+        mean = x.mean(0)
+        xc = x - mean
+        _, s, vt = np.linalg.svd(xc, full_matrices=False)
+        ev = s ** 2 / max(1, len(x) - 1)
+        k = min(cfg.components, len(ev) - 1)
+        noise = float(ev[k:].sum() / max(1, x.shape[1] - k))  # the ML residual variance of PPCA, over all dimensions
+        return cls(cfg, mean, vt[:k], ev[:k], noise)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean.astype(np.float32), "components": self.U.astype(np.float32),
+                "eigvals": self.eigvals.astype(np.float32), "noise_var": np.array([self.noise_var], np.float32)}
+
+    @classmethod
+    def from_state(cls, cfg: LayoutConfig, state: dict) -> "LayoutPCA":
+        return cls(cfg, state["mean"], state["components"], state["eigvals"], float(np.asarray(state["noise_var"]).reshape(-1)[0]))
+
+    @property
+    def parameters(self) -> int:
+        return int(self.U.size + self.mean.size + self.eigvals.size + 1)
+
+    # -- use ---------------------------------------------------------------------------------------
+    def _posterior(self, x_obs: np.ndarray, dims: np.ndarray, noise: np.ndarray | float):
+        """Mean and covariance of z given x[dims] with per-dimension observation noise variances."""
+        w = self.W[dims]
+        inv = 1.0 / np.broadcast_to(np.asarray(noise, np.float64), (len(dims),))
+        m = w.T @ (w * inv[:, None]) + np.eye(w.shape[1])
+        cov = np.linalg.inv(m)
+        mu = cov @ (w.T @ ((x_obs - self.mean[dims]) * inv))
+        return mu, cov
+
+    def _layout(self, z: np.ndarray) -> np.ndarray:
+        n = self.cfg.cells
+        lay = (self.W[self.layout_dims] @ z + self.mean[self.layout_dims]).reshape(N_LAYOUT, n, n)
+        lay = np.clip(lay, 0.0, None) + 1e-4
+        return (lay / lay.sum(0, keepdims=True)).astype(np.float32)
+
+    def project(self, maps: np.ndarray) -> np.ndarray:
+        """A real window's (N_MAPS, cells, cells) maps -> its layout as the prior can express it (5, cells, cells)."""
+        x = np.asarray(maps, np.float64).reshape(-1)
+        mu, _ = self._posterior(x, np.arange(x.size), self.noise_var)
+        return self._layout(mu)
+
+    def sample(self, heart_and_extent: np.ndarray, seed: int) -> np.ndarray:
+        """(N_HEART + 1, cells, cells) heart fractions and scan extent -> a layout (5, cells, cells) for ``seed``."""
+        cfg = self.cfg
+        x = np.asarray(heart_and_extent, np.float64).reshape(-1)
+        n = cfg.cells * cfg.cells
+        noise = np.r_[np.full(N_HEART * n, self.noise_var * cfg.heart_noise ** 2), np.full(n, self.noise_var * cfg.extent_noise ** 2)]
+        mu, cov = self._posterior(x, self.obs_dims, noise)
+        rng = np.random.default_rng(int(seed) + 7_000_003)
+        z = mu + cfg.temperature * np.linalg.cholesky(cov + 1e-9 * np.eye(len(mu))) @ rng.standard_normal(len(mu))
+        lay = self._layout(z)
+        outside = x[-n:].reshape(cfg.cells, cfg.cells) < 0.5  # beyond the scan's own grid: nothing but 'outside'
+        lay[:, outside] = 0.0
+        lay[0, outside] = 1.0
+        return lay
+
+
+def scene_layout(prior: LayoutPCA, mask: np.ndarray, inside: np.ndarray, seed: int, centre_rc: tuple[float, float] | None = None) -> np.ndarray:
+    """A fully synthetic layout for a whole scene: (N_LAYOUT, S/f, S/f) fractions, sampled around the painted heart.
+    Cells beyond the prior's window are outside the body."""
+    cfg = prior.cfg
+    f, s = cfg.factor, mask.shape[-1]
+    if centre_rc is None:
+        pts = np.argwhere(mask > 0)
+        centre_rc = tuple(pts.mean(0)) if len(pts) else ((s - 1) / 2, (s - 1) / 2)
+    origin = window_origin(centre_rc, s, cfg)
+    maps = cell_maps(None, mask, inside, origin, cfg)
+    lay = prior.sample(maps[N_LAYOUT:], seed)
+    return paste_window(lay, origin, s // f)
+
+
+def paste_window(layout: np.ndarray, origin: tuple[int, int], cells_s: int) -> np.ndarray:
+    """A window's layout put into a scene's cell grid; cells beyond it are outside the body."""
+    n = layout.shape[-1]
+    out = np.zeros((N_LAYOUT, cells_s, cells_s), np.float32)
+    out[0] = 1.0
+    r0, c0 = origin
+    rs, re = max(0, r0), min(cells_s, r0 + n)
+    cs, ce = max(0, c0), min(cells_s, c0 + n)
+    if rs < re and cs < ce:
+        out[:, rs:re, cs:ce] = layout[:, rs - r0:re - r0, cs - c0:ce - c0]
+    return out
+
+
+# -- files ------------------------------------------------------------------------------------------
+def load_layout(info) -> LayoutPCA:
+    """A layout prior from its card (kind ``layout``, architecture ``LayoutPCA``); checksum checked; no torch needed."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from cmrstudio.errors import CmrError
+    from cmrstudio.models.checkpoint import verify
+
+    verify(info)
+    arch = info.card.get("architecture", {})
+    if arch.get("class", "LayoutPCA").split(".")[-1] != "LayoutPCA":
+        raise CmrError(f"The layout model '{info.name}' is a {arch.get('class')}, which this cmrstudio cannot read.")
+    try:
+        state = load_file(str(info.weights_path))
+        prior = LayoutPCA.from_state(LayoutConfig.from_dict(arch.get("options", {})), state)
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise CmrError(f"{info.weights_path} is not a readable layout prior ({exc}); re-copy it or refit it with `cmrstudio train layout`.") from None
+    if prior.U.shape[1] != N_MAPS * prior.cfg.cells ** 2:
+        raise CmrError(f"The layout prior {info.weights_path} does not fit the window in its card; refit it with `cmrstudio train layout`.")
+    return prior
