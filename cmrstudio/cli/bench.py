@@ -27,18 +27,22 @@ def bench_live(
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
-    typer.echo(f"live path, model {res['model']} ({res['parameters'] / 1e6:.2f} M parameters), {res['size']}×{res['size']}, {res['hardware']}")
-    typer.echo(f"  synchronous: p50 {res['p50_ms']:.1f} ms  p95 {res['p95_ms']:.1f} ms  mean {res['mean_ms']:.1f} ms  "
-               f"{res['fps']:.1f} fps  (model alone p50 {res['model_p50_ms']:.1f} ms) over {res['n']} frames")
+    typer.echo(f"live path, model {res['model']} ({res['parameters'] / 1e6:.2f} M parameters), window {res['window']}×{res['window']}, "
+               f"{res['hardware']}")
+    for mode, m in res["modes"].items():
+        scene = f"; the synthetic surroundings once per slice and seed: {m['scene_ms']:.0f} ms" if m.get("scene_ms") is not None else ""
+        typer.echo(f"  {mode}: p50 {m['p50_ms']:.1f} ms  p95 {m['p95_ms']:.1f} ms  mean {m['mean_ms']:.1f} ms  {m['fps']:.1f} fps "
+                   f"over {m['n']} frames{scene}")
+    typer.echo(f"  the network alone on the window: p50 {res['model_p50_ms']:.1f} ms")
     e = res["engine"]
-    typer.echo(f"  engine, brush dabs every {e['dab_interval_ms']:.0f} ms: {e['submitted']} submitted, {e['rendered']} rendered, "
+    typer.echo(f"  engine ({e['mode']}), brush dabs every {e['dab_interval_ms']:.0f} ms: {e['submitted']} submitted, {e['rendered']} rendered, "
                f"{e['dropped']} dropped as stale; dab-to-image p50 {e['latency_p50_ms']:.1f} ms, p95 {e['latency_p95_ms']:.1f} ms")
 
 
 @bench_app.command("hq")
 def bench_hq_cmd(
-    model: list[str] = typer.Option([], "--model", help="Diffusion or flow model(s); default: the shipped diffusion and flow models."),
-    steps: list[int] = typer.Option([], "--steps", help="Step counts to time (default: 10, 25, 50 for diffusion; 1, 2, 4, 8 for flow)."),
+    model: list[str] = typer.Option([], "--model", help="Diffusion or flow model(s); default: the shipped flow model."),
+    steps: list[int] = typer.Option([], "--steps", help="Step counts to time (default: 4, 8, 16 for scene models; 10, 25, 50 for diffusion; 1, 2, 4, 8 for flow)."),
     n: int = typer.Option(3, "--n", help="Samples timed per setting (median reported)."),
     size: Optional[int] = typer.Option(None, "--size", help="Also time an untrained network of the same architecture at this size (e.g. 256)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (the card's default when omitted; 1 halves the work)."),
@@ -46,7 +50,8 @@ def bench_hq_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
-    """Seconds per sample of each HQ sampler and step count on this machine (one 128×128 slice of the sample case)."""
+    """Seconds per slice of each HQ sampler and step count on this machine (the sample case's mid-ventricular slice; scene
+    models in this patient and fully synthetic, the scan's whole field of view)."""
     from cmrstudio.engine.bench import bench_hq
 
     res = bench_hq(models=list(model) or None, steps=list(steps) or None, n=n, size=size, guidance=guidance, device=device, threads=threads)
@@ -55,7 +60,8 @@ def bench_hq_cmd(
         return
     typer.echo(f"HQ rendering on {res['hardware']} ({res['precision']}), median of {n} per setting:")
     for row in res["rows"]:
-        typer.echo(f"  {row['model']:<16} {row['kind']:<9} {row['solver']:<5} {row['size']:>4}px  {row['steps']:>3} steps  "
+        size = f"{row['size']}px" if isinstance(row["size"], int) else row["size"]
+        typer.echo(f"  {row['model']:<24} {row['kind']:<9} {row['solver']:<5} {size:>12}  {row['steps']:>3} steps  "
                    f"guidance {row['guidance']:<4g} {row['seconds']:>7.2f} s/sample  ({row['ms_per_step']:.0f} ms/step)")
 
 

@@ -37,7 +37,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON."), ve
         typer.echo(f"No models installed (shipped: resources/models; yours: {user_dir()}).")
     for r in rows:
         extra = f"  checksum {r['checksum']}" if "checksum" in r else ""
-        typer.echo(f"{r['name']:<20} {r['kind']:<10} {r['origin']:<8} {r['size_mb']:>6.1f} MB  {r['resolution']}px  "
+        res = f"{r['resolution']}px" if r["resolution"] else "-"
+        typer.echo(f"{r['name']:<20} {r['kind']:<10} {r['origin']:<8} {r['size_mb']:>6.1f} MB  {res:>5}  "
                    f"vendors {','.join(r['vendors_trained'])}  {r['iterations']} it{extra}")
     for p in problems:
         typer.echo(f"warning: {p}", err=True)

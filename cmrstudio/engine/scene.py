@@ -76,6 +76,7 @@ class Plan:
     hole: np.ndarray | None  # (S, S) bool: repainted region (None: the whole scene is made)
     window: tuple[int, int, int]  # (row, col, size) in the scene
     layout: np.ndarray | None = None  # (N_LAYOUT, S/f, S/f) tissue fractions for a whole-scene render
+    ready: np.ndarray | None = None  # the whole scene, already rendered for exactly this mask: nothing left to do
 
     def cond(self) -> np.ndarray:
         r, c, n = self.window
@@ -205,7 +206,7 @@ class SceneMixin:
             cached = self._synthetic_scene(scene, m, vendor_index, seed, context.key)
             ctx = cached.image
             if cached.mask is m:  # just made for this very mask: nothing to repaint
-                return Plan(scene, m, ctx, None, (0, 0, scene.frame.size))
+                return Plan(scene, m, ctx, None, (0, 0, scene.frame.size), ready=ctx)
             hole = repaint_region([m, cached.mask], margin)
         if not hole.any():  # nothing painted and no heart of its own: a plain copy of the context
             hole = np.zeros_like(hole)
@@ -251,6 +252,9 @@ class SceneMixin:
         """(step, total, window image in [0, 1], composited with the context) for a plan."""
         from cmrstudio.models.sampling import Cancelled
 
+        if plan.ready is not None:
+            yield 1, 1, plan.ready
+            return
         r, c, n = plan.window
         cond = torch.from_numpy(plan.cond())[None].to(self.device)
         noise = self.noise_field(seed, plan.scene.frame.size)[..., r:r + n, c:c + n].to(self.device)

@@ -1,0 +1,260 @@
+"""Whole slices: the scene frame, background tissue classes, the tissue-class prior, and renders in this
+patient and fully synthetic with the shipped scene models (real weights, the real sample scan)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cmrstudio.errors import CmrError
+
+
+@pytest.fixture(scope="module")
+def sample():
+    from cmrstudio.io import sample_case
+
+    c = sample_case("ED")
+    return c, int(np.argmax((c.mask > 0).sum(axis=(1, 2))))
+
+
+@pytest.fixture(scope="module")
+def live():
+    from cmrstudio.engine.factory import open_renderer
+
+    r = open_renderer("spade-cmr")
+    if not r.scene:
+        pytest.fail("the shipped spade-cmr is not a scene model: whole-slice renders are missing")
+    return r
+
+
+@pytest.fixture(scope="module")
+def hq():
+    from cmrstudio.engine.factory import open_renderer
+
+    return open_renderer("flow-cmr", steps=3)
+
+
+# -- the scene frame and tissue classes -----------------------------------------------------------------
+
+def test_scene_covers_the_whole_scan_and_holds_the_heart_frame_as_an_exact_window(sample):
+    from cmrstudio.data.frame import make_frame, to_frame
+    from cmrstudio.data.scene import scene_for
+
+    c, z = sample
+    heart = make_frame(c, size=128, spacing_mm=1.25)
+    sc = scene_for(heart)
+    assert sc.frame.size % 32 == 0 and sc.frame.step == heart.step
+    g = sc.frame.coords()
+    ny, nx = c.shape[1:]
+    assert g[0].min() <= 0 and g[0].max() >= ny - 1 and g[1].min() <= 0 and g[1].max() >= nx - 1  # every native pixel is covered
+    assert np.allclose(sc.crop(g), heart.coords(), atol=1e-9)  # the heart frame is a window of the scene, pixel for pixel
+    assert np.allclose(sc.crop(to_frame(c, sc.frame).image), to_frame(c, heart).image, atol=1e-5)
+    inside = sc.inside_scan()
+    assert 0.5 < inside.mean() < 1.0 and not inside[0, -1]  # the scan's grid plus padding
+
+
+def test_tissue_classes_find_the_body_outline_and_the_bright_blood(sample):
+    from cmrstudio.data.frame import make_frame, to_frame
+    from cmrstudio.data.scene import LAYOUT_CLASSES, class_fractions, scene_for, tissue_classes
+
+    c, z = sample
+    sc = scene_for(make_frame(c, size=128, spacing_mm=1.25))
+    fc = to_frame(c, sc.frame)
+    cls = tissue_classes(fc.image[z], sc.inside_scan())
+    assert set(np.unique(cls)) <= set(range(len(LAYOUT_CLASSES))) and len(np.unique(cls)) == 5
+    assert (cls[~sc.inside_scan()] == 0).all()  # padding is outside the body
+    assert cls[0, 0] == 0 and np.mean(cls[fc.mask[z] == 1] >= 3) > 0.7  # corners outside; LV blood bright in bSSFP
+    frac = class_fractions(cls)
+    assert frac.shape == (5, sc.frame.size // 8, sc.frame.size // 8) and np.allclose(frac.sum(0), 1)
+
+
+def test_repaint_region_covers_old_and_new_heart_with_the_margin():
+    from cmrstudio.data.scene import repaint_region
+
+    old = np.zeros((64, 64), np.uint8)
+    old[20:30, 20:30] = 1
+    new = np.zeros_like(old)
+    new[35:40, 35:40] = 2
+    r = repaint_region([old, new, None], 3.0)
+    assert r[old > 0].all() and r[new > 0].all() and r[17, 25] and not r[16, 25] and not r[5, 5]
+
+
+# -- the tissue-class prior ---------------------------------------------------------------------------------
+
+def test_layout_prior_fits_projects_samples_and_round_trips(tmp_path):
+    from cmrstudio.models.checkpoint import read_card, save_model
+    from cmrstudio.models.layout import N_MAPS, LayoutConfig, LayoutPCA, load_layout
+
+    rng = np.random.default_rng(0)
+    cfg = LayoutConfig(cells=8, components=4)
+    n = cfg.cells ** 2
+    # layouts: a body disc of random radius (tissue 'mid-dark') in 'outside', the heart at the centre, all inside the scan
+    yy, xx = np.mgrid[:8, :8] - 3.5
+    vecs = []
+    for _ in range(60):
+        body = (yy ** 2 + xx ** 2) <= rng.uniform(2, 4) ** 2
+        m = np.zeros((N_MAPS, 8, 8), np.float32)
+        m[0], m[2] = ~body, body
+        m[5, 3:5, 3:5] = 1
+        m[8] = 1
+        vecs.append(m.reshape(-1))
+    prior = LayoutPCA.fit(np.stack(vecs), cfg)
+    proj = prior.project(vecs[0].reshape(N_MAPS, 8, 8))
+    assert np.allclose(proj.sum(0), 1, atol=1e-4) and np.abs(proj[2] - vecs[0].reshape(N_MAPS, 8, 8)[2]).mean() < 0.2
+    obs = vecs[0].reshape(N_MAPS, 8, 8)[5:].copy()
+    a, b, a2 = prior.sample(obs, 1), prior.sample(obs, 2), prior.sample(obs, 1)
+    assert np.array_equal(a, a2) and not np.allclose(a, b)  # a seed is a layout; another seed another
+    obs[-1, :, :2] = 0  # two columns outside the scan's grid: nothing but 'outside' there
+    assert (prior.sample(obs, 3)[0, :, :2] == 1).all()
+    info = save_model(tmp_path, "lay", prior.state(), {"kind": "layout", "architecture": {"class": "LayoutPCA", "options": cfg.to_dict()}})
+    back = load_layout(read_card(info.card_path))
+    assert np.allclose(back.sample(obs, 5), prior.sample(obs, 5), atol=1e-3)  # stored as float32
+    info.weights_path.write_bytes(info.weights_path.read_bytes()[:-8] + b"damaged!")
+    with pytest.raises(CmrError, match="does not match the sha256"):
+        load_layout(read_card(info.card_path))
+
+
+def test_shipped_layout_prior_makes_a_body_around_the_heart(live, sample):
+    from cmrstudio.data.frame import frame_mask
+
+    c, z = sample
+    frame = live.frame_for(c.mask, c.spacing, image=c.image)
+    sc = live.scene_of(frame)
+    m = frame_mask(c.mask[z], sc.frame)
+    lays = [live._prior().sample(m, sc.inside_scan(), 0, s) for s in range(3)]
+    cells = sc.frame.size // 8
+    for lay in lays:
+        assert lay.shape == (5, cells, cells) and np.allclose(lay.sum(0), 1, atol=1e-3)
+        heart_cells = np.argwhere(m[::8, ::8] > 0)
+        assert lay[0][tuple(heart_cells.T)].mean() < 0.2  # the heart is inside the body, not in the air
+        assert lay[0][0, :].mean() > 0.5 or lay[0][-1, :].mean() > 0.5  # and the body ends before the scene does
+    assert np.abs(lays[0] - lays[1]).mean() > 0.01  # different seeds: different bodies
+
+
+# -- rendering whole slices ------------------------------------------------------------------------------
+
+def test_in_patient_render_keeps_the_scan_outside_the_repainted_region(live, sample):
+    from cmrstudio.data.scene import repaint_region
+    from cmrstudio.engine.scene import SliceContext
+
+    c, z = sample
+    frame = live.frame_for(c.mask, c.spacing, image=c.image)
+    painted = c.mask[z].copy()
+    painted[painted == 2] = 1  # the myocardium painted over: a thin-walled heart
+    ctx = SliceContext("in-patient", c.image[z], c.mask[z], margin_mm=10)
+    native, framed = live.render_slice(painted, frame, c.vendor, 3, ctx)
+    assert native.shape == c.shape[1:] and framed.shape == (128, 128) and np.isfinite(native).all()
+    px = 10 / c.spacing[1]
+    region = repaint_region([c.mask[z], painted], px + 2)  # + the interpolation ring of the frame's resampling
+    assert np.array_equal(native[~region], c.image[z][~region])  # the patient's own pixels, untouched
+    inner = repaint_region([c.mask[z]], 0)
+    assert np.abs(native[inner] - c.image[z][inner]).mean() > 0.02 * np.ptp(c.image[z])  # the heart was rendered anew
+    lo, hi = frame.intensity
+    assert lo - 0.05 * (hi - lo) <= native[inner].min() and native[inner].max() <= hi + 0.05 * (hi - lo)  # rendered in the scan's own units
+
+
+def test_fully_synthetic_render_uses_no_real_pixel_and_fills_the_field_of_view(live, hq, sample):
+    from cmrstudio.engine.scene import SliceContext
+
+    c, z = sample
+    for r in (live, hq):
+        frame = r.frame_for(c.mask, c.spacing)  # no scan at all: intensities in [0, 1]
+        a, fa = r.render_slice(c.mask[z], frame, "ge", 5, SliceContext("synthetic"))
+        _, fb = r.render_slice(c.mask[z], r.frame_for(c.mask, c.spacing, image=c.image), "ge", 5, SliceContext("synthetic"))
+        assert np.allclose(fa, fb, atol=1e-5)  # the same mask and seed: the same image, whatever scan is open
+        assert a.shape == c.shape[1:] and (a > 0.05).mean() > 0.3  # a body fills much of the field of view, not only the heart crop
+        assert np.abs(r.render_slice(c.mask[z], frame, "ge", 6, SliceContext("synthetic"))[0] - a).mean() > 0.01  # another seed
+
+
+def test_live_edits_in_synthetic_surroundings_repaint_only_around_the_heart(live, sample):
+    from cmrstudio.data.scene import repaint_region
+    from cmrstudio.engine.scene import SliceContext
+
+    c, z = sample
+    frame = live.frame_for(c.mask, c.spacing)
+    ctx = SliceContext("synthetic", key=("test", z))
+    first, _ = live.render_slice(c.mask[z], frame, "ge", 9, ctx)  # makes and keeps the surroundings
+    edited = c.mask[z].copy()
+    edited[edited == 3] = 0  # the RV erased
+    second, _ = live.render_slice(edited, frame, "ge", 9, ctx)
+    far = ~repaint_region([c.mask[z]], 10 / c.spacing[1] + 2)
+    assert np.array_equal(first[far], second[far]) and not np.array_equal(first, second)
+    live.forget_scenes()
+
+
+def test_render_framed_in_patient_and_synthetic_and_heart_crop_models_refuse_patients(live, sample):
+    from cmrstudio.data.frame import to_frame
+    from cmrstudio.engine.factory import open_renderer
+
+    c, z = sample
+    fc = to_frame(c, live.frame_for(c.mask, c.spacing, image=c.image))
+    zs = [z, z - 1]
+    syn = live.render_framed(fc.mask[zs], "ge", seed=[1, 2])
+    pat = live.render_framed(fc.mask[zs], "ge", seed=[1, 2], context=fc.image[zs])
+    assert syn.shape == pat.shape == (2, 128, 128)
+    from cmrstudio.data.scene import repaint_region
+
+    far = ~repaint_region([fc.mask[z]], 10 / 1.25 + 1)
+    assert np.allclose(pat[0][far], fc.image[z][far], atol=1e-6) and not np.allclose(syn[0][far], fc.image[z][far], atol=0.05)
+    with pytest.raises(CmrError, match="one framed image per mask"):
+        live.render_framed(fc.mask[zs], "ge", seed=[1, 2], context=fc.image[:1])
+
+
+def test_render_records_say_how_and_from_what_a_render_was_made(live, tmp_path, sample):
+    from cmrstudio.engine.scene import SliceContext
+    from cmrstudio.record import Render, make_record
+
+    c, z = sample
+    frame = live.frame_for(c.mask, c.spacing, image=c.image)
+    ctx = SliceContext("in-patient", c.image[z], c.mask[z], margin_mm=12)
+    native, framed = live.render_slice(c.mask[z], frame, "ge", 4, ctx)
+    rec = make_record(live, 4, "ge", ctx, seconds=0.05)
+    assert rec.mode == "in-patient" and rec.derived_from_patient and rec.margin_mm == 12 and rec.sampler == "one-step" and rec.steps == 1
+    assert rec.model_sha256 == live.info.card["sha256"]
+    Render(native, framed, c.mask[z], frame, rec).save(tmp_path, "r1")
+    side = json.loads((tmp_path / "r1.json").read_text())["source"]
+    assert side["derived_from_patient"] is True and side["synthetic"] is False and side["render"]["mode"] == "in-patient"
+    back = Render.load(tmp_path, "r1")
+    assert back.record == rec and np.allclose(back.image, native, atol=1e-3)
+    syn = make_record(live, 4, "ge", SliceContext("synthetic"))
+    assert not syn.derived_from_patient and syn.margin_mm is None
+
+
+def test_hq_job_renders_in_patient_step_by_step(hq, sample):
+    from cmrstudio.engine.hq import JobQueue
+    from cmrstudio.engine.scene import SliceContext
+
+    c, z = sample
+    frame = hq.frame_for(c.mask, c.spacing, image=c.image)
+    steps = []
+    with JobQueue(hq, on_progress=lambda j: steps.append(j.step)) as q:
+        jid = q.submit(c.mask[z], frame, "ge", 2, steps=3, context=SliceContext("in-patient", c.image[z], c.mask[z]))
+        job = q.wait(jid, 120)
+    assert job.status == "done", job.error
+    assert steps == [1, 2, 3] and job.result.record.mode == "in-patient" and job.result.record.steps == 3
+    far = job.result.image != c.image[z]
+    assert 0.01 < far.mean() < 0.5  # only the region around the heart is new
+
+
+def test_cli_render_in_patient_and_fully_synthetic(tmp_path):
+    import nibabel as nib
+
+    from helpers import run
+    from cmrstudio.resources import sample_dir
+
+    mask = sample_dir() / "SCD0000101_ED_mask.nii.gz"
+    scan = sample_dir() / "SCD0000101_ED_image.nii.gz"
+    p = run("render", str(mask), "--context", str(scan), "--out", str(tmp_path / "pat.nii.gz"))
+    assert "in this patient" in p.stdout and "derived from a patient scan" in p.stdout
+    assert "bundled segmenter" in p.stderr  # the image file alone has no segmentation: its heart was found and repainted
+    p = run("render", str(mask), "--out", str(tmp_path / "syn.nii.gz"), "--seed", "3")
+    assert "fully synthetic, the whole field of view" in p.stdout
+    img, pat, syn = (np.asarray(nib.load(str(f)).dataobj) for f in (scan, tmp_path / "pat.nii.gz", tmp_path / "syn.nii.gz"))
+    assert pat.shape == syn.shape == img.shape
+    same = np.isclose(pat, img)
+    assert 0.5 < same.mean() < 0.99 and not np.isclose(syn, img).mean() > 0.5
+    p = run("render", str(mask), "--context", str(sample_dir() / "SCD0000101_ES_image.nii.gz"), "--out", str(tmp_path / "x.nii.gz"),
+            "--model", "nope", check=False)
+    assert p.returncode == 2 and "No model is named 'nope'" in p.stderr
