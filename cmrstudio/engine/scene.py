@@ -76,7 +76,7 @@ class Plan:
     hole: np.ndarray | None  # (S, S) bool: repainted region (None: the whole scene is made)
     window: tuple[int, int, int]  # (row, col, size) in the scene
     layout: np.ndarray | None = None  # (N_LAYOUT, S/f, S/f) tissue fractions for a whole-scene render
-    ready: np.ndarray | None = None  # the whole scene, already rendered for exactly this mask: nothing left to do
+    keep_as: Hashable = None  # a whole synthetic scene to keep, when done, as the surroundings of later edits
 
     def cond(self) -> np.ndarray:
         r, c, n = self.window
@@ -193,7 +193,8 @@ class SceneMixin:
         return out
 
     def plan(self, mask2d: np.ndarray, frame: Frame, context: SliceContext, vendor_index: int, seed: int) -> Plan:
-        """Everything one slice render needs (the synthetic surroundings are made here when missing)."""
+        """Everything one slice render needs. Fully synthetic without kept surroundings: the whole scene is the render
+        (and is kept as the surroundings of later edits of the same slice, seed and vendor)."""
         scene = self.scene_of(frame)
         m = frame_mask(self.check_mask(mask2d), scene.frame)
         heart_window = (*scene.window, scene.heart_size)
@@ -203,30 +204,28 @@ class SceneMixin:
             own = None if context.heart is None else frame_mask(self.check_mask(context.heart), scene.frame)
             hole = repaint_region([m, own], margin)
         else:
-            cached = self._synthetic_scene(scene, m, vendor_index, seed, context.key)
+            ck = self._scene_key(scene, vendor_index, seed, context.key)
+            with self._scene_lock:
+                cached = self._scenes.get(ck) if ck is not None else None
+            if cached is None:
+                layout = self._prior().sample(m, scene.inside_scan(), vendor_index, seed)
+                return Plan(scene, m, None, None, (0, 0, scene.frame.size), layout, keep_as=ck)
             ctx = cached.image
-            if cached.mask is m:  # just made for this very mask: nothing to repaint
-                return Plan(scene, m, ctx, None, (0, 0, scene.frame.size), ready=ctx)
             hole = repaint_region([m, cached.mask], margin)
         if not hole.any():  # nothing painted and no heart of its own: a plain copy of the context
             hole = np.zeros_like(hole)
         return Plan(scene, m, ctx, hole, window_around(hole, heart_window, scene.frame.size))
 
-    def _synthetic_scene(self, scene: Scene, mask: np.ndarray, vendor_index: int, seed: int, key) -> _Cached:
-        ck = (key, vendor_index, int(seed), scene.frame.origin, scene.frame.step, scene.frame.size)
-        if key is not None:
+    @staticmethod
+    def _scene_key(scene: Scene, vendor_index: int, seed: int, key) -> Hashable:
+        return None if key is None else (key, vendor_index, int(seed), scene.frame.origin, scene.frame.step, scene.frame.size)
+
+    def _keep_scene(self, plan: Plan, image: np.ndarray) -> None:
+        if plan.keep_as is not None:
             with self._scene_lock:
-                hit = self._scenes.get(ck)
-            if hit is not None:
-                return hit
-        img = self.render_scene(scene, mask, vendor_index, seed)
-        made = _Cached(img, mask)
-        if key is not None:
-            with self._scene_lock:
-                self._scenes[ck] = made
+                self._scenes[plan.keep_as] = _Cached(image, plan.mask)
                 while len(self._scenes) > self.scene_cache_size:
                     self._scenes.popitem(last=False)
-        return made
 
     def forget_scenes(self) -> None:
         """Drop kept synthetic surroundings (a new case, or the painter asked for new ones)."""
@@ -252,9 +251,6 @@ class SceneMixin:
         """(step, total, window image in [0, 1], composited with the context) for a plan."""
         from cmrstudio.models.sampling import Cancelled
 
-        if plan.ready is not None:
-            yield 1, 1, plan.ready
-            return
         r, c, n = plan.window
         cond = torch.from_numpy(plan.cond())[None].to(self.device)
         noise = self.noise_field(seed, plan.scene.frame.size)[..., r:r + n, c:c + n].to(self.device)
@@ -300,6 +296,7 @@ class SceneMixin:
             step, total, img = last
             if step < total:
                 yield step, total, plan.scene.crop(_full(plan, img))
+        self._keep_scene(plan, last[2])
         native, framed = self.assemble(plan, last[2], frame, context)
         yield last[0], last[1], framed, native
 

@@ -187,6 +187,7 @@ class Studio(QObject):
         self.changed.emit("hq")  # the HQ panel forgets the previous case's job
 
     def _on_mask(self) -> None:
+        self._stroking = False  # a panel edit or undo, not a brush stroke: the contour follows the next frame
         layer = self.mask_layer
         if layer is not None:
             _light_refresh(layer)

@@ -1,0 +1,288 @@
+"""The studio's session without a window: opening scans, painting, live and HQ renders in both modes, keeping,
+projects and settings — the shipped models, the real sample scan, project folders on disk."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from cmrstudio.anatomy import LV, MYO, RV
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMRSTUDIO_CONFIG", str(tmp_path / "config" / "settings.json"))
+    monkeypatch.setenv("CMRSTUDIO_PROJECT", str(tmp_path / "project"))
+    monkeypatch.setenv("CMRSTUDIO_MODELS", str(tmp_path / "models"))
+    return tmp_path
+
+
+@pytest.fixture
+def session(env):
+    from cmrstudio.project import Project
+    from cmrstudio.session import StudioSession
+
+    made = []
+
+    def make(path=None, **kw):
+        s = StudioSession(**kw)
+        s.set_project(Project.open_or_create(env / "project"))
+        made.append(s)
+        if path is not False:
+            assert s.open_path(path), s.messages
+        s.wait_live()
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def live_image(s, z=None) -> np.ndarray:
+    """The latest live render of slice ``z`` (the current one) in [0, 1] of the frame's intensity range."""
+    s.wait_live()
+    res = s.live_shown[s.z if z is None else z]
+    lo, hi = res.frame.intensity or (0.0, 1.0)
+    return (res.image - lo) / (hi - lo)
+
+
+def test_opens_the_sample_in_this_patient_with_the_scans_own_style(session):
+    s = session()
+    c = s.case
+    assert c.case_id == "SCD0000101_ED" and s.mode == "in-patient" and s.vendor == "ge"  # the style follows the scan
+    assert np.array_equal(s.mask, c.mask) and s.mask is not c.mask  # a working copy: the scan's own labels stay as read
+    events = []
+    s.events.connect("live", lambda res: events.append(res))
+    s.request_live()
+    s.wait_live()
+    res = events[-1]
+    assert res.record.mode == "in-patient" and res.record.vendor == "ge" and res.record.derived_from_patient
+    far = np.ones(c.shape[1:], bool)
+    far[tuple(slice(int(v.min()) - 25, int(v.max()) + 25) for v in np.nonzero(c.mask[s.z] > 0))] = False
+    assert np.array_equal(res.image[far], c.image[s.z][far])  # away from the heart: the patient's own pixels
+    assert "in this patient" in s.status_line()
+
+
+def test_painting_renders_live_in_both_modes(session):
+    s = session()
+    z = s.z
+    before = live_image(s)
+    lv = s.mask[z] == LV
+    painted = lv & (np.arange(lv.shape[1])[None, :] < np.nonzero(lv)[1].mean())  # half the blood pool painted as myocardium
+    s.mask[z][painted] = MYO  # as the labels layer paints: into the session's own array
+    s.mask_edited()
+    after = live_image(s)
+    assert after[painted].mean() < 0.8 * before[painted].mean()  # myocardium renders dark where the pool was bright
+    assert s.set_mode("synthetic")
+    syn = live_image(s)
+    assert s.live_shown[z].record.mode == "synthetic" and not s.live_shown[z].record.derived_from_patient
+    body = np.abs(syn - after)
+    assert body.mean() > 0.05  # the whole slice is the model's now, not only the heart
+    s.set_seed(11)
+    assert np.abs(live_image(s) - syn).mean() > 0.01  # another seed: other synthetic surroundings
+    assert not s.set_mode("nonsense") and "not known" in s.messages[-1][1]
+
+
+def test_slice_phase_and_vendor_rerender(session):
+    s = session()
+    z2 = s.z + 1
+    s.set_slice(z2)
+    img = live_image(s)
+    assert s.z == z2 and img.std() > 0.05
+    s.set_vendor("philips")
+    assert not s.vendor_auto and np.abs(live_image(s) - img).mean() > 0.001
+    assert [ph for ph, _ in s.phases()] == ["ED", "ES"]
+    assert s.open_ref(s.phases()[1][1]) and s.case.phase == "ES" and s.vendor == "philips"  # the user's pick outlives the case
+
+
+def test_start_masks_templates_quick_edits_and_findings(session):
+    from cmrstudio.edits import structure_sizes
+
+    s = session()
+    z, sp = s.z, s.spacing_yx()
+    assert s.start_mask("template", "slice", lv_diameter_mm=70, wall_mm=9, rv_width_mm=35, rv_angle_deg=180)
+    d70 = structure_sizes(s.mask[z], sp)["lv_diameter"]
+    assert abs(d70 - 70) < 4
+    assert s.change_structure(LV, 5.0)
+    assert abs(structure_sizes(s.mask[z], sp)["lv_diameter"] - (d70 + 10)) < 3
+    assert s.copy_from_neighbour(+1) and np.array_equal(s.mask[z], s.mask[z + 1])
+    assert not s.copy_from_neighbour(+100) and "no slice" in s.messages[-1][1]
+    ref = s.case.mask[z]
+    assert s.start_mask("segment")
+    seg = s.mask[z]
+    assert 2 * ((seg == LV) & (ref == LV)).sum() / ((seg == LV).sum() + (ref == LV).sum()) > 0.7
+    assert s.start_mask("empty") and not s.mask[z].any() and s.mask[z + 1].any()
+    m = np.zeros_like(ref)
+    m[100:140, 100:140] = MYO
+    m[110:130, 110:130] = RV
+    s.apply_mask(m, z)
+    assert s.findings  # an implausible mask: a warning, not a refusal
+    assert not s.start_mask("nope") and "Unknown start mask" in s.messages[-1][1]
+
+
+def test_edits_go_through_the_edit_sink_when_one_is_set(session):
+    s = session()
+    seen = []
+
+    def sink(idx, vals):
+        seen.append(len(vals))
+        s.mask[idx] = vals
+
+    s.edit_sink = sink
+    assert s.start_mask("empty") and seen and seen[0] == int((s.case.mask[s.z] > 0).sum())
+
+
+def test_hq_renders_in_patient_step_by_step_cancels_and_keeps(session, env):
+    from cmrstudio.project import Project
+
+    s = session()
+    z = s.z
+    progress, done = [], []
+    s.events.connect("hq", lambda job, step, preview: progress.append(step))
+    s.events.connect("hq_done", lambda job: done.append(job.status))
+    assert s.render_hq("flow-cmr", steps=3) is not None
+    assert s.wait_hq(120) and done == ["done"] and progress[-3:] == [1, 2, 3]
+    res = s.hq_results[z]
+    assert res.record.mode == "in-patient" and res.record.steps == 3 and res.record.kind == "flow"
+    m = s.mask[z]
+    assert res.framed is not None and res.image.shape == m.shape
+    lo, hi = res.frame.intensity
+    img = (res.image - lo) / (hi - lo)
+    assert img[m == LV].mean() > img[m == MYO].mean() + 0.2  # the anatomy: bright blood, dark muscle
+
+    s.render_hq("flow-cmr", steps=200)
+    job = s.hq_job
+    deadline = time.time() + 60
+    while job.step < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    s.cancel_hq()
+    assert s.wait_hq(30) and job.status == "cancelled" and job.step < 200
+    assert s.hq_results[z].record.steps == 3  # the finished render is still the one kept
+
+    item_live = s.keep("live", note="dilated LV, keep", rating=4)
+    item_hq = s.keep("hq")
+    items = Project.open(env / "project").items
+    assert [(i.kind, i.note, i.rating, i.mode) for i in items] == [("spade", "dilated LV, keep", 4, "in-patient"), ("flow", "", None, "in-patient")]
+    assert item_live.derived_from_patient and item_hq.derived_from_patient
+    assert "in this patient" in s.messages[-1][1]
+    s.set_mode("synthetic")
+    assert s.keep("live").mode == "synthetic"
+
+    s.render_hq("flow-cmr", steps=200)
+    job = s.hq_job
+    s.open_ref(s.phases()[1][1])  # a phase switch cancels the running job and forgets the results
+    assert s.wait_hq(30) and job.status == "cancelled" and s.hq_job is None and not s.hq_results
+
+
+def test_kept_renders_survive_reopening(session, env):
+    s = session()
+    s.set_seed(7)
+    s.wait_live()
+    on_screen = s.live_shown[s.z]
+    assert on_screen.record.seed == 7
+    item = s.keep("live", note="thin wall", rating=3)
+    s.project.update(item.id, note="thin wall, septal")
+    s.close()
+    s2 = session()
+    assert [i.note for i in s2.project.items] == ["thin wall, septal"]
+    res = s2.project.load(item.id)
+    assert res.record.seed == 7 and res.record.model == "spade-cmr" and res.record.mode == "in-patient"
+    assert np.abs(res.image - on_screen.image).max() <= 1e-3 * np.ptp(on_screen.image)  # the kept image is the one rendered
+    assert s2.settings.last_project == str(env / "project")
+
+
+def test_bad_input_keeps_the_session(session, env):
+    from cmrstudio.data.phantom import phantom_case
+    from cmrstudio.io import write_case
+    from cmrstudio.resources import resources_dir
+
+    models = env / "models"
+    models.mkdir()
+    card = json.loads((resources_dir() / "models" / "spade-cmr.json").read_text())
+    card["name"] = "spade-damaged"
+    (models / "spade-damaged.json").write_text(json.dumps(card))
+    (models / "spade-damaged.safetensors").write_bytes(b"not a safetensors file")
+    s = session()
+    kept = s.keep("live")
+    bad = env / "broken.nii.gz"
+    bad.write_bytes(b"this is not a NIfTI file")
+    assert not s.open_path(bad) and "broken.nii.gz" in s.messages[-1][1] and s.case.case_id == "SCD0000101_ED"
+    assert not s.set_live_model("spade-damaged")
+    assert "spade-damaged" in s.messages[-1][1] and "still using 'spade-cmr'" in s.messages[-1][1] and s.renderer.name == "spade-cmr"
+    assert not s.set_live_model("flow-cmr") and "step by step" in s.messages[-1][1]  # a step-wise model is not a live model
+    z = s.z
+    before = live_image(s)
+    s.apply_mask(np.zeros_like(s.mask[z]), z)
+    assert np.abs(live_image(s) - before).mean() > 0.001  # the session goes on
+    assert [i.id for i in s.project.items] == [kept.id] and not s.project.check()
+    c = phantom_case(3, n_slices=4, shape=(96, 96), vendor="philips")
+    files = write_case(c, env / "phantom")
+    assert s.open_path(files["image"]) and s.case.case_id == c.case_id and s.settings.recent[0] == str(files["image"])
+    assert live_image(s).std() > 0.02
+
+
+def test_a_case_without_an_image_renders_fully_synthetic(session, env):
+    from cmrstudio.data.phantom import phantom_case
+    from cmrstudio.io import write_volume
+
+    c = phantom_case(5, n_slices=3, shape=(96, 96))
+    f = write_volume(env / "only_mask.nii.gz", c.mask, c.affine)
+    s = session(f)
+    assert s.case.image is None and s.mode == "synthetic"
+    assert not s.set_mode("in-patient") and "no scan image" in s.messages[-1][1]
+    assert live_image(s).std() > 0.02 and s.live_shown[s.z].record.mode == "synthetic"
+
+
+def test_the_model_loads_on_a_thread_and_a_bad_one_is_a_message(env):
+    from cmrstudio.session import StudioSession
+
+    s = StudioSession(load="async")
+    try:
+        assert s.open_path(None) and s.renderer is None
+        deadline = time.time() + 60
+        while not s.live_shown and time.time() < deadline:
+            time.sleep(0.05)
+        assert s.renderer.name == "spade-cmr" and s.live_shown and "ready" in s.messages[-1][1]
+    finally:
+        s.close()
+    s2 = StudioSession(live_model="no-such-model")
+    try:
+        assert any(lvl == "error" and "no-such-model" in text and "live synthesis is off" in text for lvl, text in s2.messages)
+        assert s2.open_path(None) and s2.request_live() is None  # the session goes on without a model
+    finally:
+        s2.close()
+
+
+def test_settings_are_remembered(session, env):
+    s = session()
+    s.set_vendor("siemens")
+    s.settings.device = "cpu"
+    s.close()
+    saved = json.loads((env / "config" / "settings.json").read_text())
+    assert saved["vendor"] == "siemens" and saved["device"] == "cpu"
+
+
+def test_new_and_open_projects(session, env):
+    from cmrstudio.project import Project
+
+    s = session()
+    assert s.keep("live") is not None
+    s.set_project(Project.create(env / "second"))
+    assert s.project.folder == env / "second" and not s.project.items and s.settings.last_project == str(env / "second")
+    s.set_project(Project.open(env / "project"))
+    assert len(s.project.items) == 1
+    s.project = None
+    assert s.keep("live") is None and "No project is open" in s.messages[-1][1]
+
+
+@pytest.mark.shared_data
+def test_dataset_folders_list_cases_and_phases(session, acdc_dir):
+    s = session(acdc_dir)
+    ids = s.case_ids()
+    assert len(ids) > 5 and s.case.case_id.startswith(ids[0]) and [ph for ph, _ in s.phases()] == ["ED", "ES"]
+    assert set(np.unique(s.mask)) <= {0, LV, MYO, RV} and RV in s.mask and s.vendor == "siemens"  # ACDC labels remapped
+    assert s.open_case_id(ids[3]) and s.case.case_id.startswith(ids[3]) and s.case.phase == "ED"
+    assert live_image(s).std() > 0.05
