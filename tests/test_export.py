@@ -286,3 +286,37 @@ def test_bad_destinations_and_sources_get_one_sentence(project, tmp_path):
         export(project.folder, tmp_path / "o3", "nnunet", dataset_id=1000)
     p = run("export", "--format", "nifti", str(project.folder), "/proc/cmrstudio-export-test/out", check=False)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "choose a writable destination" in p.stderr
+
+
+def test_renders_made_in_a_patients_scan_are_exported_as_derived_and_left_out_of_anonymous_exports(tmp_path):
+    import dataclasses
+
+    import pydicom
+
+    from cmrstudio.export import export
+    from cmrstudio.project import Project
+
+    p = Project.create(tmp_path / "mixed")
+    res, aff, c = _render(21)
+    p.add(res, {"case_id": c.case_id, "slice": 1}, affine=aff)  # fully synthetic
+    res2, aff2, c2 = _render(22)
+    res2.record = dataclasses.replace(res2.record, mode="in-patient", margin_mm=10.0)
+    kept = p.add(res2, {"case_id": c2.case_id, "slice": 1}, affine=aff2)
+    assert kept.derived_from_patient and json.loads(p.path.read_text())["items"][1]["derived_from_patient"] is True
+
+    rep = export(p.folder, tmp_path / "all", fmt="dicom")
+    assert rep.exported == ["r0001", "r0002"] and not rep.skipped
+    listing = json.loads((tmp_path / "all" / "export.json").read_text())
+    assert listing["anonymous"] is False and listing["derived_from_patient"] == ["r0002"]
+    side = json.loads((tmp_path / "all" / "r0002" / "provenance.json").read_text())
+    assert side["derived_from_patient"] is True and side["synthetic"] is False and side["mode"] == "in-patient"
+    syn = pydicom.dcmread(sorted((tmp_path / "all" / "r0001" / "image").glob("*.dcm"))[0])
+    der = pydicom.dcmread(sorted((tmp_path / "all" / "r0002" / "image").glob("*.dcm"))[0])
+    assert syn.SyntheticData == "YES" and "SYNTHETIC" in syn.ImageType and syn.SeriesDescription.startswith("SYNTHETIC")
+    assert der.SyntheticData == "NO" and "SYNTHETIC" not in der.ImageType and der.SeriesDescription.startswith("DERIVED")
+    assert "derived from patient data" in der.DerivationDescription
+
+    p2 = run("export", str(p.folder), str(tmp_path / "anon"), "--format", "nifti", "--anonymous-only", check=False)
+    assert p2.returncode == 1 and "r0002" in p2.stderr and "--anonymous-only leaves it out" in p2.stderr
+    listing = json.loads((tmp_path / "anon" / "export.json").read_text())
+    assert listing["cases"] == ["r0001"] and listing["anonymous"] is True and not (tmp_path / "anon" / "r0002.json").exists()

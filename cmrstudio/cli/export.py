@@ -20,6 +20,7 @@ def export_cmd(
     name: str = typer.Option("SyntheticCMR", "--name", help="nnunet: the dataset name."),
     min_rating: Optional[int] = typer.Option(None, "--min-rating", help="Only renders rated at least this (1–5)."),
     verify_dest: Optional[Path] = typer.Option(None, "--verify", help="Check an export against its manifest instead."),
+    anonymous_only: bool = typer.Option(False, "--anonymous-only", help="Only fully synthetic renders: leave out (and name) those rendered in a patient's own scan."),
 ):
     """Export kept renders (a studio project's gallery or a folder of renders) in formats other tools read directly."""
     from cmrstudio.export import export, verify
@@ -37,8 +38,8 @@ def export_cmd(
     if min_rating is not None and not 1 <= min_rating <= 5:
         raise CmrError(f"--min-rating {min_rating} must be 1–5.")
     rep = export(source, dest, fmt=fmt, overwrite=overwrite, with_real=list(with_real), dataset_id=dataset_id, name=name,
-                 min_rating=min_rating, progress=lambda m: typer.echo(m))
-    typer.echo(f"exported {len(rep.exported)} synthetic case{'s' if len(rep.exported) != 1 else ''}"
+                 min_rating=min_rating, progress=lambda m: typer.echo(m), anonymous_only=anonymous_only)
+    typer.echo(f"exported {len(rep.exported)} rendered case{'s' if len(rep.exported) != 1 else ''}"
                + (f" and {len(rep.real)} real" if rep.real else "") + f" as {fmt} to {rep.dest} ({rep.files} files, manifest.json)")
     for sk in rep.skipped:
         typer.echo(f"cmrstudio: skipped: {sk}", err=True)

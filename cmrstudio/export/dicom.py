@@ -219,8 +219,14 @@ def _window(image: np.ndarray) -> tuple[str, str, str]:
 
 
 # ----------------------------------------------------------------------------- datasets
+def _derived(provenance: dict[str, Any]) -> bool:
+    """Rendered in a patient's own scan: that patient's pixels surround the rendered heart."""
+    return bool(provenance.get("derived_from_patient"))
+
+
 def _provenance_text(case: Case, provenance: dict[str, Any], vendor: str) -> str:
-    parts = ["cmrstudio synthetic image, no patient data"]
+    parts = ["cmrstudio render in a patient's own scan: derived from patient data" if _derived(provenance)
+             else "cmrstudio synthetic image, no patient data"]
     for key in ("model", "model_sha256", "kind", "sampler", "steps", "guidance", "seed"):
         val = provenance.get(key)
         if val not in (None, ""):
@@ -232,7 +238,7 @@ def _provenance_text(case: Case, provenance: dict[str, Any], vendor: str) -> str
 
 
 def _series_description(provenance: dict[str, Any], vendor: str) -> str:
-    words = ["SYNTHETIC", "cmrstudio", _label(provenance.get("kind")), _label(provenance.get("model"))]
+    words = ["DERIVED" if _derived(provenance) else "SYNTHETIC", "cmrstudio", _label(provenance.get("kind")), _label(provenance.get("model"))]
     if vendor and vendor != "unknown":
         words.append(f"{vendor}-style")
     return _ascii(" ".join(w for w in words if w), 64)
@@ -251,7 +257,8 @@ def _base_dataset(case: Case, common: dict[str, Any]) -> Dataset:
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "synthetic: no patient data"
+    ds.DeidentificationMethod = ("rendered in a patient's scan: identifiers replaced, pixels derived from the patient" if common.get("derived")
+                                 else "synthetic: no patient data")
     # Study
     ds.StudyInstanceUID = common["study_uid"]
     ds.StudyDate = common["date"]
@@ -259,7 +266,7 @@ def _base_dataset(case: Case, common: dict[str, Any]) -> Dataset:
     ds.StudyID = ""
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "SYNTHETIC cmrstudio"
+    ds.StudyDescription = "DERIVED cmrstudio" if common.get("derived") else "SYNTHETIC cmrstudio"
     # Series, equipment, frame of reference
     ds.Modality = "MR"
     ds.SeriesDate = common["date"]
@@ -269,11 +276,12 @@ def _base_dataset(case: Case, common: dict[str, Any]) -> Dataset:
     ds.ManufacturerModelName = "cmrstudio"
     ds.SoftwareVersions = common["software"]
     ds.ConversionType = "SYN"
-    ds.SyntheticData = "YES"  # (0008,001C): the standard's own flag for synthetic content
+    # (0008,001C): the standard's own flag for synthetic content; a render in a patient's own scan is partly real
+    ds.SyntheticData = "NO" if common.get("derived") else "YES"
     ds.FrameOfReferenceUID = common["frame_uid"]
     ds.PositionReferenceIndicator = ""
     # General image / MR image
-    ds.ImageType = list(IMAGE_TYPE)
+    ds.ImageType = ["DERIVED", "SECONDARY"] if common.get("derived") else list(IMAGE_TYPE)
     ds.ContentDate = common["date"]
     ds.ContentTime = common["time"]
     ds.BurnedInAnnotation = "NO"
@@ -425,6 +433,7 @@ def write_dicom(
         "derivation": _provenance_text(case, provenance, vendor),
         "software": _software_version(),
         "geometry": geometry,
+        "derived": _derived(provenance),
     }
     ori = np.asarray([float(v) for v in geometry["orientation"]])
     normal = np.cross(ori[:3], ori[3:])

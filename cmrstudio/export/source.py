@@ -86,8 +86,12 @@ def _raw_labels(path: Path) -> np.ndarray:
 
 def _provenance(src: dict, rid: str, vendor: str, extra: dict | None = None) -> dict:
     render = dict(src.get("render", {}))
+    mode = render.get("mode") or "synthetic"  # renders written before modes existed were all fully synthetic
     prov = {
-        "synthetic": True,
+        "synthetic": mode == "synthetic",
+        "mode": mode,
+        "derived_from_patient": mode != "synthetic",
+        "margin_mm": render.get("margin_mm"),
         "id": rid,
         "model": render.get("model"),
         "model_sha256": render.get("model_sha256"),

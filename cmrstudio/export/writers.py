@@ -67,13 +67,14 @@ def sha256(path: Path) -> str:
 def _sidecar(item: ExportItem, files: dict[str, str]) -> dict:
     c = item.case
     return {
-        "synthetic": True,
+        "synthetic": bool(item.provenance.get("synthetic", True)),
+        "derived_from_patient": bool(item.provenance.get("derived_from_patient", False)),
         "case_id": c.case_id,
         "files": files,
         "labels": {str(k): v for k, v in LABELS.items()},
         "geometry": {"shape_zyx": list(c.shape), "spacing_mm": list(c.spacing) if c.spacing else "unknown",
                      "affine_zyx_ras": c.affine.tolist() if c.affine is not None else None},
-        **{k: v for k, v in item.provenance.items() if k != "synthetic"},
+        **{k: v for k, v in item.provenance.items() if k not in ("synthetic", "derived_from_patient")},
         "exported_by": f"cmrstudio {__version__}",
         "exported": _now(),
     }
@@ -298,10 +299,12 @@ def _staging(dest: Path) -> Path:
 
 def export(source: str | Path, dest: str | Path, fmt: str = "nifti", overwrite: bool = False,
            with_real: list[str | Path] | None = None, dataset_id: int = 501, name: str = "SyntheticCMR",
-           min_rating: int | None = None, progress: Callable[[str], None] | None = None) -> ExportReport:
+           min_rating: int | None = None, progress: Callable[[str], None] | None = None, anonymous_only: bool = False) -> ExportReport:
     """Export the renders of ``source`` (a studio project or a folder of renders) to ``dest``.
 
-    Renders that cannot be read are skipped and named in the report; the others are written.
+    Renders that cannot be read are skipped and named in the report; the others are written. Renders made in a
+    patient's own scan are derived from that patient: exported and marked so, or, with ``anonymous_only``, left
+    out and named (an anonymous export holds fully synthetic renders only).
     """
     if fmt not in FORMATS:
         raise CmrError(f"--format {fmt!r} is not known; use one of {', '.join(FORMATS)}.")
@@ -322,6 +325,11 @@ def export(source: str | Path, dest: str | Path, fmt: str = "nifti", overwrite: 
         raise CmrError(f"{dest} exists and is not a cmrstudio export (no manifest.json), so --overwrite will not replace it; "
                        "choose a new destination.")
     items, problems = collect(source, min_rating=min_rating)
+    if anonymous_only:
+        for it in [it for it in items if it.provenance.get("derived_from_patient")]:
+            problems.append(f"{it.origin} was rendered in a patient's own scan (derived from patient data); "
+                            "--anonymous-only leaves it out")
+        items = [it for it in items if not it.provenance.get("derived_from_patient")]
     report = ExportReport(dest, fmt, skipped=list(problems))
     if not items:
         raise CmrError(f"Nothing to export from {source}: " + ("; ".join(problems) if problems else "it holds no renders"
@@ -355,8 +363,10 @@ def export(source: str | Path, dest: str | Path, fmt: str = "nifti", overwrite: 
         models = sorted({str(it.provenance.get("model")) for it in done if it.provenance.get("model")})
         _write_json(tmp / "dataset_description.json", dataset_description(dest.name, Path(source), fmt, len(done), models))
         contact_sheet(done, tmp / "contact_sheet.png")
+        derived = [it.case.case_id for it in done if it.provenance.get("derived_from_patient")]
         _write_json(tmp / "export.json", {"format": fmt, "source": str(Path(source).resolve()), "created": _now(),
                                           "exported_by": f"cmrstudio {__version__}", "cases": report.exported,
+                                          "anonymous": not derived and not report.real, "derived_from_patient": derived,
                                           "real_cases": report.real, "skipped": report.skipped,
                                           **({"nnunet_dataset": folder} if folder else {})})
         write_manifest(tmp)  # last: a folder with a manifest is a finished export
