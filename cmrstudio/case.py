@@ -34,6 +34,15 @@ class Case:
     def __post_init__(self) -> None:
         if self.image is None and self.mask is None:
             raise CmrError(f"Case {self.case_id!r} has neither an image nor a mask; give at least one.")
+        for name in ("image", "mask"):
+            arr = getattr(self, name)
+            if arr is None:
+                continue
+            kind = np.asarray(arr).dtype
+            if kind.fields or kind.kind not in "biuf":
+                what = "complex values" if kind.kind == "c" else f"values of type {kind}"
+                raise CmrError(f"Case {self.case_id!r}: the {name} holds {what}, not one real number per pixel; "
+                               "give a single-channel magnitude image.")
         if self.image is not None:
             self.image = np.asarray(self.image, dtype=np.float32)
             if self.image.ndim == 2:
@@ -62,6 +71,9 @@ class Case:
             self.affine = np.asarray(self.affine, dtype=np.float64)
             if self.affine.shape != (4, 4):
                 raise CmrError(f"Case {self.case_id!r}: the affine must be 4×4, got {self.affine.shape}.")
+            if not np.all(np.isfinite(self.affine)) or abs(np.linalg.det(self.affine[:3, :3])) < 1e-12:
+                raise CmrError(f"Case {self.case_id!r}: the affine holds NaN or a zero axis, so it is no geometry; "
+                               "give None (spacing unknown) or a valid affine.")
 
     # -- geometry -------------------------------------------------------
     @property
@@ -78,9 +90,18 @@ class Case:
 
     def with_spacing(self, spacing: tuple[float, float, float]) -> "Case":
         """Return a copy with a user-supplied spacing (z, y, x) in mm and an axis-aligned affine."""
-        sz, sy, sx = (float(s) for s in spacing)
-        if min(sz, sy, sx) <= 0:
-            raise CmrError(f"Spacing {spacing} must be positive millimetres (slice, row, column).")
+        from cmrstudio.io.checks import IN_PLANE_MM, SLICE_MM
+
+        try:
+            sz, sy, sx = (float(s) for s in spacing)
+        except (TypeError, ValueError):
+            raise CmrError(f"Spacing {spacing!r} must be three numbers in mm (slice, row, column), like 8,1.25,1.25.") from None
+        (lo, hi), (zlo, zhi) = IN_PLANE_MM, SLICE_MM
+        if not all(np.isfinite((sz, sy, sx))) or min(sz, sy, sx) <= 0:
+            raise CmrError(f"Spacing {tuple(spacing)} must be positive millimetres (slice, row, column).")
+        if not (lo <= sy <= hi and lo <= sx <= hi and zlo <= sz <= zhi):
+            raise CmrError(f"Spacing {tuple(spacing)} mm is implausible for a cardiac MR scan (rows and columns {lo:g}–{hi:g} mm, "
+                           f"slices {zlo:g}–{zhi:g} mm apart); give the voxel size in mm as slice,row,column.")
         affine = np.zeros((4, 4))
         # index (z, y, x) -> RAS: columns go right-to-left (x -> -R), rows go anterior-to-posterior.
         affine[0, 2] = -sx
@@ -104,7 +125,7 @@ class Case:
         }
         if self.image is not None:
             out["intensity_range"] = [float(self.image.min()), float(self.image.max())]
-        for k in ("dataset", "label_convention", "path", "mask_path", "reader"):
+        for k in ("dataset", "label_convention", "path", "mask_path", "reader", "assumptions"):
             if k in self.source:
                 out[k] = self.source[k]
         return out

@@ -15,3 +15,10 @@ class CmrError(Exception):
 
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.message
+
+
+class CmrWarning(UserWarning):
+    """Something readable that looks wrong, phrased for the user: one sentence naming the file, what was
+    found and what was assumed instead (NaN pixels replaced, a spacing that is missing or implausible, a
+    gzip trailer missing). The assumption is also recorded in the case's provenance
+    (``case.source["assumptions"]``); the CLI prints these as ``warning: ...`` lines."""

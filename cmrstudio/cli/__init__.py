@@ -9,6 +9,7 @@ napari, the engine, training, evaluation) are imported inside the commands, so `
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
@@ -18,7 +19,7 @@ from cmrstudio.cli.bench import bench_app
 from cmrstudio.cli.evaluate import evaluate_app
 from cmrstudio.cli.study import study_app
 from cmrstudio.cli.train import train_app
-from cmrstudio.errors import CmrError
+from cmrstudio.errors import CmrError, CmrWarning
 
 app = typer.Typer(
     add_completion=False,
@@ -53,7 +54,36 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(evaluate_app, name="evaluate")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A :class:`CmrWarning` is a sentence for the user: ``warning: ...`` on stderr, no file or line number."""
+    if issubclass(category, CmrWarning):
+        typer.echo(f"warning: {message}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _tolerant_streams() -> None:
+    """A file name that is not valid UTF-8 must not turn a printed line into a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if getattr(stream, "errors", None) == "strict":
+                stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
 def main(argv: list[str] | None = None) -> None:
+    _tolerant_streams()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CmrWarning)  # the same sentence for two files is two warnings
+        warnings.showwarning = _show_warning
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="cmrstudio")
         if isinstance(rc, int) and rc:  # typer.Exit(n) inside a command comes back as a return value here

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -17,6 +18,7 @@ from cmrstudio import __version__
 from cmrstudio.anatomy import remap
 from cmrstudio.case import Case
 from cmrstudio.errors import CmrError
+from cmrstudio.io.checks import finite_image
 from cmrstudio.io.common import (
     DICOM_SUFFIXES,
     HDF5_SUFFIXES,
@@ -40,24 +42,63 @@ __all__ = ["CaseRef", "read_case", "read_cases", "read_volume", "scan", "write_c
 _MASK_NAME = re.compile(r"(_gt|_mask|_seg|_label|_labels)$", re.I)
 
 
-def read_volume(path: str | Path, frame: int | None = None, series: str | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """Read one image file or DICOM folder: (array Z×Y×X, affine or None, metadata)."""
+def _plainly(fn):
+    """Errors from the system while reading (a folder that cannot be listed, a file that vanished, memory
+    running out) become one sentence too."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        try:
+            return fn(*args, **kw)
+        except CmrError:
+            raise
+        except MemoryError:
+            where = args[0] if args else kw.get("path", "the input")
+            raise CmrError(f"Reading {where} ran out of memory; close other programs, or crop the scan to the heart.") from None
+        except OSError as exc:
+            where = exc.filename or (args[0] if args else kw.get("path", "the input"))
+            raise CmrError(f"{where} cannot be read ({exc.strerror or exc}); check that it exists and that you may read it.") from None
+
+    return wrapper
+
+
+@_plainly
+def read_volume(path: str | Path, frame: int | None = None, series: str | None = None,
+                kind: str = "image") -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Read one image file or DICOM folder: (array Z×Y×X, affine or None, metadata).
+
+    ``kind`` is ``"image"`` (NaN and infinite values are replaced, with a warning) or ``"mask"``
+    (values are left for the label checks, which refuse them). What was assumed is listed in
+    ``metadata["assumptions"]``.
+    """
     p = existing(path)
     if p.is_dir():
-        return read_dicom(p, frame=frame, series=series)
-    if has_suffix(p, NIFTI_SUFFIXES):
-        return read_nifti(p, frame=frame)
-    if has_suffix(p, SITK_SUFFIXES):
-        return read_sitk(p, frame=frame)
-    if has_suffix(p, HDF5_SUFFIXES):
-        image, label, attrs = read_hdf5(p)
-        arr = image if image is not None else label
-        return arr, None, {"format": "hdf5", "path": str(p), **attrs}
-    if has_suffix(p, DICOM_SUFFIXES) or is_dicom_file(p):
-        return read_dicom(p, frame=frame, series=series)
-    raise CmrError(
-        f"{p} is not a format cmrstudio reads; use NIfTI (.nii/.nii.gz), DICOM, MHA/NRRD or HDF5 (.h5)."
-    )
+        arr, aff, meta = read_dicom(p, frame=frame, series=series)
+    elif has_suffix(p, NIFTI_SUFFIXES):
+        arr, aff, meta = read_nifti(p, frame=frame, kind=kind)
+    elif has_suffix(p, SITK_SUFFIXES):
+        arr, aff, meta = read_sitk(p, frame=frame, kind=kind)
+    elif has_suffix(p, HDF5_SUFFIXES):
+        meta = {"format": "hdf5", "path": str(p)}
+        image, label, attrs = read_hdf5(p, meta)
+        first, second = (label, image) if kind == "mask" else (image, label)
+        arr, aff = (first if first is not None else second), None
+        meta.update({k: v for k, v in attrs.items() if k not in meta})
+    elif has_suffix(p, DICOM_SUFFIXES) or is_dicom_file(p):
+        arr, aff, meta = read_dicom(p, frame=frame, series=series)
+    else:
+        raise CmrError(
+            f"{p} is not a format cmrstudio reads; use NIfTI (.nii/.nii.gz), DICOM, MHA/NRRD or HDF5 (.h5)."
+        )
+    if kind == "image":
+        arr = finite_image(p, arr, meta)
+    return arr, aff, meta
+
+
+def _assumed(*metas: dict | None) -> dict[str, list[str]]:
+    """The ``assumptions`` of several readers' metadata, joined (an empty dict when there are none)."""
+    out = [a for m in metas if m for a in m.get("assumptions", [])]
+    return {"assumptions": out} if out else {}
 
 
 def is_dicom_series_folder(path: Path) -> bool:
@@ -66,6 +107,7 @@ def is_dicom_series_folder(path: Path) -> bool:
     return not any(e.is_dir() for e in entries) and any(is_dicom_file(e) for e in entries if e.is_file())
 
 
+@_plainly
 def read_cases(
     path: str | Path,
     case: str | None = None,
@@ -97,18 +139,20 @@ def guess_convention(path: Path) -> str:
     return "canonical"
 
 
-def _mask_from_file(path: Path, convention: str | None, frame: int | None) -> tuple[np.ndarray, np.ndarray | None, str]:
+def _mask_from_file(path: Path, convention: str | None, frame: int | None) -> tuple[np.ndarray, np.ndarray | None, str, dict]:
     if has_suffix(path, HDF5_SUFFIXES):
-        _, label, _ = read_hdf5(path)
+        meta: dict = {}
+        _, label, _ = read_hdf5(path, meta)
         if label is None:
             raise CmrError(f"{path} has no 'label' dataset to use as a mask.")
         arr, aff = label, None
     else:
-        arr, aff, _ = read_volume(path, frame=frame)
+        arr, aff, meta = read_volume(path, frame=frame, kind="mask")
     conv = convention or guess_convention(path)
-    return remap(arr, conv, where=f"The mask {path}"), aff, conv
+    return remap(arr, conv, where=f"The mask {path}"), aff, conv, meta
 
 
+@_plainly
 def read_case(
     path: str | Path,
     mask: str | Path | None = None,
@@ -149,10 +193,11 @@ def read_case(
         return _finish(c, spacing)
 
     if has_suffix(p, HDF5_SUFFIXES) and mask is None:
-        image, label, attrs = read_hdf5(p)
+        meta: dict = {}
+        image, label, attrs = read_hdf5(p, meta)
         conv = labels or guess_convention(p)
         m = remap(label, conv, where=f"The label map in {p}") if label is not None else None
-        src = {"path": str(p), "reader": "hdf5", "label_convention": conv, "format": "hdf5"}
+        src = {"path": str(p), "reader": "hdf5", "label_convention": conv, "format": "hdf5", **_assumed(meta)}
         c = Case(image, m, None, vendor or "unknown", phase, stem(p), src)
         if "spacing" in attrs and spacing is None:
             spacing = tuple(attrs["spacing"])
@@ -166,12 +211,13 @@ def read_case(
     m = None
     if mask is not None:
         mp = existing(mask, "mask file")
-        m, _, conv = _mask_from_file(mp, labels, frame)
-        src.update(mask_path=str(mp), label_convention=conv)
+        m, _, conv, mmeta = _mask_from_file(mp, labels, frame)
+        src.update(mask_path=str(mp), label_convention=conv, **_assumed(meta, mmeta))
     c = Case(arr, m, aff, vendor or meta.get("vendor", "unknown"), phase, stem(p), src)
     return _finish(c, spacing)
 
 
+@_plainly
 def read_mask(
     path: str | Path,
     labels: str | None = None,
@@ -191,8 +237,8 @@ def read_mask(
 
 
 def _mask_case(p: Path, labels, frame, spacing, vendor: str | None = None, phase: str | None = None) -> Case:
-    m, aff, conv = _mask_from_file(p, labels, frame)
-    src = {"mask_path": str(p), "reader": "mask-only", "label_convention": conv}
+    m, aff, conv, meta = _mask_from_file(p, labels, frame)
+    src = {"mask_path": str(p), "reader": "mask-only", "label_convention": conv, **_assumed(meta)}
     return _finish(Case(None, m, aff, vendor or "unknown", phase, stem(p), src), spacing)
 
 
@@ -220,6 +266,7 @@ def _finish(c: Case, spacing) -> Case:
     return c
 
 
+@_plainly
 def load_ref(ref: CaseRef, frame: int | None = None) -> Case:
     """Load a case found by :func:`scan`."""
     src: dict[str, Any] = {"dataset": ref.layout, "label_convention": ref.convention, **ref.summary()}
@@ -230,31 +277,29 @@ def load_ref(ref: CaseRef, frame: int | None = None) -> Case:
         image, m, aff, meta = vols[ref.phase]
         return Case(image, m, aff, ref.vendor, ref.phase, ref.case_id, {**src, **meta, "reader": "sunnybrook"})
     if ref.layout == "acdc-hdf5":
-        image, label, _ = read_hdf5(ref.image)
+        meta: dict = {}
+        image, label, _ = read_hdf5(ref.image, meta)
         m = remap(label, "acdc", where=f"The label map in {ref.image}") if label is not None else None
-        return Case(image, m, None, ref.vendor, ref.phase, ref.case_id, {**src, "reader": "hdf5", "path": str(ref.image)})
+        return Case(image, m, None, ref.vendor, ref.phase, ref.case_id,
+                    {**src, "reader": "hdf5", "path": str(ref.image), **_assumed(meta)})
     if ref.layout == "dicom":
         arr, aff, meta = read_dicom(ref.image, frame=frame)
+        arr = finite_image(ref.image, arr, meta)
         return Case(arr, None, aff, meta.get("vendor", "unknown"), None, ref.case_id, {**src, **meta, "reader": "dicom"})
     image = aff = None
-    meta: dict[str, Any] = {}
+    meta = {}
+    mmeta: dict = {}
     if ref.image is not None:
         image, aff, meta = read_volume(ref.image, frame=frame)
     m = None
     if ref.mask is not None:
-        raw, maff, _ = read_volume(ref.mask, frame=frame)
+        raw, maff, mmeta = read_volume(ref.mask, frame=frame, kind="mask")
         mapping = ref.extra.get("mapping")
         if mapping:
-            lut = np.zeros(max(int(raw.max()), max(mapping)) + 1, dtype=np.uint8)
-            unknown = sorted(set(np.unique(raw).astype(int)) - set(mapping))
-            if unknown:
-                raise CmrError(f"The mask {ref.mask} holds label value {unknown[0]}, which dataset.json does not name; fix the mask or dataset.json.")
-            for k, v in mapping.items():
-                lut[k] = v
-            m = lut[raw.astype(np.int64)]
+            m = _apply_mapping(raw, mapping, ref.mask)
         else:
             m = remap(raw, ref.convention, where=f"The mask {ref.mask}")
-        if aff is None:
+        if aff is None and ref.image is None:
             aff = maff
     side = ref.extra.get("meta") or {}
     if side.get("spacing_mm") == "unknown":
@@ -263,7 +308,24 @@ def load_ref(ref: CaseRef, frame: int | None = None) -> Case:
         src["origin"] = side["source"]
     if side.get("frame"):
         src["frame"] = side["frame"]
-    return Case(image, m, aff, ref.vendor, ref.phase, ref.case_id, {**src, **meta, "reader": ref.layout})
+    return Case(image, m, aff, ref.vendor, ref.phase, ref.case_id, {**src, **meta, "reader": ref.layout, **_assumed(meta, mmeta)})
+
+
+def _apply_mapping(raw: np.ndarray, mapping: dict[int, int], where: Path) -> np.ndarray:
+    """Map a label map's values through dataset.json's labels (value -> canonical), refusing values it does not name."""
+    arr = np.asarray(raw)
+    if arr.dtype.kind == "f" and (not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr))):
+        raise CmrError(f"The mask {where} holds non-integer values; a label map must hold whole numbers.")
+    if arr.dtype.kind not in "biuf":
+        raise CmrError(f"The mask {where} holds values of type {arr.dtype}, not label numbers.")
+    values = np.unique(arr)
+    unknown = [v for v in values.tolist() if int(v) not in mapping]
+    if unknown:
+        raise CmrError(f"The mask {where} holds label value {int(unknown[0])}, which dataset.json does not name; "
+                       "fix the mask or dataset.json.")
+    keys = np.array(sorted(mapping), dtype=np.int64)
+    vals = np.array([mapping[k] for k in keys], dtype=np.uint8)
+    return vals[np.searchsorted(keys, arr.astype(np.int64))]
 
 
 def select_refs(refs: list[CaseRef], case: str) -> list[CaseRef]:
@@ -272,6 +334,7 @@ def select_refs(refs: list[CaseRef], case: str) -> list[CaseRef]:
     return exact or [r for r in refs if r.case_id.startswith(case)]
 
 
+@_plainly
 def scan(path: str | Path) -> list[CaseRef]:
     return scan_folder(path)
 

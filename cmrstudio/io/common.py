@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,9 +26,26 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
 def existing(path: str | os.PathLike, what: str = "file") -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CmrError(f"{p} does not exist; check the path (the {what} may have moved or been renamed).")
+    """The path as a :class:`Path` if it is a regular file or a folder; otherwise one sentence saying what it is."""
+    try:
+        p = Path(path).expanduser()
+        st = os.stat(p)
+    except ValueError:  # an embedded NUL byte
+        raise CmrError(f"{str(path)!r} is not a valid path (it holds a NUL character); check how it was typed.") from None
+    except RuntimeError:  # expanduser without a home folder
+        raise CmrError(f"{path} cannot be resolved (no home folder to expand '~'); give the full path.") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or (os.path.islink(p) and exc.errno == errno.ENOENT):
+            raise CmrError(f"{p} is a symbolic link that leads nowhere (its target is missing or the link loops back on itself); "
+                           f"point to the {what} itself.") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise CmrError(f"{p} cannot be read (permission denied); check its permissions.") from None
+        if exc.errno == errno.ENAMETOOLONG:
+            raise CmrError(f"The path {str(p)[:80]}… is too long for this system; move the {what} to a shorter path.") from None
+        raise CmrError(f"{p} does not exist; check the path (the {what} may have moved or been renamed).") from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        kind = "a pipe" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+        raise CmrError(f"{p} is {kind}, not a regular file or folder; give an image file or a dataset folder.")
     return p
 
 
@@ -134,7 +153,7 @@ def jsonable(obj: Any) -> Any:
     """Plain JSON types for sidecars and cards: numpy scalars and arrays become numbers and
     lists, paths strings, and NaN or infinity null (so the file stays strict JSON)."""
     if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
+        return {jsonable(str(k)): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
@@ -144,5 +163,14 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else None
     if isinstance(obj, Path):
-        return str(obj)
+        return jsonable(str(obj))
+    if isinstance(obj, str):
+        # a file name that is not valid UTF-8 holds lone surrogates: keep the text writable as UTF-8 JSON
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                return obj.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            except UnicodeEncodeError:
+                return obj.encode("utf-8", "replace").decode("utf-8")
     return obj

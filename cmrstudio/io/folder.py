@@ -77,7 +77,11 @@ def _read_acdc_info(folder: Path) -> dict[str, int]:
     info = folder / "Info.cfg"
     out: dict[str, int] = {}
     if info.exists():
-        for line in info.read_text().splitlines():
+        try:
+            text = info.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return out  # unreadable: the phases are then told from the frame numbers
+        for line in text.splitlines():
             if ":" in line:
                 k, v = (t.strip() for t in line.split(":", 1))
                 if k in ("ED", "ES"):
@@ -158,18 +162,25 @@ def scan_cmrstudio(root: Path) -> list[CaseRef]:
         meta: dict[str, Any] = {}
         if side.exists():
             try:
-                meta = json.loads(side.read_text())
+                meta = json.loads(side.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
-                raise CmrError(f"{side} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or delete the sidecar.") from exc
+                raise CmrError(f"{side} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or delete the sidecar.") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CmrError(f"{side} cannot be read as a JSON sidecar ({exc.__class__.__name__}); fix or delete it.") from None
+            if not isinstance(meta, dict):
+                raise CmrError(f"{side} holds a JSON {type(meta).__name__}, not a sidecar object; fix or delete it.")
+            bad = [k for k in ("case_id", "phase", "vendor", "label_convention_written") if k in meta and not isinstance(meta[k], (str, type(None)))]
+            if bad:
+                raise CmrError(f"{side} gives {bad[0]} as {str(meta[bad[0]])[:40]!r}, not text; fix or delete the sidecar.")
         refs.append(
             CaseRef(
-                meta.get("case_id", Path(key).name),
+                meta.get("case_id") or Path(key).name,
                 "cmrstudio",
                 meta.get("phase"),
-                meta.get("vendor", "unknown"),
+                meta.get("vendor") or "unknown",
                 files.get("image"),
                 files.get("mask"),
-                meta.get("label_convention_written", "canonical"),
+                meta.get("label_convention_written") or "canonical",
                 {"sidecar": str(side) if side.exists() else None, "meta": meta},
             )
         )
@@ -194,10 +205,14 @@ def scan_nnunet(root: Path) -> list[CaseRef]:
     mapping: dict[int, int] | None = None
     if ds.exists():
         try:
-            meta = json.loads(ds.read_text())
+            meta = json.loads(ds.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise CmrError(f"{ds} is not valid JSON ({exc.msg}); fix dataset.json.") from exc
-        lab = meta.get("labels", {})
+            raise CmrError(f"{ds} is not valid JSON ({exc.msg}); fix dataset.json.") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CmrError(f"{ds} cannot be read ({exc.__class__.__name__}); fix dataset.json.") from None
+        lab = meta.get("labels", {}) if isinstance(meta, dict) else None
+        if not isinstance(lab, dict):
+            raise CmrError(f"{ds} has no \"labels\" object (name: value); fix dataset.json.")
         # nnU-Net v2 maps name -> value; v1 maps "value" -> name.
         pairs = [(v, k) for k, v in lab.items()] if all(str(k).isdigit() for k in lab) else list(lab.items())
         canon = {"BG": 0, "LV": 1, "MYO": 2, "RV": 3}

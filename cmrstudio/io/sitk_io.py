@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ import SimpleITK as sitk
 
 from cmrstudio.anatomy import vendor_from_manufacturer
 from cmrstudio.errors import CmrError
+from cmrstudio.io.checks import check_dtype, check_shape, gzip_check, note, quietly, reason, sane_affine
 from cmrstudio.io.common import (
     LPS_TO_RAS,
     affine_to_sitk_geometry,
@@ -23,27 +25,118 @@ from cmrstudio.io.common import (
 )
 
 
-def read_sitk(path: str | Path, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Read an MHA/MHD/NRRD file into a (Z, Y, X) array and its (z, y, x) RAS affine."""
-    p = existing(path)
+_COMPLEX = {getattr(sitk, n) for n in ("sitkComplexFloat32", "sitkComplexFloat64") if hasattr(sitk, n)}
+_BYTES = {getattr(sitk, n): b for n, b in (("sitkUInt8", 1), ("sitkInt8", 1), ("sitkUInt16", 2), ("sitkInt16", 2),
+                                            ("sitkUInt32", 4), ("sitkInt32", 4), ("sitkUInt64", 8), ("sitkInt64", 8),
+                                            ("sitkFloat32", 4), ("sitkFloat64", 8)) if hasattr(sitk, n)}
+
+
+def _text_header(p: Path) -> tuple[str, dict[str, str], int] | None:
+    """The text header of a MetaImage (.mha/.mhd) or NRRD (.nrrd/.nhdr) file: (kind, fields, bytes before the data)."""
     try:
-        img = sitk.ReadImage(str(p))
-    except RuntimeError as exc:
-        raise CmrError(f"{p} could not be read ({str(exc).strip().splitlines()[-1]}); the file may be corrupt.") from exc
-    meta = {"format": p.suffix.lstrip(".").lower(), "path": str(p)}
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise CmrError(f"{p} has {img.GetNumberOfComponentsPerPixel()} channels per pixel; give a single-channel image.")
-    if img.GetDimension() == 4:
-        k = pick_frame(p, img.GetSize()[3], frame)
-        img = img[:, :, :, k]
+        with open(p, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    pos = 0
+    if head.startswith(b"NRRD"):
+        while True:
+            nl = head.find(b"\n", pos)
+            if nl < 0:
+                return None
+            line = head[pos:nl].decode("latin-1").rstrip("\r")
+            pos = nl + 1
+            if line == "":
+                return "nrrd", fields, pos
+            if line.startswith("#") or ":" not in line:
+                continue
+            key, val = line.split(":", 1)
+            fields[key.strip().lower()] = val.lstrip("=").strip()
+    while True:  # MetaImage: Key = Value lines up to ElementDataFile
+        nl = head.find(b"\n", pos)
+        if nl < 0:
+            return None
+        line = head[pos:nl].decode("latin-1").rstrip("\r")
+        pos = nl + 1
+        if "=" in line:
+            key, val = line.split("=", 1)
+            fields[key.strip().lower()] = val.strip()
+            if key.strip().lower() == "elementdatafile":
+                return "meta", fields, pos
+
+
+def _check_payload(p: Path, size: tuple[int, ...], itemsize: int, meta: dict) -> bool:
+    """MetaImage/NRRD: a gzip payload checked to its end; returns whether the header gives a spacing."""
+    hdr = _text_header(p)
+    if hdr is None:
+        return True
+    kind, fields, offset = hdr
+    if kind == "meta":
+        return any(k in fields for k in ("elementspacing", "elementsize"))
+    has_spacing = any(k in fields for k in ("space directions", "spacings"))
+    if fields.get("encoding", "raw").lower() in ("gzip", "gz"):
+        data_file = fields.get("data file") or fields.get("datafile")
+        target, off = (p, offset) if not data_file else (p.parent / data_file, 0)
+        if data_file and not target.is_file():
+            raise CmrError(f"{p} names its data file {data_file}, which is not beside it; put the two files together.")
+        if not data_file or (" " not in data_file and "%" not in data_file):  # not a list or pattern of files
+            gzip_check(target, math.prod(size) * itemsize, off, meta)
+    return has_spacing
+
+
+def read_sitk(path: str | Path, frame: int | None = None, kind: str = "image") -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Read an MHA/MHD/NRRD file into a (Z, Y, X) array and its (z, y, x) RAS affine (None when the
+    file gives no usable spacing); the header is checked before any pixel is read."""
+    p = existing(path)
+    fmt = p.suffix.lstrip(".").lower() or "image"
+    meta: dict = {"format": fmt, "path": str(p)}
+    if p.is_dir():
+        raise CmrError(f"{p} is a folder, not a {fmt.upper()} file; give the image file inside it.")
+    r = sitk.ImageFileReader()
+    r.SetFileName(str(p))
+    _, failed = quietly(r.ReadImageInformation)
+    if failed:
+        raise CmrError(f"{p} could not be read as {fmt.upper()} ({reason(*failed)}); the file may be corrupt or not an image: "
+                       "export or copy it again.")
+    dim, size, pid = r.GetDimension(), tuple(int(v) for v in r.GetSize()), r.GetPixelID()
+    if pid in _COMPLEX:
+        raise CmrError(f"{p} holds complex values, which cmrstudio cannot show as an MR image; give the magnitude image instead.")
+    if r.GetNumberOfComponents() != 1:
+        raise CmrError(f"{p} has {r.GetNumberOfComponents()} channels per pixel (colour or vector); give a single-channel image.")
+    if dim < 2 or dim > 4:
+        raise CmrError(f"{p} has {dim} dimension{'s' if dim != 1 else ''} ({'×'.join(map(str, size))}); cmrstudio reads 2D, 3D "
+                       "or 4D (cine) images.")
+    check_shape(p, size[::-1], "array")
+    vol = size[:3] if dim >= 3 else size + (1,)
+    check_shape(p, vol[::-1], kind)
+    k = pick_frame(p, size[3], frame) if dim == 4 else None
+    has_spacing = _check_payload(p, size, _BYTES.get(pid, 1), meta)
+    if k is not None:
+        r.SetExtractIndex([0, 0, 0, k])
+        r.SetExtractSize([size[0], size[1], size[2], 0])  # 0 collapses the time axis: one 3D frame is read
         meta["frame"] = k
+    img, failed = quietly(r.Execute)
+    if failed:
+        raise CmrError(f"{p} could not be read as {fmt.upper()} ({reason(*failed)}); the file may be truncated or corrupt: "
+                       "export or copy it again.")
     if img.GetDimension() == 2:
         img = sitk.JoinSeries(img)
-    if img.GetDimension() != 3:
-        raise CmrError(f"{p} has {img.GetDimension()} dimensions; cmrstudio reads 2D, 3D or 4D images.")
     arr = sitk.GetArrayFromImage(img)
-    affine = sitk_geometry_to_affine(img.GetOrigin(), img.GetSpacing(), img.GetDirection())
-    return arr, affine, meta
+    check_dtype(p, arr.dtype, kind)
+    spacing = tuple(float(v) for v in img.GetSpacing())
+    if not has_spacing:
+        note(meta, f"{p} does not give a voxel spacing (its header has no {'ElementSpacing' if fmt in ('mha', 'mhd') else 'space directions or spacings'}); "
+                   "spacing is treated as unknown: give --spacing z,y,x (mm) if you know it.")
+        return arr, None, meta
+    if any(v < 0 for v in spacing):
+        note(meta, f"{p} gives a negative voxel size ({', '.join(f'{v:g}' for v in spacing)}); its magnitude was used, "
+                   "the axis running the other way.")
+    try:
+        affine = sitk_geometry_to_affine(img.GetOrigin(), spacing, img.GetDirection())
+    except (ValueError, np.linalg.LinAlgError):
+        affine = None
+    return arr, sane_affine(p, affine, arr.shape, meta), meta
 
 
 def write_sitk(path: str | Path, array: np.ndarray, affine_zyx: np.ndarray | None) -> Path:
@@ -73,10 +166,17 @@ class DicomSlice:
     manufacturer: str
     description: str
     extra: dict = field(default_factory=dict)
+    size: tuple[int, ...] = ()  # (columns, rows[, frames]) as the header declares them
+    has_position: bool = True  # a usable Image Position (Patient)
+    has_orientation: bool = True  # usable Image Orientation (Patient) direction cosines
+    has_spacing: bool = True  # a usable Pixel Spacing
 
 
 def _tag(reader: sitk.ImageFileReader, key: str) -> str | None:
-    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else None
+    try:
+        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else None
+    except (RuntimeError, UnicodeDecodeError):  # a value that is not text
+        return None
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -88,39 +188,70 @@ def _floats(text: str | None) -> list[float] | None:
         return None
 
 
+def _finite(vals: list[float] | None, n: int) -> list[float] | None:
+    """``vals`` if it holds at least ``n`` finite numbers (the first ``n`` of them), else None."""
+    if vals is None or len(vals) < n or not all(math.isfinite(v) for v in vals[:n]):
+        return None
+    return vals[:n]
+
+
+# Transfer syntaxes whose pixel data is stored as is: its length is rows × columns × frames × bytes.
+_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
 def read_dicom_header(path: Path) -> DicomSlice:
+    """One DICOM file's header, checked before its pixels are read: one channel of numbers, a size within
+    the limits, pixel data as long as the header declares (uncompressed files), geometry tags that parse."""
     r = sitk.ImageFileReader()
     r.SetFileName(str(path))
-    try:
-        r.ReadImageInformation()
-    except RuntimeError as exc:
-        raise CmrError(f"{path} could not be read as DICOM; the file may be corrupt or not an image.") from exc
-    pos = _floats(_tag(r, "0020|0032"))
-    ori = _floats(_tag(r, "0020|0037"))
-    ps = _floats(_tag(r, "0028|0030"))
-    if pos is None or ori is None or len(ori) != 6:
-        origin = r.GetOrigin()
-        d = r.GetDirection()
-        pos = list(origin[:3])
-        ori = [d[0], d[3], d[6], d[1], d[4], d[7]] if len(d) == 9 else [1, 0, 0, 0, 1, 0]
-    if ps is None or len(ps) != 2:
-        sp = r.GetSpacing()
-        ps = [sp[1], sp[0]]
-    tt = _floats(_tag(r, "0018|1060"))
-    inst = _floats(_tag(r, "0020|0013"))
-    th = _floats(_tag(r, "0018|0050"))
+    _, failed = quietly(r.ReadImageInformation)
+    if failed:
+        raise CmrError(f"{path} could not be read as DICOM ({reason(*failed)}); the file may be corrupt, hold no "
+                       "pixel data, or not be an image.")
+    size = tuple(int(v) for v in r.GetSize())
+    if r.GetPixelID() in _COMPLEX:
+        raise CmrError(f"{path} holds complex values; give the magnitude image instead.")
+    if r.GetNumberOfComponents() != 1:
+        raise CmrError(f"{path} has {r.GetNumberOfComponents()} channels per pixel (a colour image); give a greyscale MR image.")
+    check_shape(path, size[::-1], "image")
+    bits = _finite(_floats(_tag(r, "0028|0100")), 1)
+    ts = (_tag(r, "0002|0010") or "").rstrip("\x00 ")
+    if bits and ts in _NATIVE:
+        needed = math.prod(size) * max(1, int(bits[0]) // 8)
+        have = path.stat().st_size
+        if have < needed:
+            raise CmrError(f"{path} holds less pixel data than its header declares ({'×'.join(map(str, size[:2]))} pixels of "
+                           f"{int(bits[0])} bits need {needed:,} bytes; the file has {have:,}); it is truncated or damaged: "
+                           "export or copy it again.")
+    pos = _finite(_floats(_tag(r, "0020|0032")), 3)
+    ori = _finite(_floats(_tag(r, "0020|0037")), 6)
+    if ori is not None:
+        rc, cc = np.asarray(ori[:3]), np.asarray(ori[3:])
+        if np.linalg.norm(rc) < 1e-3 or np.linalg.norm(cc) < 1e-3 or np.linalg.norm(np.cross(rc, cc)) < 1e-3:
+            ori = None  # zero or parallel direction cosines describe no plane
+    ps = _finite(_floats(_tag(r, "0028|0030")), 2) or _finite(_floats(_tag(r, "0018|1164")), 2)
+    if ps is not None and min(ps) <= 0:
+        ps = None
+    tt = _finite(_floats(_tag(r, "0018|1060")), 1)
+    inst = _finite(_floats(_tag(r, "0020|0013")), 1)
+    th = _finite(_floats(_tag(r, "0018|0050")), 1)
+    sb = _finite(_floats(_tag(r, "0018|0088")), 1)
     return DicomSlice(
         path=path,
         series_uid=_tag(r, "0020|000e") or "unknown-series",
-        position=np.asarray(pos[:3], dtype=np.float64),
-        orientation=np.asarray(ori, dtype=np.float64),
-        pixel_spacing=(float(ps[0]), float(ps[1])),
+        position=np.asarray(pos if pos else (0.0, 0.0, 0.0), dtype=np.float64),
+        orientation=np.asarray(ori if ori else (1, 0, 0, 0, 1, 0), dtype=np.float64),
+        pixel_spacing=(float(ps[0]), float(ps[1])) if ps else (1.0, 1.0),
         trigger_time=tt[0] if tt else None,
-        instance=int(inst[0]) if inst else 0,
-        thickness=th[0] if th else None,
+        instance=int(inst[0]) if inst and abs(inst[0]) < 2**31 else 0,
+        thickness=th[0] if th and th[0] > 0 else None,
         manufacturer=_tag(r, "0008|0070") or "",
         description=_tag(r, "0008|103e") or "",
-        extra={"patient_id": _tag(r, "0010|0020"), "spacing_between": _floats(_tag(r, "0018|0088"))},
+        extra={"patient_id": _tag(r, "0010|0020"), "spacing_between": sb if sb and sb[0] > 0 else None},
+        size=size,
+        has_position=pos is not None,
+        has_orientation=ori is not None,
+        has_spacing=ps is not None,
     )
 
 
@@ -150,28 +281,51 @@ def phases_by_position(slices: list[DicomSlice]) -> list[list[DicomSlice]]:
     return out
 
 
-def stack_dicom(slices: list[DicomSlice]) -> tuple[np.ndarray, np.ndarray]:
-    """Read the pixel data of slices at distinct positions (ordered) into (Z, Y, X) + affine."""
+def stack_dicom(slices: list[DicomSlice], meta: dict | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read the pixel data of slices at distinct positions (ordered) into (Z, Y, X) + affine (None when
+    the files give no usable spacing: said as a warning and noted in ``meta``)."""
+    where = slices[0].path.parent
+    sizes = {s.size[:2] for s in slices if s.size}
+    if len(sizes) > 1:
+        raise CmrError(f"The DICOM slices in {where} have different sizes ({', '.join('×'.join(map(str, z)) for z in sorted(sizes))}); "
+                       "they are not one series: point to a folder with one series.")
+    if sizes:
+        cols, rows = next(iter(sizes))
+        check_shape(where, (len(slices), rows, cols), "volume")
+    if len(slices) > 1:
+        lost = next((s for s in slices if not (s.has_position and s.has_orientation)), None)
+        if lost is not None:
+            raise CmrError(f"{lost.path} has no usable Image Position or Orientation (0020,0032 / 0020,0037), so the slices of "
+                           f"{where} cannot be put in order; restore those tags, or read the files one by one.")
     arrays = []
     for s in slices:
-        try:
-            img = sitk.ReadImage(str(s.path))
-        except RuntimeError as exc:
-            raise CmrError(f"{s.path} could not be read as DICOM; the file may be corrupt.") from exc
+        img, failed = quietly(sitk.ReadImage, str(s.path))
+        if failed:
+            raise CmrError(f"{s.path} could not be read as DICOM ({reason(*failed)}); the file may be corrupt.")
         a = sitk.GetArrayFromImage(img)
         if a.ndim == 3 and a.shape[0] != 1:
             raise CmrError(
                 f"{s.path} is a multi-frame DICOM file ({a.shape[0]} frames in one file), which cmrstudio "
                 "does not read yet; export the series as one file per image."
             )
+        if a.ndim not in (2, 3) or a.size != math.prod(a.shape[-2:]):
+            raise CmrError(f"{s.path} holds pixels of shape {a.shape}, not one greyscale image; give a greyscale MR image.")
         arrays.append(a.reshape(a.shape[-2:]).astype(np.float32))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise CmrError(
-            f"The DICOM slices in {slices[0].path.parent} have different sizes {sorted(shapes)}; "
+            f"The DICOM slices in {where} have different sizes {sorted(shapes)}; "
             "they are not one series: point to a folder with one series."
         )
     vol = np.stack(arrays)
+    if len(slices) == 1 and not (slices[0].has_position and slices[0].has_orientation):
+        note(meta, f"{slices[0].path} has no usable Image Position or Orientation (0020,0032 / 0020,0037); its origin is "
+                   "taken as 0 and its rows and columns as the scanner's x and y axes.")
+    if not all(s.has_spacing for s in slices):
+        lost = next(s for s in slices if not s.has_spacing)
+        note(meta, f"{lost.path} has no usable Pixel Spacing (0028,0030); spacing is treated as unknown: "
+                   "give --spacing z,y,x (mm) if you know it.")
+        return vol, None
     row_cos, col_cos = slices[0].orientation[:3], slices[0].orientation[3:]
     normal = np.cross(row_cos, col_cos)
     dy, dx = slices[0].pixel_spacing
@@ -182,7 +336,7 @@ def stack_dicom(slices: list[DicomSlice]) -> tuple[np.ndarray, np.ndarray]:
         if np.any(np.abs(gaps - dz) > max(0.05 * abs(dz), 0.1)):
             k = int(np.argmax(np.abs(gaps - dz)))
             raise CmrError(
-                f"The DICOM slices in {slices[0].path.parent} are unevenly spaced ({gaps[k]:.2f} mm between "
+                f"The DICOM slices in {where} are unevenly spaced ({gaps[k]:.2f} mm between "
                 f"{slices[k].path.name} and {slices[k + 1].path.name}, {dz:.2f} mm elsewhere); a slice is missing: "
                 "restore it or read the slices one by one."
             )
@@ -194,12 +348,12 @@ def stack_dicom(slices: list[DicomSlice]) -> tuple[np.ndarray, np.ndarray]:
     a[:3, 1] = col_cos * dy
     a[:3, 2] = normal * dz
     a[:3, 3] = slices[0].position
-    return vol, affine_xyz_to_zyx(LPS_TO_RAS @ a)
+    return vol, sane_affine(slices[0].path if len(slices) == 1 else where, affine_xyz_to_zyx(LPS_TO_RAS @ a), vol.shape, meta)
 
 
 def read_dicom(
     path: str | Path, frame: int | None = None, series: str | None = None
-) -> tuple[np.ndarray, np.ndarray, dict]:
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Read a single DICOM file, or a folder holding one series (optionally a cine: pick ``frame``)."""
     p = existing(path)
     files = dicom_files(p)
@@ -219,6 +373,10 @@ def read_dicom(
             "or choose one with --series UID."
         )
     uid, slices = next(iter(groups.items()))
+    lost = next((s for s in slices if not (s.has_position and s.has_orientation)), None)
+    if lost is not None and len(slices) > 1:
+        raise CmrError(f"{lost.path} has no usable Image Position or Orientation (0020,0032 / 0020,0037), so the {len(slices)} "
+                       f"images of {p} cannot be put in order; restore those tags, or read the files one by one.")
     stacks = phases_by_position(slices)
     n_phases = max(len(s) for s in stacks)
     meta = {
@@ -242,6 +400,6 @@ def read_dicom(
         meta["n_frames"] = int(n_phases)
     else:
         chosen = [s[0] for s in stacks]
-    vol, affine = stack_dicom(chosen)
+    vol, affine = stack_dicom(chosen, meta)
     meta["files"] = [str(s.path) for s in chosen]
     return vol, affine, meta

@@ -41,10 +41,15 @@ def link_table(root: Path) -> dict[str, str]:
     table: dict[str, str] = {}
     link = root / "link.csv"
     if link.exists():
-        with open(link, newline="") as fh:
-            for row in csv.DictReader(fh):
-                keys = list(row)
-                table[row[keys[0]].strip()] = row[keys[1]].strip()
+        try:
+            with open(link, newline="", encoding="utf-8") as fh:
+                for row in csv.DictReader(fh):
+                    vals = [v for v in row.values() if isinstance(v, str)]
+                    if len(vals) >= 2 and vals[0].strip() and vals[1].strip():
+                        table[vals[0].strip()] = vals[1].strip()
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise CmrError(f"{link} cannot be read as a table of patient,contour-folder rows ({exc.__class__.__name__}); "
+                           "fix or restore link.csv.") from None
     else:  # fall back to identical names
         for d in (root / "dicoms").iterdir():
             if (root / "contourfiles" / d.name).is_dir():
@@ -55,9 +60,9 @@ def link_table(root: Path) -> dict[str, str]:
 def read_contour(path: Path) -> np.ndarray:
     try:
         pts = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
         raise CmrError(f"{path} is not a contour file of 'x y' pixel coordinates per line.") from exc
-    if pts.shape[1] != 2:
+    if pts.ndim != 2 or pts.shape[1] != 2 or not np.all(np.isfinite(pts)):
         raise CmrError(f"{path} is not a contour file of 'x y' pixel coordinates per line.")
     return pts
 
@@ -98,7 +103,8 @@ def read_sunnybrook(root: Path, patient: str) -> dict[str, tuple[np.ndarray, np.
     volumes = []
     for k in range(n_phases):
         chosen = [s[k] for s in stacks if len(s) > k]
-        image, affine = stack_dicom(chosen)
+        notes: dict = {}
+        image, affine = stack_dicom(chosen, notes)
         mask = np.zeros(image.shape, dtype=np.uint8)
         for z, s in enumerate(chosen):
             c = contours[int(s.path.stem)]
@@ -115,6 +121,7 @@ def read_sunnybrook(root: Path, patient: str) -> dict[str, tuple[np.ndarray, np.
             "label_convention": "sunnybrook-contours",
             "notes": "LV from i-contours; myocardium only where an o-contour exists; no RV labels.",
             "citation": CITATION,
+            **notes,
         }
         volumes.append((image, mask, affine, meta))
     # The phase with the larger LV blood pool is end-diastole.
