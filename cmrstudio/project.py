@@ -14,6 +14,14 @@ half written. Removing an item unlists it first, then deletes its files. Ids (``
 ``r0002``, ...) are never reused, not even after an item is removed, and an id is skipped
 while any file of that name is on disk, so a render's files are never overwritten.
 
+A writer holds an advisory lock (``flock`` on ``.lock``; the kernel releases it if the process
+dies) while it writes files and the listing. What a killed writer can leave behind (a temporary
+file, the files of a render whose listing was never written, or of one being removed) is tidied
+when the project is next opened, if no writer holds the lock: temporary files and incomplete
+sets are deleted, a complete set of files that no entry lists is moved to ``.unlisted/`` (never
+deleted: it may be a render whose listing was lost). So ``renders/`` and ``thumbnails/`` hold
+exactly the files of the listed items, and no listed item lacks its files.
+
 A :class:`Project` object is meant to be the single writer of its folder (the studio opens
 one project at a time); two objects writing the same folder at once would each keep only
 their own list.
@@ -21,6 +29,7 @@ their own list.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -43,6 +52,15 @@ VERSION = 1
 RENDERS = "renders"
 THUMBNAILS = "thumbnails"
 THUMB_SIZE = 128
+LOCK_FILE = ".lock"
+UNLISTED = ".unlisted"
+_ITEM_FILE_RE = re.compile(r"^(r\d{4,})(_image\.nii\.gz|_mask\.nii\.gz|\.json|\.png)$")
+_TEMP_RE = re.compile(r"^\.[^/]*\.tmp(\.[A-Za-z0-9.]+)?$")  # what io.common.atomic_path leaves when killed
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock, and no tidying of another writer's files
+    fcntl = None
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # filename-safe: no separators, no dots
 _AUTO_ID_RE = re.compile(r"^r(\d+)")
@@ -215,6 +233,7 @@ class Project:
         self.items: list[GalleryItem] = list(items or [])
         self.created = created or _now()
         self.last_number = int(last_number)  # highest rNNNN ever handed out: removed ids are not reused
+        self.recovered: list[str] = []  # what opening tidied after a killed writer (one sentence each)
 
     def __repr__(self) -> str:
         return f"Project({str(self.folder)!r}, name={self.name!r}, items={len(self.items)})"
@@ -299,7 +318,9 @@ class Project:
         created = data.get("created") if isinstance(data.get("created"), str) else None
         last = data.get("last_number", 0)
         last = last if isinstance(last, int) and not isinstance(last, bool) and last >= 0 else 0
-        return cls(folder, name, items, created, last)
+        project = cls(folder, name, items, created, last)
+        project.recovered = project.recover()
+        return project
 
     @classmethod
     def open_or_create(cls, folder: str | os.PathLike) -> "Project":
@@ -307,6 +328,83 @@ class Project:
         if (folder / PROJECT_FILE).exists():
             return cls.open(folder)
         return cls.create(folder)
+
+    # -- the writer's lock, and tidying after a killed writer
+    @contextlib.contextmanager
+    def _lock(self, wait: bool = True):
+        """Hold the folder's writer lock; yields whether it is held (``wait=False`` gives up at once)."""
+        if fcntl is None:
+            yield wait
+            return
+        try:
+            fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if not wait:
+                yield False
+                return
+            raise CmrError(f"Cannot write in {self.folder} ({exc.strerror or exc}); choose a project folder you can write to.") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def recover(self) -> list[str]:
+        """Tidy what a killed writer left (see the module's notes); one sentence per thing done.
+
+        Does nothing while another writer holds the lock, or when the folder cannot be written.
+        """
+        done: list[str] = []
+        with self._lock(wait=False) as held:
+            if not held:
+                return done
+            listed = {it.id for it in self.items}
+            sets: dict[str, list[Path]] = {}
+            temps = [f for f in self._listdir(self.folder) if _TEMP_RE.match(f.name) and f.name.startswith(".project.")]
+            for d in (self.renders_dir, self.thumbnails_dir):
+                for f in self._listdir(d):
+                    m = _ITEM_FILE_RE.match(f.name)
+                    if m and m.group(1) not in listed:
+                        sets.setdefault(m.group(1), []).append(f)
+                    elif _TEMP_RE.match(f.name):
+                        temps.append(f)
+            for f in temps:
+                with contextlib.suppress(OSError):
+                    f.unlink()
+            if temps:
+                done.append(f"Removed {len(temps)} temporary file{'s' if len(temps) != 1 else ''} an interrupted save left in {self.folder}.")
+            for iid, files in sorted(sets.items()):
+                want = self._files(iid)
+                complete = all(p.is_file() and p.stat().st_size > 0 for p in want.values())
+                if complete:
+                    dest = self.folder / UNLISTED / f"{_now().replace(':', '')}-{iid}"
+                    try:
+                        dest.mkdir(parents=True, exist_ok=True)
+                        for f in files:
+                            os.replace(f, dest / f.name)
+                        done.append(f"The files of {iid}, which the gallery does not list, were moved to {dest}.")
+                    except OSError:
+                        continue
+                else:
+                    for f in files:
+                        with contextlib.suppress(OSError):
+                            f.unlink()
+                    done.append(f"The incomplete files of {iid} (an interrupted keep or remove) were removed.")
+        return done
+
+    @staticmethod
+    def _listdir(d: Path) -> list[Path]:
+        try:
+            return [d / n for n in os.listdir(d)]
+        except OSError:
+            return []
 
     # -- persistence
     def _persist(self, items: list[GalleryItem], last_number: int | None = None) -> None:
@@ -378,6 +476,11 @@ class Project:
         r = result.record
         meta = dict(model=r.model, kind=r.kind, vendor=r.vendor, seed=r.seed, sampler=r.sampler, steps=r.steps, guidance=r.guidance,
                     seconds=r.seconds, mode=r.mode)
+        with self._lock():
+            return self._add(result, meta, source, note, rating, affine)
+
+    def _add(self, result: Render, meta: dict, source: dict | None, note: str, rating: int | None,
+             affine: np.ndarray | None) -> GalleryItem:
         iid = self._new_id()
         files = self._files(iid)
         try:
@@ -420,7 +523,8 @@ class Project:
             new.rating = check_rating(rating)
         items = list(self.items)
         items[i] = new
-        self._persist(items)
+        with self._lock():
+            self._persist(items)
         self.items = items
         return new
 
@@ -428,13 +532,14 @@ class Project:
         """Unlist the item (saved at once), then delete its files."""
         i = self._index(item_id)
         items = self.items[:i] + self.items[i + 1:]
-        self._persist(items)
-        self.items = items
-        for f in self._files(item_id).values():
-            try:
-                f.unlink(missing_ok=True)
-            except OSError:
-                pass  # unlisted already; a leftover file only keeps its id from being reused
+        with self._lock():
+            self._persist(items)
+            self.items = items
+            for f in self._files(item_id).values():
+                try:
+                    f.unlink(missing_ok=True)
+                except OSError:
+                    pass  # unlisted already; a leftover file only keeps its id from being reused
 
     def load(self, item_id: str) -> Render:
         """Read a kept render back; a missing or damaged file gives one sentence naming the item and the file."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from cmrstudio.anatomy import VENDORS
 from cmrstudio.case import Case
-from cmrstudio.errors import CmrError
+from cmrstudio.errors import CmrError, CmrWarning
 
 KNOWN_LABELS = (0, 1, 2, 3)
 # names an export writes beside the cases: a render may not take one of them
@@ -65,9 +66,17 @@ def _read_render(folder: Path, rid: str, what: str) -> tuple[Case, dict]:
         raise CmrError(f"{what}: its mask {msk.name} holds label {bad[0]}, which is not a canonical label "
                        "(0 background, 1 LV, 2 MYO, 3 RV); fix the mask or remove the render.")
     try:
-        case = read_case(img, mask=msk, labels="canonical")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CmrWarning)
+            case = read_case(img, mask=msk, labels="canonical")
     except Exception as exc:
         raise CmrError(f"{what}: {img.name} cannot be read ({_err(exc)}).") from None
+    for w in caught:  # only the readers' own warnings are this function's business
+        if not issubclass(w.category, CmrWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    odd = case.source.get("assumptions")
+    if odd:  # cmrstudio wrote this render: anything the reader had to assume means it was damaged since
+        raise CmrError(f"{what}: {img.name} is not as cmrstudio wrote it ({odd[0].rstrip('.')}); render it again.")
     if case.image is None or case.mask is None:
         raise CmrError(f"{what}: the image or the mask is missing.")
     if not np.all(np.isfinite(case.image)):

@@ -218,11 +218,26 @@ def contact_sheet(items: list[ExportItem], path: Path, cols: int = 6, tile: int 
     return path
 
 
+def _self_sha256(manifest: dict) -> str:
+    """The manifest's own checksum: sha256 of its content without this field, in a canonical form."""
+    import hashlib
+
+    body = {k: v for k, v in manifest.items() if k != "self_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+
+
+def _manifest_text(manifest: dict) -> str:
+    return json.dumps(jsonable(manifest), indent=2) + "\n"
+
+
 def write_manifest(root: Path) -> Path:
+    """``manifest.json``: a sha256 per file, and its own checksum (``self_sha256``) so that a changed byte in
+    the manifest itself is caught as well."""
     files = {str(p.relative_to(root)).replace(os.sep, "/"): sha256(p) for p in sorted(root.rglob("*"))
              if p.is_file() and p != root / MANIFEST}
-    return _write_json(root / MANIFEST, {"format": "cmrstudio-export-manifest", "version": 1, "created": _now(),
-                                         "algorithm": "sha256", "files": files})
+    manifest = {"format": "cmrstudio-export-manifest", "version": 1, "created": _now(), "algorithm": "sha256", "files": files}
+    manifest["self_sha256"] = _self_sha256(manifest)
+    return write_text_atomic(root / MANIFEST, _manifest_text(manifest))
 
 
 def verify(dest: str | Path) -> list[str]:
@@ -232,12 +247,18 @@ def verify(dest: str | Path) -> list[str]:
     if not root.is_dir():
         raise CmrError(f"{root} is not a folder; give the folder an export wrote.")
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        text = mpath.read_text(encoding="utf-8")
+        manifest = json.loads(text)
         files = manifest["files"]
-        assert isinstance(files, dict)
+        assert isinstance(files, dict) and all(isinstance(v, str) for v in files.values())
     except (OSError, ValueError, KeyError, AssertionError, TypeError):
         raise CmrError(f"{mpath} is missing or damaged, so {root} cannot be verified; export again.") from None
     problems = []
+    if "self_sha256" in manifest:  # manifests before it had no checksum of their own
+        if manifest["self_sha256"] != _self_sha256(manifest):
+            problems.append(f"{MANIFEST} has changed since the export (its own checksum differs).")
+        elif text != _manifest_text(manifest):
+            problems.append(f"{MANIFEST} has been edited since the export (its bytes differ from what was written).")
     for rel, digest in files.items():
         p = root / rel
         if not p.is_file():
@@ -404,10 +425,39 @@ def _write_case(cid: str, root: Path, scratch: Path, report: ExportReport, origi
             scratch.rmdir()
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is not available."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95, 1):  # EINVAL, ENOSYS, EOPNOTSUPP, EPERM: this file system cannot; fall back
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:
+    """Put the finished export in place. Replacing an old one swaps the two folders in one step where the
+    system can (so DEST is at every moment one complete export), else it sets the old one aside, moves the
+    new one in and puts the old one back if that fails (a killed export's set-aside folder is restored by
+    the next export to DEST)."""
     old = None
     if dest.exists() and not overwrite:  # it appeared while the export was being written
         raise CmrError(f"{dest} appeared while the export was being written; nothing was replaced. Export again to a new folder.")
+    if dest.exists() and _exchange(tmp, dest):
+        shutil.rmtree(tmp, ignore_errors=True)  # it now holds the old export (a kill here: tidied as a staging folder)
+        return
     if dest.exists():
         old = dest.parent / f".{dest.name}.replaced-{os.getpid()}"
         os.replace(dest, old)
