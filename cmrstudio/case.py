@@ -58,7 +58,7 @@ class Case:
                     "a case holds one 3D volume (slices, rows, columns)."
                 )
         if self.image is not None and self.mask is not None and self.image.shape != self.mask.shape:
-            where = self.source.get("mask_path") or self.source.get("path") or self.case_id
+            where = self.source.get("mask_path") or self.source.get("mask") or self.source.get("path") or self.case_id
             raise CmrError(
                 f"The mask {where} has shape {self.mask.shape} but its image has shape "
                 f"{self.image.shape}; give the mask that was drawn on this image."

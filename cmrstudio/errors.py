@@ -6,10 +6,20 @@ the window.
 """
 
 
+def one_line(text: str) -> str:
+    """A sentence stays one line, whatever it quotes: line breaks and other control characters in a file name
+    are shown escaped (``\\n``), never printed."""
+    text = str(text)
+    if not any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        return text
+    return "".join(ch.encode("unicode_escape").decode("ascii") if ord(ch) < 32 or ord(ch) == 127 else ch for ch in text)
+
+
 class CmrError(Exception):
     """A problem with the user's input, phrased for the user."""
 
     def __init__(self, message: str):
+        message = one_line(message)
         super().__init__(message)
         self.message = message
 

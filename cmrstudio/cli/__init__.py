@@ -19,7 +19,7 @@ from cmrstudio.cli.bench import bench_app
 from cmrstudio.cli.evaluate import evaluate_app
 from cmrstudio.cli.study import study_app
 from cmrstudio.cli.train import train_app
-from cmrstudio.errors import CmrError, CmrWarning
+from cmrstudio.errors import CmrError, CmrWarning, one_line
 
 app = typer.Typer(
     add_completion=False,
@@ -58,7 +58,7 @@ app.add_typer(evaluate_app, name="evaluate")
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A :class:`CmrWarning` is a sentence for the user: ``warning: ...`` on stderr, no file or line number."""
     if issubclass(category, CmrWarning):
-        typer.echo(f"warning: {message}", err=True)
+        typer.echo(f"warning: {one_line(str(message))}", err=True)
     else:
         _python_showwarning(message, category, filename, lineno, file, line)
 

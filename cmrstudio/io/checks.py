@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import tempfile
 import threading
 import warnings
@@ -83,15 +84,19 @@ def check_dtype(path: Path | str, dtype, what: str = "image") -> np.dtype:
 
 # -- gzip -------------------------------------------------------------------------------------------------------
 
-def gzip_check(path: Path, needed: int, offset: int = 0, meta: dict | None = None, chunk: int = 1 << 20) -> None:
+def gzip_check(path: Path, needed: int, offset: int = 0, meta: dict | None = None, chunk: int = 1 << 20,
+               zlib_format: bool = False) -> None:
     """Decompress the gzip stream of ``path`` (from ``offset``) to its end without keeping it.
 
     ``needed`` is how many decompressed bytes the header declares. Raises :class:`CmrError` when the
     stream is cut short of them or damaged; warns (and notes in ``meta``) when the data is whole but the
-    gzip trailer (CRC-32 and length) is missing, so the file cannot be verified.
+    gzip trailer (CRC-32 and length) is missing, so the file cannot be verified. ``zlib_format``: a zlib
+    stream (MetaImage's compressed data, Adler-32 trailer) instead of gzip.
     """
     total = 0
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    wbits = zlib.MAX_WBITS if zlib_format else 16 + zlib.MAX_WBITS
+    kind = "compressed" if zlib_format else "gzip"
+    d = zlib.decompressobj(wbits)
     try:
         fh = open(path, "rb")
     except OSError as exc:
@@ -107,18 +112,18 @@ def gzip_check(path: Path, needed: int, offset: int = 0, meta: dict | None = Non
             try:
                 out = d.decompress(pending, chunk * 8)
             except zlib.error as exc:
-                if total >= needed and "check" in str(exc):  # "incorrect data check" / "incorrect length check"
-                    raise CmrError(f"{path} fails its gzip checksum (the CRC in its trailer does not match its data); "
+                if "incorrect data check" in str(exc) or "incorrect length check" in str(exc):
+                    raise CmrError(f"{path} fails the checksum of its {kind} data (the trailer does not match the data); "
                                    "the file is damaged: copy or export it again.") from None
-                raise CmrError(f"{path} is damaged: its gzip data is corrupt after {total:,} of the {needed:,} bytes "
-                               "its header declares; copy or export it again.") from None
+                why = str(exc).split(":")[-1].strip()
+                raise CmrError(f"{path} is damaged: its {kind} data cannot be decompressed ({why}); copy or export it again.") from None
             total += len(out)
             if total > needed + _GZIP_SLACK:
                 return  # far more than declared: what is declared is there
             if d.eof:
                 rest = d.unused_data
-                if rest.startswith(b"\x1f\x8b"):  # another gzip member follows
-                    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                if not zlib_format and rest.startswith(b"\x1f\x8b"):  # another gzip member follows
+                    d = zlib.decompressobj(wbits)
                     pending = rest
                     continue
                 break  # bytes after the stream are not part of the image
@@ -127,7 +132,7 @@ def gzip_check(path: Path, needed: int, offset: int = 0, meta: dict | None = Non
         raise CmrError(f"{path} is truncated: it holds {total:,} of the {needed:,} bytes its header declares; "
                        "copy or export it again.")
     if not d.eof:
-        note(meta, f"{path} ends before its gzip trailer (the CRC-32 and length that verify it): its image data is "
+        note(meta, f"{path} ends before the trailer of its {kind} data (the checksum that verifies it): its image data is "
                    "complete and was read, but could not be checked; copy the file again to be sure.")
 
 
@@ -209,17 +214,23 @@ def finite_image(path: Path | str, arr: np.ndarray, meta: dict | None = None) ->
         out[low] = lo
         out[~fin & ~low] = hi
     n_nan = int(nan.sum())
+    n_low, n_high = int(low.sum()) - n_nan, n_bad - int(low.sum())
     parts = [f"{n_nan:,} NaN"] if n_nan else []
     if n_bad > n_nan:
         parts.append(f"{n_bad - n_nan:,} infinite" + (" or out-of-range" if wide else ""))
-    note(meta, f"{path} holds {' and '.join(parts)} pixel values ({n_bad / a.size:.2%} of the image); they were replaced by "
-               f"the image's lowest finite value ({lo:g}), or its highest ({hi:g}) for large positive values.")
+    how = []
+    if n_nan or n_low:
+        how.append(f"{'NaN' if n_nan else ''}{' and ' if n_nan and n_low else ''}{'negative ones' if n_low else ''} by the image's lowest finite value ({lo:g})")
+    if n_high:
+        how.append(f"positive ones by its highest ({hi:g})")
+    note(meta, f"{path} holds {' and '.join(parts)} pixel value{'s' if n_bad != 1 else ''} ({n_bad / a.size:.2%} of the image); "
+               f"{'it was' if n_bad == 1 else 'they were'} replaced: {', '.join(how)}.")
     return out
 
 
 # -- libraries that print to the C stderr --------------------------------------------------------------------------
 
-_STDERR_LOCK = threading.Lock()
+_STDERR_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
@@ -258,8 +269,9 @@ def reason(exc: BaseException, printed: str = "") -> str:
                 out.append(ln)
         return out
 
+    itk = re.findall(r"ITK ERROR: [^:]*\):\s*(.+)", str(exc))  # "ITK ERROR: Image(0x..): Bad direction, ..."
     own = lines(str(exc))
-    best = own[-1] if own else type(exc).__name__
+    best = itk[-1].strip() if itk else own[-1] if own else type(exc).__name__
     if best.startswith("Reason:") or "No such file or directory" in best:
         extra = lines(printed)
         best = extra[0] if extra else best

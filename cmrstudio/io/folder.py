@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cmrstudio.anatomy import vendor_from_manufacturer
+from cmrstudio.anatomy import VENDORS, vendor_from_manufacturer
 from cmrstudio.errors import CmrError
 from cmrstudio.io import sunnybrook
 from cmrstudio.io.common import NIFTI_SUFFIXES, existing, has_suffix, is_dicom_file
@@ -35,7 +35,7 @@ MNMS_VENDOR_LETTER = {"A": "siemens", "B": "philips", "C": "ge", "D": "canon"}
 
 _ACDC = re.compile(r"^(patient\d{3})_frame(\d{2})(_gt)?(\.nii\.gz|\.nii|\.h5)$", re.I)
 _MNMS = re.compile(r"^([A-Z0-9]{6})_sa_(ED|ES)(_gt)?\.nii(\.gz)?$", re.I)
-_CMR = re.compile(r"^(.+)_(image|mask)\.nii(\.gz)?$")
+_CMR = re.compile(r"^(.+)_(image|mask)\.nii(\.gz)?\Z", re.S)
 
 
 @dataclass
@@ -172,6 +172,11 @@ def scan_cmrstudio(root: Path) -> list[CaseRef]:
             bad = [k for k in ("case_id", "phase", "vendor", "label_convention_written") if k in meta and not isinstance(meta[k], (str, type(None)))]
             if bad:
                 raise CmrError(f"{side} gives {bad[0]} as {str(meta[bad[0]])[:40]!r}, not text; fix or delete the sidecar.")
+            if meta.get("phase") not in (None, "ED", "ES"):
+                raise CmrError(f"{side} gives the phase {meta['phase'][:20]!r}, which is not ED or ES; fix or delete the sidecar.")
+            if meta.get("vendor") not in (None, *VENDORS):
+                raise CmrError(f"{side} gives the vendor {meta['vendor'][:20]!r}, which is not one of {', '.join(VENDORS)}; "
+                               "fix or delete the sidecar.")
         refs.append(
             CaseRef(
                 meta.get("case_id") or Path(key).name,

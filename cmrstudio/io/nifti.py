@@ -32,17 +32,35 @@ _READ_ERRORS = (EOFError, OSError, zlib.error, ValueError, TypeError, struct.err
                 nib.filebasedimages.ImageFileError, MemoryError, IndexError)
 
 
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(level=1)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @contextlib.contextmanager
 def _quiet_nibabel():
-    """nibabel logs the repairs it makes to a header (``pixdim[1,2,3] should be non-zero; setting 0 dims to 1``)
-    straight to stderr; the reader says what it assumed itself, as a warning."""
+    """nibabel logs the repairs it makes to a header (``sizeof_hdr should be 348; set sizeof_hdr to 348``) straight
+    to stderr; they are collected here instead (the reader says what was assumed, as a warning)."""
     logger = nib.imageglobals.logger
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    collect = _Collect()
+    for h in handlers:
+        logger.removeHandler(h)
+    logger.addHandler(collect)
+    logger.setLevel(1)
+    logger.propagate = False
     try:
-        yield
+        yield collect.messages
     finally:
+        logger.removeHandler(collect)
+        for h in handlers:
+            logger.addHandler(h)
         logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def _why(exc: BaseException) -> str:
@@ -71,6 +89,10 @@ def _geometry(p: Path, raw, shape_zyx: tuple[int, ...], meta: dict) -> np.ndarra
     if not forms:
         forms.append("pixdim")
     unusable: list[str] = []
+    units = int(raw["xyzt_units"]) & 7
+    unit = {1: 1000.0, 3: 0.001}.get(units, 1.0)  # NIFTI_UNITS_METER, _MICRON; unknown (0) is taken as mm
+    if unit != 1.0:
+        meta["spatial_units"] = "m" if units == 1 else "um"
     for i, name in enumerate(forms):
         label = "pixdim (it has no qform or sform)" if name == "pixdim" else name
         hdr, flipped = raw, False
@@ -81,7 +103,9 @@ def _geometry(p: Path, raw, shape_zyx: tuple[int, ...], meta: dict) -> np.ndarra
         try:
             with np.errstate(all="ignore"):
                 form = hdr.get_sform() if name == "sform" else hdr.get_qform() if name == "qform" else hdr.get_base_affine()
-            aff = affine_xyz_to_zyx(np.asarray(form, dtype=np.float64))
+                aff = affine_xyz_to_zyx(np.asarray(form, dtype=np.float64))
+                if unit != 1.0:
+                    aff[:3, :] *= unit
         except Exception:  # nibabel cannot form it (a quaternion out of range, ...)
             unusable.append(name)
             continue
@@ -112,24 +136,30 @@ def read_nifti(path: str | Path, frame: int | None = None, kind: str = "image") 
     if p.is_dir():
         raise CmrError(f"{p} is a folder, not a NIfTI file; give the .nii or .nii.gz file inside it.")
     try:
-        with _quiet_nibabel():
+        with _quiet_nibabel() as repaired:
             img = nib.load(str(p))
             raw = _raw_header(p, type(img.header))
             shape = tuple(int(s) for s in img.header.get_data_shape())
             dtype = img.header.get_data_dtype()
     except _READ_ERRORS as exc:
         raise CmrError(f"{p} could not be read as NIfTI ({_why(exc)}); {advice}") from None
+    repaired = [m for m in dict.fromkeys(repaired) if "pixdim[1,2,3]" not in m]  # voxel sizes: said by _geometry
+    if repaired:
+        note(meta, f"{p} has header fields that had to be repaired to read it ({'; '.join(repaired)}); "
+                   "it was read with those repairs: check it, or export it again.")
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise CmrError(f"{p} is not a NIfTI file (nibabel reads it as {type(img).__name__}); give a .nii or .nii.gz image.")
 
     # -- limits from the header, before any voxel is read
     check_dtype(p, dtype, kind)
+    if not shape:
+        raise CmrError(f"{p} declares no dimensions (dim[0] is 0); its header is damaged: export or copy the file again.")
+    check_shape(p, shape, "array")  # every declared axis, each frame included
     if len(shape) == 1:
         raise CmrError(f"{p} holds a 1D signal of {shape[0]} values, not an image; give a 2D, 3D or 4D (cine) NIfTI file.")
     if len(shape) > 4 and any(s != 1 for s in shape[4:]):
         raise CmrError(f"{p} has {len(shape)} dimensions ({'×'.join(map(str, shape))}); cmrstudio reads 2D, 3D or 4D "
                        "(cine) NIfTI files: give one volume or one cine.")
-    check_shape(p, shape, "array")  # every declared axis, each frame included
     vol = shape[:3] if len(shape) >= 3 else shape + (1,)
     check_shape(p, vol[::-1], kind)
     n_frames = shape[3] if len(shape) >= 4 else 1
@@ -143,7 +173,7 @@ def read_nifti(path: str | Path, frame: int | None = None, kind: str = "image") 
     else:
         size = os.stat(p).st_size
         if size < needed:
-            raise CmrError(f"{p} is truncated: it is {size:,} bytes long but its header declares {needed:,}; {advice}")
+            raise CmrError(f"{p} is truncated: it is {size:,} bytes long but its header declares {needed:,}; export or copy it again.")
 
     # -- the voxels of the one volume asked for
     try:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import shutil
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -23,6 +28,39 @@ from cmrstudio.io.common import (
     pick_frame,
     sitk_geometry_to_affine,
 )
+
+
+
+# SimpleITK takes file names as UTF-8 text: a name that is not valid UTF-8 (lone surrogates in Python)
+# aborts the whole process inside its C++ layer. Such paths are reached through a temporary symbolic link.
+def _utf8(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+@contextlib.contextmanager
+def itk_path(path: Path) -> Iterator[str]:
+    """A name SimpleITK can open for ``path``: the path itself, or a link to it (or to its folder) under a
+    temporary folder when the path is not valid UTF-8."""
+    p = Path(path)
+    if _utf8(p):
+        yield str(p)
+        return
+    tmp = tempfile.mkdtemp(prefix="cmrstudio-itk-")
+    try:
+        if _utf8(Path(p.name)):  # only a folder above is odd: link the folder, so detached data files are found
+            os.symlink(p.parent.resolve(), os.path.join(tmp, "d"))
+            yield os.path.join(tmp, "d", p.name)
+        else:
+            suffix = next((s for s in (".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm", ".dicom", ".ima")
+                           if p.name.lower().endswith(s)), "")
+            os.symlink(p.resolve(), os.path.join(tmp, "f" + suffix))
+            yield os.path.join(tmp, "f" + suffix)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 _COMPLEX = {getattr(sitk, n) for n in ("sitkComplexFloat32", "sitkComplexFloat64") if hasattr(sitk, n)}
@@ -66,13 +104,29 @@ def _text_header(p: Path) -> tuple[str, dict[str, str], int] | None:
                 return "meta", fields, pos
 
 
-def _check_payload(p: Path, size: tuple[int, ...], itemsize: int, meta: dict) -> bool:
-    """MetaImage/NRRD: a gzip payload checked to its end; returns whether the header gives a spacing."""
+def _numbers(text: str) -> bool:
+    try:
+        vals = [float(v) for v in text.split()]
+    except ValueError:
+        return False
+    return bool(vals) and all(math.isfinite(v) for v in vals)
+
+
+def _check_payload(p: Path, size: tuple[int, ...], itemsize: int, meta: dict) -> bool | None:
+    """MetaImage/NRRD: a compressed payload checked to its end; returns whether the header gives a spacing
+    (None: it gives one that is not numbers, already said)."""
     hdr = _text_header(p)
     if hdr is None:
         return True
     kind, fields, offset = hdr
     if kind == "meta":
+        for key in ("offset", "origin", "position", "transformmatrix", "rotation", "orientation", "elementspacing"):
+            if key in fields and not _numbers(fields[key]):
+                note(meta, f"{p} has a header field {key} = {fields[key][:60]!r}, which is not finite numbers; its geometry is not "
+                           "used and spacing is treated as unknown: give --spacing z,y,x (mm) if you know it.")
+                return None
+        if fields.get("compresseddata", "").lower() == "true" and fields.get("elementdatafile", "").upper() == "LOCAL":
+            gzip_check(p, math.prod(size) * itemsize, offset, meta, zlib_format=True)
         return any(k in fields for k in ("elementspacing", "elementsize"))
     has_spacing = any(k in fields for k in ("space directions", "spacings"))
     if fields.get("encoding", "raw").lower() in ("gzip", "gz"):
@@ -93,8 +147,13 @@ def read_sitk(path: str | Path, frame: int | None = None, kind: str = "image") -
     meta: dict = {"format": fmt, "path": str(p)}
     if p.is_dir():
         raise CmrError(f"{p} is a folder, not a {fmt.upper()} file; give the image file inside it.")
+    with itk_path(p) as name:
+        return _read_sitk(p, name, fmt, frame, kind, meta)
+
+
+def _read_sitk(p: Path, name: str, fmt: str, frame: int | None, kind: str, meta: dict):
     r = sitk.ImageFileReader()
-    r.SetFileName(str(p))
+    r.SetFileName(name)
     _, failed = quietly(r.ReadImageInformation)
     if failed:
         raise CmrError(f"{p} could not be read as {fmt.upper()} ({reason(*failed)}); the file may be corrupt or not an image: "
@@ -110,12 +169,18 @@ def read_sitk(path: str | Path, frame: int | None = None, kind: str = "image") -
     check_shape(p, size[::-1], "array")
     vol = size[:3] if dim >= 3 else size + (1,)
     check_shape(p, vol[::-1], kind)
+    direction = np.asarray(r.GetDirection(), dtype=np.float64)
+    n = int(round(math.sqrt(direction.size)))
+    if n * n == direction.size and n > 0 and (not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction.reshape(n, n))) < 1e-6):
+        raise CmrError(f"{p} gives a direction matrix (TransformMatrix or space directions) that is singular "
+                       f"({' '.join(f'{v:g}' for v in direction)}), so its axes are undefined; fix that field in its header.")
     k = pick_frame(p, size[3], frame) if dim == 4 else None
     has_spacing = _check_payload(p, size, _BYTES.get(pid, 1), meta)
     if k is not None:
         r.SetExtractIndex([0, 0, 0, k])
         r.SetExtractSize([size[0], size[1], size[2], 0])  # 0 collapses the time axis: one 3D frame is read
         meta["frame"] = k
+    info_spacing = tuple(float(v) for v in r.GetSpacing())
     img, failed = quietly(r.Execute)
     if failed:
         raise CmrError(f"{p} could not be read as {fmt.upper()} ({reason(*failed)}); the file may be truncated or corrupt: "
@@ -125,12 +190,15 @@ def read_sitk(path: str | Path, frame: int | None = None, kind: str = "image") -
     arr = sitk.GetArrayFromImage(img)
     check_dtype(p, arr.dtype, kind)
     spacing = tuple(float(v) for v in img.GetSpacing())
+    if has_spacing is None:
+        return arr, None, meta
     if not has_spacing:
         note(meta, f"{p} does not give a voxel spacing (its header has no {'ElementSpacing' if fmt in ('mha', 'mhd') else 'space directions or spacings'}); "
                    "spacing is treated as unknown: give --spacing z,y,x (mm) if you know it.")
         return arr, None, meta
-    if any(v < 0 for v in spacing):
-        note(meta, f"{p} gives a negative voxel size ({', '.join(f'{v:g}' for v in spacing)}); its magnitude was used, "
+    if any(v < 0 for v in spacing + info_spacing):
+        neg = spacing if any(v < 0 for v in spacing) else info_spacing
+        note(meta, f"{p} gives a negative voxel size ({', '.join(f'{v:g}' for v in neg)}); its magnitude was used, "
                    "the axis running the other way.")
     try:
         affine = sitk_geometry_to_affine(img.GetOrigin(), spacing, img.GetDirection())
@@ -148,7 +216,16 @@ def write_sitk(path: str | Path, array: np.ndarray, affine_zyx: np.ndarray | Non
         img.SetDirection(direction)
     path = Path(path)
     with atomic_path(path) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
+        if _utf8(tmp):
+            sitk.WriteImage(img, str(tmp), useCompression=True)
+        elif path.name.lower().endswith((".mha", ".nrrd")):  # one file: write it under a plain name, then copy it in
+            with tempfile.TemporaryDirectory(prefix="cmrstudio-itk-") as d:
+                plain = os.path.join(d, "out" + Path(path.name.lower()).suffix)
+                sitk.WriteImage(img, plain, useCompression=True)
+                shutil.copyfile(plain, tmp)
+        else:
+            raise CmrError(f"{path} is not a valid UTF-8 name, which the MHD/NHDR writer cannot handle; "
+                           "choose a plain name or write .mha, .nrrd or .nii.gz.")
     return path
 
 
@@ -195,16 +272,40 @@ def _finite(vals: list[float] | None, n: int) -> list[float] | None:
     return vals[:n]
 
 
-# Transfer syntaxes whose pixel data is stored as is: its length is rows × columns × frames × bytes.
-_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+def _pixel_data_shortfall(path: Path, size: tuple[int, ...]) -> str | None:
+    """For uncompressed pixel data: a phrase saying how much is missing, or None when it is all there (or when
+    that cannot be told: compressed data, a file pydicom cannot parse though SimpleITK can)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, defer_size=256, force=True)
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if ts is not None and ts.is_compressed:
+            return None
+        elem = ds.get_item(0x7FE00010, keep_deferred=True)
+        if elem is None:
+            return "it has no pixel data"
+        length = getattr(elem, "length", None)
+        if length is None or length == 0xFFFFFFFF:  # undefined length: encapsulated, not native
+            return None
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(size[2]) if len(size) > 2 else 1
+        needed = int(size[0]) * int(size[1]) * frames * samples * ((bits + 7) // 8)
+    except Exception:  # pydicom could not tell; SimpleITK reads what is there
+        return None
+    if length < needed:
+        return f"{size[1]}×{size[0]}{f'×{frames}' if frames > 1 else ''} pixels of {bits} bits need {needed:,} bytes, it has {length:,}"
+    return None
 
 
 def read_dicom_header(path: Path) -> DicomSlice:
     """One DICOM file's header, checked before its pixels are read: one channel of numbers, a size within
     the limits, pixel data as long as the header declares (uncompressed files), geometry tags that parse."""
     r = sitk.ImageFileReader()
-    r.SetFileName(str(path))
-    _, failed = quietly(r.ReadImageInformation)
+    with itk_path(path) as name:
+        r.SetFileName(name)
+        _, failed = quietly(r.ReadImageInformation)
     if failed:
         raise CmrError(f"{path} could not be read as DICOM ({reason(*failed)}); the file may be corrupt, hold no "
                        "pixel data, or not be an image.")
@@ -214,15 +315,10 @@ def read_dicom_header(path: Path) -> DicomSlice:
     if r.GetNumberOfComponents() != 1:
         raise CmrError(f"{path} has {r.GetNumberOfComponents()} channels per pixel (a colour image); give a greyscale MR image.")
     check_shape(path, size[::-1], "image")
-    bits = _finite(_floats(_tag(r, "0028|0100")), 1)
-    ts = (_tag(r, "0002|0010") or "").rstrip("\x00 ")
-    if bits and ts in _NATIVE:
-        needed = math.prod(size) * max(1, int(bits[0]) // 8)
-        have = path.stat().st_size
-        if have < needed:
-            raise CmrError(f"{path} holds less pixel data than its header declares ({'×'.join(map(str, size[:2]))} pixels of "
-                           f"{int(bits[0])} bits need {needed:,} bytes; the file has {have:,}); it is truncated or damaged: "
-                           "export or copy it again.")
+    short = _pixel_data_shortfall(path, size)
+    if short:
+        raise CmrError(f"{path} holds less pixel data than its header declares ({short}); it is truncated or damaged: "
+                       "export or copy it again.")
     pos = _finite(_floats(_tag(r, "0020|0032")), 3)
     ori = _finite(_floats(_tag(r, "0020|0037")), 6)
     if ori is not None:
@@ -299,7 +395,8 @@ def stack_dicom(slices: list[DicomSlice], meta: dict | None = None) -> tuple[np.
                            f"{where} cannot be put in order; restore those tags, or read the files one by one.")
     arrays = []
     for s in slices:
-        img, failed = quietly(sitk.ReadImage, str(s.path))
+        with itk_path(s.path) as name:
+            img, failed = quietly(sitk.ReadImage, name)
         if failed:
             raise CmrError(f"{s.path} could not be read as DICOM ({reason(*failed)}); the file may be corrupt.")
         a = sitk.GetArrayFromImage(img)
@@ -373,6 +470,10 @@ def read_dicom(
             "or choose one with --series UID."
         )
     uid, slices = next(iter(groups.items()))
+    sizes = sorted({s.size[:2] for s in slices if s.size})
+    if len(sizes) > 1:
+        raise CmrError(f"The DICOM images of {p} have different sizes ({', '.join('×'.join(map(str, z[::-1])) for z in sizes)} pixels); "
+                       "they are not one series: point to a folder with one series.")
     lost = next((s for s in slices if not (s.has_position and s.has_orientation)), None)
     if lost is not None and len(slices) > 1:
         raise CmrError(f"{lost.path} has no usable Image Position or Orientation (0020,0032 / 0020,0037), so the {len(slices)} "
