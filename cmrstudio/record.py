@@ -140,13 +140,7 @@ class Render:
         return self.record
 
     def to_case(self, case_id: str, affine: np.ndarray | None = None):
-        from cmrstudio.case import Case
-
-        r = self.record
-        src = {"dataset": "cmrstudio-render", "synthetic": r.synthetic, "derived_from_patient": r.derived_from_patient,
-               "render": r.to_dict(), "frame": self.frame.to_dict()}
-        return Case(self.image[None].astype(np.float32), self.mask[None].astype(np.uint8), affine, vendor=r.vendor,
-                    case_id=case_id, source=src)
+        return render_case(self.image, self.mask, affine, self.frame, self.record, case_id)
 
     def save(self, folder: str | Path, case_id: str, affine: np.ndarray | None = None) -> dict[str, Path]:
         """Write ``case_id``_image.nii.gz, _mask.nii.gz and .json (atomically, the sidecar last)."""
@@ -170,3 +164,16 @@ class Render:
         if not isinstance(render, dict) or not isinstance(fr, dict) or c.image is None or c.mask is None:
             raise CmrError(f"{path} is not a saved cmrstudio render (its sidecar lacks 'render' or 'frame', or the image or mask is missing).")
         return cls(c.image[0], None, c.mask[0], Frame.from_dict(fr), RenderRecord.from_dict(render, f"The render record in {path}"))
+
+
+def render_case(image: np.ndarray, mask: np.ndarray, affine: np.ndarray | None, frame: Frame, record: RenderRecord, case_id: str):
+    """A render (one slice or a volume) as a case whose sidecar says how it was made: what :func:`cmrstudio.io.write_case`
+    writes for projects, ``render --case-out`` and exports to read back."""
+    from cmrstudio.case import Case
+
+    src = {"dataset": "cmrstudio-render", "synthetic": record.synthetic, "derived_from_patient": record.derived_from_patient,
+           "render": record.to_dict(), "frame": frame.to_dict()}
+    img = np.asarray(image, np.float32)
+    msk = np.asarray(mask, np.uint8)
+    return Case(img[None] if img.ndim == 2 else img, msk[None] if msk.ndim == 2 else msk, affine, vendor=record.vendor,
+                case_id=case_id, source=src)

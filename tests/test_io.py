@@ -37,7 +37,7 @@ def _native_round_trip(c):
 
 def test_every_acdc_case_reads_remaps_and_round_trips(acdc_dir):
     refs = scan(acdc_dir)
-    assert len(refs) == 60 and {r.phase for r in refs} == {"ED", "ES"}
+    assert len(refs) == len(list(acdc_dir.glob("patient*_frame*.h5"))) >= 60 and {r.phase for r in refs} == {"ED", "ES"}
     cases = [r.load() for r in refs]
     for c in cases:
         assert c.spacing is None, "ACDC HDF5 stores no spacing; it must stay unknown"

@@ -258,3 +258,13 @@ def test_cli_render_in_patient_and_fully_synthetic(tmp_path):
     p = run("render", str(mask), "--context", str(sample_dir() / "SCD0000101_ES_image.nii.gz"), "--out", str(tmp_path / "x.nii.gz"),
             "--model", "nope", check=False)
     assert p.returncode == 2 and "No model is named 'nope'" in p.stderr
+    # from a mask file to an export with the command line alone: a case that says how it was made
+    run("render", str(mask), "--context", str(scan), "--case-out", str(tmp_path / "cases"), "--seed", "2")
+    run("render", str(mask), "--case-out", str(tmp_path / "cases"), "--seed", "3")
+    side = json.loads((tmp_path / "cases" / "SCD0000101_ED_mask_s2.json").read_text())["source"]
+    assert side["render"]["mode"] == "in-patient" and side["derived_from_patient"] and side["render"]["seed"] == 2
+    run("export", str(tmp_path / "cases"), str(tmp_path / "exp"), "--format", "nifti")
+    listing = json.loads((tmp_path / "exp" / "export.json").read_text())
+    assert listing["cases"] == ["SCD0000101_ED_mask_s2", "SCD0000101_ED_mask_s3"] and listing["derived_from_patient"] == ["SCD0000101_ED_mask_s2"]
+    p = run("render", str(mask), check=False)
+    assert p.returncode == 2 and "--case-out" in p.stderr

@@ -178,23 +178,30 @@ def test_renderer_checks_labels_and_vendors(tiny_run):
 
 
 def test_live_path_runs_a_frozen_graph_that_matches_eager_mode(shipped):
-    """The live path (one slice) runs the TorchScript-frozen network: same image as eager mode,
-    fp32 to rounding and bf16 within its precision; batches stay eager."""
+    """The live path runs the TorchScript-frozen network on each window size: the same image as eager mode,
+    fp32 to rounding and bf16 within its precision."""
     import torch
 
+    from cmrstudio.engine.factory import open_renderer
+    from cmrstudio.engine.scene import SliceContext
     from cmrstudio.io import sample_case
 
     c = sample_case("ED")
     for bf16, tol in ((False, 1e-4), (True, 0.02)):
-        r = Renderer(shipped, bf16=bf16)
-        frame = r.frame_for(c.mask, c.spacing)
+        r = open_renderer(shipped, bf16=bf16)
+        frame = r.frame_for(c.mask, c.spacing, image=c.image)
         for z in (3, 5):
-            _, live = r.render_slice(c.mask[z], frame, "ge", seed=2)
-            eager = r.render_framed(r.to_frame(c.mask[z], frame), "ge", seed=2)
+            ctx = SliceContext("in-patient", c.image[z], c.mask[z])
+            plan = r.plan(c.mask[z], frame, ctx, r.resolve_vendor("ge")[0], 2)
+            cond = torch.from_numpy(plan.cond())[None]
+            noise = r.noise_field(2, plan.scene.frame.size)[..., plan.window[0]:plan.window[0] + plan.window[2],
+                                                              plan.window[1]:plan.window[1] + plan.window[2]]
+            live = next(r._window_steps(cond, 0, 2, noise, live=True))[2]
+            eager = next(r._window_steps(cond, 0, 2, noise, live=False))[2]
             assert np.abs(live - eager).mean() < tol, (bf16, z)
-            m = r.to_frame(c.mask[z], frame)
+            m = plan.mask[plan.window[0]:plan.window[0] + plan.window[2], plan.window[1]:plan.window[1] + plan.window[2]]
             assert live[m == 1].mean() > live[m == 2].mean() + 0.05  # still a bright pool and a dark wall
-        assert isinstance(r._live_net, torch.jit.ScriptModule)
+        assert any(isinstance(n, torch.jit.ScriptModule) for n in r._traced.values())
 
 
 def test_renderer_is_thread_safe(tiny_run):
@@ -303,7 +310,8 @@ def test_shipped_model_card_states_its_data_terms_and_checksum(shipped):
     assert "non-commercial" in card["terms"]
     assert card["training"]["iterations"] >= 1000 and card["training"]["hardware"]
     assert set(card["vendors_trained"]) >= {"siemens", "philips", "unknown"}
-    assert SpadeConfig.from_dict(card["architecture"]["options"]) == PRESETS["lite"]  # fields added later take their defaults
+    assert SpadeConfig.from_dict(card["architecture"]["options"]) == PRESETS["scene"]  # the whole-slice live model
+    assert card["conditioning"]["scheme"] == "scene-v1" and card["conditioning"]["layout_prior"]["name"] == "layout-cmr"
 
 
 def test_shipped_model_renders_a_real_mnms_mask_with_bright_blood_pools(shipped, tmp_path):

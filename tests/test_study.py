@@ -269,9 +269,9 @@ def test_cli_creates_a_study_and_reports_bad_input(sources, tmp_path):
 @pytest.mark.shared_data
 def test_study_from_real_scans_and_spade_renders(mnms_dir, tmp_path):
     """Real M&Ms slices against the shipped SPADE model's renders of other M&Ms masks."""
-    from cmrstudio.record import Render, RenderRecord
-    from cmrstudio.engine.live import Renderer
+    from cmrstudio.engine.factory import open_renderer
     from cmrstudio.io import read_cases
+    from cmrstudio.record import Render, make_record
     from cmrstudio.project import Project
     from cmrstudio.study.design import create_study
 
@@ -279,16 +279,14 @@ def test_study_from_real_scans_and_spade_renders(mnms_dir, tmp_path):
     # two patients of each vendor, so that each vendor/phase stratum holds both kinds: real slices of one, renders of the other's masks
     by = lambda v: [c for c in every if c.vendor == v]  # noqa: E731
     cases = by("siemens")[:2] + by("philips")[:2] + by("siemens")[2:4] + by("philips")[2:4]
-    r = Renderer()
+    r = open_renderer()
     proj = Project.create(tmp_path / "proj")
     for c in cases[4:]:
         frame = r.frame_for(c.mask, c.spacing)
         for z in range(c.shape[0]):
             if (c.mask[z] > 0).sum() > 400:
-                img, framed = r.render_slice(c.mask[z], frame, c.vendor, seed=z)
-                params = {"model": r.name, "model_sha256": r.info.card.get("sha256"), "kind": "spade", "sampler": "spade", "steps": 1,
-                          "guidance": None, "seed": z, "vendor": c.vendor, "seconds": 0.0, "created": "2026-01-01T00:00:00+00:00"}
-                proj.add(Render(img, framed, c.mask[z], frame, RenderRecord.from_dict(params)), {"case_id": c.case_id, "slice": z, "phase": c.phase})
+                img, framed = r.render_slice(c.mask[z], frame, c.vendor, seed=z)  # fully synthetic: the whole slice
+                proj.add(Render(img, framed, c.mask[z], frame, make_record(r, z, c.vendor)), {"case_id": c.case_id, "slice": z, "phase": c.phase})
     real = tmp_path / "real"
     from cmrstudio.io import write_case
 

@@ -46,7 +46,9 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON."), ve
 
 def render(
     mask: Path = typer.Argument(..., help="Mask file (any supported format) or dataset folder / HDF5 file with labels."),
-    out: Path = typer.Option(..., "--out", help="Output image: .nii.gz, .nii, .mha or .nrrd."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output image: .nii.gz, .nii, .mha or .nrrd."),
+    case_out: Optional[Path] = typer.Option(None, "--case-out", help="Also (or instead) write a case there: image, mask and a sidecar saying how it "
+                                                                    "was made, which `cmrstudio export` takes directly."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name or card path: spade (default, live), diffusion or flow (HQ), or any installed model."),
     context: Optional[Path] = typer.Option(None, "--context", help="Render in this patient: the scan (file or dataset folder) the mask was painted on; "
                                                                   "its own pixels stay outside a margin around the heart. Without it the render is fully synthetic."),
@@ -102,15 +104,37 @@ def render(
         typer.echo(f"note: {note}", err=True)
     if c.spacing is None:
         typer.echo(f"note: {mask} stores no voxel spacing; the frame is sized to the heart (give --spacing to use mm).", err=True)
+    if out is None and case_out is None:
+        raise CmrError("Give --out IMAGE (the rendered volume) and/or --case-out DIR (image, mask and sidecar for export).")
     t0 = time.perf_counter()
     img, fr = r.render_volume(c.mask, c.spacing, vendor=vendor, seed=seed, image=image, heart=heart,
                               margin_mm=margin if image is not None else None)
     secs = time.perf_counter() - t0
-    write_volume(out, img, c.affine, dtype=np.float32)
+    written = []
+    if out is not None:
+        written.append(str(write_volume(out, img, c.affine, dtype=np.float32)))
+    if case_out is not None:
+        from cmrstudio.engine.scene import SliceContext
+        from cmrstudio.io import write_case
+        from cmrstudio.record import make_record, render_case
+
+        ctx = SliceContext("in-patient", image[0], None, margin) if image is not None else None
+        record = make_record(r, seed, r.resolve_vendor(vendor)[1], ctx, seconds=secs)
+        cid = case_out_name(c.case_id, seed)
+        write_case(render_case(img, c.mask, c.affine, fr, record, cid), case_out, name=cid)
+        written.append(f"{case_out}/{cid}_image.nii.gz (+ mask, sidecar)")
     fov = f"{fr.spacing_mm * fr.size:.0f} mm" if fr.spacing_mm else "heart-sized"
     how = f", {r.solver} {r.steps} steps, guidance {r.guidance:g}" if hasattr(r, "solver") else ""
     where = (f"in this patient ({context}; {margin:g} mm around the heart repainted, derived from a patient scan)" if image is not None
              else "fully synthetic, the whole field of view" if r.scene else f"fully synthetic, {fov} heart frame")
-    typer.echo(f"Wrote {out}: {img.shape[0]} slices of {img.shape[1]}×{img.shape[2]}, model {r.name} ({r.kind}{how}), "
+    typer.echo(f"Wrote {' and '.join(written)}: {img.shape[0]} slices of {img.shape[1]}×{img.shape[2]}, model {r.name} ({r.kind}{how}), "
                f"vendor {vendor}, seed {seed}, {where}, {secs:.1f} s.")
 
+
+
+def case_out_name(case_id: str, seed: int) -> str:
+    """A file-name-safe id for a rendered case: the mask's case id and the seed."""
+    import re
+
+    base = re.sub(r"[^A-Za-z0-9_-]+", "_", case_id).strip("_") or "render"
+    return f"{base[:48]}_s{int(seed)}"

@@ -65,7 +65,7 @@ def study_report(
 def study_machine(
     study: Path = typer.Argument(..., help="The study folder."),
     train: list[Path] = typer.Option([], "--train", help="Real scans with masks to train on (never the study's own cases); repeatable."),
-    model: Optional[str] = typer.Option(None, "--model", help="The SPADE model that makes the synthetic training images."),
+    model: Optional[str] = typer.Option(None, "--model", help="The generator that makes the synthetic training images (default: the live model; any installed generator)."),
     steps: int = typer.Option(300, "--steps", help="Training steps."),
     seed: int = typer.Option(0, "--seed"),
 ):

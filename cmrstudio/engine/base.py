@@ -76,6 +76,10 @@ class GeneratorFront:
         self.info = model if isinstance(model, ModelInfo) else get_model(model, kind=self.kinds)
         if self.info.kind not in self.kinds:
             raise CmrError(f"The model '{self.info.name}' is a {self.info.kind} model, not a {' or '.join(self.kinds)} model.")
+        scene = (self.info.card.get("conditioning") or {}).get("scheme") == "scene-v1"
+        if scene != self.scene:
+            raise CmrError(f"The model '{self.info.name}' renders {'whole slices' if scene else 'the heart crop'}; "
+                           "open it with cmrstudio.engine.factory.open_renderer, which picks the renderer that fits.")
         if threads:
             torch.set_num_threads(threads)
         self.device = pick_device(device)

@@ -93,6 +93,22 @@ class HQRenderer(GeneratorFront):
     def _generate(self, framed: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
         return run_to_end(self._sample(framed, vendor_index, seed, self.steps, self.guidance, self.solver, None))
 
+    def _conditioning(self, masks: np.ndarray, images01: np.ndarray) -> torch.Tensor:
+        return onehot(torch.from_numpy(np.asarray(masks).astype(np.int64))).to(self.device)
+
+    @torch.inference_mode()
+    def denoising_loss(self, masks: np.ndarray, images01: np.ndarray, vendor_indices, t: float, noise: torch.Tensor) -> np.ndarray:
+        """The training objective's loss of each real framed image (B, N, N) given its mask, at time ``t`` with ``noise``
+        (B, 1, N, N): what a membership-inference attack on a step-wise model reads."""
+        from cmrstudio.models.sampling import training_loss
+
+        x0 = torch.from_numpy(np.asarray(images01, np.float32) * 2 - 1)[:, None].to(self.device)
+        cond = self._conditioning(masks, images01)
+        v = torch.as_tensor(list(vendor_indices), dtype=torch.long, device=self.device)
+        tt = torch.full((len(x0),), float(t), device=self.device)
+        with self._lock, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16 and self.device.type == "cpu"):
+            return training_loss(self.net, self.kind, x0, cond, v, tt, noise.to(self.device), per_sample=True).float().cpu().numpy()
+
 
 class SceneHQRenderer(SceneMixin, HQRenderer):
     """A diffusion or flow scene model: whole slices in this patient or fully synthetic, step by step."""
@@ -121,6 +137,14 @@ class SceneHQRenderer(SceneMixin, HQRenderer):
 
     def render_slice(self, mask2d, frame, vendor="unknown", seed=0, context=None):
         return self.render_slice_ctx(mask2d, frame, vendor, seed, context)
+
+    def _conditioning(self, masks: np.ndarray, images01: np.ndarray) -> torch.Tensor:
+        """In this patient, as in training: each image itself is the context outside the margin around its heart."""
+        from cmrstudio.data.scene import DEFAULT_MARGIN_MM, condition, repaint_region
+
+        px = DEFAULT_MARGIN_MM / (self.spacing_mm or 1.25)
+        conds = [condition(m, None, im, ~repaint_region([m], px)) for m, im in zip(masks, images01)]
+        return torch.from_numpy(np.stack(conds)).to(self.device)
 
     def _render_framed(self, masks, vendor_index, seed, context):
         seeds = [int(seed)] * len(masks) if np.isscalar(seed) else [int(s) for s in seed]

@@ -203,30 +203,22 @@ def reconstruction_scores(renderer, s: SliceSet, seeds: int = 3, batch: int = 16
     return -best
 
 
-@torch.inference_mode()
 def denoising_scores(renderer, s: SliceSet, levels=(0.1, 0.3, 0.5), seeds: int = 2, batch: int = 16) -> np.ndarray:
-    """Minus the diffusion/flow training loss of each real image at fixed noise levels and fixed noises."""
-    from cmrstudio.models.sampling import training_loss
-    from cmrstudio.models.spade import onehot
-
-    if renderer.kind not in ("diffusion", "flow"):
-        raise CmrError(f"The denoising-loss attack needs a diffusion or flow model; '{renderer.name}' is a {renderer.kind} model.")
-    net, dev = renderer.net, renderer.device
+    """Minus the model's own training loss of each real image at fixed noise levels and fixed noises (step-wise models:
+    renderers with ``denoising_loss``)."""
+    if not hasattr(renderer, "denoising_loss"):
+        raise CmrError(f"The denoising-loss attack needs a step-wise (diffusion or flow) model; '{renderer.name}' renders in one step.")
     out = np.zeros(len(s))
     for i in range(0, len(s), batch):
         sel = list(range(i, min(i + batch, len(s))))
-        x0 = torch.from_numpy(s.images[sel] * 2 - 1)[:, None].float().to(dev)
-        oh = onehot(torch.from_numpy(s.masks[sel].astype(np.int64))).to(dev)
-        v = torch.tensor([renderer.resolve_vendor(s.vendors[j])[0] for j in sel], dtype=torch.long, device=dev)
-        total = torch.zeros(len(sel))
+        vendors = [renderer.resolve_vendor(s.vendors[j])[0] for j in sel]
+        total = np.zeros(len(sel))
         for k in range(seeds):
             for lvl in levels:
                 g = torch.Generator().manual_seed(1000 * k + int(lvl * 100))
-                noise = torch.randn(x0.shape, generator=g).to(dev)
-                t = torch.full((len(sel),), float(lvl), device=dev)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=renderer.bf16 and dev.type == "cpu"):
-                    total += training_loss(net, renderer.kind, x0, oh, v, t, noise, per_sample=True).cpu()
-        out[sel] = -(total / (seeds * len(levels))).numpy()
+                noise = torch.randn((len(sel), 1) + s.images.shape[1:], generator=g)
+                total += renderer.denoising_loss(s.masks[sel], s.images[sel], vendors, lvl, noise)
+        out[sel] = -(total / (seeds * len(levels)))
     return out
 
 
@@ -327,7 +319,7 @@ def evaluate_privacy(cases, held_out: list[str], model=None, space: str = "incep
 
     attacks: dict = {}
     run("reconstruction", lambda s: reconstruction_scores(r, s, seeds), seeds=seeds)
-    if r.kind in ("diffusion", "flow"):
+    if hasattr(r, "denoising_loss"):
         run("denoising_loss", lambda s: denoising_scores(r, s), levels=[0.1, 0.3, 0.5], seeds=2)
     fig = None
     if out is not None:

@@ -50,9 +50,9 @@ def _spectra(images01: np.ndarray) -> dict[str, np.ndarray]:
             "gradient energy": (np.abs(np.fft.fft2(ms * window)) ** 2).mean(0)}
 
 
-def _grid_ratios(p: np.ndarray) -> dict[tuple[int, int], float]:
-    """At every grid frequency (multiples of N/16 in each direction), the power over the median of its
-    5×5 neighbourhood off the grid lines."""
+def _grid_ratios(p: np.ndarray, min_cycles: int = 0) -> dict[tuple[int, int], float]:
+    """At every grid frequency (multiples of N/16 in each direction; at least ``min_cycles`` in one of them), the power
+    over the median of its 5×5 neighbourhood off the grid lines."""
     n = p.shape[-1]
     step = n // max(GRID_PERIODS)
     grid = np.zeros(n, bool)
@@ -62,6 +62,8 @@ def _grid_ratios(p: np.ndarray) -> dict[tuple[int, int], float]:
     for u in range(0, n // 2 + 1, step):
         for v in range(0, n, step):
             if u == 0 and (v == 0 or v > n // 2):
+                continue
+            if max(u, min(v, n - v)) < min_cycles:
                 continue
             uu, vv = (u + du) % n, (v + dv) % n
             off = ~grid[uu] & ~grid[vv]
@@ -74,15 +76,16 @@ def grid_artefact(synthetic01: np.ndarray, real01: np.ndarray | None = None) -> 
 
     At each frequency such a grid would add power to (multiples of N/16 cycles in each direction: a
     checkerboard at (N/2, N/2), stripes at (N/2, 0), ...), in each of two spectra (:func:`_spectra`),
-    the power is divided by the median of its neighbouring frequencies. ``peak_ratio`` is the largest
-    such ratio of the renders (about 1–3 for real scans, which have no grid; far above for a visible
-    one), with where it is; ``real_peak_ratio`` the same figure for ``real01``.
+    the power is divided by the median of its neighbouring frequencies. In the gradient-energy spectrum
+    only grids of 4 pixels and finer are looked at: coarser ones there are the heart's own shape.
+    ``peak_ratio`` is the largest such ratio of the renders (about 1–3 for real scans, which have no
+    grid; far above for a visible one), with where it is; ``real_peak_ratio`` the same figure for ``real01``.
     """
     def peak(images):
         n = images.shape[-1]
         best = {"peak_ratio": 0.0}
         for name, p in _spectra(images).items():
-            for (u, v), ratio in _grid_ratios(p).items():
+            for (u, v), ratio in _grid_ratios(p, n // 4 if name == "gradient energy" else 0).items():
                 if ratio > best["peak_ratio"]:
                     w = min(v, n - v)
                     best = {"peak_ratio": round(ratio, 3), "spectrum": name, "frequency": [u, w],
@@ -145,7 +148,7 @@ def evaluate_realism(held_out, reference, model: str | None = None, mode: str = 
     """
     from cmrstudio.engine.factory import open_renderer
     from cmrstudio.evaluate.fidelity import InceptionFeatures, fid, kid
-    from cmrstudio.study.machine import auc, classify, train_classifier
+    from cmrstudio.study.machine import _resize, auc, classify, train_classifier
     from cmrstudio.study.stats import proportion
 
     if mode not in ("synthetic", "in-patient"):
@@ -163,9 +166,9 @@ def evaluate_realism(held_out, reference, model: str | None = None, mode: str = 
     f_rh, f_sh, f_rt = feats(real_h), feats(syn_h), feats(real_t)
     k, k_sd = kid(f_rh, f_sh)
     k0, k0_sd = kid(f_rh, f_rt)
-    net, _info = train_classifier(np.concatenate([real_t, syn_t]), np.r_[np.zeros(len(real_t)), np.ones(len(syn_t))].astype(np.int64),
-                                  steps=classifier_steps, seed=seed, val_fraction=0.0)
-    p = np.r_[classify(net, real_h), classify(net, syn_h)]
+    net, _info = train_classifier(_resize(np.concatenate([real_t, syn_t])), np.r_[np.zeros(len(real_t)), np.ones(len(syn_t))].astype(np.int64),
+                                  steps=classifier_steps, seed=seed, val_fraction=0.0)  # the reader sees 128×128 slices, as study items are
+    p = np.r_[classify(net, _resize(real_h)), classify(net, _resize(syn_h))]
     y = np.r_[np.zeros(len(real_h)), np.ones(len(syn_h))]
     correct = int(np.sum((p >= 0.5) == (y == 1)))
     acc, ci = proportion(correct, len(y))

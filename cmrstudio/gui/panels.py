@@ -437,7 +437,7 @@ class SynthesisPanel(QWidget):
         from cmrstudio.models.registry import get_model
 
         try:
-            info = get_model(name, kind=("diffusion", "flow"))
+            info = get_model(name, kind=None)
         except Exception as exc:
             self.hq_note.setText(str(getattr(exc, "message", exc)))
             return
@@ -448,9 +448,9 @@ class SynthesisPanel(QWidget):
             smp = {"steps": DEFAULT_STEPS[info.kind], "guidance": DEFAULT_GUIDANCE, **smp}
         self.steps_box.setValue(int(smp["steps"]))
         self.guidance_box.setValue(float(smp["guidance"]))
-        self.hq_note.setText("DDIM: finer, slower (1.4 s a slice at 25 steps on a 2-core Xeon; `cmrstudio bench hq` times yours)."
-                             if info.kind == "diffusion" else
-                             "Rectified flow: a few ODE steps (0.2 s a slice at 4 steps on a 2-core Xeon).")
+        proc = info.card.get("process", {})
+        what = {"ddim": "DDIM", "euler": "rectified flow (Euler)", "heun": "rectified flow (Heun)"}.get(proc.get("sampler"), info.kind)
+        self.hq_note.setText(f"{what}: more steps, finer and slower; `cmrstudio bench hq` times this machine.")
 
     def render_hq(self) -> int | None:
         name = self.hq_box.currentData()

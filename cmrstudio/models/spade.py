@@ -57,6 +57,7 @@ class SpadeConfig:
     arch: str = "classic"  # "classic": z -> 8x8 -> upsampling SPADE blocks; "unet": fully convolutional encoder-decoder (scene models)
     cond_channels: int | None = None  # conditioning channels (None: the n_labels one-hot; scene models: heart, tissue classes, context)
     levels: int = 3  # "unet": halvings between the window and the bottleneck
+    d_stem: bool = False  # a stride-1 first layer in the discriminator: it then sees patterns of a pixel's period (a 2-pixel grid)
 
     @property
     def n_cond(self) -> int:
@@ -88,7 +89,7 @@ PRESETS = {
     # GPU / HQ: wider (6.3 M parameters), same structure.
     "base": SpadeConfig(ngf=32, hidden=64, ndf=64),
     # Scene models (whole field of view, fully convolutional; heart, tissue classes and context): the live path.
-    "scene": SpadeConfig(arch="unet", ngf=24, hidden=16, max_hidden=64, max_mult=4, levels=4, cond_channels=10, ndf=48),
+    "scene": SpadeConfig(arch="unet", ngf=24, hidden=16, max_hidden=64, max_mult=4, levels=4, cond_channels=10, ndf=48, d_stem=True),
     "scene-tiny": SpadeConfig(arch="unet", ngf=8, hidden=8, max_hidden=16, max_mult=2, levels=2, cond_channels=10, ndf=8, num_d=1, d_layers=2),
 }
 
@@ -271,9 +272,13 @@ def _sn(m: nn.Module, on: bool) -> nn.Module:
 
 
 class PatchDiscriminator(nn.Module):
-    def __init__(self, cin: int, ndf: int, n_layers: int, sn: bool, gn: bool = False):
+    """PatchGAN. A strided first layer is blind to patterns of a 2-pixel period (they alias onto its sampling grid);
+    with ``stem`` a stride-1 layer looks at full resolution first, so a generator's upsampling grid is seen and punished."""
+
+    def __init__(self, cin: int, ndf: int, n_layers: int, sn: bool, gn: bool = False, stem: bool = False):
         super().__init__()
-        layers = [nn.Sequential(_sn(nn.Conv2d(cin, ndf, 4, 2, 1), sn), nn.LeakyReLU(0.2))]
+        layers = [nn.Sequential(_sn(nn.Conv2d(cin, ndf, 3, 1, 1), sn), nn.LeakyReLU(0.2))] if stem else []
+        layers.append(nn.Sequential(_sn(nn.Conv2d(ndf if stem else cin, ndf, 4, 2, 1), sn), nn.LeakyReLU(0.2)))
         c = ndf
         for i in range(1, n_layers):
             c2 = min(c * 2, ndf * 8)
@@ -297,7 +302,8 @@ class MultiScaleDiscriminator(nn.Module):
         super().__init__()
         self.cfg = cfg
         cin = 1 + cfg.n_cond + cfg.n_vendors
-        self.ds = nn.ModuleList(PatchDiscriminator(cin, cfg.ndf, cfg.d_layers, cfg.d_spectral_norm, cfg.d_groupnorm) for _ in range(cfg.num_d))
+        self.ds = nn.ModuleList(PatchDiscriminator(cin, cfg.ndf, cfg.d_layers, cfg.d_spectral_norm, cfg.d_groupnorm, cfg.d_stem and i == 0)
+                                for i in range(cfg.num_d))
 
     def forward(self, image: torch.Tensor, onehot: torch.Tensor, vendor: torch.Tensor) -> list[list[torch.Tensor]]:
         vmap = F.one_hot(vendor, self.cfg.n_vendors).to(image.dtype)[:, :, None, None].expand(-1, -1, *image.shape[-2:])

@@ -14,7 +14,7 @@ READER = "machine (classifier)"
 
 def add_machine_reader(study_dir: str | Path, train: list[str | Path], model: str | None = None, steps: int = 300, seed: int = 0,
                        progress: Callable[[str], None] | None = None) -> str:
-    from cmrstudio.engine.live import Renderer
+    from cmrstudio.engine.factory import open_renderer
     from cmrstudio.io import read_cases
     from cmrstudio.study.design import load_study
     from cmrstudio.study.machine import machine_answers, make_training_pairs, save_classifier, train_classifier
@@ -29,7 +29,7 @@ def add_machine_reader(study_dir: str | Path, train: list[str | Path], model: st
     overlap = sorted({c.case_id for c in cases} & shown)
     if overlap:
         raise CmrError(f"The training cases include {overlap[0]}, which the study shows to its readers; train on other patients.")
-    renderer = Renderer(model)
+    renderer = open_renderer(model)
     images, labels = make_training_pairs(cases, renderer, rng_seed=seed)
     say(f"training on {len(labels)} slices ({int((labels == 0).sum())} real, {int(labels.sum())} synthetic by {renderer.name})")
     net, info = train_classifier(images, labels, steps=steps, seed=seed)
