@@ -165,7 +165,8 @@ def check_mask(mask: np.ndarray, spacing: tuple[float, ...] | None = None) -> li
     """Check a canonical mask (2D or Z×Y×X) the way a painter would want it checked.
 
     Returns findings; never raises for anatomical problems. ``spacing`` is the
-    in-plane pixel size (row, column) in mm at its last two entries, or None.
+    in-plane pixel size (row, column) in mm at its last two entries, or None; one that is
+    not two positive numbers counts as unknown.
     """
     arr = np.asarray(mask)
     if arr.ndim == 2:
@@ -183,8 +184,12 @@ def check_mask(mask: np.ndarray, spacing: tuple[float, ...] | None = None) -> li
         )
     px_mm = None
     if spacing is not None:
-        sy, sx = float(spacing[-2]), float(spacing[-1])
-        px_mm = (sy + sx) / 2.0
+        try:
+            sy, sx = float(spacing[-2]), float(spacing[-1])
+        except (TypeError, ValueError, IndexError):
+            sy = sx = float("nan")
+        if np.isfinite(sy) and np.isfinite(sx) and sy > 0 and sx > 0:  # otherwise the spacing is unknown: no mm judged
+            px_mm = (sy + sx) / 2.0
     multi = arr.shape[0] > 1
     for z in range(arr.shape[0]):
         sl = arr[z]

@@ -896,3 +896,166 @@ def test_every_input_gets_a_clean_answer(inputs, tmp_path):
     report = "\n".join(f"{r.inp.name} [{r.inp.expect} -> {r.outcome}]: {'; '.join(r.failures)}" for r in failed[:40])
     assert not failed, f"{len(failed)} of {len(results)} inputs failed:\n{report}"
     assert outcomes["traceback"] == outcomes["hang"] == 0 and not silent
+
+
+# ----------------------------------------------------------------------------------------------- properties (Hypothesis)
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+PROPS = settings(max_examples=int(os.environ.get("CMRSTUDIO_HYPOTHESIS_EXAMPLES", "60")), deadline=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def label_maps(draw, max_value: int = 3, min_side: int = 4, max_side: int = 40, max_z: int = 3):
+    """A (Z, Y, X) uint8 mask: random blocks of labels over background, as painters (and bugs) make them."""
+    z = draw(st.integers(1, max_z))
+    h, w = draw(st.integers(min_side, max_side)), draw(st.integers(min_side, max_side))
+    m = np.zeros((z, h, w), np.uint8)
+    for _ in range(draw(st.integers(0, 6))):
+        zi = draw(st.integers(0, z - 1))
+        y0, x0 = draw(st.integers(0, h - 1)), draw(st.integers(0, w - 1))
+        y1, x1 = draw(st.integers(y0 + 1, h)), draw(st.integers(x0 + 1, w))
+        m[zi, y0:y1, x0:x1] = draw(st.integers(0, max_value))
+    return m
+
+
+@PROPS
+@given(mask=label_maps(), size=st.integers(8, 64), dy=st.floats(-30, 30), dx=st.floats(-30, 30))
+def test_frame_and_its_inverse_are_exact_at_native_step(mask, size, dy, dx):
+    """A mask cropped into its frame at native resolution and put back is the mask itself, wherever the frame
+    sits (pixels outside it come from ``into``); pixels the frame covers come from the frame."""
+    from cmrstudio.case import Case
+    from cmrstudio.data.frame import frame_mask, from_frame, make_frame
+
+    c = Case(None, mask)
+    cy, cx = (mask.shape[1] - 1) / 2 + dy, (mask.shape[2] - 1) / 2 + dx
+    fr = make_frame(c, size=size, step=1.0, centre=(cy, cx))
+    framed = frame_mask(mask, fr)
+    assert framed.shape == (mask.shape[0], size, size) and framed.dtype == np.uint8
+    assert set(np.unique(framed)) <= set(np.unique(mask)) | {0}  # nearest neighbour: no new labels
+    assert np.array_equal(from_frame(framed, fr, "mask", into=mask), mask)
+    blank = from_frame(framed, fr, "mask")
+    covered = blank != 0
+    assert np.array_equal(blank[covered], mask[covered])
+
+
+@PROPS
+@given(image=hnp.arrays(np.float32, st.tuples(st.integers(1, 2), st.integers(8, 32), st.integers(8, 32)),
+                        elements=st.floats(-1000, 1000, width=32)),
+       size=st.integers(8, 48))
+def test_image_through_the_frame_and_back_is_the_clipped_image(image, size):
+    """Normalised into the frame at native step and denormalised back, every covered pixel is its original value,
+    clipped to the frame's intensity range (robust percentiles)."""
+    from cmrstudio.case import Case
+    from cmrstudio.data.frame import from_frame, make_frame, to_frame
+
+    c = Case(image, None)
+    fr = make_frame(c, size=size, step=1.0)
+    lo, hi = fr.intensity
+    assert np.isfinite(lo) and hi > lo
+    back = from_frame(to_frame(c, fr).image, fr, "image")
+    coords = fr.native_coords()
+    inside = (coords[0] >= 0) & (coords[0] <= size - 1) & (coords[1] >= 0) & (coords[1] <= size - 1)
+    want = np.clip(image, lo, hi)
+    assert np.allclose(back[:, inside], want[:, inside], atol=1e-4 * (hi - lo) + 1e-5)
+
+
+_WILD = st.one_of(st.none(), st.integers(-5, 300), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4),
+                  st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 300)), max_size=3))
+_PAIR = st.one_of(st.tuples(st.floats(-50, 50), st.floats(-50, 50)).map(list), _WILD)
+_STEP = st.one_of(st.tuples(st.floats(0.1, 4), st.floats(0.1, 4)).map(list), _WILD)
+
+
+@PROPS
+@given(st.fixed_dictionaries({"size": st.one_of(st.integers(8, 256), _WILD), "native_shape": st.one_of(st.tuples(st.integers(1, 300), st.integers(1, 300)).map(list), _WILD),
+                              "origin": _PAIR, "step": _STEP, "spacing_mm": st.one_of(st.floats(0.3, 3), _WILD),
+                              "intensity": st.one_of(st.tuples(st.floats(-10, 0), st.floats(1, 10)).map(list), _WILD)}))
+def test_a_frame_record_is_read_back_or_refused_in_one_sentence(d):
+    """A frame read from a sidecar (possibly hand-edited) is either a usable frame or one CmrError, never a crash
+    later: a usable frame has a positive size, shape and step and finite numbers."""
+    from cmrstudio.data.frame import Frame
+
+    try:
+        fr = Frame.from_dict(d)
+    except CmrError as exc:
+        assert "\n" not in exc.message
+        return
+    assert fr.size >= 1 and all(n >= 1 for n in fr.native_shape) and all(np.isfinite(fr.origin))
+    assert all(np.isfinite(s) and s > 0 for s in fr.step)
+    assert fr.spacing_mm is None or (np.isfinite(fr.spacing_mm) and fr.spacing_mm > 0)
+    assert Frame.from_dict(fr.to_dict()) == fr
+
+
+@PROPS
+@given(conv=st.sampled_from(["canonical", "mnms", "acdc"]), data=st.data())
+def test_label_remaps_are_bijections_and_refuse_unknown_values(conv, data):
+    from cmrstudio.anatomy import CONVENTIONS, remap
+
+    table = CONVENTIONS[conv]
+    dtype = data.draw(st.sampled_from([np.uint8, np.int16, np.int64, np.float32, np.float64]))
+    arr = data.draw(hnp.arrays(dtype, hnp.array_shapes(min_dims=1, max_dims=3, max_side=12),
+                               elements=st.sampled_from(sorted(table))))
+    out = remap(arr, conv)
+    assert out.dtype == np.uint8 and out.shape == arr.shape
+    inverse = {v: k for k, v in table.items()}
+    assert len(inverse) == len(table)  # a bijection on 0–3
+    assert np.array_equal(np.vectorize(inverse.get, otypes=[np.int64])(out) if out.size else out, arr.astype(np.int64))
+    bad = data.draw(st.one_of(st.integers(4, 2**31 - 1), st.integers(-(2**31), -1)))
+    flat = arr.astype(np.int64).reshape(-1).copy()
+    assume(flat.size > 0)
+    flat[data.draw(st.integers(0, flat.size - 1))] = bad
+    with pytest.raises(CmrError, match=f"label value {bad}"):
+        remap(flat.reshape(arr.shape), conv)
+    frac = arr.astype(np.float64).reshape(-1).copy()
+    frac[0] = data.draw(st.sampled_from([0.5, 1.25, np.nan, np.inf, -np.inf]))
+    with pytest.raises(CmrError, match="whole numbers"):
+        remap(frac.reshape(arr.shape), conv)
+
+
+@PROPS
+@given(mask=label_maps(max_value=5, max_side=48),
+       spacing=st.one_of(st.none(), st.tuples(st.floats(0.5, 10), st.floats(0.3, 3), st.floats(0.3, 3)),
+                         st.tuples(st.sampled_from([np.nan, 0.0, -1.0, np.inf]), st.sampled_from([np.nan, 0.0, -1.5, np.inf, 1.5]),
+                                   st.sampled_from([np.nan, 0.0, 1.5, -np.inf]))))
+def test_anatomy_checks_never_fail_and_report_only_sound_findings(mask, spacing):
+    """Whatever is painted, the checks return findings (never raise); an unknown label is an error finding exactly
+    when one is there; spacing that is not a positive number is treated as unknown (no mm judged from it)."""
+    from cmrstudio.anatomy import check_mask, enclosure, summarise
+
+    findings = check_mask(mask, spacing)
+    assert all(f.severity in ("error", "warning", "info") and "\n" not in f.message for f in findings)
+    assert any(f.code == "unknown-label" for f in findings) == bool((mask > 3).any())
+    bad_spacing = spacing is not None and not all(np.isfinite(s) and s > 0 for s in spacing[1:])
+    if bad_spacing or spacing is None:
+        assert not any(f.code == "wall-thickness" for f in findings)
+    for sl in mask:
+        e = enclosure(sl)
+        for k in ("lv_inside", "rv_inside"):
+            assert np.isnan(e[k]) or 0.0 <= e[k] <= 1.0
+    assert len(summarise(findings)) <= len(findings)
+
+
+@PROPS
+@given(lv=st.floats(25, 65), wall=st.floats(5, 14), rv=st.floats(20, 45), angle=st.floats(120, 240),
+       spacing=st.floats(0.8, 2.0))
+def test_the_parametric_template_passes_the_anatomy_checks(lv, wall, rv, angle, spacing):
+    """Every plausible template (LV 25–65 mm, wall 5–14 mm, RV 20–45 mm, RV beside the septum) is a heart the
+    checks accept: the LV inside a closed ring, no RV inside it, the wall thickness plausible."""
+    from cmrstudio.anatomy import check_mask, template_mask
+
+    shape = (int(220 / spacing),) * 2
+    m = template_mask(shape, spacing, lv_diameter_mm=lv, wall_mm=wall, rv_width_mm=rv, rv_angle_deg=angle)
+    codes = {f.code for f in check_mask(m, (8.0, spacing, spacing)) if f.severity != "info"}
+    assert not codes & {"ring-open", "rv-inside-lv", "lv-without-myo", "wall-thickness", "unknown-label"}, codes
+
+
+@pytest.mark.parametrize("spacing", [(8.0, 0.0, 0.0), (8.0, np.nan, np.nan), (8.0, -1.5, 1.5), (np.inf, np.inf, 1.5), (8.0,)])
+def test_anatomy_checks_treat_a_spacing_that_is_no_length_as_unknown(spacing):
+    from cmrstudio.anatomy import check_mask, template_mask
+
+    m = template_mask((160, 160), 1.5)[None]
+    codes = {f.code for f in check_mask(m, spacing)}
+    assert "wall-unknown-mm" in codes and "wall-thickness" not in codes
+    assert "wall-unknown-mm" not in {f.code for f in check_mask(m, (8.0, 1.5, 1.5))}

@@ -28,6 +28,7 @@ LIVE_SIZE, LIVE_SPACING_MM = 128, 1.25
 HQ_SIZE, HQ_SPACING_MM = 256, 0.625
 PERCENTILES = (0.5, 99.5)
 FOV_HEART_FACTOR = 1.6
+MAX_FRAME_SIZE = 4096  # a frame's side in pixels: larger is a damaged record, not a synthesis frame
 
 
 @dataclass
@@ -49,18 +50,40 @@ class Frame:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Frame":
+        """Read a frame record (from a sidecar, perhaps hand-edited); anything that is not a usable frame is refused
+        in one sentence: sizes whole and positive, steps positive, every number finite, intensity low < high."""
+        def bad(why: str) -> CmrError:
+            return CmrError(f"The frame record {str(d)[:200]} is malformed ({why}); it cannot be put back into the scan.")
+
         try:
-            return cls(
-                size=int(d["size"]),
-                native_shape=tuple(int(v) for v in d["native_shape"]),
+            if not isinstance(d, dict):
+                raise TypeError(f"a {type(d).__name__}, not an object")
+            fr = cls(
+                size=_whole(d["size"]),
+                native_shape=tuple(_whole(v) for v in d["native_shape"]),
                 origin=tuple(float(v) for v in d["origin"]),
                 step=tuple(float(v) for v in d["step"]),
                 spacing_mm=None if d.get("spacing_mm") is None else float(d["spacing_mm"]),
                 intensity=None if d.get("intensity") is None else tuple(float(v) for v in d["intensity"]),
-                extra=dict(d.get("extra", {})),
+                extra=dict(d.get("extra") or {}),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CmrError(f"The frame record {d!r} is incomplete or malformed ({exc}); it cannot be put back into the scan.") from exc
+        except KeyError as exc:
+            raise bad(f"no {exc.args[0]}") from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise bad(str(exc)) from None
+        if not 1 <= fr.size <= MAX_FRAME_SIZE:
+            raise bad(f"size {fr.size} is not 1–{MAX_FRAME_SIZE}")
+        if len(fr.native_shape) != 2 or min(fr.native_shape) < 1:
+            raise bad("native_shape must be two positive whole numbers")
+        if len(fr.origin) != 2 or not all(np.isfinite(fr.origin)):
+            raise bad("origin must be two finite numbers")
+        if len(fr.step) != 2 or not all(np.isfinite(fr.step)) or min(fr.step) <= 0:
+            raise bad("step must be two positive numbers")
+        if fr.spacing_mm is not None and not (np.isfinite(fr.spacing_mm) and fr.spacing_mm > 0):
+            raise bad("spacing_mm must be a positive number or null")
+        if fr.intensity is not None and (len(fr.intensity) != 2 or not all(np.isfinite(fr.intensity)) or fr.intensity[1] <= fr.intensity[0]):
+            raise bad("intensity must be two finite numbers, low then high")
+        return fr
 
     def coords(self) -> np.ndarray:
         """Native (row, col) coordinates of every frame pixel: array (2, N, N), read-only, cached."""
@@ -69,6 +92,13 @@ class Frame:
     def native_coords(self) -> np.ndarray:
         """Frame (row, col) coordinates of every native pixel: array (2, Y, X), read-only, cached."""
         return _grid(*self.native_shape, tuple(self.origin), tuple(self.step), forward=False)
+
+
+def _whole(v) -> int:
+    """A whole number from a record: 5 or 5.0, not True, 5.5, NaN or text."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not float(v).is_integer():
+        raise ValueError(f"{v!r} is not a whole number")
+    return int(v)
 
 
 @lru_cache(maxsize=16)
@@ -124,6 +154,14 @@ def make_frame(
     """
     if size < 8:
         raise CmrError(f"Frame size {size} is too small; use at least 8 pixels (128 is the default).")
+    if size > MAX_FRAME_SIZE:
+        raise CmrError(f"Frame size {size} is too large; use at most {MAX_FRAME_SIZE} pixels (128 is the default).")
+    if step is not None and not (np.isfinite(step) and step > 0):
+        raise CmrError(f"Frame step {step} must be a positive number of native pixels per frame pixel.")
+    if spacing_mm is not None and not (np.isfinite(spacing_mm) and spacing_mm > 0):
+        raise CmrError(f"Frame spacing {spacing_mm} mm must be a positive number (or None to size the frame to the heart).")
+    if centre is not None and not all(np.isfinite(centre)):
+        raise CmrError(f"Frame centre {centre} must be two finite numbers (row, column).")
     _, ny, nx = case.shape
     if centre is None:
         centre = heart_centre(case.mask) if case.mask is not None else None
