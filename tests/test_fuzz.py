@@ -898,6 +898,39 @@ def test_every_input_gets_a_clean_answer(inputs, tmp_path):
     assert outcomes["traceback"] == outcomes["hang"] == 0 and not silent
 
 
+RENDER_SAMPLE = ["truncated/mask.nii.gz@557", "random/.nii.gz-1000", "bomb/mask-30000^3", "dims/mask-4d-no-frame", "labels/value-7",
+                 "nan-inf/mask-nan", "dtype/rgb24", "special/symlink-loop", "special/fifo", "dicom/short-pixel-data",
+                 "hdf5/no-datasets", "names/b'\\xff.nii'", "geometry/mask-sform-zeros"]
+
+
+def test_render_refuses_bad_masks_in_one_sentence_and_says_what_it_assumed(inputs, tmp_path):
+    """``cmrstudio render`` reads masks through the same readers: a bad one is one sentence and no output file; one
+    read with an assumption renders, with the warning (the model is loaded for each run, so only a sample here)."""
+    from cmrstudio.models.registry import get_model
+
+    try:
+        get_model("spade")
+    except CmrError as exc:
+        pytest.skip(f"no SPADE model to render with: {exc.message}")
+    items = {i.name: i for i in inputs[0]}
+    assert set(RENDER_SAMPLE) <= set(items), set(RENDER_SAMPLE) - set(items)
+    for name in RENDER_SAMPLE:
+        inp = items[name]
+        out = tmp_path / f"{len(os.listdir(tmp_path))}.nii.gz"
+        with time_limit(120):
+            rc, stdout, err = run_cli(["render", str(inp.path), "--out", str(out)])
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert "Traceback" not in err, (name, err)
+        if rc == 2:
+            assert inp.expect in ("error", "flag"), (name, lines)
+            assert [ln for ln in lines if not ln.startswith("warning: ")] == lines[-1:], (name, lines)
+            assert lines[-1].startswith("cmrstudio: ") and printable(inp.path.name) in lines[-1], (name, lines)
+            assert not out.exists()
+        else:
+            assert rc == 0 and inp.expect in ("warn", "flag"), (name, rc, lines)
+            assert out.exists() and any(ln.startswith("warning: ") for ln in lines), (name, lines)
+
+
 # ----------------------------------------------------------------------------------------------- properties (Hypothesis)
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

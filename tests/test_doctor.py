@@ -1,0 +1,129 @@
+"""``cmrstudio doctor``: a healthy installation passes; a damaged model, a damaged settings file, a missing or
+damaged project and too little disk each give one sentence (and exit code 1)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from test_fuzz import run_cli
+
+
+def _models(folder, names_kinds):
+    from cmrstudio.models.checkpoint import save_model
+
+    for name, kind in names_kinds:
+        save_model(folder, name, {"w": np.arange(4, dtype=np.float32)}, {"kind": kind, "architecture": {}})
+
+
+@pytest.fixture
+def install(tmp_path, monkeypatch):
+    """An installation of its own: shipped models (the defaults, tiny), a user model folder, settings, data home."""
+    from cmrstudio.models.registry import DEFAULT_MODELS
+
+    res = tmp_path / "resources"
+    _models(res / "models", [(name, kind) for kind, name in DEFAULT_MODELS.items()])
+    user = tmp_path / "user-models"
+    user.mkdir()
+    monkeypatch.setenv("CMRSTUDIO_RESOURCES", str(res))
+    monkeypatch.setenv("CMRSTUDIO_MODELS", str(user))
+    monkeypatch.setenv("CMRSTUDIO_CONFIG", str(tmp_path / "config" / "settings.json"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("CMRSTUDIO_PROJECT", raising=False)
+    return tmp_path
+
+
+def _problems(findings, topic=None):
+    return [f.message for f in findings if f.level == "problem" and (topic is None or f.topic == topic)]
+
+
+def test_a_healthy_installation_has_nothing_wrong(install):
+    from cmrstudio.doctor import run_checks
+    from cmrstudio.project import Project
+    from cmrstudio.settings import Settings, save_settings
+
+    proj = Project.create(install / "projects" / "mine")
+    save_settings(Settings(last_project=str(proj.folder)))
+    findings = run_checks(display="")
+    assert _problems(findings) == []
+    topics = {f.topic for f in findings}
+    assert {"python", "packages", "torch", "gui", "opengl", "models", "settings", "project", "disk"} <= topics
+    assert all("\n" not in f.message and f.message.endswith(".") for f in findings)
+    assert any(f.topic == "opengl" and f.level == "note" and "not tried" in f.message for f in findings)
+    assert sum(f.topic == "models" and f.level == "ok" for f in findings) == 5
+    assert any(f.topic == "project" and f.level == "ok" and str(proj.folder) in f.message for f in findings)
+
+
+def test_damaged_model_settings_and_missing_project_each_get_one_sentence(install):
+    from cmrstudio.doctor import run_checks
+    from cmrstudio.settings import Settings, save_settings
+
+    user = install / "user-models"
+    _models(user, [("mine", "spade")])
+    w = user / "mine.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte in the weights
+    w.write_bytes(bytes(data))
+    (user / "broken.json").write_text("{ not json")
+    (install / "config").mkdir()
+    (install / "config" / "settings.json").write_text("{ damaged")
+    findings = run_checks(display="")
+    models = _problems(findings, "models")
+    assert any("mine.safetensors" in m and "does not match the sha256" in m for m in models), models
+    assert any("broken.json" in m and "not valid JSON" in m for m in models), models
+    settings = _problems(findings, "settings")
+    assert len(settings) == 1 and "settings.json" in settings[0] and "damaged" in settings[0]
+
+    save_settings(Settings(last_project=str(install / "gone")))
+    project = _problems(run_checks(display=""), "project")
+    assert len(project) == 1 and str(install / "gone") in project[0] and "cannot be opened" in project[0]
+
+    # through the command: exit code 1, one line per problem
+    rc, out, err = run_cli(["doctor"])
+    assert rc == 1 and "Traceback" not in err
+    lines = out.splitlines()
+    assert sum(ln.startswith("problem") for ln in lines) == 3 and lines[-1] == "3 problems found."
+    doc = json.loads(run_cli(["doctor", "--json"])[1])
+    assert doc["ok"] is False and {f["topic"] for f in doc["findings"] if f["level"] == "problem"} == {"models", "project"}
+
+
+def test_a_damaged_project_and_a_missing_default_model_are_named(install):
+    from cmrstudio.doctor import check_models, check_project
+    from cmrstudio.project import Project
+    from cmrstudio.settings import Settings
+    from tests.test_export import _render
+
+    proj = Project.create(install / "p")
+    res, aff, c = _render(3)
+    item = proj.add(res, {"case_id": c.case_id}, affine=aff)
+    proj.render_files(item.id)["image"].unlink()
+    found = check_project(Settings(last_project=str(proj.folder)))
+    assert any(f.level == "problem" and item.id in f.message and "missing" in f.message for f in found), found
+    (proj.folder / "project.json").write_text("[]")
+    found = check_project(Settings(last_project=str(proj.folder)))
+    assert [f.level for f in found] == ["problem"] and "project.json" in found[0].message
+
+    (install / "resources" / "models" / "flow-cmr.json").unlink()
+    found = check_models()
+    assert any(f.level == "problem" and "'flow-cmr' is not installed" in f.message for f in found)
+
+
+def test_too_little_free_disk_is_a_problem(tmp_path):
+    from cmrstudio.doctor import check_disk
+
+    assert [f.level for f in check_disk(tmp_path / "not" / "yet", minimum=0)] == ["ok"]
+    low = check_disk(tmp_path, minimum=1 << 62)
+    assert low[0].level == "problem" and "GiB are free" in low[0].message and str(tmp_path) in low[0].message
+
+
+def test_opengl_is_tried_when_there_is_a_display():
+    from cmrstudio.doctor import check_gui
+
+    display = os.environ.get("DISPLAY")
+    if not display:
+        pytest.skip("no display (pytest-xvfb provides one under `make test`)")
+    gl = [f for f in check_gui(display=display) if f.topic == "opengl"]
+    assert len(gl) == 1 and gl[0].level == "ok" and "OpenGL" in gl[0].message, gl
