@@ -365,7 +365,11 @@ class Project:
         with self._lock(wait=False) as held:
             if not held:
                 return done
-            listed = {it.id for it in self.items}
+            try:  # what is listed now, on disk (a writer may have added an item since this object read the file)
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                listed = {d["id"] for d in data["items"] if isinstance(d, dict) and isinstance(d.get("id"), str)}
+            except (OSError, ValueError, KeyError, TypeError):
+                return done  # an unreadable listing: touch nothing
             sets: dict[str, list[Path]] = {}
             temps = [f for f in self._listdir(self.folder) if _TEMP_RE.match(f.name) and f.name.startswith(".project.")]
             for d in (self.renders_dir, self.thumbnails_dir):

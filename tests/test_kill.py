@@ -420,6 +420,44 @@ def test_gallery_killed_at_random_moments_loses_nothing_and_leaves_nothing(drive
     assert kills >= 20 and ops >= 3 * KILLS
 
 
+def test_opening_a_project_tidies_what_a_killed_writer_left_unless_a_writer_is_at_work(tmp_path):
+    import fcntl
+
+    from cmrstudio.project import LOCK_FILE, Project
+
+    p = Project.create(tmp_path / "p")
+    for k in range(2):
+        res, aff, _ = make_render(20 + k)
+        p.add(res, {"slice": 1}, affine=aff)
+    files = p.render_files("r0001")
+    for key, f in files.items():  # a complete set nobody lists (its listing was never written), and a partial one
+        shutil.copy(f, f.with_name(f.name.replace("r0001", "r0003")))
+    shutil.copy(files["image"], files["image"].with_name("r0004_image.nii.gz"))
+    (p.renders_dir / ".r0005_image.k2j3h4.tmp.nii.gz").write_bytes(b"half")
+    (p.folder / ".project.x8d7s.tmp.json").write_text("{")
+    leftovers = sorted(f.name for d in (p.renders_dir, p.thumbnails_dir) for f in d.iterdir()) + [".project.x8d7s.tmp.json"]
+
+    fd = os.open(p.folder / LOCK_FILE, os.O_RDWR)  # a writer at work: nothing is touched
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        busy = Project.open(p.folder)
+        assert busy.recovered == []
+        assert sorted(f.name for d in (p.renders_dir, p.thumbnails_dir) for f in d.iterdir()) + [".project.x8d7s.tmp.json"] == leftovers
+    finally:
+        os.close(fd)
+
+    q = Project.open(p.folder)
+    assert len(q.recovered) == 3 and all("\n" not in s for s in q.recovered), q.recovered
+    assert sorted(f.name for f in p.renders_dir.iterdir()) == sorted(
+        f"r000{k}{s}" for k in (1, 2) for s in ("_image.nii.gz", "_mask.nii.gz", ".json"))
+    assert sorted(f.name for f in p.thumbnails_dir.iterdir()) == ["r0001.png", "r0002.png"]
+    kept = list((p.folder / ".unlisted").iterdir())
+    assert len(kept) == 1 and kept[0].name.endswith("-r0003") and len(list(kept[0].iterdir())) == 4
+    assert not (p.folder / ".project.x8d7s.tmp.json").exists() and q.check() == []
+    assert [it.id for it in q.items] == ["r0001", "r0002"]
+    assert q.add(make_render(30)[0]).id == "r0003"  # the id is free again: its files are out of the way
+
+
 # --------------------------------------------------------------------------------------------------- answers
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
