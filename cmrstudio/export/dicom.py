@@ -257,7 +257,8 @@ def _base_dataset(case: Case, common: dict[str, Any]) -> Dataset:
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = ("rendered in a patient's scan: identifiers replaced, pixels derived from the patient" if common.get("derived")
+    # LO: at most 64 characters
+    ds.DeidentificationMethod = ("identifiers replaced; pixels derived from a patient scan" if common.get("derived")
                                  else "synthetic: no patient data")
     # Study
     ds.StudyInstanceUID = common["study_uid"]
