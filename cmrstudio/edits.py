@@ -327,3 +327,81 @@ def structure_sizes(mask2d, spacing_yx=None) -> dict:
         "rv_area": float(n_rv * px_area) if n_rv else None,
     }
 
+
+
+# -- interpolation between painted slices ---------------------------------------------------------
+
+def _signed_distance(region: np.ndarray, sampling) -> np.ndarray:
+    """Signed distance to the region's border in mm (px without spacing): negative inside, positive outside."""
+    return ndimage.distance_transform_edt(~region, sampling=sampling) - ndimage.distance_transform_edt(region, sampling=sampling)
+
+
+def interpolate_slices(mask3d, z0: int, z1: int, spacing_yx=None) -> np.ndarray:
+    """A copy of the volume whose slices strictly between ``z0`` and ``z1`` are interpolated from those two.
+
+    Shape-based interpolation, as ITK-SNAP and Slicer do it: signed distance maps (in mm with
+    ``spacing_yx``, else in pixels) are blended linearly between the two key slices. The heart is
+    interpolated as nested filled shapes, so the myocardial ring stays a closed ring whatever its
+    radius: the epicardium (LV blood pool + myocardium, holes filled), the endocardium (LV blood pool)
+    and the RV; the myocardium is the epicardium outside the blood pool, and where the RV and the LV
+    meet the one deeper inside wins. A structure on one key slice only tapers off towards the other.
+    The key slices are kept.
+    """
+    m = _labels(mask3d, 3, "The mask volume")
+    n = m.shape[0]
+    a, b = sorted((_slice_index(z0, n, "Slice"), _slice_index(z1, n, "Slice")))
+    if b - a < 2:
+        raise CmrError(f"Slices {a + 1} and {b + 1} have no slice between them to fill; pick two slices with a gap.")
+    if not m[a].any() and not m[b].any():
+        raise CmrError(f"Slices {a + 1} and {b + 1} are both empty; paint the heart on both, then interpolate.")
+    sp = _spacing(spacing_yx, 2, "pixel spacing (y, x)")
+
+    def shapes(sl):
+        return {"epi": ndimage.binary_fill_holes((sl == LV) | (sl == MYO)), "lv": sl == LV, "rv": sl == RV}
+
+    ka, kb = shapes(m[a]), shapes(m[b])
+    sdf = {}
+    for key in ("epi", "lv", "rv"):
+        ra, rb = ka[key], kb[key]
+        if not ra.any() and not rb.any():
+            continue
+        da = _signed_distance(ra, sp) if ra.any() else None
+        db = _signed_distance(rb, sp) if rb.any() else None
+        # an absent structure: as if one pixel outside everywhere, so the other one shrinks to nothing at the far key
+        px = min(sp) if sp is not None else 1.0
+        da = np.full(m.shape[1:], px) if da is None else da
+        db = np.full(m.shape[1:], px) if db is None else db
+        sdf[key] = (da, db)
+    out = m.copy()
+    far = np.full(m.shape[1:], np.inf)
+    for z in range(a + 1, b):
+        t = (z - a) / (b - a)
+        d = {k: (1 - t) * va + t * vb for k, (va, vb) in sdf.items()}
+        epi, lv, rv = d.get("epi", far), d.get("lv", far), d.get("rv", far)
+        heart = (epi < 0) | (lv < 0)
+        sl = np.zeros(m.shape[1:], np.uint8)
+        sl[heart] = MYO
+        sl[lv < 0] = LV
+        sl[(rv < 0) & (~heart | (rv < np.minimum(epi, lv)))] = RV
+        out[z] = sl
+    return out
+
+
+def interpolate_between(mask3d, keys, spacing_yx=None) -> tuple[np.ndarray, list[int]]:
+    """Interpolate every gap between consecutive key slices (see :func:`interpolate_slices`).
+
+    Returns the new volume and the slices that were filled. Adjacent keys have nothing between them.
+    """
+    m = _labels(mask3d, 3, "The mask volume")
+    ks = sorted({_slice_index(k, m.shape[0], "Slice") for k in keys})
+    if len(ks) < 2:
+        raise CmrError("Interpolation needs two edited slices with a gap between them (e.g. 3 and 7); paint a second slice first.")
+    out, filled = m, []
+    for a, b in zip(ks, ks[1:]):
+        if b - a >= 2 and (m[a].any() or m[b].any()):
+            out = interpolate_slices(out, a, b, spacing_yx)
+            filled += list(range(a + 1, b))
+    if not filled:
+        raise CmrError(f"The edited slices {', '.join(str(k + 1) for k in ks)} have no gap between them to fill; "
+                       "paint two slices further apart.")
+    return out, filled

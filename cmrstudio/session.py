@@ -9,7 +9,19 @@ Observers subscribe to :attr:`StudioSession.events` (``connect(name, callback)``
 
 ``message`` (level, text) · ``case`` · ``mask`` · ``slice`` · ``anatomy`` · ``live`` (RenderResult) ·
 ``live_model`` · ``hq`` (job, step, preview) · ``hq_done`` (job) · ``project`` · ``gallery`` (item) ·
-``seed`` · ``vendor`` · ``mode`` · ``settings``
+``seed`` · ``vendor`` · ``mode`` · ``settings`` · ``edits`` (the unsaved-edits state changed) · ``faith`` (the
+faithfulness read-out of the current slice, a dict, or None) · ``hq_loading`` (the HQ model's name while it loads
+off the session's thread, then None)
+
+Never losing work: every change to the painted mask marks it *dirty* (not yet saved to a file) and
+records which slices the painter edited. :meth:`StudioSession.save_mask` writes the mask as NIfTI in
+the scan's own geometry (canonical labels, a JSON sidecar; temporary file, then rename).
+:meth:`StudioSession.autosave` keeps the working mask of each case in the project
+(``autosave/<case key>_mask.nii.gz`` + ``.json``); when the same case opens again, the mask comes back.
+
+Faithfulness: each live render of the current slice is segmented by the bundled segmenter on a
+worker thread (latest wins, at most a few a second) and its Dice against the painted mask is
+reported as the ``faith`` event.
 
 Threads: renders finish on worker threads. The session hands their results to ``call_soon``
 (given at construction) to be handled on the thread the session lives on; without one they are
@@ -24,6 +36,8 @@ made once per slice and seed and kept while the painter works.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 import threading
@@ -167,7 +181,29 @@ class StudioSession:
         self.messages: list[tuple[str, str]] = []
         self.project = project
         self.edit_sink: Callable[[tuple, np.ndarray], None] | None = None  # the GUI routes edits through its undo history
+        # unsaved work: edits since the last save to a file, the slices edited since the case opened, autosave state
+        self.dirty = False
+        self.edited: set[int] = set()
+        self.saved_path: Path | None = None
+        self.autosave_delay_s = 2.0
+        self._edit_gen = 0
+        self._autosaved_gen = 0
+        self._edited_at = 0.0
+        self._case_key: str | None = None
+        # faithfulness of the live render (the segmenter's Dice against the painted mask), off this thread
+        self.faith_on = True
+        self.faith: dict | None = None
+        self.faith_interval_s = 0.4
+        self._faith_cv = threading.Condition()
+        self._faith_job = None
+        self._faith_thread: threading.Thread | None = None
+        self._faith_busy = False
+        # an HQ model loading on a thread (the GUI's Render HQ): its name, and whether the render was cancelled meanwhile
+        self.hq_loading: str | None = None
+        self._hq_loader: threading.Thread | None = None
+        self._hq_load_cancel = False
         self._load_seq = 0
+        self._live_loading = False
         self._closed = False
         if warn:
             self.say("warning", warn)
@@ -275,9 +311,11 @@ class StudioSession:
 
     def set_case(self, case: Case) -> None:
         """Make ``case`` the open one: a fresh painted mask (its own segmentation, or empty), a new frame."""
+        self.autosave()  # the outgoing case's edits are kept before anything changes
         self.token += 1
         if self.queue is not None:
             self.queue.cancel_all()
+        self._hq_load_cancel = True
         for r in [self.renderer, *self.hq_renderers.values()]:
             if r is not None and hasattr(r, "forget_scenes"):
                 r.forget_scenes()
@@ -287,6 +325,13 @@ class StudioSession:
         self.hq_step = 0
         self.hq_job = None
         self.live_shown.clear()
+        self.faith = None
+        self.dirty = False
+        self.edited = set()
+        self.saved_path = None
+        self._edit_gen = self._autosaved_gen = 0
+        self._case_key = None
+        self._restore_autosave()
         self.centre = None  # the new case's heart, not the previous one's
         self.z = case.shape[0] // 2 if case.shape[0] > 1 else 0
         if self.vendor_auto and case.vendor in ("siemens", "philips", "ge", "canon"):
@@ -323,6 +368,35 @@ class StudioSession:
         proj = f" · project {self.project.name}" if self.project else ""
         return (f"{c.case_id} {c.phase or ''} · slice {self.z + 1}/{c.shape[0]} · {where} · live: {model} "
                 f"({'in this patient' if self.mode == 'in-patient' else 'fully synthetic'}){proj}")
+
+    def render_line(self, frame_ms: float | None = None) -> str:
+        """What is being rendered and where, e.g. ``live: spade-cmr, in this patient, slice 5/9, 34 ms``.
+
+        ``frame_ms``: the GUI's own dab-to-screen time; without it, the model's time for the frame on show.
+        """
+        c = self.case
+        if c is None:
+            return "nothing open"
+        where = "in this patient" if self.mode == "in-patient" else "fully synthetic"
+        if self.renderer is None:
+            head = "live: loading the model…" if self._live_loading else "live: no model"
+        else:
+            head = f"live: {self.renderer.name}" if self.live_on else f"live off ({self.renderer.name})"
+        parts = [head, where, f"slice {self.z + 1}/{c.shape[0]}"]
+        res = self.live_shown.get(self.z)
+        ms = frame_ms if frame_ms is not None else (res.render_ms if res is not None else None)
+        if ms is not None and self.renderer is not None and self.live_on:
+            parts.append(f"{ms:.0f} ms")
+        line = ", ".join(parts)
+        if self.faith is not None and self.faith.get("mean") is not None:
+            line += f" · Dice {self.faith['mean']:.2f}"
+        job = self.hq_job
+        if self.hq_loading:
+            line += f" · HQ: loading {self.hq_loading}…"
+        elif job is not None and not job.finished:
+            name = self.queue.renderer.name if self.queue is not None else "HQ"
+            line += f" · HQ: {name} step {self.hq_step}/{job.steps}"
+        return line
 
     # -- the synthesis frame -------------------------------------------------------------------------
     def reset_frame(self) -> None:
@@ -423,6 +497,7 @@ class StudioSession:
                 r, err = None, err_text(exc)
             self.call_soon(self._on_live_loaded, r, name, err, seq)
 
+        self._live_loading = True
         self.say("info", "Loading the live model…")
         t = threading.Thread(target=work, name="cmrstudio-load", daemon=True)
         t.start()
@@ -431,6 +506,7 @@ class StudioSession:
     def _on_live_loaded(self, r, name, err: str, seq: int) -> None:
         if self._closed or seq != self._load_seq:  # closed, or the user picked another model meanwhile
             return
+        self._live_loading = False
         if r is None:
             self._live_failed(name, err)
         else:
@@ -493,6 +569,8 @@ class StudioSession:
             return
         self.live_shown[z] = res
         self.render_ms.append(res.render_ms)
+        if z == self.z:
+            self._queue_faith(res)
         if res.note and res.note not in (m for _, m in self.messages[-5:]):
             self.say("warning", res.note)
         self.events.emit("live", res)
@@ -502,11 +580,30 @@ class StudioSession:
         return self.engine is not None and self.engine.wait_idle(timeout)
 
     # -- mask edits ------------------------------------------------------------------------------------
-    def mask_edited(self) -> None:
-        """The painted mask changed (a stroke ended, a panel edit, undo): checks and a new live frame."""
+    def mask_edited(self, slices=None) -> None:
+        """The painted mask changed (a panel edit, undo, redo): unsaved, checks and a new live frame.
+
+        ``slices``: the slices that changed, when known (they count as edited for :meth:`interpolate`).
+        """
+        self._touch(slices)
         self.check_anatomy()
         self.events.emit("mask")
         self.request_live()
+
+    def painted(self, z: int | None = None) -> None:
+        """A brush stroke (or fill) on slice ``z`` (the current one) ended: the labels layer painted into ``mask`` itself."""
+        self._touch([self.z if z is None else int(z)])
+        self.check_anatomy()
+
+    def _touch(self, slices=None) -> None:
+        was = self.dirty
+        self.dirty = True
+        self._edit_gen += 1
+        self._edited_at = time.monotonic()
+        if slices is not None:
+            self.edited.update(int(z) for z in slices)
+        if not was:
+            self.events.emit("edits")
 
     def apply_mask(self, new: np.ndarray, z: int | None = None) -> int:
         """Replace the mask (volume) or one slice; through ``edit_sink`` (the GUI's undo history) when set."""
@@ -524,8 +621,261 @@ class StudioSession:
                 self.edit_sink(idx, vals)
             else:
                 self.mask[idx] = vals
-        self.mask_edited()
+        self.mask_edited(np.unique(idx[0]).tolist() if n else None)
         return n
+
+    def interpolate(self, z0: int | None = None, z1: int | None = None) -> list[int]:
+        """Fill the slices between two edited ones by shape-based interpolation (undoable; see
+        :func:`cmrstudio.edits.interpolate_slices`). Without ``z0``/``z1``: every gap between the slices
+        edited since the case opened. Returns the slices filled (empty, with a message, when there are none)."""
+        from cmrstudio import edits
+
+        if self.case is None:
+            return []
+        try:
+            if z0 is not None and z1 is not None:
+                vol = edits.interpolate_slices(self.mask, z0, z1, self.spacing_yx())
+                lo, hi = sorted((int(z0), int(z1)))
+                filled = list(range(lo + 1, hi))
+            else:
+                keys = sorted(z for z in self.edited if self.mask[z].any())
+                vol, filled = edits.interpolate_between(self.mask, keys, self.spacing_yx())
+        except Exception as exc:
+            self.say("warning", err_text(exc))
+            return []
+        self.apply_mask(vol)
+        self.say("info", f"Interpolated slice{'s' if len(filled) != 1 else ''} {_ranges(filled)} between the edited ones "
+                         "(undo restores them).")
+        return filled
+
+    def toggle_phase(self) -> bool:
+        """Open the other phase (ED <-> ES) of the open case; its edits are kept (autosave) first."""
+        if self.case is None:
+            return False
+        others = [(ph, i) for ph, i in self.phases() if i >= 0 and ph != (self.case.phase or "-")]
+        if not others:
+            self.say("warning", f"{self.case.case_id} has no other phase to switch to; open a dataset folder that holds ED and ES.")
+            return False
+        return self.open_ref(others[0][1])
+
+    # -- saving the mask, and autosave -------------------------------------------------------------------
+    def suggest_mask_path(self) -> Path:
+        """Where Save mask as… starts: beside the scan (not inside the built-in sample), else the last folder."""
+        name = f"{_safe(self.case.case_id) if self.case else 'mask'}_mask_edited.nii.gz"
+        if self.saved_path is not None:
+            return self.saved_path
+        p = self.opened.path
+        if p is not None:
+            return (p if p.is_dir() else p.parent) / name
+        return Path(self.settings.last_folder or Path.home()) / name
+
+    def save_mask(self, path: str | Path | None = None) -> Path | None:
+        """Write the painted mask as NIfTI in the scan's geometry (canonical labels 0–3) with a JSON sidecar.
+
+        ``path`` None: where it was last saved. Each file is written to a temporary name and renamed, so a
+        failed save leaves what was there before. Returns the path, or None (with a message) on failure.
+        """
+        from cmrstudio import __version__
+        from cmrstudio.anatomy import LABELS
+        from cmrstudio.io import write_volume
+        from cmrstudio.io.common import jsonable, write_text_atomic
+
+        if self.case is None:
+            self.say("error", "Nothing is open; open a scan before saving a mask.")
+            return None
+        p = Path(path).expanduser() if path is not None else self.saved_path
+        if p is None:
+            self.say("error", "This mask has not been saved yet; choose a file with Save mask as….")
+            return None
+        try:
+            if p.is_dir():
+                raise CmrError(f"{p} is a folder; give a file name ending in .nii.gz.")
+            if not p.name.lower().endswith((".nii.gz", ".nii")):
+                raise CmrError(f"{p.name} is not a NIfTI file name; end it with .nii.gz (or .nii).")
+            top = int(self.mask.max()) if self.mask.size else 0
+            if top > 3:
+                raise CmrError(f"The mask holds label {top}, which is not one of 0–3 (background, LV, MYO, RV); "
+                               "erase it or paint with 1–3 before saving.")
+            write_volume(p, self.mask, self.case.affine, dtype=np.uint8)
+            c = self.case
+            side = {
+                "case_id": c.case_id, "phase": c.phase, "vendor": c.vendor,
+                "scan": str(self.opened.path) if self.opened.path else "built-in sample",
+                "label_convention_written": "canonical",
+                "labels": {str(k): v for k, v in LABELS.items()},
+                "shape": list(self.mask.shape),
+                "spacing_mm": list(c.spacing) if c.spacing else "unknown",
+                "geometry": "the scan's own grid (its affine)" if c.affine is not None else "unknown (identity affine)",
+                "edited_slices": sorted(z + 1 for z in self.edited),
+                "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "written_by": f"cmrstudio {__version__}",
+            }
+            write_text_atomic(_sidecar(p), json.dumps(jsonable(side), indent=2, ensure_ascii=False) + "\n")
+        except Exception as exc:
+            self.say("error", f"The mask could not be saved to {p}: {err_text(exc)}")
+            return None
+        self.saved_path = p
+        self.dirty = False
+        self.autosave(force=True)  # the autosave now says the edits are in a file
+        self.events.emit("edits")
+        self.say("info", f"Saved the mask of {self.case.case_id} to {p} (canonical labels, the scan's geometry; sidecar {_sidecar(p).name}).")
+        return p
+
+    def save_mask_as(self, path: str | Path) -> Path | None:
+        return self.save_mask(path)
+
+    def autosave_dir(self) -> Path | None:
+        return Path(self.project.folder) / "autosave" if self.project is not None else None
+
+    def case_key(self) -> str | None:
+        """A file-name-safe key of the open case: its id, phase and a digest of where it came from and of its pixels."""
+        c = self.case
+        if c is None:
+            return None
+        if self._case_key is None:
+            h = hashlib.sha1()
+            h.update(f"{self.opened.path or 'sample'}|{c.case_id}|{c.phase}|{c.shape}".encode())
+            if c.image is not None:
+                h.update(np.ascontiguousarray(c.image).tobytes())
+            self._case_key = f"{_safe(c.case_id)}_{_safe(c.phase or 'x')}_{h.hexdigest()[:12]}"
+        return self._case_key
+
+    def autosave(self, force: bool = False) -> Path | None:
+        """Keep the working mask of the open case in the project (when it changed since the last autosave).
+
+        A mask back to the scan's own (no edits) removes the autosave. Returns the autosave file, or None.
+        """
+        d = self.autosave_dir()
+        if d is None or self.case is None or self.mask is None or (not force and self._edit_gen == self._autosaved_gen):
+            return None
+        from cmrstudio.io import write_volume
+        from cmrstudio.io.common import write_text_atomic
+
+        key = self.case_key()
+        img, side = d / f"{key}_mask.nii.gz", d / f"{key}.json"
+        original = self.case.mask if self.case.mask is not None else np.zeros_like(self.mask)
+        try:
+            if np.array_equal(self.mask, original):
+                for f in (side, img):
+                    f.unlink(missing_ok=True)
+                self._autosaved_gen = self._edit_gen
+                return None
+            d.mkdir(parents=True, exist_ok=True)
+            write_volume(img, self.mask, self.case.affine, dtype=np.uint8)
+            info = {"case_id": self.case.case_id, "phase": self.case.phase, "shape": list(self.mask.shape), "key": key,
+                    "scan": str(self.opened.path) if self.opened.path else "built-in sample",
+                    "edited_slices": sorted(self.edited), "saved_to": str(self.saved_path) if self.saved_path else None,
+                    "unsaved": self.dirty, "autosaved": time.strftime("%Y-%m-%d %H:%M")}
+            write_text_atomic(side, json.dumps(info, indent=2, ensure_ascii=False) + "\n")  # last: it vouches for the mask
+        except Exception as exc:
+            self.say("warning", f"The edits could not be autosaved in {d}: {err_text(exc)}; save the mask to a file.")
+            return None
+        self._autosaved_gen = self._edit_gen
+        return img
+
+    def autosave_if_due(self) -> Path | None:
+        """Autosave once the painter has paused for ``autosave_delay_s`` (the GUI calls this on a timer)."""
+        if self._edit_gen != self._autosaved_gen and time.monotonic() - self._edited_at >= self.autosave_delay_s:
+            return self.autosave()
+        return None
+
+    def _restore_autosave(self) -> bool:
+        """The open case's autosaved mask, if the project holds one for it (same case, same pixels)."""
+        d = self.autosave_dir()
+        if d is None or self.case is None:
+            return False
+        key = self.case_key()
+        img, side = d / f"{key}_mask.nii.gz", d / f"{key}.json"
+        if not side.is_file() or not img.is_file():
+            return False
+        from cmrstudio.io import read_volume
+
+        try:
+            info = json.loads(side.read_text(encoding="utf-8"))
+            arr = np.asarray(read_volume(img, kind="mask")[0])
+            if tuple(arr.shape) != tuple(self.mask.shape) or tuple(info.get("shape", ())) != tuple(self.mask.shape):
+                raise CmrError(f"it is {arr.shape}, the scan {self.mask.shape}")
+            if arr.min() < 0 or arr.max() > 3:
+                raise CmrError("it holds labels other than 0–3")
+        except Exception as exc:
+            self.say("warning", f"The autosaved edits of {self.case.case_id} in {img} could not be restored ({err_text(exc)}); "
+                                "the scan's own mask is open.")
+            return False
+        self.mask = arr.astype(np.uint8)
+        self.edited = {int(z) for z in info.get("edited_slices", []) if 0 <= int(z) < self.mask.shape[0]}
+        saved = info.get("saved_to")
+        self.saved_path = Path(saved) if saved else None
+        self.dirty = bool(info.get("unsaved", True))
+        self.say("info", f"Restored your edits of {self.case.case_id} {self.case.phase or ''} from the autosave of "
+                         f"{info.get('autosaved', '?')}" + ("." if not self.dirty else " (not yet saved to a file)."))
+        return True
+
+    def discard_autosave(self) -> None:
+        """Forget the open case's autosave (the next edit makes a new one)."""
+        d, key = self.autosave_dir(), self.case_key()
+        if d is not None and key is not None:
+            for f in (d / f"{key}.json", d / f"{key}_mask.nii.gz"):
+                f.unlink(missing_ok=True)
+
+    # -- faithfulness of the live render -------------------------------------------------------------------
+    def _queue_faith(self, res) -> None:
+        if not self.faith_on or self._closed or res.image is None or res.mask is None:
+            return
+        with self._faith_cv:
+            self._faith_job = (self.token, res.tag[1], np.asarray(res.image, np.float32), np.array(res.mask, copy=True),
+                               self.case.affine, res.request_id)
+            if self._faith_thread is None:
+                self._faith_thread = threading.Thread(target=self._faith_loop, name="cmrstudio-faith", daemon=True)
+                self._faith_thread.start()
+            self._faith_cv.notify()
+
+    def _faith_loop(self) -> None:
+        from cmrstudio.engine.segment import segment_scan
+        from cmrstudio.metrics import dice_scores
+
+        while True:
+            with self._faith_cv:
+                while self._faith_job is None and not self._closed:
+                    self._faith_cv.wait()
+                if self._closed:
+                    return
+                job, self._faith_job = self._faith_job, None
+                self._faith_busy = True
+            token, z, image, mask, affine, rid = job
+            t0 = time.perf_counter()
+            try:
+                if mask.any():
+                    pred = segment_scan(Case(image[None], mask[None], affine), device=self.device, slices=[0])[0]
+                    scores = dice_scores(pred, mask)
+                else:
+                    scores = {"mean": None}
+                out = {"z": z, "dice": scores, "mean": scores.get("mean"), "ms": 1000 * (time.perf_counter() - t0), "request_id": rid}
+            except Exception as exc:
+                out = {"z": z, "dice": {}, "mean": None, "error": err_text(exc), "ms": 0.0, "request_id": rid}
+            if not self._closed:
+                self.call_soon(self._on_faith, token, out)
+            with self._faith_cv:
+                self._faith_busy = False
+                self._faith_cv.notify_all()
+                # throttled: the segmenter must not take the live path's cores
+                self._faith_cv.wait(max(self.faith_interval_s, 2 * out["ms"] / 1000))
+
+    def _on_faith(self, token: int, out: dict) -> None:
+        if token != self.token or out["z"] != self.z or self._closed:
+            return
+        self.faith = out
+        self.events.emit("faith", out)
+
+    def wait_faith(self, timeout: float = 30.0) -> bool:
+        """Block until the faithfulness worker has nothing queued or running (headless use and tests)."""
+        end = time.monotonic() + timeout
+        with self._faith_cv:
+            while self._faith_job is not None or getattr(self, "_faith_busy", False):
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._faith_cv.wait(min(left, 0.05))
+        return True
 
     def start_mask(self, kind: str, scope: str = "slice", **template) -> bool:
         """Start the mask from the scan's segmentation, the segmenter, a template, a phantom, or empty."""
@@ -608,12 +958,18 @@ class StudioSession:
         return self.hq_renderers[model]
 
     def render_hq(self, model: str = "flow", steps: int | None = None, guidance: float | None = None,
-                  solver: str | None = None) -> int | None:
-        """Queue an HQ render of the current slice; progress (``hq``) and the result (``hq_done``) arrive as events."""
+                  solver: str | None = None, background_load: bool = False) -> int | None:
+        """Queue an HQ render of the current slice; progress (``hq``) and the result (``hq_done``) arrive as events.
+
+        ``background_load``: a model not loaded yet loads on a thread (``hq_loading`` events; the GUI stays
+        responsive and Cancel works meanwhile) and the render is queued once it is ready; returns -1 then.
+        """
         from cmrstudio.engine.hq import JobQueue
 
         if self.case is None:
             return None
+        if background_load and model not in self.hq_renderers:
+            return self._load_hq_then_render(model, steps, guidance, solver)
         try:
             r = self.hq_renderer(model)
             if self.queue is None or self.queue.renderer is not r:
@@ -633,7 +989,45 @@ class StudioSession:
         self.events.emit("hq", self.hq_job, 0, None)
         return jid
 
+    def _load_hq_then_render(self, model: str, steps, guidance, solver) -> int:
+        if self._hq_loader is not None and self._hq_loader.is_alive():
+            self.say("warning", f"The HQ model {self.hq_loading} is still loading; the render starts when it is ready.")
+            return -1
+        token = self.token
+        self.hq_loading = model
+        self._hq_load_cancel = False
+        self.events.emit("hq_loading", model)
+
+        def work():
+            from cmrstudio.engine.factory import open_renderer
+
+            try:
+                r, err = open_renderer(model, device=self.device), ""
+            except Exception as exc:
+                r, err = None, err_text(exc)
+            self.call_soon(self._on_hq_loaded, model, r, err, token, (steps, guidance, solver))
+
+        self._hq_loader = threading.Thread(target=work, name="cmrstudio-hq-load", daemon=True)
+        self._hq_loader.start()
+        return -1
+
+    def _on_hq_loaded(self, model: str, r, err: str, token: int, params) -> None:
+        if self._closed:
+            return
+        self.hq_loading = None
+        if r is not None:
+            self.hq_renderers.setdefault(model, r)
+        self.events.emit("hq_loading", None)
+        if r is None:
+            self.say("error", f"HQ rendering with '{model}' could not start: {err}")
+        elif self._hq_load_cancel or token != self.token:
+            self.say("info", f"The HQ render with {model} was cancelled before it started.")
+        else:
+            self.render_hq(model, *params)  # the slice on show now
+
     def cancel_hq(self) -> None:
+        if self.hq_loading is not None:
+            self._hq_load_cancel = True
         if self.queue is not None and self.hq_job is not None:
             self.queue.cancel(self.hq_job.id)
 
@@ -658,7 +1052,12 @@ class StudioSession:
         self.events.emit("hq_done", job)
 
     def wait_hq(self, timeout: float = 120.0) -> bool:
-        return self.queue is not None and self.queue.wait_idle(timeout)
+        end = time.monotonic() + timeout
+        if self._hq_loader is not None:
+            self._hq_loader.join(timeout)
+            if self.hq_loading is not None and self._call_soon is None:
+                return False
+        return self.queue is not None and self.queue.wait_idle(max(0.0, end - time.monotonic()))
 
     # -- keep (the gallery) ----------------------------------------------------------------------------
     def set_project(self, project) -> None:
@@ -739,7 +1138,10 @@ class StudioSession:
     def close(self) -> None:
         if self._closed:
             return
+        self.autosave()
         self._closed = True
+        with self._faith_cv:
+            self._faith_cv.notify_all()
         self.save_settings()
         if self.engine is not None:
             self.engine.close()
@@ -765,3 +1167,28 @@ def recentre(mask2d: np.ndarray, centre) -> np.ndarray:
     ok = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
     out[ny[ok], nx[ok]] = mask2d[ys[ok], xs[ok]]
     return out
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", str(text)).strip("_") or "x"
+
+
+def _sidecar(p: Path) -> Path:
+    name = p.name
+    for suf in (".nii.gz", ".nii"):
+        if name.lower().endswith(suf):
+            return p.with_name(name[: -len(suf)] + ".json")
+    return p.with_name(name + ".json")
+
+
+def _ranges(zs: list[int]) -> str:
+    """1-based slice numbers as runs: [2, 3, 4, 7] -> '3–5, 8'."""
+    out, zs = [], sorted(zs)
+    i = 0
+    while i < len(zs):
+        j = i
+        while j + 1 < len(zs) and zs[j + 1] == zs[j] + 1:
+            j += 1
+        out.append(f"{zs[i] + 1}" if i == j else f"{zs[i] + 1}–{zs[j] + 1}")
+        i = j + 1
+    return ", ".join(out)

@@ -286,3 +286,136 @@ def test_dataset_folders_list_cases_and_phases(session, acdc_dir):
     assert set(np.unique(s.mask)) <= {0, LV, MYO, RV} and RV in s.mask and s.vendor == "siemens"  # ACDC labels remapped
     assert s.open_case_id(ids[3]) and s.case.case_id.startswith(ids[3]) and s.case.phase == "ED"
     assert live_image(s).std() > 0.05
+
+
+def test_save_mask_writes_the_scans_geometry_canonical_labels_and_a_sidecar(session, env):
+    from cmrstudio.io import read_volume
+
+    s = session()
+    z = s.z
+    assert not s.dirty and s.save_mask() is None and "Save mask as" in s.messages[-1][1]  # nowhere to save yet
+    m = s.mask[z].copy()
+    m[m == MYO] = 0
+    s.apply_mask(m, z)
+    assert s.dirty and s.edited == {z}
+    out = env / "saved" / "edited_mask.nii.gz"
+    (env / "saved").mkdir()
+    assert s.save_mask_as(out) == out and not s.dirty
+    arr, aff, _ = read_volume(out, kind="mask")
+    assert np.array_equal(arr, s.mask) and arr.dtype == np.uint8
+    assert np.allclose(aff, s.case.affine)  # the scan's own geometry
+    side = json.loads((env / "saved" / "edited_mask.json").read_text())
+    assert side["labels"]["2"] == "LV myocardium" and side["label_convention_written"] == "canonical"
+    assert side["edited_slices"] == [z + 1] and side["case_id"] == "SCD0000101_ED"
+    assert sorted(p.name for p in (env / "saved").iterdir()) == ["edited_mask.json", "edited_mask.nii.gz"]  # no temporary left
+    s.apply_mask(s.case.mask[z], z)
+    assert s.dirty and s.save_mask() == out and not s.dirty  # Save writes where Save as did
+    assert np.array_equal(read_volume(out, kind="mask")[0], s.mask)
+    # bad input: one sentence, nothing written, the edits still unsaved
+    before = out.read_bytes()
+    s.apply_mask(m, z)
+    assert s.save_mask(env / "saved" / "mask.png") is None and "not a NIfTI file name" in s.messages[-1][1]
+    s.mask[z][0, 0] = 7  # a label napari's own keys can reach
+    assert s.save_mask() is None and "label 7" in s.messages[-1][1] and s.dirty and out.read_bytes() == before
+
+
+def test_autosave_brings_the_edits_back_at_the_next_start(session, env):
+    s = session()
+    z = s.z
+    assert s.autosave() is None  # nothing edited: nothing kept
+    m = s.mask[z].copy()
+    m[m == LV] = MYO
+    s.apply_mask(m, z)
+    s.autosave_delay_s = 60
+    assert s.autosave_if_due() is None  # the painter has not paused long enough
+    s.autosave_delay_s = 0
+    f = s.autosave_if_due()
+    assert f is not None and f.parent == env / "project" / "autosave" and f.name.startswith("SCD0000101_ED_ED_")
+    s.close()  # as quitting does
+
+    s2 = session()
+    assert np.array_equal(s2.mask[z], m) and s2.dirty and s2.edited == {z}
+    assert any("Restored your edits of SCD0000101_ED" in text for _, text in s2.messages)
+    assert s2.live_shown[z].mask is not None and np.array_equal(s2.live_shown[z].mask, m)  # the live render is of the restored mask
+    out = s2.save_mask(env / "kept.nii.gz")
+    s2.close()
+    s3 = session()
+    assert np.array_equal(s3.mask[z], m) and not s3.dirty and s3.saved_path == out  # saved: restored, nothing unsaved
+    # the other phase is another case: its own mask, and switching keeps this one's edits
+    m2 = s3.mask[z].copy()
+    m2[m2 == RV] = 0
+    s3.apply_mask(m2, z)
+    assert s3.toggle_phase() and s3.case.phase == "ES" and not s3.dirty and np.array_equal(s3.mask, s3.case.mask)
+    assert s3.toggle_phase() and s3.case.phase == "ED" and np.array_equal(s3.mask[z], m2) and s3.dirty
+    # undone back to the scan's own mask: the autosave goes
+    s3.apply_mask(s3.case.mask)
+    s3.autosave()
+    assert not list((env / "project" / "autosave").glob("SCD0000101_ED_ED_*"))
+
+
+def test_interpolation_fills_the_slices_between_two_edited_ones(session):
+    from cmrstudio.edits import structure_sizes
+
+    s = session()
+    sp = s.spacing_yx()
+    seen = []
+
+    def sink(idx, vals):  # as the GUI's undo history would record them
+        seen.append(np.unique(idx[0]).tolist())
+        s.mask[idx] = vals
+
+    s.edit_sink = sink
+    a = 2
+    s.set_slice(a)
+    assert s.start_mask("template", "slice", lv_diameter_mm=40, wall_mm=9, rv_width_mm=35, rv_angle_deg=180)
+    assert s.interpolate() == [] and "second slice" in s.messages[-1][1]  # one edited slice is not enough
+    s.set_slice(a + 4)
+    assert s.start_mask("template", "slice", lv_diameter_mm=64, wall_mm=9, rv_width_mm=35, rv_angle_deg=180)
+    assert s.interpolate() == [a + 1, a + 2, a + 3]
+    assert seen[-1] == [a + 1, a + 2, a + 3]  # only the slices between, through the undo history
+    d = [structure_sizes(s.mask[z], sp)["lv_diameter"] for z in range(a, a + 5)]
+    assert all(x < y for x, y in zip(d, d[1:])) and abs(d[2] - 52) < 5, d
+    assert "Interpolated slices 4–6" in s.messages[-1][1]
+    assert s.interpolate(a, a + 1) == [] and "no slice between" in s.messages[-1][1]
+
+
+def test_faithfulness_of_the_live_render_and_the_render_line(session):
+    s = session()
+    z = s.z
+    faiths = []
+    s.events.connect("faith", faiths.append)
+    s.request_live()
+    s.wait_live()
+    assert s.wait_faith(60) and faiths
+    f = s.faith
+    # the bundled segmenter's Dice of the render on show against the painted mask, as computed by hand
+    from cmrstudio.case import Case
+    from cmrstudio.engine.segment import segment_scan
+    from cmrstudio.metrics import dice_scores
+
+    res = s.live_shown[z]
+    assert f["z"] == z and f["request_id"] == res.request_id and np.array_equal(res.mask, s.mask[z])
+    pred = segment_scan(Case(res.image[None], res.mask[None], s.case.affine), slices=[0])[0]
+    assert f["dice"] == dice_scores(pred, s.mask[z]) and 0 < f["mean"] <= 1
+    line = s.render_line()
+    assert line.startswith(f"live: spade-cmr, in this patient, slice {z + 1}/9, ") and " ms" in line and "Dice" in line
+    s.apply_mask(np.zeros_like(s.mask[z]), z)  # nothing painted: nothing to be faithful to
+    s.wait_live()
+    assert s.wait_faith(60) and s.faith["mean"] is None
+    s.set_mode("synthetic")
+    assert "fully synthetic" in s.render_line(12.0) and "12 ms" in s.render_line(12.0)
+
+
+def test_hq_model_loads_off_the_thread_and_cancel_works_while_it_loads(session):
+    s = session()
+    loading = []
+    s.events.connect("hq_loading", loading.append)
+    assert s.render_hq("flow-cmr", steps=2, background_load=True) == -1
+    assert s.hq_loading == "flow-cmr" or loading[-1:] == [None]
+    assert s.wait_hq(120) and s.hq_job is not None and s.hq_job.status == "done" and loading[0] == "flow-cmr" and loading[-1] is None
+    s.hq_renderers.clear()
+    s.render_hq("flow-cmr", steps=2, background_load=True)
+    s.cancel_hq()
+    job = s.hq_job
+    s.wait_hq(120)
+    assert s.hq_job is job and "cancelled before it started" in s.messages[-1][1]
