@@ -72,13 +72,15 @@ def render(
     from cmrstudio.io import read_case, read_mask, write_volume
     from cmrstudio.models.registry import get_model
 
+    if out is None and case_out is None:
+        raise CmrError("Give --out IMAGE (the rendered volume) and/or --case-out DIR (image, mask and sidecar for export).")
     info = get_model(model, kind=generator_kinds())
     hq = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver)) if v is not None}
+    c = read_mask(mask, labels=labels, frame=frame, spacing=parse_spacing(spacing), case=case)  # bad input first, before the model loads
+    scan = read_case(context, frame=frame, spacing=parse_spacing(spacing), case=context_case or case) if context is not None else None
     r = open_renderer(info, device=device, **hq)
-    c = read_mask(mask, labels=labels, frame=frame, spacing=parse_spacing(spacing), case=case)
     image = heart = None
-    if context is not None:
-        scan = read_case(context, frame=frame, spacing=parse_spacing(spacing), case=context_case or case)
+    if scan is not None:
         if scan.image is None:
             raise CmrError(f"{context} holds no image to render into; give the scan the mask was painted on.")
         if scan.shape != c.shape:
@@ -103,9 +105,8 @@ def render(
     if note:
         typer.echo(f"note: {note}", err=True)
     if c.spacing is None:
-        typer.echo(f"note: {mask} stores no voxel spacing; the frame is sized to the heart (give --spacing to use mm).", err=True)
-    if out is None and case_out is None:
-        raise CmrError("Give --out IMAGE (the rendered volume) and/or --case-out DIR (image, mask and sidecar for export).")
+        typer.echo(f"note: {mask} stores no voxel spacing: the frame is sized to the heart and the output's geometry says 1 mm pixels, "
+                   "which is not known (give --spacing z,y,x to write the true one).", err=True)
     t0 = time.perf_counter()
     img, fr = r.render_volume(c.mask, c.spacing, vendor=vendor, seed=seed, image=image, heart=heart,
                               margin_mm=margin if image is not None else None)

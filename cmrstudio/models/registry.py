@@ -29,7 +29,7 @@ from cmrstudio.models.checkpoint import CARD_SUFFIX, WEIGHTS_SUFFIX, ModelInfo, 
 from cmrstudio.resources import resources_dir
 
 ENTRY_POINT_GROUP = "cmrstudio.generators"
-DEFAULT_MODELS = {"spade": "spade-cmr", "diffusion": "diffusion-cmr", "flow": "flow-cmr", "segmenter": "seg-cmr", "layout": "layout-cmr"}
+DEFAULT_MODELS = {"spade": "spade-cmr", "flow": "flow-cmr", "segmenter": "seg-cmr", "layout": "layout-cmr"}
 GENERATOR_KINDS = ("spade", "diffusion", "flow")
 
 
