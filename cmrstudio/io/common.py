@@ -99,6 +99,35 @@ def affine_to_sitk_geometry(affine_zyx: np.ndarray) -> tuple[list[float], list[f
     return list(a[:3, 3]), list(spacing), list(direction.ravel())
 
 
+def orthonormal_affine(affine_zyx: np.ndarray, shape_zyx: tuple[int, ...] | None = None) -> tuple[np.ndarray, dict]:
+    """The (z, y, x) affine with its direction made orthonormal, and by how much that moved it.
+
+    The direction (the columns divided by their lengths, the voxel sizes) is replaced by its nearest
+    orthonormal matrix (the polar factor, from the SVD ``U Vᵀ``), which keeps its handedness; the voxel
+    sizes and the origin stay. ITK (SimpleITK, ITK-SNAP, nnU-Net's reader) refuses directions that are not
+    orthonormal, and a NIfTI qform can only hold an orthonormal one. ``info``: ``max_cosine_change`` (the
+    largest change of a direction cosine), ``max_angle_deg`` (the largest rotation of an axis) and, with
+    ``shape_zyx``, ``max_shift_mm`` (the largest displacement of a corner voxel's centre).
+    """
+    a = np.asarray(affine_zyx, dtype=np.float64)
+    m = a[:3, :3]
+    spacing = np.linalg.norm(m, axis=0)
+    if not np.all(np.isfinite(a)) or np.any(spacing <= 0):
+        raise CmrError("The geometry holds NaN or a zero-length axis, so no orthonormal direction can be made from it.")
+    d = m / spacing
+    u, _, vt = np.linalg.svd(d)
+    r = u @ vt
+    out = a.copy()
+    out[:3, :3] = r * spacing
+    cos = np.clip(np.sum(d * r, axis=0) / np.linalg.norm(d, axis=0), -1.0, 1.0)
+    info = {"max_cosine_change": float(np.abs(r - d).max()), "max_angle_deg": float(np.degrees(np.arccos(cos)).max())}
+    if shape_zyx is not None:
+        n = np.asarray(shape_zyx, dtype=np.float64) - 1
+        corners = np.array([[i, j, k, 1.0] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])])
+        info["max_shift_mm"] = float(np.linalg.norm((corners @ (out - a).T)[:, :3], axis=1).max())
+    return out, info
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``dest`` (same suffix); rename it onto ``dest`` on success.

@@ -16,6 +16,7 @@ import io
 import logging
 import math
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -26,7 +27,7 @@ from nibabel.spatialimages import HeaderDataError
 
 from cmrstudio.errors import CmrError
 from cmrstudio.io.checks import check_dtype, check_shape, gzip_check, note, sane_affine
-from cmrstudio.io.common import affine_xyz_to_zyx, affine_zyx_to_xyz, atomic_path, existing, pick_frame
+from cmrstudio.io.common import affine_xyz_to_zyx, affine_zyx_to_xyz, atomic_path, existing, orthonormal_affine, pick_frame
 
 _READ_ERRORS = (EOFError, OSError, zlib.error, ValueError, TypeError, struct.error, HeaderDataError,
                 nib.filebasedimages.ImageFileError, MemoryError, IndexError)
@@ -193,16 +194,40 @@ def read_nifti(path: str | Path, frame: int | None = None, kind: str = "image") 
     return arr, affine, meta
 
 
-def write_nifti(path: str | Path, array: np.ndarray, affine_zyx: np.ndarray | None, dtype=None) -> Path:
-    """Write a (Z, Y, X) array atomically as NIfTI with the given (z, y, x) affine."""
+def write_nifti(path: str | Path, array: np.ndarray, affine_zyx: np.ndarray | None, dtype=None, *, orthonormal: bool = False,
+                descrip: str | None = None) -> Path:
+    """Write a (Z, Y, X) array atomically as NIfTI with the given (z, y, x) affine.
+
+    Both transforms are set, with code 1 (scanner-based coordinates): the sform holds the affine as given
+    (``orthonormal``: its direction made orthonormal first, :func:`~cmrstudio.io.common.orthonormal_affine`),
+    the qform its nearest rigid version, which is all a qform can hold. ITK-based readers (SimpleITK,
+    ITK-SNAP, nnU-Net) use the qform when the sform's direction is not orthonormal, so a scan whose matrix
+    is a hair off (M&Ms-style, ~1e-4) still opens everywhere. Without an affine (spacing unknown) both codes
+    are 0 (NIFTI_XFORM_UNKNOWN: arbitrary coordinates), the voxel size a 1 mm placeholder and the spatial
+    unit unknown, so no reader is told a geometry the data never had. ``descrip`` (at most 79 ASCII
+    characters) goes into the header's description field.
+    """
     arr = np.asarray(array)
     if dtype is not None:
         arr = arr.astype(dtype)
-    aff = np.eye(4) if affine_zyx is None else affine_zyx_to_xyz(affine_zyx)
-    img = nib.Nifti1Image(np.ascontiguousarray(arr.transpose(2, 1, 0)), aff)
-    img.header.set_xyzt_units("mm", "sec")
+    img = nib.Nifti1Image(np.ascontiguousarray(arr.transpose(2, 1, 0)), None)
+    hdr = img.header
+    if affine_zyx is None:
+        hdr.set_qform(None, code=0)
+        hdr.set_sform(None, code=0)
+        hdr.set_zooms((1.0,) * 3)
+        hdr.set_xyzt_units("unknown", "unknown")
+    else:
+        if orthonormal:
+            affine_zyx, _ = orthonormal_affine(affine_zyx)
+        aff = affine_zyx_to_xyz(affine_zyx)
+        hdr.set_qform(aff, code=1)
+        hdr.set_sform(aff, code=1)
+        hdr.set_xyzt_units("mm", "sec")
+    if descrip:
+        hdr["descrip"] = re.sub(r"[^\x20-\x7e]", "?", str(descrip))[:79].encode("ascii")
     if arr.dtype == np.uint8:
-        img.header["intent_code"] = 1002  # NIFTI_INTENT_LABEL
+        hdr["intent_code"] = 1002  # NIFTI_INTENT_LABEL
     path = Path(path)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
