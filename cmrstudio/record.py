@@ -166,13 +166,21 @@ class Render:
         return cls(c.image[0], None, c.mask[0], Frame.from_dict(fr), RenderRecord.from_dict(render, f"The render record in {path}"))
 
 
-def render_case(image: np.ndarray, mask: np.ndarray, affine: np.ndarray | None, frame: Frame, record: RenderRecord, case_id: str):
+def render_case(image: np.ndarray, mask: np.ndarray, affine: np.ndarray | None, frame: Frame, record: RenderRecord, case_id: str,
+                mask_source: dict | None = None):
     """A render (one slice or a volume) as a case whose sidecar says how it was made: what :func:`cmrstudio.io.write_case`
-    writes for projects, ``render --case-out`` and exports to read back."""
+    writes for projects, ``render --case-out`` and exports to read back.
+
+    ``mask_source``: where the mask came from (``dataset``, ``case_id``, ``path`` and, for one slice of a scan,
+    ``slice``), as the studio's gallery records it; an export compares the mask with that scan's own segmentation
+    to tell a patient's segmentation from a painted mask (without it the mask's origin is unknown)."""
     from cmrstudio.case import Case
 
     src = {"dataset": "cmrstudio-render", "synthetic": record.synthetic, "derived_from_patient": record.derived_from_patient,
            "render": record.to_dict(), "frame": frame.to_dict()}
+    if mask_source:
+        src["mask_source"] = {k: (str(v) if k == "path" and v is not None else v) for k, v in dict(mask_source).items()
+                              if k in ("dataset", "case_id", "path", "slice", "phase", "vendor")}
     img = np.asarray(image, np.float32)
     msk = np.asarray(mask, np.uint8)
     return Case(img[None] if img.ndim == 2 else img, msk[None] if msk.ndim == 2 else msk, affine, vendor=record.vendor,

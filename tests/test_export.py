@@ -41,7 +41,7 @@ def project(tmp_path):
     p = Project.create(tmp_path / "project", name="curated")
     for i, (note, rating) in enumerate([("dilated LV", 5), ("thin wall", 3), ("", None)]):
         res, aff, c = _render(10 + i)
-        p.add(res, {"case_id": c.case_id, "slice": 1, "phase": "ED"}, note=note, rating=rating, affine=aff)
+        p.add(res, {"case_id": c.case_id, "slice": 1, "phase": "ED", "dataset": "phantom"}, note=note, rating=rating, affine=aff)
     return p
 
 
@@ -60,14 +60,22 @@ def test_nifti_export_from_a_project_round_trips(project, tmp_path):
         assert np.array_equal(np.asarray(msk.dataobj)[:, :, 0].T, kept.mask)
         ref = nib.load(str(project.render_files(it.id)["image"]))
         assert np.allclose(img.affine, ref.affine) and np.allclose(msk.affine, ref.affine)
+        for f in (img, msk):  # both transforms set, scanner-based: every reader agrees on the geometry
+            assert int(f.header["qform_code"]) == 1 and int(f.header["sform_code"]) == 1
+            assert np.allclose(f.header.get_qform(), f.header.get_sform(), atol=1e-4)
         s = sitk.ReadImage(str(out / f"{it.id}_image.nii.gz"))
         assert np.array_equal(sitk.GetArrayFromImage(s)[0], kept.image)
         side = json.loads((out / f"{it.id}.json").read_text())
         assert side["synthetic"] is True and side["model"] == "spade-test" and side["model_sha256"] == "ab" * 32
         assert side["rating"] == it.rating and side["note"] == it.note and side["seed"] == it.seed
         assert side["source"]["slice"] == 1 and side["frame"]["size"] == 64 and side["sampler"] == "spade"
+        # the source described by dataset, case hash and slice: not its case id
+        assert side["source"]["dataset"] == "phantom" and len(side["source"]["case_hash"]) == 16 and "case_id" not in side["source"]
+        assert side["mask_origin"] == "synthetic" and side["derived_from_patient"] is False and "project" not in side
+        assert side["geometry"]["direction_orthonormalised"]["max_cosine_change"] < 1e-12
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "cmrstudio" and desc["BIDSVersion"]
+    assert "file:" not in json.dumps(desc) and str(project.folder) not in (out / "export.json").read_text()
     from PIL import Image
 
     sheet = Image.open(out / "contact_sheet.png")
@@ -88,14 +96,17 @@ def test_nnunet_dataset_passes_the_fields_nnunet_reads_and_merges_real_cases(pro
     d = json.loads((root / "dataset.json").read_text())
     assert check_nnunet_dataset_json(d, root) == []
     assert d["numTraining"] == 5 and d["labels"] == {"background": 0, "LV": 1, "MYO": 2, "RV": 3} and d["file_ending"] == ".nii.gz"
-    assert sorted(rep.real) == ["real_phantom_0001_ED", "real_phantom_0002_ED"] and d["real_cases"] == rep.real
+    assert sorted(rep.real) == ["real_0001", "real_0002"] and d["real_cases"] == rep.real  # no source case ids
     for it in project.items:
         lab = np.asarray(nib.load(str(root / "labelsTr" / f"{it.id}.nii.gz")).dataobj)[:, :, 0].T
         assert np.array_equal(lab, project.load(it.id).mask)
         assert (root / "imagesTr" / f"{it.id}_0000.nii.gz").exists()
     prov = json.loads((root / "provenance.json").read_text())
     assert prov["r0001"]["synthetic"] is True and prov["r0001"]["note"] == "dilated LV"
+    assert prov["real_0001"]["real"] is True and prov["real_0001"]["derived_from_patient"] is True and "case_id" not in prov["real_0001"]["source"]
     assert verify(tmp_path / "nn") == []
+    kept = export(project.folder, tmp_path / "nn-ids", "nnunet", with_real=[real], keep_source_ids=True)
+    assert sorted(kept.real) == ["real_phantom_0001_ED", "real_phantom_0002_ED"]
     # the check itself catches what nnU-Net would reject
     broken = dict(d, labels={"LV": 1, "MYO": 2}, numTraining=9)
     msgs = check_nnunet_dataset_json(broken, root)
@@ -114,7 +125,10 @@ def test_dicom_export_is_marked_synthetic_and_reads_back(project, tmp_path):
         kept = project.load(it.id)
         files = sorted((out / it.id / "image").glob("*.dcm"))
         ds = pydicom.dcmread(str(files[0]))
-        assert "DERIVED" in ds.ImageType and "SECONDARY" in ds.ImageType and ds.ConversionType == "SYN"
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "OTHER"] and ds.SyntheticData == "YES" and "ConversionType" not in ds
+        purpose = ds.ContributingEquipmentSequence[0].PurposeOfReferenceCodeSequence[0]
+        assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("109100", "DCM")  # Synthesizing Equipment
+        assert ds.PatientPosition == "HFS" and ds.StudyID.startswith("CMR")
         assert ds.SeriesDescription.startswith("SYNTHETIC") and "SYNTHETIC" in str(ds.PatientName)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(out / it.id / "image")))
@@ -133,6 +147,9 @@ def test_a_folder_of_renders_exports_too(project, tmp_path):
     assert [i.case.case_id for i in items] == ["r0001", "r0002", "r0003"] and not problems
     rep = export(project.renders_dir, tmp_path / "out", "nifti")
     assert len(rep.exported) == 3
+    # a project's renders folder keeps what the project listing says: rating, note, source
+    side = json.loads((tmp_path / "out" / "r0001.json").read_text())
+    assert side["rating"] == 5 and side["note"] == "dilated LV" and side["source"]["slice"] == 1 and side["source"]["case_hash"]
     rated = export(project.folder, tmp_path / "best", "nifti", min_rating=4)
     assert rated.exported == ["r0001"]
     # an export is itself a folder of renders: re-exported as nnU-Net it keeps rating and note
@@ -252,7 +269,8 @@ def test_bad_renders_are_named_and_the_good_ones_still_export(project, tmp_path)
     assert rep.exported == ["r0001"]
     assert any("r0002" in s and "label 7" in s for s in rep.skipped)
     assert any("r0003" in s and "r0003_image.nii.gz is missing" in s for s in rep.skipped)
-    assert json.loads((tmp_path / "out" / "export.json").read_text())["skipped"] == rep.skipped
+    listed = json.loads((tmp_path / "out" / "export.json").read_text())["skipped"]
+    assert len(listed) == len(rep.skipped) and not any(str(project.folder) in s for s in listed)  # no local paths
     # the command line says the same and exits 1, with the good case written
     p = run("export", "--format", "dicom", str(project.folder), str(tmp_path / "cli"), check=False)
     assert p.returncode == 1 and "skipped" in p.stderr and "label 7" in p.stderr
@@ -280,8 +298,11 @@ def test_bad_destinations_and_sources_get_one_sentence(project, tmp_path):
     with pytest.raises(CmrError, match="is not a cmrstudio export"):
         export(project.folder, tmp_path / "photos", "nifti", overwrite=True)
     assert (tmp_path / "photos" / "holiday.jpg").exists() and (project.folder / "project.json").exists()
+    import shutil
+
+    loose = shutil.copytree(project.renders_dir, tmp_path / "loose")  # renders away from their project: no ratings
     with pytest.raises(CmrError, match="--min-rating needs ratings"):
-        export(project.renders_dir, tmp_path / "o4", "nifti", min_rating=3)
+        export(loose, tmp_path / "o4", "nifti", min_rating=3)
     with pytest.raises(CmrError, match="--dataset-id 1000 must be 1–999"):
         export(project.folder, tmp_path / "o3", "nnunet", dataset_id=1000)
     p = run("export", "--format", "nifti", str(project.folder), "/proc/cmrstudio-export-test/out", check=False)
@@ -298,7 +319,7 @@ def test_renders_made_in_a_patients_scan_are_exported_as_derived_and_left_out_of
 
     p = Project.create(tmp_path / "mixed")
     res, aff, c = _render(21)
-    p.add(res, {"case_id": c.case_id, "slice": 1}, affine=aff)  # fully synthetic
+    p.add(res, {"case_id": c.case_id, "slice": 1, "dataset": "phantom"}, affine=aff)  # fully synthetic
     res2, aff2, c2 = _render(22)
     res2.record = dataclasses.replace(res2.record, mode="in-patient", margin_mm=10.0)
     kept = p.add(res2, {"case_id": c2.case_id, "slice": 1}, affine=aff2)
@@ -312,8 +333,9 @@ def test_renders_made_in_a_patients_scan_are_exported_as_derived_and_left_out_of
     assert side["derived_from_patient"] is True and side["synthetic"] is False and side["mode"] == "in-patient"
     syn = pydicom.dcmread(sorted((tmp_path / "all" / "r0001" / "image").glob("*.dcm"))[0])
     der = pydicom.dcmread(sorted((tmp_path / "all" / "r0002" / "image").glob("*.dcm"))[0])
-    assert syn.SyntheticData == "YES" and "SYNTHETIC" in syn.ImageType and syn.SeriesDescription.startswith("SYNTHETIC")
-    assert der.SyntheticData == "NO" and "SYNTHETIC" not in der.ImageType and der.SeriesDescription.startswith("DERIVED")
+    assert syn.SyntheticData == "YES" and syn.SeriesDescription.startswith("SYNTHETIC")
+    # the standard's flag is YES when some or all of the content was made artificially: a render in a patient's scan too
+    assert der.SyntheticData == "YES" and der.SeriesDescription.startswith("DERIVED") and der.StudyDescription.startswith("DERIVED")
     assert "derived from patient data" in der.DerivationDescription
 
     p2 = run("export", str(p.folder), str(tmp_path / "anon"), "--format", "nifti", "--anonymous-only", check=False)

@@ -1,17 +1,31 @@
-"""Synthetic cases as DICOM: the image and its label map as two MR series, marked synthetic.
+"""Rendered cases as DICOM: the image and its label map as two MR series, marked the way DICOM marks synthetic data.
 
-Every file is a classic MR Image Storage object (one slice per file, Explicit VR Little
-Endian, with preamble and file meta information). The files say plainly that they are
-synthetic, the way DICOM does it:
+Every file is a classic MR Image Storage object (one slice per file, Explicit VR Little Endian,
+with preamble and file meta information): the only image IOD whose Image Plane module gives the
+patient-space geometry that SimpleITK's series reader, dcm2niix and every PACS viewer use for
+per-slice files (Secondary Capture carries no geometry; Enhanced MR needs acquisition attributes
+a rendered image cannot truthfully fill). What is synthetic is said the standard's way:
 
-- ImageType ``DERIVED\\SECONDARY\\SYNTHETIC`` and ConversionType ``SYN``;
-- SeriesDescription starting with ``SYNTHETIC``; DerivationDescription naming the model,
-  its sha256, the sampler, steps, guidance, seed and vendor style;
-- a synthetic patient (``SYNTHETIC^CMRSTUDIO``, ``SYN-<case>``), PatientIdentityRemoved
-  ``YES``, no birth date, sex or age values, no institution, Manufacturer
-  ``cmrstudio (synthetic)``;
-- brand new UIDs (study, series, instances, frame of reference) for every export: nothing
-  is copied from a real source, and no private tags are written.
+- **Synthetic Data (0008,001C)** — "whether some or all of the content was made artificially
+  rather than being a faithful representation of acquired data" (PS3.3 SOP Common): ``YES`` for
+  every rendered image (a render in a patient's own scan is partly made by the model, so it is
+  ``YES`` too), ``YES`` for a painted mask, ``NO`` for a mask that is the patient's own
+  segmentation, and absent (it is Type 3) when the mask's origin is not recorded;
+- **Contributing Equipment Sequence (0018,A001)** naming cmrstudio and the model with the purpose
+  (109100, DCM, "Synthesizing Equipment") on every series whose content it made;
+- ImageType ``DERIVED\\SECONDARY\\OTHER``; SeriesDescription starting with ``SYNTHETIC`` (made by the
+  model or painted) or ``DERIVED`` (rendered in a patient's scan, or the patient's segmentation);
+  DerivationDescription naming the model, its sha256, the sampler, steps, guidance, seed and
+  vendor style, and whether the content is derived from a patient;
+- a made-up patient (``SYNTHETIC^CMRSTUDIO``, ``SYN-<hash>``), PatientIdentityRemoved ``YES``,
+  no birth date, sex or age values, no institution, Manufacturer ``cmrstudio (synthetic)``,
+  PatientPosition ``HFS`` (a conventional value: positions are in patient coordinates anyway);
+- brand new UIDs (study, series, instances, frame of reference) and a StudyID for every export:
+  nothing is copied from a real source, and no private tags are written.
+
+The image is stored as uint16 with Rescale Slope/Intercept (its float intensities; not part of the
+MR Image IOD, so dciodvfy warns, but every reader applies them, as for Philips MR); the mask as
+uint16 labels 0–3 with no rescale.
 
 Geometry follows the case's ``affine`` ((z, y, x) RAS, converted to DICOM's LPS with
 :func:`~cmrstudio.io.common.affine_to_sitk_geometry`): SimpleITK reads each series back
@@ -32,6 +46,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
@@ -43,7 +58,11 @@ __all__ = ["write_dicom", "MR_IMAGE_STORAGE", "MASK_DESCRIPTION"]
 
 MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 MASK_DESCRIPTION = "SYNTHETIC mask: 0 bg 1 LV 2 MYO 3 RV"
-IMAGE_TYPE = ["DERIVED", "SECONDARY", "SYNTHETIC"]
+PATIENT_MASK_DESCRIPTION = "DERIVED mask, patient segmentation: 0 bg 1 LV 2 MYO 3 RV"
+UNKNOWN_MASK_DESCRIPTION = "MASK of unrecorded origin: 0 bg 1 LV 2 MYO 3 RV"
+IMAGE_TYPE = ["DERIVED", "SECONDARY", "OTHER"]  # MR Images need value 3; OTHER is its defined term for none of the maps
+PATIENT_POSITION = "HFS"
+SYNTHESIZING_EQUIPMENT = ("109100", "DCM", "Synthesizing Equipment")
 PATIENT_NAME = "SYNTHETIC^CMRSTUDIO"
 MANUFACTURER = "cmrstudio (synthetic)"
 QUANTISATIONS = ("auto", "uint16")
@@ -82,6 +101,13 @@ def _patient_id(study_uid: str) -> str:
     import hashlib
 
     return "SYN-" + hashlib.sha256(study_uid.encode("ascii")).hexdigest()[:12].upper()
+
+
+def _study_id(study_uid: str) -> str:
+    """A StudyID (SH, 16 characters) made from the new study UID."""
+    import hashlib
+
+    return "CMR" + hashlib.sha256(study_uid.encode("ascii")).hexdigest()[:8].upper()
 
 
 def _label(value: Any) -> str:
@@ -221,12 +247,37 @@ def _window(image: np.ndarray) -> tuple[str, str, str]:
 # ----------------------------------------------------------------------------- datasets
 def _derived(provenance: dict[str, Any]) -> bool:
     """Rendered in a patient's own scan: that patient's pixels surround the rendered heart."""
-    return bool(provenance.get("derived_from_patient"))
+    origin = provenance.get("image_origin")
+    if origin is not None:
+        return origin != "synthetic"
+    return (provenance.get("mode") or "synthetic") != "synthetic" or (
+        provenance.get("derived_from_patient") is True and "mask_origin" not in provenance)
 
 
-def _provenance_text(case: Case, provenance: dict[str, Any], vendor: str) -> str:
-    parts = ["cmrstudio render in a patient's own scan: derived from patient data" if _derived(provenance)
-             else "cmrstudio synthetic image, no patient data"]
+def _mask_origin(provenance: dict[str, Any]) -> str:
+    """synthetic (painted; also when the caller does not say), patient (the patient's own segmentation) or unknown."""
+    o = provenance.get("mask_origin", "synthetic")
+    return o if o in ("synthetic", "patient", "unknown") else "unknown"
+
+
+def _status(provenance: dict[str, Any]) -> str:
+    """The case as a whole: synthetic (nothing of a patient), derived (something of a patient) or unknown."""
+    if _derived(provenance) or _mask_origin(provenance) == "patient":
+        return "derived"
+    return "unknown" if _mask_origin(provenance) == "unknown" else "synthetic"
+
+
+def _provenance_text(case: Case, provenance: dict[str, Any], vendor: str, what: str = "image") -> str:
+    if what == "image":
+        lead = ("cmrstudio render in a patient's own scan: derived from patient data" if _derived(provenance)
+                else "cmrstudio synthetic image of a patient's own segmentation: derived from patient data"
+                if _mask_origin(provenance) == "patient"
+                else "cmrstudio synthetic image; its mask's origin is not recorded" if _mask_origin(provenance) == "unknown"
+                else "cmrstudio synthetic image, no patient data")
+    else:
+        lead = {"patient": "label map: the patient's own segmentation (derived from patient data)",
+                "unknown": "label map whose origin is not recorded"}.get(_mask_origin(provenance), "label map painted in cmrstudio, no patient data")
+    parts = [lead]
     for key in ("model", "model_sha256", "kind", "sampler", "steps", "guidance", "seed"):
         val = provenance.get(key)
         if val not in (None, ""):
@@ -244,6 +295,22 @@ def _series_description(provenance: dict[str, Any], vendor: str) -> str:
     return _ascii(" ".join(w for w in words if w), 64)
 
 
+def _contributing_equipment(common: dict[str, Any], provenance: dict[str, Any]) -> Sequence:
+    """One item: cmrstudio (and the model) as the equipment that synthesised the content."""
+    item = Dataset()
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = SYNTHESIZING_EQUIPMENT
+    item.PurposeOfReferenceCodeSequence = Sequence([code])
+    item.Manufacturer = "cmrstudio"
+    model = _label(provenance.get("model"))
+    if model:
+        item.ManufacturerModelName = model
+    item.SoftwareVersions = common["software"]
+    item.ContributionDateTime = common["date"] + common["time"].split(".")[0]
+    item.ContributionDescription = _ascii("rendered by a generative model from a label map" if model else "made by cmrstudio", 64)
+    return Sequence([item])
+
+
 def _base_dataset(case: Case, common: dict[str, Any]) -> Dataset:
     ds = Dataset()
     # SOP common
@@ -258,35 +325,33 @@ def _base_dataset(case: Case, common: dict[str, Any]) -> Dataset:
     ds.PatientSex = ""
     ds.PatientIdentityRemoved = "YES"
     # LO: at most 64 characters
-    ds.DeidentificationMethod = ("identifiers replaced; pixels derived from a patient scan" if common.get("derived")
-                                 else "synthetic: no patient data")
+    ds.DeidentificationMethod = {"derived": "identifiers replaced; derived from a patient scan",
+                                 "unknown": "identifiers replaced; mask origin not recorded"}.get(common["status"], "synthetic: no patient data")
     # Study
     ds.StudyInstanceUID = common["study_uid"]
     ds.StudyDate = common["date"]
     ds.StudyTime = common["time"]
-    ds.StudyID = ""
+    ds.StudyID = common["study_id"]
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "DERIVED cmrstudio" if common.get("derived") else "SYNTHETIC cmrstudio"
+    ds.StudyDescription = {"derived": "DERIVED cmrstudio", "unknown": "cmrstudio render, mask origin not recorded"}.get(
+        common["status"], "SYNTHETIC cmrstudio")
     # Series, equipment, frame of reference
     ds.Modality = "MR"
+    ds.PatientPosition = PATIENT_POSITION
     ds.SeriesDate = common["date"]
     ds.SeriesTime = common["time"]
     ds.BodyPartExamined = "HEART"
     ds.Manufacturer = MANUFACTURER
     ds.ManufacturerModelName = "cmrstudio"
     ds.SoftwareVersions = common["software"]
-    ds.ConversionType = "SYN"
-    # (0008,001C): the standard's own flag for synthetic content; a render in a patient's own scan is partly real
-    ds.SyntheticData = "NO" if common.get("derived") else "YES"
     ds.FrameOfReferenceUID = common["frame_uid"]
     ds.PositionReferenceIndicator = ""
     # General image / MR image
-    ds.ImageType = ["DERIVED", "SECONDARY"] if common.get("derived") else list(IMAGE_TYPE)
+    ds.ImageType = list(IMAGE_TYPE)
     ds.ContentDate = common["date"]
     ds.ContentTime = common["time"]
     ds.BurnedInAnnotation = "NO"
-    ds.DerivationDescription = common["derivation"]
     ds.ScanningSequence = "RM"  # research mode: no acquisition took place
     ds.SequenceVariant = "NONE"
     ds.ScanOptions = ""
@@ -321,9 +386,16 @@ def _slice_dataset(base: Dataset, k: int, pixels: np.ndarray, series: dict[str, 
     ds.InstanceNumber = k + 1
     ds.ImagePositionPatient = geometry["positions"][k]
     ds.SliceLocation = _ds(float(np.dot(np.asarray(geometry["positions"][k], float), series["normal"])))
-    ds.RescaleIntercept = series["intercept"]
-    ds.RescaleSlope = series["slope"]
-    ds.RescaleType = "US"  # unspecified: intensities of a synthetic image have no physical unit
+    ds.DerivationDescription = series["derivation"]
+    # (0008,001C): the standard's flag: YES when some or all of the content was made artificially; Type 3, so left
+    # out when that is not known (a mask whose origin was not recorded)
+    if series.get("synthetic") is not None:
+        ds.SyntheticData = "YES" if series["synthetic"] else "NO"
+    if series.get("equipment") is not None:
+        ds.ContributingEquipmentSequence = series["equipment"]
+    if series.get("slope") is not None:
+        ds.RescaleIntercept = series["intercept"]
+        ds.RescaleSlope = series["slope"]
     ds.WindowCenter = series["window"][0]
     ds.WindowWidth = series["window"][1]
     ds.VOILUTFunction = series["window"][2]
@@ -374,10 +446,12 @@ def write_dicom(
     """Write ``case`` under ``folder`` as two DICOM series: ``folder/image/IM0001.dcm ...`` (the synthetic MR image)
     and ``folder/mask/IM0001.dcm ...`` (the label map as a second series). Returns {"image": [...], "mask": [...]}.
 
-    One MR Image Storage file per slice (Explicit VR Little Endian), marked synthetic (ImageType
-    ``DERIVED\\SECONDARY\\SYNTHETIC``, ConversionType ``SYN``, SeriesDescription ``SYNTHETIC ...``,
-    DerivationDescription from ``provenance``: model, model_sha256, kind, sampler, steps, guidance,
-    seed, vendor). Both series share a new StudyInstanceUID (or ``study_uid``) and a new
+    One MR Image Storage file per slice (Explicit VR Little Endian), marked as the module notes say (SyntheticData,
+    a Contributing Equipment item "Synthesizing Equipment", ImageType ``DERIVED\\SECONDARY\\OTHER``, SeriesDescription
+    ``SYNTHETIC ...`` or ``DERIVED ...``, DerivationDescription from ``provenance``: model, model_sha256, kind,
+    sampler, steps, guidance, seed, vendor). ``provenance`` may say ``image_origin`` (``synthetic`` or
+    ``in-patient``; else its ``mode``) and ``mask_origin`` (``synthetic``, the default, ``patient`` or
+    ``unknown``). Both series share a new StudyInstanceUID (or ``study_uid``) and a new
     FrameOfReferenceUID; every series and instance UID is new. The image series gets SeriesNumber
     ``series_number``, the mask ``series_number + 1``. A case without a mask gets no mask series
     (an empty list).
@@ -385,7 +459,7 @@ def write_dicom(
     Pixels (``quantisation="auto"``): the float image is stored as uint16 with RescaleSlope ≈
     (max - min) / 65535 and RescaleIntercept ≈ min, so the rescaled values read back differ from
     the image by at most **(max - min) / 65535** (half a step, plus the 16-character precision of
-    the decimal tags). The mask is stored as uint16 labels 0–3, slope 1, intercept 0: exact.
+    the decimal tags). The mask is stored as uint16 labels 0–3 with no rescale: exact.
 
     Geometry comes from ``case.affine`` (converted to LPS as for a NIfTI read by SimpleITK); SimpleITK's
     ImageSeriesReader reads either series back with that origin, spacing and direction and
@@ -431,11 +505,13 @@ def write_dicom(
         "time": now.strftime("%H%M%S.%f"),
         "study_uid": study_uid or generate_uid(),
         "frame_uid": generate_uid(),
-        "derivation": _provenance_text(case, provenance, vendor),
         "software": _software_version(),
         "geometry": geometry,
-        "derived": _derived(provenance),
+        "status": _status(provenance),
     }
+    common["study_id"] = _study_id(common["study_uid"])
+    mask_origin = _mask_origin(provenance)
+    equipment = _contributing_equipment(common, provenance)
     ori = np.asarray([float(v) for v in geometry["orientation"]])
     normal = np.cross(ori[:3], ori[3:])
     base = _base_dataset(case, common)
@@ -447,6 +523,9 @@ def write_dicom(
                 "uid": generate_uid(),
                 "number": series_number,
                 "description": _series_description(provenance, vendor),
+                "derivation": _provenance_text(case, provenance, vendor, "image"),
+                "synthetic": True,  # some (in a patient's scan) or all of it was made by the model
+                "equipment": equipment,
                 "slope": slope,
                 "intercept": intercept,
                 "window": _window(case.image),
@@ -462,9 +541,12 @@ def write_dicom(
                 {
                     "uid": generate_uid(),
                     "number": series_number + 1,
-                    "description": MASK_DESCRIPTION,
-                    "slope": "1",
-                    "intercept": "0",
+                    "description": {"patient": PATIENT_MASK_DESCRIPTION, "unknown": UNKNOWN_MASK_DESCRIPTION}.get(mask_origin, MASK_DESCRIPTION),
+                    "derivation": _provenance_text(case, provenance, vendor, "mask"),
+                    "synthetic": {"synthetic": True, "patient": False}.get(mask_origin),
+                    "equipment": equipment if mask_origin == "synthetic" else None,
+                    "slope": None,  # labels as stored: no rescale
+                    "intercept": None,
                     "window": ("1.5", "4", "LINEAR"),
                     "explanation": "LABELS 0-3",
                     "normal": normal,

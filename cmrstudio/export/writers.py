@@ -1,8 +1,14 @@
-"""Export curated synthetic cases: NIfTI + JSON, an nnU-Net v2 raw dataset, or DICOM series.
+"""Export curated synthetic cases: NIfTI + JSON, an nnU-Net v2 raw dataset, DICOM series or a BIDS-derivatives dataset.
 
 Every export also gets a BIDS-derivatives ``dataset_description.json``, a PNG contact sheet,
 ``export.json`` (what was exported, what was skipped and why) and ``manifest.json`` (a
 sha256 per file; ``cmrstudio export --verify DEST`` checks it).
+
+Before anything is written each render is labelled honestly (:func:`~cmrstudio.export.source.judge_mask`:
+an image rendered in a patient's scan, or a mask that is the patient's own segmentation, makes the render
+derived from that patient), its geometry made one that every reader accepts (the direction orthonormalised,
+by how much recorded; unknown spacing kept unknown), and its provenance stripped of what names the source
+(:mod:`cmrstudio.export.privacy`) unless ``keep_source_ids``.
 
 Safety: everything is written into a hidden sibling folder ``.DEST.partial-<pid>`` and renamed
 to DEST only when complete, so an interrupted export never leaves a folder that looks finished;
@@ -26,10 +32,11 @@ from cmrstudio import __version__
 from cmrstudio.anatomy import LABELS
 from cmrstudio.case import Case
 from cmrstudio.errors import CmrError
-from cmrstudio.export.source import ExportItem, collect
-from cmrstudio.io.common import jsonable, write_text_atomic
+from cmrstudio.export.privacy import NEUTRAL_ID, Scrubber, new_salt, path_identifiers, public_source
+from cmrstudio.export.source import ExportItem, collect, judge_mask, set_origin, source_identifiers
+from cmrstudio.io.common import jsonable, orthonormal_affine, write_text_atomic
 
-FORMATS = ("nifti", "nnunet", "dicom")
+FORMATS = ("nifti", "nnunet", "dicom", "bids")
 MANIFEST = "manifest.json"
 NNUNET_LABELS = {"background": 0, "LV": 1, "MYO": 2, "RV": 3}  # canonical labels, as nnU-Net's dataset.json wants them
 
@@ -65,27 +72,36 @@ def sha256(path: Path) -> str:
 # -- one case per format -----------------------------------------------------------------------
 
 def _sidecar(item: ExportItem, files: dict[str, str]) -> dict:
-    c = item.case
+    c, prov = item.case, item.provenance
     return {
-        "synthetic": bool(item.provenance.get("synthetic", True)),
-        "derived_from_patient": bool(item.provenance.get("derived_from_patient", False)),
+        "synthetic": bool(prov.get("synthetic", False)),
+        "derived_from_patient": prov.get("derived_from_patient"),
         "case_id": c.case_id,
         "files": files,
         "labels": {str(k): v for k, v in LABELS.items()},
-        "geometry": {"shape_zyx": list(c.shape), "spacing_mm": list(c.spacing) if c.spacing else "unknown",
-                     "affine_zyx_ras": c.affine.tolist() if c.affine is not None else None},
-        **{k: v for k, v in item.provenance.items() if k not in ("synthetic", "derived_from_patient")},
+        **{k: v for k, v in prov.items() if k not in ("synthetic", "derived_from_patient", "id")},
         "exported_by": f"cmrstudio {__version__}",
         "exported": _now(),
     }
+
+
+def descriptions(prov: dict) -> dict[str, str]:
+    """What each file is, in a few words (NIfTI headers, BIDS sidecars): honest about patient content."""
+    image = ("cmrstudio SYNTHETIC image (model-generated, no patient pixel)" if prov.get("image_origin") == "synthetic"
+             else "cmrstudio render in a patient scan: DERIVED from patient data")
+    mask = {"synthetic": "cmrstudio mask: painted, SYNTHETIC (no patient segmentation)",
+            "patient": "cmrstudio mask: the patient's own segmentation, DERIVED",
+            }.get(prov.get("mask_origin"), "cmrstudio mask: origin not recorded (may be a patient's)")
+    return {"image": image, "mask": mask}
 
 
 def write_nifti_case(item: ExportItem, out: Path) -> list[Path]:
     from cmrstudio.io.nifti import write_nifti
 
     c, cid = item.case, item.case.case_id
-    img = write_nifti(out / f"{cid}_image.nii.gz", c.image, c.affine, dtype=np.float32)
-    msk = write_nifti(out / f"{cid}_mask.nii.gz", c.mask, c.affine, dtype=np.uint8)
+    say = descriptions(item.provenance)
+    img = write_nifti(out / f"{cid}_image.nii.gz", c.image, c.affine, dtype=np.float32, orthonormal=True, descrip=say["image"])
+    msk = write_nifti(out / f"{cid}_mask.nii.gz", c.mask, c.affine, dtype=np.uint8, orthonormal=True, descrip=say["mask"])
     side = _write_json(out / f"{cid}.json", _sidecar(item, {"image": img.name, "mask": msk.name}))
     return [img, msk, side]
 
@@ -99,6 +115,12 @@ def write_dicom_case(item: ExportItem, out: Path) -> list[Path]:
     return [p for ps in written.values() for p in ps] + [side]
 
 
+def write_bids_case(item: ExportItem, out: Path, label: str | None = None) -> list[Path]:
+    from cmrstudio.export.bids import write_bids_case as write
+
+    return write(item, out, _sidecar(item, {}), label)
+
+
 def nnunet_folder(dataset_id: int, name: str) -> str:
     if not 1 <= int(dataset_id) <= 999:
         raise CmrError(f"--dataset-id {dataset_id} must be 1–999 (nnU-Net names datasets DatasetNNN_Name).")
@@ -107,15 +129,17 @@ def nnunet_folder(dataset_id: int, name: str) -> str:
     return f"Dataset{int(dataset_id):03d}_{name}"
 
 
-def write_nnunet_case(case: Case, root: Path, case_id: str) -> list[Path]:
+def write_nnunet_case(case: Case, root: Path, case_id: str, say: dict[str, str] | None = None) -> list[Path]:
     from cmrstudio.io.nifti import write_nifti
 
     if case.affine is None:  # nnU-Net plans its target spacing from the files: never invent one
         raise CmrError(f"{case_id} has no known pixel spacing, which nnU-Net needs; give the source scan its spacing "
                        "(--spacing when converting) or export it as nifti.")
-
-    img = write_nifti(root / "imagesTr" / f"{case_id}_0000.nii.gz", case.image, case.affine, dtype=np.float32)
-    lab = write_nifti(root / "labelsTr" / f"{case_id}.nii.gz", case.mask, case.affine, dtype=np.uint8)
+    say = say or {}
+    img = write_nifti(root / "imagesTr" / f"{case_id}_0000.nii.gz", case.image, case.affine, dtype=np.float32, orthonormal=True,
+                      descrip=say.get("image"))
+    lab = write_nifti(root / "labelsTr" / f"{case_id}.nii.gz", case.mask, case.affine, dtype=np.uint8, orthonormal=True,
+                      descrip=say.get("mask"))
     return [img, lab]
 
 
@@ -176,18 +200,37 @@ def check_nnunet_dataset_json(d: dict, root: Path | None = None) -> list[str]:
 
 # -- dataset-level files -----------------------------------------------------------------------
 
-def dataset_description(name: str, source: Path, fmt: str, n: int, models: list[str]) -> dict:
-    """BIDS-derivatives style: Name, BIDSVersion, DatasetType 'derivative', GeneratedBy."""
-    return {
+# where the public datasets cmrstudio reads live (BIDS SourceDatasets: a URL, never a local path)
+DATASET_URLS = {
+    "acdc": "https://www.creatis.insa-lyon.fr/Challenge/acdc/",
+    "mnms": "https://www.ub.edu/mnms/",
+    "sunnybrook": "https://www.cardiacatlas.org/sunnybrook-cardiac-data/",
+}
+
+
+def dataset_url(dataset) -> str | None:
+    d = str(dataset or "").lower()
+    return next((url for key, url in DATASET_URLS.items() if d.startswith(key)), None)
+
+
+def dataset_description(name: str, fmt: str, n: int, models: list[str], datasets: list[str] | None = None,
+                        derived: bool = False) -> dict:
+    """BIDS-derivatives: Name, BIDSVersion, DatasetType 'derivative', GeneratedBy; SourceDatasets only as public URLs."""
+    what = ("short-axis cardiac MRI cases rendered from masks" + (", some derived from patient scans" if derived else ", fully synthetic"))
+    desc = {
         "Name": name,
         "BIDSVersion": "1.9.0",
         "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "cmrstudio", "Version": __version__,
-                         "Description": f"{n} synthetic short-axis cardiac MRI cases rendered from painted masks by {', '.join(models) or 'cmrstudio models'}; format {fmt}"}],
-        "SourceDatasets": [{"URL": Path(source).resolve().as_uri()}],
+                         "Description": f"{n} {what} by {', '.join(models) or 'cmrstudio models'}; format {fmt}"}],
         "License": "The images are synthetic. Models trained on ACDC / M&Ms carry those datasets' non-commercial research terms (see each model's card).",
+        "Authors": ["cmrstudio"],
         "HowToAcknowledge": "Cite cmrstudio and the datasets the rendering models were trained on (their cards list them).",
     }
+    urls = sorted({u for u in (dataset_url(d) for d in datasets or []) if u})
+    if urls:
+        desc["SourceDatasets"] = [{"URL": u} for u in urls]
+    return desc
 
 
 def contact_sheet(items: list[ExportItem], path: Path, cols: int = 6, tile: int = 128) -> Path:
@@ -318,14 +361,64 @@ def _staging(dest: Path) -> Path:
     return tmp
 
 
+def _prepare(items: list[ExportItem], keep: bool) -> None:
+    """Export ids: a render keeps its id when it is a neutral gallery id (``r0001``) or ``keep``; any other (a file name,
+    often the source case's id) gets the next free neutral one."""
+    if keep:
+        return
+    used = {it.case.case_id for it in items if NEUTRAL_ID.match(it.case.case_id)}
+    n = max((int(u[1:]) for u in used), default=0)
+    for it in items:
+        if not NEUTRAL_ID.match(it.case.case_id):
+            n += 1
+            it.case.case_id = f"r{n:04d}"
+
+
+def _geometry(case: Case, frame) -> dict:
+    """The geometry the export writes: unknown spacing stays unknown (a render whose frame has no mm was made from a
+    mask with no spacing: the 1 mm its files say is a placeholder); a known one gets an orthonormal direction."""
+    if isinstance(frame, dict) and "spacing_mm" in frame and frame.get("spacing_mm") is None:
+        case.affine = None
+    if case.affine is None:
+        return {"shape_zyx": list(case.shape), "spacing_mm": "unknown", "coordinates": "unknown (1 mm placeholders; NIfTI xform codes 0)",
+                "affine_zyx_ras": None}
+    before = case.affine
+    case.affine, moved = orthonormal_affine(before, case.shape)
+    return {"shape_zyx": list(case.shape), "spacing_mm": list(case.spacing), "coordinates": "scanner (NIfTI qform and sform code 1)",
+            "affine_zyx_ras": case.affine.tolist(), "direction_orthonormalised": moved}
+
+
+def _public(prov: dict, salt: str, keep: bool) -> dict:
+    """What an export writes of a render's provenance (see :mod:`cmrstudio.export.privacy`)."""
+    out = {k: v for k, v in prov.items() if k not in ("source", "project", "render_id")}
+    out["source"] = public_source(prov.get("source"), salt, keep)
+    if keep:
+        out["project"] = prov.get("project")
+        out["render_id"] = prov.get("render_id")
+    return out
+
+
+def _refusal(it: ExportItem) -> str:
+    prov = it.provenance
+    if prov.get("image_origin") == "in-patient":
+        return f"{it.origin} was rendered in a patient's own scan (derived from patient data); --anonymous-only leaves it out"
+    if prov.get("mask_origin") == "patient":
+        return f"{it.origin} has a mask that is its patient's own segmentation (derived from patient data); --anonymous-only leaves it out"
+    return (f"{it.origin} does not record where its mask came from (it may be a patient's segmentation); "
+            "--anonymous-only leaves it out")
+
+
 def export(source: str | Path, dest: str | Path, fmt: str = "nifti", overwrite: bool = False,
            with_real: list[str | Path] | None = None, dataset_id: int = 501, name: str = "SyntheticCMR",
-           min_rating: int | None = None, progress: Callable[[str], None] | None = None, anonymous_only: bool = False) -> ExportReport:
+           min_rating: int | None = None, progress: Callable[[str], None] | None = None, anonymous_only: bool = False,
+           keep_source_ids: bool = False) -> ExportReport:
     """Export the renders of ``source`` (a studio project or a folder of renders) to ``dest``.
 
-    Renders that cannot be read are skipped and named in the report; the others are written. Renders made in a
-    patient's own scan are derived from that patient: exported and marked so, or, with ``anonymous_only``, left
-    out and named (an anonymous export holds fully synthetic renders only).
+    Renders that cannot be read are skipped and named in the report; the others are written. A render made in a
+    patient's own scan, or whose mask is that patient's own segmentation, is derived from that patient: exported and
+    marked so, or, with ``anonymous_only``, left out and named (an anonymous export holds fully synthetic renders only,
+    and so none whose mask's origin is not recorded). Nothing that names a source scan (paths, case ids, file names
+    made from them) is written unless ``keep_source_ids``.
     """
     if fmt not in FORMATS:
         raise CmrError(f"--format {fmt!r} is not known; use one of {', '.join(FORMATS)}.")
@@ -346,50 +439,86 @@ def export(source: str | Path, dest: str | Path, fmt: str = "nifti", overwrite: 
         raise CmrError(f"{dest} exists and is not a cmrstudio export (no manifest.json), so --overwrite will not replace it; "
                        "choose a new destination.")
     items, problems = collect(source, min_rating=min_rating)
+    scans: dict = {}
+    for it in items:
+        set_origin(it.provenance, *judge_mask(it, scans))
     if anonymous_only:
-        for it in [it for it in items if it.provenance.get("derived_from_patient")]:
-            problems.append(f"{it.origin} was rendered in a patient's own scan (derived from patient data); "
-                            "--anonymous-only leaves it out")
-        items = [it for it in items if not it.provenance.get("derived_from_patient")]
+        problems += [_refusal(it) for it in items if it.provenance.get("derived_from_patient") is not False]
+        items = [it for it in items if it.provenance.get("derived_from_patient") is False]
     report = ExportReport(dest, fmt, skipped=list(problems))
     if not items:
         raise CmrError(f"Nothing to export from {source}: " + ("; ".join(problems) if problems else "it holds no renders"
                                                                  + (f" rated {min_rating} or more" if min_rating else "") + "."))
-    real_cases = _real_cases(with_real or [], report.skipped)
+    scrub = Scrubber()
+    scrub.add(source_identifiers(source))
+    for it in items:
+        scrub.add(it.identifiers)
+    real_cases = _real_cases(with_real or [], report.skipped, keep_source_ids, scrub)
+    salt = new_salt()  # per export, never written: case hashes cannot be looked up nor linked between exports
+    _prepare(items, keep_source_ids)
+    datasets = []
+    for it in items:
+        geometry = _geometry(it.case, it.provenance.get("frame"))
+        datasets.append((it.provenance.get("source") or {}).get("dataset"))
+        if str((it.provenance.get("source") or {}).get("path", "")).startswith("built-in sample"):
+            datasets.append("sunnybrook")  # the studio's built-in case is Sunnybrook SCD0000101
+        pub = _public(it.provenance, salt, keep_source_ids)
+        pub["id"] = it.case.case_id
+        pub["geometry"] = geometry
+        it.provenance = pub if keep_source_ids else scrub.obj(pub)
     tmp = _staging(dest)
     say = progress or (lambda _m: None)
+    clean = (lambda x: x) if keep_source_ids else scrub.obj
     try:
         root = tmp / folder if folder else tmp
         root.mkdir(parents=True, exist_ok=True)
         done: list[ExportItem] = []
+        from cmrstudio.export.bids import subject_labels
+
+        labels = subject_labels([it.case.case_id for it in items])
+        writers = {"nifti": write_nifti_case, "dicom": write_dicom_case,
+                   "bids": lambda it, r: write_bids_case(it, r, labels[it.case.case_id]),
+                   "nnunet": lambda it, r: write_nnunet_case(it.case, r, it.case.case_id, descriptions(it.provenance))}
         for i, it in enumerate(items, 1):
-            if not _write_case(it.case.case_id, root, tmp / ".case", report, it.origin,
-                               lambda r, it=it: write_nifti_case(it, r) if fmt == "nifti" else write_dicom_case(it, r)
-                               if fmt == "dicom" else write_nnunet_case(it.case, r, it.case.case_id)):
+            if not _write_case(it.case.case_id, root, tmp / ".case", report, it.origin, lambda r, it=it: writers[fmt](it, r)):
                 continue
             done.append(it)
             report.exported.append(it.case.case_id)
             say(f"[{i}/{len(items)}] {it.case.case_id}")
         if not done:
             raise CmrError(f"No render of {source} could be written: " + "; ".join(report.skipped))
+        derived = [it.case.case_id for it in done if it.provenance.get("derived_from_patient") is True]
+        unsure = [it.case.case_id for it in done if it.provenance.get("derived_from_patient") is None]
         if fmt == "nnunet":
-            for rid, c in real_cases:
+            written_real = []
+            for rid, c, prov in real_cases:
                 if _write_case(rid, root, tmp / ".case", report, f"Real case {c.case_id}",
-                               lambda r, c=c, rid=rid: write_nnunet_case(c, r, rid)):
+                               lambda r, c=c, rid=rid: write_nnunet_case(c, r, rid, {"image": "real scan", "mask": "real segmentation"})):
                     report.real.append(rid)
-            _write_json(root / "dataset.json", nnunet_dataset_json(name, len(done) + len(real_cases), report.exported, report.real))
-            _write_json(root / "provenance.json", {it.case.case_id: _sidecar(it, {"image": f"imagesTr/{it.case.case_id}_0000.nii.gz",
-                                                                                 "label": f"labelsTr/{it.case.case_id}.nii.gz"})
-                                                   for it in done})
+                    written_real.append((rid, prov))
+            _write_json(root / "dataset.json", nnunet_dataset_json(name, len(done) + len(report.real), report.exported, report.real)
+                        | {"derived_from_patient": derived + report.real})
+            prov_doc = {it.case.case_id: _sidecar(it, {"image": f"imagesTr/{it.case.case_id}_0000.nii.gz",
+                                                       "label": f"labelsTr/{it.case.case_id}.nii.gz"}) for it in done}
+            prov_doc.update({rid: p for rid, p in written_real})
+            _write_json(root / "provenance.json", clean(prov_doc))
+        if fmt == "bids":
+            from cmrstudio.export.bids import write_bids_dataset_files
+
+            write_bids_dataset_files(tmp, done, labels)
         models = sorted({str(it.provenance.get("model")) for it in done if it.provenance.get("model")})
-        _write_json(tmp / "dataset_description.json", dataset_description(dest.name, Path(source), fmt, len(done), models))
+        _write_json(tmp / "dataset_description.json",
+                    dataset_description(name if fmt in ("nnunet", "bids") else dest.name, fmt, len(done), models, datasets,
+                                        derived=bool(derived or unsure or report.real)))
         contact_sheet(done, tmp / "contact_sheet.png")
-        derived = [it.case.case_id for it in done if it.provenance.get("derived_from_patient")]
-        _write_json(tmp / "export.json", {"format": fmt, "source": str(Path(source).resolve()), "created": _now(),
-                                          "exported_by": f"cmrstudio {__version__}", "cases": report.exported,
-                                          "anonymous": not derived and not report.real, "derived_from_patient": derived,
-                                          "real_cases": report.real, "skipped": report.skipped,
-                                          **({"nnunet_dataset": folder} if folder else {})})
+        listing = {"format": fmt, "source": {"kind": "project" if (src / "project.json").is_file() else "folder of renders"},
+                   "created": _now(), "exported_by": f"cmrstudio {__version__}", "cases": report.exported,
+                   "anonymous": not derived and not unsure and not report.real, "derived_from_patient": derived,
+                   "mask_origin_not_recorded": unsure, "real_cases": report.real, "skipped": report.skipped,
+                   "source_ids_kept": bool(keep_source_ids), **({"nnunet_dataset": folder} if folder else {})}
+        if keep_source_ids:
+            listing["source"]["path"] = str(src)
+        _write_json(tmp / "export.json", clean(listing))
         write_manifest(tmp)  # last: a folder with a manifest is a finished export
         report.files = sum(1 for p in tmp.rglob("*") if p.is_file())
         _publish(tmp, dest, overwrite)
@@ -471,26 +600,41 @@ def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _real_cases(folders: list[str | Path], skipped: list[str]) -> list[tuple[str, Case]]:
-    """Real cases (image + canonical mask) to merge into an nnU-Net dataset, with ids prefixed 'real_'.
-    Cases without a mask or with non-finite pixels are named in ``skipped``."""
+def _real_cases(folders: list[str | Path], skipped: list[str], keep: bool = False,
+                scrub: Scrubber | None = None) -> list[tuple[str, Case, dict]]:
+    """Real cases (image + canonical mask) to merge into an nnU-Net dataset, as (id, case, provenance): ids ``real_0001``,
+    ... (``real_<case id>`` with ``keep``); the provenance says the dataset and a case hash, never the case id or path
+    unless ``keep``. Cases without a mask or with non-finite pixels are named in ``skipped``."""
+    from cmrstudio.export.privacy import new_salt as _salt
+    from cmrstudio.export.privacy import source_identifiers as ids_of
     from cmrstudio.io import read_cases
 
-    out: list[tuple[str, Case]] = []
+    out: list[tuple[str, Case, dict]] = []
     seen: set[str] = set()
+    salt = _salt()
     for f in folders:
+        if scrub is not None:
+            scrub.add(path_identifiers(f))
         for c in read_cases(f):
+            if scrub is not None:
+                scrub.add(ids_of({"case_id": c.case_id, "path": c.source.get("path") or c.source.get("image")}))
             if c.image is None or c.mask is None:
                 skipped.append(f"Real case {c.case_id} in {f}: it has no {'image' if c.image is None else 'mask'}, so it cannot train a segmenter.")
                 continue
             if not np.all(np.isfinite(c.image)):
                 skipped.append(f"Real case {c.case_id} in {f}: its image holds non-finite pixels.")
                 continue
-            rid = "real_" + re.sub(r"[^A-Za-z0-9_-]", "_", c.case_id)
+            rid = "real_" + re.sub(r"[^A-Za-z0-9_-]", "_", c.case_id) if keep else f"real_{len(out) + 1:04d}"
             while rid in seen:
                 rid += "_"
             seen.add(rid)
-            out.append((rid, c))
+            raw = {"dataset": c.source.get("dataset"), "case_id": c.case_id, "phase": c.phase, "vendor": c.vendor}
+            if keep:
+                raw["path"] = str(f)
+            geometry = _geometry(c, None)
+            prov = {"real": True, "synthetic": False, "derived_from_patient": True, "source": public_source(raw, salt, keep),
+                    "geometry": geometry, "files": {"image": f"imagesTr/{rid}_0000.nii.gz", "label": f"labelsTr/{rid}.nii.gz"}}
+            out.append((rid, c, prov))
     if folders and not out:
         raise CmrError(f"{', '.join(map(str, folders))} holds no real case with both an image and a mask to merge.")
     return out
