@@ -20,6 +20,7 @@ from cmrstudio.errors import CmrError
 from cmrstudio.io.common import write_text_atomic
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+THEMES = ("dark", "light", "system")
 MAX_RECENT = 10
 SETTINGS_FILE = "settings.json"
 
@@ -33,6 +34,7 @@ class Settings:
     last_folder: str | None = None
     last_project: str | None = None
     recent: list[str] = field(default_factory=list)  # recently opened paths, newest first, at most MAX_RECENT
+    theme: str = "dark"  # the studio's look: dark (a reading room), light, or system (napari's themes)
 
     def add_recent(self, path: str | os.PathLike) -> None:
         """Put ``path`` (made absolute) first in ``recent``, without duplicates, keeping at most MAX_RECENT."""
@@ -59,6 +61,8 @@ def _valid(name: str, value) -> bool:
         return isinstance(value, str) and value in VENDORS
     if name in ("live_model", "hq_model", "last_folder", "last_project"):
         return value is None or (isinstance(value, str) and value != "")
+    if name == "theme":
+        return isinstance(value, str) and value in THEMES
     if name == "recent":
         return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
     return False

@@ -65,6 +65,7 @@ def open_window(studio_env, make_napari_viewer):
         win.viewer.window.resize(1400, 900)
         wins.append(win)
         settle(win)
+        pump(timeout=0.3)  # the views refit to the new window size
         return win
 
     yield make
@@ -80,7 +81,7 @@ def test_studio_opens_on_the_sample_real_case(open_window):
     labels = st.mask_layer
     assert labels.data is st.session.mask and labels.data is not st.session.case.mask  # it paints into the session's working copy
     assert np.allclose(labels.colormap.map(np.array([LV]))[0][:3], COLOURS[LV][:3], atol=0.02)
-    assert "ge" in v.title and "1.37" in v.canvas.overlays["text"].text
+    assert "ge" in v.title and "1.37" in v.title and v.theme == "dark"
     shot = v.screenshot(canvas_only=True, flash=False)
     # two cells: the grey scan with the red LV overlay, and the synthetic slice with coloured contours
     red = (shot[..., 0].astype(int) - shot[..., 1].astype(int) > 60)
@@ -94,12 +95,14 @@ def test_drag_paints_renders_live_and_undo_restores(open_window):
 
     win = open_window()
     st, v = win.studio, win.viewer
-    assert [layer.name for layer in v.layers] == ["SCD0000101_ED scan", "SCD0000101_ED mask (paint here)", "live synthetic",
-                                                  "mask contour (live)"]
-    assert v.canvas.grid.enabled and v.canvas.grid.stride == 2  # real scan + mask | synthetic + contour, one camera
-    assert "SCD0000101_ED" in v.title and "built-in sample" in win._status.text()
-    file_menu = [a.text() for a in v.window.file_menu.actions()]
-    assert file_menu[:2] == ["Open scan in the studio…", "Open dataset folder in the studio…"]
+    keys = ["scan", "mask", "cross_real", "synthetic", "contour", "cross_live", "hq", "hq_contour", "cross_hq"]
+    assert list(v.layers) == [st.layers[k] for k in keys]
+    assert v.canvas.grid.enabled and v.canvas.grid.stride == 3  # real scan + mask | live + contour | HQ + contour, one camera
+    assert "SCD0000101_ED" in v.title and "built-in sample" in v.title
+    assert win.render_status.text().startswith(f"live: spade-cmr, in this patient, slice {st.current_z() + 1}/9")
+    file_menu = [a.text() for a in v.window.file_menu.actions() if a.isVisible()]
+    assert file_menu[:3] == ["Open scan…", "Open dataset folder…", "Open the sample case"]
+    assert "Open File(s)..." not in file_menu and "Open Sample" not in file_menu  # napari's loose-layer entries are gone
     z = st.current_z()
     mask = st.mask_layer
     assert shown(st, z).std() > 0.05  # the live render of the scan's own mask is on screen
@@ -109,8 +112,11 @@ def test_drag_paints_renders_live_and_undo_restores(open_window):
     rendered0 = st.session.engine.rendered
 
     lv = np.argwhere(before_mask == LV).mean(0)
-    win.paint.brush.setValue(7)
+    win.tools.brush.setValue(7)
     assert mask.brush_size == 7
+    assert mask.preserve_labels  # on by default: painting over anatomy keeps it ...
+    win.tools.preserve.click()  # ... here the painter means to paint over the blood pool
+    assert not mask.preserve_labels
     stroke_on_mask(v, mask, label=MYO, n=10, radius_frac=0.008, centre_yx=lv)
     settle(win)
     painted = (mask.data[z] == MYO) & (before_mask == LV)
@@ -121,11 +127,12 @@ def test_drag_paints_renders_live_and_undo_restores(open_window):
     assert st.frame_ms and min(st.frame_ms) > 0
     assert pump(lambda: "frames" in win.synthesis.readout.text(), 2)  # the frame-time read-out
 
-    win.paint.undo_btn.click()
+    assert st.session.dirty and st.session.edited == {z} and "unsaved" in v.title
+    win.tools.undo_btn.click()
     settle(win)
     assert np.array_equal(mask.data[z], before_mask)
     assert np.abs(shown(st, z) - before_img).max() <= 2 / 255, "undo did not restore the synthetic slice"
-    win.paint.redo_btn.click()
+    win.tools.redo_btn.click()
     settle(win)
     assert ((mask.data[z] == MYO) & (before_mask == LV)).sum() == painted.sum()
 
@@ -184,7 +191,7 @@ def test_start_masks_template_sliders_and_quick_edits(open_window):
     before = st.mask_layer.data[z].copy()
     assert st.session.copy_from_neighbour(+1)
     assert np.array_equal(st.mask_layer.data[z], st.mask_layer.data[z + 1])
-    p.undo_btn.click()
+    win.tools.undo_btn.click()
     assert np.array_equal(st.mask_layer.data[z], before)
     # the segmenter's start mask agrees with the expert's LV contour
     ref = st.session.case.mask[z]
@@ -221,7 +228,7 @@ def test_render_hq_completes_cancels_and_keeps(open_window, studio_env):
     assert st.session.hq_job.status == "done" and previews[-3:] == [1, 2, 3]
     assert syn.progress.value() == 3 and syn.progress.maximum() == 3
     hq = st.layers["hq"].data[z]
-    assert hq.std() > 0.05 and [layer.name for layer in win.viewer.layers][-2:] == ["HQ render", "mask contour (HQ)"]
+    assert hq.std() > 0.05 and st.layers["hq"].name.startswith("HQ · ℗ in this patient")  # the cell says what it shows
     # the HQ render shows the anatomy: blood pool brighter than myocardium
     m = st.mask_layer.data[z]
     assert hq[m == LV].mean() > hq[m == MYO].mean() + 0.2
@@ -245,7 +252,7 @@ def test_render_hq_completes_cancels_and_keeps(open_window, studio_env):
     win.paint.phase_box.activated.emit(1)
     assert pump(lambda: job.finished, 30) and job.status == "cancelled"
     pump(timeout=0.2)
-    assert st.session.case.phase == "ES" and "hq" not in st.layers and syn.progress.format() == "no HQ render yet"
+    assert st.session.case.phase == "ES" and not st.layers["hq"].data.any() and syn.progress.format() == "no HQ render yet"
     assert not syn.cancel_btn.isEnabled()
     win.paint.phase_box.activated.emit(0)
     settle(win)
@@ -337,14 +344,14 @@ def test_drop_opens_scans_and_bad_input_keeps_the_session(open_window, studio_en
     win = open_window()
     st, syn = win.studio, win.synthesis
     kept = st.session.keep("live", note="before the bad input")
-    layers = [layer.name for layer in win.viewer.layers]
+    layers = list(win.viewer.layers)
 
     bad = studio_env / "broken.nii.gz"
     bad.write_bytes(b"this is not a NIfTI file")
     _drop(win, bad)
     pump(timeout=0.2)
     assert "broken.nii.gz" in syn.message.text()
-    assert [layer.name for layer in win.viewer.layers] == layers and st.session.case.case_id == "SCD0000101_ED"
+    assert list(win.viewer.layers) == layers and st.session.case.case_id == "SCD0000101_ED"
 
     i = syn.model_box.findData("spade-damaged")
     assert i >= 0

@@ -10,7 +10,8 @@ import napari
 import numpy as np
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtGui import QAction
-from qtpy.QtWidgets import (QApplication, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QLabel, QScrollArea)
+from qtpy.QtWidgets import (QApplication, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QLabel, QScrollArea,
+                            QToolBar)
 
 from cmrstudio.gui.studio import Studio
 
@@ -22,7 +23,7 @@ def _scroll(widget, min_width: int = 0):
     area.setWidgetResizable(True)
     area.setFrameShape(QScrollArea.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-    area.setMinimumWidth(max(min_width, widget.minimumSizeHint().width() + 20))
+    area.setMinimumWidth(min_width or widget.minimumSizeHint().width() + 20)
     return area
 
 
@@ -48,26 +49,42 @@ class _Drops(QObject):
 
 
 class _Closing(QObject):
-    """Stops the studio once its window has really closed (napari may ask first, and the user may cancel)."""
+    """The studio's own question when its window is asked to close with unsaved mask edits (napari's generic
+    "close the application?" never shows), then stops the studio once the window has really closed."""
 
-    def __init__(self, studio: Studio):
+    def __init__(self, window: "StudioWindow"):
         super().__init__()
-        self.studio = studio
+        self.window = weakref.ref(window)
+        self.confirmed = False
 
     def eventFilter(self, obj, event):  # noqa: N802
-        if event.type() == QEvent.Close:
-            # weak references only: a pending check must not keep a closed window (and its viewer) alive
-            me, window = weakref.WeakMethod(self._after_close), weakref.ref(obj)
-            QTimer.singleShot(0, lambda: me() is not None and me()(window()))
+        if event.type() != QEvent.Close:
+            return False
+        win = self.window()
+        if win is not None and not self.confirmed and not win.studio._closed:
+            if not win.confirm_close():
+                event.ignore()
+                return True
+            self.confirmed = True
+            if event.spontaneous():  # the window's close button: napari would ask its own question; close without it
+                event.ignore()
+                QTimer.singleShot(0, obj.close)
+                return True
+        # weak references only: a pending check must not keep a closed window (and its viewer) alive
+        me, qwin = weakref.WeakMethod(self._after_close), weakref.ref(obj)
+        QTimer.singleShot(0, lambda: me() is not None and me()(qwin()))
         return False
 
-    def _after_close(self, window) -> None:
+    def _after_close(self, qwin) -> None:
         try:
-            gone = window is None or not window.isVisible()
+            gone = qwin is None or not qwin.isVisible()
         except RuntimeError:  # the C++ window was already deleted
             gone = True
-        if gone:
-            self.studio.close()
+        win = self.window()
+        if gone and win is not None:
+            win.studio.close()
+        elif not gone:
+            self.confirmed = False  # still open (napari's own close was cancelled): ask again next time
 
 
 class SettingsDialog(QDialog):
@@ -111,18 +128,34 @@ class SettingsDialog(QDialog):
         super().accept()
 
 
+DOCK_WIDTH = 320  # px: the docks' column; the images take the rest
+NAPARI_FILE_ENTRIES = ("New Layer", "New Image from Clipboard", "Open File(s)...", "Open Files as Stack...", "Open Folder...",
+                       "Open with Plugin", "Open Sample", "IO Utilities", "Acquire", "Save Selected Layers...", "Save All Layers...")
+
+
 class StudioWindow:
-    """The studio: napari viewer + :class:`Studio` + panels. ``.viewer``, ``.studio``, ``.paint``, ``.synthesis``, ``.gallery``."""
+    """The studio: napari viewer + :class:`Studio` + tool strip + docks + menus + status line.
+
+    ``.viewer``, ``.studio``, ``.tools``, ``.paint``, ``.synthesis``, ``.gallery``, ``.message``, ``.render_status``.
+    The window fills the screen; the images take most of it (three linked views, a row or a 2×2 square); the
+    docks sit on the right (Paint | Synthesis as tabs over the Gallery) and F11 hides them all.
+    """
 
     def __init__(self, path: Path | None = None, case: str | None = None, show: bool = True, project=None, viewer=None,
-                 live_model: str | None = None, load_async: bool = False, remember: bool = True, settings=None):
+                 live_model: str | None = None, load_async: bool = False, remember: bool = True, settings=None,
+                 size: tuple[int, int] | None = None):
         from cmrstudio.gui.gallery import GalleryPanel
-        from cmrstudio.gui.panels import PaintPanel, SynthesisPanel
+        from cmrstudio.gui.panels import MessageBar, PaintPanel, SynthesisPanel
+        from cmrstudio.gui.toolbar import ToolStrip
         from cmrstudio.project import Project, default_project_dir
 
         self.viewer = viewer or napari.Viewer(title="cmrstudio", show=show)
         self.studio = st = Studio(self.viewer, settings=settings, live_model=live_model, load_async=load_async)
         st.session.remember = remember
+        w = self.viewer.window
+        qt_window = w._qt_window
+        self._theme(st.session.settings)
+        self._size(size, show)
         if project is None:
             where = st.session.settings.last_project or default_project_dir()
             try:
@@ -139,56 +172,285 @@ class StudioWindow:
         self.synthesis = SynthesisPanel(st)
         self.paint = PaintPanel(st)
         self.gallery = GalleryPanel(st)
-        w = self.viewer.window
-        qt_window = w._qt_window
-        # left: napari's layer controls over [Paint | layers]; right: [Synthesis | Gallery]; the canvas in between
-        self.paint_dock = w.add_dock_widget(_scroll(self.paint, 370), name="Paint", area="left")
-        layer_list = getattr(w._qt_viewer, "dockLayerList", None)
-        if layer_list is not None:
-            qt_window.tabifyDockWidget(layer_list, self.paint_dock)
-        self.synthesis_dock = w.add_dock_widget(_scroll(self.synthesis, 470), name="Synthesis", area="right")
-        self.gallery_dock = w.add_dock_widget(self.gallery, name="Gallery", area="right", tabify=True)
-        QTimer.singleShot(0, self.synthesis_dock.raise_)
+        # the tool strip over the images
+        self.tools = ToolStrip(st, images_only=self.toggle_images_only)
+        self.toolbar = QToolBar("Tools")
+        self.toolbar.setObjectName("cmrstudio tools")
+        self.toolbar.setMovable(False)
+        self.toolbar.addWidget(self.tools)
+        qt_window.addToolBar(Qt.TopToolBarArea, self.toolbar)
+        # napari's layer list and layer controls repeat the tool strip in napari's words: hidden (Window menu shows them)
+        for name in ("dockLayerList", "dockLayerControls"):
+            dock = getattr(w._qt_viewer, name, None)
+            if dock is not None:
+                dock.hide()
+        # right: [Paint | Synthesis] over the Gallery, compact; the canvas takes the rest
+        self.paint_dock = w.add_dock_widget(_scroll(self.paint, DOCK_WIDTH), name="Paint", area="right")
+        self.gallery_dock = w.add_dock_widget(self.gallery, name="Gallery", area="right")
+        qt_window.splitDockWidget(self.paint_dock, self.gallery_dock, Qt.Vertical)  # (split first: a tab cannot be split)
+        self.synthesis_dock = w.add_dock_widget(_scroll(self.synthesis, DOCK_WIDTH), name="Synthesis", area="right")
+        qt_window.tabifyDockWidget(self.paint_dock, self.synthesis_dock)
+        self.docks = [self.paint_dock, self.synthesis_dock, self.gallery_dock]
         QTimer.singleShot(0, self.paint_dock.raise_)
-        self._status = QLabel("")
-        qt_window.statusBar().addPermanentWidget(self._status)
-        st.changed.connect(lambda _w: self._status.setText(st.session.status_line()))
-        st.message.connect(lambda lvl, text: qt_window.statusBar().showMessage(text, 15000))
-        self._status.setText(st.session.status_line())
+        QTimer.singleShot(0, self._size_docks)
+        self._images_only: list | None = None
+        # the status line: the latest message (one line, it goes stale) and what is rendered where
+        self.message = MessageBar(st)
+        self.render_status = QLabel("")
+        self.render_status.setToolTip("What the live view renders and where: model, in this patient or fully synthetic, slice, "
+                                      "dab-to-screen time; the faithfulness (segmenter Dice) of the render; HQ progress")
+        sb = qt_window.statusBar()
+        sb.addPermanentWidget(self.message, 3)
+        sb.addPermanentWidget(self.render_status, 0)
+        self._status = self.render_status  # (older name)
+        st.changed.connect(self._on_changed)
+        self._tick = QTimer(qt_window)  # the render line's time figure and the autosave, once a second
+        self._tick.timeout.connect(self._each_second)
+        self._tick.start(1000)
         self._drops = _Drops(st)
         w._qt_viewer.installEventFilter(self._drops)
         w._qt_viewer.setAcceptDrops(True)
-        self._closing = _Closing(st)
+        self._closing = _Closing(self)
         qt_window.installEventFilter(self._closing)
+        original_close = qt_window.close
+
+        def close(quit_app=False, confirm_need=False):  # File ▸ Exit / Close Window: no napari question, the studio's own
+            return original_close(quit_app, False)
+
+        qt_window.close = close
+        st.on_close.append(self._cleanup)
         self._menus()
+        self._slider()
+        self._on_changed("case")
+
+    # -- window set-up -------------------------------------------------------------------------------
+    def _theme(self, settings) -> None:
+        theme = getattr(settings, "theme", "dark") or "dark"
+        try:
+            self.viewer.theme = theme
+        except Exception:  # an unknown theme name: napari's own default stays
+            pass
+        self.viewer.canvas.background_color_override = "black"  # images on black, as in a reading room
+
+    def _size(self, size, show: bool) -> None:
+        """Fill the screen (maximised where a window manager can; the available screen area otherwise)."""
+        qw = self.viewer.window._qt_window
+        if size is not None:
+            qw.resize(*size)
+            return
+        screen = qw.screen() or QApplication.primaryScreen()
+        if screen is not None:
+            qw.setGeometry(screen.availableGeometry())
+        if show:
+            qw.showMaximized()
+
+    def _size_docks(self) -> None:
+        qw = self.viewer.window._qt_window
+        width = max(DOCK_WIDTH, min(360, int(0.2 * qw.width())))
+        qw.resizeDocks([self.paint_dock], [width], Qt.Horizontal)
+        h = qw.height()
+        qw.resizeDocks([self.paint_dock, self.gallery_dock], [int(0.62 * h), int(0.38 * h)], Qt.Vertical)
+
+    def toggle_images_only(self, on: bool | None = None) -> bool:
+        """Only the images (and the tool strip): every dock hidden; again: the docks that were open come back."""
+        qw = self.viewer.window._qt_window
+        if not isinstance(on, bool):
+            on = self._images_only is None
+        from qtpy.QtWidgets import QDockWidget
+
+        if on and self._images_only is None:
+            self._images_only = [d for d in qw.findChildren(QDockWidget) if d.isVisible()]
+            for d in self._images_only:
+                d.hide()
+        elif not on and self._images_only is not None:
+            for d in self._images_only:
+                d.show()
+            self._images_only = None
+            QTimer.singleShot(0, self._size_docks)
+        if self.tools.images_btn is not None:
+            self.tools.images_btn.setChecked(self._images_only is not None)
+        if hasattr(self, "images_action"):
+            self.images_action.setChecked(self._images_only is not None)
+        return self._images_only is not None
+
+    def _slider(self) -> None:
+        """The slice slider says "slice 5/9" like the status line and the captions (napari counts from 0 and labels axes -3, -2, -1)."""
+        v = self.viewer
+        if v.dims.ndim == 3:
+            v.dims.axis_labels = ("slice", "y", "x")
+        try:
+            sw = self.viewer.window._qt_viewer.dims.slider_widgets[0]
+        except (AttributeError, IndexError):
+            return
+        for lab in (getattr(sw, "curslice_label", None), getattr(sw, "totslice_label", None)):
+            if lab is not None:
+                lab.hide()
+        label = getattr(sw, "_cmrstudio_label", None)
+        if label is None:
+            label = QLabel("")
+            label.setObjectName("slice_label")
+            sw.layout().addWidget(label)
+            sw._cmrstudio_label = label
+        c = self.studio.session.case
+        if c is not None:
+            label.setText(f"{self.studio.session.z + 1}/{c.shape[0]}")
+            label.setToolTip("Slice (counted from 1, as in the status line and the captions); Up/Down or the slider")
+
+    def _on_changed(self, what: str) -> None:
+        if what in ("case", "slice"):
+            self._slider()
+        self.render_status.setText(self._render_line())
+
+    def _render_line(self) -> str:
+        st = self.studio
+        frame = st.frame_stats(10)["frame_p50_ms"] if st.frame_ms else None
+        return st.session.render_line(frame)
+
+    def _each_second(self) -> None:
+        if self.studio._closed:
+            return
+        self.render_status.setText(self._render_line())
+        self.studio.session.autosave_if_due()
+
+    def _cleanup(self) -> None:
+        """Break what ties the window's Qt objects to this Python object (so a closed viewer can be collected)."""
+        self._tick.stop()
+        try:
+            self._tick.timeout.disconnect()
+        except (RuntimeError, TypeError):
+            pass
+        _disconnect_all([sig for a in getattr(self, "_actions", []) for sig in (a.triggered, a.toggled)])
+        qw = getattr(self.viewer.window, "_qt_window", None)
+        if qw is None:  # napari has closed the window already
+            return
+        qw.__dict__.pop("close", None)
+        for obj, flt in ((qw, self._closing), (qw._qt_viewer, self._drops)):
+            try:
+                obj.removeEventFilter(flt)
+            except RuntimeError:
+                pass
+
+    # -- closing ---------------------------------------------------------------------------------------
+    def confirm_close(self) -> bool:
+        """Ask, in the studio's words, what to do with mask edits not saved to a file; True: go ahead and close."""
+        from qtpy.QtWidgets import QMessageBox
+
+        s = self.studio.session
+        if s.case is None or not s.dirty:
+            return True
+        c = s.case
+        kept = ("They are kept in this project's autosave and come back when you open this scan again."
+                if s.project is not None else "No project is open, so they will be lost.")
+        box = QMessageBox(self.viewer.window._qt_window)
+        box.setWindowTitle("Unsaved mask edits")
+        box.setIcon(QMessageBox.Warning)
+        box.setText(f"The mask of {c.case_id} {c.phase or ''} has edits that are not saved to a file.")
+        box.setInformativeText(f"{kept} Save the mask as NIfTI now?")
+        save = box.addButton("Save mask…", QMessageBox.AcceptRole)
+        close = box.addButton("Close without saving" if s.project is None else "Close (keep the autosave)", QMessageBox.DestructiveRole)
+        cancel = box.addButton("Cancel", QMessageBox.RejectRole)
+        box.setDefaultButton(save)
+        box.setEscapeButton(cancel)
+        self.close_dialog = box
+        box.exec()
+        clicked = box.clickedButton()
+        self.close_dialog = None
+        if clicked is save:
+            return self.paint.save() is not None
+        if clicked is close:
+            s.autosave(force=True)
+            return True
+        return False
 
     def _menus(self) -> None:
+        from qtpy.QtGui import QKeySequence
+
+        from cmrstudio.gui.views import PRESETS
+
         w, st = self.viewer.window, self.studio
-        menu = w.main_menu.addMenu("&Studio")
-        menu.addAction("Open scan file…", self.open_file_dialog)
-        menu.addAction("Open dataset folder…", self.open_folder_dialog)
-        menu.addAction("Open the sample case", lambda: st.session.open_path(None))
-        menu.addSeparator()
-        menu.addAction("New project…", lambda: self.gallery.new_project())
-        menu.addAction("Open project…", lambda: self.gallery.open_project())
-        menu.addSeparator()
-        menu.addAction("Read a study (blinded)…", self.read_study_dialog)
-        menu.addAction("Model cards…", self.model_cards_dialog)
-        menu.addSeparator()
-        menu.addAction("Settings…", lambda: SettingsDialog(st, w._qt_window).exec())
-        self.studio_menu = menu
-        # napari's File menu opens files as loose layers; the studio's own entries come first
+        qw = w._qt_window
+        self._actions: list = []
+
+        def act(text, slot, key=None, tip=None):
+            a = QAction(text, qw)
+            a.triggered.connect(lambda _=False: slot())
+            self._actions.append(a)
+            if key:
+                a.setShortcut(QKeySequence(key))
+                a.setShortcutContext(Qt.WindowShortcut)
+            if tip:
+                a.setStatusTip(tip)
+            return a
+
+        self.open_action = act("Open scan…", self.open_file_dialog, "Ctrl+O")
+        self.open_folder_action = act("Open dataset folder…", self.open_folder_dialog, "Ctrl+Shift+O")
+        self.sample_action = act("Open the sample case", lambda: st.session.open_path(None))
+        self.save_action = act("Save mask", self.paint.save, "Ctrl+S", "NIfTI in the scan's geometry, canonical labels, JSON sidecar")
+        self.save_as_action = act("Save mask as…", lambda: self.paint.save(ask=True), "Ctrl+Shift+S")
+        self.images_action = act("Images only", self.toggle_images_only, "F11")
+        self.images_action.setCheckable(True)
+        self.file_actions = [self.open_action, self.open_folder_action, self.sample_action, self.save_action, self.save_as_action]
+        # napari's File menu: its open and save entries open files as loose layers or save layers; the studio's take their keys
         fm = getattr(w, "file_menu", None)
-        if fm is not None and fm.actions():
-            first = fm.actions()[0]
-            self.file_actions = []
-            for text, slot in (("Open scan in the studio…", self.open_file_dialog),
-                               ("Open dataset folder in the studio…", self.open_folder_dialog)):
-                a = QAction(text, fm)
-                a.triggered.connect(slot)
+        if fm is not None:
+            for a in fm.actions():
+                if a.text().replace("&", "") in NAPARI_FILE_ENTRIES:
+                    a.setShortcut(QKeySequence())
+                    a.setVisible(False)
+                    a.setEnabled(False)
+            first = fm.actions()[0] if fm.actions() else None
+            for a in self.file_actions[:3]:
                 fm.insertAction(first, a)
-                self.file_actions.append(a)
             fm.insertSeparator(first)
+            for a in self.file_actions[3:]:
+                fm.insertAction(first, a)
+            fm.insertSeparator(first)
+        else:
+            for a in self.file_actions:
+                qw.addAction(a)
+        qw.addAction(self.images_action)
+        menu = w.main_menu.addMenu("&Studio")
+        mine = self._actions  # every action the studio connects: disconnected at close (see _cleanup)
+
+        def add(m, text, slot=None):
+            a = m.addAction(text)
+            if slot is not None:
+                a.triggered.connect(lambda _=False: slot())
+            mine.append(a)
+            return a
+
+        for a in self.file_actions[:3]:
+            menu.addAction(a)
+        menu.addSeparator()
+        for a in self.file_actions[3:]:
+            menu.addAction(a)
+        menu.addSeparator()
+        # single keys belong to the canvas (gui/keys.py): the menu shows them after a tab, without taking them
+        add(menu, "Interpolate between the edited slices\tI", st.interpolate)
+        add(menu, "Switch ED / ES\tT", st.toggle_phase)
+        menu.addSeparator()
+        view = menu.addMenu("Window/level")
+        for name, (text, _, _) in PRESETS.items():
+            add(view, text, lambda name=name: st.views.preset(name))
+        sync = add(view, "Sync W/L (renders in the real scan's window/level)")
+        sync.setCheckable(True)
+        sync.setChecked(st.views.sync_wl)
+        sync.toggled.connect(st.views.set_sync)
+        self.sync_action = sync
+        add(view, "Shift+drag on a view: left/right window, up/down level").setEnabled(False)
+        menu.addAction(self.images_action)
+        menu.addSeparator()
+        add(menu, "New project…", lambda: self.gallery.new_project())
+        add(menu, "Open project…", lambda: self.gallery.open_project())
+        menu.addSeparator()
+        add(menu, "Read a study (blinded)…", self.read_study_dialog)
+        add(menu, "Model cards…", self.model_cards_dialog)
+        menu.addSeparator()
+        add(menu, "Settings…", self.settings_dialog)
+        self.studio_menu = menu
+
+    def settings_dialog(self) -> None:
+        SettingsDialog(self.studio, self.viewer.window._qt_window).exec()
 
     def read_study_dialog(self, folder: str | None = None, reader: str | None = None, resume: bool | None = None):
         """Open the blinded reading view on a study (a separate window: nothing of the studio shows)."""
@@ -251,8 +513,23 @@ class StudioWindow:
         return self.studio.session.open_path(d) if d else False
 
     def close(self) -> None:
+        """Close without asking (scripts, tests, benchmarks); the edits are autosaved in the project first."""
+        self._tick.stop()
         self.studio.close()
         self.viewer.close()
+
+
+def _disconnect_all(signals) -> None:
+    """Drop every slot of these Qt signals (Qt holds the Python slots, and they hold the studio and its viewer)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "failed to disconnect": a signal with no slot
+        for sig in signals:
+            try:
+                sig.disconnect()
+            except (RuntimeError, TypeError):
+                pass
 
 
 def run(path: Path | None = None, case: str | None = None, ready_file: Path | None = None, quit_when_ready: bool = False) -> None:

@@ -14,8 +14,10 @@ from qtpy.QtGui import QIcon, QPixmap
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
                             QVBoxLayout, QWidget)
 
-from cmrstudio.gui.panels import button
+from cmrstudio.gui.panels import button, no_wheel
 from cmrstudio.gui.studio import Studio
+
+THUMB = 128  # px: the project's thumbnails are drawn at this size
 
 
 class GalleryPanel(QWidget):
@@ -33,11 +35,15 @@ class GalleryPanel(QWidget):
         lay.addLayout(h)
         self.list = QListWidget()
         self.list.setViewMode(QListWidget.IconMode)
-        self.list.setIconSize(QSize(96, 96))
+        self.list.setIconSize(QSize(THUMB, THUMB))
+        self.list.setGridSize(QSize(THUMB + 16, THUMB + 34))
         self.list.setResizeMode(QListWidget.Adjust)
         self.list.setMovement(QListWidget.Static)
-        self.list.setMinimumHeight(140)
+        self.list.setWordWrap(True)
+        self.list.setMinimumHeight(THUMB + 44)
+        self.list.setToolTip("Double-click a render to use it: its mask on its slice (its scan is opened when another one is open)")
         self.list.currentItemChanged.connect(self._selected)
+        self.list.itemDoubleClicked.connect(lambda _it: self.use_render())
         lay.addWidget(self.list, 1)
         self.details = QLabel("")
         self.details.setWordWrap(True)
@@ -70,8 +76,10 @@ class GalleryPanel(QWidget):
         for r in range(1, 6):
             self.min_rating_box.addItem("★" * r + " or more", r)
         self.export_btn = button("Export…", "fa5s.file-export", "Write the kept renders in a format other tools read", self.export)
-        h.addWidget(self.format_box, 1)
-        h.addWidget(self.min_rating_box)
+        self.format_box.setToolTip("Export format")
+        self.min_rating_box.setToolTip("Export only renders rated at least this")
+        h.addWidget(self.format_box, 2)
+        h.addWidget(self.min_rating_box, 1)
         h.addWidget(self.export_btn)
         lay.addLayout(h)
         self.exports: list[Path] = []
@@ -79,6 +87,7 @@ class GalleryPanel(QWidget):
         self._checked_for = None
         studio.changed.connect(self._changed)
         self.refresh()
+        no_wheel(self)
 
     # -- listing -------------------------------------------------------------------------------
     def current_id(self) -> str | None:
@@ -193,6 +202,38 @@ class GalleryPanel(QWidget):
             return False
         s.session.apply_mask(res.mask, s.current_z())
         return True
+
+    def use_render(self) -> bool:
+        """Double-click: this render's mask on its own slice of its own scan (opened first when another one is open)."""
+        iid, s = self.current_id(), self.studio.session
+        if iid is None or s.project is None:
+            return False
+        it = s.project.item(iid)
+        src = it.source or {}
+        same = s.case is not None and src.get("case_id") == s.case.case_id and src.get("phase") == s.case.phase
+        if not same:
+            path = src.get("path")
+            if path and path != "built-in sample":
+                from pathlib import Path as _P
+
+                if not _P(path).exists():
+                    s.say("error", f"{iid} came from {path}, which is no longer there; open its scan to use its mask.")
+                    return False
+                if not s.open_path(path, case=src.get("case_id"), phase=src.get("phase")):
+                    return False
+            elif path == "built-in sample":
+                if not s.open_path(None, phase=src.get("phase")):
+                    return False
+            else:
+                s.say("error", f"{iid} does not say which scan it came from; open that scan to use its mask.")
+                return False
+        z = src.get("slice")
+        if z is not None and s.case is not None and 0 <= int(z) < s.case.shape[0]:
+            s.set_slice(int(z))
+        ok = self.use_mask()
+        if ok:
+            s.say("info", f"Using {iid}: its mask is on slice {s.z + 1} (undo restores the previous one).")
+        return ok
 
     # -- export --------------------------------------------------------------------------------
     def export(self, parent: Path | None = None) -> threading.Thread | None:

@@ -27,32 +27,41 @@ def data_to_canvas(viewer, layer, yx: Sequence[float]) -> tuple[float, float]:
     return float(p[0] / p[3]), float(p[1] / p[3])
 
 
-def _send(widget, kind, pos, buttons) -> None:
-    button = Qt.LeftButton if kind != QEvent.MouseMove else Qt.NoButton
+def _send(widget, kind, pos, buttons, modifiers=Qt.NoModifier, button=Qt.LeftButton) -> None:
+    button = button if kind != QEvent.MouseMove else Qt.NoButton
     local = QPointF(*pos)
     glob = QPointF(widget.mapToGlobal(QPoint(int(pos[0]), int(pos[1]))))
-    ev = QMouseEvent(kind, local, glob, button, buttons, Qt.NoModifier)
+    ev = QMouseEvent(kind, local, glob, button, buttons, modifiers)
     QApplication.sendEvent(widget, ev)
 
 
-def drag(viewer, points_xy: Sequence[tuple[float, float]], interval_s: float = 0.016,
-         between: Callable[[], None] | None = None) -> None:
-    """Press at the first canvas point, move through the others (one move per ``interval_s``), release."""
-    w = canvas_widget(viewer)
-    _send(w, QEvent.MouseMove, points_xy[0], Qt.NoButton)
+def move(viewer, point_xy: tuple[float, float]) -> None:
+    """A mouse move (no button) to a canvas point."""
+    _send(canvas_widget(viewer), QEvent.MouseMove, point_xy, Qt.NoButton)
     QApplication.processEvents()
-    _send(w, QEvent.MouseButtonPress, points_xy[0], Qt.LeftButton)
+
+
+def drag(viewer, points_xy: Sequence[tuple[float, float]], interval_s: float = 0.016,
+         between: Callable[[], None] | None = None, modifiers=Qt.NoModifier, button=Qt.LeftButton) -> None:
+    """Press at the first canvas point, move through the others (one move per ``interval_s``), release.
+
+    ``modifiers`` (e.g. ``Qt.ShiftModifier``) are held throughout; ``button`` is the mouse button.
+    """
+    w = canvas_widget(viewer)
+    _send(w, QEvent.MouseMove, points_xy[0], Qt.NoButton, modifiers)
+    QApplication.processEvents()
+    _send(w, QEvent.MouseButtonPress, points_xy[0], button, modifiers, button)
     QApplication.processEvents()
     for p in points_xy[1:]:
         t_next = time.perf_counter() + interval_s
-        _send(w, QEvent.MouseMove, p, Qt.LeftButton)
+        _send(w, QEvent.MouseMove, p, button, modifiers)
         QApplication.processEvents()
         if between is not None:
             between()
         while time.perf_counter() < t_next:
             QApplication.processEvents()
             time.sleep(0.001)
-    _send(w, QEvent.MouseButtonRelease, points_xy[-1], Qt.NoButton)
+    _send(w, QEvent.MouseButtonRelease, points_xy[-1], Qt.NoButton, modifiers, button)
     QApplication.processEvents()
 
 

@@ -1,16 +1,23 @@
-"""The studio's dock widgets: painting (start masks, quick edits, legend) and synthesis (live + HQ).
+"""The studio's dock widgets: painting (scan, start masks, quick edits, save, anatomy) and synthesis (live + HQ).
 
 Each panel observes a :class:`~cmrstudio.gui.studio.Studio` (its ``changed`` signal) and calls
-its actions; nothing here renders or reads files itself.
+its actions; nothing here renders or reads files itself. The painting tools themselves (labels,
+brush, eraser, fill, brush size, undo) are on the tool strip over the images (:mod:`cmrstudio.gui.toolbar`).
+
+Combo boxes, spin boxes and sliders in the docks ignore the mouse wheel unless they have the focus
+(:func:`no_wheel`): the wheel scrolls the panel instead of changing a value by accident.
 """
 
 from __future__ import annotations
 
+import time
+
 import qtawesome as qta
-from qtpy.QtCore import Qt, QTimer
-from qtpy.QtGui import QColor, QIcon, QPixmap
-from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
-                            QLabel, QLineEdit, QProgressBar, QPushButton, QSlider, QSpinBox, QToolButton, QVBoxLayout, QWidget)
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtGui import QColor, QIcon, QPainter, QPixmap
+from qtpy.QtWidgets import (QAbstractScrollArea, QAbstractSpinBox, QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout,
+                            QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QSizePolicy, QSlider,
+                            QSpinBox, QVBoxLayout, QWidget)
 
 from cmrstudio.anatomy import COLOURS, LV, MYO, RV, VENDORS
 from cmrstudio.gui.studio import START_KINDS, Studio
@@ -43,12 +50,24 @@ def button(text: str, icon_name: str | None = None, tip: str | None = None, slot
 
 
 class MessageBar(QLabel):
-    """The latest message from the studio, coloured by level; errors stay until the next message."""
+    """The latest message from the studio on one line, coloured by level; the whole text in its tooltip.
+
+    It never wraps or grows (a long sentence is elided, so it cannot push buttons about), and a message
+    goes stale: info after 8 s, a warning after 20 s, an error after 45 s or at the next message.
+    """
+
+    LIFETIME_S = {"info": 8.0, "warning": 20.0, "error": 45.0}
 
     def __init__(self, studio: Studio):
         super().__init__("")
-        self.setWordWrap(True)
+        self.setWordWrap(False)
         self.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
+        self.setMinimumWidth(40)
+        self.level = "info"
+        self._clear = QTimer(self)
+        self._clear.setSingleShot(True)
+        self._clear.timeout.connect(self.clear_message)
         studio.message.connect(self.show_message)
         # what was said before the panel existed (a file that would not open at start-up): errors first
         earlier = [m for m in studio.session.messages if m[0] == "error"] or [m for m in studio.session.messages if m[0] == "warning"]
@@ -56,9 +75,53 @@ class MessageBar(QLabel):
             self.show_message(*earlier[-1])
 
     def show_message(self, level: str, text: str) -> None:
+        self.level = level
         self.setStyleSheet(f"color: {LEVEL_COLOURS.get(level, '#dddddd')};")
         self.setText(text)
         self.setToolTip(text)
+        self._clear.start(int(1000 * self.LIFETIME_S.get(level, 8.0)))
+
+    def clear_message(self) -> None:
+        self.setText("")
+        self.setToolTip("")
+
+    def paintEvent(self, event):  # noqa: N802 (Qt API): one line, elided at the right
+        p = QPainter(self)
+        p.setPen(self.palette().color(self.foregroundRole()))
+        r = self.contentsRect()
+        p.drawText(r, int(Qt.AlignVCenter | Qt.AlignLeft), self.fontMetrics().elidedText(self.text(), Qt.ElideRight, r.width()))
+        p.end()
+
+
+class _NoWheel(QObject):
+    """Wheel events on an unfocused value widget go to the panel (it scrolls) instead of changing the value."""
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt API)
+        if event.type() == QEvent.Wheel and not obj.hasFocus():
+            w = obj.parentWidget()
+            while w is not None and not isinstance(w, QAbstractScrollArea):
+                w = w.parentWidget()
+            if w is not None:
+                QApplication.sendEvent(w.verticalScrollBar(), event)
+            return True
+        return False
+
+
+_NO_WHEEL = None
+
+
+def no_wheel(root: QWidget) -> None:
+    """Combo boxes, spin boxes and sliders under ``root`` take the wheel only once clicked (focused)."""
+    global _NO_WHEEL
+    if _NO_WHEEL is None:
+        _NO_WHEEL = _NoWheel()
+    for kind in (QComboBox, QAbstractSpinBox, QSlider):
+        for w in root.findChildren(kind):
+            w.setFocusPolicy(Qt.StrongFocus)
+            w.installEventFilter(_NO_WHEEL)
+            if isinstance(w, QComboBox):  # compact docks: a combo box need not be as wide as its longest entry
+                w.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+                w.setMinimumContentsLength(6)
 
 
 def _slider(lo: int, hi: int, value: int) -> QSlider:
@@ -91,44 +154,13 @@ class PaintPanel(QWidget):
         self.case_box.activated.connect(lambda i: studio.session.open_case_id(self.case_box.itemText(i)))
         self.phase_box = QComboBox()
         self.phase_box.activated.connect(lambda i: studio.session.open_ref(self.phase_box.itemData(i)))
+        h = QHBoxLayout()
+        h.addWidget(self.phase_box, 1)
+        self.phase_btn = button("ED/ES", "fa5s.heartbeat", "Switch between ED and ES (T); this phase's edits are kept",
+                                lambda: studio.toggle_phase())
+        h.addWidget(self.phase_btn)
         f.addRow("Case", self.case_box)
-        f.addRow("Phase", self.phase_box)
-        lay.addWidget(g)
-
-        # paint: legend, tools
-        g = QGroupBox("Paint")
-        grid = QGridLayout(g)
-        self.label_group = QButtonGroup(self)
-        self.label_buttons = {}
-        for i, (lab, name) in enumerate(STRUCTURES.items()):
-            b = QToolButton()
-            b.setText(f"{lab} {name}")
-            b.setIcon(swatch(lab))
-            b.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
-            b.setCheckable(True)
-            b.setToolTip(f"Paint label {lab}: {name}")
-            b.clicked.connect(lambda _=False, lab=lab: self.pick_label(lab))
-            self.label_group.addButton(b, lab)
-            self.label_buttons[lab] = b
-            grid.addWidget(b, 0, i)
-        self.paint_btn = button("", "fa5s.paint-brush", "Brush (P)", lambda: self.set_mode("paint"))
-        self.erase_btn = button("", "fa5s.eraser", "Eraser (E)", lambda: self.set_mode("erase"))
-        self.fill_btn = button("", "fa5s.fill-drip", "Fill (F)", lambda: self.set_mode("fill"))
-        self.undo_btn = button("", "fa5s.undo", "Undo (Ctrl+Z)", lambda: studio.mask_layer.undo())
-        self.redo_btn = button("", "fa5s.redo", "Redo (Ctrl+Shift+Z)", lambda: studio.mask_layer.redo())
-        tools = QHBoxLayout()
-        for b in (self.paint_btn, self.erase_btn, self.fill_btn, self.undo_btn, self.redo_btn):
-            tools.addWidget(b)
-        grid.addLayout(tools, 1, 0, 1, 3)
-        self.brush = _slider(1, 60, 8)
-        self.brush_label = QLabel("8 px")
-        self.brush.valueChanged.connect(self._brush_changed)
-        grid.addWidget(QLabel("Brush"), 2, 0)
-        grid.addWidget(self.brush, 2, 1)
-        grid.addWidget(self.brush_label, 2, 2)
-        self.preserve = QCheckBox("Preserve labels (paint only over background)")
-        self.preserve.toggled.connect(lambda on: setattr(studio.mask_layer, "preserve_labels", on))
-        grid.addWidget(self.preserve, 3, 0, 1, 3)
+        f.addRow("Phase", h)
         lay.addWidget(g)
 
         # start mask
@@ -143,7 +175,9 @@ class PaintPanel(QWidget):
         self.scope_box.addItem("all slices", "volume")
         self.start_btn = button("Apply", "fa5s.draw-polygon", "Replace the mask (undo restores it)", self.apply_start)
         row.addWidget(self.start_box, 1)
-        row.addWidget(self.scope_box)
+        v.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(self.scope_box, 1)
         row.addWidget(self.start_btn)
         v.addLayout(row)
         tf = QFormLayout()
@@ -153,8 +187,9 @@ class PaintPanel(QWidget):
             s = _slider(lo, hi, val)
             lab = QLabel(f"{val} {unit}")
             s.valueChanged.connect(lambda x, lab=lab, unit=unit: lab.setText(f"{x} {unit}"))
-            s.sliderReleased.connect(self._template_moved)
-            s.valueChanged.connect(self._template_typed)
+            s.sliderPressed.connect(self._template_drag_start)
+            s.sliderReleased.connect(self._template_drag_end)
+            s.valueChanged.connect(self._template_changed)
             h = QHBoxLayout()
             h.addWidget(s, 1)
             h.addWidget(lab)
@@ -184,12 +219,28 @@ class PaintPanel(QWidget):
         self.edit_scope.addItem("all slices", "volume")
         v.addWidget(self.struct_box, 0, 0)
         v.addWidget(self.mm_box, 0, 1)
-        v.addWidget(self.edit_scope, 0, 2)
+        v.addWidget(self.edit_scope, 1, 0)
         v.addWidget(button("Grow", "fa5s.expand-arrows-alt", "Dilate the structure (LV: the wall moves with it; MYO: thicker wall)",
-                           lambda: self.grow(+1)), 1, 0)
-        v.addWidget(button("Shrink", "fa5s.compress-arrows-alt", "Erode the structure", lambda: self.grow(-1)), 1, 1)
-        v.addWidget(button("Copy ↑ slice", "fa5s.copy", "Copy the previous slice's mask here", lambda: studio.session.copy_from_neighbour(-1)), 2, 0)
-        v.addWidget(button("Copy ↓ slice", "fa5s.copy", "Copy the next slice's mask here", lambda: studio.session.copy_from_neighbour(+1)), 2, 1)
+                           lambda: self.grow(+1)), 2, 0)
+        v.addWidget(button("Shrink", "fa5s.compress-arrows-alt", "Erode the structure", lambda: self.grow(-1)), 2, 1)
+        v.addWidget(button("Copy ↑ slice", "fa5s.copy", "Copy the previous slice's mask here", lambda: studio.session.copy_from_neighbour(-1)), 3, 0)
+        v.addWidget(button("Copy ↓ slice", "fa5s.copy", "Copy the next slice's mask here", lambda: studio.session.copy_from_neighbour(+1)), 3, 1)
+        self.interp_btn = button("Interpolate", "fa5s.layer-group", "Fill the slices between the edited ones (I); undo restores them",
+                                 lambda: studio.interpolate())
+        v.addWidget(self.interp_btn, 1, 1)
+        lay.addWidget(g)
+
+        # save
+        g = QGroupBox("Mask file")
+        v = QGridLayout(g)
+        self.save_state = QLabel("")
+        self.save_state.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.save_btn = button("Save", "fa5s.save", "Save the mask (Ctrl+S): NIfTI in the scan's geometry, canonical labels, JSON sidecar",
+                               self.save)
+        self.save_as_btn = button("Save as…", "fa5s.file-export", "Save the mask to a new file (Ctrl+Shift+S)", lambda: self.save(ask=True))
+        v.addWidget(self.save_state, 0, 0, 1, 2)
+        v.addWidget(self.save_btn, 1, 0)
+        v.addWidget(self.save_as_btn, 1, 1)
         lay.addWidget(g)
 
         # anatomy
@@ -203,26 +254,30 @@ class PaintPanel(QWidget):
         lay.addWidget(g)
         lay.addStretch(1)
 
+        self._drag_timer = QTimer(self)  # while a template slider is dragged: one redraw per event-loop turn at most
+        self._drag_timer.setSingleShot(True)
+        self._drag_timer.setInterval(15)
+        self._drag_timer.timeout.connect(self._template_moved)
+        self._dragging = False
         studio.changed.connect(self._changed)
         self._changed("case")
+        no_wheel(self)
 
     # -- actions -------------------------------------------------------------------------------
-    def pick_label(self, lab: int) -> None:
-        layer = self.studio.mask_layer
-        layer.selected_label = lab
-        layer.mode = "paint"
-        self.studio.viewer.layers.selection.active = layer
-        self.label_buttons[lab].setChecked(True)
+    def save(self, ask: bool = False):
+        """Save mask (to where it was saved before, else ask) or Save mask as… (always ask)."""
+        from qtpy.QtWidgets import QFileDialog
 
-    def set_mode(self, mode: str) -> None:
-        layer = self.studio.mask_layer
-        layer.mode = mode
-        self.studio.viewer.layers.selection.active = layer
-
-    def _brush_changed(self, v: int) -> None:
-        self.brush_label.setText(f"{v} px")
-        if self.studio.mask_layer is not None and self.studio.mask_layer.brush_size != v:
-            self.studio.mask_layer.brush_size = v
+        sess = self.studio.session
+        if sess.case is None:
+            return None
+        path = None
+        if ask or sess.saved_path is None:
+            f, _ = QFileDialog.getSaveFileName(self, "Save the mask as NIfTI", str(sess.suggest_mask_path()), "NIfTI (*.nii.gz *.nii)")
+            if not f:
+                return None
+            path = f
+        return sess.save_mask(path)
 
     def template_params(self) -> dict:
         return {k: float(s.value()) for k, s in self.template_sliders.items()}
@@ -235,15 +290,33 @@ class PaintPanel(QWidget):
     def _start_kind_changed(self, *_):
         self.template_box.setVisible(self.start_box.currentData() == "template")
 
+    def _live_template(self) -> bool:
+        return self.start_box.currentData() == "template" and self.scope_box.currentData() == "slice"
+
     def _template_moved(self) -> None:
         # a live template: moving a slider redraws this slice's template (undoable)
-        if self.start_box.currentData() == "template" and self.scope_box.currentData() == "slice":
+        if self._live_template():
             self.apply_start()
 
-    def _template_typed(self, _v) -> None:
-        s = self.sender()
-        if s is not None and not s.isSliderDown():  # keyboard or programmatic change
-            self._template_moved()
+    def _template_changed(self, _v) -> None:
+        if self._dragging:
+            self._drag_timer.start()  # the slice follows the slider while it is dragged
+        else:
+            self._template_moved()  # keyboard, wheel (focused) or programmatic change: one undo step each
+
+    def _template_drag_start(self) -> None:
+        self._dragging = True
+        layer = self.studio.mask_layer
+        if self._live_template() and layer is not None and hasattr(layer, "_begin_stroke"):
+            layer._begin_stroke()  # the whole drag is one undo step, as a brush stroke is
+
+    def _template_drag_end(self) -> None:
+        self._drag_timer.stop()
+        self._template_moved()
+        self._dragging = False
+        layer = self.studio.mask_layer
+        if layer is not None and hasattr(layer, "_commit_stroke") and getattr(layer, "_block_history", False):
+            layer._commit_stroke()
 
     def grow(self, sign: int) -> bool:
         return self.studio.session.change_structure(self.struct_box.currentData(), sign * self.mm_box.value(), self.edit_scope.currentData())
@@ -262,34 +335,24 @@ class PaintPanel(QWidget):
                 self.phase_box.addItem(ph, idx)
             self.phase_box.setCurrentText(s.session.case.phase or "-")
             self.phase_box.setEnabled(self.phase_box.count() > 1)
-            layer = s.mask_layer
-            self.brush.setValue(int(layer.brush_size))
-            self.preserve.setChecked(bool(layer.preserve_labels))
-            self.label_buttons[int(layer.selected_label) if int(layer.selected_label) in STRUCTURES else LV].setChecked(True)
-            layer.events.brush_size.connect(lambda e: self.brush.setValue(int(s.mask_layer.brush_size)))
+            self.phase_btn.setEnabled(self.phase_box.count() > 1)
         if what in ("case", "mask", "slice", "anatomy"):
             self._anatomy()
+        if what in ("case", "edits", "mask"):
+            sess = s.session
+            where = sess.saved_path.name if sess.saved_path else "not saved to a file yet"
+            state = "unsaved edits · " if sess.dirty else ""
+            auto = " (autosaved in the project)" if sess.dirty and sess.project is not None else ""
+            self.save_state.setText(f"{state}{where}{auto}")
+            self.save_state.setToolTip(str(sess.saved_path) if sess.saved_path else "Save writes NIfTI + a JSON sidecar")
+            self.save_state.setStyleSheet(f"color: {LEVEL_COLOURS['warning'] if sess.dirty else LEVEL_COLOURS['info']};")
 
     def _anatomy(self) -> None:
-        from cmrstudio import edits
-
         s = self.studio
         if s.session.case is None:
             return
         sl = s.mask_layer.data[s.current_z()]
-        try:
-            sz = edits.structure_sizes(sl, s.session.spacing_yx())
-        except Exception:  # sizes are a read-out only
-            sz = {}
-        unit = sz.get("unit", "px")
-        parts = []
-        if sz.get("lv_diameter") is not None:
-            parts.append(f"LV ⌀ {sz['lv_diameter']:.0f} {unit}")
-        if sz.get("wall_thickness") is not None:
-            parts.append(f"wall {sz['wall_thickness']:.1f} {unit}")
-        if sz.get("rv_area") is not None:
-            parts.append(f"RV {sz['rv_area'] / 100:.1f} c{unit}²" if unit == "mm" else f"RV {sz['rv_area']:.0f} px²")
-        self.sizes_label.setText(" · ".join(parts) if parts else "no heart painted on this slice")
+        self.sizes_label.setText(s.sizes_text())
         if s.session.findings:
             self.anatomy_label.setStyleSheet(f"color: {LEVEL_COLOURS['warning']};")
             self.anatomy_label.setText("\n".join(f"• {f.message}" for f in s.session.findings[:4]))
@@ -351,9 +414,16 @@ class SynthesisPanel(QWidget):
         h.addWidget(self.contour_check)
         f.addRow("", h)
         self.readout = QLabel("–")
+        self.readout.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         self.readout.setToolTip("From a brush dab to the synthetic slice on screen (median of the last 30), "
                                 "the model's own time, and frames rendered / dropped (latest-wins).")
         f.addRow("Frame time", self.readout)
+        self.faith_label = QLabel("–")
+        self.faith_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.faith_label.setToolTip("Faithfulness of the live render: the bundled segmenter (seg-cmr) reads the render, and its Dice "
+                                    "against the painted mask says how much of the painted anatomy the image really shows "
+                                    "(1 = all of it). Computed off the GUI thread, a few times a second.")
+        f.addRow("Faithful", self.faith_label)
         lay.addWidget(g)
 
         g = QGroupBox("Render HQ (on demand)")
@@ -374,8 +444,9 @@ class SynthesisPanel(QWidget):
         f.addRow("Steps", self.steps_box)
         f.addRow("Guidance", self.guidance_box)
         h = QHBoxLayout()
-        self.hq_btn = button("Render HQ", "fa5s.magic", "Render this slice with the diffusion or flow model", self.render_hq)
-        self.cancel_btn = button("Cancel", "fa5s.stop", "Stop the HQ render before its next step", studio.session.cancel_hq)
+        self.hq_btn = button("Render HQ", "fa5s.magic", "Render this slice with the diffusion or flow model (H)", self.render_hq)
+        self.cancel_btn = button("Cancel", "fa5s.stop", "Stop the HQ render (a model still loading, or before its next step)",
+                                 studio.session.cancel_hq)
         self.cancel_btn.setEnabled(False)
         h.addWidget(self.hq_btn, 1)
         h.addWidget(self.cancel_btn)
@@ -404,7 +475,7 @@ class SynthesisPanel(QWidget):
         f.addRow("Note", self.note_edit)
         f.addRow("Rating", self.rating_box)
         h = QHBoxLayout()
-        self.keep_live_btn = button("Keep live", "fa5s.bookmark", "Keep this slice's live render in the project's gallery",
+        self.keep_live_btn = button("Keep live", "fa5s.bookmark", "Keep this slice's live render in the project's gallery (K)",
                                     lambda: self.keep("live"))
         self.keep_hq_btn = button("Keep HQ", "fa5s.star", "Keep this slice's HQ render in the project's gallery", lambda: self.keep("hq"))
         h.addWidget(self.keep_live_btn)
@@ -419,6 +490,7 @@ class SynthesisPanel(QWidget):
         self._timer = QTimer(self)
         self._timer.timeout.connect(self._tick)
         self._timer.start(250)
+        no_wheel(self)
 
     def _model_picked(self, i: int) -> None:
         name = self.model_box.itemData(i)
@@ -456,15 +528,18 @@ class SynthesisPanel(QWidget):
         name = self.hq_box.currentData()
         if not name:
             return None
-        jid = self.studio.session.render_hq(name, self.steps_box.value(), self.guidance_box.value())
+        jid = self.studio.session.render_hq(name, self.steps_box.value(), self.guidance_box.value(), background_load=True)
         if jid is not None:
             self.studio.session.settings.hq_model = name
             self.studio.session.save_settings()
-            self.progress.setRange(0, self.steps_box.value())
-            self.progress.setValue(0)
-            self.progress.setFormat("%v / %m steps")
-            self.cancel_btn.setEnabled(True)
+            self._busy(f"loading {name}…" if jid < 0 else f"step 1 of {self.steps_box.value()}…")
         return jid
+
+    def _busy(self, text: str) -> None:
+        """A moving bar until the first step is done (loading the model, the first step): the render is under way."""
+        self.progress.setRange(0, 0)
+        self.progress.setFormat(text)
+        self.cancel_btn.setEnabled(True)
 
     def keep(self, which: str):
         item = self.studio.session.keep(which, note=self.note_edit.text().strip(), rating=self.rating_box.currentData())
@@ -489,8 +564,33 @@ class SynthesisPanel(QWidget):
             self.seed_box.setValue(s.session.seed)
         elif what == "vendor":
             self.vendor_box.setCurrentText(s.session.vendor)
+        elif what == "render_hq":
+            self.render_hq()
+        elif what == "tool":
+            if self.contour_check.isChecked() != s.contours_on:
+                self.contour_check.setChecked(s.contours_on)
+        elif what == "faith":
+            f = s.session.faith
+            if f is None or f.get("mean") is None:
+                self.faith_label.setText("– (no heart painted)" if f is not None and not f.get("error") else "–")
+                self.faith_label.setToolTip(f.get("error", "") if f else self.faith_label.toolTip())
+            else:
+                d = f["dice"]
+                per = ", ".join(f"{k} {d[k]:.2f}" for k in ("LV", "MYO", "RV") if d.get(k) is not None)
+                self.faith_label.setText(f"Dice {f['mean']:.2f} ({per})")
+        elif what == "hq_loading":
+            if s.session.hq_loading:
+                self._busy(f"loading {s.session.hq_loading}…")
+            elif s.session.hq_job is None or s.session.hq_job.finished:
+                self._changed("hq")
         elif what == "hq":
             job = s.session.hq_job
+            if s.session.hq_loading:
+                return
+            if job is not None and not job.finished and s.session.hq_step == 0:
+                self._busy(f"step 1 of {job.steps}…")
+                self.keep_hq_btn.setEnabled(s.current_z() in s.session.hq_results)
+                return
             if job is None:
                 self.progress.setRange(0, 1)
                 self.progress.setValue(0)
