@@ -62,7 +62,8 @@ def open_window(studio_env, make_napari_viewer):
 
     def make(path=None, **kw):
         win = StudioWindow(path, viewer=make_napari_viewer(show=True), **kw)
-        win.viewer.window.resize(1400, 900)
+        if "size" not in kw:
+            win.viewer.window.resize(1400, 900)
         wins.append(win)
         settle(win)
         pump(timeout=0.3)  # the views refit to the new window size
@@ -373,6 +374,7 @@ def test_drop_opens_scans_and_bad_input_keeps_the_session(open_window, studio_en
     _drop(win, files["image"])
     settle(win)
     assert st.session.case.case_id == c.case_id and c.case_id in win.viewer.title
+    assert st.session.vendor == "philips" == syn.vendor_box.currentText()  # the vendor style follows the scan
     assert shown(st).std() > 0.02
     assert st.session.settings.recent[0] == str(files["image"])
     # File ▸ Open scan in the studio… does the same (the dialog answered by the test)
@@ -382,6 +384,7 @@ def test_drop_opens_scans_and_bad_input_keeps_the_session(open_window, studio_en
     win.file_actions[0].trigger()
     settle(win)
     assert st.session.case.case_id == c2.case_id and st.mask_layer.data.shape == c2.shape
+    assert st.session.vendor == "siemens" == syn.vendor_box.currentText() and "siemens" in win.viewer.title
 
 
 def test_model_loads_beside_an_open_window(studio_env, make_napari_viewer):
@@ -495,3 +498,252 @@ def test_new_and_open_project_switch_the_gallery(open_window, studio_env):
     assert not g.open_project(studio_env / "not-a-project")
     assert "not-a-project" in win.synthesis.message.text() and st.session.project.folder == studio_env / "second"
     assert g.open_project(studio_env / "project") and g.list.count() == 1
+
+
+# ---- issue 17: the studio as a radiologist's workspace ------------------------------------------------------------
+
+def _key(win, key, text=""):
+    """A real key press and release on the canvas (as typed with the mouse over the images)."""
+    from qtpy.QtCore import QEvent
+    from qtpy.QtGui import QKeyEvent
+
+    canvas = win.viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    for kind in (QEvent.KeyPress, QEvent.KeyRelease):
+        QApplication.sendEvent(canvas, QKeyEvent(kind, key, Qt.NoModifier, text))
+
+
+def test_three_big_linked_views_at_1600x1000(open_window):
+    win = open_window(size=(1600, 1000))
+    st, v = win.studio, win.viewer
+    qw = v.window._qt_window
+    assert (qw.width(), qw.height()) == (1600, 1000)
+    assert pump(lambda: st.views.view_sizes().get("real", (0, 0))[1] > 0, 5)
+    sizes = st.views.view_sizes()
+    assert sorted(sizes) == ["hq", "live", "real"]
+    for cell, (w, h) in sizes.items():  # each view at least 45% of the window's height, and not a thumbnail in width
+        assert h >= 0.45 * 1000 and w >= 0.22 * 1600, (cell, sizes)
+    # one camera, one slice: the scan sits at the same place in each cell
+    rects = st.views.cell_rects()
+    offsets = {c: (st.views.image_rect(c)[0] - rects[c][0], st.views.image_rect(c)[1] - rects[c][1]) for c in rects}
+    assert max(abs(o[0] - offsets["real"][0]) + abs(o[1] - offsets["real"][1]) for o in offsets.values()) < 2
+    # zoomed to the heart: the painted heart spans a good part of the real view
+    z = st.current_z()
+    ys, xs = np.nonzero(st.mask_layer.data[z])
+    from cmrstudio.gui.mouse import data_to_canvas
+
+    x0, y0 = data_to_canvas(v, st.mask_layer, (ys.min(), xs.min()))
+    x1, y1 = data_to_canvas(v, st.mask_layer, (ys.max(), xs.max()))
+    assert (x1 - x0) > 0.25 * sizes["real"][0]
+    # an HQ render does not move or shrink the views (the HQ cell is always there)
+    hq = st.layers["hq"]
+    hq.data[z] = st.layers["scan"].data[z]
+    hq.refresh()
+    pump(timeout=0.2)
+    assert st.views.view_sizes() == sizes
+    # images only (F11): the docks go, the views grow; again: they come back
+    docks = [d for d in win.docks if d.isVisible()]
+    win.images_action.trigger()
+    assert not any(d.isVisible() for d in win.docks) and win.tools.isVisible()
+    assert pump(lambda: st.views.view_sizes()["real"][0] > sizes["real"][0] + 50, 10)
+    win.images_action.trigger()
+    assert all(d.isVisible() for d in docks)
+
+
+def test_painting_keys_labels_brush_eraser_fill(open_window):
+    from cmrstudio.gui.mouse import drag, stroke_points
+
+    win = open_window()
+    st, v, tools = win.studio, win.viewer, win.tools
+    mask = st.mask_layer
+    z = st.current_z()
+    assert mask.mode == "paint" and mask.selected_label == LV and mask.preserve_labels
+    for key, lab in ((Qt.Key_2, MYO), (Qt.Key_3, RV), (Qt.Key_1, LV), (Qt.Key_2, MYO)):
+        _key(win, key, str(lab))
+        assert pump(lambda: mask.selected_label == lab, 5), f"key {lab} did not pick label {lab}"
+        assert tools.label_buttons[lab].isChecked() and not any(b.isChecked() for k, b in tools.label_buttons.items() if k != lab)
+    assert "LV myocardium" in tools.label_hint.text()  # the active label, said over the images
+    assert "(2)" in tools.label_buttons[MYO].toolTip() and "(E)" in tools.erase_btn.toolTip()  # tooltips name the keys
+    size = mask.brush_size
+    _key(win, Qt.Key_BracketRight, "]")
+    assert pump(lambda: mask.brush_size > size, 5) and tools.brush.value() == mask.brush_size
+    bigger = mask.brush_size
+    _key(win, Qt.Key_BracketLeft, "[")
+    _key(win, Qt.Key_BracketLeft, "[")
+    assert pump(lambda: mask.brush_size < bigger and mask.brush_size < size + 1, 5) and tools.brush.value() == mask.brush_size
+    # the eraser: a real drag over the blood pool clears it (preserve labels: the eraser takes the label last painted, LV)
+    _key(win, Qt.Key_1, "1")
+    _key(win, Qt.Key_E, "e")
+    assert pump(lambda: mask.mode == "erase", 5) and tools.erase_btn.isChecked() and "erasing" in tools.label_hint.text()
+    lv = np.argwhere(mask.data[z] == LV)
+    centre = lv.mean(0)
+    before = int((mask.data[z] == LV).sum())
+    drag(v, stroke_points(v, mask, centre, 3, n=10, turns=1.0))
+    settle(win)
+    assert (mask.data[z] == LV).sum() < before - 20, "the eraser erased nothing"
+    assert st.session.dirty
+    # fill: RV into the (partly erased) blood pool's hole, with preserve labels off (B)
+    _key(win, Qt.Key_3, "3")
+    _key(win, Qt.Key_F, "f")
+    assert pump(lambda: mask.mode == "fill" and mask.selected_label == RV, 5) and tools.fill_btn.isChecked()
+    _key(win, Qt.Key_B, "b")
+    assert pump(lambda: not mask.preserve_labels, 5) and not tools.preserve.isChecked()
+    lv = np.argwhere(mask.data[z] == LV)
+    target = lv[len(lv) // 2]
+    n_lv = len(lv)
+    from cmrstudio.gui.mouse import data_to_canvas
+
+    drag(v, [data_to_canvas(v, mask, target)])  # a click
+    settle(win)
+    assert mask.data[z][tuple(target)] == RV and (mask.data[z] == LV).sum() < n_lv
+    # back to the brush
+    _key(win, Qt.Key_P, "p")
+    assert pump(lambda: mask.mode == "paint", 5) and tools.paint_btn.isChecked()
+    # slice keys: the slider, the captions and the status line agree (counted from 1)
+    _key(win, Qt.Key_Down, "")
+    assert pump(lambda: st.current_z() == z + 1, 5)
+    pump(lambda: False, 0.3)
+    n = st.session.case.shape[0]
+    assert int(v.dims.current_step[0]) == z + 1
+    assert f"slice {z + 2}/{n}" in st.layers["scan"].name
+    assert f"slice {z + 2}/{n}" in win.render_status.text()
+    slider = v.window._qt_viewer.dims.slider_widgets[0]._cmrstudio_label
+    assert slider.text() == f"{z + 2}/{n}"
+
+
+def test_window_level_drag_presets_sync_and_cursor_echo(open_window):
+    from cmrstudio.gui.mouse import data_to_canvas, drag, move
+
+    win = open_window()
+    st, v = win.studio, win.viewer
+    views = st.views
+    real, live = views.image_layer("real"), views.image_layer("live")
+    assert views.sync_wl and win.tools.sync_btn.isChecked()
+    lo, hi = views.window_level("real")
+    live_before = views.window_level("live")
+    z = st.current_z()
+    c = np.array(st.layers["scan"].data.shape[-2:]) / 2
+    p0 = data_to_canvas(v, real, c)
+    painted = st.mask_layer.data[z].copy()
+    # Shift+drag to the right: a wider window, on the real scan; the live render follows (sync W/L); nothing is painted
+    drag(v, [p0, (p0[0] + 60, p0[1]), (p0[0] + 120, p0[1])], modifiers=Qt.ShiftModifier)
+    lo2, hi2 = views.window_level("real")
+    assert hi2 - lo2 > 1.2 * (hi - lo)
+    assert views.window_level("live") != live_before
+    assert np.array_equal(st.mask_layer.data[z], painted)
+    # presets
+    views.preset("full")
+    data = st.session.case.image
+    assert views.window_level("real") == pytest.approx((float(data.min()), float(data.max())), rel=1e-4)
+    win.tools.sync_btn.click()  # sync off: the live view keeps its own window
+    assert not views.sync_wl
+    wl_live = views.window_level("live")
+    views.preset("auto")
+    assert views.window_level("live") == wl_live
+    # the mouse over the real view is echoed as a cross in the live and HQ views
+    q = (c[0] + 5, c[1] - 7)
+    move(v, data_to_canvas(v, real, q))
+    cross = st.layers["cross_live"]
+    assert cross.opacity > 0.5 and st.layers["cross_real"].opacity == 0
+    assert np.allclose(cross.data[0], q, atol=1.0)  # (the mouse is at whole screen pixels)
+    assert np.allclose(st.layers["cross_hq"].data[0], q, atol=1.0)
+
+
+def test_wheel_over_an_unfocused_combo_box_scrolls_the_panel(open_window):
+    from qtpy.QtCore import QPointF
+    from qtpy.QtGui import QWheelEvent
+
+    win = open_window()
+    box = win.synthesis.vendor_box
+    box.clearFocus()
+    i = box.currentIndex()
+
+    def wheel(w):
+        pos = QPointF(5, 5)
+        ev = QWheelEvent(pos, QPointF(w.mapToGlobal(QPoint(5, 5))), QPoint(0, 0), QPoint(0, -120), Qt.NoButton, Qt.NoModifier,
+                         Qt.NoScrollPhase, False)
+        QApplication.sendEvent(w, ev)
+
+    wheel(box)
+    assert box.currentIndex() == i and not box.hasFocus()
+    for w in (win.paint.start_box, win.paint.mm_box, win.paint.template_sliders["wall_mm"], win.synthesis.steps_box):
+        before = w.value() if hasattr(w, "value") else w.currentIndex()
+        wheel(w)
+        assert (w.value() if hasattr(w, "value") else w.currentIndex()) == before, w
+    # once clicked (focused), the wheel changes it
+    win.viewer.window._qt_window.activateWindow()
+    box.setFocus()
+    if pump(lambda: box.hasFocus(), 3):
+        wheel(box)
+        assert box.currentIndex() != i
+
+
+def test_the_reading_room_look(open_window):
+    from qtpy.QtGui import QPalette
+    from qtpy.QtWidgets import QToolButton
+
+    win = open_window()
+    v, qw = win.viewer, win.viewer.window._qt_window
+    assert v.theme == "dark" and qw.palette().color(QPalette.Window).lightness() < 110
+    assert tuple(np.round(np.asarray(v.canvas.background_color_override, float)[:3], 2)) == (0, 0, 0)  # images on black
+    buttons = win.tools.findChildren(QToolButton)
+    assert len(buttons) >= 15 and all(not b.icon().isNull() for b in buttons)  # qtawesome icons on the studio's own buttons
+    assert all(b.toolTip() for b in buttons)
+    assert not win.paint.save_btn.icon().isNull() and not win.synthesis.hq_btn.icon().isNull()
+    # napari's layer list and controls (the same tools in napari's words) are hidden; the images take most of the window
+    assert not v.window._qt_viewer.dockLayerControls.isVisible()
+    w, h = win.studio.views.canvas_size()
+    assert w * h > 0.55 * qw.width() * qw.height()
+    # File ▸ Open is the studio's (Ctrl+O), and napari's own open entries are hidden and have no key
+    from qtpy.QtGui import QKeySequence
+
+    assert win.open_action.shortcut() == QKeySequence("Ctrl+O")
+    others = [a for a in qw.findChildren(type(win.open_action)) if a is not win.open_action and a.shortcut() == QKeySequence("Ctrl+O")]
+    assert not [a.text() for a in others if a.isEnabled()]
+
+
+def test_quit_with_unsaved_edits_asks_in_the_studios_words(studio_env, monkeypatch):
+    """A real window closed for real: the studio's question, Cancel keeps it open, Close keeps the edits in the project."""
+    from napari._qt.qt_main_window import _QtMainWindow
+    from qtpy.QtCore import QTimer
+
+    from cmrstudio.gui.app import StudioWindow
+
+    monkeypatch.setattr(_QtMainWindow, "_save_current_window_settings", lambda self: None)  # not this user's napari settings
+    win = StudioWindow(show=True, size=(1200, 800))
+    st, qw = win.studio, win.viewer.window._qt_window
+    try:
+        settle(win)
+        z = st.current_z()
+        m = st.mask_layer.data[z].copy()
+        m[m == LV] = MYO
+        st.session.apply_mask(m, z)
+        assert st.session.dirty
+        seen = []
+
+        def answer(label):
+            def run():
+                box = win.close_dialog
+                if box is None or not box.isVisible():
+                    QTimer.singleShot(20, run)
+                    return
+                seen.append((box.windowTitle(), box.text(), box.informativeText(), [b.text() for b in box.buttons()]))
+                next(b for b in box.buttons() if b.text() == label).click()
+            QTimer.singleShot(0, run)
+
+        answer("Cancel")
+        qw.close()
+        assert qw.isVisible() and not st._closed
+        title, text, info, buttons = seen[0]
+        assert title == "Unsaved mask edits" and "SCD0000101_ED" in text and "not saved to a file" in text
+        assert "autosave" in info and set(buttons) == {"Save mask…", "Close (keep the autosave)", "Cancel"}
+        answer("Close (keep the autosave)")
+        qw.close()
+        assert len(seen) == 2 and not qw.isVisible()
+        assert pump(lambda: st._closed, 10)
+        saved = list((studio_env / "project" / "autosave").glob("*_mask.nii.gz"))
+        assert saved, "the edits were not kept in the project"
+    finally:
+        if not st._closed:
+            st.close()
+            win.viewer.close()

@@ -142,8 +142,11 @@ class Views:
                 continue
             pos = grid.position(self.viewer.layers.index(layer), self.viewer.layers)
             if pos in order and order.index(pos) < len(views):
-                r = views[order.index(pos)].rect
-                out[cell] = (float(r.pos[0]), float(r.pos[1]), float(r.size[0]), float(r.size[1]))
+                vb = views[order.index(pos)]
+                # the viewbox's own rect starts at (0, 0): where it is on the canvas comes from its transform
+                tr = vb.get_transform(map_from="visual", map_to="canvas")
+                (x0, y0), (x1, y1) = (tr.map([0.0, 0.0])[:2], tr.map([float(vb.size[0]), float(vb.size[1])])[:2])
+                out[cell] = (float(min(x0, x1)), float(min(y0, y1)), float(abs(x1 - x0)), float(abs(y1 - y0)))
         return out
 
     def view_sizes(self) -> dict[str, tuple[int, int]]:
