@@ -70,15 +70,15 @@ def bench_studio_cmd(
     strokes: int = typer.Option(12, "--strokes", help="Brush strokes to paint (real mouse drags on the canvas)."),
     moves: int = typer.Option(24, "--moves", help="Mouse moves per stroke, one every 16 ms (a 60 Hz mouse)."),
     model: Optional[str] = typer.Option(None, "--model", help="Live model (default: the shipped SPADE model)."),
-    window: str = typer.Option("1600x960", "--window", help="Window size WxH in pixels."),
+    window: Optional[str] = typer.Option(None, "--window", help="Window size WxH in pixels (default: the studio's own, it fills the screen)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Brush dab -> synthetic layer on screen in the real studio window, and how long the GUI thread was ever blocked."""
     from cmrstudio.gui.bench import bench_studio
 
     try:
-        size = tuple(int(x) for x in window.lower().split("x"))
-        assert len(size) == 2 and min(size) >= 400
+        size = None if window is None else tuple(int(x) for x in window.lower().split("x"))
+        assert size is None or (len(size) == 2 and min(size) >= 400)
     except (ValueError, AssertionError):
         raise CmrError(f"--window {window!r} must be WIDTHxHEIGHT in pixels, at least 400 each, like 1600x960.") from None
     res = bench_studio(strokes=strokes, moves=moves, model=model, window=size)
@@ -93,6 +93,7 @@ def bench_studio_cmd(
     typer.echo(f"GUI heartbeat (5 ms timer) while painting: live on p50 {h['p50']} / p99 {h['p99']} / longest {h['max']} ms; "
                f"live off p50 {q['p50']} / p99 {q['p99']} / longest {q['max']} ms")
     typer.echo(f"window {res['window']}, canvas {res['canvas']} px (software OpenGL under Xvfb draws the canvas on the CPU)")
+    typer.echo("views: " + ", ".join(f"{k} {w}x{h}" for k, (w, h) in res["views"].items()))
 
 
 @bench_app.command("startup")

@@ -36,7 +36,7 @@ def display():
         from pyvirtualdisplay import Display
     except ImportError:
         raise CmrError("The studio benchmark needs a display; run it under `xvfb-run -a` or install the test extras.") from None
-    d = Display(visible=False, size=(1920, 1080), color_depth=24)
+    d = Display(visible=False, size=(1600, 1000), color_depth=24)  # the screen the issue measures the views on
     try:
         d.start()
     except Exception as exc:
@@ -52,7 +52,8 @@ def _pct(xs, q):
 
 
 def bench_studio(strokes: int = 12, moves: int = 24, model: str | None = None, interval_s: float = 0.016,
-                 window: tuple[int, int] = (1600, 960)) -> dict:
+                 window: tuple[int, int] | None = None) -> dict:
+    """``window``: the window's size; None: the studio's default (it fills the screen; a private Xvfb is 1600×1000)."""
     with display(), tempfile.TemporaryDirectory() as tmp:
         from qtpy.QtCore import Qt, QTimer
         from qtpy.QtWidgets import QApplication
@@ -67,10 +68,14 @@ def bench_studio(strokes: int = 12, moves: int = 24, model: str | None = None, i
         win = StudioWindow(None, show=True, project=Project.create(Path(tmp) / "project"), live_model=model, remember=False,
                            settings=Settings())  # the defaults, not this user's settings
         st, v = win.studio, win.viewer
-        v.window.resize(*window)
+        if window is not None:
+            v.window.resize(*window)
         _pump(1.0)
         st.session.engine.wait_idle(10)
+        _pump(0.3)  # the views refit to the window
+        views = st.views.view_sizes()
         lab = st.mask_layer
+        lab.preserve_labels = False  # the strokes paint over the painted anatomy (with preserve labels on they would paint nothing)
         z = st.current_z()
         heart = np.argwhere(lab.data[z] > 0)
         centre = heart.mean(0) if len(heart) else np.array(lab.data.shape[-2:]) / 2
@@ -142,6 +147,7 @@ def bench_studio(strokes: int = 12, moves: int = 24, model: str | None = None, i
             "gui_heartbeat_live_off_ms": {"p50": _pct(quiet_gaps, 50), "p99": _pct(quiet_gaps, 99), "max": _pct(quiet_gaps, 100)},
             "window": f"{v.window._qt_window.width()}×{v.window._qt_window.height()}",
             "canvas": "×".join(str(int(x)) for x in v.window._qt_viewer.canvas._scene_canvas.size),
+            "views": {k: list(views[k]) for k in ("real", "live", "hq") if k in views},
             "painting_s": round(painting_s, 2),
             "threads": _threads(),
         }
