@@ -265,6 +265,8 @@ def test_cli_render_in_patient_and_fully_synthetic(tmp_path):
     assert side["render"]["mode"] == "in-patient" and side["derived_from_patient"] and side["render"]["seed"] == 2
     run("export", str(tmp_path / "cases"), str(tmp_path / "exp"), "--format", "nifti")
     listing = json.loads((tmp_path / "exp" / "export.json").read_text())
-    assert listing["cases"] == ["SCD0000101_ED_mask_s2", "SCD0000101_ED_mask_s3"] and listing["derived_from_patient"] == ["SCD0000101_ED_mask_s2"]
+    # neutral ids; both derived from the patient: s2 rendered in the scan, s3 from the scan's own segmentation (the sample's mask)
+    assert listing["cases"] == ["r0001", "r0002"] and listing["derived_from_patient"] == ["r0001", "r0002"]
+    assert json.loads((tmp_path / "exp" / "r0002.json").read_text())["mask_origin"] == "patient"
     p = run("render", str(mask), check=False)
     assert p.returncode == 2 and "--case-out" in p.stderr

@@ -122,7 +122,7 @@ def render(
         ctx = SliceContext("in-patient", image[0], None, margin) if image is not None else None
         record = make_record(r, seed, r.resolve_vendor(vendor)[1], ctx, seconds=secs)
         cid = case_out_name(c.case_id, seed)
-        write_case(render_case(img, c.mask, c.affine, fr, record, cid), case_out, name=cid)
+        write_case(render_case(img, c.mask, c.affine, fr, record, cid, mask_source=mask_source_of(mask, c)), case_out, name=cid)
         written.append(f"{case_out}/{cid}_image.nii.gz (+ mask, sidecar)")
     fov = f"{fr.spacing_mm * fr.size:.0f} mm" if fr.spacing_mm else "heart-sized"
     how = f", {r.solver} {r.steps} steps, guidance {r.guidance:g}" if hasattr(r, "solver") else ""
@@ -131,6 +131,39 @@ def render(
     typer.echo(f"Wrote {' and '.join(written)}: {img.shape[0]} slices of {img.shape[1]}×{img.shape[2]}, model {r.name} ({r.kind}{how}), "
                f"vendor {vendor}, seed {seed}, {where}, {secs:.1f} s.")
 
+
+
+def mask_source_of(mask: Path, c) -> dict | None:
+    """Where a rendered mask came from, for the case's sidecar (an export compares the mask with that scan's own
+    segmentation to tell a patient's segmentation from a painted one): a case of a dataset folder (``--case``), or a
+    mask file that is a case of the folder it sits in (a phantom is recorded as such). A loose mask file records
+    nothing: its origin stays unknown, and exports say so."""
+    from cmrstudio.io import scan
+
+    mask = Path(mask).expanduser()
+    if mask.is_dir():  # --case in a dataset folder: the case read is the source
+        src, case_id, phase, want = c.source, c.case_id, c.phase, mask.resolve()
+    else:
+        try:
+            refs = scan(mask.parent)
+        except Exception:
+            return None
+        want = mask.resolve()
+        ref = next((r for r in refs if r.mask is not None and Path(r.mask).resolve() == want), None)
+        if ref is None:
+            return None
+        try:
+            src = ref.load().source
+        except Exception:
+            return None
+        case_id, phase = ref.case_id, ref.phase
+    origin = src.get("origin") if isinstance(src.get("origin"), dict) else {}
+    # the dataset the case came from: a reader's own (mnms, acdc, ...) or the one a cmrstudio folder records; a bare
+    # *_mask.nii.gz in a cmrstudio folder records none (it may be painted: comparing it with itself would prove nothing)
+    dataset = origin.get("dataset") or (src.get("dataset") if src.get("dataset") not in (None, "cmrstudio") else None)
+    if not dataset or dataset == "cmrstudio-render":  # unknown, or the mask of an earlier render (its origin is not recorded here)
+        return None
+    return {"dataset": dataset, "case_id": case_id, "phase": phase, "path": str(want)}
 
 
 def case_out_name(case_id: str, seed: int) -> str:
