@@ -86,6 +86,9 @@ def write_bids_case(item: ExportItem, out: Path, sidecar: dict, label: str | Non
         "Description": f"{say['image']}; short-axis cardiac cine MRI slice (balanced SSFP-style contrast, T2/T1-weighted; "
                        "BIDS has no cine suffix, so T2w).",
         "SkullStripped": False,
+        "Manufacturer": "cmrstudio (synthetic)",  # the equipment that made the image, as in the DICOM export
+        "ManufacturersModelName": str(prov.get("model") or "cmrstudio"),
+        "SoftwareVersions": str(sidecar.get("exported_by") or "cmrstudio"),
         "cmrstudio": {**sidecar, "files": files},
     }
     msk_side = {
