@@ -12,6 +12,8 @@ what="${1:-install}"
 SYSTEM_PACKAGES="xvfb xauth libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon-x11-0 \
 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 \
 libxcb-randr0 libxcb-cursor0 libxcb-xfixes0 libxcb-xkb1"
+# the export tests check DICOM with dicom3tools' dciodvfy and dcm2niix (each test skips without its tool)
+[ "$what" = "test" ] && SYSTEM_PACKAGES="$SYSTEM_PACKAGES dicom3tools dcm2niix"
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   missing=""
   for p in $SYSTEM_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
