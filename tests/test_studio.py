@@ -96,9 +96,9 @@ def test_drag_paints_renders_live_and_undo_restores(open_window):
 
     win = open_window()
     st, v = win.studio, win.viewer
-    keys = ["scan", "mask", "cross_real", "synthetic", "contour", "cross_live", "hq", "hq_contour", "cross_hq"]
+    keys = ["scan", "mask", "synthetic", "contour", "hq", "hq_contour"]
     assert list(v.layers) == [st.layers[k] for k in keys]
-    assert v.canvas.grid.enabled and v.canvas.grid.stride == 3  # real scan + mask | live + contour | HQ + contour, one camera
+    assert v.canvas.grid.enabled and v.canvas.grid.stride == 2  # real scan + mask | live + contour | HQ + contour, one camera
     assert "SCD0000101_ED" in v.title and "built-in sample" in v.title
     assert win.render_status.text().startswith(f"live: spade-cmr, in this patient, slice {st.current_z() + 1}/9")
     file_menu = [a.text() for a in v.window.file_menu.actions() if a.isVisible()]
@@ -640,13 +640,17 @@ def test_window_level_drag_presets_sync_and_cursor_echo(open_window):
     wl_live = views.window_level("live")
     views.preset("auto")
     assert views.window_level("live") == wl_live
-    # the mouse over the real view is echoed as a cross in the live and HQ views
+    # the mouse over the real view is echoed as a cross at the same place in the live and HQ views
     q = (c[0] + 5, c[1] - 7)
-    move(v, data_to_canvas(v, real, q))
-    cross = st.layers["cross_live"]
-    assert cross.opacity > 0.5 and st.layers["cross_real"].opacity == 0
-    assert np.allclose(cross.data[0], q, atol=1.0)  # (the mouse is at whole screen pixels)
-    assert np.allclose(st.layers["cross_hq"].data[0], q, atol=1.0)
+    p = data_to_canvas(v, real, q)
+    move(v, p)
+    assert pump(lambda: views.echo is not None and np.allclose(views.echo, q, atol=1.0), 5)  # (the mouse is at whole pixels)
+    pump(timeout=0.05)
+    rects = views.cell_rects()
+    assert views.cross_canvas_xy("real") is None  # the cell under the mouse has the brush circle
+    for cell in ("live", "hq"):
+        x, y = views.cross_canvas_xy(cell)
+        assert abs((x - rects[cell][0]) - (p[0] - rects["real"][0])) < 1.5 and abs(y - p[1]) < 1.5, (cell, x, y, p)
 
 
 def test_wheel_over_an_unfocused_combo_box_scrolls_the_panel(open_window):
@@ -702,16 +706,16 @@ def test_the_reading_room_look(open_window):
     assert not [a.text() for a in others if a.isEnabled()]
 
 
-def test_quit_with_unsaved_edits_asks_in_the_studios_words(studio_env, monkeypatch):
-    """A real window closed for real: the studio's question, Cancel keeps it open, Close keeps the edits in the project."""
-    from napari._qt.qt_main_window import _QtMainWindow
+def _close_with_unsaved_edits(answers: list[str]) -> list[tuple]:
+    """Open a studio window (napari's own, not the fixture's), edit the mask, close the window once per answer, answering
+    the question with that button; what each question said, and whether the window was still open after it."""
     from qtpy.QtCore import QTimer
 
     from cmrstudio.gui.app import StudioWindow
 
-    monkeypatch.setattr(_QtMainWindow, "_save_current_window_settings", lambda self: None)  # not this user's napari settings
     win = StudioWindow(show=True, size=(1200, 800))
     st, qw = win.studio, win.viewer.window._qt_window
+    seen = []
     try:
         settle(win)
         z = st.current_z()
@@ -719,31 +723,71 @@ def test_quit_with_unsaved_edits_asks_in_the_studios_words(studio_env, monkeypat
         m[m == LV] = MYO
         st.session.apply_mask(m, z)
         assert st.session.dirty
-        seen = []
 
-        def answer(label):
-            def run():
+        for label in answers:
+            def run(label=label):
                 box = win.close_dialog
                 if box is None or not box.isVisible():
                     QTimer.singleShot(20, run)
                     return
-                seen.append((box.windowTitle(), box.text(), box.informativeText(), [b.text() for b in box.buttons()]))
+                seen.append([box.windowTitle(), box.text(), box.informativeText(), [b.text() for b in box.buttons()]])
                 next(b for b in box.buttons() if b.text() == label).click()
-            QTimer.singleShot(0, run)
 
-        answer("Cancel")
-        qw.close()
-        assert qw.isVisible() and not st._closed
-        title, text, info, buttons = seen[0]
-        assert title == "Unsaved mask edits" and "SCD0000101_ED" in text and "not saved to a file" in text
-        assert "autosave" in info and set(buttons) == {"Save mask…", "Close (keep the autosave)", "Cancel"}
-        answer("Close (keep the autosave)")
-        qw.close()
-        assert len(seen) == 2 and not qw.isVisible()
-        assert pump(lambda: st._closed, 10)
-        saved = list((studio_env / "project" / "autosave").glob("*_mask.nii.gz"))
-        assert saved, "the edits were not kept in the project"
+            QTimer.singleShot(0, run)
+            qw.close()
+            seen[-1].append(qw.isVisible())
+        assert pump(lambda: st._closed, 10), "the studio did not stop with its window"
     finally:
         if not st._closed:
             st.close()
             win.viewer.close()
+    return seen
+
+
+def test_quit_with_unsaved_edits_asks_in_the_studios_words(studio_env, monkeypatch):
+    """A real window closed for real: the studio's question, Cancel keeps it open, Close keeps the edits in the project."""
+    import gc
+
+    from napari._qt.qt_main_window import _QtMainWindow
+    from napari._qt.qt_viewer import QtViewer
+    from qtpy.QtCore import QEvent
+
+    monkeypatch.setattr(_QtMainWindow, "_save_current_window_settings", lambda self: None)  # not this user's napari settings
+    seen = _close_with_unsaved_edits(["Cancel", "Close (keep the autosave)"])
+    assert len(seen) == 2
+    (title, text, info, buttons, open_after_cancel), (*_, open_after_close) = seen
+    assert title == "Unsaved mask edits" and "SCD0000101_ED" in text and "not saved to a file" in text
+    assert "autosave" in info and set(buttons) == {"Save mask…", "Close (keep the autosave)", "Cancel"}
+    assert open_after_cancel and not open_after_close
+    assert list((studio_env / "project" / "autosave").glob("*_mask.nii.gz")), "the edits were not kept in the project"
+    # closed for real: nothing keeps the window alive (napari's leak check, as its viewer fixture does)
+    QApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    gc.collect()
+    assert len(QtViewer._instances) == 0
+
+
+def test_gallery_double_click_uses_a_kept_render_and_a_contour_click_keeps_painting(open_window):
+    from qtpy.QtCore import QEvent
+    from qtpy.QtGui import QMouseEvent
+
+    win = open_window()
+    st, g, v = win.studio, win.gallery, win.viewer
+    z = st.current_z()
+    kept_mask = st.mask_layer.data[z].copy()
+    assert st.session.keep("live") is not None and g.list.count() == 1
+    assert g.list.iconSize().width() >= 128
+    st.session.apply_mask(np.zeros_like(kept_mask), z)
+    assert not st.mask_layer.data[z].any()
+    item = g.list.item(0)
+    g.list.scrollToItem(item)
+    vp, c = g.list.viewport(), g.list.visualItemRect(item).center()
+    for kind in (QEvent.MouseButtonPress, QEvent.MouseButtonRelease, QEvent.MouseButtonDblClick, QEvent.MouseButtonRelease):  # a double click
+        held = Qt.NoButton if kind == QEvent.MouseButtonRelease else Qt.LeftButton
+        QApplication.sendEvent(vp, QMouseEvent(kind, QPointF(c), QPointF(vp.mapToGlobal(c)), Qt.LeftButton, held, Qt.NoModifier))
+    assert pump(lambda: st.mask_layer.data[z].any(), 5), "double-click did not use the render's mask"
+    back = st.mask_layer.data[z]
+    dice = 2 * ((back > 0) & (kept_mask > 0)).sum() / ((back > 0).sum() + (kept_mask > 0).sum())
+    assert dice > 0.95 and "Using" in win.synthesis.message.text()
+    # a click on a contour layer (napari's layer list, Window menu) must not leave painting silently dead
+    v.layers.selection.active = st.layers["contour"]
+    assert v.layers.selection.active is st.mask_layer

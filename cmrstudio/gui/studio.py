@@ -9,7 +9,7 @@ All state and every action live in the Qt-free session; this object only
       live:  the live render + mask contour        (re-rendered on every brush dab)
       HQ:    the HQ render + mask contour          (diffusion / flow, on demand; empty until asked)
 
-  each with a cross that echoes the mouse position seen in the other views;
+  each with a cross that echoes the mouse position seen in the other views (:mod:`cmrstudio.gui.views`);
 * forwards what the painter does (brush dabs, stroke ends, undo, the slice slider, the studio keys
   of :mod:`cmrstudio.gui.keys`) to the session;
 * turns the session's events into Qt signals (``changed``, ``message``) for the panels, on the GUI
@@ -28,10 +28,10 @@ from cmrstudio import __version__
 from cmrstudio.case import Case
 from cmrstudio.data.frame import from_frame
 from cmrstudio.gui.layers import label_colormap
-from cmrstudio.gui.views import CROSS_KEY, PATIENT_COLOUR, REAL_COLOUR, SYNTHETIC_COLOUR, Views
+from cmrstudio.gui.views import PATIENT_COLOUR, REAL_COLOUR, SYNTHETIC_COLOUR, Views
 from cmrstudio.session import START_KINDS, StudioSession, base_id  # noqa: F401  (START_KINDS for the panels)
 
-STRIDE = 3  # layers per grid cell: image, mask or contour, cursor cross
+STRIDE = 2  # layers per grid cell: image, mask or contour
 
 
 class Studio(QObject):
@@ -204,10 +204,10 @@ class Studio(QObject):
         self.changed.emit("mask")
 
     def _on_active(self, event=None) -> None:
-        """Painting must never silently do nothing: a click on a contour or cross layer gives the mask back."""
+        """Painting must never silently do nothing: a click on a contour layer gives the mask back."""
         active = self.viewer.layers.selection.active
         mask = self.mask_layer
-        ours = [v for k, v in self.layers.items() if k in ("contour", "hq_contour") or k.startswith("cross_")]
+        ours = [v for k, v in self.layers.items() if k in ("contour", "hq_contour")]
         if mask is not None and active is not None and any(active is layer for layer in ours):
             self.viewer.layers.selection.active = mask
 
@@ -284,7 +284,6 @@ class Studio(QObject):
         else:  # keeps the side-by-side cells in place
             scan = v.add_image(np.zeros(case.shape, np.float32), name=f"REAL · {cid} (no scan)", scale=scale, contrast_limits=(0, 1))
         lab = v.add_labels(s.mask, name=f"{cid} mask (paint here)", scale=scale, colormap=label_colormap(), opacity=0.45)
-        cross = {cell: self._add_cross(cell, scale) for cell in ("real", "live", "hq")}
         synth = v.add_image(np.zeros(case.shape, np.uint8), name="LIVE", scale=scale, contrast_limits=(0, 255))
         # the contour shows the mask the synthetic slice was rendered from (updated with each frame)
         contour = v.add_labels(np.array(s.mask, copy=True), name="mask contour (live)", scale=scale, colormap=label_colormap(), opacity=0.9)
@@ -294,13 +293,12 @@ class Studio(QObject):
         hc = v.add_labels(np.zeros(case.shape, np.uint8), name="mask contour (HQ)", scale=scale, colormap=label_colormap(), opacity=0.9)
         hc.contour = 1
         hc.editable = False
-        order = [scan, lab, cross["real"], synth, contour, cross["live"], hq, hc, cross["hq"]]
+        order = [scan, lab, synth, contour, hq, hc]
         for i, layer in enumerate(order):  # the studio's cells first (plain napari: the user's layers come after)
             j = v.layers.index(layer)
             if j != i:
                 v.layers.move(j, i)
-        self.layers = {"scan": scan, "mask": lab, "synthetic": synth, "contour": contour, "hq": hq, "hq_contour": hc,
-                       **{CROSS_KEY[c]: layer for c, layer in cross.items()}}
+        self.layers = {"scan": scan, "mask": lab, "synthetic": synth, "contour": contour, "hq": hq, "hq_contour": hc}
         for layer in order:
             _bind_keys(self, layer)
         lab.events.labels_update.connect(self._on_labels_update)
@@ -329,14 +327,6 @@ class Studio(QObject):
         if case.image is not None:
             self.views.preset("auto")  # one window/level for real, live and HQ (sync W/L)
         self.views.layout()
-
-    def _add_cross(self, cell: str, scale):
-        """The cross that echoes the mouse position in this cell (a napari Points layer of one point, drawn at 15 screen px)."""
-        layer = self.viewer.add_points(np.zeros((0, 2)), ndim=2, name=f"cursor ({cell})", scale=scale[1:], symbol="cross",
-                                       size=1000, face_color="#ffd54a", border_width=0, opacity=0.9)
-        layer.canvas_size_limits = (15, 15)
-        layer.editable = False
-        return layer
 
     def _on_tool_event(self, event=None) -> None:
         self.changed.emit("tool")

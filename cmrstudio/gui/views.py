@@ -10,7 +10,9 @@ display pays on the CPU). What the grid does not do, this module adds:
   images, e.g. on a portrait screen) and the heart is refitted when the window is resized;
 * a caption on each cell (napari's layer-name overlay) saying what it shows, in this patient ℗
   (amber) or fully synthetic (cyan);
-* the mouse position echoed as a small cross in the other cells (one napari Points layer per cell);
+* the mouse position echoed as a small cross in the other cells: a vispy marker in each cell's viewbox,
+  not a napari layer (a Points layer's data setter recomputes the viewer's extent and dims, ~20 ms a
+  move on a software-rendered display; a marker is one vertex upload);
 * window/level per view with Shift+drag (left/right: window, up/down: level), presets, and
   "sync W/L" that shows the live and HQ renders in the real scan's window/level.
 """
@@ -24,7 +26,7 @@ from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 
 CELLS = ("real", "live", "hq")
 IMAGE_KEY = {"real": "scan", "live": "synthetic", "hq": "hq"}
-CROSS_KEY = {"real": "cross_real", "live": "cross_live", "hq": "cross_hq"}
+CROSS_COLOUR = "#ffd54a"
 PATIENT_COLOUR = "#f2b84b"  # amber: derived from the patient's scan
 SYNTHETIC_COLOUR = "#5ec8f2"  # cyan: no real pixel
 REAL_COLOUR = "#e8e8e8"
@@ -102,10 +104,17 @@ class Views:
         self.sync_wl = True
         self.shape = (1, 3)
         self._echo_at = 0.0
+        self._cross: dict[str, object] = {}  # cell -> vispy Markers in that cell's viewbox
+        self.echo: tuple[float, float] | None = None  # the echoed position (row, column in scan pixels)
         self._refit = QTimer()
         self._refit.setSingleShot(True)
         self._refit.setInterval(60)
         self._refit.timeout.connect(self.layout)
+        self._echo_pending = None
+        self._echo_timer = QTimer()
+        self._echo_timer.setSingleShot(True)
+        self._echo_timer.setInterval(25)
+        self._echo_timer.timeout.connect(self._flush_echo)
         self._wl_drag = _WindowLevelDrag(self)
         try:
             qv = self.viewer.window._qt_viewer
@@ -229,26 +238,74 @@ class Views:
             layer.name = text
 
     # -- cursor echo --------------------------------------------------------------------------------
+    def _viewboxes(self) -> dict[str, tuple[tuple[int, int], object]]:
+        """Each cell's grid position and vispy viewbox."""
+        grid, layers = self.viewer.canvas.grid, self.viewer.layers
+        views = getattr(self._canvas(), "grid_views", [])
+        order = [pos for pos, idx in grid.iter_viewboxes(layers) if idx]
+        out = {}
+        for cell in self.cells():
+            img = self.image_layer(cell)
+            if img not in layers:
+                continue
+            pos = tuple(grid.position(layers.index(img), layers))
+            if pos in order and order.index(pos) < len(views):
+                out[cell] = (pos, views[order.index(pos)])
+        return out
+
+    def _cross_node(self, cell: str, viewbox):
+        """The cell's cross marker, a child of its viewbox's scene (napari makes new viewboxes when the grid changes)."""
+        node = self._cross.get(cell)
+        if node is None:
+            from vispy.scene.visuals import Markers
+
+            node = Markers()
+            node.order = 1_000_000  # over the layers
+            node.set_gl_state("translucent", depth_test=False)
+            self._cross[cell] = node
+        if node.parent is not viewbox.scene:
+            node.parent = viewbox.scene
+        return node
+
+    def cross_canvas_xy(self, cell: str) -> tuple[float, float] | None:
+        """Where the cell's cross is drawn on the canvas (screen pixels), None when it is not shown."""
+        node = self._cross.get(cell)
+        if node is None or not node.visible or self.echo is None:
+            return None
+        c = self.studio.session.case
+        sp = c.spacing or (1.0, 1.0, 1.0)
+        p = node.get_transform(map_from="visual", map_to="canvas").map([self.echo[1] * sp[2], self.echo[0] * sp[1], 0.0, 1.0])
+        return float(p[0] / p[3]), float(p[1] / p[3])
+
     def _echo(self, position, under) -> None:
-        now = time.perf_counter()
-        if now - self._echo_at < 0.025:  # ~40 updates a second at most
+        """Echo the mouse at ``position`` (world coordinates) in the cells other than ``under``: ~40 updates a second at
+        most, and the latest position is always shown (a move inside the 25 ms is shown when they are over)."""
+        self._echo_pending = (tuple(position), under)
+        if time.perf_counter() - self._echo_at < 0.025:
+            if not self._echo_timer.isActive():
+                self._echo_timer.start()
             return
-        self._echo_at = now
+        self._flush_echo()
+
+    def _flush_echo(self) -> None:
+        if self._echo_pending is None or self.studio._closed:
+            return
+        position, under = self._echo_pending
+        self._echo_pending = None
+        self._echo_at = time.perf_counter()
         c = self.studio.session.case
         if c is None:
             return
         sp = c.spacing or (1.0, 1.0, 1.0)
-        yx = np.array([[position[-2] / sp[1], position[-1] / sp[2]]])
-        order = [pos for pos, idx in self.viewer.canvas.grid.iter_viewboxes(self.viewer.layers) if idx]
-        for cell in self.cells():
-            layer = self.studio.layers.get(CROSS_KEY[cell])
-            if layer is None:
-                continue
-            img = self.image_layer(cell)
-            pos = self.viewer.canvas.grid.position(self.viewer.layers.index(img), self.viewer.layers) if img in self.viewer.layers else None
-            here = pos is not None and pos == under and pos in order
-            layer.opacity = 0.0 if here else 0.9  # the cell under the mouse has the brush circle
-            layer.data = yx
+        self.echo = (position[-2] / sp[1], position[-1] / sp[2])
+        xy = np.array([[position[-1], position[-2]]], np.float32)  # the viewbox's scene is napari's world, x first
+        for cell, (pos, vb) in self._viewboxes().items():
+            node = self._cross_node(cell, vb)
+            here = pos == under  # the cell under the mouse has the brush circle
+            node.visible = not here
+            if not here:
+                node.set_data(xy, symbol="cross", size=15, edge_width=0, face_color=CROSS_COLOUR)
+        self._canvas()._scene_canvas.update()
 
     def _on_move(self, viewer, event) -> None:
         self._echo(event.position, tuple(event.viewbox) if getattr(event, "viewbox", None) is not None else None)
@@ -335,11 +392,15 @@ class Views:
             self.set_window_level("real", *self.window_level("real"))
 
     def close(self) -> None:
-        self._refit.stop()
-        try:
-            self._refit.timeout.disconnect()
-        except (RuntimeError, TypeError):
-            pass
+        for node in self._cross.values():
+            node.parent = None
+        self._cross.clear()
+        for timer in (self._refit, self._echo_timer):
+            timer.stop()
+            try:
+                timer.timeout.disconnect()
+            except (RuntimeError, TypeError):
+                pass
         try:
             self.viewer.mouse_move_callbacks.remove(self._on_move)
             self.viewer.mouse_drag_callbacks.remove(self._on_drag)
