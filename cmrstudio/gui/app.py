@@ -83,8 +83,20 @@ class _Closing(QObject):
         win = self.window()
         if gone and win is not None:
             win.studio.close()
+            _release_napari_window(win.viewer)
         elif not gone:
             self.confirmed = False  # still open (napari's own close was cancelled): ask again next time
+
+
+def _release_napari_window(viewer) -> None:
+    """After its window was closed by hand (not by ``viewer.close()``), napari still ties the closed window to its global
+    theme events; its own teardown unties it, and the viewer forgets the window (a later ``viewer.close()`` does nothing)."""
+    w = viewer.window
+    try:
+        w._teardown()
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        pass
+    w.__dict__.pop("_qt_window", None)
 
 
 class SettingsDialog(QDialog):
@@ -567,8 +579,10 @@ def run(path: Path | None = None, case: str | None = None, ready_file: Path | No
     napari.run()
 
 
-def screenshot(out: Path, path: Path | None = None, case: str | None = None, paint: bool = True) -> Path:
-    """Open the studio, paint a short stroke on the real scan, wait for the render, save a PNG of the window."""
+def screenshot(out: Path, path: Path | None = None, case: str | None = None, paint: bool = True, hq_steps: int = 10,
+               size: tuple[int, int] | None = None) -> Path:
+    """Open the studio at its default size (it fills the screen), paint a short stroke on the real scan, render this
+    slice in HQ (``hq_steps`` flow steps; 0: none), wait for the renders, save a PNG of the window."""
     from skimage.io import imsave
 
     import tempfile
@@ -578,22 +592,35 @@ def screenshot(out: Path, path: Path | None = None, case: str | None = None, pai
     tmp = tempfile.TemporaryDirectory()
     from cmrstudio.settings import Settings
 
-    win = StudioWindow(path, case, show=True, project=Project.create(Path(tmp.name) / "project"), remember=False, settings=Settings())
-    win.viewer.window.resize(1600, 960)
-    win.viewer.window._qt_window.showNormal()
+    win = StudioWindow(path, case, show=True, project=Project.create(Path(tmp.name) / "project"), remember=False, settings=Settings(),
+                       size=size)
+    st = win.studio
     _pump(0.5)
-    win.studio.fit_heart()
+    st.session.engine.wait_idle(30)
     if paint:
         from cmrstudio.gui.mouse import stroke_on_mask
 
-        st = win.studio
         z = st.current_z()
         lv = np.argwhere(st.mask_layer.data[z] == 1)
         # thicken the septal wall with a myocardium stroke, as a radiologist sketching hypertrophy would
         centre = lv.mean(0) + np.array([0.0, -0.35 * np.ptp(lv[:, 1])]) if len(lv) else None
+        st.mask_layer.preserve_labels = False  # over the blood pool
         stroke_on_mask(win.viewer, st.mask_layer, label=2, n=14, radius_frac=0.012, centre_yx=centre)
-    win.studio.session.engine.wait_idle(10)
-    _pump(0.6)
+        st.mask_layer.preserve_labels = True
+        st.mask_layer.selected_label = 1
+    st.session.engine.wait_idle(30)
+    if hq_steps:
+        syn = win.synthesis
+        i = syn.hq_box.findData("flow-cmr")
+        if i >= 0:
+            syn.hq_box.setCurrentIndex(i)
+        syn.steps_box.setValue(int(hq_steps))
+        if syn.render_hq() is not None:
+            end = time.perf_counter() + 300
+            while time.perf_counter() < end and st.current_z() not in st.session.hq_results:
+                _pump(0.1)
+    st.session.engine.wait_idle(30)
+    _pump(0.8)
     img = win.viewer.screenshot(canvas_only=False, flash=False)
     win.close()
     tmp.cleanup()

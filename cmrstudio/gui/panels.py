@@ -235,6 +235,7 @@ class PaintPanel(QWidget):
         v = QGridLayout(g)
         self.save_state = QLabel("")
         self.save_state.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.save_state.setWordWrap(True)
         self.save_btn = button("Save", "fa5s.save", "Save the mask (Ctrl+S): NIfTI in the scan's geometry, canonical labels, JSON sidecar",
                                self.save)
         self.save_as_btn = button("Save as…", "fa5s.file-export", "Save the mask to a new file (Ctrl+Shift+S)", lambda: self.save(ask=True))
