@@ -224,6 +224,7 @@ def test_render_hq_completes_cancels_and_keeps(open_window, studio_env):
     syn.hq_box.setCurrentIndex(syn.hq_box.findData("flow-cmr"))
     syn.steps_box.setValue(3)
     syn.hq_btn.click()
+    assert syn.cancel_btn.isEnabled() and syn.progress.maximum() == 0  # at once: a moving bar and Cancel, while the model loads
     assert pump(lambda: st.session.hq_job is not None and st.session.hq_job.finished, 60)
     pump(timeout=0.2)
     assert st.session.hq_job.status == "done" and previews[-3:] == [1, 2, 3]
