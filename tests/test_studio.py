@@ -792,3 +792,19 @@ def test_gallery_double_click_uses_a_kept_render_and_a_contour_click_keeps_paint
     # a click on a contour layer (napari's layer list, Window menu) must not leave painting silently dead
     v.layers.selection.active = st.layers["contour"]
     assert v.layers.selection.active is st.mask_layer
+
+
+def test_the_window_fills_the_screen_and_the_views_follow_its_shape(open_window):
+    win = open_window(size=None)  # the studio's own default
+    qw, st = win.viewer.window._qt_window, win.studio
+    avail = qw.screen().availableGeometry()
+    assert qw.isMaximized() or (qw.width() >= avail.width() - 2 and qw.height() >= avail.height() - 2), (qw.geometry(), avail)
+    # a portrait-ish canvas: the views take a 2×2 square when that gives clearly bigger images than a row
+    win.viewer.window.resize(900, 1000)
+    assert pump(lambda: st.views.shape == (2, 2), 10), st.views.shape
+    w, h = st.views.canvas_size()
+
+    def halves():  # (napari sizes new viewboxes at their first draw)
+        return all(abs(vw - w / 2) <= 2 and abs(vh - h / 2) <= 2 for vw, vh in st.views.view_sizes().values())
+
+    assert pump(halves, 10), (st.views.view_sizes(), w, h)
