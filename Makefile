@@ -1,9 +1,11 @@
 # The two set-up commands (see README): each installs everything it needs first.
-.PHONY: run test install screenshot
+.PHONY: run test test-fast install screenshot
 run:
 	bash installer/setup.sh run
 test:
 	bash installer/setup.sh test
+test-fast:  # the fast tier: no training, no window, no subprocess
+	bash installer/setup.sh test -m "not slow"
 install:
 	bash installer/setup.sh install
 screenshot:

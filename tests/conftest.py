@@ -1,4 +1,6 @@
+import inspect
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,28 @@ def tiny_run(tmp_path_factory):
     tr = SpadeTrainer(TrainOptions(out=str(out), name="tiny", steps=60, seed=0, **SMALL))
     tr.run(progress=False)
     return tr
+
+
+# ---- test tiers ---------------------------------------------------------------------------------------------------
+# `make test` runs everything. The fast tier (`make test-fast`, i.e. `pytest -m "not slow"`) leaves out what costs
+# minutes: tests that train a model, open a window, spawn the cmrstudio command in a subprocess, or kill processes.
+# The mark is given here, from what a test uses, so a new test lands in the right tier without anyone remembering to.
+_SLOW_FIXTURES = {"tiny_run", "tiny_diffusion", "tiny_flow", "memorising_flow", "make_napari_viewer", "open_window", "qtbot"}
+_SLOW_MODULES = {"test_kill", "test_gui", "test_studio"}
+_SLOW_CODE = re.compile(r"(?<![\w.])run\(|subprocess|Trainer\(|\.run\(progress")
+
+
+def _is_slow(item) -> bool:
+    if set(getattr(item, "fixturenames", ())) & _SLOW_FIXTURES or item.module.__name__.rsplit(".", 1)[-1] in _SLOW_MODULES:
+        return True
+    try:
+        src = inspect.getsource(item.function)
+    except (OSError, TypeError):
+        return False
+    return bool(_SLOW_CODE.search(src))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _is_slow(item):
+            item.add_marker(pytest.mark.slow)

