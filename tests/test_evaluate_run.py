@@ -41,6 +41,10 @@ def test_record_metric_writes_the_figure_with_its_command_and_refreshes_the_head
     from cmrstudio.evaluate.report import headline
     from cmrstudio.models.registry import get_model
 
+    card = json.loads(model.read_text())  # figures recorded earlier (the shipped card may have none yet)
+    card["metrics"] = {**card.get("metrics", {}), "fidelity": {"fid": 300.0, "kid": 0.2, "command": "earlier"},
+                       "diversity": {"ms_ssim": 0.4, "command": "earlier"}}
+    model.write_text(json.dumps(card))
     before = json.loads(model.read_text())["metrics"]
     fid = {**before["fidelity"], "fid": 12.5}
     del fid["command"]
