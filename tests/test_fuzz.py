@@ -913,8 +913,12 @@ def test_render_refuses_bad_masks_in_one_sentence_and_says_what_it_assumed(input
     except CmrError as exc:
         pytest.skip(f"no SPADE model to render with: {exc.message}")
     items = {i.name: i for i in inputs[0]}
-    assert set(RENDER_SAMPLE) <= set(items), set(RENDER_SAMPLE) - set(items)
-    for name in RENDER_SAMPLE:
+    cuts = sorted((int(n.rsplit("@", 1)[1]), n) for n in items if n.startswith("truncated/mask.nii.gz@"))
+    assert cuts, "the generator made no truncated masks"
+    # the cut lengths follow the written file's size: take the one nearest the middle of the header and data
+    sample = [min(cuts, key=lambda c: abs(c[0] - 557))[1] if n.startswith("truncated/mask.nii.gz@") else n for n in RENDER_SAMPLE]
+    assert set(sample) <= set(items), set(sample) - set(items)
+    for name in sample:
         inp = items[name]
         out = tmp_path / f"{len(os.listdir(tmp_path))}.nii.gz"
         with time_limit(120):

@@ -241,7 +241,7 @@ def test_the_model_loads_on_a_thread_and_a_bad_one_is_a_message(env):
 
     s = StudioSession(load="async")
     try:
-        assert s.open_path(None) and s.renderer is None
+        assert s.open_path(None)  # returns at once; the model arrives from its thread (maybe already)
         deadline = time.time() + 60
         while not s.live_shown and time.time() < deadline:
             time.sleep(0.05)
