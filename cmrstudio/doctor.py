@@ -81,45 +81,6 @@ def check_torch() -> list[Finding]:
     return [Finding("ok", "torch", f"torch {torch.__version__} imports; devices: {', '.join(devices)}.")]
 
 
-_GUI_PROBE = r"""
-import json, sys
-out = {}
-try:
-    import qtpy
-    from qtpy import QtCore
-    out["qt"] = f"{qtpy.API_NAME} {getattr(qtpy, 'PYSIDE_VERSION', None) or getattr(qtpy, 'PYQT_VERSION', None) or ''} (Qt {qtpy.QT_VERSION})"
-except Exception as exc:
-    out["qt_error"] = f"{type(exc).__name__}: {exc}"
-try:
-    import napari
-    out["napari"] = napari.__version__
-except Exception as exc:
-    out["napari_error"] = f"{type(exc).__name__}: {exc}"
-if sys.argv[1] == "gl" and "qt_error" not in out:
-    try:
-        from qtpy.QtGui import QGuiApplication, QOffscreenSurface, QOpenGLContext
-        app = QGuiApplication.instance() or QGuiApplication(sys.argv[:1])
-        ctx = QOpenGLContext()
-        if not ctx.create():
-            out["gl_error"] = "no OpenGL context could be created"
-        else:
-            surf = QOffscreenSurface()
-            surf.setFormat(ctx.format())
-            surf.create()
-            if not ctx.makeCurrent(surf):
-                out["gl_error"] = "an OpenGL context was created but could not be made current"
-            else:
-                fmt = ctx.format()
-                out["gl"] = f"OpenGL {fmt.majorVersion()}.{fmt.minorVersion()}"
-                try:
-                    out["gl"] += f" ({ctx.functions().glGetString(0x1F01)})"  # GL_RENDERER
-                except Exception:
-                    pass
-                ctx.doneCurrent()
-    except Exception as exc:
-        out["gl_error"] = f"{type(exc).__name__}: {exc}"
-print("PROBE " + json.dumps(out))
-"""
 
 
 def check_gui(display: str | None = None, timeout: float = 120.0) -> list[Finding]:
@@ -131,7 +92,7 @@ def check_gui(display: str | None = None, timeout: float = 120.0) -> list[Findin
     if not want_gl:
         env["QT_QPA_PLATFORM"] = "offscreen"  # importing needs no display
     try:
-        p = subprocess.run([sys.executable, "-c", _GUI_PROBE, "gl" if want_gl else "nogl"], capture_output=True, text=True,
+        p = subprocess.run([sys.executable, "-m", "cmrstudio.gui.probe", "gl" if want_gl else "nogl"], capture_output=True, text=True,
                            timeout=timeout, env=env, errors="replace")
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("PROBE ")), None)
         out = json.loads(line[6:]) if line else {}
