@@ -2,7 +2,7 @@
 
 The root app and ``main`` live here; the commands live one module per group: :mod:`.data` (open, screenshot, info,
 check, phantom, convert), :mod:`.render` (models, render), :mod:`.export`, :mod:`.train`, :mod:`.study`,
-:mod:`.bench`, :mod:`.evaluate` and :mod:`.doctor`; shared options and argument checks in :mod:`.common`. Heavy modules (torch,
+:mod:`.bench`, :mod:`.evaluate`, :mod:`.doctor`, :mod:`.serve` (the engine as a server) and :mod:`.generate` (synthetic datasets from a recipe); shared options and argument checks in :mod:`.common`. Heavy modules (torch,
 napari, the engine, training, evaluation) are imported inside the commands, so ``cmrstudio --help`` stays fast.
 """
 
@@ -14,7 +14,7 @@ import warnings
 import typer
 
 from cmrstudio import __version__
-from cmrstudio.cli import data, doctor, export, render
+from cmrstudio.cli import data, doctor, export, generate, render, serve
 from cmrstudio.cli.bench import bench_app
 from cmrstudio.cli.evaluate import evaluate_app
 from cmrstudio.cli.study import study_app
@@ -49,6 +49,8 @@ app.command()(render.models)
 app.command()(render.render)
 app.command("export")(export.export_cmd)
 app.command()(doctor.doctor)
+app.command()(serve.serve)
+app.command()(generate.generate)
 app.add_typer(train_app, name="train")
 app.add_typer(study_app, name="study")
 app.add_typer(bench_app, name="bench")
