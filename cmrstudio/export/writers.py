@@ -411,14 +411,15 @@ def _refusal(it: ExportItem) -> str:
 def export(source: str | Path, dest: str | Path, fmt: str = "nifti", overwrite: bool = False,
            with_real: list[str | Path] | None = None, dataset_id: int = 501, name: str = "SyntheticCMR",
            min_rating: int | None = None, progress: Callable[[str], None] | None = None, anonymous_only: bool = False,
-           keep_source_ids: bool = False) -> ExportReport:
+           keep_source_ids: bool = False, extra_files: dict[str, dict] | None = None) -> ExportReport:
     """Export the renders of ``source`` (a studio project or a folder of renders) to ``dest``.
 
     Renders that cannot be read are skipped and named in the report; the others are written. A render made in a
     patient's own scan, or whose mask is that patient's own segmentation, is derived from that patient: exported and
     marked so, or, with ``anonymous_only``, left out and named (an anonymous export holds fully synthetic renders only,
     and so none whose mask's origin is not recorded). Nothing that names a source scan (paths, case ids, file names
-    made from them) is written unless ``keep_source_ids``.
+    made from them) is written unless ``keep_source_ids``. ``extra_files``: JSON documents written at the export's top level
+    (name -> content; ``cmrstudio generate`` adds its ``generation.json``), covered by the manifest like every file.
     """
     if fmt not in FORMATS:
         raise CmrError(f"--format {fmt!r} is not known; use one of {', '.join(FORMATS)}.")
@@ -519,6 +520,10 @@ def export(source: str | Path, dest: str | Path, fmt: str = "nifti", overwrite: 
         if keep_source_ids:
             listing["source"]["path"] = str(src)
         _write_json(tmp / "export.json", clean(listing))
+        for fname, doc in (extra_files or {}).items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.json", fname) or fname in (MANIFEST, "export.json", "dataset_description.json"):
+                raise CmrError(f"An export cannot add a file named {fname!r}; give a plain NAME.json that the export does not write itself.")
+            _write_json(tmp / fname, clean(doc))
         write_manifest(tmp)  # last: a folder with a manifest is a finished export
         report.files = sum(1 for p in tmp.rglob("*") if p.is_file())
         _publish(tmp, dest, overwrite)
