@@ -58,6 +58,8 @@ class RenderResult:
     error: str | None = None
     mask: np.ndarray | None = None  # the native mask slice that was rendered (the request's own copy)
     record: Any = None  # the RenderRecord (mode, seed, vendor, model and its sha256, ...)
+    rtt_ms: float | None = None  # rendered on a server (cmrstudio serve): submit -> frame back here
+    where: str | None = None  # None: this machine; else the server (host:port)
 
 
 class GeneratorFront:
