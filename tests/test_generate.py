@@ -264,7 +264,7 @@ def test_resume_after_kill_keeps_finished_shards(workdir, clean_run):
 
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "1 shard already finished were kept" in res.stdout and "1 rendered now" in res.stdout, res.stdout
+    assert "1 shard already finished was kept" in res.stdout and "1 rendered now" in res.stdout, res.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards" / "shard-0000").iterdir()} == kept  # not rewritten
     assert not list((out / "shards").glob(".shard-*"))  # the killed run's partial shard was tidied
     a, b = dataset_arrays(clean_run[0]), dataset_arrays(out)

@@ -55,8 +55,8 @@ def generate(
         raise CmrError("Give --out DIR, the folder to generate into (or --dry-run to print the plan).")
     rep = run(recipe, out, ray=ray, workers=workers, device=device, progress=not quiet)
     rate = f", {rep.slices_per_s:.2f} slices/s" if rep.slices_per_s else ""
-    resumed = f"; {rep.shards_skipped} shard{'s' if rep.shards_skipped != 1 else ''} already finished were kept" if rep.shards_skipped else ""
-    typer.echo(f"Generated {rep.cases} cases ({rep.slices} slices) in {rep.shards_total} shards: {rep.shards_rendered} rendered now "
+    resumed = f"; {rep.shards_skipped} shard{'s' if rep.shards_skipped != 1 else ''} already finished {'was' if rep.shards_skipped == 1 else 'were'} kept" if rep.shards_skipped else ""
+    typer.echo(f"Generated {rep.cases} case{'s' if rep.cases != 1 else ''} ({rep.slices} slice{'s' if rep.slices != 1 else ''}) in {rep.shards_total} shards: {rep.shards_rendered} rendered now "
                f"({rep.where}{rate}){resumed}; {rep.seconds:.1f} s.")
     if rep.dataset is not None:
         plan = load_plan(recipe)

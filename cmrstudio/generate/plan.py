@@ -124,7 +124,7 @@ def _check_models(recipe: Recipe, where: str) -> dict[str, dict]:
             raise CmrError(f"{where}: models[{i}].name {m.name!r}: {exc.message}") from None
         if m.steps is not None and info.kind == "spade":
             raise CmrError(f"{where}: models[{i}].steps is {m.steps}, but '{m.name}' is a one-step SPADE model; drop steps for it.")
-        out[m.name] = {"kind": info.kind, "sha256": info.card.get("sha256")}
+        out[m.name] = {"kind": info.kind, "sha256": info.card.get("sha256"), "terms": info.card.get("terms")}
     return out
 
 

@@ -256,7 +256,8 @@ def connect_ray(address: str | None, workers: int | None):
         else:
             ray.init(address=address, **kw)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise CmrError(f"Cannot join the Ray cluster at {address!r} ({str(exc).splitlines()[0][:160]}); "
+        why = str(exc).splitlines()[0].split(". ")[0].rstrip(".")[:160]
+        raise CmrError(f"Cannot join the Ray cluster at {address!r} ({why}); "
                        "start one with `ray start --head` and give its address, or use --ray local.") from None
     return ray
 
@@ -333,12 +334,7 @@ def _link_renders(out: Path, plan: Plan) -> Path:
 
 def provenance(plan: Plan, report_where: str | None = None) -> dict:
     """What the dataset carries about how it was made (worker-independent: no host, no worker count)."""
-    from cmrstudio.models.registry import get_model
-
-    models = {}
-    for name, m in plan.models.items():
-        info = get_model(name)
-        models[name] = {"kind": m["kind"], "sha256": m["sha256"], "card": info.card.get("name", name)}
+    models = {name: dict(m) for name, m in plan.models.items()}
     return {"format": FORMAT, "version": 1, "cmrstudio": __version__, "recipe": plan.recipe.canonical(),
             "recipe_sha256": plan.recipe_sha256, "plan_sha256": plan.sha256, "models": models,
             "sources": [{k: v for k, v in s.items() if k != "paths"} for s in plan.sources],
@@ -387,6 +383,8 @@ def generate(recipe_path: str | Path, out: str | Path, ray: str | None = None, w
     if workers is not None and workers < 1:
         raise CmrError(f"--workers {workers} must be 1 or more.")
     plan = load_plan(recipe_path)
+    if ray is not None or use_ray:
+        connect_ray(ray, workers)  # before anything is written: a cluster that cannot be reached leaves no folder
     prepare_out(out, plan, recipe_path)
     _tidy_partials(out)
     done = [k for k in range(len(plan.shards)) if shard_done(out, k)]
