@@ -81,6 +81,7 @@ def create_app(state: ServerState) -> FastAPI:
     cfg = state.cfg
     app = FastAPI(title="cmrstudio serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.cmr = state
+    app.add_middleware(BodyLimit, limit=cfg.max_request_bytes)
     http_limit = RateLimit(cfg.http_rate)
 
     @app.exception_handler(ApiError)

@@ -106,6 +106,7 @@ class RemoteBackend:
         try:
             ws = connect(self.ws_url(path), additional_headers=self.headers(), open_timeout=self.timeout, max_size=64 * 2**20,
                          compression=None, **kw)
+            ws.__enter__()  # the connection is used across threads and closed explicitly (websockets >= 17.1 asks for this)
         except Exception as exc:
             if "403" in str(exc) or "401" in str(exc):
                 raise CmrError(f"The render server at {self.where} refused the token; check the token file.") from None
