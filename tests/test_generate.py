@@ -283,3 +283,45 @@ def test_cli_dry_run_prints_the_plan(workdir, capsys):
         main(["generate", str(workdir / "recipe.yaml")])
     assert exc.value.code == 2
     assert "Give --out DIR" in capsys.readouterr().err
+
+
+def make_project(folder: Path) -> Path:
+    """A studio project keeping two renders: a painted phantom slice (rated 4) and one rated 1."""
+    from cmrstudio.case import Case
+    from cmrstudio.data.frame import make_frame
+    from cmrstudio.data.phantom import phantom_case
+    from cmrstudio.project import Project
+    from cmrstudio.record import Render, RenderRecord
+
+    p = Project.create(folder / "proj")
+    for seed, rating in ((5, 4), (6, 1)):
+        c = phantom_case(seed=seed, n_slices=3, vendor="ge")
+        m = c.mask[1]
+        frame = make_frame(Case(None, m[None], c.affine), size=128, spacing_mm=1.25)
+        rec = RenderRecord(model="spade-cmr", kind="spade", seed=seed, vendor="ge")
+        p.add(Render(np.zeros(m.shape, np.float32), None, m, frame, rec), source={"dataset": "phantom", "case_id": c.case_id},
+              rating=rating, affine=c.affine)
+    return folder / "proj"
+
+
+def test_project_source_draws_kept_renders_by_rating(tmp_path):
+    from cmrstudio.generate.plan import build_anatomy, make_plan
+    from cmrstudio.project import Project
+
+    proj = make_project(tmp_path)
+    path = write_recipe(tmp_path, "proj.yaml", cases=5, anatomy=[{"kind": "project", "path": "proj", "min_rating": 3,
+                                                                   "augment": {"rotate_deg": 20}}])
+    recipe, base = load_recipe(path)
+    plan = make_plan(recipe, base)
+    kept = [it.id for it in Project.open(proj).items if it.rating >= 3]
+    assert len(kept) == 1 and {c["anatomy"]["item"] for c in plan.cases} == set(kept)
+    a = build_anatomy(plan.cases[0])
+    assert a.mask.shape[0] == 1 and set(np.unique(a.mask)) >= {1, 2, 3}
+    assert a.mask_origin == "synthetic"  # the project's render was painted on a phantom: no patient's segmentation
+    assert np.array_equal(a.mask, build_anatomy(plan.cases[0]).mask)
+    high = write_recipe(tmp_path, "high.yaml", anatomy=[{"kind": "project", "path": "proj", "min_rating": 5}])
+    with pytest.raises(CmrError, match=r"anatomy\[0\]\.path 'proj'.*keeps no render rated 5 or more"):
+        make_plan(*load_recipe(high))
+    nope = write_recipe(tmp_path, "nope.yaml", anatomy=[{"kind": "project", "path": "masks"}])
+    with pytest.raises(CmrError, match=r"anatomy\[0\]\.path 'masks'.*not a cmrstudio project"):
+        make_plan(*load_recipe(nope))
