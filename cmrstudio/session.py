@@ -11,7 +11,7 @@ Observers subscribe to :attr:`StudioSession.events` (``connect(name, callback)``
 ``live_model`` · ``hq`` (job, step, preview) · ``hq_done`` (job) · ``project`` · ``gallery`` (item) ·
 ``seed`` · ``vendor`` · ``mode`` · ``settings`` · ``edits`` (the unsaved-edits state changed) · ``faith`` (the
 faithfulness read-out of the current slice, a dict, or None) · ``hq_loading`` (the HQ model's name while it loads
-off the session's thread, then None)
+off the session's thread, then None) · ``backend`` (where frames render changed: this machine, a server, or the server was lost)
 
 Never losing work: every change to the painted mask marks it *dirty* (not yet saved to a file) and
 records which slices the painter edited. :meth:`StudioSession.save_mask` writes the mask as NIfTI in
@@ -27,6 +27,11 @@ Threads: renders finish on worker threads. The session hands their results to ``
 (given at construction) to be handled on the thread the session lives on; without one they are
 handled at once, on the worker thread, under the session's lock. The GUI passes a function that
 queues the call onto the Qt main thread, so events reach widgets on the thread that owns them.
+
+Backends: frames render on this machine (``settings.backend == "local"``) or on a ``cmrstudio serve`` server
+(a URL, with its token in ``settings.backend_token_file``). The local model is always loaded too: it sets the
+synthesis frame and takes over, in one sentence, when the server goes away (nothing painted lives on the server);
+a probe thread reconnects when the server is back.
 
 Render modes: ``in-patient`` (the default when the open case has an image): the painted heart is
 rendered into the patient's own slice, the patient's pixels kept outside a margin around the old
@@ -205,12 +210,22 @@ class StudioSession:
         self._load_seq = 0
         self._live_loading = False
         self._closed = False
+        # a render server (cmrstudio serve): the backend, its live engine while connected, the local engine to fall back to
+        self.remote = None
+        self.remote_engine = None
+        self.local_engine = None
+        self.backend_state = "local"  # local | connecting | remote | lost
+        self.probe_interval_s = 2.0
+        self._backend_gen = 0
+        self._backend_ready = threading.Event()
         if warn:
             self.say("warning", warn)
         if load == "now":
             self.set_live_model(live_model or settings.live_model, quiet=False)
         elif load == "async":
             self.load_live_model_async(live_model or settings.live_model)
+        if settings.backend and settings.backend != "local":
+            self.set_backend(settings.backend, token_file=settings.backend_token_file, save=False)
 
     # -- threads and messages ----------------------------------------------------------------------
     def call_soon(self, fn: Callable, *args) -> None:
@@ -387,6 +402,9 @@ class StudioSession:
         ms = frame_ms if frame_ms is not None else (res.render_ms if res is not None else None)
         if ms is not None and self.renderer is not None and self.live_on:
             parts.append(f"{ms:.0f} ms")
+        where_line = self.backend_line()
+        if where_line:
+            parts.append(where_line)
         line = ", ".join(parts)
         if self.faith is not None and self.faith.get("mean") is not None:
             line += f" · Dice {self.faith['mean']:.2f}"
@@ -520,9 +538,10 @@ class StudioSession:
     def _use_renderer(self, r, name: str | None, quiet: bool) -> None:
         from cmrstudio.engine.live import LiveEngine
 
-        old = self.engine
+        old = self.local_engine
         self.renderer = r
-        self.engine = LiveEngine(r, on_ready=lambda res: self.call_soon(self._on_live_result, res))
+        self.local_engine = LiveEngine(r, on_ready=lambda res: self.call_soon(self._on_live_result, res))
+        self.engine = self.remote_engine if self.remote_engine is not None else self.local_engine
         if old is not None:
             old.close()
         if name:
@@ -557,8 +576,15 @@ class StudioSession:
         if not self.live_on or self.engine is None or self.case is None or self.frame is None or self._closed:
             return None
         z = self.z if z is None else int(z)
-        return self.engine.submit(self.mask[z], self.frame, self.vendor, self.seed, tag=(self.token, z),
-                                  context=self.slice_context(z))
+        try:
+            return self.engine.submit(self.mask[z], self.frame, self.vendor, self.seed, tag=(self.token, z),
+                                      context=self.slice_context(z))
+        except CmrError as exc:
+            if self.engine is not self.remote_engine or self.local_engine is None:
+                raise
+            self._remote_lost(exc.message, self._backend_gen)  # the server went away between two edits: render here
+            return self.local_engine.submit(self.mask[z], self.frame, self.vendor, self.seed, tag=(self.token, z),
+                                            context=self.slice_context(z))
 
     def _on_live_result(self, res) -> None:
         token, z = res.tag
@@ -578,6 +604,134 @@ class StudioSession:
     def wait_live(self, timeout: float = 30.0) -> bool:
         """Block until the live engine is idle and its last result handled (headless use and tests)."""
         return self.engine is not None and self.engine.wait_idle(timeout)
+
+    # -- the backend: this machine or a render server ----------------------------------------------------
+    def set_backend(self, backend: str, token: str | None = None, token_file: str | None = None, save: bool = True) -> bool:
+        """Render on this machine ("local") or on a ``cmrstudio serve`` server (its URL; the token given, or read from
+        ``token_file``). Connecting happens on a thread; frames render here until the server answers."""
+        from cmrstudio.serve.client import RemoteBackend, check_url
+
+        try:
+            if backend != "local":
+                backend = check_url(backend)
+                if token is None and token_file:
+                    from cmrstudio.serve.security import read_token
+
+                    token = read_token(token_file)
+                remote = RemoteBackend(backend, token, timeout=3.0)
+        except CmrError as exc:
+            self.say("error", f"The render server cannot be used: {exc.message}")
+            return False
+        self._drop_remote()
+        self.settings.backend = backend
+        self.settings.backend_token_file = token_file if backend != "local" else self.settings.backend_token_file
+        if save:
+            self.save_settings()
+        if backend == "local":
+            self.backend_state = "local"
+            self.say("info", "Frames are rendered on this machine.")
+            self.events.emit("backend")
+            return True
+        self.remote = remote
+        self.backend_state = "connecting"
+        self.events.emit("backend")
+        self._start_probe(self._backend_gen)
+        return True
+
+    def _drop_remote(self) -> None:
+        self._backend_gen += 1
+        self._backend_ready.clear()
+        self._server_models = {}
+        eng, self.remote_engine, self.remote = self.remote_engine, None, None
+        if self.engine is eng and eng is not None:
+            self.engine = self.local_engine
+        if eng is not None:
+            eng.close()
+        from cmrstudio.serve.client import RemoteJobQueue
+
+        if isinstance(self.queue, RemoteJobQueue):
+            self.queue.close()
+            self.queue = None
+
+    def _start_probe(self, gen: int) -> None:
+        """Try the server now and every ``probe_interval_s`` until it answers (or the backend changes)."""
+        remote = self.remote
+
+        def work():
+            first = True
+            while gen == self._backend_gen and not self._closed:
+                try:
+                    remote.health(timeout=2.0)
+                    eng = remote.live(on_ready=lambda res: self.call_soon(self._on_live_result, res),
+                                      on_lost=lambda text: self.call_soon(self._remote_lost, text, gen))
+                except CmrError as exc:
+                    if first:
+                        self.call_soon(self._remote_unreachable, exc.message, gen)
+                        first = False
+                    time.sleep(self.probe_interval_s)
+                    continue
+                self.call_soon(self._remote_up, eng, gen)
+                return
+
+        threading.Thread(target=work, name="cmrstudio-backend-probe", daemon=True).start()
+
+    def _remote_up(self, eng, gen: int) -> None:
+        if gen != self._backend_gen or self._closed:
+            eng.close()
+            return
+        was_lost = self.backend_state == "lost"
+        self.remote_engine = eng
+        self.engine = eng
+        self.backend_state = "remote"
+        model = eng.hello.get("model")
+        same = self.renderer is None or model == self.renderer.name
+        self.say("info", f"{'The render server is back: l' if was_lost else 'L'}ive frames are rendered on {eng.where} "
+                         f"({model} on {eng.hello.get('device')}){'' if same else f'; this machine would use {self.renderer.name}'}.")
+        self.events.emit("backend")
+        self.live_shown.pop(self.z, None)
+        try:
+            self.request_live()
+        except CmrError as exc:  # closed meanwhile
+            self.say("warning", exc.message)
+        self._backend_ready.set()
+
+    def _remote_unreachable(self, text: str, gen: int) -> None:
+        if gen != self._backend_gen or self._closed:
+            return
+        self.backend_state = "lost"
+        self.say("warning", f"{text.rstrip('.')}; rendering on this machine until it answers.")
+        self.events.emit("backend")
+
+    def _remote_lost(self, text: str, gen: int) -> None:
+        """The server went away: this machine renders from now on (the painted mask is the session's own), and a probe
+        reconnects when the server is back."""
+        if gen != self._backend_gen or self._closed or self.remote_engine is None:
+            return
+        eng, self.remote_engine = self.remote_engine, None
+        self.engine = self.local_engine
+        self.backend_state = "lost"
+        self._backend_ready.clear()
+        self._backend_gen += 1
+        eng.close()
+        self.say("warning", f"{text.rstrip('.')}; rendering on this machine until it is back.")
+        self.events.emit("backend")
+        self.request_live()
+        self._start_probe(self._backend_gen)
+
+    def wait_backend(self, timeout: float = 30.0) -> bool:
+        """Block until the render server is connected (tests; the GUI listens to ``backend`` events)."""
+        return self._backend_ready.wait(timeout)
+
+    def backend_line(self) -> str:
+        """Where frames render, for the live panel: '' on this machine by choice; the server and its round trip."""
+        if self.backend_state == "local" or self.remote is None:
+            return ""
+        if self.backend_state == "remote" and self.remote_engine is not None:
+            rtt = self.remote_engine.rtt_ms[-20:]
+            return f"on {self.remote.where}" + (f" (round trip {float(np.median(rtt)):.0f} ms)" if rtt else "")
+        if self.backend_state == "connecting":
+            return f"on this machine (connecting to {self.remote.where}…)"
+        return f"on this machine ({self.remote.where} is not answering)"
 
     # -- mask edits ------------------------------------------------------------------------------------
     def mask_edited(self, slices=None) -> None:
@@ -968,6 +1122,8 @@ class StudioSession:
 
         if self.case is None:
             return None
+        if self.remote_engine is not None:
+            return self._render_hq_remote(model, steps, guidance, solver)
         if background_load and model not in self.hq_renderers:
             return self._load_hq_then_render(model, steps, guidance, solver)
         try:
@@ -988,6 +1144,54 @@ class StudioSession:
         self.hq_step = 0
         self.events.emit("hq", self.hq_job, 0, None)
         return jid
+
+    def _render_hq_remote(self, model: str, steps, guidance, solver) -> int | None:
+        """An HQ render on the server: the same events as a local one (``hq``, ``hq_done``)."""
+        from cmrstudio.serve.client import RemoteJobQueue
+
+        try:
+            name = self._server_model_name(model)
+            if not isinstance(self.queue, RemoteJobQueue) or self.queue.lost or self.queue.model != name:
+                if self.queue is not None:
+                    self.queue.close()
+                self.queue = self.remote.jobs(on_progress=lambda job: self.call_soon(self._on_hq_progress, job, job.step, job.preview),
+                                              on_done=lambda job: self.call_soon(self._on_hq_done, job), model=name)
+            z = self.z
+            fr = self._frame_of(self._server_models.get(name, {}).get("frame") or {})
+            jid = self.queue.submit(self.mask[z], fr, self.vendor, self.seed, steps, guidance, solver, tag=(self.token, z),
+                                    context=self.slice_context(z))
+        except Exception as exc:
+            self.say("error", f"HQ rendering with '{model}' on the server {self.remote.where if self.remote else ''} could not start: "
+                              f"{err_text(exc)}")
+            return None
+        self.hq_job = self.queue.job(jid)
+        self.hq_step = 0
+        self.events.emit("hq", self.hq_job, 0, None)
+        return jid
+
+    def _server_model_name(self, model: str) -> str:
+        """A model name or kind ("flow", "diffusion") as the server's installed name."""
+        if not getattr(self, "_server_models", None):
+            self._server_models = {m["name"]: m for m in self.remote.models()}
+        if model in self._server_models:
+            return model
+        for name, m in self._server_models.items():
+            if m["kind"] == model:
+                return name
+        raise CmrError(f"The server has no model '{model}' installed; it has {', '.join(sorted(self._server_models))}.")
+
+    def _frame_of(self, card_frame: dict) -> Frame:
+        """The synthesis frame a server model needs: this session's own when the sizes agree."""
+        from types import SimpleNamespace
+
+        from cmrstudio.engine.base import GeneratorFront
+
+        size, spacing = card_frame.get("size"), card_frame.get("spacing_mm")
+        r = self.renderer
+        if size is None or (r is not None and size == r.size and spacing == r.spacing_mm):
+            return self.frame
+        shim = SimpleNamespace(size=int(size), spacing_mm=spacing, check_mask=lambda m: np.asarray(m, np.uint8))
+        return GeneratorFront.frame_for(shim, self.mask, self.case.spacing, centre=self.centre, image=self.case.image)
 
     def _load_hq_then_render(self, model: str, steps, guidance, solver) -> int:
         if self._hq_loader is not None and self._hq_loader.is_alive():
@@ -1143,12 +1347,13 @@ class StudioSession:
         with self._faith_cv:
             self._faith_cv.notify_all()
         self.save_settings()
-        if self.engine is not None:
-            self.engine.close()
+        self._backend_gen += 1  # stops the probe
+        for e in {id(x): x for x in (self.engine, self.local_engine, self.remote_engine) if x is not None}.values():
+            e.close()
         if self.queue is not None:
             self.queue.close()
         self.events.disconnect()
-        self.engine = self.queue = self.renderer = None
+        self.engine = self.queue = self.renderer = self.local_engine = self.remote_engine = self.remote = None
         self.hq_renderers.clear()
 
 

@@ -35,6 +35,8 @@ class Settings:
     last_project: str | None = None
     recent: list[str] = field(default_factory=list)  # recently opened paths, newest first, at most MAX_RECENT
     theme: str = "dark"  # the studio's look: dark (a reading room), light, or system (napari's themes)
+    backend: str = "local"  # where live and HQ frames render: "local" (this machine) or a cmrstudio serve URL (http[s]://host:port)
+    backend_token_file: str | None = None  # the server's token, in a file of its own (mode 600), never in this file
 
     def add_recent(self, path: str | os.PathLike) -> None:
         """Put ``path`` (made absolute) first in ``recent``, without duplicates, keeping at most MAX_RECENT."""
@@ -63,6 +65,10 @@ def _valid(name: str, value) -> bool:
         return value is None or (isinstance(value, str) and value != "")
     if name == "theme":
         return isinstance(value, str) and value in THEMES
+    if name == "backend":
+        return isinstance(value, str) and (value == "local" or value.startswith(("http://", "https://")))
+    if name == "backend_token_file":
+        return value is None or (isinstance(value, str) and value != "")
     if name == "recent":
         return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
     return False

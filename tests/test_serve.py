@@ -314,3 +314,48 @@ def test_a_server_killed_mid_job_is_reported_in_one_sentence(tmp_path, sample):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_session_renders_on_the_server_falls_back_and_reconnects(tmp_path, monkeypatch):
+    from cmrstudio.session import StudioSession
+    from cmrstudio.settings import Settings
+
+    monkeypatch.setenv("CMRSTUDIO_CONFIG", str(tmp_path / "settings.json"))
+    monkeypatch.setenv("CMRSTUDIO_LIVE_THREADS", "1")
+    srv = start(ServeConfig(port=0, threads=1, bf16=False, token=TOKEN))
+    port = srv.port
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    s = StudioSession(Settings(backend=srv.url, backend_token_file=str(token_file)))
+    s.remember = False
+    s.probe_interval_s = 0.3
+    try:
+        assert s.wait_backend(30), s.messages
+        s.open_path(None)
+        assert s.wait_live(60)
+        res = s.live_shown[s.z]
+        assert res.where == srv.remote.where if hasattr(srv, "remote") else res.where == f"127.0.0.1:{port}"
+        assert res.rtt_ms is not None and f"on 127.0.0.1:{port}" in s.render_line()
+        s.mask[s.z][120:124, 120:124] = 3  # paint, then the server stops
+        s.painted()
+        painted = s.mask.copy()
+        srv.stop()
+        end = time.monotonic() + 20
+        while s.backend_state != "lost" and time.monotonic() < end:
+            time.sleep(0.05)
+        assert s.backend_state == "lost" and s.engine is s.local_engine
+        warning = [t for lvl, t in s.messages if lvl == "warning" and "went away" in t]
+        assert len(warning) == 1 and "rendering on this machine" in warning[0] and "\n" not in warning[0]
+        s.request_live()
+        assert s.wait_live(60)
+        res = s.live_shown[s.z]
+        assert res.where is None and np.array_equal(res.mask, painted[s.z]) and np.array_equal(s.mask, painted)
+        assert "is not answering" in s.render_line()
+        srv = start(ServeConfig(port=port, threads=1, bf16=False, token=TOKEN))  # back: the probe reconnects
+        assert s.wait_backend(30) and s.backend_state == "remote"
+        assert s.wait_live(60) and s.live_shown[s.z].where == f"127.0.0.1:{port}"
+        assert any("is back" in t for _, t in s.messages)
+    finally:
+        s.close()
+        srv.stop()
