@@ -325,3 +325,27 @@ def test_project_source_draws_kept_renders_by_rating(tmp_path):
     nope = write_recipe(tmp_path, "nope.yaml", anatomy=[{"kind": "project", "path": "masks"}])
     with pytest.raises(CmrError, match=r"anatomy\[0\]\.path 'masks'.*not a cmrstudio project"):
         make_plan(*load_recipe(nope))
+
+
+def test_one_run_at_a_time_and_workers_need_ray(workdir, tmp_path):
+    from cmrstudio.generate.run import _lock, generate
+
+    recipe = workdir / "recipe.yaml"
+    with pytest.raises(CmrError, match="--workers 2 needs --ray"):
+        generate(recipe, tmp_path / "w", workers=2, progress=False)
+    assert not (tmp_path / "w").exists()
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "stray.txt").write_text("x")
+    with pytest.raises(CmrError, match="is not a cmrstudio generate folder"):
+        generate(recipe, out, progress=False)
+    (out / "stray.txt").unlink()
+    from cmrstudio.generate.run import load_plan, prepare_out
+
+    prepare_out(out, load_plan(recipe), recipe)
+    held = _lock(out)
+    try:
+        with pytest.raises(CmrError, match="Another cmrstudio generate is running in"):
+            generate(recipe, out, progress=False)
+    finally:
+        held.close()

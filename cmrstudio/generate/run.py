@@ -382,10 +382,33 @@ def generate(recipe_path: str | Path, out: str | Path, ray: str | None = None, w
     out = Path(out).expanduser()
     if workers is not None and workers < 1:
         raise CmrError(f"--workers {workers} must be 1 or more.")
+    if workers not in (None, 1) and ray is None and not use_ray:
+        raise CmrError(f"--workers {workers} needs --ray (auto, an address, or local); without it generate runs in this process.")
     plan = load_plan(recipe_path)
     if ray is not None or use_ray:
         connect_ray(ray, workers)  # before anything is written: a cluster that cannot be reached leaves no folder
     prepare_out(out, plan, recipe_path)
+    lock = _lock(out)
+    try:
+        return _generate(plan, out, ray, use_ray, workers, device, progress, stop_after, t0)
+    finally:
+        lock.close()
+
+
+def _lock(out: Path):
+    """One run at a time in a folder: a second one would tidy away the first one's partial shards."""
+    import fcntl
+
+    f = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise CmrError(f"Another cmrstudio generate is running in {out}; wait for it to finish (or stop it) before running again.") from None
+    return f
+
+
+def _generate(plan: Plan, out: Path, ray, use_ray, workers, device, progress, stop_after, t0) -> GenerateReport:
     _tidy_partials(out)
     done = [k for k in range(len(plan.shards)) if shard_done(out, k)]
     todo = [k for k in range(len(plan.shards)) if k not in set(done)]
@@ -400,8 +423,6 @@ def generate(recipe_path: str | Path, out: str | Path, ray: str | None = None, w
             if ray is not None or use_ray:
                 slices, where = run_ray(plan, out, todo, ray, workers, device, bar)
             else:
-                if workers not in (None, 1):
-                    raise CmrError(f"--workers {workers} needs --ray (auto, an address, or local); without it generate runs in this process.")
                 slices, where = run_local(plan, out, todo, device, bar)
     render_secs = time.perf_counter() - t_render
     total_slices = sum(shard_slices(out, k) for k in range(len(plan.shards)))
