@@ -140,6 +140,81 @@ class SettingsDialog(QDialog):
         super().accept()
 
 
+class BackendDialog(QDialog):
+    """Settings ▸ Backend: render on this machine, or on a ``cmrstudio serve`` server (URL + token file), with a test."""
+
+    def __init__(self, studio: Studio, parent=None):
+        from qtpy.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QRadioButton
+
+        super().__init__(parent)
+        self.setWindowTitle("Where frames are rendered")
+        self.studio = studio
+        s = studio.session.settings
+        f = QFormLayout(self)
+        self.local = QRadioButton("This machine")
+        self.server = QRadioButton("A server (cmrstudio serve)")
+        (self.local if s.backend == "local" else self.server).setChecked(True)
+        f.addRow(self.local)
+        f.addRow(self.server)
+        self.url = QLineEdit("" if s.backend == "local" else s.backend)
+        self.url.setPlaceholderText("http://127.0.0.1:8765 (an ssh tunnel) or https://gpu-host:8765")
+        f.addRow("Server URL", self.url)
+        h = QHBoxLayout()
+        self.token_file = QLineEdit(s.backend_token_file or "")
+        self.token_file.setPlaceholderText("the server's token, copied into a file of mode 600 (none on loopback)")
+        browse = QPushButton("…")
+        browse.clicked.connect(self._browse)
+        h.addWidget(self.token_file, 1)
+        h.addWidget(browse)
+        f.addRow("Token file", h)
+        self.test_btn = QPushButton("Test connection")
+        self.test_btn.clicked.connect(self.test)
+        self.result = QLabel("")
+        self.result.setWordWrap(True)
+        f.addRow(self.test_btn, self.result)
+        f.addRow(QLabel("If the server goes away, this machine renders until it is back; nothing painted is lost."))
+        for w in (self.url, self.token_file, self.test_btn, browse):
+            self.server.toggled.connect(w.setEnabled)
+            w.setEnabled(self.server.isChecked())
+        bb = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        bb.accepted.connect(self.accept)
+        bb.rejected.connect(self.reject)
+        f.addRow(bb)
+
+    def _browse(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self, "The server's token file")
+        if path:
+            self.token_file.setText(path)
+
+    def test(self) -> bool:
+        """Ask the server for its health with this URL and token; the answer (or the reason) in one line."""
+        from cmrstudio.errors import CmrError
+        from cmrstudio.serve.client import RemoteBackend
+        from cmrstudio.serve.security import read_token
+
+        try:
+            tf = self.token_file.text().strip()
+            h = RemoteBackend(self.url.text().strip(), read_token(tf) if tf else None, timeout=3.0).health()
+        except CmrError as exc:
+            self.result.setText(exc.message)
+            return False
+        self.result.setText(f"Connected: cmrstudio {h['version']} on {h['device']}, live {h['live_model']}, HQ {h.get('hq_model')}.")
+        return True
+
+    def accept(self) -> None:
+        sess = self.studio.session
+        if self.local.isChecked():
+            ok = sess.set_backend("local")
+        else:
+            ok = sess.set_backend(self.url.text().strip(), token_file=self.token_file.text().strip() or None)
+        if ok:
+            super().accept()
+        else:
+            self.result.setText(sess.messages[-1][1] if sess.messages else "The server settings are not usable.")
+
+
 DOCK_WIDTH = 320  # px: the docks' column; the images take the rest
 NAPARI_FILE_ENTRIES = ("New Layer", "New Image from Clipboard", "Open File(s)...", "Open Files as Stack...", "Open Folder...",
                        "Open with Plugin", "Open Sample", "IO Utilities", "Acquire", "Save Selected Layers...", "Save All Layers...")
@@ -459,10 +534,14 @@ class StudioWindow:
         add(menu, "Model cards…", self.model_cards_dialog)
         menu.addSeparator()
         add(menu, "Settings…", self.settings_dialog)
+        add(menu, "Backend (this machine or a server)…", self.backend_dialog)
         self.studio_menu = menu
 
     def settings_dialog(self) -> None:
         SettingsDialog(self.studio, self.viewer.window._qt_window).exec()
+
+    def backend_dialog(self) -> None:
+        BackendDialog(self.studio, self.viewer.window._qt_window).exec()
 
     def read_study_dialog(self, folder: str | None = None, reader: str | None = None, resume: bool | None = None):
         """Open the blinded reading view on a study (a separate window: nothing of the studio shows)."""

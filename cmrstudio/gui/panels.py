@@ -414,6 +414,16 @@ class SynthesisPanel(QWidget):
         h.addWidget(self.live_check)
         h.addWidget(self.contour_check)
         f.addRow("", h)
+        h = QHBoxLayout()
+        self.where_label = QLabel("this machine")
+        self.where_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.where_label.setToolTip("Where live and HQ frames are rendered: this machine, or a cmrstudio serve server "
+                                    "(with the round trip, mask out to frame back). Settings ▸ Backend changes it.")
+        self.backend_btn = button("Backend…", None, "Render on this machine or on a cmrstudio serve server",
+                                  lambda: studio.backend_dialog())
+        h.addWidget(self.where_label, 1)
+        h.addWidget(self.backend_btn)
+        f.addRow("Rendered on", h)
         self.readout = QLabel("–")
         self.readout.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         self.readout.setToolTip("From a brush dab to the synthetic slice on screen (median of the last 30), "
@@ -606,8 +616,16 @@ class SynthesisPanel(QWidget):
             self.keep_hq_btn.setEnabled(s.current_z() in s.session.hq_results)
         elif what in ("slice", "case"):
             self.keep_hq_btn.setEnabled(s.current_z() in s.session.hq_results)
+        elif what == "backend":
+            self.where_label.setText(self.where_text())
+
+    def where_text(self) -> str:
+        s = self.studio.session
+        line = s.backend_line()
+        return line[3:] if line.startswith("on ") else (line or "this machine")
 
     def _tick(self) -> None:
+        self.where_label.setText(self.where_text())
         st = self.studio.frame_stats()
         if not self.studio.session.live_on:
             self.readout.setText("live is off")

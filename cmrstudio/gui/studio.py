@@ -68,7 +68,7 @@ class Studio(QObject):
                               ("live_model", self._on_live_model), ("hq", self._on_hq), ("hq_done", self._on_hq_done),
                               ("message", self.message.emit)):
             s.events.connect(name, handler)
-        for name in ("anatomy", "project", "gallery", "seed", "vendor", "mode", "settings", "edits", "faith", "hq_loading"):
+        for name in ("anatomy", "project", "gallery", "seed", "vendor", "mode", "settings", "edits", "faith", "hq_loading", "backend"):
             s.events.connect(name, lambda *_a, name=name: self.changed.emit(name))
         for name in ("faith", "mode", "live_model", "anatomy", "vendor", "hq_loading"):
             s.events.connect(name, lambda *_a: self.update_captions())
@@ -516,6 +516,12 @@ class Studio(QObject):
                 self.frame_ms.append(1000.0 * (now - t0))
             del self.frame_ms[:-500]
             self._awaiting_draw.clear()
+
+    def backend_dialog(self) -> None:
+        """Settings ▸ Backend: this machine or a cmrstudio serve server."""
+        from cmrstudio.gui.app import BackendDialog
+
+        BackendDialog(self, self.viewer.window._qt_window).exec()
 
     def frame_stats(self, last: int = 30) -> dict:
         s = self.session
