@@ -359,3 +359,14 @@ def test_session_renders_on_the_server_falls_back_and_reconnects(tmp_path, monke
     finally:
         s.close()
         srv.stop()
+
+
+def test_bench_serve_reports_round_trips_with_no_late_frame():
+    from cmrstudio.serve.bench import bench_serve
+
+    res = bench_serve(clients=(1, 3), n=3, burst=4, threads=1, dab_interval_ms=1)
+    assert res["local"]["p50_ms"] > 0 and res["late_frames_server"] == 0
+    for row in res["rows"]:
+        assert row["errors"] == 0 and row["late"] == 0 and row["p50_ms"] > 0 and row["p95_ms"] >= row["p50_ms"]
+        assert row["burst_rendered"] + row["dropped"] == row["burst_sent"]  # every dab was rendered or dropped, none lost
+        assert 0 <= row["transport_p50_ms"] < row["p50_ms"]

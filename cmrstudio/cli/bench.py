@@ -113,3 +113,47 @@ def bench_startup_cmd(
     typer.echo(f"cold start to an interactive window: median {res['window_s_median']:.2f} s (max {res['window_s_max']:.2f}); "
                f"first synthetic frame on screen: median {res['first_frame_s_median']:.2f} s (max {res['first_frame_s_max']:.2f})")
 
+
+
+@bench_app.command("serve")
+def bench_serve_cmd(
+    clients: list[int] = typer.Option([], "--clients", help="Concurrent live clients to time (default: 1, 4 and 16)."),
+    n: int = typer.Option(20, "--n", help="Round trips timed per client count (shared among the clients)."),
+    burst: int = typer.Option(20, "--burst", help="Dabs each client sends in the burst test (one every --dab-ms, not waiting)."),
+    dab_ms: float = typer.Option(16.0, "--dab-ms", help="Milliseconds between dabs in the burst test."),
+    model: Optional[str] = typer.Option(None, "--model", help="Live model (default: the shipped SPADE model)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (the server and the local path alike)."),
+    generate: bool = typer.Option(True, "--generate/--no-generate", help="Also time `cmrstudio generate` with 1 and 2 workers."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Live round trip through `cmrstudio serve` on loopback (p50/p95 for 1, 4, 16 clients) beside the local live path; frames
+    rendered late (must be 0) and errors; then `generate` throughput in slices a second."""
+    from cmrstudio.serve.bench import bench_serve, generate_figures
+
+    res = bench_serve(clients=tuple(clients) or (1, 4, 16), n=n, device=device, threads=threads, dab_interval_ms=dab_ms, burst=burst,
+                      model=model)
+    res["generate"] = generate_figures() if generate else "not asked for (--no-generate)"
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    loc = res["local"]
+    typer.echo(f"live round trip through cmrstudio serve on loopback, model {res['model']}, {res['hardware']}")
+    typer.echo(f"  local live path (this process): p50 {loc['p50_ms']:.1f} ms  p95 {loc['p95_ms']:.1f} ms over {loc['n']} frames")
+    for row in res["rows"]:
+        typer.echo(f"  {row['clients']:>2} client{'s' if row['clients'] > 1 else ' '}: round trip p50 {row['p50_ms']:.1f} ms  "
+                   f"p95 {row['p95_ms']:.1f} ms over {row['n']} (wire and codecs p50 {row['transport_p50_ms']:.1f} ms); burst {row['burst_sent']} dabs -> {row['burst_rendered']} frames, "
+                   f"{row['dropped']} dropped as stale, {row['late']} late, {row['errors']} errors")
+    if res["one_client_overhead_ms"] is not None:
+        typer.echo(f"  one client's round trip is {res['one_client_overhead_ms']:+.1f} ms beside the local path; "
+                   f"frames rendered late on the server: {res['late_frames_server']}")
+    gen = res["generate"]
+    if isinstance(gen, str):
+        typer.echo(f"generate: {gen}")
+    else:
+        for g in gen:
+            if "error" in g:
+                typer.echo(f"generate, {g['workers']} worker(s): failed ({g['error']})")
+            else:
+                sps = g.get("slices_per_s", g.get("slices_per_second"))
+                typer.echo(f"generate, {g['workers']} worker(s): {sps if sps is not None else g} slices/s")

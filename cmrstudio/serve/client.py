@@ -200,6 +200,7 @@ class RemoteLiveEngine:
         self.dropped = 0  # requests the server dropped as stale (its own count for this client)
         self.late = 0  # replies for a request older than one already answered: must stay 0
         self.rtt_ms: list[float] = []
+        self.transport_ms: list[float] = []  # round trip less the server's own time (queue + render + encode): the wire's cost
         self.callback_errors: list[str] = []
         compress = not backend.loopback if compress is None else compress
         self._ws.send(json.dumps({"type": "options", "image_format": image_format, "compress": bool(compress)}))
@@ -282,6 +283,8 @@ class RemoteLiveEngine:
             except CmrError:
                 record = None
             self.rtt_ms.append(rtt)
+            if h.get("server_ms") is not None:
+                self.transport_ms.append(rtt - float(h["server_ms"]))
         res = RenderResult(rid, image, framed, req.frame, h.get("vendor") or str(req.vendor), req.seed, h.get("model") or self.model or "",
                            float(h.get("render_ms") or 0.0), rtt, req.tag, h.get("note"), err, req.mask, record,
                            rtt_ms=rtt, where=self.where)
