@@ -337,6 +337,9 @@ def test_session_renders_on_the_server_falls_back_and_reconnects(tmp_path, monke
         res = s.live_shown[s.z]
         assert res.where == srv.remote.where if hasattr(srv, "remote") else res.where == f"127.0.0.1:{port}"
         assert res.rtt_ms is not None and f"on 127.0.0.1:{port}" in s.render_line()
+        jid = s.render_hq("flow", steps=1)  # HQ goes to the server too
+        assert jid is not None and s.wait_hq(120), s.messages
+        assert s.hq_results[s.z].record.kind == "flow" and s.hq_job.status == "done"
         s.mask[s.z][120:124, 120:124] = 3  # paint, then the server stops
         s.painted()
         painted = s.mask.copy()
@@ -370,3 +373,47 @@ def test_bench_serve_reports_round_trips_with_no_late_frame():
         assert row["errors"] == 0 and row["late"] == 0 and row["p50_ms"] > 0 and row["p95_ms"] >= row["p50_ms"]
         assert row["burst_rendered"] + row["dropped"] == row["burst_sent"]  # every dab was rendered or dropped, none lost
         assert 0 <= row["transport_p50_ms"] < row["p50_ms"]
+
+
+def _self_signed(tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    import ipaddress
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cp, kp = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return str(cp), str(kp)
+
+
+def test_tls_serves_https_and_wss(tmp_path, sample):
+    case, z, r, frame = sample
+    cert, key = _self_signed(tmp_path)
+    with pytest.raises(CmrError, match="both --tls-cert and --tls-key"):
+        check_config(ServeConfig(tls_cert=cert))
+    srv = start(ServeConfig(port=0, threads=1, bf16=False, token=TOKEN, tls_cert=cert, tls_key=key))
+    try:
+        assert srv.url.startswith("https://")
+        with pytest.raises(CmrError, match="cannot be reached"):  # a certificate nobody vouched for is refused
+            RemoteBackend(srv.url, TOKEN).health()
+        b = RemoteBackend(srv.url, TOKEN, verify=cert)
+        assert b.health()["tls"] is True
+        got = []
+        with b.live(on_ready=got.append) as e:
+            e.submit(case.mask[z], frame, "siemens", 1)
+            assert e.wait_idle(60)
+        assert got[-1].error is None and got[-1].image.shape == case.mask[z].shape
+    finally:
+        srv.stop()

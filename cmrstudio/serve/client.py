@@ -66,9 +66,14 @@ class RemoteBackend:
     def request(self, method: str, path: str, content: bytes | None = None, timeout: float | None = None):
         import httpx
 
+        verify = self.verify
+        if isinstance(verify, str):  # a CA or self-signed certificate file to trust
+            import ssl
+
+            verify = ssl.create_default_context(cafile=verify)
         try:
             r = httpx.request(method, self.url + path, headers=self.headers(), content=content,
-                              timeout=timeout or self.timeout, verify=self.verify)
+                              timeout=timeout or self.timeout, verify=verify)
         except httpx.HTTPError as exc:
             raise CmrError(f"The render server at {self.where} cannot be reached ({_reason(exc)}); check that it runs "
                            "(cmrstudio serve) and the address.") from None
