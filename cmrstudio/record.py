@@ -51,6 +51,9 @@ class RenderRecord:
     mode: str = "synthetic"
     margin_mm: float | None = None  # in-patient: how far around the heart was repainted
     seconds: float | None = None
+    private: bool | None = None  # the generator was trained with differential privacy (None: not recorded, older renders)
+    dp_epsilon: float | None = None  # its privacy budget (private generators)
+    dp_delta: float | None = None
     created: str = field(default_factory=now_iso)
     version: int = RECORD_VERSION
 
@@ -90,6 +93,7 @@ class RenderRecord:
             return cls(model=str(d["model"]), kind=str(d["kind"]), seed=int(d["seed"]), vendor=str(d.get("vendor") or "unknown"),
                        model_sha256=opt("model_sha256", str), sampler=opt("sampler", str), steps=opt("steps", int), guidance=guidance,
                        mode=str(d.get("mode") or "synthetic"), margin_mm=opt("margin_mm", float), seconds=opt("seconds", float),
+                       private=opt("private", bool), dp_epsilon=opt("dp_epsilon", float), dp_delta=opt("dp_delta", float),
                        created=str(d.get("created") or ""), version=int(d.get("version") or 1))
         except KeyError as exc:
             raise CmrError(f"{where} lacks {exc.args[0]!r}; it was not written by cmrstudio or is damaged.") from None
@@ -114,6 +118,7 @@ def make_record(renderer, seed: int, vendor: str, context=None, steps: int | Non
     d = renderer.describe()
     stepwise = "steps" in d  # diffusion and flow describe their sampling; a one-step generator does not
     mode = getattr(context, "mode", "synthetic") if context is not None else "synthetic"
+    dp = (renderer.info.card.get("training") or {}).get("differential_privacy") or {}
     return RenderRecord(
         model=renderer.name, kind=renderer.kind, seed=int(seed), vendor=vendor, model_sha256=renderer.info.card.get("sha256"),
         sampler=sampler or (d.get("solver") if stepwise else "one-step"),
@@ -121,6 +126,7 @@ def make_record(renderer, seed: int, vendor: str, context=None, steps: int | Non
         guidance=(guidance if guidance is not None else d.get("guidance")) if stepwise else None,
         mode=mode, margin_mm=float(context.margin_mm) if mode == "in-patient" else None,
         seconds=None if seconds is None else round(float(seconds), 3),
+        private=bool(dp), dp_epsilon=dp.get("epsilon"), dp_delta=dp.get("delta"),
     )
 
 

@@ -342,3 +342,41 @@ def test_renders_made_in_a_patients_scan_are_exported_as_derived_and_left_out_of
     assert p2.returncode == 1 and "r0002" in p2.stderr and "--anonymous-only leaves it out" in p2.stderr
     listing = json.loads((tmp_path / "anon" / "export.json").read_text())
     assert listing["cases"] == ["r0001"] and listing["anonymous"] is True and not (tmp_path / "anon" / "r0002.json").exists()
+
+
+def test_exports_record_whether_the_generator_was_private_and_its_epsilon(tmp_path):
+    """A render's record carries the generator's differential-privacy budget from its card; every export format says it."""
+    import pydicom
+
+    from cmrstudio.export import export
+    from cmrstudio.project import Project
+    from cmrstudio.record import RenderRecord, make_record
+
+    class Gen:  # what make_record reads of a renderer: its card, name, kind and sampling
+        def __init__(self, card):
+            self.info, self.name, self.kind = type("I", (), {"card": card})(), card["name"], "spade"
+
+        def describe(self):
+            return {"model": self.name, "kind": self.kind}
+
+    dp = {"epsilon": 7.5, "delta": 1e-5, "target_epsilon": 8.0}
+    private = make_record(Gen({"name": "spade-dp", "sha256": "cd" * 32, "training": {"differential_privacy": dp}}), 3, "siemens")
+    public = make_record(Gen({"name": "spade-cmr", "sha256": "ef" * 32, "training": {}}), 4, "siemens")
+    assert (private.private, private.dp_epsilon, private.dp_delta) == (True, 7.5, 1e-5)
+    assert public.private is False and public.dp_epsilon is None
+    assert RenderRecord.from_dict(private.to_dict()).dp_epsilon == 7.5  # read back as written
+    assert RenderRecord.from_dict({"model": "m", "kind": "spade", "seed": 1}).private is None  # older renders: not recorded
+
+    p = Project.create(tmp_path / "project", name="dp")
+    for rec in (private, public):
+        res, aff, c = _render(rec.seed)
+        res.record = rec
+        p.add(res, {"case_id": c.case_id, "slice": 1, "phase": "ED", "dataset": "phantom"}, affine=aff)
+    export(p.folder, tmp_path / "nifti", "nifti")
+    side = {json.loads((tmp_path / "nifti" / f"{i}.json").read_text())["model"]: json.loads((tmp_path / "nifti" / f"{i}.json").read_text())
+            for i in ("r0001", "r0002")}
+    assert side["spade-dp"]["private"] is True and side["spade-dp"]["dp_epsilon"] == 7.5 and side["spade-dp"]["dp_delta"] == 1e-5
+    assert side["spade-cmr"]["private"] is False and side["spade-cmr"]["dp_epsilon"] is None
+    export(p.folder, tmp_path / "dicom", "dicom")
+    texts = [str(pydicom.dcmread(f).DerivationDescription) for f in sorted((tmp_path / "dicom").rglob("*.dcm"))]
+    assert any("private=True" in t and "dp_epsilon=7.5" in t for t in texts) and any("private=False" in t for t in texts)

@@ -60,7 +60,67 @@ def test_tpr_at_low_fpr_and_auc_on_known_scores():
     s = attack_summary(members, nonmembers)
     assert s["auc"] == pytest.approx(14 / 16)  # 14 of the 16 member/non-member pairs are ordered right
     assert s["tpr_at_1pct_fpr"] == pytest.approx(0.75)  # three members above every non-member
+    assert s["tpr_at_0_1pct_fpr"] == pytest.approx(0.75) and s["fpr_resolution"] == 0.25  # 4 non-members: no finer FPR exists
+    s = attack_summary(np.array([9.0, 8.0, 0.5]), np.concatenate([[8.5, 8.4], np.linspace(-5, 0, 998)]))
+    assert s["tpr_at_1pct_fpr"] == pytest.approx(1.0)  # 2 false alarms in 1000 are within 1%: every member counts
+    assert s["tpr_at_0_1pct_fpr"] == pytest.approx(1 / 3)  # ...but 0.1% allows 1: only the member above 8.5
     assert attack_summary(np.arange(10.0), np.arange(10.0) + 100)["auc"] == 0.0
+
+
+def _clustered(seed, n_members=20, n_nonmembers=12, per=10, leak=0.0):
+    """Attack scores of patients whose slices share a patient effect (SD 1) plus slice noise (SD 0.3); members
+    get ``leak`` added to every slice."""
+    rng = np.random.default_rng(seed)
+
+    def group(n, tag, shift):
+        s, p = [], []
+        for i in range(n):
+            s += list(rng.normal(0, 1.0) + rng.normal(0, 0.3, per) + shift)
+            p += [f"{tag}{i}"] * per
+        return np.array(s), p
+
+    return group(n_members, "m", leak) + group(n_nonmembers, "n", 0.0)
+
+
+def test_control_split_keeps_patient_differences_from_passing_as_leakage():
+    from cmrstudio.evaluate.privacy import attack_summary, controlled
+
+    # no leakage, but slices of a patient alike: the raw AUC and its slice-level interval say "leak", the control does not
+    pos, pp, neg, npat = _clustered(13)
+    raw = attack_summary(pos, neg)
+    assert raw["auc"] > 0.6 and raw["auc_ci"][0] > 0.5  # naive reading: members are found
+    c = controlled(pos, neg, pp, npat)
+    assert c["gap_ci"][0] < 0 < c["gap_ci"][1]  # the gap to the control holds 0: no evidence of leakage
+    assert abs(c["control_auc"] - 0.5) < 0.05 and c["patients_per_half"] == 6 and c["member_patients_drawn"] == 6
+    assert 0.3 < c["member_control_auc"] < 0.7
+    # a model that does leak (every member slice scores higher): the gap's whole interval is above 0
+    pos, pp, neg, npat = _clustered(13, leak=2.5)
+    c = controlled(pos, neg, pp, npat)
+    assert c["gap"] > 0.3 and c["gap_ci"][0] > 0
+    # too few non-member patients for two halves: no control rather than a meaningless one
+    assert controlled(pos, neg[:30], pp, npat[:30]) is None
+
+
+def test_copy_detection_counts_reproduced_training_slices_against_the_non_member_control():
+    from cmrstudio.data.phantom import phantom_case
+    from cmrstudio.evaluate.privacy import COPY_PERCENTILE, copy_detection, slices_of
+
+    class Frame:  # the frame slices_of needs: size and pixel size of a renderer
+        size, spacing_mm = 64, 2.5
+
+    both = lambda seeds: [phantom_case(seed=s, phase=ph, vendor="siemens") for s in seeds for ph in ("ED", "ES")]  # noqa: E731
+    members, nonmembers = slices_of(both(range(4)), Frame), slices_of(both(range(50, 53)), Frame)
+    rng = np.random.default_rng(0)
+    near = lambda x: np.clip(x + rng.normal(0, 0.002, x.shape), 0, 1).astype(np.float32)  # noqa: E731
+    fresh = slices_of(both(range(100, 104)), Frame).images
+    # a model that gives back its training slices: every member slice has a render closer than the threshold
+    res, pairs = copy_detection(members, nonmembers, near(members.images)[None], fresh[None, :len(nonmembers)], "pixel", "cpu", top=4)
+    assert res["reproduced"] == 1.0 and res["nonmember_control"] <= 0.1
+    assert res["threshold_from"].startswith(f"{COPY_PERCENTILE:g}th percentile") and res["threshold"] > 0
+    assert len(pairs) == 4 and res["closest"][0]["copy"] and res["closest"][0]["distance"] <= res["closest"][-1]["distance"]
+    # a model that makes new hearts: nothing reproduced, like the control
+    res, _ = copy_detection(members, nonmembers, fresh[None, :len(members)], fresh[None, :len(nonmembers)], "pixel", "cpu")
+    assert res["reproduced"] <= 0.1 and abs(res["reproduced"] - res["nonmember_control"]) <= 0.15
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +181,10 @@ def test_evaluate_privacy_command_writes_json_figure_and_card(tiny_run, tmp_path
     by = doc["attacks"]["reconstruction"]["by_dataset"]  # every case here comes from one source: its AUC is the pooled one
     assert len(by) == 1 and next(iter(by.values()))["auc"] == doc["attacks"]["reconstruction"]["auc"]
     assert (out / "tiny_closest_pairs.png").stat().st_size > 1000
+    rec = doc["attacks"]["reconstruction"]
+    assert rec["control"] is None  # 2 held-out patients cannot be split into control halves
+    assert "reconstruction_calibrated" in doc["attacks"] and doc["attacks"]["reconstruction_calibrated"]["members"] == rec["members"]
+    assert "tpr_at_0_1pct_fpr" in rec
     metrics = json.loads(card.read_text())["metrics"]["privacy"]
     assert metrics["attacks"]["reconstruction"]["auc"] == doc["attacks"]["reconstruction"]["auc"]
     assert metrics["command"].startswith("cmrstudio evaluate privacy")
@@ -128,7 +192,9 @@ def test_evaluate_privacy_command_writes_json_figure_and_card(tiny_run, tmp_path
     assert "An attacker holding a patient's image and mask" in rep.stdout
     page = (tmp_path / "report" / "tiny_report.html").read_text()
     assert "Membership-inference ROC curves" in page and "tiny_closest_pairs.png" in page and "Methods" in page
-    assert json.loads(card.read_text())["headline"]["membership_auc"] == doc["attacks"]["reconstruction"]["auc"]
+    h = json.loads(card.read_text())["headline"]
+    assert h["membership_auc"] == doc["attacks"][h["membership_attack"]]["auc"] and h["private"] is False
+    assert "It was trained without differential privacy" in rep.stdout
     bad = run("evaluate", "privacy", "--data", str(data), "--case", "nobody", "--model", str(card), "--space", "pixel", check=False)
     assert bad.returncode != 0 and "No case matches the held-out patients nobody" in bad.stderr
     bad = run("evaluate", "privacy", "--data", str(data), "--case", "heldout", "--model", str(card), "--space", "vgg", check=False)
@@ -212,6 +278,6 @@ def test_evaluate_all_records_every_aspect_in_the_card_and_reports(tiny_run, tmp
     assert doc["metrics"]["fidelity"]["cases_evaluated"] == ["heldout500_ED", "heldout501_ED"]  # held-out patients only
     assert 0 < doc["metrics"]["diversity"]["ms_ssim_between_seeds"] <= 1
     h = doc["headline"]
-    assert h["fid"] == doc["metrics"]["fidelity"]["fid"] and h["membership_auc"] == doc["metrics"]["privacy"]["attacks"]["reconstruction"]["auc"]
+    assert h["fid"] == doc["metrics"]["fidelity"]["fid"] and h["membership_auc"] == doc["metrics"]["privacy"]["attacks"][h["membership_attack"]]["auc"]
     page = (out / "tiny_report.html").read_text()
     assert "Mask faithfulness" in page and "Membership" in page and page.count("<img") >= 3

@@ -371,8 +371,23 @@ def _print_privacy(res) -> None:
         ci = a["auc_ci"]
         typer.echo(f"membership inference, {name}: AUC {a['auc']:.3f}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
                    + f", TPR at 1% FPR {100 * a['tpr_at_1pct_fpr']:.1f}% ({a['members']} members, {a['nonmembers']} non-members)")
+        typer.echo(f"    TPR at 0.1% FPR {100 * a['tpr_at_0_1pct_fpr']:.1f}% (with {a['nonmembers']} non-members the finest FPR is "
+                   f"{100 * a['fpr_resolution']:.2g}%)")
         for d, b in a.get("by_dataset", {}).items():
             typer.echo(f"    within {d}: AUC {b['auc']:.3f} ({b['members']} members, {b['nonmembers']} non-members)")
+        c = a.get("control")
+        if c:
+            typer.echo(f"    control (same attack, two halves of the new patients, {c['patients_per_half']} patients each): AUC {c['control_auc']:.3f}; "
+                       f"gap {c['gap']:+.3f} (95% interval {c['gap_ci'][0]:+.3f} to {c['gap_ci'][1]:+.3f}, {c['resamples']} resamples)"
+                       + (f"; member-vs-member control AUC {c['member_control_auc']:.3f}" if "member_control_auc" in c else ""))
+        else:
+            typer.echo("    control: fewer than 4 new patients, no control split (the AUC alone cannot say whether the model leaks)")
+    cp = res.copies or {}
+    if "reproduced" in cp:
+        typer.echo(f"copies: {cp['reproduced_n']}/{cp['members']} training slices = {100 * cp['reproduced']:.1f}% reproduced by a render of a "
+                   f"training mask (threshold {cp['threshold']:.4g}: {cp['threshold_from']}); new patients {100 * cp['nonmember_control']:.1f}%")
+    elif cp.get("error"):
+        typer.echo(f"copies: not measured ({cp['error']})")
     if res.figure:
         typer.echo(f"closest pairs: {res.figure}")
 

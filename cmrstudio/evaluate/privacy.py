@@ -28,7 +28,27 @@ was in the training set. Scores (higher = "member"):
 * *denoising loss* (diffusion and flow models): minus the model's training loss on the real image at
   fixed noise levels and noises (Carlini et al. 2023, Matsumoto et al. 2023).
 
-Each is reported as ROC AUC (with DeLong's interval) and the true-positive rate at 1% false positives.
+* *neighbourhood-calibrated* (both kinds; Mattern et al. 2023, in the spirit of Watson et al.'s
+  difficulty calibration): the score of the real image minus the mean score of its mirror images (left-right,
+  up-down, transposed; image and mask together). Training never mirrors, so the mirrors are images of the same
+  difficulty the model never saw: a member stands out from its own neighbours, a non-member does not.
+
+Each is reported as ROC AUC (with DeLong's interval, which treats slices as independent) and the true-positive
+rate at 1% and 0.1% false positives (with the resolution the number of non-members allows).
+
+**Controls.** Members and non-members differ in more than membership (patients, scanners, the split itself),
+so an AUC alone cannot say whether a model leaks. Every attack is also run on *control* splits: two disjoint
+halves of the non-member patients (and, separately, of the member patients), scored by the same attack. Paired
+resamples by patient compare the attack (k member patients against the second half of the non-members) with the
+control (the first half, also k patients, against the same second half): same attack, same sizes, same
+negatives. The headline is the **gap** (attack AUC − control AUC) with its 95% interval over the resamples;
+a gap whose interval holds 0 is no evidence of leakage, whatever the raw AUC.
+
+**Copies of training images.** Every member slice is compared with every render of the member masks (the
+renders the reconstruction attack made); a slice is *reproduced* when some render is closer to it than the
+copy threshold: the 5th percentile of the distances between real images of one patient at the two phases (ED
+slice to its closest ES slice of the same patient): closer than a patient's own heart a third of a cycle
+later. The same count on the non-members (renders of their masks, which the model never saw) is the control.
 """
 
 from __future__ import annotations
@@ -179,8 +199,73 @@ def attack_summary(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> d
     roc = roc_points(list(member_scores), list(nonmember_scores))
     keep = np.unique(np.linspace(0, len(roc["fpr"]) - 1, min(len(roc["fpr"]), 101)).round().astype(int))  # enough points to draw it
     return {"auc": a["auc"], "auc_ci": a["auc_ci"], "tpr_at_1pct_fpr": _tpr_at(member_scores, nonmember_scores),
+            "tpr_at_0_1pct_fpr": _tpr_at(member_scores, nonmember_scores, 0.001),
+            "fpr_resolution": 1.0 / max(1, len(nonmember_scores)),  # below this, "x% FPR" means no false positive at all
             "members": int(len(member_scores)), "nonmembers": int(len(nonmember_scores)),
             "roc": {"fpr": [round(roc["fpr"][i], 4) for i in keep], "tpr": [round(roc["tpr"][i], 4) for i in keep]}}
+
+
+def _auc_fast(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Mann–Whitney AUC of ``pos`` over ``neg`` (ties one half), by ranks: what the resamples need many times."""
+    from scipy.stats import rankdata
+
+    r = rankdata(np.concatenate([pos, neg]))
+    return float((r[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def controlled(pos: np.ndarray, neg: np.ndarray, pos_patients, neg_patients, resamples: int = 400, seed: int = 0) -> dict | None:
+    """The attack against its control splits (module docstring: *Controls*), by patient.
+
+    Each resample splits the non-member patients into halves A and B at random and draws k = |A| member patients:
+    attack = AUC(members_k vs B), control = AUC(A vs B), gap = attack − control. The member-vs-member control
+    (two halves of the member patients) is reported beside it. None with fewer than 4 non-member patients."""
+    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
+    pp, npat = np.asarray(pos_patients), np.asarray(neg_patients)
+    up, un = np.unique(pp), np.unique(npat)
+    if len(un) < 4 or len(up) < 2:
+        return None
+    by_p = {p: np.flatnonzero(pp == p) for p in up}
+    by_n = {p: np.flatnonzero(npat == p) for p in un}
+    rng = np.random.default_rng(seed)
+    k = len(un) // 2
+    km = min(k, len(up))
+    gaps, att, ctl, mm = [], [], [], []
+    for _ in range(resamples):
+        perm = rng.permutation(un)
+        a_idx = np.concatenate([by_n[p] for p in perm[:k]])
+        b_idx = np.concatenate([by_n[p] for p in perm[k:]])
+        m_idx = np.concatenate([by_p[p] for p in rng.choice(up, km, replace=False)])
+        a, c = _auc_fast(pos[m_idx], neg[b_idx]), _auc_fast(neg[a_idx], neg[b_idx])
+        att.append(a)
+        ctl.append(c)
+        gaps.append(a - c)
+        if len(up) >= 4:
+            q = rng.permutation(up)
+            h = len(up) // 2
+            mm.append(_auc_fast(pos[np.concatenate([by_p[p] for p in q[:h]])], pos[np.concatenate([by_p[p] for p in q[h:]])]))
+    ci = lambda x: [float(np.percentile(x, 2.5)), float(np.percentile(x, 97.5))]  # noqa: E731
+    out = {"gap": float(np.mean(gaps)), "gap_ci": ci(gaps), "attack_auc": float(np.mean(att)), "attack_auc_ci": ci(att),
+           "control_auc": float(np.mean(ctl)), "control_auc_ci": ci(ctl), "resamples": int(resamples),
+           "patients_per_half": int(k), "member_patients_drawn": int(km),
+           "split": "non-member patients in halves A and B; attack: k member patients vs B; control: A vs B"}
+    if mm:
+        out["member_control_auc"] = float(np.mean(mm))
+        out["member_control_auc_ci"] = ci(mm)
+    return out
+
+
+def mirrors(s: "SliceSet") -> list["SliceSet"]:
+    """The slice set mirrored left-right, up-down and transposed (image and mask together): the neighbours of the
+    calibrated attack."""
+    out = []
+    for f in (lambda x: x[:, :, ::-1], lambda x: x[:, ::-1, :], lambda x: np.swapaxes(x, 1, 2)):
+        out.append(SliceSet(np.ascontiguousarray(f(s.images)), np.ascontiguousarray(f(s.masks)), s.vendors, s.patients, s.cases, s.datasets))
+    return out
+
+
+def calibrated_scores(score, s: "SliceSet") -> np.ndarray:
+    """The score of each real image minus the mean score of its mirror images."""
+    return score(s) - np.mean([score(m) for m in mirrors(s)], axis=0)
 
 
 def render_each(renderer, s: SliceSet, seeds: list[int], batch: int = 16) -> np.ndarray:
@@ -194,13 +279,65 @@ def render_each(renderer, s: SliceSet, seeds: list[int], batch: int = 16) -> np.
     return out
 
 
-def reconstruction_scores(renderer, s: SliceSet, seeds: int = 3, batch: int = 16) -> np.ndarray:
-    """Minus the smallest mean squared pixel distance between each real image and renders of its mask."""
+def reconstruction_scores(renderer, s: SliceSet, seeds: int = 3, batch: int = 16, keep: list | None = None) -> np.ndarray:
+    """Minus the smallest mean squared pixel distance between each real image and renders of its mask.
+    ``keep``: a list that receives the renders (one (N, S, S) array a seed)."""
     best = np.full(len(s), np.inf)
     for k in range(seeds):
         out = render_each(renderer, s, [10_000 * (k + 1) + j for j in range(len(s))], batch)
         best = np.minimum(best, ((out - s.images) ** 2).reshape(len(s), -1).mean(1))
+        if keep is not None:
+            keep.append(out)
     return -best
+
+
+COPY_PERCENTILE = 5.0
+
+
+def same_patient_phase_distances(f: np.ndarray, s: "SliceSet") -> np.ndarray:
+    """For each ED slice of a patient whose ES is in the set too: the distance to the closest ES slice of that patient."""
+    import re
+
+    phase = np.array([(re.search(r"_(ed|es)$", c, re.IGNORECASE).group(1).lower() if re.search(r"_(ed|es)$", c, re.IGNORECASE) else "")
+                      for c in s.cases]) if s.cases else np.array([""] * len(s))
+    pats = np.asarray(s.patients)
+    out = []
+    for p in np.unique(pats):
+        ed, es = np.flatnonzero((pats == p) & (phase == "ed")), np.flatnonzero((pats == p) & (phase == "es"))
+        if len(ed) and len(es):
+            out.append(_dist(f[ed], f[es]).min(1))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def copies(real_f: np.ndarray, render_f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distance of each real image to its closest render, index of that render)."""
+    d = _dist(real_f, render_f)
+    j = d.argmin(1)
+    return d[np.arange(len(d)), j], j
+
+
+def copy_detection(members: "SliceSet", nonmembers: "SliceSet", member_renders: np.ndarray, nonmember_renders: np.ndarray,
+                   space: str, device, top: int = 8) -> tuple[dict, list[tuple[np.ndarray, np.ndarray]]]:
+    """Module docstring, *Copies of training images*: (the fraction of member slices some render reproduces, its
+    non-member control, the threshold and where it came from, the closest pairs; those pairs' images)."""
+    fm, fn = features(members.images, space, device), features(nonmembers.images, space, device)
+    rm = features(member_renders.reshape(-1, *member_renders.shape[-2:]), space, device)
+    rn = features(nonmember_renders.reshape(-1, *nonmember_renders.shape[-2:]), space, device)
+    pairs = np.concatenate([same_patient_phase_distances(fm, members), same_patient_phase_distances(fn, nonmembers)])
+    if len(pairs) < 5:
+        return {"error": "fewer than 5 same-patient ED/ES slice pairs: no copy threshold (give cases with both phases)"}, []
+    tau = float(np.percentile(pairs, COPY_PERCENTILE))
+    dm, jm = copies(fm, rm)
+    dn, _ = copies(fn, rn)
+    order = np.argsort(dm)[:top]
+    flat = member_renders.reshape(-1, *member_renders.shape[-2:])
+    return {"space": space, "threshold": tau, "threshold_from": f"{COPY_PERCENTILE:g}th percentile of {len(pairs)} same-patient ED→ES "
+            "slice distances", "reproduced": float((dm < tau).mean()), "reproduced_n": int((dm < tau).sum()), "members": int(len(dm)),
+            "nonmember_control": float((dn < tau).mean()), "nonmembers": int(len(dn)),
+            "renders_per_slice": int(member_renders.shape[0]) if member_renders.ndim == 4 else 1,
+            "median_distance_members": float(np.median(dm)), "median_distance_nonmembers": float(np.median(dn)),
+            "closest": [{"member": int(i), "render": int(jm[i]), "distance": float(dm[i]), "copy": bool(dm[i] < tau)} for i in order]}, \
+        [(members.images[i], flat[jm[i]]) for i in order]
 
 
 def denoising_scores(renderer, s: SliceSet, levels=(0.1, 0.3, 0.5), seeds: int = 2, batch: int = 16) -> np.ndarray:
@@ -232,6 +369,7 @@ class Privacy:
     nearest: dict
     attacks: dict
     figure: str | None = None
+    copies: dict | None = None  # copy detection: training slices some render reproduces, with its non-member control
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -250,8 +388,8 @@ def split_members(cases, held_out_prefixes: list[str]):
     return train, hold
 
 
-def closest_pairs_figure(path: str | Path, synth: np.ndarray, train: np.ndarray, closest: list[dict], title: str) -> Path:
-    """PNG: each closest synthetic image (top row) above its nearest training image (bottom row)."""
+def _pairs_figure(path: str | Path, tops, bottoms, titles: list[str], flagged: list[bool], labels: tuple[str, str], title: str) -> Path:
+    """PNG: image pairs in columns, ``tops`` above ``bottoms``, each column titled (red when flagged)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,17 +397,17 @@ def closest_pairs_figure(path: str | Path, synth: np.ndarray, train: np.ndarray,
 
     from cmrstudio.io.common import atomic_path
 
-    n = max(1, len(closest))
+    n = max(1, len(tops))
     fig, ax = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
-    for k, c in enumerate(closest):
-        ax[0, k].imshow(synth[c["synthetic"]], cmap="gray", vmin=0, vmax=1)
-        ax[1, k].imshow(train[c["train"]], cmap="gray", vmin=0, vmax=1)
-        ax[0, k].set_title(f"d={c['distance']:.3g}" + (" (!)" if c["flagged"] else ""), fontsize=7, color="red" if c["flagged"] else "black")
+    for k, (top, bottom, t, f) in enumerate(zip(tops, bottoms, titles, flagged)):
+        ax[0, k].imshow(top, cmap="gray", vmin=0, vmax=1)
+        ax[1, k].imshow(bottom, cmap="gray", vmin=0, vmax=1)
+        ax[0, k].set_title(t, fontsize=7, color="red" if f else "black")
     for a in ax.ravel():
         a.set_xticks([])
         a.set_yticks([])
-    ax[0, 0].set_ylabel("synthetic", fontsize=8)
-    ax[1, 0].set_ylabel("closest\ntraining", fontsize=8)
+    ax[0, 0].set_ylabel(labels[0], fontsize=8)
+    ax[1, 0].set_ylabel(labels[1], fontsize=8)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     path = Path(path)
@@ -277,6 +415,20 @@ def closest_pairs_figure(path: str | Path, synth: np.ndarray, train: np.ndarray,
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+def closest_pairs_figure(path: str | Path, synth: np.ndarray, train: np.ndarray, closest: list[dict], title: str) -> Path:
+    """PNG: each closest synthetic image (top row) above its nearest training image (bottom row)."""
+    return _pairs_figure(path, [synth[c["synthetic"]] for c in closest], [train[c["train"]] for c in closest],
+                         [f"d={c['distance']:.3g}" + (" (!)" if c["flagged"] else "") for c in closest], [c["flagged"] for c in closest],
+                         ("synthetic", "closest\ntraining"), title)
+
+
+def copy_pairs_figure(path: str | Path, pairs, closest: list[dict], threshold: float, title: str) -> Path:
+    """PNG: the closest render of a training mask (top row) above the training slice it is closest to (bottom row)."""
+    return _pairs_figure(path, [r for _, r in pairs], [x for x, _ in pairs],
+                         [f"d={c['distance']:.3g}" + (" copy" if c["copy"] else "") for c in closest], [c["copy"] for c in closest],
+                         ("render", "training\nslice"), f"{title}; copy below d={threshold:.3g}")
 
 
 def evaluate_privacy(cases, held_out: list[str], model=None, space: str = "inception", seeds: int = 3, max_members: int | None = None,
@@ -315,18 +467,31 @@ def evaluate_privacy(cases, held_out: list[str], model=None, space: str = "incep
                 s = attack_summary(p, n)
                 by[d] = {k: s[k] for k in ("auc", "auc_ci", "tpr_at_1pct_fpr", "members", "nonmembers")}
         res["by_dataset"] = by
+        res["control"] = controlled(pos, neg, attack_members.patients, nonmembers.patients, seed=seed)
         attacks[name] = res
 
     attacks: dict = {}
-    run("reconstruction", lambda s: reconstruction_scores(r, s, seeds), seeds=seeds)
+    renders_m: list = []
+    renders_n: list = []
+    recon = lambda s, keep=None: reconstruction_scores(r, s, seeds, keep=keep)  # noqa: E731
+    run("reconstruction", lambda s: recon(s, renders_m if s is attack_members else renders_n if s is nonmembers else None), seeds=seeds)
     if hasattr(r, "denoising_loss"):
         run("denoising_loss", lambda s: denoising_scores(r, s), levels=[0.1, 0.3, 0.5], seeds=2)
+        run("denoising_loss_calibrated", lambda s: calibrated_scores(lambda x: denoising_scores(r, x), s), levels=[0.1, 0.3, 0.5], seeds=2,
+            neighbours="mirrored left-right, up-down, transposed")
+    else:
+        run("reconstruction_calibrated", lambda s: calibrated_scores(lambda x: reconstruction_scores(r, x, 1), s), seeds=1,
+            neighbours="mirrored left-right, up-down, transposed")
+    copy, copy_pairs = copy_detection(attack_members, nonmembers, np.stack(renders_m), np.stack(renders_n), space, r.device)
     fig = None
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         fig = str(closest_pairs_figure(out / f"{r.name}_closest_pairs.png", synth, members.images, nn.closest,
                                        f"{r.name}: the synthetic images closest to a training image ({space} space)"))
+        if copy_pairs:
+            copy["figure"] = str(copy_pairs_figure(out / f"{r.name}_copies.png", copy_pairs, copy["closest"], copy["threshold"],
+                                                   f"{r.name}: training slices (bottom) and the closest render of a training mask (top)"))
     summary = lambda s, c: {"patients": len(set(s.patients)), "slices": len(s), "cases": sorted({x.case_id for x in c})}  # noqa: E731
     return Privacy(r.describe(), {**summary(members, train_c), "attack_slices": len(attack_members)}, summary(nonmembers, hold_c),
-                   nn.to_dict(), attacks, fig)
+                   nn.to_dict(), attacks, fig, copy)

@@ -23,12 +23,21 @@ def _f(v, fmt: str = ".3f", none: str = "—") -> str:
         return none
 
 
+def privacy_measured(card: dict) -> bool:
+    return "privacy" in card.get("metrics", {}) or bool(card.get("training", {}).get("differential_privacy"))
+
+
 def headline(card: dict) -> dict:
     """The few numbers a reader of a card needs first (None where not measured)."""
     m = card.get("metrics", {})
     fid, fa, pr, ut, dv = m.get("fidelity", {}), m.get("mask_faithfulness_dice", {}), m.get("privacy", {}), m.get("utility", {}), m.get("diversity", {})
     attacks = pr.get("attacks", {})
-    best = max(attacks.items(), key=lambda kv: kv[1].get("auc") or 0, default=(None, {}))
+    # the headline attack: the one furthest above its control (the raw AUC where no control could be run)
+    gap = lambda a: (a.get("control") or {}).get("gap")  # noqa: E731
+    controlled = {k: a for k, a in attacks.items() if gap(a) is not None}
+    best = max((controlled or attacks).items(), key=lambda kv: (gap(kv[1]) if controlled else kv[1].get("auc")) or 0, default=(None, {}))
+    ctl = best[1].get("control") or {}
+    cp = pr.get("copies") or {}
     dp = card.get("training", {}).get("differential_privacy")
     seg = m.get("held_out_segmentation", {}).get("summary", {})
     h = {
@@ -38,6 +47,10 @@ def headline(card: dict) -> dict:
         "memorisation_ratio": (pr.get("nearest") or {}).get("memorisation_ratio"), "authenticity": (pr.get("nearest") or {}).get("authenticity"),
         "authenticity_new_patients": (pr.get("nearest") or {}).get("holdout_authenticity"),
         "membership_auc": best[1].get("auc"), "membership_attack": best[0], "membership_tpr_at_1pct_fpr": best[1].get("tpr_at_1pct_fpr"),
+        "membership_tpr_at_0_1pct_fpr": best[1].get("tpr_at_0_1pct_fpr"),
+        "membership_gap": ctl.get("gap"), "membership_gap_ci": ctl.get("gap_ci"), "membership_control_auc": ctl.get("control_auc"),
+        "copies_reproduced": cp.get("reproduced"), "copies_control": cp.get("nonmember_control"),
+        "private": bool(dp) if privacy_measured(card) else None,
         "dp_epsilon": dp.get("epsilon") if dp else None, "dp_delta": dp.get("delta") if dp else None,
         "segmenter_dice": (seg.get("mean") or {}).get("dice"), "segmenter_hd95_mm": (seg.get("mean") or {}).get("hd95_mm"),
     }
@@ -59,13 +72,27 @@ def plain_language(card: dict) -> list[str]:
     if "memorisation_ratio" in h:
         out.append(f"{100 * h['memorisation_ratio']:.1f}% of its images are near copies of a training image; "
                    f"{100 * h.get('authenticity', 0):.0f}% are authentic (new real patients: {100 * h.get('authenticity_new_patients', 0):.0f}%).")
-    if "membership_auc" in h:
+    if "membership_gap" in h:
+        g, lo, hi = h["membership_gap"], *h["membership_gap_ci"]
+        verdict = ("no evidence that it leaks who was in its training set" if lo <= 0 else
+                   "some leakage of who was in its training set" if g < 0.15 else "substantial leakage of who was in its training set")
+        out.append(f"Membership attack ({h['membership_attack'].replace('_', ' ')}): AUC {h['membership_auc']:.2f}, against {h['membership_control_auc']:.2f} "
+                   f"for the same attack on two halves of new patients; the gap, {g:+.2f} (95% interval {lo:+.2f} to {hi:+.2f}), is {verdict}. "
+                   f"It catches {100 * h['membership_tpr_at_1pct_fpr']:.0f}% of members at 1% false alarms.")
+    elif "membership_auc" in h:
         a = h["membership_auc"]
         verdict = "close to chance" if a < 0.6 else ("some" if a < 0.75 else "substantial")
         out.append(f"An attacker holding a patient's image and mask can tell whether that patient was in the training set with AUC {a:.2f} "
-                   f"(0.5 = chance; {verdict} leakage), catching {100 * h['membership_tpr_at_1pct_fpr']:.0f}% of members at 1% false alarms.")
+                   f"(0.5 = chance; {verdict} leakage; no control split could be run), catching {100 * h['membership_tpr_at_1pct_fpr']:.0f}% "
+                   "of members at 1% false alarms.")
+    if "copies_reproduced" in h:
+        out.append(f"{100 * h['copies_reproduced']:.1f}% of its training slices are reproduced by some render of their masks (closer than a "
+                   f"patient's own heart at the other phase); for patients it never saw, {100 * h['copies_control']:.1f}%.")
     if "dp_epsilon" in h:
-        out.append(f"It was trained with differential privacy, ε = {h['dp_epsilon']:.2f} at δ = {h['dp_delta']:g} per training slice.")
+        out.append(f"It was trained with differential privacy, ε = {h['dp_epsilon']:.2f} at δ = {h['dp_delta']:g} per training slice: "
+                   "a formal bound on what any render can reveal about one training slice.")
+    elif h.get("private") is False:
+        out.append("It was trained without differential privacy: no formal bound on what it can reveal about its training patients.")
     if "segmenter_dice" in h:
         out.append(f"On patients it never saw it segments with mean Dice {h['segmenter_dice']:.2f} and HD95 {h['segmenter_hd95_mm']:.1f} mm.")
     return out
@@ -116,9 +143,15 @@ def _summary(key: str, v: dict) -> str:
         nn = v.get("nearest", {})
         within = lambda a: (" [within " + ", ".join(f"{d} {_f(b.get('auc'), '.2f')}" for d, b in a["by_dataset"].items()) + "]") \
             if a.get("by_dataset") else ""  # noqa: E731
-        att = "; ".join(f"{k}: AUC {_f(a.get('auc'))}{within(a)}, TPR@1%FPR {_f(a.get('tpr_at_1pct_fpr'))}" for k, a in v.get("attacks", {}).items())
+        gap = lambda a: (f", gap to control {a['control']['gap']:+.3f} [{a['control']['gap_ci'][0]:+.3f}, {a['control']['gap_ci'][1]:+.3f}]"  # noqa: E731
+                         if a.get("control") else "")
+        att = "; ".join(f"{k}: AUC {_f(a.get('auc'))}{within(a)}{gap(a)}, TPR@1%FPR {_f(a.get('tpr_at_1pct_fpr'))}, "
+                        f"TPR@0.1%FPR {_f(a.get('tpr_at_0_1pct_fpr'))}" for k, a in v.get("attacks", {}).items())
+        cp = v.get("copies") or {}
+        copies = (f"; training slices reproduced {_f(100 * cp['reproduced'], '.1f')}% (new patients {_f(100 * cp['nonmember_control'], '.1f')}%)"
+                  if "reproduced" in cp else "")
         return (f"memorised {_f(100 * nn.get('memorisation_ratio', 0), '.1f')}%, authenticity {_f(100 * nn.get('authenticity', 0), '.1f')}% "
-                f"(new patients {_f(100 * (nn.get('holdout_authenticity') or 0), '.1f')}%), NN distance ratio {_f(nn.get('distance_ratio'), '.2f')}; {att}")
+                f"(new patients {_f(100 * (nn.get('holdout_authenticity') or 0), '.1f')}%), NN distance ratio {_f(nn.get('distance_ratio'), '.2f')}; {att}{copies}")
     if key == "utility":
         return "; ".join(f"{t['fraction']:g}: {t['arm']} {t['mean_dice_difference']:+.3f} Dice (p {_f(t.get('wilcoxon_p'), '.3g')})" for t in v.get("tests", []))
     if key == "held_out_segmentation":

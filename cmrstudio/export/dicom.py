@@ -278,7 +278,7 @@ def _provenance_text(case: Case, provenance: dict[str, Any], vendor: str, what: 
         lead = {"patient": "label map: the patient's own segmentation (derived from patient data)",
                 "unknown": "label map whose origin is not recorded"}.get(_mask_origin(provenance), "label map painted in cmrstudio, no patient data")
     parts = [lead]
-    for key in ("model", "model_sha256", "kind", "sampler", "steps", "guidance", "seed"):
+    for key in ("model", "model_sha256", "kind", "sampler", "steps", "guidance", "seed", "private", "dp_epsilon"):
         val = provenance.get(key)
         if val not in (None, ""):
             parts.append(f"{key}={val}")
