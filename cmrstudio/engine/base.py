@@ -62,6 +62,54 @@ class RenderResult:
     where: str | None = None  # None: this machine; else the server (host:port)
 
 
+def _who(r) -> str:
+    src = getattr(r, "source", "cmrstudio")
+    return f"The model '{r.name}'" + ("" if src == "cmrstudio" else f" (from the plugin '{src}')")
+
+
+def _check_image(r, img, shape: tuple[int, ...], what: str) -> None:
+    if not isinstance(img, np.ndarray) or img.shape != tuple(shape):
+        got = img.shape if isinstance(img, np.ndarray) else type(img).__name__
+        raise CmrError(f"{_who(r)} returned {what} of shape {got} where {tuple(shape)} was asked for; it cannot be used.")
+    if img.dtype.kind != "f" or not np.all(np.isfinite(img)):
+        raise CmrError(f"{_who(r)} returned {what} with {'non-float' if img.dtype.kind != 'f' else 'NaN or infinite'} values; it cannot be used.")
+
+
+def _checked(f, meth: str):
+    """Wrap a render method: exceptions other than CmrError (and a cancel) become one sentence, outputs are checked."""
+    import functools
+
+    from cmrstudio.models.sampling import Cancelled
+
+    @functools.wraps(f)
+    def wrapper(self, *a, **kw):
+        try:
+            out = f(self, *a, **kw)
+        except (CmrError, Cancelled):
+            raise
+        except Exception as exc:
+            raise CmrError(f"{_who(self)} failed to render ({type(exc).__name__}: {exc}).") from exc
+        mask = np.asarray(a[0] if a else kw.get("masks", kw.get("mask2d", kw.get("mask"))))
+        if meth == "_generate":  # framed masks (B, N, N) -> images (B, N, N)
+            _check_image(self, out, mask.shape, "images")
+        elif meth == "render_framed":
+            _check_image(self, out, mask.shape, "images")
+        else:
+            if not isinstance(out, tuple) or len(out) != 2:
+                raise CmrError(f"{_who(self)} returned a {type(out).__name__} from {meth}, not a pair; it cannot be used.")
+            if meth == "render_slice":
+                _check_image(self, out[0], mask.shape, "a slice")
+                _check_image(self, out[1], (self.size, self.size), "a framed slice")
+            else:
+                vol = out[0]
+                want = (1, *mask.shape) if mask.ndim == 2 and isinstance(vol, np.ndarray) and vol.ndim == 3 else mask.shape
+                _check_image(self, vol, want, "a volume")
+        return out
+
+    wrapper._checked = True
+    return wrapper
+
+
 class GeneratorFront:
     """What every mask-to-image model shares: loading, input checks, vendors, frames, volumes.
 
@@ -71,6 +119,7 @@ class GeneratorFront:
     """
 
     kinds: tuple[str, ...] = ()
+    source: str = "cmrstudio"  # the distribution whose renderer serves the model (set by open_renderer)
     scene: bool = False  # True: renders whole slices, in this patient or fully synthetic
     one_step: bool = False  # True: one network pass a render, fast enough for the live path
 
@@ -85,14 +134,27 @@ class GeneratorFront:
         if threads:
             torch.set_num_threads(threads)
         self.device = pick_device(device)
-        self.net = build_model(self.info, self.device)
-        cfg = self.net.cfg
-        self.n_labels = cfg.n_labels
+        self.net = self.load_network()
+        cfg = getattr(self.net, "cfg", None)
+        labels = self.info.card.get("labels") or {}
+        self.n_labels = int(getattr(cfg, "n_labels", 0) or len(labels) or len(LABELS))
         frame = self.info.card.get("frame", {})
-        self.size = int(frame.get("size", cfg.size))
+        self.size = int(frame.get("size") or cfg.size)
         self.spacing_mm = frame.get("spacing_mm")
         self.vendors_trained = self.info.vendors_trained or list(VENDORS)
         self._lock = threading.Lock()
+
+    def load_network(self):
+        """Build the network and load its checked weights (a plugin's renderer overrides this for its own architecture)."""
+        return build_model(self.info, self.device)
+
+    def __init_subclass__(cls, **kw):
+        """Every renderer's public render calls, built in or from a plugin, get the same output checks."""
+        super().__init_subclass__(**kw)
+        for meth in ("_generate", "render_framed", "render_slice", "render_volume"):
+            f = cls.__dict__.get(meth)
+            if f is not None and not getattr(f, "_checked", False):
+                setattr(cls, meth, _checked(f, meth))
 
     @property
     def name(self) -> str:

@@ -1,73 +1,122 @@
-"""Which renderer serves which model: a registry of kinds, extended by plugins.
+"""Which renderer serves which model: a registry of kinds, filled from the ``cmrstudio.renderers`` entry points.
 
-``RENDERERS`` maps a model kind (the card's ``kind``) to a factory ``(info, device, threads,
-**options) -> GeneratorFront``. The built-in kinds (``spade``, ``diffusion``, ``flow``) are
-registered here like any other; a plugin adds its own with an entry point in the group
-``cmrstudio.renderers`` naming a callable that returns ``{kind: factory}``. Nothing else in
-cmrstudio switches on a generator's kind: it calls :func:`open_renderer` and uses the protocol
-of :class:`~cmrstudio.engine.base.GeneratorFront`.
+Every kind, cmrstudio's own (``spade``, ``diffusion``, ``flow``, registered by cmrstudio's own
+distribution in :mod:`cmrstudio.engine.builtin`) and each plugin's, is registered by
+:func:`register` from an entry point that returns :class:`~cmrstudio.api.RendererSpec` objects (the
+public API, :mod:`cmrstudio.api`). Nothing else in cmrstudio switches on a generator's kind: it calls
+:func:`open_renderer` and uses the protocol of :class:`~cmrstudio.engine.base.GeneratorFront`.
+
+A plugin that fails to import, returns something else, was written for another major API version,
+or claims a kind that is already served is named in one sentence in :data:`PROBLEMS` and skipped.
 """
 
 from __future__ import annotations
 
-import warnings
+import threading
 from importlib.metadata import entry_points
 from typing import Callable
 
+from cmrstudio.api import API_MAJOR, API_VERSION, RENDERERS_GROUP, RendererSpec
+from cmrstudio.engine.builtin import SCENE_SCHEME, is_scene_model  # noqa: F401  (kept importable from here)
 from cmrstudio.errors import CmrError
 from cmrstudio.models.checkpoint import ModelInfo
 
-ENTRY_POINT_GROUP = "cmrstudio.renderers"
-SCENE_SCHEME = "scene-v1"
+ENTRY_POINT_GROUP = RENDERERS_GROUP
+BUILTIN_ENTRY = "cmrstudio.engine.builtin:renderers"
+
+SPECS: dict[str, RendererSpec] = {}
+SOURCES: dict[str, str] = {}  # kind -> the distribution (or entry point) that registered it
+RENDERERS: dict[str, Callable] = {}  # kind -> factory (a view of SPECS)
+PROBLEMS: list[str] = []  # one sentence per plugin that was skipped
+_loaded = False
+_lock = threading.RLock()
 
 
-def is_scene_model(info: ModelInfo) -> bool:
-    """A scene model renders whole slices (heart, tissue classes, context); the others the heart crop."""
-    return (info.card.get("conditioning") or {}).get("scheme") == SCENE_SCHEME
+def register(spec: RendererSpec, source: str) -> bool:
+    """Register one kind (what loading an entry point does for each spec it returns). False when skipped."""
+    if not isinstance(spec, RendererSpec):
+        PROBLEMS.append(f"The renderer plugin '{source}' returned a {type(spec).__name__}, not a cmrstudio.api.RendererSpec; it is skipped.")
+        return False
+    if not isinstance(spec.kind, str) or not spec.kind or not callable(spec.factory):
+        PROBLEMS.append(f"The renderer plugin '{source}' gave a kind {spec.kind!r} without a callable factory; it is skipped.")
+        return False
+    if spec.api != API_MAJOR:
+        PROBLEMS.append(f"The renderer plugin '{source}' was written for generator API {spec.api}, and this cmrstudio has API "
+                        f"{API_VERSION}; its kind '{spec.kind}' is skipped (update the plugin).")
+        return False
+    if spec.kind in SPECS:
+        PROBLEMS.append(f"The renderer plugin '{source}' claims the kind '{spec.kind}', which '{SOURCES[spec.kind]}' already "
+                        "serves; the plugin's is skipped.")
+        return False
+    SPECS[spec.kind], SOURCES[spec.kind], RENDERERS[spec.kind] = spec, source, spec.factory
+    return True
 
 
-def _spade(info: ModelInfo, device=None, threads=None, bf16: bool | None = False, **options):
-    from cmrstudio.engine.live import Renderer, SceneRenderer
-
-    given = [k for k, v in options.items() if v is not None]
-    if given:
-        raise CmrError(f"--{'/--'.join(given)} applies to diffusion and flow models; '{info.name}' is a SPADE model (one step, no guidance).")
-    cls = SceneRenderer if is_scene_model(info) else Renderer
-    return cls(info, device=device, threads=threads, bf16=bf16)
-
-
-def _hq(info: ModelInfo, device=None, threads=None, **options):
-    from cmrstudio.engine.hq import HQRenderer, SceneHQRenderer
-
-    cls = SceneHQRenderer if is_scene_model(info) else HQRenderer
-    return cls(info, device=device, threads=threads, **options)
+def load_entry(name: str, load: Callable[[], Callable], source: str) -> None:
+    """Load one ``cmrstudio.renderers`` entry point and register what it returns; a failure is one sentence in PROBLEMS."""
+    try:
+        found = load()()
+    except Exception as exc:  # a broken plugin must not break the others
+        PROBLEMS.append(f"The renderer plugin '{source}' failed to load ({type(exc).__name__}: {exc}); it is skipped.")
+        return
+    for spec in found if isinstance(found, (list, tuple)) else [found]:
+        register(spec, source)
 
 
-RENDERERS: dict[str, Callable] = {"spade": _spade, "diffusion": _hq, "flow": _hq}
-_plugins_loaded = False
+def _source(ep) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"{dist.name} ({ep.name})" if dist is not None and dist.name != "cmrstudio" else ("cmrstudio" if dist is not None else ep.name)
 
 
 def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            found = ep.load()()
-            if not isinstance(found, dict) or not all(isinstance(k, str) and callable(v) for k, v in found.items()):
-                raise TypeError("it must return a dict of model kind -> renderer factory")
-        except Exception as exc:  # a broken plugin must not break the others
-            warnings.warn(f"The cmrstudio.renderers plugin '{ep.name}' failed to load ({type(exc).__name__}: {exc}); it is skipped.")
-            continue
-        for kind, factory in found.items():
-            RENDERERS.setdefault(kind, factory)
+    global _loaded
+    with _lock:
+        if _loaded:
+            return
+        _loaded = True
+        eps = list(entry_points(group=ENTRY_POINT_GROUP))
+        # cmrstudio's own distribution first, so its kinds are the ones a clash keeps
+        eps.sort(key=lambda ep: ep.value != BUILTIN_ENTRY)
+        if not any(ep.value == BUILTIN_ENTRY for ep in eps):
+            # cmrstudio's metadata is absent (run from a source tree, or a bundle without it): the same entry, loaded the same way
+            from importlib import import_module
+
+            mod, attr = BUILTIN_ENTRY.split(":")
+            load_entry("builtin", lambda: getattr(import_module(mod), attr), "cmrstudio")
+        for ep in eps:
+            load_entry(ep.name, ep.load, _source(ep))
+
+
+def reload_plugins() -> None:
+    """Forget every registration and read the entry points again (after installing a plugin, and in tests)."""
+    global _loaded
+    with _lock:
+        SPECS.clear(), SOURCES.clear(), RENDERERS.clear(), PROBLEMS.clear()
+        _loaded = False
+    _load_plugins()
 
 
 def generator_kinds() -> tuple[str, ...]:
     """Every kind of model that renders images (built in and from plugins)."""
     _load_plugins()
-    return tuple(RENDERERS)
+    return tuple(SPECS)
+
+
+def live_kinds() -> tuple[str, ...]:
+    """Kinds offered for the live path (one network pass a render)."""
+    _load_plugins()
+    return tuple(k for k, s in SPECS.items() if s.live)
+
+
+def hq_kinds() -> tuple[str, ...]:
+    """Kinds offered for HQ renders (step-wise sampling with previews and cancel)."""
+    _load_plugins()
+    return tuple(k for k, s in SPECS.items() if s.steps)
+
+
+def renderer_problems() -> list[str]:
+    _load_plugins()
+    return list(PROBLEMS)
 
 
 def open_renderer(model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None, **options):
@@ -75,11 +124,25 @@ def open_renderer(model: str | ModelInfo | None = None, device: str | None = Non
 
     ``options`` (steps, guidance, solver) apply to step-wise models only; SPADE refuses them.
     """
+    from cmrstudio.engine.base import GeneratorFront
     from cmrstudio.models.registry import get_model
 
     kinds = generator_kinds()
     info = model if isinstance(model, ModelInfo) else get_model(model, kind=kinds)
-    factory = RENDERERS.get(info.kind)
-    if factory is None:
-        raise CmrError(f"The model '{info.name}' is of kind '{info.kind}', which no installed renderer serves.")
-    return factory(info, device=device, threads=threads, **options)
+    spec = SPECS.get(info.kind)
+    if spec is None:
+        why = [p for p in PROBLEMS if f"'{info.kind}'" in p]
+        raise CmrError(f"The model '{info.name}' is of kind '{info.kind}', which no installed renderer serves"
+                       + (f" ({why[0]})" if why else "; install the plugin that provides it") + ".")
+    source = SOURCES[info.kind]
+    try:
+        r = spec.factory(info, device=device, threads=threads, **options)
+    except CmrError:
+        raise
+    except Exception as exc:
+        raise CmrError(f"The model '{info.name}' could not be opened by its renderer from '{source}' ({type(exc).__name__}: {exc}).") from None
+    if not isinstance(r, GeneratorFront):
+        raise CmrError(f"The renderer from '{source}' opened '{info.name}' as a {type(r).__name__}, not a cmrstudio.api.GeneratorFront; "
+                       "the model cannot be used.")
+    r.source = source
+    return r

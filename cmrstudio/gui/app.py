@@ -101,7 +101,7 @@ def _release_napari_window(viewer) -> None:
 
 class SettingsDialog(QDialog):
     def __init__(self, studio: Studio, parent=None):
-        from cmrstudio.models.registry import list_models
+        from cmrstudio.models.registry import hq_models, live_models
 
         super().__init__(parent)
         self.setWindowTitle("cmrstudio settings")
@@ -111,11 +111,11 @@ class SettingsDialog(QDialog):
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
         self.device.setCurrentText(s.device or "auto")
         self.live = QComboBox()
-        self.live.addItems([m.name for m in list_models("spade")])
+        self.live.addItems([m.name for m in live_models()])
         if s.live_model:
             self.live.setCurrentText(s.live_model)
         self.hq = QComboBox()
-        self.hq.addItems([m.name for m in list_models("diffusion") + list_models("flow")])
+        self.hq.addItems([m.name for m in hq_models()])
         if s.hq_model:
             self.hq.setCurrentText(s.hq_model)
         f.addRow("Device", self.device)

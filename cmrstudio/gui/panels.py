@@ -366,7 +366,7 @@ class SynthesisPanel(QWidget):
     """Live SPADE rendering controls with a frame-time read-out; Render HQ with progress and cancel; Keep."""
 
     def __init__(self, studio: Studio):
-        from cmrstudio.models.registry import list_models
+        from cmrstudio.models.registry import hq_models, live_models
 
         super().__init__()
         self.studio = studio
@@ -378,7 +378,7 @@ class SynthesisPanel(QWidget):
         g = QGroupBox("Live synthesis")
         f = QFormLayout(g)
         self.model_box = QComboBox()
-        for m in list_models("spade"):
+        for m in live_models():  # every one-pass generator: SPADE and plugins' (cmrstudio.api)
             self.model_box.addItem(m.name, m.name)
         self.model_box.activated.connect(self._model_picked)
         f.addRow("Model", self.model_box)
@@ -440,8 +440,8 @@ class SynthesisPanel(QWidget):
         g = QGroupBox("Render HQ (on demand)")
         f = QFormLayout(g)
         self.hq_box = QComboBox()
-        hq_models = list_models("diffusion") + list_models("flow")
-        for m in hq_models:
+        hq = hq_models()
+        for m in hq:
             self.hq_box.addItem(f"{m.name} ({m.kind})", m.name)
         if studio.session.settings.hq_model and self.hq_box.findData(studio.session.settings.hq_model) >= 0:
             self.hq_box.setCurrentIndex(self.hq_box.findData(studio.session.settings.hq_model))
@@ -470,7 +470,7 @@ class SynthesisPanel(QWidget):
         self.hq_note = QLabel("")
         self.hq_note.setWordWrap(True)
         f.addRow(self.hq_note)
-        if not hq_models:
+        if not hq:
             self.hq_btn.setEnabled(False)
             self.hq_note.setText("No diffusion or flow model is installed; train one with `cmrstudio train diffusion`.")
         lay.addWidget(g)

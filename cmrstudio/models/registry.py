@@ -6,8 +6,11 @@ does not replace an earlier one; the clash is reported by ``list_models``):
 1. shipped with cmrstudio: ``resources/models/*.json``;
 2. the user's models folder: ``$CMRSTUDIO_MODELS``, else ``$XDG_DATA_HOME/cmrstudio/models``
    (``~/.local/share/cmrstudio/models``); ``cmrstudio train`` can write there;
-3. plugins: the ``cmrstudio.generators`` entry-point group. Each entry point names a
-   callable that returns a card path, a folder of cards, or a list of those.
+3. plugins: the ``cmrstudio.generators`` entry-point group (see :mod:`cmrstudio.api`). Each entry
+   point names a callable that returns a card path, a folder of cards, a
+   :class:`~cmrstudio.models.checkpoint.ModelInfo` (a model in a format of its own), or a list of
+   those. A plugin's model is listed only when a renderer serves its kind and its weights match the
+   sha256 in its card; otherwise it is named in one sentence (``problems``) and skipped.
 
 ``--model`` also accepts a path to a card or weights file directly.
 """
@@ -25,7 +28,7 @@ if TYPE_CHECKING:  # torch is imported where weights are loaded, so listing mode
     import torch
 
 from cmrstudio.errors import CmrError
-from cmrstudio.models.checkpoint import CARD_SUFFIX, WEIGHTS_SUFFIX, ModelInfo, load_state, read_card, verify
+from cmrstudio.models.checkpoint import CARD_SUFFIX, WEIGHTS_SUFFIX, ModelInfo, load_state, read_card, sha256_file, verify
 from cmrstudio.resources import resources_dir
 
 ENTRY_POINT_GROUP = "cmrstudio.generators"
@@ -51,43 +54,106 @@ def _cards_in(folder: Path) -> list[Path]:
     return sorted(folder.glob(f"*{CARD_SUFFIX}"))
 
 
-def _plugin_cards() -> list[Path]:
-    out: list[Path] = []
+_verified: dict[tuple[str, int, int], str] = {}  # (weights path, size, mtime) -> its sha256, for plugin models
+
+
+def _plugin_cards(problems: list[str]) -> list[tuple[str, Path | ModelInfo]]:
+    """What the ``cmrstudio.generators`` entry points return: (plugin, card path or ModelInfo); failures go to ``problems``."""
+    out: list[tuple[str, Path | ModelInfo]] = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        plugin = dist.name if dist is not None else ep.name
         try:
             found = ep.load()()
         except Exception as exc:  # a broken plugin must not break the studio
-            warnings.warn(f"The cmrstudio.generators plugin '{ep.name}' failed to load ({exc}); it is skipped.")
+            problems.append(f"The model plugin '{plugin}' failed to load ({type(exc).__name__}: {exc}); it is skipped.")
             continue
         items = found if isinstance(found, (list, tuple)) else [found]
         for it in items:
-            p = Path(it)
-            out.extend(_cards_in(p) if p.is_dir() else [p])
+            if isinstance(it, Exception):  # the plugin's own one-sentence report of a model it could not read
+                problems.append(f"The plugin '{plugin}' skipped a model: {getattr(it, 'message', None) or it}")
+            elif isinstance(it, ModelInfo):
+                out.append((plugin, it))
+            elif isinstance(it, (str, Path)):
+                p = Path(it)
+                out.extend((plugin, c) for c in (_cards_in(p) if p.is_dir() else [p]))
+            else:
+                problems.append(f"The model plugin '{plugin}' returned a {type(it).__name__}; it must return card paths, folders "
+                                "or cmrstudio.api.ModelInfo objects, so that item is skipped.")
     return out
 
 
+def _check_plugin_model(info: ModelInfo, plugin: str) -> None:
+    """A plugin's model must be servable and its weights present and matching the card (checked once per file version)."""
+    from cmrstudio.engine.factory import generator_kinds
+
+    if info.kind not in generator_kinds() + ("segmenter", "layout"):
+        raise CmrError(f"The model '{info.name}' of the plugin '{plugin}' is of kind '{info.kind}', which no installed renderer "
+                       "serves; it is skipped.")
+    wp = info.weights_path
+    try:
+        st = wp.stat()
+    except OSError:
+        raise CmrError(f"The model '{info.name}' of the plugin '{plugin}' has no weights file ({wp}); it is skipped.") from None
+    key = (str(wp), st.st_size, st.st_mtime_ns)
+    if key not in _verified:
+        _verified[key] = sha256_file(wp)
+    if _verified[key] != info.card.get("sha256"):
+        raise CmrError(f"The weights of the model '{info.name}' of the plugin '{plugin}' do not match the sha256 in its card "
+                       f"({_verified[key][:12]}… ≠ {str(info.card.get('sha256'))[:12]}…); it is skipped.")
+
+
+def plugin_problems() -> list[str]:
+    """One sentence for each plugin (renderer or model) that is skipped."""
+    problems: list[str] = []
+    list_models(problems=problems)
+    return [p for p in problems if "plugin" in p]
+
+
 def list_models(kind: str | None = None, problems: list[str] | None = None) -> list[ModelInfo]:
-    """Every installed model (optionally of one kind). Unreadable cards go to ``problems``."""
+    """Every installed model (optionally of one kind). Unreadable cards go to ``problems``, and so do plugins that
+    fail to load and plugin models whose weights are missing or do not match their card (those are skipped)."""
+    from cmrstudio.engine.factory import renderer_problems
+
+    found: list[str] = [] if problems is None else problems
+    found.extend(renderer_problems())
     seen: dict[str, ModelInfo] = {}
-    sources = [("shipped", _cards_in(shipped_dir())), ("user", _cards_in(user_dir())), ("plugin", _plugin_cards())]
-    for origin, cards in sources:
-        for cp in cards:
-            try:
-                info = read_card(cp, origin=origin)
-            except CmrError as exc:
-                if problems is not None:
-                    problems.append(exc.message)
-                continue
-            except (OSError, ValueError, TypeError, AttributeError) as exc:  # one bad card must not hide the others
-                if problems is not None:
-                    problems.append(f"The model card {cp} cannot be used ({type(exc).__name__}: {exc}).")
-                continue
-            if info.name in seen:
-                if problems is not None:
-                    problems.append(f"{cp} is named '{info.name}' like {seen[info.name].card_path}; the first one is used.")
-                continue
-            seen[info.name] = info
+    sources = [("shipped", c, None) for c in _cards_in(shipped_dir())] + [("user", c, None) for c in _cards_in(user_dir())]
+    sources += [("plugin", c, plugin) for plugin, c in _plugin_cards(found)]
+    for origin, cp, plugin in sources:
+        try:
+            info = cp if isinstance(cp, ModelInfo) else read_card(cp, origin=origin)
+            if plugin is not None:
+                info.origin = "plugin"
+                info.card.setdefault("plugin", plugin)
+                _check_plugin_model(info, plugin)
+        except CmrError as exc:
+            found.append(exc.message)
+            continue
+        except (OSError, ValueError, TypeError, AttributeError) as exc:  # one bad card must not hide the others
+            found.append(f"The model card {cp} cannot be used ({type(exc).__name__}: {exc}).")
+            continue
+        if info.name in seen:
+            found.append(f"{info.card_path} is named '{info.name}' like {seen[info.name].card_path}; the first one is used.")
+            continue
+        seen[info.name] = info
     return [m for m in seen.values() if kind is None or m.kind == kind]
+
+
+def live_models() -> list[ModelInfo]:
+    """Models offered for the live path: those whose renderer is one network pass (SPADE, a VAE plugin, ...)."""
+    from cmrstudio.engine.factory import live_kinds
+
+    kinds = live_kinds()
+    return [m for m in list_models() if m.kind in kinds]
+
+
+def hq_models() -> list[ModelInfo]:
+    """Models offered for HQ renders: step-wise sampling with previews and cancel (diffusion, flow, plugins that step)."""
+    from cmrstudio.engine.factory import hq_kinds
+
+    kinds = hq_kinds()
+    return [m for m in list_models() if m.kind in kinds]
 
 
 def get_model(name: str | Path | None = None, kind: str | tuple[str, ...] | None = "spade") -> ModelInfo:
