@@ -36,6 +36,8 @@ def train_spade(
     dp_delta: float = typer.Option(1e-5, "--dp-delta", help="Delta of the (epsilon, delta) guarantee."),
     dp_max_grad_norm: float = typer.Option(1.0, "--dp-max-grad-norm", help="Per-sample gradient clipping bound."),
     dp_noise: Optional[float] = typer.Option(None, "--dp-noise", help="Noise multiplier (default: calibrated to spend --dp-epsilon in --steps)."),
+    dp_architecture: bool = typer.Option(False, "--dp-architecture", help="Use the DP-compatible discriminator (GroupNorm, no spectral norm) without DP: public pre-training for a later --init ... --dp-epsilon run."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start from this model's weights (a card path or name; its discriminator too when its run folder kept one): public pre-training, then fine-tuning."),
     bf16: Optional[bool] = typer.Option(False, "--bf16/--fp32", help="Scene presets: bfloat16 autocast for the networks (losses stay float32)."),
     layout_prior: Optional[str] = typer.Option(None, "--layout-prior", help="Scene presets: the tissue-class prior (name or card; default: the installed layout-cmr)."),
     install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
@@ -50,11 +52,14 @@ def train_spade(
         steps=steps, batch=batch, lr_g=lr_g, lr_d=lr_d, seed=seed, sample_every=sample_every, save_every=save_every,
         device=device, threads=threads, resume=resume, max_minutes=max_minutes,
         dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm, dp_noise=dp_noise, bf16=bf16, layout_prior=layout_prior,
+        dp_architecture=dp_architecture, init=init,
     )
     check_name(name)
     tr = SpadeTrainer(opts).run(progress=not quiet)
     if tr.dp:
         typer.echo(f"Differential privacy: epsilon {tr.epsilon_spent():.3f} spent of {dp_epsilon} (delta {dp_delta:g}) in {tr.step} steps.")
+    if tr.pretraining:
+        typer.echo(f"Pre-trained: {tr.pretraining['name']}; {tr.pretraining['privacy']}")
     _report_trained(read_card(Path(out) / f"{name}.json"), tr.step, install)
 
 

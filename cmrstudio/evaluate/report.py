@@ -91,6 +91,11 @@ def plain_language(card: dict) -> list[str]:
     if "dp_epsilon" in h:
         out.append(f"It was trained with differential privacy, ε = {h['dp_epsilon']:.2f} at δ = {h['dp_delta']:g} per training slice: "
                    "a formal bound on what any render can reveal about one training slice.")
+        pre = (card.get("training") or {}).get("pretraining") or {}
+        if pre.get("public_only"):
+            seen = ", ".join(str(d.get("dataset")) for d in pre.get("data", []))
+            out.append(f"It was first pre-trained on public data only ({seen}, model {pre.get('name')}); the ε covers only its "
+                       "fine-tuning on the private data.")
     elif h.get("private") is False:
         out.append("It was trained without differential privacy: no formal bound on what it can reveal about its training patients.")
     if "segmenter_dice" in h:
@@ -118,7 +123,8 @@ def card_html(card: dict) -> str:
     dp = tr.get("differential_privacy")
     if dp:
         rows.append(f"<tr><td><b>Differential privacy</b></td><td>ε {dp['epsilon']:.3f} (target {dp['target_epsilon']}), δ {dp['delta']:g}, "
-                    f"noise {dp['noise_multiplier']:.3f}, clip {dp['max_grad_norm']}, {dp['steps_taken']} steps, stopped by {e(dp['stopped_by'])}</td><td></td></tr>")
+                    f"noise {dp['noise_multiplier']:.3f}, clip {dp['max_grad_norm']}, {dp['steps_taken']} steps, stopped by {e(dp['stopped_by'])}"
+                    + (f"; covers {e(dp['covers'])}" if dp.get("covers") else "") + "</td><td></td></tr>")
     if rows:
         parts.append("<table border='1' cellpadding='4' cellspacing='0'><tr><th>Aspect</th><th>Figures</th><th>Reproduce</th></tr>" + "".join(rows) + "</table>")
     else:

@@ -30,6 +30,7 @@ from cmrstudio.models.spade import (
     onehot,
 )
 from cmrstudio.train.base import BaseOptions, BaseTrainer
+from cmrstudio.train.common import data_summary
 
 
 @dataclass
@@ -44,13 +45,22 @@ class TrainOptions(BaseOptions):
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0  # per-sample gradient clipping bound
     dp_noise: float | None = None  # noise multiplier; calibrated to reach dp_epsilon at --steps when None
+    dp_architecture: bool = False  # the DP-compatible discriminator (GroupNorm, no spectral norm) without DP: public pre-training
+    init: str | None = None  # start from a public model's weights (a card): public pre-training, then (private) fine-tuning
     bf16: bool | None = False  # scene models: bfloat16 autocast for the networks (None: where native); losses stay float32
+
+
+# Data that a model may see without any privacy guarantee: CC0 Sunnybrook and the procedural phantom.
+PUBLIC_DATASETS = frozenset({"sunnybrook", "phantom"})
+# Options of the discriminator only: a generator fits whatever these are.
+D_OPTIONS = ("ndf", "num_d", "d_layers", "d_spectral_norm", "d_groupnorm", "d_stem")
 
 
 class SpadeTrainer(BaseTrainer):
     kind = "spade"
     presets = PRESETS
     postfix = ("d", "g_adv", "lowpass")
+    resume_must_match = ("init", "dp_architecture")
 
     def check_options(self) -> None:
         try:
@@ -76,7 +86,7 @@ class SpadeTrainer(BaseTrainer):
 
     def build(self) -> None:
         opts = self.opts
-        extra = {"d_spectral_norm": False, "d_groupnorm": True} if self.private else {}
+        extra = {"d_spectral_norm": False, "d_groupnorm": True} if self.private or opts.dp_architecture else {}
         self.cfg = SpadeConfig.from_dict({**PRESETS[opts.preset].to_dict(), "size": opts.size, **extra})
         self.G = build_generator(self.cfg).to(self.device)
         self.D = MultiScaleDiscriminator(self.cfg).to(self.device)
@@ -91,9 +101,87 @@ class SpadeTrainer(BaseTrainer):
 
         on = bf16_native(self.device) if opts.bf16 is None else bool(opts.bf16)
         self.bf16 = on and self.device.type in ("cpu", "cuda") and not self.private
+        self.pretraining = self._load_init() if opts.init else None
         self.dp = None
         if self.private:
             self._make_private()
+
+    # -- public pre-training ---------------------------------------------------------------------
+    def _load_init(self) -> dict:
+        """Start from a public model: its (EMA) generator weights for both the trained and the EMA generator, and its
+        discriminator when its run folder kept one (``train_state/discriminator.safetensors``) of the same architecture.
+        Returns the card's ``training.pretraining`` record."""
+        from cmrstudio.models.checkpoint import load_state, verify
+        from cmrstudio.models.registry import get_model
+
+        opts = self.opts
+        info = get_model(opts.init, kind=None)
+        src = info.card
+        if info.kind != "spade":
+            raise CmrError(f"--init {opts.init}: {info.name} is a {info.kind} model, not a SPADE generator; give a SPADE model's card.")
+        theirs = dict((src.get("architecture") or {}).get("options") or {})
+        mine = self.cfg.to_dict()
+        diff = [k for k in mine if k not in D_OPTIONS and theirs.get(k, mine[k]) != mine[k]]
+        if diff or not theirs:
+            shown = ", ".join(f"{k} {theirs.get(k)!r} (this run {mine[k]!r})" for k in diff) or "no architecture options in its card"
+            raise CmrError(f"--init {opts.init}: its generator does not match this run's architecture ({shown}); "
+                           f"train with the same --preset and --size as {info.name}, or pre-train another model.")
+        data = list((src.get("training") or {}).get("data") or [])
+        seen = sorted({str(d.get("dataset")) for d in data})
+        private_seen = [d for d in seen if d not in PUBLIC_DATASETS]
+        if self.private and not seen:
+            raise CmrError(f"--init {opts.init}: the card of {info.name} does not say what data it was trained on, so a private "
+                           "fine-tuning from it cannot be called private; pre-train on public data (sunnybrook, --phantom) with this version.")
+        if private_seen and self.private:
+            raise CmrError(f"--init {opts.init}: {info.name} was trained on {', '.join(private_seen)}, not only on public data "
+                           f"({', '.join(sorted(PUBLIC_DATASETS))}), so a private fine-tuning from it would not be private; "
+                           "pre-train on public data only, or train privately from scratch.")
+        verify(info)
+        state = load_state(info.weights_path)
+        try:
+            self.G.load_state_dict(state)
+            self.G_ema.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CmrError(f"--init {opts.init}: the weights in {info.weights_path} do not fit this run's generator "
+                           f"({str(exc).splitlines()[0]}); pre-train with the same --preset and --size.") from None
+        d_path = info.card_path.parent / "train_state" / "discriminator.safetensors"
+        d_same = all(theirs.get(k, mine[k]) == mine[k] for k in D_OPTIONS)
+        d_from = "fresh (the public run's discriminator was not found beside its card)"
+        if d_path.exists() and d_same:
+            try:
+                self.D.load_state_dict(load_state(d_path))
+                d_from = f"the public run's discriminator ({d_path.parent.name}/{d_path.name})"
+            except RuntimeError:
+                d_from = "fresh (the public run's discriminator does not fit)"
+        elif d_path.exists():
+            d_from = "fresh (the public run's discriminator has another architecture: " + ", ".join(
+                f"{k} {theirs.get(k)!r}" for k in D_OPTIONS if theirs.get(k, mine[k]) != mine[k]) + ")"
+        self.log(f"Starting from {info.name} (sha256 {info.card['sha256'][:12]}…; trained on {', '.join(seen) or 'unknown data'}); "
+                 f"discriminator: {d_from}.")
+        public = not private_seen and bool(seen)
+        return {
+            "name": info.name,
+            "sha256": info.card["sha256"],
+            "card": str(info.card_path),
+            "data": [{k: d.get(k) for k in ("dataset", "cases", "slices", "licence")} for d in data],
+            "public_only": public,
+            "iterations": (src.get("training") or {}).get("iterations"),
+            "held_out_case_prefixes": (src.get("training") or {}).get("held_out_case_prefixes"),
+            "discriminator": d_from,
+            "privacy": ("The pre-training saw public data only (" + ", ".join(seen) + "); the differential-privacy accounting of this model "
+                        "covers only its fine-tuning on the private data under training.data." if self.private else
+                        ("The pre-training saw public data only (" + ", ".join(seen) + "); " if public else
+                         "The pre-training saw " + (", ".join(seen) or "data its card does not name") + ", not only public data; ")
+                        + "this fine-tuning is not differentially private either."),
+        }
+
+    def card(self) -> dict:
+        card = super().card()
+        if self.pretraining and not self.pretraining["public_only"]:  # the pre-training data's terms bind the weights too
+            from cmrstudio.train.common import terms_for
+
+            card["terms"] = terms_for(card["training"]["data"] + self.pretraining["data"])
+        return card
 
     # -- differential privacy --------------------------------------------------------------------
     def _make_private(self) -> None:
@@ -198,13 +286,19 @@ class SpadeTrainer(BaseTrainer):
         if self.dp:
             extra["differential_privacy"] = {
                 "epsilon": round(self.epsilon_spent(), 4), **self.dp, "steps_taken": self.step, "steps_allowed": self._limit,
-                "stopped_by": "privacy budget" if self.step >= self._limit and self._limit < self.opts.steps else "steps",
+                "stopped_by": ("privacy budget" if self.step >= self._limit and self._limit < self.opts.steps else
+                               "steps" if self.step >= self._limit else "time or interruption, before the budget was spent"),
                 "mechanism": "DP-SGD (Opacus) on generator and discriminator: per-sample clipping and Gaussian noise, two releases "
                              "per step on independent Poisson samples, RDP accountant",
                 "unit": "one training slice (the images of one patient are several slices: patient-level epsilon is larger)",
                 "library": "opacus " + __import__("opacus").__version__,
                 "secure_rng": False,  # torch's generator draws the noise (Opacus secure_mode off): fine for research, not a formal release
+                "covers": ("the fine-tuning on the data under training.data only; the pre-training (training.pretraining) saw public "
+                           "data only and is not part of the accounting" if self.pretraining else "the whole training (no pre-training)"),
+                "data_seen_privately": [d["dataset"] for d in data_summary(self.ds, self.cases)],
             }
+        if self.pretraining:
+            extra["pretraining"] = self.pretraining
         return extra
 
     def render_fixed(self, f: dict) -> list[np.ndarray]:
