@@ -15,7 +15,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/home"
 cd "$work"
-bare() { env -i PATH=/usr/bin:/bin HOME="$work/home" LANG=C.UTF-8 "$@"; }
+bare() { env -i PATH=/usr/bin:/bin HOME="$work/home" LANG=C.UTF-8 timeout "${SMOKE_TIMEOUT:-600}" "$@"; }
 screen=(xvfb-run -a -s "-screen 0 1600x1000x24")
 fail() { echo "smoke: FAILED: $*" >&2; exit 1; }
 
@@ -25,7 +25,7 @@ t1=$(date +%s.%N)
 [ -s ready.json ] || { cat open.log; fail "the studio drew no live frame"; }
 grep -q '"error": null' ready.json || { cat ready.json; fail "the studio reported an error"; }
 first=$(sed -n 's/.*"in_process_first_frame": \([0-9.]*\).*/\1/p' ready.json)
-echo "smoke: cold start to the first live frame: $(awk "BEGIN{printf \"%.1f\", $t1-$t0}") s wall (including Xvfb), ${first%.*}.${first#*.} s in the app" | cut -c1-200
+echo "smoke: cold start to the first live frame: $(awk "BEGIN{printf \"%.1f\", $t1-$t0}") s wall (including Xvfb), $(awk "BEGIN{printf \"%.1f\", $first}") s in the app"
 
 bare "${screen[@]}" "$exe" bench studio --strokes 1 --moves 10 --json > studio.json 2> studio.err || { cat studio.err; fail "painting a stroke failed"; }
 shown=$(sed -n 's/.*"frames_shown": \([0-9]*\).*/\1/p' studio.json)
