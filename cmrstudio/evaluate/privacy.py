@@ -46,8 +46,8 @@ a gap whose interval holds 0 is no evidence of leakage, whatever the raw AUC.
 
 **Copies of training images.** Every member slice is compared with every render of the member masks (the
 renders the reconstruction attack made); a slice is *reproduced* when some render is closer to it than the
-copy threshold: the 5th percentile of the distances between real images of one patient at the two phases (ED
-slice to its closest ES slice of the same patient): closer than a patient's own heart a third of a cycle
+copy threshold: the 5th percentile of the distances between real images of one patient at two phases (a
+slice of its ED, or first frame, to its closest slice of the other phase): closer than a patient's own heart a third of a cycle
 later. The same count on the non-members (renders of their masks, which the model never saw) is the control.
 """
 
@@ -295,17 +295,20 @@ COPY_PERCENTILE = 5.0
 
 
 def same_patient_phase_distances(f: np.ndarray, s: "SliceSet") -> np.ndarray:
-    """For each ED slice of a patient whose ES is in the set too: the distance to the closest ES slice of that patient."""
+    """For each slice of a patient's first case (its ED, or its first frame): the distance to the closest slice of
+    another case (phase or frame) of the same patient. ACDC's files name frames (``_frame01``), not phases."""
     import re
 
-    phase = np.array([(re.search(r"_(ed|es)$", c, re.IGNORECASE).group(1).lower() if re.search(r"_(ed|es)$", c, re.IGNORECASE) else "")
-                      for c in s.cases]) if s.cases else np.array([""] * len(s))
+    cases = np.asarray(s.cases) if s.cases else np.array([""] * len(s))
     pats = np.asarray(s.patients)
+    key = lambda c: (0 if re.search(r"_ed$", c, re.IGNORECASE) else 1, c)  # noqa: E731  ED first, else the first frame
     out = []
     for p in np.unique(pats):
-        ed, es = np.flatnonzero((pats == p) & (phase == "ed")), np.flatnonzero((pats == p) & (phase == "es"))
-        if len(ed) and len(es):
-            out.append(_dist(f[ed], f[es]).min(1))
+        own = sorted(set(cases[pats == p]), key=key)
+        if len(own) < 2:
+            continue
+        first, other = np.flatnonzero((pats == p) & (cases == own[0])), np.flatnonzero((pats == p) & (cases != own[0]))
+        out.append(_dist(f[first], f[other]).min(1))
     return np.concatenate(out) if out else np.zeros(0)
 
 
