@@ -201,7 +201,7 @@ def test_dciodvfy_finds_no_error_in_any_dicom_file(exports):
     assert len(files) == 2 * len(exports["cases"])  # one slice per render: image + mask
     errors, warnings = [], set()
     for f in files:
-        p = subprocess.run([exe, str(f)], capture_output=True, text=True, timeout=60)
+        p = subprocess.run([exe, str(f)], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=60)
         for line in (p.stdout + p.stderr).splitlines():
             line = line.strip()
             if line.startswith("Error") and not any(r.search(line) for r in DCIODVFY_ERRORS_ALLOWED):
@@ -220,7 +220,7 @@ def test_dcm2niix_reads_every_series_with_the_pixels_and_geometry_of_the_nifti_e
         rid, kind = series.parent.name, series.name
         out = tmp_path / rid / kind
         out.mkdir(parents=True)
-        p = subprocess.run([exe, "-b", "n", "-z", "n", "-o", str(out), "-f", "%s", str(series)], capture_output=True, text=True, timeout=120)
+        p = subprocess.run([exe, "-b", "n", "-z", "n", "-o", str(out), "-f", "%s", str(series)], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
         assert p.returncode == 0, p.stdout + p.stderr
         got = sorted(out.glob("*.nii"))
         assert len(got) == 1, p.stdout
@@ -321,7 +321,7 @@ def _bids_validator() -> tuple[list[str] | None, str]:
         return [shutil.which("bids-validator-deno")], ""
     exe = shutil.which("bids-validator")
     if exe:
-        v = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60).stdout.strip()
+        v = subprocess.run([exe, "--version"], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=60).stdout.strip()
         if v and not v.lstrip("v").startswith("1."):
             return [exe], ""
         bundled = Path(os.path.realpath(exe)).parents[1] / "dist" / "validator" / "bids-validator.js"
@@ -335,7 +335,7 @@ def test_the_bids_validator_accepts_the_export(exports):
     cmd, why = _bids_validator()
     if cmd is None:
         pytest.skip(why)
-    p = subprocess.run([*cmd, str(exports["bids"]), "--json"], capture_output=True, text=True, timeout=300)
+    p = subprocess.run([*cmd, str(exports["bids"]), "--json"], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     try:
         out = json.loads(p.stdout[p.stdout.index("{"):])
     except ValueError:

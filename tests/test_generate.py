@@ -259,10 +259,10 @@ def test_resume_after_kill_keeps_finished_shards(workdir, clean_run):
     # a different recipe may not resume into this folder
     other = write_recipe(workdir, "other.yaml", seed=999)
     res = subprocess.run([sys.executable, "-m", "cmrstudio", "generate", str(other), "--out", str(out), "--quiet"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                         cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
     assert res.returncode == 2 and "was made by a different recipe" in res.stderr and "Traceback" not in res.stderr
 
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "1 shard already finished was kept" in res.stdout and "1 rendered now" in res.stdout, res.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards" / "shard-0000").iterdir()} == kept  # not rewritten

@@ -195,7 +195,7 @@ class Driver:
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         self.proc = subprocess.Popen([sys.executable, __file__, "--driver"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=env, cwd=str(ROOT))
+                                     text=True, encoding="utf-8", errors="replace", env=env, cwd=str(ROOT))
         line = self.proc.stdout.readline().strip()
         assert line == "ready", f"the kill-test driver did not start: {line!r}"
 

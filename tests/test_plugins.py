@@ -38,7 +38,7 @@ def plugins():
 
 def run(*args, env=None, cwd=None, check=True):
     e = {**os.environ, **(env or {})}
-    p = subprocess.run([sys.executable, "-m", "cmrstudio", *args], capture_output=True, text=True, env=e, cwd=cwd, timeout=600)
+    p = subprocess.run([sys.executable, "-m", "cmrstudio", *args], capture_output=True, text=True, encoding="utf-8", errors="replace", env=e, cwd=cwd, timeout=600)
     if check and p.returncode != 0:
         raise AssertionError(f"cmrstudio {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
     return p

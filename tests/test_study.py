@@ -146,7 +146,7 @@ for mode, key in {order[:2]!r}:
     s.answer("kim", mode, key, "real", 3, 1.5)
 os.kill(os.getpid(), 9)  # no close, no cleanup
 """
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
     assert p.returncode == -9, p.stderr
     s = Store(load_study(st.folder))
     with pytest.raises(CmrError, match="'kim' is already taken in this study \\(2 answers\\); to continue as 'kim' use --resume"):
@@ -182,7 +182,7 @@ def test_two_readers_at_once_and_a_locked_database(sources, tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sqlite3, time, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); c.execute('BEGIN EXCLUSIVE'); "
         "print('locked', flush=True); time.sleep(4); c.execute('ROLLBACK')"), str(st.folder / "answers.sqlite")],
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
     assert holder.stdout.readline().strip() == "locked"
     c = a
     c.conn.execute("PRAGMA busy_timeout = 300")  # give up after 0.3 s instead of 5
@@ -204,7 +204,7 @@ def test_reading_view_keys_pause_resume_and_report(sources, tmp_path, qtbot):
     from cmrstudio.study.store import Store
 
     real, syn = sources
-    st = create_study([real], [syn], tmp_path / "s", n=3, mode="both", free_text=True)
+    st = create_study([real], [syn], tmp_path / "s", n=3, mode="both", free_text=True, encoding="utf-8", errors="replace")
     total = len(st.items) + len(st.pairs)
     win = ReadingWindow(st, Store(st), "reader one")
     qtbot.addWidget(win)

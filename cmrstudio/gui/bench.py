@@ -171,7 +171,7 @@ def bench_startup(n: int = 3, timeout: float = 120.0) -> dict:
             ready = Path(tmp) / f"ready{i}"
             t0 = time.time()
             p = subprocess.run([sys.executable, "-m", "cmrstudio", "open", "--ready-file", str(ready), "--quit-when-ready"], env=env,
-                               capture_output=True, text=True, timeout=timeout)
+                               capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
             if p.returncode != 0 or not ready.exists():
                 raise CmrError(f"The studio did not start (exit {p.returncode}): {(p.stderr or p.stdout).strip()[-400:]}")
             info = json.loads(ready.read_text())
