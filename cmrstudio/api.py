@@ -66,12 +66,12 @@ from cmrstudio.models.checkpoint import ModelInfo, load_state, read_card, save_m
 if TYPE_CHECKING:
     from cmrstudio.engine.base import GeneratorFront
 
-API_VERSION = "1.0"
+API_VERSION = "1.1"  # 1.1 adds one_pass_renderer
 API_MAJOR = int(API_VERSION.split(".")[0])
 RENDERERS_GROUP = "cmrstudio.renderers"
 MODELS_GROUP = "cmrstudio.generators"
 
-__all__ = ["API_VERSION", "API_MAJOR", "RENDERERS_GROUP", "MODELS_GROUP", "RendererSpec", "renderer", "GeneratorFront",
+__all__ = ["API_VERSION", "API_MAJOR", "RENDERERS_GROUP", "MODELS_GROUP", "RendererSpec", "renderer", "one_pass_renderer", "GeneratorFront",
            "ModelInfo", "model_info", "read_card", "save_model", "verify", "sha256_file", "load_state", "CmrError",
            "LABELS", "VENDORS"]
 
@@ -95,6 +95,21 @@ def renderer(kind: str, factory: Callable[..., Any], *, live: bool = False, step
              description: str = "") -> RendererSpec:
     """What an entry point of ``cmrstudio.renderers`` returns (one, or a list)."""
     return RendererSpec(kind, factory, live, steps, api, description)
+
+
+def one_pass_renderer(kind: str, renderer_class: Callable[[], type], what: str, description: str = "") -> RendererSpec:
+    """The spec of a one-pass generator offered for the live path: its factory refuses the step-wise options
+    (``steps``, ``guidance``, ``solver``) in one sentence, then builds ``renderer_class()(info, device=, threads=)``.
+    ``renderer_class`` is called only when a model is opened, so the entry point need not import torch; ``what``
+    finishes the sentence "'<model>' is ...", e.g. "a VAE (one pass, no steps or guidance)"."""
+
+    def factory(info, device=None, threads=None, bf16=None, **options):
+        given = [k for k, v in options.items() if v is not None]
+        if given:
+            raise CmrError(f"--{'/--'.join(given)} applies to step-wise models; '{info.name}' is {what}.")
+        return renderer_class()(info, device=device, threads=threads)
+
+    return renderer(kind, factory, live=True, description=description)
 
 
 def model_info(card: dict, card_path: str | Path, weights_path: str | Path, origin: str = "plugin") -> ModelInfo:

@@ -3,7 +3,6 @@ trip; when the server stops, the studio says so once, renders here, and keeps th
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -11,28 +10,11 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
-from qtpy.QtWidgets import QApplication  # noqa: E402
 
 from cmrstudio.anatomy import LV, MYO  # noqa: E402
+from guihelpers import pump, settle  # noqa: E402
 
 TOKEN = "gui-test-token-0123456789"
-
-
-def pump(cond=lambda: False, timeout: float = 20.0) -> bool:
-    end = time.perf_counter() + timeout
-    while time.perf_counter() < end:
-        QApplication.processEvents()
-        if cond():
-            return True
-        time.sleep(0.005)
-    return bool(cond())
-
-
-def settle(win, timeout: float = 60.0) -> None:
-    st = win.studio
-    assert pump(lambda: st.session.engine is not None and not st.session.engine.busy and not st._submitted
-                and st.session.z in st.session.live_shown, timeout), "the live render did not arrive"
-    pump(timeout=0.1)
 
 
 def test_studio_renders_on_the_server_and_falls_back_when_it_stops(tmp_path, monkeypatch, make_napari_viewer):
@@ -56,7 +38,7 @@ def test_studio_renders_on_the_server_and_falls_back_when_it_stops(tmp_path, mon
     try:
         assert pump(lambda: s.backend_state == "remote", 30), s.messages
         s.request_live()
-        settle(win)
+        settle(win, 60.0, on_screen=True)
         assert s.live_shown[s.z].where == where
         assert pump(lambda: where in win.synthesis.where_label.text() and "round trip" in win.synthesis.where_label.text(), 5)
         assert where in win.render_status.text() or pump(lambda: where in win.render_status.text(), 3)
@@ -65,7 +47,7 @@ def test_studio_renders_on_the_server_and_falls_back_when_it_stops(tmp_path, mon
         lv = np.argwhere(mask.data[z] == LV).mean(0)
         win.tools.preserve.click()
         stroke_on_mask(win.viewer, mask, label=MYO, n=8, radius_frac=0.008, centre_yx=lv)
-        settle(win)
+        settle(win, 60.0, on_screen=True)
         painted = mask.data.copy()
         assert s.live_shown[z].where == where and np.array_equal(s.live_shown[z].mask, painted[z])
         item = s.keep("live")
@@ -76,7 +58,7 @@ def test_studio_renders_on_the_server_and_falls_back_when_it_stops(tmp_path, mon
         assert pump(lambda: s.backend_state == "lost", 20)
         said = [t for lvl, t in s.messages if "went away" in t]
         assert len(said) == 1 and "rendering on this machine" in said[0]
-        settle(win)
+        settle(win, 60.0, on_screen=True)
         assert s.live_shown[z].where is None and np.array_equal(s.live_shown[z].mask, painted[z])
         assert np.array_equal(mask.data, painted) and len(s.project.items) == n_items and s.project.item(item.id)
         assert pump(lambda: "not answering" in win.synthesis.where_label.text(), 5)

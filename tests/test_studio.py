@@ -5,7 +5,6 @@ test_session.py; these tests are about the window: layers, panels, painting, dia
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -18,25 +17,7 @@ from qtpy.QtGui import QDragEnterEvent, QDropEvent  # noqa: E402
 from qtpy.QtWidgets import QApplication  # noqa: E402
 
 from cmrstudio.anatomy import LV, MYO, RV  # noqa: E402
-
-
-def pump(cond=lambda: False, timeout: float = 20.0) -> bool:
-    """Run the Qt event loop until ``cond()`` or ``timeout``."""
-    end = time.perf_counter() + timeout
-    while time.perf_counter() < end:
-        QApplication.processEvents()
-        if cond():
-            return True
-        time.sleep(0.005)
-    return bool(cond())
-
-
-def settle(win, timeout: float = 20.0) -> None:
-    """Until the live engine is idle and its last result is on the layer."""
-    st = win.studio
-    assert pump(lambda: st.session.engine is not None and not st.session.engine.busy and not st._submitted, timeout), \
-        "the live render did not arrive"
-    pump(timeout=0.1)
+from guihelpers import pump, settle  # noqa: E402
 
 
 def shown(st, z=None, key="synthetic") -> np.ndarray:

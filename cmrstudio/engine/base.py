@@ -62,6 +62,48 @@ class RenderResult:
     where: str | None = None  # None: this machine; else the server (host:port)
 
 
+def join_worker(thread: threading.Thread | None, timeout: float) -> None:
+    """Join a worker thread after it was told to stop, unless the caller is that thread (a callback closing its own engine)."""
+    if thread is not None and threading.current_thread() is not thread:
+        thread.join(timeout)
+
+
+class JobBook:
+    """The job bookkeeping a render queue shares with its remote twin: ``job`` / ``jobs`` / ``cancel_all`` / ``wait`` /
+    ``wait_idle`` over ``self._jobs`` (id -> job with a ``finished`` property), guarded by ``self._cond``; the queue
+    itself says how to ``cancel`` one job."""
+
+    _jobs: dict
+    _cond: threading.Condition
+
+    def job(self, job_id: int):
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise CmrError(f"There is no render job {job_id}.") from None
+
+    def jobs(self) -> list:
+        return list(self._jobs.values())
+
+    def cancel(self, job_id: int) -> None:
+        raise NotImplementedError
+
+    def cancel_all(self) -> None:
+        for j in self.jobs():
+            self.cancel(j.id)
+
+    def wait(self, job_id: int, timeout: float | None = None):
+        """Block until the job has finished (done, cancelled or failed) or ``timeout``; returns the job."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.job(job_id).finished, timeout)
+            return self.job(job_id)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until every job has finished; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: all(j.finished for j in self._jobs.values()), timeout)
+
+
 def _who(r) -> str:
     src = getattr(r, "source", "cmrstudio")
     return f"The model '{r.name}'" + ("" if src == "cmrstudio" else f" (from the plugin '{src}')")

@@ -26,7 +26,7 @@ import torch
 
 from cmrstudio.data.frame import Frame, frame_mask, from_frame
 from cmrstudio.engine.device import bf16_native
-from cmrstudio.engine.base import GeneratorFront
+from cmrstudio.engine.base import GeneratorFront, JobBook, join_worker
 from cmrstudio.engine.scene import SceneMixin, SliceContext
 from cmrstudio.errors import CmrError
 from cmrstudio.record import Render, make_record
@@ -182,7 +182,7 @@ class Job:
         return self.status in ("done", "cancelled", "failed")
 
 
-class JobQueue:
+class JobQueue(JobBook):
     """HQ render jobs, one after another on a worker thread; progress, previews, cancel.
 
     ``on_progress`` and ``on_done`` run on the worker thread, except ``on_done`` for a job
@@ -224,15 +224,6 @@ class JobQueue:
             self._cond.notify_all()
             return job.id
 
-    def job(self, job_id: int) -> Job:
-        try:
-            return self._jobs[job_id]
-        except KeyError:
-            raise CmrError(f"There is no render job {job_id}.") from None
-
-    def jobs(self) -> list[Job]:
-        return list(self._jobs.values())
-
     def cancel(self, job_id: int) -> None:
         """Cancel a queued job, or stop a running one before its next step."""
         with self._cond:
@@ -249,19 +240,6 @@ class JobQueue:
             self._cond.notify_all()
         if finished:
             self._emit(self.on_done, job)
-
-    def cancel_all(self) -> None:
-        for j in self.jobs():
-            self.cancel(j.id)
-
-    def wait(self, job_id: int, timeout: float | None = None) -> Job:
-        with self._cond:
-            self._cond.wait_for(lambda: self.job(job_id).finished, timeout)
-            return self.job(job_id)
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: all(j.finished for j in self._jobs.values()), timeout)
 
     def _emit(self, cb, job: Job) -> None:
         if cb is None:
@@ -344,8 +322,7 @@ class JobQueue:
             self._cond.notify_all()
         for j in dropped:
             self._emit(self.on_done, j)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        join_worker(self._thread, timeout)
 
     def __enter__(self) -> "JobQueue":
         return self

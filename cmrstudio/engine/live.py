@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from cmrstudio.data.frame import Frame, frame_mask, from_frame
-from cmrstudio.engine.base import GeneratorFront, RenderResult
+from cmrstudio.engine.base import GeneratorFront, RenderResult, join_worker
 from cmrstudio.engine.scene import SceneMixin, SliceContext
 from cmrstudio.errors import CmrError
 from cmrstudio.models.checkpoint import ModelInfo
@@ -272,8 +272,7 @@ class LiveEngine:
                 self.dropped += 1
             self._pending = None
             self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        join_worker(self._thread, timeout)
 
     def __enter__(self) -> "LiveEngine":
         return self

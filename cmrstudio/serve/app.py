@@ -155,21 +155,20 @@ def create_app(state: ServerState) -> FastAPI:
         return Response(_result_envelope(job, "float16", compress=True), media_type="application/octet-stream")
 
     # -- WebSockets ---------------------------------------------------------------------------------
-    @app.websocket("/ws/live")
-    async def ws_live(ws: WebSocket):
-        client = await _accept(ws, state)
-        if client is None:
-            return
-        await LiveConnection(ws, state, client).serve()
-
-    @app.websocket("/ws/jobs")
-    async def ws_jobs(ws: WebSocket):
-        client = await _accept(ws, state)
-        if client is None:
-            return
-        await JobsConnection(ws, state, client).serve()
+    for path, connection in (("/ws/live", LiveConnection), ("/ws/jobs", JobsConnection)):
+        app.add_api_websocket_route(path, _socket_endpoint(connection, state))
 
     return app
+
+
+def _socket_endpoint(connection, state):
+    """A WebSocket route: accept the client (token, limits), then let ``connection`` serve it until it goes."""
+    async def endpoint(ws: WebSocket):
+        client = await _accept(ws, state)
+        if client is None:
+            return
+        await connection(ws, state, client).serve()
+    return endpoint
 
 
 def client_key(conn) -> str:

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from cmrstudio.data.frame import Frame
-from cmrstudio.engine.base import RenderResult
+from cmrstudio.engine.base import JobBook, RenderResult, join_worker
 from cmrstudio.errors import CmrError
 from cmrstudio.serve import wire
 
@@ -183,6 +183,20 @@ class _Sent:
     t: float = field(default_factory=time.perf_counter)
 
 
+def _read_reply(msg) -> tuple[dict, dict]:
+    """A server message: a JSON text frame (no arrays) or a binary wire envelope (head, arrays)."""
+    return (json.loads(msg), {}) if isinstance(msg, str) else wire.decode(msg)
+
+
+def _hang_up(ws, thread: threading.Thread, timeout: float) -> None:
+    """Close a WebSocket (already closed is fine) and join its receiving thread."""
+    try:
+        ws.close()
+    except Exception:
+        pass
+    join_worker(thread, timeout)
+
+
 class RemoteLiveEngine:
     """Latest-wins live rendering on a server, with the interface of :class:`~cmrstudio.engine.live.LiveEngine`."""
 
@@ -246,10 +260,7 @@ class RemoteLiveEngine:
                 return
             t = time.perf_counter()
             try:
-                if isinstance(msg, str):
-                    h, arrays = json.loads(msg), {}
-                else:
-                    h, arrays = wire.decode(msg)
+                h, arrays = _read_reply(msg)
             except Exception as exc:
                 warnings.warn(f"A reply from {self.where} could not be read ({_reason(exc)}).")
                 continue
@@ -342,12 +353,7 @@ class RemoteLiveEngine:
             self._closed = True
             self._sent.clear()
             self._cond.notify_all()
-        try:
-            self._ws.close()
-        except Exception:
-            pass
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        _hang_up(self._ws, self._thread, timeout)
 
     def __enter__(self) -> "RemoteLiveEngine":
         return self
@@ -383,7 +389,7 @@ class _Named:
         self.name = name or "HQ"
 
 
-class RemoteJobQueue:
+class RemoteJobQueue(JobBook):
     """HQ jobs on a server over one WebSocket: submit / cancel / job / jobs / wait / wait_idle / close, with
     ``on_progress(job)`` and ``on_done(job)`` on the receiving thread. Closing (or losing) the socket cancels
     the jobs on the server."""
@@ -433,15 +439,6 @@ class RemoteJobQueue:
             self._lose(f"The render server at {self.backend.where} went away ({_reason(exc)})")
             raise CmrError(self.lost) from None
 
-    def job(self, job_id: int) -> RemoteJob:
-        try:
-            return self._jobs[job_id]
-        except KeyError:
-            raise CmrError(f"There is no render job {job_id}.") from None
-
-    def jobs(self) -> list[RemoteJob]:
-        return list(self._jobs.values())
-
     def cancel(self, job_id: int) -> None:
         job = self.job(job_id)
         if job.finished or job.server_id is None:
@@ -451,19 +448,6 @@ class RemoteJobQueue:
         except CmrError:
             pass
 
-    def cancel_all(self) -> None:
-        for j in self.jobs():
-            self.cancel(j.id)
-
-    def wait(self, job_id: int, timeout: float | None = None) -> RemoteJob:
-        with self._cond:
-            self._cond.wait_for(lambda: self.job(job_id).finished, timeout)
-            return self.job(job_id)
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: all(j.finished for j in self._jobs.values()), timeout)
-
     def _recv_loop(self) -> None:
         while True:
             try:
@@ -472,8 +456,7 @@ class RemoteJobQueue:
                 self._lose(f"The render server at {self.backend.where} went away ({_reason(exc)})")
                 return
             try:
-                h, arrays = (json.loads(msg), {}) if isinstance(msg, str) else wire.decode(msg)
-                self._handle(h, arrays)
+                self._handle(*_read_reply(msg))
             except Exception as exc:
                 warnings.warn(f"A reply from {self.backend.where} could not be read ({_reason(exc)}).")
 
@@ -553,9 +536,4 @@ class RemoteJobQueue:
                 if not j.finished:
                     j.status = "cancelled"
             self._cond.notify_all()
-        try:
-            self._ws.close()
-        except Exception:
-            pass
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        _hang_up(self._ws, self._thread, timeout)

@@ -112,18 +112,14 @@ def models() -> list:
     return out
 
 
-def open_torchscript(info, device=None, threads=None, bf16=None, **options):
-    from cmrstudio.api import CmrError
-
-    given = [k for k, v in options.items() if v is not None]
-    if given:
-        raise CmrError(f"--{'/--'.join(given)} applies to step-wise models; '{info.name}' is a one-pass TorchScript network.")
+def _renderer_class():
     from cmrstudio_torchscript.renderer import TorchScriptRenderer
 
-    return TorchScriptRenderer(info, device=device, threads=threads)
+    return TorchScriptRenderer
 
 
 def renderers():
-    from cmrstudio.api import renderer
+    from cmrstudio.api import one_pass_renderer
 
-    return [renderer(KIND, open_torchscript, live=True, description="a TorchScript mask-to-image network from a folder")]
+    return [one_pass_renderer(KIND, _renderer_class, "a one-pass TorchScript network",
+                              description="a TorchScript mask-to-image network from a folder")]

@@ -14,21 +14,17 @@ __version__ = "0.1.0"
 KIND = "vae"
 
 
-def open_vae(info, device=None, threads=None, bf16=None, **options):
-    from cmrstudio.api import CmrError
-
-    given = [k for k, v in options.items() if v is not None]
-    if given:
-        raise CmrError(f"--{'/--'.join(given)} applies to step-wise models; '{info.name}' is a VAE (one pass, no steps or guidance).")
+def _renderer_class():
     from cmrstudio_vae.renderer import VAERenderer
 
-    return VAERenderer(info, device=device, threads=threads)
+    return VAERenderer
 
 
 def renderers():
-    from cmrstudio.api import renderer
+    from cmrstudio.api import one_pass_renderer
 
-    return [renderer(KIND, open_vae, live=True, description="conditional VAE baseline: one decoder pass")]
+    return [one_pass_renderer(KIND, _renderer_class, "a VAE (one pass, no steps or guidance)",
+                              description="conditional VAE baseline: one decoder pass")]
 
 
 def models() -> Path:
