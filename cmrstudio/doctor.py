@@ -92,8 +92,8 @@ def check_gui(display: str | None = None, timeout: float = 120.0) -> list[Findin
     if not want_gl:
         env["QT_QPA_PLATFORM"] = "offscreen"  # importing needs no display
     try:
-        p = subprocess.run([sys.executable, "-m", "cmrstudio.gui.probe", "gl" if want_gl else "nogl"], capture_output=True, text=True, encoding="utf-8", errors="replace",
-                           timeout=timeout, env=env, errors="replace")
+        p = subprocess.run([sys.executable, "-m", "cmrstudio.gui.probe", "gl" if want_gl else "nogl"], capture_output=True, text=True,
+                           encoding="utf-8", timeout=timeout, env=env, errors="replace")
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("PROBE ")), None)
         out = json.loads(line[6:]) if line else {}
         if not line:

@@ -204,7 +204,7 @@ def test_reading_view_keys_pause_resume_and_report(sources, tmp_path, qtbot):
     from cmrstudio.study.store import Store
 
     real, syn = sources
-    st = create_study([real], [syn], tmp_path / "s", n=3, mode="both", free_text=True, encoding="utf-8", errors="replace")
+    st = create_study([real], [syn], tmp_path / "s", n=3, mode="both", free_text=True)
     total = len(st.items) + len(st.pairs)
     win = ReadingWindow(st, Store(st), "reader one")
     qtbot.addWidget(win)
