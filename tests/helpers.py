@@ -56,7 +56,7 @@ def copy_model(card_path: Path, dest: Path) -> Path:
     import shutil
 
     dest.mkdir(parents=True, exist_ok=True)
-    weights = card_path.with_name(json.loads(card_path.read_text())["weights"])
+    weights = card_path.with_name(json.loads(card_path.read_text(encoding="utf-8"))["weights"])
     for f in (weights, card_path):
         shutil.copy2(f, dest / f.name)
     return dest / card_path.name

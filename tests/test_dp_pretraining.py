@@ -57,9 +57,9 @@ def test_private_fine_tuning_starts_from_the_public_weights_and_says_what_the_ac
     tr.run(progress=False)
     assert _same(first["g"], g0) and _same(first["ema"], g0) and _same(first["d"], d0)
     assert not _same({k: v.detach() for k, v in tr.G.state_dict().items()}, g0)  # ...and the private steps moved it
-    card = json.loads((tmp_path / "ft" / "ft.json").read_text())
+    card = json.loads((tmp_path / "ft" / "ft.json").read_text(encoding="utf-8"))
     pre, dp = card["training"]["pretraining"], card["training"]["differential_privacy"]
-    assert pre["name"] == "pub" and pre["sha256"] == json.loads(public.read_text())["sha256"]
+    assert pre["name"] == "pub" and pre["sha256"] == json.loads(public.read_text(encoding="utf-8"))["sha256"]
     assert pre["public_only"] is True and [d["dataset"] for d in pre["data"]] == ["phantom"]
     assert pre["discriminator"].startswith("the public run's discriminator")
     assert "covers only its fine-tuning on the private data" in pre["privacy"]
@@ -88,13 +88,13 @@ def test_a_pretraining_that_saw_private_data_is_refused_for_dp_and_recorded_othe
     from tests.helpers import copy_model
 
     card = copy_model(public, tmp_path / "seen")
-    doc = json.loads(card.read_text())
+    doc = json.loads(card.read_text(encoding="utf-8"))
     doc["training"]["data"].append({"dataset": "acdc", "cases": 10, "slices": 90, "licence": "ACDC"})
     card.write_text(json.dumps(doc))
     with pytest.raises(CmrError, match="was trained on acdc, not only on public data .* would not be private"):
         SpadeTrainer(_opts(tmp_path, "dpbad", init=str(card), dp_epsilon=8.0))
     tr = SpadeTrainer(_opts(tmp_path, "plain", init=str(card), steps=1)).run(progress=False)  # not private: allowed, and said
-    out = json.loads((tmp_path / "plain" / "plain.json").read_text())
+    out = json.loads((tmp_path / "plain" / "plain.json").read_text(encoding="utf-8"))
     pre = out["training"]["pretraining"]
     assert pre["public_only"] is False and "not only public data" in pre["privacy"] and "differential_privacy" not in out["training"]
     assert "ACDC" in out["terms"]  # the pre-training data's terms bind the fine-tuned weights

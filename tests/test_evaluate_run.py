@@ -41,20 +41,20 @@ def test_record_metric_writes_the_figure_with_its_command_and_refreshes_the_head
     from cmrstudio.evaluate.report import headline
     from cmrstudio.models.registry import get_model
 
-    card = json.loads(model.read_text())  # figures recorded earlier (the shipped card may have none yet)
+    card = json.loads(model.read_text(encoding="utf-8"))  # figures recorded earlier (the shipped card may have none yet)
     card["metrics"] = {**card.get("metrics", {}), "fidelity": {"fid": 300.0, "kid": 0.2, "command": "earlier"},
                        "diversity": {"ms_ssim": 0.4, "command": "earlier"}}
     model.write_text(json.dumps(card))
-    before = json.loads(model.read_text())["metrics"]
+    before = json.loads(model.read_text(encoding="utf-8"))["metrics"]
     fid = {**before["fidelity"], "fid": 12.5}
     del fid["command"]
     info = record_metric(str(model), "fidelity", fid, command="cmrstudio evaluate fidelity --data d")
-    card = json.loads(model.read_text())
+    card = json.loads(model.read_text(encoding="utf-8"))
     assert card["metrics"]["fidelity"] == {**fid, "command": "cmrstudio evaluate fidelity --data d"}
     assert card["headline"] == headline(card) and info.card["metrics"]["fidelity"]["fid"] == 12.5
     record_metric(get_model(str(model)), "fidelity", fid)  # a ModelInfo; no command: none recorded
-    assert "command" not in json.loads(model.read_text())["metrics"]["fidelity"]
-    after = json.loads(model.read_text())["metrics"]
+    assert "command" not in json.loads(model.read_text(encoding="utf-8"))["metrics"]["fidelity"]
+    after = json.loads(model.read_text(encoding="utf-8"))["metrics"]
     assert after.keys() == before.keys() and all(after[k] == before[k] for k in before if k != "fidelity")  # the others stay
 
 
@@ -68,7 +68,7 @@ def test_evaluate_all_runs_each_evaluation_on_the_held_out_patients_and_records_
 
     # figures in the card format, as an earlier evaluation of the heart-crop spade-cmr wrote them (the retrained model's
     # card has none until runs/final_eval.sh runs); evaluate_all must pass them through to the card unchanged
-    shipped = json.loads((Path(__file__).parent / "data" / "card_metrics.json").read_text())
+    shipped = json.loads((Path(__file__).parent / "data" / "card_metrics.json").read_text(encoding="utf-8"))
     strip = lambda d: {k: v for k, v in d.items() if k not in ("command", "cases_evaluated")}  # noqa: E731
     calls = []
 
@@ -122,7 +122,7 @@ def test_evaluate_all_runs_each_evaluation_on_the_held_out_patients_and_records_
     assert calls[4][2]["mode"] == "in-patient"
     assert calls[0][2]["seeds"] == 2 and calls[2][2]["masks"] == 16 and calls[5][2]["max_members"] == 200
     assert calls[5][2]["held"] == calls[6][2]["held"] == ["phantom_0001", "phantom_0002"]
-    card = json.loads(model.read_text())
+    card = json.loads(model.read_text(encoding="utf-8"))
     for key in ("fidelity", "mask_faithfulness_dice", "diversity", "realism_synthetic", "realism_in_patient", "privacy", "utility"):
         assert card["metrics"][key]["command"] == "cmrstudio evaluate all"
     assert card["metrics"]["fidelity"]["cases_evaluated"] == held and card["metrics"]["utility"]["preset_name"] == "cpu"

@@ -65,7 +65,7 @@ def test_nifti_export_from_a_project_round_trips(project, tmp_path):
             assert np.allclose(f.header.get_qform(), f.header.get_sform(), atol=1e-4)
         s = sitk.ReadImage(str(out / f"{it.id}_image.nii.gz"))
         assert np.array_equal(sitk.GetArrayFromImage(s)[0], kept.image)
-        side = json.loads((out / f"{it.id}.json").read_text())
+        side = json.loads((out / f"{it.id}.json").read_text(encoding="utf-8"))
         assert side["synthetic"] is True and side["model"] == "spade-test" and side["model_sha256"] == "ab" * 32
         assert side["rating"] == it.rating and side["note"] == it.note and side["seed"] == it.seed
         assert side["source"]["slice"] == 1 and side["frame"]["size"] == 64 and side["sampler"] == "spade"
@@ -73,9 +73,9 @@ def test_nifti_export_from_a_project_round_trips(project, tmp_path):
         assert side["source"]["dataset"] == "phantom" and len(side["source"]["case_hash"]) == 16 and "case_id" not in side["source"]
         assert side["mask_origin"] == "synthetic" and side["derived_from_patient"] is False and "project" not in side
         assert side["geometry"]["direction_orthonormalised"]["max_cosine_change"] < 1e-12
-    desc = json.loads((out / "dataset_description.json").read_text())
+    desc = json.loads((out / "dataset_description.json").read_text(encoding="utf-8"))
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "cmrstudio" and desc["BIDSVersion"]
-    assert "file:" not in json.dumps(desc) and str(project.folder) not in (out / "export.json").read_text()
+    assert "file:" not in json.dumps(desc) and str(project.folder) not in (out / "export.json").read_text(encoding="utf-8")
     from PIL import Image
 
     sheet = Image.open(out / "contact_sheet.png")
@@ -93,7 +93,7 @@ def test_nnunet_dataset_passes_the_fields_nnunet_reads_and_merges_real_cases(pro
         write_case(phantom_case(s, n_slices=3, shape=(64, 64)), real)
     rep = export(project.folder, tmp_path / "nn", "nnunet", with_real=[real], dataset_id=42, name="SynthCMR")
     root = tmp_path / "nn" / "Dataset042_SynthCMR"
-    d = json.loads((root / "dataset.json").read_text())
+    d = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     assert check_nnunet_dataset_json(d, root) == []
     assert d["numTraining"] == 5 and d["labels"] == {"background": 0, "LV": 1, "MYO": 2, "RV": 3} and d["file_ending"] == ".nii.gz"
     assert sorted(rep.real) == ["real_0001", "real_0002"] and d["real_cases"] == rep.real  # no source case ids
@@ -101,7 +101,7 @@ def test_nnunet_dataset_passes_the_fields_nnunet_reads_and_merges_real_cases(pro
         lab = np.asarray(nib.load(str(root / "labelsTr" / f"{it.id}.nii.gz")).dataobj)[:, :, 0].T
         assert np.array_equal(lab, project.load(it.id).mask)
         assert (root / "imagesTr" / f"{it.id}_0000.nii.gz").exists()
-    prov = json.loads((root / "provenance.json").read_text())
+    prov = json.loads((root / "provenance.json").read_text(encoding="utf-8"))
     assert prov["r0001"]["synthetic"] is True and prov["r0001"]["note"] == "dilated LV"
     assert prov["real_0001"]["real"] is True and prov["real_0001"]["derived_from_patient"] is True and "case_id" not in prov["real_0001"]["source"]
     assert verify(tmp_path / "nn") == []
@@ -148,14 +148,14 @@ def test_a_folder_of_renders_exports_too(project, tmp_path):
     rep = export(project.renders_dir, tmp_path / "out", "nifti")
     assert len(rep.exported) == 3
     # a project's renders folder keeps what the project listing says: rating, note, source
-    side = json.loads((tmp_path / "out" / "r0001.json").read_text())
+    side = json.loads((tmp_path / "out" / "r0001.json").read_text(encoding="utf-8"))
     assert side["rating"] == 5 and side["note"] == "dilated LV" and side["source"]["slice"] == 1 and side["source"]["case_hash"]
     rated = export(project.folder, tmp_path / "best", "nifti", min_rating=4)
     assert rated.exported == ["r0001"]
     # an export is itself a folder of renders: re-exported as nnU-Net it keeps rating and note
     again = export(tmp_path / "best", tmp_path / "nn", "nnunet", min_rating=5)
     assert again.exported == ["r0001"]
-    prov = json.loads((tmp_path / "nn" / "Dataset501_SyntheticCMR" / "provenance.json").read_text())
+    prov = json.loads((tmp_path / "nn" / "Dataset501_SyntheticCMR" / "provenance.json").read_text(encoding="utf-8"))
     assert prov["r0001"]["rating"] == 5 and prov["r0001"]["note"] == "dilated LV" and prov["r0001"]["model"] == "spade-test"
 
 
@@ -192,7 +192,7 @@ def test_no_overwrite_unless_asked_and_interrupted_exports_leave_nothing(project
     monkeypatch.setattr(w, "contact_sheet", racing)
     with pytest.raises(CmrError, match="appeared while the export was being written; nothing was replaced"):
         export(project.folder, tmp_path / "race", "nifti")
-    assert (tmp_path / "race" / "precious.txt").read_text() == "mine" and not list(tmp_path.glob(".race*"))
+    assert (tmp_path / "race" / "precious.txt").read_text(encoding="utf-8") == "mine" and not list(tmp_path.glob(".race*"))
     monkeypatch.undo()
     # what a killed export left (a dead process's staging folder) is cleared by the next one
     (tmp_path / ".out.partial-999999").mkdir()
@@ -218,7 +218,7 @@ def test_a_case_failing_half_way_leaves_no_orphan_files(project, tmp_path, monke
     root = tmp_path / "nn" / "Dataset501_SyntheticCMR"
     assert rep.exported == ["r0001", "r0003"] and any("r0002" in s and "No space left" in s for s in rep.skipped)
     assert not (root / "imagesTr" / "r0002_0000.nii.gz").exists()
-    d = json.loads((root / "dataset.json").read_text())
+    d = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     assert d["numTraining"] == 2 and check_nnunet_dataset_json(d, root) == [] and verify(tmp_path / "nn") == []
     assert ".partial" not in " ".join(rep.skipped)  # messages name the export, not the staging folder
     (root / "imagesTr" / "stray_0000.nii.gz").write_bytes(b"x")
@@ -269,7 +269,7 @@ def test_bad_renders_are_named_and_the_good_ones_still_export(project, tmp_path)
     assert rep.exported == ["r0001"]
     assert any("r0002" in s and "label 7" in s for s in rep.skipped)
     assert any("r0003" in s and "r0003_image.nii.gz is missing" in s for s in rep.skipped)
-    listed = json.loads((tmp_path / "out" / "export.json").read_text())["skipped"]
+    listed = json.loads((tmp_path / "out" / "export.json").read_text(encoding="utf-8"))["skipped"]
     assert len(listed) == len(rep.skipped) and not any(str(project.folder) in s for s in listed)  # no local paths
     # the command line says the same and exits 1, with the good case written
     p = run("export", "--format", "dicom", str(project.folder), str(tmp_path / "cli"), check=False)
@@ -323,13 +323,13 @@ def test_renders_made_in_a_patients_scan_are_exported_as_derived_and_left_out_of
     res2, aff2, c2 = _render(22)
     res2.record = dataclasses.replace(res2.record, mode="in-patient", margin_mm=10.0)
     kept = p.add(res2, {"case_id": c2.case_id, "slice": 1}, affine=aff2)
-    assert kept.derived_from_patient and json.loads(p.path.read_text())["items"][1]["derived_from_patient"] is True
+    assert kept.derived_from_patient and json.loads(p.path.read_text(encoding="utf-8"))["items"][1]["derived_from_patient"] is True
 
     rep = export(p.folder, tmp_path / "all", fmt="dicom")
     assert rep.exported == ["r0001", "r0002"] and not rep.skipped
-    listing = json.loads((tmp_path / "all" / "export.json").read_text())
+    listing = json.loads((tmp_path / "all" / "export.json").read_text(encoding="utf-8"))
     assert listing["anonymous"] is False and listing["derived_from_patient"] == ["r0002"]
-    side = json.loads((tmp_path / "all" / "r0002" / "provenance.json").read_text())
+    side = json.loads((tmp_path / "all" / "r0002" / "provenance.json").read_text(encoding="utf-8"))
     assert side["derived_from_patient"] is True and side["synthetic"] is False and side["mode"] == "in-patient"
     syn = pydicom.dcmread(sorted((tmp_path / "all" / "r0001" / "image").glob("*.dcm"))[0])
     der = pydicom.dcmread(sorted((tmp_path / "all" / "r0002" / "image").glob("*.dcm"))[0])
@@ -340,7 +340,7 @@ def test_renders_made_in_a_patients_scan_are_exported_as_derived_and_left_out_of
 
     p2 = run("export", str(p.folder), str(tmp_path / "anon"), "--format", "nifti", "--anonymous-only", check=False)
     assert p2.returncode == 1 and "r0002" in p2.stderr and "--anonymous-only leaves it out" in p2.stderr
-    listing = json.loads((tmp_path / "anon" / "export.json").read_text())
+    listing = json.loads((tmp_path / "anon" / "export.json").read_text(encoding="utf-8"))
     assert listing["cases"] == ["r0001"] and listing["anonymous"] is True and not (tmp_path / "anon" / "r0002.json").exists()
 
 
@@ -373,7 +373,7 @@ def test_exports_record_whether_the_generator_was_private_and_its_epsilon(tmp_pa
         res.record = rec
         p.add(res, {"case_id": c.case_id, "slice": 1, "phase": "ED", "dataset": "phantom"}, affine=aff)
     export(p.folder, tmp_path / "nifti", "nifti")
-    side = {json.loads((tmp_path / "nifti" / f"{i}.json").read_text())["model"]: json.loads((tmp_path / "nifti" / f"{i}.json").read_text())
+    side = {json.loads((tmp_path / "nifti" / f"{i}.json").read_text(encoding="utf-8"))["model"]: json.loads((tmp_path / "nifti" / f"{i}.json").read_text(encoding="utf-8"))
             for i in ("r0001", "r0002")}
     assert side["spade-dp"]["private"] is True and side["spade-dp"]["dp_epsilon"] == 7.5 and side["spade-dp"]["dp_delta"] == 1e-5
     assert side["spade-cmr"]["private"] is False and side["spade-cmr"]["dp_epsilon"] is None

@@ -257,7 +257,7 @@ def test_bad_inputs_are_refused_and_nothing_is_written(tmp_path, oblique):
     with pytest.raises(CmrError, match="not empty") as err:
         write_dicom(oblique, busy, PROV)
     assert str(busy) in str(err.value)
-    assert sorted(p.name for p in busy.iterdir()) == ["keep.txt"] and (busy / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in busy.iterdir()) == ["keep.txt"] and (busy / "keep.txt").read_text(encoding="utf-8") == "mine"
     with pytest.raises(CmrError, match="Quantisation"):
         write_dicom(oblique, tmp_path / "q", PROV, quantisation="int8")
     # an existing empty folder is fine

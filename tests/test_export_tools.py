@@ -144,7 +144,7 @@ def test_every_exported_nifti_opens_in_simpleitk_with_one_geometry_for_image_and
         assert np.allclose(lps, d @ np.diag(img.GetSpacing()), atol=1e-4)
         assert np.array_equal(sitk.GetArrayFromImage(msk), np.asarray(nib.load(str(msk_f)).dataobj).T)
     # the skewed case: orthonormalised, and the sidecar says by how much
-    side = json.loads((exports["nifti"] / "r0001.json").read_text())["geometry"]["direction_orthonormalised"]
+    side = json.loads((exports["nifti"] / "r0001.json").read_text(encoding="utf-8"))["geometry"]["direction_orthonormalised"]
     assert 1e-5 < side["max_cosine_change"] < 1e-2 and side["max_angle_deg"] < 0.5
 
 
@@ -237,7 +237,7 @@ def test_dicom_marks_what_is_synthetic_and_what_is_a_patients(exports):
     import pydicom
 
     for series in _series(exports):
-        prov = json.loads((series.parent / "provenance.json").read_text())
+        prov = json.loads((series.parent / "provenance.json").read_text(encoding="utf-8"))
         ds = pydicom.dcmread(str(next(series.glob("*.dcm"))))
         assert ds.PatientPosition == "HFS" and ds.StudyID and "ConversionType" not in ds
         assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
@@ -259,15 +259,15 @@ def test_bids_export_has_the_layout_the_bids_schema_asks_for(exports):
 
     root = exports["bids"]
     assert check_bids(root) == []
-    desc = json.loads((root / "dataset_description.json").read_text())
+    desc = json.loads((root / "dataset_description.json").read_text(encoding="utf-8"))
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "cmrstudio" and desc["BIDSVersion"]
     assert all(not str(s.get("URL", "")).startswith("file:") for s in desc.get("SourceDatasets", []))
-    assert (root / "README.md").read_text().startswith("# ")
-    assert (root / "dseg.tsv").read_text().splitlines() == ["index\tname\tabbreviation", "1\tLV blood pool\tLV",
+    assert (root / "README.md").read_text(encoding="utf-8").startswith("# ")
+    assert (root / "dseg.tsv").read_text(encoding="utf-8").splitlines() == ["index\tname\tabbreviation", "1\tLV blood pool\tLV",
                                                              "2\tLV myocardium\tMYO", "3\tRV blood pool\tRV"]
     subs = sorted(p for p in root.iterdir() if p.is_dir())
     assert len(subs) == len(exports["cases"]) and all(re.fullmatch(r"sub-[A-Za-z0-9]+", s.name) for s in subs)
-    participants = (root / "participants.tsv").read_text().splitlines()
+    participants = (root / "participants.tsv").read_text(encoding="utf-8").splitlines()
     assert len(participants) == len(subs) + 1
     for s in subs:
         assert [p.name for p in s.iterdir()] == ["anat"]
@@ -277,7 +277,7 @@ def test_bids_export_has_the_layout_the_bids_schema_asks_for(exports):
         seg = [n for n in names if n.endswith("_dseg.nii")]
         assert len(img) == len(seg) == 1 and all(n.startswith(f"{s.name}_desc-") for n in names)
         assert {n[:-5] for n in names if n.endswith(".json")} == {n[:-4] for n in names if n.endswith(".nii")}
-        side = json.loads((s / "anat" / img[0].replace(".nii", ".json")).read_text())
+        side = json.loads((s / "anat" / img[0].replace(".nii", ".json")).read_text(encoding="utf-8"))
         prov = side["cmrstudio"]
         # desc says what the file holds: synthetic only when made by the model / painted
         assert img[0] == f"{s.name}_desc-{'synthetic' if prov['image_origin'] == 'synthetic' else 'inpatient'}_T2w.nii"
@@ -285,7 +285,7 @@ def test_bids_export_has_the_layout_the_bids_schema_asks_for(exports):
         assert side["SkullStripped"] is False and side["Manufacturer"] == "cmrstudio (synthetic)"
         labels = set(np.unique(np.asarray(nib.load(str(s / "anat" / seg[0])).dataobj)).tolist())
         assert labels <= {0, 1, 2, 3}
-    ignored = (root / ".bidsignore").read_text().split()
+    ignored = (root / ".bidsignore").read_text(encoding="utf-8").split()
     assert all(n in ignored for n in ("export.json", "manifest.json", "contact_sheet.png"))
     if exports["kind"] == "mnms":  # a real patient's segmentation is labelled as one; the in-patient render too
         assert any(n.name.endswith("desc-patient_dseg.nii") for n in root.rglob("*.nii"))
@@ -302,7 +302,7 @@ def test_the_bids_check_names_what_the_validator_would_reject(exports, tmp_path)
     img.rename(img.with_name(img.name.replace("_desc-", "_foo-")))
     seg = next(bad.glob("sub-*/anat/*_dseg.json"))
     seg.with_name(seg.name.replace(".json", ".nii")).unlink()
-    d = json.loads((bad / "dataset_description.json").read_text())
+    d = json.loads((bad / "dataset_description.json").read_text(encoding="utf-8"))
     d["SourceDatasets"] = [{"URL": "file:///home/me/scans"}]
     d.pop("DatasetType")
     (bad / "dataset_description.json").write_text(json.dumps(d))
@@ -384,10 +384,10 @@ def test_from_a_mask_file_to_every_export_format_with_the_command_line_alone(tmp
         p = run("export", str(tmp_path / "cases"), str(dest), "--format", fmt)
         assert f"exported 2 rendered cases as {fmt}" in p.stdout
         assert "every file matches its manifest" in run("export", "--verify", str(dest)).stdout
-        listing = json.loads((dest / "export.json").read_text())
+        listing = json.loads((dest / "export.json").read_text(encoding="utf-8"))
         assert listing["cases"] == ["r0001", "r0002"]
         if fmt == "nifti":  # the phantom's mask is synthetic; the loose file's origin is unknown, so it is not called anonymous
-            painted, phantom = (json.loads((dest / f"{c}.json").read_text()) for c in listing["cases"])
+            painted, phantom = (json.loads((dest / f"{c}.json").read_text(encoding="utf-8")) for c in listing["cases"])
             assert painted["mask_origin"] == "unknown" and painted["derived_from_patient"] is None and not painted["synthetic"]
             assert phantom["mask_origin"] == "synthetic" and phantom["synthetic"] is True and phantom["source"]["dataset"] == "phantom"
             for f in dest.glob("*.nii.gz"):
@@ -405,7 +405,7 @@ def test_from_a_mask_file_to_every_export_format_with_the_command_line_alone(tmp
             assert check_bids(dest) == []
     anon = run("export", str(tmp_path / "cases"), str(tmp_path / "anon"), "--format", "bids", "--anonymous-only", check=False)
     assert anon.returncode == 1 and "--anonymous-only leaves it out" in anon.stderr
-    assert json.loads((tmp_path / "anon" / "export.json").read_text())["cases"] == ["r0001"]
+    assert json.loads((tmp_path / "anon" / "export.json").read_text(encoding="utf-8"))["cases"] == ["r0001"]
 
 
 def test_render_records_where_its_mask_came_from(tmp_path, mnms_dir):

@@ -34,7 +34,7 @@ def tiny_segmenter(tmp_path_factory):
 def test_segmenter_learns_the_phantom_and_its_card_is_complete(tiny_segmenter, tmp_path):
     card = tiny_segmenter.card
     assert card["kind"] == "segmenter" and card["training"]["iterations"] == 60
-    log = [json.loads(line) for line in (tiny_segmenter.card_path.parent / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tiny_segmenter.card_path.parent / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert log[-1]["loss"] < 0.8 * log[0]["loss"]
     net = build_model(get_model(str(tiny_segmenter.card_path), kind="segmenter"))
     run("phantom", "--n", "1", "--out", str(tmp_path / "ph"), "--size", "128", "--slices", "3", "--seed", "99")
@@ -58,7 +58,7 @@ def test_faithfulness_reports_real_and_synthetic_dice_and_writes_the_card(tiny_r
     p = run("evaluate", "faithfulness", "--data", str(tmp_path / "held"), "--case", cases[0].case_id.rsplit("_", 1)[0],
             "--model", str(card_path / "tiny.json"), "--segmenter", str(tiny_segmenter.card_path), "--seeds", "1", "--write-card")
     assert "on synthetic images" in p.stdout
-    m = json.loads((card_path / "tiny.json").read_text())["metrics"]["mask_faithfulness_dice"]
+    m = json.loads((card_path / "tiny.json").read_text(encoding="utf-8"))["metrics"]["mask_faithfulness_dice"]
     assert m["cases"] == 2 and m["segmenter"] == "tinyseg" and set(m["real"]) == {"LV", "MYO", "RV", "mean"}
     verify(get_model(str(card_path / "tiny.json")))  # the rewritten card still matches its weights
     p = run("evaluate", "faithfulness", "--data", str(tmp_path / "held"), "--case", "nobody", "--model", str(card_path / "tiny.json"),

@@ -82,7 +82,7 @@ def test_cli_fidelity_on_a_tiny_model_writes_its_card(tmp_path):
     p = run("evaluate", "fidelity", "--data", str(tmp_path / "data"), "--model", str(card), "--steps", "2", "--json", "--write-card")
     res = json.loads(p.stdout)
     assert res["n_real"] == res["n_synthetic"] > 2 and res["fid"] > 0 and res["generator"]["steps"] == 2
-    written = json.loads(card.read_text())["metrics"]["fidelity"]
+    written = json.loads(card.read_text(encoding="utf-8"))["metrics"]["fidelity"]
     assert written["fid"] == res["fid"] and written["command"].startswith("cmrstudio evaluate fidelity --data")
     p = run("evaluate", "fidelity", "--data", str(tmp_path / "data"), "--case", "nobody", "--model", str(card), check=False)
     assert p.returncode == 2 and "matches --case nobody" in p.stderr

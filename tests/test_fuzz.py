@@ -843,7 +843,7 @@ def _check_converted(folder: Path, cases, cmr: list[str], fail) -> None:
     if cases is not None and len(back) != len(cases):
         fail(f"convert: {len(cases)} case(s) read, {len(back)} written")
     if cmr:
-        kept = [a for side in folder.glob("*.json") for a in json.loads(side.read_text()).get("source", {}).get("assumptions", [])]
+        kept = [a for side in folder.glob("*.json") for a in json.loads(side.read_text(encoding="utf-8")).get("source", {}).get("assumptions", [])]
         if not kept:
             fail("convert: the sidecar does not keep what the reader assumed")
     for c in back:

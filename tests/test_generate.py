@@ -170,7 +170,7 @@ def test_local_generate_writes_an_nnunet_dataset_with_provenance(workdir, clean_
     out, rep = clean_run
     assert rep.cases == 4 and rep.slices == 8 and rep.shards_rendered == 2 and rep.shards_skipped == 0
     root = out / "dataset" / "Dataset742_GenTest"
-    ds = json.loads((root / "dataset.json").read_text())
+    ds = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     assert ds["numTraining"] == 4 and ds["labels"] == {"background": 0, "LV": 1, "MYO": 2, "RV": 3}
     assert check_nnunet_dataset_json(ds, root) == []
     assert verify(out / "dataset") == []  # every file, generation.json included, matches the manifest
@@ -187,20 +187,20 @@ def test_local_generate_writes_an_nnunet_dataset_with_provenance(workdir, clean_
         assert np.isfinite(img).all() and img.std() > 0.01
         # the heart is where the label says: the rendered blood pool is brighter than the myocardium (bSSFP)
         assert img[want == 1].mean() > img[want == 2].mean(), cid
-    gen = json.loads((out / "dataset" / "generation.json").read_text())
+    gen = json.loads((out / "dataset" / "generation.json").read_text(encoding="utf-8"))
     assert gen["recipe_sha256"] == plan.recipe_sha256 and gen["plan_sha256"] == plan.sha256
     assert gen["models"]["spade-cmr"]["sha256"] and len(gen["cases"]) == 4
     assert all("file" not in c["anatomy"] for c in gen["cases"])  # mask files are named by sha256 only
-    prov = json.loads((root / "provenance.json").read_text())
+    prov = json.loads((root / "provenance.json").read_text(encoding="utf-8"))
     for spec in plan.cases:
         p = prov[spec["id"]]
         assert p["model"] == "spade-cmr" and p["seed"] == spec["seed"] and p["vendor"] == spec["vendor"]
         assert p["model_sha256"] == gen["models"]["spade-cmr"]["sha256"]
         # a phantom's mask is synthetic; an augmented real segmentation makes the case derived from a patient
         assert p["derived_from_patient"] is (spec["anatomy"]["kind"] == "masks"), spec["id"]
-    listing = json.loads((out / "dataset" / "export.json").read_text())
+    listing = json.loads((out / "dataset" / "export.json").read_text(encoding="utf-8"))
     assert sorted(listing["derived_from_patient"]) == sorted(c["id"] for c in plan.cases if c["anatomy"]["kind"] == "masks")
-    assert "patient001" not in (out / "dataset" / "generation.json").read_text()  # no source file name leaks
+    assert "patient001" not in (out / "dataset" / "generation.json").read_text(encoding="utf-8")  # no source file name leaks
     try:
         from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
     except ImportError:

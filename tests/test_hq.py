@@ -61,7 +61,7 @@ def test_training_loss_falls_and_writes_grids_and_card(which, request):
     # the loss on fixed masks, times and noise falls
     assert tr.loss_after < 0.8 * tr.loss_before, (tr.loss_before, tr.loss_after)
     assert [p.name for p in sorted((tr.out / "samples").glob("step_*.png"))][:2] == ["step_000000.png", "step_000020.png"]
-    card = json.loads((tr.out / f"{tr.opts.name}.json").read_text())
+    card = json.loads((tr.out / f"{tr.opts.name}.json").read_text(encoding="utf-8"))
     assert card["kind"] == tr.opts.objective and card["process"]["objective"] == tr.opts.objective
     assert card["sampling"] == {"steps": 3, "guidance": 1.5, "solver": "ddim" if tr.opts.objective == "diffusion" else "euler",
                                 "guidance_null": "all-zero mask"}
@@ -152,7 +152,7 @@ def test_job_queue_runs_jobs_in_order_with_progress_cancel_and_saved_results(tin
     back = Render.load(tmp_path / "kept", "render_001")
     assert np.allclose(back.image, res.image, atol=1e-6) and np.array_equal(back.mask, case.mask[1])
     assert back.params == res.params and back.frame.to_dict() == res.frame.to_dict()
-    side = json.loads((tmp_path / "kept" / "render_001.json").read_text())
+    side = json.loads((tmp_path / "kept" / "render_001.json").read_text(encoding="utf-8"))
     assert side["source"]["synthetic"] is True
     # a damaged sidecar: one sentence naming the file
     (tmp_path / "kept" / "render_001.json").write_text("{broken")
@@ -202,7 +202,7 @@ def test_resume_continues_a_flow_run(tiny_flow, tmp_path):
     assert tr.step == 60
     assert all(torch.equal(v, tiny_flow.ema.state_dict()[k]) for k, v in tr.ema.state_dict().items())
     tr.run(progress=False)
-    assert json.loads((out / "tiny-flow.json").read_text())["training"]["iterations"] == 64
+    assert json.loads((out / "tiny-flow.json").read_text(encoding="utf-8"))["training"]["iterations"] == 64
 
 
 def test_cli_render_with_diffusion_and_flow_models_keeps_the_masks_geometry(tiny_diffusion, tiny_flow, tmp_path):

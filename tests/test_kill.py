@@ -67,7 +67,7 @@ def ack(path: str, line: str) -> None:
 def read_acks(path: Path) -> list[list[str]]:
     if not path.exists():
         return []
-    return [ln.split(" ") for ln in path.read_text().splitlines() if ln.strip()]
+    return [ln.split(" ") for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
 # --------------------------------------------------------------------------------------------------- tasks (in the child)
@@ -234,7 +234,7 @@ def _check_export(dest: Path, ids: list[str]) -> None:
     from cmrstudio.export import verify
 
     assert verify(dest) == [], f"{dest} looks like an export but does not match its manifest"
-    doc = json.loads((dest / "export.json").read_text())
+    doc = json.loads((dest / "export.json").read_text(encoding="utf-8"))
     assert doc["cases"] == ids
 
 

@@ -115,7 +115,7 @@ def test_render_and_export_provenance_name_the_plugin_model(plugins, tmp_path):
     from cmrstudio.models.registry import get_model
 
     sha = get_model("vae-cmr", kind="vae").card["sha256"]
-    text = "".join(p.read_text() for p in (tmp_path / "exp").rglob("*.json"))
+    text = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "exp").rglob("*.json"))
     assert '"vae-cmr"' in text and sha in text
 
 
@@ -195,7 +195,7 @@ def fake_model(folder: Path, name: str, kind: str, sha: str | None = None, weigh
     import torch
 
     info = save_model(folder, name, {"w": torch.zeros(2)}, {"kind": kind, "architecture": {"name": "fake"}, "frame": {"size": 32, "spacing_mm": 5.0}})
-    card = json.loads(info.card_path.read_text())
+    card = json.loads(info.card_path.read_text(encoding="utf-8"))
     if sha:
         card["sha256"] = sha
         info.card_path.write_text(json.dumps(card))

@@ -174,7 +174,7 @@ def test_evaluate_privacy_command_writes_json_figure_and_card(tiny_run, tmp_path
     p = run("evaluate", "privacy", "--data", str(data), "--case", "heldout", "--model", str(card), "--space", "pixel", "--seeds", "2",
             "--out", str(out), "--write-card")
     assert "membership inference, reconstruction: AUC" in p.stdout and "memorised" in p.stdout
-    doc = json.loads((out / "privacy.json").read_text())
+    doc = json.loads((out / "privacy.json").read_text(encoding="utf-8"))
     assert doc["members"]["patients"] == 4 and doc["nonmembers"]["patients"] == 2
     assert doc["nonmembers"]["cases"] == ["heldout200_ED", "heldout201_ED"]
     assert 0 <= doc["nearest"]["memorisation_ratio"] <= 1 and doc["attacks"]["reconstruction"]["members"] == doc["members"]["slices"]
@@ -185,14 +185,14 @@ def test_evaluate_privacy_command_writes_json_figure_and_card(tiny_run, tmp_path
     assert rec["control"] is None  # 2 held-out patients cannot be split into control halves
     assert "reconstruction_calibrated" in doc["attacks"] and doc["attacks"]["reconstruction_calibrated"]["members"] == rec["members"]
     assert "tpr_at_0_1pct_fpr" in rec
-    metrics = json.loads(card.read_text())["metrics"]["privacy"]
+    metrics = json.loads(card.read_text(encoding="utf-8"))["metrics"]["privacy"]
     assert metrics["attacks"]["reconstruction"]["auc"] == doc["attacks"]["reconstruction"]["auc"]
     assert metrics["command"].startswith("cmrstudio evaluate privacy")
     rep = run("evaluate", "report", str(card), "--out", str(tmp_path / "report"), "--figures", str(out))
     assert "An attacker holding a patient's image and mask" in rep.stdout
-    page = (tmp_path / "report" / "tiny_report.html").read_text()
+    page = (tmp_path / "report" / "tiny_report.html").read_text(encoding="utf-8")
     assert "Membership-inference ROC curves" in page and "tiny_closest_pairs.png" in page and "Methods" in page
-    h = json.loads(card.read_text())["headline"]
+    h = json.loads(card.read_text(encoding="utf-8"))["headline"]
     assert h["membership_auc"] == doc["attacks"][h["membership_attack"]]["auc"] and h["private"] is False
     assert "It was trained without differential privacy" in rep.stdout
     bad = run("evaluate", "privacy", "--data", str(data), "--case", "nobody", "--model", str(card), "--space", "pixel", check=False)
@@ -223,7 +223,7 @@ def test_private_training_spends_exactly_the_asked_epsilon(tmp_path):
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in list(tr.D.modules()) + list(tr.G.modules()))
     before = {k: v.clone() for k, v in tr.G.state_dict().items()}
     tr.run(progress=False)
-    card = json.loads((tmp_path / "dp" / "dp.json").read_text())
+    card = json.loads((tmp_path / "dp" / "dp.json").read_text(encoding="utf-8"))
     dp = card["training"]["differential_privacy"]
     assert dp["steps_taken"] == 12 and dp["stopped_by"] == "steps"
     assert 1.8 <= dp["epsilon"] <= 2.0  # the noise was calibrated to spend the budget in --steps
@@ -237,7 +237,7 @@ def test_private_training_stops_when_the_budget_is_spent(tmp_path):
     from cmrstudio.train.spade import SpadeTrainer
 
     tr = SpadeTrainer(_dp_opts(tmp_path, "dpstop", steps=1000, dp_epsilon=2.0, dp_noise=3.0)).run(progress=False)
-    dp = json.loads((tmp_path / "dpstop" / "dpstop.json").read_text())["training"]["differential_privacy"]
+    dp = json.loads((tmp_path / "dpstop" / "dpstop.json").read_text(encoding="utf-8"))["training"]["differential_privacy"]
     assert dp["stopped_by"] == "privacy budget" and dp["steps_taken"] == tr.step < 1000
     assert dp["epsilon"] <= 2.0 < tr._epsilon_after(tr.step + 1)  # one more step would have passed it
     assert dp["epsilon"] == pytest.approx(tr._epsilon_after(tr.step), rel=1e-3)  # the accountant saw exactly these steps
@@ -273,11 +273,11 @@ def test_evaluate_all_records_every_aspect_in_the_card_and_reports(tiny_run, tmp
     p = run("evaluate", "all", "--data", str(data), "--case", "heldout", "--model", str(card), "--space", "pixel", "--out", str(out))
     for section in ("== fidelity", "== faithfulness", "== diversity", "== privacy"):
         assert section in p.stdout
-    doc = json.loads(card.read_text())
+    doc = json.loads(card.read_text(encoding="utf-8"))
     assert {"fidelity", "mask_faithfulness_dice", "diversity", "privacy"} <= set(doc["metrics"])
     assert doc["metrics"]["fidelity"]["cases_evaluated"] == ["heldout500_ED", "heldout501_ED"]  # held-out patients only
     assert 0 < doc["metrics"]["diversity"]["ms_ssim_between_seeds"] <= 1
     h = doc["headline"]
     assert h["fid"] == doc["metrics"]["fidelity"]["fid"] and h["membership_auc"] == doc["metrics"]["privacy"]["attacks"][h["membership_attack"]]["auc"]
-    page = (out / "tiny_report.html").read_text()
+    page = (out / "tiny_report.html").read_text(encoding="utf-8")
     assert "Mask faithfulness" in page and "Membership" in page and page.count("<img") >= 3

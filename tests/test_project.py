@@ -68,7 +68,7 @@ def test_round_trip_create_add_update_reopen(tmp_path, results):
     files = q.render_files(a.id)
     assert set(files) == {"image", "mask", "json", "thumbnail"} and all(f.is_file() for f in files.values())
     assert files["thumbnail"] == q.thumbnail_path(a.id)
-    assert json.loads(files["json"].read_text())["source"]["synthetic"] is True
+    assert json.loads(files["json"].read_text(encoding="utf-8"))["source"]["synthetic"] is True
     assert q.check() == []
     # clearing a rating is explicit
     assert q.update(a.id, rating=None).rating is None and Project.open(tmp_path / "proj").item(a.id).rating is None
@@ -135,7 +135,7 @@ def test_damaged_or_foreign_project_files_name_the_file(tmp_path, proj):
     path = proj.path
     with pytest.raises(CmrError, match="does not exist"):
         Project.open(tmp_path / "nowhere")
-    good = path.read_text()
+    good = path.read_text(encoding="utf-8")
     cases = {
         "{broken": "not valid JSON",
         json.dumps({"format": "something-else", "version": 1}): "not a cmrstudio project",

@@ -214,7 +214,7 @@ def test_render_records_say_how_and_from_what_a_render_was_made(live, tmp_path, 
     assert rec.mode == "in-patient" and rec.derived_from_patient and rec.margin_mm == 12 and rec.sampler == "one-step" and rec.steps == 1
     assert rec.model_sha256 == live.info.card["sha256"]
     Render(native, framed, c.mask[z], frame, rec).save(tmp_path, "r1")
-    side = json.loads((tmp_path / "r1.json").read_text())["source"]
+    side = json.loads((tmp_path / "r1.json").read_text(encoding="utf-8"))["source"]
     assert side["derived_from_patient"] is True and side["synthetic"] is False and side["render"]["mode"] == "in-patient"
     back = Render.load(tmp_path, "r1")
     assert back.record == rec and np.allclose(back.image, native, atol=1e-3)
@@ -261,12 +261,12 @@ def test_cli_render_in_patient_and_fully_synthetic(tmp_path):
     # from a mask file to an export with the command line alone: a case that says how it was made
     run("render", str(mask), "--context", str(scan), "--case-out", str(tmp_path / "cases"), "--seed", "2")
     run("render", str(mask), "--case-out", str(tmp_path / "cases"), "--seed", "3")
-    side = json.loads((tmp_path / "cases" / "SCD0000101_ED_mask_s2.json").read_text())["source"]
+    side = json.loads((tmp_path / "cases" / "SCD0000101_ED_mask_s2.json").read_text(encoding="utf-8"))["source"]
     assert side["render"]["mode"] == "in-patient" and side["derived_from_patient"] and side["render"]["seed"] == 2
     run("export", str(tmp_path / "cases"), str(tmp_path / "exp"), "--format", "nifti")
-    listing = json.loads((tmp_path / "exp" / "export.json").read_text())
+    listing = json.loads((tmp_path / "exp" / "export.json").read_text(encoding="utf-8"))
     # neutral ids; both derived from the patient: s2 rendered in the scan, s3 from the scan's own segmentation (the sample's mask)
     assert listing["cases"] == ["r0001", "r0002"] and listing["derived_from_patient"] == ["r0001", "r0002"]
-    assert json.loads((tmp_path / "exp" / "r0002.json").read_text())["mask_origin"] == "patient"
+    assert json.loads((tmp_path / "exp" / "r0002.json").read_text(encoding="utf-8"))["mask_origin"] == "patient"
     p = run("render", str(mask), check=False)
     assert p.returncode == 2 and "--case-out" in p.stderr

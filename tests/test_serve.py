@@ -134,7 +134,7 @@ def test_a_public_bind_needs_a_token(tmp_path, monkeypatch):
     said = []
     cfg = check_config(ServeConfig(host="0.0.0.0"), say=said.append)  # first start: a token is made, stored 600, printed once
     stored = tmp_path / "cfg" / "serve-token"
-    assert cfg.token and stored.read_text().strip() == cfg.token and (stored.stat().st_mode & 0o777) == 0o600
+    assert cfg.token and stored.read_text(encoding="utf-8").strip() == cfg.token and (stored.stat().st_mode & 0o777) == 0o600
     assert len(said) == 1 and cfg.token in said[0]
     again = []
     assert check_config(ServeConfig(host="0.0.0.0"), say=again.append).token == cfg.token and not again

@@ -201,7 +201,7 @@ def test_bad_input_keeps_the_session(session, env):
 
     models = env / "models"
     models.mkdir()
-    card = json.loads((resources_dir() / "models" / "spade-cmr.json").read_text())
+    card = json.loads((resources_dir() / "models" / "spade-cmr.json").read_text(encoding="utf-8"))
     card["name"] = "spade-damaged"
     (models / "spade-damaged.json").write_text(json.dumps(card))
     (models / "spade-damaged.safetensors").write_bytes(b"not a safetensors file")
@@ -261,7 +261,7 @@ def test_settings_are_remembered(session, env):
     s.set_vendor("siemens")
     s.settings.device = "cpu"
     s.close()
-    saved = json.loads((env / "config" / "settings.json").read_text())
+    saved = json.loads((env / "config" / "settings.json").read_text(encoding="utf-8"))
     assert saved["vendor"] == "siemens" and saved["device"] == "cpu"
 
 
@@ -304,7 +304,7 @@ def test_save_mask_writes_the_scans_geometry_canonical_labels_and_a_sidecar(sess
     arr, aff, _ = read_volume(out, kind="mask")
     assert np.array_equal(arr, s.mask) and arr.dtype == np.uint8
     assert np.allclose(aff, s.case.affine)  # the scan's own geometry
-    side = json.loads((env / "saved" / "edited_mask.json").read_text())
+    side = json.loads((env / "saved" / "edited_mask.json").read_text(encoding="utf-8"))
     assert side["labels"]["2"] == "LV myocardium" and side["label_convention_written"] == "canonical"
     assert side["edited_slices"] == [z + 1] and side["case_id"] == "SCD0000101_ED"
     assert sorted(p.name for p in (env / "saved").iterdir()) == ["edited_mask.json", "edited_mask.nii.gz"]  # no temporary left

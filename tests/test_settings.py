@@ -19,7 +19,7 @@ def test_round_trip_creates_the_folder(tmp_path):
     assert save_settings(s, path) == path and path.is_file()
     back, warning = load_settings(path)
     assert warning is None and back == s
-    assert json.loads(path.read_text())["device"] == "cpu"
+    assert json.loads(path.read_text(encoding="utf-8"))["device"] == "cpu"
     assert [p.name for p in path.parent.iterdir()] == ["settings.json"]  # no temporary file left
 
 

@@ -52,13 +52,13 @@ def test_training_loss_falls_and_writes_samples_and_card(tiny_run):
 
     grid = np.asarray(Image.open(tiny_run.out / "samples" / "latest.png"))
     assert grid.shape[0] == 4 * 64 and grid[2 * 64:].std() > 5  # mask row, real row, two rendered rows
-    card = json.loads((tiny_run.out / "tiny.json").read_text())
+    card = json.loads((tiny_run.out / "tiny.json").read_text(encoding="utf-8"))
     assert card["training"]["iterations"] == 60 and card["training"]["data"][0]["dataset"] == "phantom"
     assert card["training"]["data"][0]["slices"] == len(tiny_run.ds)
     assert card["sha256"] == sha256_file(tiny_run.out / "tiny.safetensors")
     assert card["frame"]["size"] == 64 and card["architecture"]["options"]["size"] == 64
     assert set(card["vendors_trained"]) == {"siemens", "philips", "ge", "canon", "unknown"}
-    assert len((tiny_run.out / "log.jsonl").read_text().splitlines()) == 60 // 5
+    assert len((tiny_run.out / "log.jsonl").read_text(encoding="utf-8").splitlines()) == 60 // 5
 
 
 def test_resume_continues_from_saved_step(tiny_run, tmp_path):
@@ -78,7 +78,7 @@ def test_resume_continues_from_saved_step(tiny_run, tmp_path):
     assert adam and all(int(st["step"]) == 60 for st in adam.values())
     assert torch.equal(tr.rng.get_state(), tiny_run.rng.get_state())  # the random streams go on, not restart
     tr.run(progress=False)
-    assert tr.step == 70 and json.loads((out / "tiny.json").read_text())["training"]["iterations"] == 70
+    assert tr.step == 70 and json.loads((out / "tiny.json").read_text(encoding="utf-8"))["training"]["iterations"] == 70
 
 
 def test_checkpoint_roundtrip_rebuilds_the_same_network(tiny_run):
@@ -105,14 +105,14 @@ def test_damaged_models_are_refused_with_one_sentence(tiny_run, tmp_path):
     card = copy_model(tiny_run.out / "tiny.json", tmp_path / "trunc")
     w = card.with_suffix(".safetensors")
     w.write_bytes(w.read_bytes()[:1000])
-    d = json.loads(card.read_text())
+    d = json.loads(card.read_text(encoding="utf-8"))
     d["sha256"] = sha256_file(w)
     card.write_text(json.dumps(d))
     with pytest.raises(CmrError, match="not a readable safetensors"):
         build_model(read_card(card))
     # written by a newer cmrstudio
     card = copy_model(tiny_run.out / "tiny.json", tmp_path / "newer")
-    d = json.loads(card.read_text())
+    d = json.loads(card.read_text(encoding="utf-8"))
     d["format_version"] = FORMAT_VERSION + 1
     d["cmrstudio_version"] = "9.0.0"
     card.write_text(json.dumps(d))
@@ -141,7 +141,7 @@ def test_registry_finds_user_and_plugin_models(tiny_run, tmp_path, monkeypatch):
     plug = tmp_path / "plug"
     (plug / "models").mkdir(parents=True)
     copy_model(tiny_run.out / "tiny.json", plug / "models")
-    d = json.loads((plug / "models" / "tiny.json").read_text())
+    d = json.loads((plug / "models" / "tiny.json").read_text(encoding="utf-8"))
     d["name"] = "plugged"
     (plug / "models" / "plugged.json").write_text(json.dumps({**d, "weights": "tiny.safetensors"}))
     (plug / "models" / "tiny.json").unlink()
@@ -361,7 +361,7 @@ def test_training_refuses_bad_options_in_one_sentence(tmp_path):
 def test_card_naming_weights_outside_its_folder_is_refused(tiny_run, tmp_path):
     card = copy_model(tiny_run.out / "tiny.json", tmp_path / "m")
     for bad in ("../tiny.safetensors", "/etc/passwd", "..", 7):
-        d = json.loads(card.read_text())
+        d = json.loads(card.read_text(encoding="utf-8"))
         d["weights"] = bad
         card.write_text(json.dumps(d))
         with pytest.raises(CmrError, match="must be a plain NAME.safetensors"):

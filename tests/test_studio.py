@@ -261,7 +261,7 @@ def test_render_hq_completes_cancels_and_keeps(open_window, studio_env):
     assert pump(lambda: g.exports and g.export_btn.isEnabled(), 60)
     dest = g.exports[0]
     root = dest / "Dataset501_SyntheticCMR"
-    assert verify(dest) == [] and check_nnunet_dataset_json(json.loads((root / "dataset.json").read_text()), root) == []
+    assert verify(dest) == [] and check_nnunet_dataset_json(json.loads((root / "dataset.json").read_text(encoding="utf-8")), root) == []
     assert "Exported 2 renders as nnunet" in syn.message.text()
 
 
@@ -319,7 +319,7 @@ def test_drop_opens_scans_and_bad_input_keeps_the_session(open_window, studio_en
     # a model whose weights are damaged: listed, but refused when picked
     models = studio_env / "models"
     models.mkdir()
-    card = json.loads((resources_dir() / "models" / "spade-cmr.json").read_text())
+    card = json.loads((resources_dir() / "models" / "spade-cmr.json").read_text(encoding="utf-8"))
     card["name"] = "spade-damaged"
     (models / "spade-damaged.json").write_text(json.dumps(card))
     (models / "spade-damaged.safetensors").write_bytes(b"not a safetensors file")
@@ -403,7 +403,7 @@ def test_settings_are_remembered(open_window, studio_env):
     win.synthesis.vendor_box.setCurrentText("siemens")
     win.synthesis.vendor_box.activated.emit(win.synthesis.vendor_box.currentIndex())
     win.close()
-    saved = json.loads((studio_env / "config" / "settings.json").read_text())
+    saved = json.loads((studio_env / "config" / "settings.json").read_text(encoding="utf-8"))
     assert saved["vendor"] == "siemens" and saved["device"] == "cpu"
     win2 = open_window()  # the remembered style is the default; a scan that names its vendor (the sample: GE) is shown in its own
     assert win2.studio.session.settings.vendor == "siemens" and win2.studio.session.vendor == "ge" == win2.synthesis.vendor_box.currentText()

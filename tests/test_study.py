@@ -84,7 +84,7 @@ def test_no_patient_is_shown_as_both_real_and_synthetic(sources, tmp_path):
     st = create_study([real], [tmp_path / "same"], tmp_path / "s")
     reals = {it.source["case"] for it in st.items if it.kind == "real"}
     assert reals == {"phantom_0003_ES"}
-    doc = json.loads((st.folder / "study.json").read_text())
+    doc = json.loads((st.folder / "study.json").read_text(encoding="utf-8"))
     assert doc["selection"]["excluded_real_slices_same_patient"] == 6
 
 
@@ -100,7 +100,7 @@ def test_hand_edited_or_damaged_studies_get_one_sentence(sources, tmp_path):
     with pytest.raises(CmrError, match="already holds a study"):
         create_study([real], [syn], tmp_path / "s")
     path = st.folder / "study.json"
-    good = path.read_text()
+    good = path.read_text(encoding="utf-8")
     doc = json.loads(good)
     doc["pairs"][0]["real_side"] = "right" if doc["pairs"][0]["real_side"] == "left" else "left"
     path.write_text(json.dumps(doc))
@@ -249,9 +249,9 @@ def test_reading_view_keys_pause_resume_and_report(sources, tmp_path, qtbot):
 
     # the report from the command line (the study's own answers, scored per reader and pooled)
     run("study", "report", str(st.folder), "--out", str(tmp_path / "rep"))
-    html = (tmp_path / "rep" / "report.html").read_text()
+    html = (tmp_path / "rep" / "report.html").read_text(encoding="utf-8")
     assert "reader one" in html and "<img" in html
-    assert len((tmp_path / "rep" / "answers.csv").read_text().strip().splitlines()) == total + 1
+    assert len((tmp_path / "rep" / "answers.csv").read_text(encoding="utf-8").strip().splitlines()) == total + 1
 
 
 def test_cli_creates_a_study_and_reports_bad_input(sources, tmp_path):

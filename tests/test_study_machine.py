@@ -119,7 +119,7 @@ def test_save_and_load_round_trip_and_a_damaged_file_is_refused(separable, tmp_p
     net, info, x, _ = separable
     card_path = save_classifier(net, {**info, "data": {"phantom_cases": 10}, "renderer": "tiny"}, tmp_path / "models" / "reader.safetensors")
     assert card_path == tmp_path / "models" / "reader.json" and (tmp_path / "models" / "reader.safetensors").exists()
-    card = json.loads(card_path.read_text())
+    card = json.loads(card_path.read_text(encoding="utf-8"))
     assert card["kind"] == "classifier" and card["architecture"]["name"] == "RealSynthCNN"
     assert card["metrics"]["val_accuracy"] == info["val_accuracy"] and card["training"]["n_train"] == info["n_train"]
     assert card["training"]["iterations"] == 60 and card["data"] == {"phantom_cases": 10} and card["training"]["renderer"] == "tiny" and len(card["sha256"]) == 64

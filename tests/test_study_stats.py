@@ -327,7 +327,7 @@ def test_write_report(tmp_path):
     assert "seed" in text and ">7<" in text
     assert "Readers told synthetic from real in 53% of cases" in text
     assert "which is real" in text.lower()
-    data = json.loads(paths["json"].read_text())
+    data = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert data["agreement"]["single"]["fleiss_kappa"] == pytest.approx(11 / 56)
     with open(paths["csv"], newline="") as fh:
         assert len(list(csv.DictReader(fh))) == len(a)

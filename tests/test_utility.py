@@ -75,10 +75,10 @@ def test_evaluate_utility_command_and_its_bad_input(tiny_run, tmp_path):
     p = run("evaluate", "utility", "--data", str(data), "--case", "heldout", "--model", str(card), "--fractions", "0.5,1", "--seeds", "1",
             "--steps", "20", "--out", str(out), "--write-card")
     assert "real+synthetic vs real: mean Dice" in p.stdout
-    doc = json.loads((out / "utility.json").read_text())
+    doc = json.loads((out / "utility.json").read_text(encoding="utf-8"))
     assert doc["preset"]["fractions"] == [0.5, 1.0] and len(doc["rows"]) == 6
     assert (out / "tiny_utility.png").exists()
-    assert json.loads(card.read_text())["metrics"]["utility"]["rows"] == doc["rows"]
+    assert json.loads(card.read_text(encoding="utf-8"))["metrics"]["utility"]["rows"] == doc["rows"]
     bad = run("evaluate", "utility", "--data", str(data), "--case", "heldout", "--model", str(card), "--fractions", "0.5,1.5", check=False)
     assert bad.returncode != 0 and "--fractions: 1.5 must lie in (0, 1]" in bad.stderr
     bad = run("evaluate", "utility", "--data", str(data), "--case", "heldout", "--model", str(card), "--preset", "gpu", check=False)

@@ -174,7 +174,7 @@ def bench_startup(n: int = 3, timeout: float = 120.0) -> dict:
                                capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
             if p.returncode != 0 or not ready.exists():
                 raise CmrError(f"The studio did not start (exit {p.returncode}): {(p.stderr or p.stdout).strip()[-400:]}")
-            info = json.loads(ready.read_text())
+            info = json.loads(ready.read_text(encoding="utf-8"))
             if info.get("error"):
                 raise CmrError(f"The studio started but showed an error instead of a first frame: {info['error']}")
             times.append({"window_s": round(info["wall_window"] - t0, 2), "first_frame_s": round(info["wall_first_frame"] - t0, 2),

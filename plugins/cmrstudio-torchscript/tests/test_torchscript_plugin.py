@@ -111,7 +111,7 @@ def test_not_torchscript_is_one_sentence(tmp_path):
 
     d = make_folder(tmp_path, "pickle")
     (d / "model.pt").write_bytes(b"not a zip file")
-    card = json.loads((d / "card.json").read_text())
+    card = json.loads((d / "card.json").read_text(encoding="utf-8"))
     card["sha256"] = sha256_file(d / "model.pt")
     (d / "card.json").write_text(json.dumps(card))
     with pytest.raises(CmrError, match="is not a TorchScript model torch can load"):

@@ -79,7 +79,7 @@ def test_training_writes_a_model_the_renderer_opens(tmp_path):
     for i in range(2):
         write_case(phantom_case(seed=i, n_slices=3), data)
     main(["--data", str(data), "--out", str(tmp_path / "out"), "--name", "tiny-vae", "--steps", "2", "--batch", "2", "--exclude"])
-    card = json.loads((tmp_path / "out" / "tiny-vae.json").read_text())
+    card = json.loads((tmp_path / "out" / "tiny-vae.json").read_text(encoding="utf-8"))
     assert card["kind"] == "vae" and card["training"]["iterations"] == 2
     r = open_renderer(read_card(tmp_path / "out" / "tiny-vae.json"))
     assert r.render_framed(np.zeros((128, 128), np.uint8)).shape == (128, 128)
