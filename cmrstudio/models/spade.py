@@ -63,6 +63,10 @@ class SpadeConfig:
     # difference: a period-2 ripple in gradient energy that the last blocks amplify. Bicubic leaves far less of it.
     upsample: str = "bilinear"
 
+    def __post_init__(self) -> None:
+        if self.upsample not in ("bilinear", "bicubic"):
+            raise ValueError(f"upsample {self.upsample!r}: use 'bilinear' or 'bicubic'")
+
     @property
     def n_cond(self) -> int:
         return self.n_labels if self.cond_channels is None else int(self.cond_channels)
@@ -230,8 +234,6 @@ class SceneGenerator(nn.Module):
     def __init__(self, cfg: SpadeConfig):
         super().__init__()
         self.cfg = cfg
-        if cfg.upsample not in ("bilinear", "bicubic"):
-            raise ValueError(f"upsample {cfg.upsample!r}: use 'bilinear' or 'bicubic'")
         n = cfg.n_up
         C = cfg.n_cond
         chans = [cfg.ngf * min(cfg.max_mult, 2 ** i) for i in range(n + 1)]  # full .. bottleneck
