@@ -26,6 +26,7 @@ from cmrstudio.models.spade import (
     d_hinge,
     feature_matching,
     g_hinge,
+    GridPenalty,
     lowpass_l1,
     onehot,
 )
@@ -41,6 +42,7 @@ class TrainOptions(BaseOptions):
     lr_d: float = 4e-4
     fm: float = 10.0
     lowpass: float = 10.0
+    grid: float = 0.0  # weight of the period-2 grid penalty on the generator's output (grid_modulation; 0: off)
     dp_epsilon: float | None = None  # differentially private training (DP-SGD, Opacus) to this epsilon
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0  # per-sample gradient clipping bound
@@ -68,6 +70,11 @@ class SpadeTrainer(BaseTrainer):
         except ValueError:
             raise CmrError(f"--size {self.opts.size} must be 8 times a power of two, like 64, 128 or 256.") from None
         o = self.opts
+        if not o.grid >= 0:
+            raise CmrError(f"--grid-loss {o.grid} must be 0 (off) or above.")
+        if o.grid and o.dp_epsilon is not None:
+            raise CmrError("--grid-loss couples the images of a batch, which differentially private training cannot account for; "
+                           "train without --grid-loss, or without --dp-epsilon.")
         if o.dp_epsilon is not None:
             if not o.dp_epsilon > 0:
                 raise CmrError(f"--dp-epsilon {o.dp_epsilon} must be above 0 (smaller is more private; 1 to 10 is usual).")
@@ -96,7 +103,8 @@ class SpadeTrainer(BaseTrainer):
             p.requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=opts.lr_g, betas=(0.0, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=opts.lr_d, betas=(0.0, 0.999))
-        self.weights = LossWeights(fm=opts.fm, lowpass=opts.lowpass)
+        self.weights = LossWeights(fm=opts.fm, lowpass=opts.lowpass, grid=opts.grid)
+        self.grid_penalty = GridPenalty() if opts.grid else None
         from cmrstudio.engine.device import bf16_native
 
         on = bf16_native(self.device) if opts.bf16 is None else bool(opts.bf16)
@@ -271,11 +279,13 @@ class SpadeTrainer(BaseTrainer):
             "options": self.cfg.to_dict(),
             "parameters": count_parameters(self.G),
             "discriminator_parameters": count_parameters(self.D),
-            "normalisation": ("PixelNorm + SPADE (heart, tissue classes, context; z and vendor bias), per-pixel noise, bilinear upsampling"
+            "normalisation": ("PixelNorm + SPADE (heart, tissue classes, context; z and vendor bias), per-pixel noise, "
+                              f"{self.cfg.upsample} upsampling"
                               if scene else "instance norm + SPADE (mask one-hot, vendor bias)"),
             **({"composite": "in-patient windows: the context's real pixels replace the output outside the repainted region "
                              "before the discriminator sees it"} if scene else {}),
             "losses": {"hinge_gan": 1.0, "feature_matching": self.weights.fm, "lowpass_l1_4x": self.weights.lowpass,
+                       **({"grid_period2": self.weights.grid} if self.weights.grid else {}),
                        "note": "no VGG perceptual loss (no ImageNet weights offline); low-pass L1 instead"},
             "ema": self.opts.ema,
         }
@@ -377,7 +387,11 @@ class SpadeTrainer(BaseTrainer):
             with torch.no_grad():
                 d_real = _f32(D(real, oh, vendor))
         adv, fm, lp = g_hinge(d_fake), feature_matching(d_real, d_fake), lowpass_l1(fake.float(), real)
-        return {"g_adv": adv, "fm": fm, "lowpass": lp, "g": adv + self.weights.fm * fm + self.weights.lowpass * lp}
+        out = {"g_adv": adv, "fm": fm, "lowpass": lp, "g": adv + self.weights.fm * fm + self.weights.lowpass * lp}
+        if self.grid_penalty is not None:
+            out["g"] = out["g"] + self.weights.grid * self.grid_penalty(fake)
+            out["grid"] = torch.tensor(self.grid_penalty.power)
+        return out
 
     def _private_step(self, batch: dict) -> dict:
         """One DP step: the discriminator on one Poisson sample, then the generator on another. Losses are
