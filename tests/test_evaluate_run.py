@@ -132,3 +132,21 @@ def test_evaluate_all_runs_each_evaluation_on_the_held_out_patients_and_records_
 
     with pytest.raises(CmrError, match="matches --case nobody"):
         evaluate_all([str(data)], ["nobody"], str(model), out=out)
+
+
+def test_single_evaluations_default_to_the_model_s_held_out_patients():
+    """`evaluate fidelity / faithfulness / diversity` without --case score the patients the generator's card holds out
+    (as `evaluate all` does), never its training patients; --case still picks."""
+    from cmrstudio.cli.common import _eval_inputs
+    from cmrstudio.models.registry import get_model
+    from tests.conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "acdc").exists():
+        pytest.skip("../shared/data/acdc is not beside this checkout")
+    held = get_model("spade-cmr").card["training"]["held_out_case_prefixes"]
+    cases, _ = _eval_inputs([str(SHARED_DATA / "acdc")], [], 1, None, None, "spade-cmr")
+    ids = {c.case_id for c in cases}
+    assert ids and all(any(i.startswith(p) for p in held) for i in ids)
+    assert len(ids) == 2 * len([p for p in held if p.startswith("patient")])  # ED and ES of each held-out ACDC patient
+    picked, _ = _eval_inputs([str(SHARED_DATA / "acdc")], ["patient001"], 1, None, None, "spade-cmr")
+    assert {c.case_id.split("_")[0] for c in picked} == {"patient001"}

@@ -60,6 +60,7 @@ def test_faithfulness_reports_real_and_synthetic_dice_and_writes_the_card(tiny_r
     assert "on synthetic images" in p.stdout
     m = json.loads((card_path / "tiny.json").read_text(encoding="utf-8"))["metrics"]["mask_faithfulness_dice"]
     assert m["cases"] == 2 and m["segmenter"] == "tinyseg" and set(m["real"]) == {"LV", "MYO", "RV", "mean"}
+    assert m["segmenter_sha256"] == tiny_segmenter.card["sha256"]  # which segmenter's weights scored it
     verify(get_model(str(card_path / "tiny.json")))  # the rewritten card still matches its weights
     p = run("evaluate", "faithfulness", "--data", str(tmp_path / "held"), "--case", "nobody", "--model", str(card_path / "tiny.json"),
             "--segmenter", str(tiny_segmenter.card_path), check=False)

@@ -17,7 +17,7 @@ FrameOpt = typer.Option(None, "--frame", help="Frame (time point) of a 4D cine, 
 SpacingOpt = typer.Option(None, "--spacing", help="Voxel size 'z,y,x' in mm, used only when the file stores none.")
 
 EvalDataOpt = typer.Option(..., "--data", help="Folder or file with real images and expert masks; repeatable.")
-EvalCaseOpt = typer.Option([], "--case", help="Only cases whose id starts with this (the held-out ones); repeatable.")
+EvalCaseOpt = typer.Option([], "--case", help="Only cases whose id starts with this; repeatable (default: the held-out patients the model's card names).")
 GeneratorOpt = typer.Option(None, "--model", help="Generator: spade (default), diffusion, flow, or a name or card path.")
 EvalStepsOpt = typer.Option(None, "--steps", help="Sampling steps of a diffusion or flow model (the card's default when omitted).")
 EvalGuidanceOpt = typer.Option(None, "--guidance", help="Guidance scale of a diffusion or flow model.")
@@ -51,13 +51,17 @@ def command_line() -> str:
     return "cmrstudio " + shlex.join(a for a in sys.argv[1:] if a != "--write-card")
 
 
-def _eval_inputs(data: list[str], case: list[str], seeds: int, steps: Optional[int], guidance: Optional[float]):
-    """The held-out cases an evaluation runs on, and the HQ sampling options given."""
+def _eval_inputs(data: list[str], case: list[str], seeds: int, steps: Optional[int], guidance: Optional[float], model: Optional[str] = None):
+    """The held-out cases an evaluation runs on (--case, else those the generator's card names, as `evaluate all`
+    does: a figure over the model's own training patients would flatter it), and the HQ sampling options given."""
     from cmrstudio.data.dataset import cases_from
+    from cmrstudio.engine.factory import generator_kinds
     from cmrstudio.evaluate.run import select_cases
+    from cmrstudio.models.registry import get_model
     from cmrstudio.train.common import check_counts
 
     check_counts(seeds=seeds)
+    case = _held_out(case, get_model(model, kind=generator_kinds()))
     cases = select_cases(cases_from(data), case, data)
     return cases, {k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}
 

@@ -34,7 +34,7 @@ def evaluate_faithfulness_cmd(
     """Dice of a real-trained segmenter on synthetic images of held-out masks, beside its Dice on the real images."""
     from cmrstudio.evaluate.run import run_faithfulness
 
-    cases, hq = _eval_inputs(data, case, seeds, steps, guidance)
+    cases, hq = _eval_inputs(data, case, seeds, steps, guidance, model)
     res = run_faithfulness(cases, model=model, segmenter=segmenter, seeds=seeds, device=device, write_card=write_card,
                            command=command_line(), **hq)
     if as_json:
@@ -65,7 +65,7 @@ def evaluate_fidelity_cmd(
     """FID and KID (standard FID Inception, offline) of renders of held-out masks against the real slices; paired SSIM/PSNR."""
     from cmrstudio.evaluate.run import run_fidelity
 
-    cases, hq = _eval_inputs(data, case, seeds, steps, guidance)
+    cases, hq = _eval_inputs(data, case, seeds, steps, guidance, model)
     res = run_fidelity(cases, model=model, seeds=seeds, device=device, write_card=write_card, command=command_line(), **hq)
     if as_json:
         typer.echo(json.dumps(res.to_dict(), indent=2))
@@ -101,7 +101,7 @@ def evaluate_diversity_cmd(
     from cmrstudio.train.common import check_counts
 
     check_counts(masks=masks)
-    cases, hq = _eval_inputs(data, case, 1, steps, guidance)
+    cases, hq = _eval_inputs(data, case, 1, steps, guidance, model)
     res = run_diversity(cases, model=model, seeds=seeds, masks=masks, device=device, write_card=write_card, command=command_line(), **hq)
     if as_json:
         typer.echo(json.dumps(res, indent=2))

@@ -73,7 +73,7 @@ def run_faithfulness(cases, model=None, segmenter=None, seeds: int = 2, device: 
     if write_card:
         seg = get_model(segmenter, kind="segmenter")
         record_metric(model, "mask_faithfulness_dice", {**{k: v for k, v in res.to_dict().items() if k != "per_case"}, "segmenter": seg.name,
-                                                        "cases_evaluated": [r["case"] for r in res.per_case]}, command=command)
+                                                        "segmenter_sha256": seg.card.get("sha256"), "cases_evaluated": [r["case"] for r in res.per_case]}, command=command)
     return res
 
 
