@@ -134,7 +134,7 @@ def test_evaluate_all_runs_each_evaluation_on_the_held_out_patients_and_records_
         evaluate_all([str(data)], ["nobody"], str(model), out=out)
 
 
-def test_single_evaluations_default_to_the_model_s_held_out_patients():
+def test_single_evaluations_default_to_the_model_s_held_out_patients(data, capsys):
     """`evaluate fidelity / faithfulness / diversity` without --case score the patients the generator's card holds out
     (as `evaluate all` does), never its training patients; --case still picks."""
     from cmrstudio.cli.common import _eval_inputs
@@ -150,3 +150,9 @@ def test_single_evaluations_default_to_the_model_s_held_out_patients():
     assert len(ids) == 2 * len([p for p in held if p.startswith("patient")])  # ED and ES of each held-out ACDC patient
     picked, _ = _eval_inputs([str(SHARED_DATA / "acdc")], ["patient001"], 1, None, None, "spade-cmr")
     assert {c.case_id.split("_")[0] for c in picked} == {"patient001"}
+    # data that holds none of them (a phantom, another centre): all of it, with a note
+    from cmrstudio.data.dataset import cases_from
+
+    other, _ = _eval_inputs([str(data)], [], 1, None, None, "spade-cmr")
+    assert sorted(c.case_id for c in other) == sorted(c.case_id for c in cases_from([str(data)])) and len(other) == 3
+    assert "none of the patients spade-cmr's card holds out" in capsys.readouterr().err

@@ -61,8 +61,19 @@ def _eval_inputs(data: list[str], case: list[str], seeds: int, steps: Optional[i
     from cmrstudio.train.common import check_counts
 
     check_counts(seeds=seeds)
-    case = _held_out(case, get_model(model, kind=generator_kinds()))
-    cases = select_cases(cases_from(data), case, data)
+    everything = cases_from(data)
+    if case:
+        cases = select_cases(everything, case, data)
+    else:
+        info = get_model(model, kind=generator_kinds())
+        held = _held_out([], info)
+        cases = [c for c in everything if any(c.case_id.startswith(p) for p in held)]
+        if not cases:  # other data than the model's (a phantom, another centre): all of it
+            cases = select_cases(everything, [], data)
+            if held:
+                typer.echo(f"Note: none of the patients {info.name}'s card holds out ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}) "
+                           f"is in {', '.join(map(str, data))}; scoring all {len(cases)} cases there (a figure over its own "
+                           "training patients would flatter it).", err=True)
     return cases, {k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}
 
 
