@@ -398,15 +398,19 @@ def _sample_slices():
     return np.stack([im for _, ims, _ in rows for im in ims]).astype(np.float32)
 
 
-def test_grid_penalty_sees_a_pixel_locked_grid_and_training_against_it_removes_the_grid():
+def _blocky(images: np.ndarray) -> np.ndarray:
+    """Half resolution, then nearest-neighbour 2x: edges fall only between 2x2 blocks, a grid locked to the pixels."""
     from scipy import ndimage
 
+    return np.stack([np.kron(ndimage.zoom(im, 0.5, order=1), np.ones((2, 2))) for im in images]).astype(np.float32)
+
+
+def test_grid_penalty_sees_a_pixel_locked_grid_and_training_against_it_removes_the_grid():
     from cmrstudio.evaluate.realism import grid_artefact
     from cmrstudio.models.spade import grid_modulation
 
     real = _sample_slices()
-    # half resolution, then nearest-neighbour 2x: edges fall only between 2x2 blocks, a grid locked to the pixels
-    blocky = np.stack([np.kron(ndimage.zoom(im, 0.5, order=1), np.ones((2, 2))) for im in real]).astype(np.float32)
+    blocky = _blocky(real)
     g_real, g_blocky = float(grid_modulation(torch.from_numpy(real))), float(grid_modulation(torch.from_numpy(blocky)))
     assert g_blocky > 20 * g_real and g_blocky > 0.05, (g_real, g_blocky)
     # the same content shifted by one pixel half the time: the grid is no longer locked, the penalty falls
@@ -427,12 +431,10 @@ def test_grid_penalty_sees_a_pixel_locked_grid_and_training_against_it_removes_t
 
 
 def test_grid_penalty_over_batches_keeps_the_grid_they_share_and_not_their_content():
-    from scipy import ndimage
-
     from cmrstudio.models.spade import GridPenalty
 
     real = torch.from_numpy(_sample_slices())
-    blocky = torch.from_numpy(np.stack([np.kron(ndimage.zoom(im, 0.5, order=1), np.ones((2, 2))) for im in real.numpy()]).astype(np.float32))
+    blocky = torch.from_numpy(_blocky(real.numpy()))
     rng = np.random.default_rng(0)
     powers = {}
     for name, images in (("real", real), ("blocky", blocky)):
