@@ -56,7 +56,7 @@ def _eval_inputs(data: list[str], case: list[str], seeds: int, steps: Optional[i
     does: a figure over the model's own training patients would flatter it), and the HQ sampling options given."""
     from cmrstudio.data.dataset import cases_from
     from cmrstudio.engine.factory import generator_kinds
-    from cmrstudio.evaluate.run import select_cases
+    from cmrstudio.evaluate.run import matching, select_cases
     from cmrstudio.models.registry import get_model
     from cmrstudio.train.common import check_counts
 
@@ -67,7 +67,7 @@ def _eval_inputs(data: list[str], case: list[str], seeds: int, steps: Optional[i
     else:
         info = get_model(model, kind=generator_kinds())
         held = _held_out([], info)
-        cases = [c for c in everything if any(c.case_id.startswith(p) for p in held)]
+        cases = matching(everything, held) if held else []
         if not cases:  # other data than the model's (a phantom, another centre): all of it
             cases = select_cases(everything, [], data)
             if held:

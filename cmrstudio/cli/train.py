@@ -25,7 +25,7 @@ def train_spade(
     batch: int = typer.Option(8, "--batch", help="Batch size."),
     lr_g: float = typer.Option(1e-4, "--lr-g"),
     lr_d: float = typer.Option(4e-4, "--lr-d"),
-    grid_loss: float = typer.Option(0.0, "--grid-loss", help="Weight of a penalty on period-2 grid patterns in the generator's gradient energy (0: off; 2000 was tried on the scene preset)."),
+    grid_loss: float = typer.Option(0.0, "--grid-loss", help="Weight of a penalty on period-2 grid patterns in the generator's gradient energy (0: off; 1000 removed spade-cmr's grid)."),
     seed: int = typer.Option(0, "--seed"),
     sample_every: int = typer.Option(250, "--sample-every", help="Write a sample grid PNG every N steps."),
     save_every: int = typer.Option(500, "--save-every", help="Save model and training state every N steps."),

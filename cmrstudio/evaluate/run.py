@@ -29,9 +29,14 @@ def held_out(case: Sequence[str], info) -> list[str]:
     return list(case) or list(info.card.get("training", {}).get("held_out_case_prefixes") or [])
 
 
+def matching(cases: Iterable, prefixes: Sequence[str]) -> list:
+    """The cases whose id starts with one of ``prefixes`` (every case without any)."""
+    return [c for c in cases if not prefixes or any(c.case_id.startswith(p) for p in prefixes)]
+
+
 def select_cases(cases: Iterable, prefixes: Sequence[str], data: Sequence = ()) -> list:
-    """The cases whose id starts with one of ``prefixes`` (every case without any); ``data`` names where they came from."""
-    picked = [c for c in cases if not prefixes or any(c.case_id.startswith(p) for p in prefixes)]
+    """:func:`matching`, refused in one sentence when nothing matches; ``data`` names where the cases came from."""
+    picked = matching(cases, prefixes)
     if not picked:
         raise CmrError(f"No case in {', '.join(map(str, data))} matches --case {', '.join(prefixes)}.")
     return picked

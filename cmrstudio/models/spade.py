@@ -419,5 +419,5 @@ class LossWeights:
     adv: float = 1.0
     fm: float = 10.0
     lowpass: float = 10.0
-    grid: float = 0.0  # grid_modulation's weight (0: off)
+    grid: float = 0.0  # GridPenalty's weight (0: off)
     extra: dict = field(default_factory=dict)

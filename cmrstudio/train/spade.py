@@ -42,7 +42,7 @@ class TrainOptions(BaseOptions):
     lr_d: float = 4e-4
     fm: float = 10.0
     lowpass: float = 10.0
-    grid: float = 0.0  # weight of the period-2 grid penalty on the generator's output (grid_modulation; 0: off)
+    grid: float = 0.0  # weight of the period-2 grid penalty on the generator's output (GridPenalty; 0: off)
     dp_epsilon: float | None = None  # differentially private training (DP-SGD, Opacus) to this epsilon
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0  # per-sample gradient clipping bound
