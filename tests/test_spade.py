@@ -459,3 +459,8 @@ def test_training_with_the_grid_penalty_records_it_and_bad_weights_are_refused(t
     assert card["architecture"]["losses"]["grid_period2"] == 2000.0
     logged = [json.loads(line) for line in (out / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert all(np.isfinite(r["grid"]) and r["grid"] >= 0 for r in logged if "step" in r) and any("grid" in r for r in logged)
+    # the penalty's running mean travels with the training state: a resumed run goes on from it, not from zero
+    saved = tr.grid_penalty.ref.clone()
+    resumed = SpadeTrainer(TrainOptions(out=str(out), name="gridded", steps=12, grid=2000.0, seed=0, resume=True, **SMALL))
+    resumed._load_state()
+    assert resumed.grid_penalty.ref is not None and torch.allclose(resumed.grid_penalty.ref, saved)

@@ -241,6 +241,13 @@ class BaseTrainer:
             for pe, p in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(p, 1 - decay)
 
+    def extra_state(self) -> dict:
+        """Tensors a trainer keeps beyond networks and optimisers (running statistics of a loss); saved with the state."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Take back what :meth:`extra_state` saved (state written before it existed gives ``{}``)."""
+
     def _save_state(self) -> None:
         """Write the whole training state into a fresh folder, then swap it in (never half old, half new)."""
         tmp, old = self.out / "train_state.tmp", self.out / "train_state.old"
@@ -249,7 +256,8 @@ class BaseTrainer:
         for key, net in self.networks().items():
             save_state(tmp / f"{key}.safetensors", net.state_dict())
         rng = {"torch": torch.get_rng_state(), "sampler": self.sampler.generator.get_state(), "noise": self.rng.get_state()}
-        torch.save({"optimisers": {k: o.state_dict() for k, o in self.optimisers().items()}, "rng": rng}, tmp / "optim.pt")
+        torch.save({"optimisers": {k: o.state_dict() for k, o in self.optimisers().items()}, "rng": rng, "extra": self.extra_state()},
+                   tmp / "optim.pt")
         st = {"step": self.step, "elapsed_s": self.elapsed, "kind": self.kind, "config": self.cfg.to_dict(), "options": opts_dict(self.opts),
               "numpy_rng": self.ds.rng.bit_generator.state, "history_tail": self.history[-1:]}
         (tmp / "state.json").write_text(json.dumps(st, indent=2), encoding="utf-8")
@@ -287,6 +295,7 @@ class BaseTrainer:
                 o.load_state_dict(saved_opts[key])
         except (RuntimeError, KeyError, OSError, ValueError, EOFError) as exc:
             raise CmrError(f"The optimiser state in {self.state_dir} cannot be read ({exc}); start a new run with another --out.") from None
+        self.load_extra_state(opt.get("extra") or {})
         self.step = step
         self.elapsed = float(st.get("elapsed_s", 0.0))
         self.history = list(st.get("history_tail", []))

@@ -290,6 +290,14 @@ class SpadeTrainer(BaseTrainer):
             "ema": self.opts.ema,
         }
 
+    def extra_state(self) -> dict:
+        ref = self.grid_penalty.ref if self.grid_penalty is not None else None
+        return {} if ref is None else {"grid_ref": ref.detach().cpu()}
+
+    def load_extra_state(self, state: dict) -> None:
+        if self.grid_penalty is not None and state.get("grid_ref") is not None:
+            self.grid_penalty.ref = state["grid_ref"].to(self.device)
+
     def training_extra(self) -> dict:
         extra = {"lr": {"g": self.opts.lr_g, "d": self.opts.lr_d},
                  "precision": "bf16 autocast (networks), float32 losses" if self.bf16 else "fp32"}
