@@ -330,7 +330,7 @@ def test_shipped_model_renders_a_real_mnms_mask_with_bright_blood_pools(shipped,
     rv = np.mean([img[z][m[z] == 3].mean() for z in zs])
     # bSSFP cine: blood is bright, myocardium dark; the painted anatomy must show
     assert lv > myo + 0.15, (lv, myo, rv)
-    if not rv > myo + 0.1:  # known, open in issue 15: measured LV 0.40, MYO 0.22, RV 0.30 with the 3809-step CPU checkpoint
+    if not rv > myo + 0.1:  # known, open in issue 15: measured LV 0.46, MYO 0.23, RV 0.28 with the 2125-step grid-penalty checkpoint
         pytest.xfail(f"the shipped spade-cmr draws the RV blood pool too dark: LV {lv:.2f}, MYO {myo:.2f}, RV {rv:.2f} (issue 15)")
 
 
