@@ -56,24 +56,23 @@ def _eval_inputs(data: list[str], case: list[str], seeds: int, steps: Optional[i
     does: a figure over the model's own training patients would flatter it), and the HQ sampling options given."""
     from cmrstudio.data.dataset import cases_from
     from cmrstudio.engine.factory import generator_kinds
-    from cmrstudio.evaluate.run import matching, select_cases
+    from cmrstudio.evaluate.run import held_out, matching, select_cases
     from cmrstudio.models.registry import get_model
     from cmrstudio.train.common import check_counts
 
     check_counts(seeds=seeds)
-    everything = cases_from(data)
+    everything = cases_from(data)  # refuses data that holds no case
     if case:
         cases = select_cases(everything, case, data)
     else:
         info = get_model(model, kind=generator_kinds())
-        held = _held_out([], info)
-        cases = matching(everything, held) if held else []
+        held = held_out([], info)
+        cases = matching(everything, held)  # every case when the card names none
         if not cases:  # other data than the model's (a phantom, another centre): all of it
-            cases = select_cases(everything, [], data)
-            if held:
-                typer.echo(f"Note: none of the patients {info.name}'s card holds out ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}) "
-                           f"is in {', '.join(map(str, data))}; scoring all {len(cases)} cases there (a figure over its own "
-                           "training patients would flatter it).", err=True)
+            cases = everything
+            typer.echo(f"Note: none of the patients {info.name}'s card holds out ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}) "
+                       f"is in {', '.join(map(str, data))}; scoring all {len(cases)} cases there (a figure over its own "
+                       "training patients would flatter it).", err=True)
     return cases, {k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}
 
 
