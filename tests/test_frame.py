@@ -60,3 +60,36 @@ def test_frame_record_round_trips_through_json_and_rejects_garbage():
     assert again == fr
     with pytest.raises(CmrError, match="frame record"):
         Frame.from_dict({"size": 128})
+
+
+@pytest.mark.parametrize("size,step,centre", [(128, (0.914, 0.914), None), (96, (1.7, 1.2), (5.5, 60.25)), (200, (1.0, 1.0), (-20.0, 250.0))])
+def test_mask_lookup_and_box_resampling_equal_whole_grid_resampling(size, step, centre):
+    """The live path's shortcuts (a cached nearest-pixel lookup for masks, resampling only a changed box back into
+    the scan) give exactly what resampling the whole grid gives, also for frames reaching past the scan's edges."""
+    from scipy import ndimage
+
+    from cmrstudio.data.frame import frame_mask, from_frame_box, native_box
+
+    rng = np.random.default_rng(0)
+    native = (70, 90)
+    c = centre or (native[0] / 2, native[1] / 2)
+    fr = Frame(size, native, (c[0] - step[0] * size / 2, c[1] - step[1] * size / 2), step, 1.25, (10.0, 250.0))
+    mask = rng.integers(0, 4, (3, *native)).astype(np.uint8)
+    ref = np.stack([ndimage.map_coordinates(m, fr.coords(), order=0, mode="constant", cval=0, prefilter=False) for m in mask])
+    got = frame_mask(mask, fr)
+    assert got.dtype == np.uint8 and got.shape == (3, size, size) and np.array_equal(got, ref)
+    assert np.array_equal(frame_mask(mask[1], fr), ref[1])
+    img = rng.random((size, size)).astype(np.float32)
+    whole = from_frame(img, fr)
+    g = fr.native_coords()
+    for box in [(0, size, 0, size), (10, 40, size - 30, size), (size // 3, size // 3 + 17, 3, 50)]:
+        (rows, cols), vals = from_frame_box(img, fr, box)
+        assert np.array_equal(vals, whole[rows, cols])
+        # the slices hold exactly the native pixels whose frame coordinates fall in the box
+        inb = (g[0] >= box[0] - 0.5) & (g[0] <= box[1] - 0.5) & (g[1] >= box[2] - 0.5) & (g[1] <= box[3] - 0.5)
+        sel = np.zeros(native, bool)
+        sel[rows, cols] = True
+        assert np.array_equal(sel, inb), box
+    if fr.origin[0] + step[0] * 10 < -1:  # a box of frame rows above the scan reaches no native pixel
+        rows, _ = native_box(fr, (0, 10, 0, size))
+        assert rows.stop - rows.start == 0

@@ -184,6 +184,44 @@ def test_live_edits_in_synthetic_surroundings_repaint_only_around_the_heart(live
     live.forget_scenes()
 
 
+def test_live_renders_put_back_only_their_window_and_equal_putting_back_the_whole_scene(live, sample):
+    """The live path resamples only the repainted window back into the scan (and keeps the synthetic surroundings in
+    the scan's grid): the result must be what putting the whole scene back gives, in this patient and fully synthetic."""
+    from cmrstudio.data.frame import Frame, from_frame
+    from cmrstudio.engine.scene import SliceContext, _full
+
+    c, z = sample
+    frame = live.frame_for(c.mask, c.spacing, image=c.image)
+    edited = c.mask[z].copy()
+    edited[(edited == 0) & (np.roll(c.mask[z], 6, axis=1) == 3)] = 3  # the RV grown sideways
+    for ctx in (SliceContext("in-patient", c.image[z], c.mask[z]), SliceContext("synthetic", key=("window test", z))):
+        live.forget_scenes()
+        live.render_slice(c.mask[z], frame, "siemens", 4, ctx)  # the synthetic surroundings are made and kept
+        native, _ = live.render_slice(edited, frame, "siemens", 4, ctx)
+        plan = live.plan(edited, frame, ctx, live.resolve_vendor("siemens")[0], 4)
+        assert plan.hole is not None and plan.window[2] < plan.scene.frame.size  # an edit: a window, not the whole scene
+        img = list(live._run(plan, live.resolve_vendor("siemens")[0], 4))[-1][2]
+        sc = plan.scene.frame
+        whole = from_frame(_full(plan, img), sc, kind="image")
+        if ctx.mode == "in-patient":
+            w = np.clip(from_frame(plan.hole.astype(np.float32), Frame(sc.size, sc.native_shape, sc.origin, sc.step, None, None)), 0, 1)
+            whole = c.image[z] * (1 - w) + whole * w
+        assert np.allclose(native, whole, atol=1e-4), (ctx.mode, float(np.abs(native - whole).max()))
+        assert not np.allclose(native, c.image[z], atol=1e-3)  # the edit was rendered
+    live.forget_scenes()
+
+
+def test_bench_live_splits_the_network_from_what_is_around_it(live):
+    from cmrstudio.engine.bench import bench_live
+
+    res = bench_live(model="spade-cmr", n=4, warmup=1)
+    assert set(res["modes"]) == {"in-patient", "synthetic"}
+    for m in res["modes"].values():
+        assert m["n"] == 4 and 0 < m["around_network_p50_ms"] < m["p50_ms"]
+        assert m["windows"] and all(w % 16 == 0 for w in m["windows"])
+    assert res["modes"]["synthetic"]["scene_ms"] > 0
+
+
 def test_render_framed_in_patient_and_synthetic_and_heart_crop_models_refuse_patients(live, sample):
     from cmrstudio.data.frame import to_frame
     from cmrstudio.engine.factory import open_renderer

@@ -31,8 +31,10 @@ def bench_live(
                f"{res['hardware']}")
     for mode, m in res["modes"].items():
         scene = f"; the synthetic surroundings once per slice and seed: {m['scene_ms']:.0f} ms" if m.get("scene_ms") is not None else ""
+        around = (f"; around the network (framing, context, back into the scan): p50 {m['around_network_p50_ms']:.1f} ms, "
+                  f"windows {', '.join(str(w) for w in m['windows'])}" if m.get("around_network_p50_ms") is not None else "")
         typer.echo(f"  {mode}: p50 {m['p50_ms']:.1f} ms  p95 {m['p95_ms']:.1f} ms  mean {m['mean_ms']:.1f} ms  {m['fps']:.1f} fps "
-                   f"over {m['n']} frames{scene}")
+                   f"over {m['n']} frames{around}{scene}")
     typer.echo(f"  the network alone on the window: p50 {res['model_p50_ms']:.1f} ms")
     e = res["engine"]
     typer.echo(f"  engine ({e['mode']}), brush dabs every {e['dab_interval_ms']:.0f} ms: {e['submitted']} submitted, {e['rendered']} rendered, "

@@ -130,7 +130,14 @@ def repaint_region(masks: list[np.ndarray], margin_px: float) -> np.ndarray:
             heart |= np.asarray(m) > 0
     if not heart.any():
         return heart
-    return ndimage.distance_transform_edt(~heart) <= margin_px
+    # only the heart's bounding box grown by the margin can be within it: the distance transform runs there
+    rows, cols = np.nonzero(heart.any(axis=1))[0], np.nonzero(heart.any(axis=0))[0]
+    pad = int(np.ceil(margin_px)) + 1
+    r0, r1 = max(rows[0] - pad, 0), min(rows[-1] + pad + 1, heart.shape[0])
+    c0, c1 = max(cols[0] - pad, 0), min(cols[-1] + pad + 1, heart.shape[1])
+    out = np.zeros_like(heart)
+    out[r0:r1, c0:c1] = ndimage.distance_transform_edt(~heart[r0:r1, c0:c1]) <= margin_px
+    return out
 
 
 def upsample_layout(layout: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -90,15 +90,21 @@ def bench_live(model: str | None = None, n: int = 100, device: str | None = None
             scene_ms = 1000 * (time.perf_counter() - t)
         for m in masks[:warmup]:
             r.render_slice(m, frame, "siemens", 0, ctx)
-        times = []
+        times, around, windows = [], [], []
         for m in masks[warmup:]:
             t = time.perf_counter()
             r.render_slice(m, frame, "siemens", 0, ctx)
             sync()
             times.append(1000 * (time.perf_counter() - t))
+            if r.scene:  # the same frame split: in the network, and everything around it (framing, context, putting back)
+                net_ms, win = r.last_network()
+                around.append(times[-1] - net_ms)
+                windows.append(win)
         t = np.asarray(times)
         modes[name] = {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95)), "mean_ms": float(t.mean()),
-                       "fps": float(1000.0 / t.mean()), "scene_ms": scene_ms, "n": len(t)}
+                       "fps": float(1000.0 / t.mean()), "scene_ms": scene_ms, "n": len(t),
+                       "around_network_p50_ms": float(np.percentile(around, 50)) if around else None,
+                       "windows": sorted(set(windows))}
 
     # the network alone on the live window, for the split between network and resampling
     model_times = []

@@ -20,15 +20,18 @@ scene, which a window takes its part of, so a window render continues its scene 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Hashable, Iterator
 
 import numpy as np
 import torch
 
-from cmrstudio.data.frame import Frame, frame_mask, from_frame, to_frame
+from cmrstudio.data.frame import Frame, frame_mask, from_frame, from_frame_box, to_frame
 from cmrstudio.data.scene import DEFAULT_MARGIN_MM, LAYOUT_FACTOR, Scene, condition, repaint_region, scene_for
 from cmrstudio.errors import CmrError
 
@@ -77,6 +80,7 @@ class Plan:
     window: tuple[int, int, int]  # (row, col, size) in the scene
     layout: np.ndarray | None = None  # (N_LAYOUT, S/f, S/f) tissue fractions for a whole-scene render
     keep_as: Hashable = None  # a whole synthetic scene to keep, when done, as the surroundings of later edits
+    context_key: Hashable = None  # the kept synthetic surroundings this render repaints (fully synthetic edits)
 
     def cond(self) -> np.ndarray:
         r, c, n = self.window
@@ -142,6 +146,8 @@ def layout_prior(name: str | None = None, sha256: str | None = None) -> LayoutPr
 class _Cached:
     image: np.ndarray  # (S, S) synthetic scene in [0, 1]
     mask: np.ndarray  # (S, S) the labels it was made for
+    native: np.ndarray | None = None  # the scene put back into the scan's grid (made once, by the first edit that needs it)
+    native_intensity: tuple | None = None  # the intensity range ``native`` was put back with
 
 
 class SceneMixin:
@@ -156,12 +162,20 @@ class SceneMixin:
         self._scenes: OrderedDict = OrderedDict()  # synthetic surroundings: (key, vendor, seed, frame) -> _Cached
         self._contexts: OrderedDict = OrderedDict()  # in-patient context in the scene: (id(image), frame) -> (S, S)
         self._scene_lock = threading.Lock()
+        self._timing = threading.local()  # this thread's last render: time in the network, window size
+
+    def last_network(self) -> tuple[float, int] | None:
+        """(milliseconds in the network, window size) of this thread's last slice render: what the rest of the
+        live path costs is the render's time less this."""
+        t = getattr(self._timing, "last", None)
+        return t
 
     # -- seeds -------------------------------------------------------------------------------------
     @staticmethod
     def noise_field(seed: int, size: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(int(seed) * 2 + 1)
-        return torch.randn(1, 1, size, size, generator=g)
+        """The scene's noise (1, 1, size, size) for a seed: made once and kept (every edit of a painting session takes its
+        window of the same field). Shared: take a copy before changing it in place."""
+        return _noise_field(int(seed), int(size))
 
     def _prior(self) -> LayoutPrior:
         lp = (self.info.card.get("conditioning") or {}).get("layout_prior") or {}
@@ -214,7 +228,8 @@ class SceneMixin:
             hole = repaint_region([m, cached.mask], margin)
         if not hole.any():  # nothing painted and no heart of its own: a plain copy of the context
             hole = np.zeros_like(hole)
-        return Plan(scene, m, ctx, hole, window_around(hole, heart_window, scene.frame.size))
+        return Plan(scene, m, ctx, hole, window_around(hole, heart_window, scene.frame.size),
+                    context_key=None if context.mode == "in-patient" else ck)
 
     @staticmethod
     def _scene_key(scene: Scene, vendor_index: int, seed: int, key) -> Hashable:
@@ -253,8 +268,17 @@ class SceneMixin:
 
         r, c, n = plan.window
         cond = torch.from_numpy(plan.cond())[None].to(self.device)
-        noise = self.noise_field(seed, plan.scene.frame.size)[..., r:r + n, c:c + n].to(self.device)
-        for step, total, img in self._window_steps(cond, vendor_index, seed, noise, cancel=cancel, **kw):
+        noise = self.noise_field(seed, plan.scene.frame.size)[..., r:r + n, c:c + n].to(self.device, copy=True)
+        steps = self._window_steps(cond, vendor_index, seed, noise, cancel=cancel, **kw)
+        in_net = 0.0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                step, total, img = next(steps)
+            except StopIteration:
+                break
+            in_net += time.perf_counter() - t0
+            self._timing.last = (1000.0 * in_net, n)
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
             if plan.hole is not None:
@@ -266,23 +290,56 @@ class SceneMixin:
         raise NotImplementedError
 
     def assemble(self, plan: Plan, window_img: np.ndarray, frame: Frame, context: SliceContext) -> tuple[np.ndarray, np.ndarray]:
-        """(native image slice, framed heart window in [0, 1]) from a finished window render."""
+        """(native image slice, framed heart window in [0, 1]) from a finished window render.
+
+        A window render changes only the native pixels under its window: those are resampled back, the rest is the
+        context's own (the patient's pixels, or the kept synthetic surroundings as they were put into the scan)."""
         scene = plan.scene
         r, c, n = plan.window
         full = _full(plan, window_img)
         framed = scene.crop(full).astype(np.float32)
+        if plan.hole is None:  # a whole scene
+            native = from_frame(full, scene.frame, kind="image").astype(np.float32)
+            if plan.keep_as is not None:
+                self._keep_native(plan.keep_as, scene, native)
+            return native, framed
+        box = (r, r + n, c, c + n)
         if context.mode == "in-patient":
             # the patient's own pixels, untouched, outside the repainted region; rendered pixels inside it
-            wf = Frame(n, frame.native_shape, (scene.frame.origin[0] + r * scene.frame.step[0], scene.frame.origin[1] + c * scene.frame.step[1]),
-                       scene.frame.step, scene.frame.spacing_mm, frame.intensity)
-            rendered = from_frame(window_img, wf, kind="image")
-            weight = from_frame(plan.hole[r:r + n, c:c + n].astype(np.float32), Frame(n, wf.native_shape, wf.origin, wf.step, None, None),
-                                kind="image")
+            base = np.asarray(context.image, np.float32)
+            (rows, cols), rendered = from_frame_box(full, scene.frame, box)
+            weight = from_frame_box(plan.hole.astype(np.float32), dataclasses.replace(scene.frame, intensity=None), box)[1]
             weight = np.clip(weight, 0.0, 1.0)
-            native = (np.asarray(context.image, np.float32) * (1 - weight) + rendered * weight).astype(np.float32)
-        else:
-            native = from_frame(full, scene.frame, kind="image").astype(np.float32)
+            native = base.copy()
+            native[rows, cols] = base[rows, cols] * (1 - weight) + rendered * weight
+            return native, framed
+        base = self._kept_native(plan, scene)
+        (rows, cols), rendered = from_frame_box(full, scene.frame, box)
+        native = base.copy()
+        native[rows, cols] = rendered
         return native, framed
+
+    def _keep_native(self, key: Hashable, scene: Scene, native: np.ndarray) -> None:
+        with self._scene_lock:
+            kept = self._scenes.get(key)
+            if kept is not None:
+                kept.native, kept.native_intensity = native, self._intensity(scene)
+
+    def _kept_native(self, plan: Plan, scene: Scene) -> np.ndarray:
+        """The kept synthetic surroundings in the scan's grid (put back once, then reused by every edit)."""
+        ck = plan.context_key
+        with self._scene_lock:
+            kept = self._scenes.get(ck) if ck is not None else None
+        if kept is not None and kept.native is not None and kept.image is plan.context and kept.native_intensity == self._intensity(scene):
+            return kept.native
+        native = from_frame(plan.context, scene.frame, kind="image").astype(np.float32)
+        if kept is not None and kept.image is plan.context:
+            kept.native, kept.native_intensity = native, self._intensity(scene)
+        return native
+
+    @staticmethod
+    def _intensity(scene: Scene) -> tuple | None:
+        return None if scene.frame.intensity is None else tuple(scene.frame.intensity)
 
     def slice_steps(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0,
                     context: SliceContext | None = None, cancel=None, **kw):
@@ -361,6 +418,12 @@ class SceneMixin:
                     pass
                 out.append(last[2])
         return np.stack(out).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _noise_field(seed: int, size: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 2 + 1)
+    return torch.randn(1, 1, size, size, generator=g)
 
 
 def _full(plan: Plan, window_img: np.ndarray) -> np.ndarray:
