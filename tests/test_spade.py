@@ -345,6 +345,41 @@ def test_bench_live_prints_latency_figures(tiny_run):
     assert "p50" in text and "fps" in text and "dropped as stale" in text
 
 
+@pytest.mark.slow
+def test_kept_checkpoints_are_measured_alike_so_that_one_can_be_picked(tmp_path):
+    """`train --keep-checkpoints` keeps the model at every save; `evaluate checkpoints` renders the same held-out slices
+    with each and prints KID, FID, Dice and the grid per step, and names the best by its rule."""
+    from cmrstudio.io import write_case
+
+    out = tmp_path / "run"
+    SpadeTrainer(TrainOptions(out=str(out), name="tiny", steps=20, keep_checkpoints=True, **{**SMALL, "save_every": 10})).run(progress=False)
+    kept = sorted((out / "checkpoints").glob("*.json"))
+    assert [p.name for p in kept] == ["tiny-step000010.json", "tiny-step000020.json"]
+    infos = [read_card(p) for p in kept]
+    for info in infos:
+        verify(info)  # each kept checkpoint's weights match its own card
+    assert infos[0].card["name"] == "tiny-step000010" and infos[0].card["sha256"] != infos[1].card["sha256"]
+    from safetensors.numpy import load_file
+
+    last, model = load_file(str(infos[1].weights_path)), load_file(str(out / "tiny.safetensors"))
+    assert last.keys() == model.keys() and all(np.array_equal(last[k], model[k]) for k in model)  # the last save is the run's model
+    data = tmp_path / "held"
+    for i in range(2):
+        write_case(phantom_case(100 + i, n_slices=4, shape=(80, 80), phase="ED"), data)
+    text = run("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "6", "--out", str(tmp_path / "eval")).stdout
+    assert "step      10" in text and "step      20" in text and "best: tiny-step0000" in text
+    res = json.loads((tmp_path / "eval" / "checkpoints.json").read_text(encoding="utf-8"))
+    steps = [c["step"] for c in res["checkpoints"]]
+    assert steps == [10, 20] and res["slices"] == 6 and len(res["cases"]) == 2
+    a, b = res["checkpoints"]
+    assert a["kid"] != b["kid"] and 0 <= a["dice"]["mean"] <= 1 and a["grid"]["peak_ratio"] > 0
+    assert res["real"]["dice"]["mean"] > a["dice"]["mean"]  # 10 steps of a tiny model draw nothing a segmenter finds
+    clean = [c for c in res["checkpoints"] if c["grid"]["peak_ratio"] <= 5] or res["checkpoints"]
+    assert res["best"] == max(clean, key=lambda c: c["dice"]["mean"])["name"]
+    bad = run("evaluate", "checkpoints", str(tmp_path / "held"), "--data", str(data), check=False)
+    assert bad.returncode != 0 and "holds no kept checkpoints" in bad.stderr and "--keep-checkpoints" in bad.stderr
+
+
 def test_training_refuses_bad_options_in_one_sentence(tmp_path):
     with pytest.raises(CmrError, match="fewer than --batch 500"):
         SpadeTrainer(TrainOptions(out=str(tmp_path / "a"), **{**SMALL, "batch": 500}))

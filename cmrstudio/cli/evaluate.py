@@ -1,4 +1,5 @@
-"""``cmrstudio evaluate``: fidelity, faithfulness, diversity, all, realism, sheet, report, segmenter, utility, privacy.
+"""``cmrstudio evaluate``: fidelity, faithfulness, diversity, all, realism, sheet, report, segmenter, utility, privacy,
+checkpoints.
 
 The evaluations and what is recorded in the model cards live in :mod:`cmrstudio.evaluate.run`; these commands parse
 their arguments and print the results.
@@ -391,3 +392,45 @@ def _print_privacy(res) -> None:
     if res.figure:
         typer.echo(f"closest pairs: {res.figure}")
 
+
+
+@evaluate_app.command("checkpoints")
+def evaluate_checkpoints_cmd(
+    run: Path = typer.Argument(..., help="A training run folder trained with --keep-checkpoints (its checkpoints/ folder)."),
+    data: list[str] = EvalDataOpt,
+    case: list[str] = EvalCaseOpt,
+    max_slices: int = typer.Option(120, "--max-slices", help="Heart slices to render with each checkpoint, spread evenly over the cases."),
+    segmenter: Optional[str] = typer.Option(None, "--segmenter", help="Segmenter for the Dice on renders (default: the shipped one)."),
+    seed: int = typer.Option(0, "--seed", help="First seed; slice j gets seed + j, the same for every checkpoint."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for checkpoints.json."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Measure every kept checkpoint of a run the same way on held-out patients (KID, FID, segmenter Dice, upsampling
+    grid) to pick the one to ship; held-out patients: --case, else those the run's card names."""
+    from cmrstudio.evaluate.checkpoints import checkpoint_cards, evaluate_checkpoints
+    from cmrstudio.evaluate.run import write_json
+    from cmrstudio.train.common import check_counts
+
+    check_counts(max_slices=max_slices)
+    cards = checkpoint_cards(run)
+    cases, _ = _eval_inputs(data, case, 1, None, None, str(cards[0]))
+    show = None if as_json else (lambda row: typer.echo(_checkpoint_line(row)))
+    if show:
+        typer.echo(f"{len(cards)} checkpoint(s) of {run}, each rendering the same heart slices fully synthetic:")
+    res = evaluate_checkpoints(run, cases, max_slices=max_slices, segmenter=segmenter, device=device, seed=seed, progress=show)
+    if out is not None:
+        res["json"] = str(write_json(out, "checkpoints.json", res))
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    real = res["real"]
+    typer.echo(f"real slices ({res['slices']} from {len(res['cases'])} volumes): Dice {real['dice']['mean']:.3f}, grid peak {real['grid_peak_ratio']:.2f}")
+    typer.echo(f"best: {res['best']} ({res['best_rule']})" + (f"; written to {res['json']}" if out is not None else ""))
+
+
+def _checkpoint_line(row: dict) -> str:
+    d = row["dice"]
+    per = " / ".join(f"{d[k]:.3f}" if d.get(k) is not None else "-" for k in ("LV", "MYO", "RV"))
+    return (f"  step {row['step']:>7}  KID {1000 * row['kid']:6.1f} ± {1000 * row['kid_std']:4.1f} ×10⁻³  FID {row['fid']:6.1f}  "
+            f"Dice {d['mean']:.3f} ({per})  grid {row['grid']['peak_ratio']:.2f}")

@@ -33,6 +33,7 @@ def train_spade(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved step."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (and save) after this many minutes."),
+    keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Also keep the model at every save (OUT/checkpoints), for `cmrstudio evaluate checkpoints`."),
     dp_epsilon: Optional[float] = typer.Option(None, "--dp-epsilon", help="Train with differential privacy (DP-SGD, Opacus) and stop when this epsilon is spent."),
     dp_delta: float = typer.Option(1e-5, "--dp-delta", help="Delta of the (epsilon, delta) guarantee."),
     dp_max_grad_norm: float = typer.Option(1.0, "--dp-max-grad-norm", help="Per-sample gradient clipping bound."),
@@ -51,7 +52,7 @@ def train_spade(
     opts = TrainOptions(
         data=list(data), out=str(out), name=name, phantom=phantom, exclude=list(exclude), preset=preset, size=size,
         steps=steps, batch=batch, lr_g=lr_g, lr_d=lr_d, grid=grid_loss, seed=seed, sample_every=sample_every, save_every=save_every,
-        device=device, threads=threads, resume=resume, max_minutes=max_minutes,
+        device=device, threads=threads, resume=resume, max_minutes=max_minutes, keep_checkpoints=keep_checkpoints,
         dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm, dp_noise=dp_noise, bf16=bf16, layout_prior=layout_prior,
         dp_architecture=dp_architecture, init=init,
     )
@@ -107,6 +108,7 @@ def _hq_train_command(objective: str, default_steps: int):
         bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32", help="Mixed precision (default: where bfloat16 is native)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved step."),
         max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (and save) after this many minutes."),
+        keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Also keep the model at every save (OUT/checkpoints), for `cmrstudio evaluate checkpoints`."),
         layout_prior: Optional[str] = typer.Option(None, "--layout-prior", help="Scene presets: the tissue-class prior (name or card; default: the installed layout-cmr)."),
         install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),

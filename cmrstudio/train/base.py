@@ -6,6 +6,8 @@ The run folder ``OUT`` holds:
   every save, so a run can be used while it trains;
 * ``train_state/`` — raw and EMA network weights, optimiser states, random streams and the
   step, for ``--resume`` (written to a fresh folder and swapped in whole);
+* ``checkpoints/NAME-stepNNNNNN.{safetensors,json}`` — with ``--keep-checkpoints``, the model as it was at every
+  save, for ``cmrstudio evaluate checkpoints`` to measure and a person to pick from;
 * ``samples/step_NNNNNN.png`` (and ``latest.png``) — a fixed grid of held masks, their real
   images and renders with two seeds, so a person can watch it learn;
 * ``log.jsonl`` — one line of losses per logging interval.
@@ -65,6 +67,7 @@ class BaseOptions:
     resume: bool = False
     max_minutes: float | None = None
     layout_prior: str | None = None  # scene presets: the tissue-class prior (name or card; default: the installed layout-cmr)
+    keep_checkpoints: bool = False  # also keep a copy of the model at every save (checkpoints/NAME-stepNNNNNN), to pick one by measurement
 
 
 LEGACY_STATE_NAMES = {"ema": "generator_ema"}  # SPADE runs saved before the shared trainer
@@ -357,7 +360,11 @@ class BaseTrainer:
             return {}
 
     def save_model(self):
-        return save_model(self.out, self.opts.name, self.networks()["ema"].state_dict(), self.card())
+        info = save_model(self.out, self.opts.name, self.networks()["ema"].state_dict(), self.card())
+        if self.opts.keep_checkpoints:
+            name = f"{self.opts.name}-step{self.step:06d}"
+            save_model(self.out / "checkpoints", name, self.networks()["ema"].state_dict(), {**info.card, "name": name})
+        return info
 
     def grid_rows(self, images: torch.Tensor) -> np.ndarray:
         """(B, C, N, N) in [-1, 1] -> (B, N, N) rows of the sample grid."""

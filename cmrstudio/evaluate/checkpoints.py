@@ -1,0 +1,85 @@
+"""Which checkpoint of a training run to ship: every kept checkpoint measured the same way on held-out patients.
+
+A run trained with ``--keep-checkpoints`` keeps a copy of the model (EMA weights and card) at every save in
+``RUN/checkpoints/NAME-stepNNNNNN.{safetensors,json}``. :func:`evaluate_checkpoints` renders the same held-out
+heart slices fully synthetic with each (one seed per slice, the same seeds for every checkpoint) and measures:
+
+* **KID and FID** of the renders against the real slices (the FID Inception, heart crops);
+* **segmenter Dice** on the renders against the painted masks, beside the segmenter's Dice on the real slices;
+* **the upsampling grid's peak ratio** (:func:`~cmrstudio.evaluate.realism.grid_artefact`) beside real slices'.
+
+The real slices, their features and the real figures are computed once. GAN losses say little about which step
+looks best, and these figures move by about their noise between neighbouring checkpoints, so the table is what a
+person picks from; ``best`` names the checkpoint with the highest Dice among those without a grid peak.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from cmrstudio.errors import CmrError
+
+GRID_LIMIT = 5.0  # the peak ratio above which a render has an upsampling grid (tests/test_realism.py uses the same limit)
+_STEP = re.compile(r"-step(\d+)$")
+
+
+def checkpoint_cards(run: str | Path) -> list[Path]:
+    """The checkpoint cards of a run folder, oldest first; refused in one sentence when it kept none."""
+    run = Path(run)
+    if not run.is_dir():
+        raise CmrError(f"{run} is not a training run folder; give the --out folder of `cmrstudio train`.")
+    cards = [p for p in (run / "checkpoints").glob("*.json") if _STEP.search(p.stem)]
+    if not cards:
+        raise CmrError(f"{run} holds no kept checkpoints (no {run / 'checkpoints'}/NAME-stepNNNNNN.json); "
+                       "train with --keep-checkpoints to keep one at every save.")
+    return sorted(cards, key=lambda p: int(_STEP.search(p.stem).group(1)))
+
+
+def evaluate_checkpoints(run: str | Path, cases, max_slices: int | None = 120, segmenter: str | None = None,
+                         device: str | None = None, seed: int = 0, progress=None) -> dict:
+    """Measure every kept checkpoint of ``run`` on the heart slices of ``cases`` (held-out patients); see the module."""
+    from cmrstudio.data.slices import heart_slices
+    from cmrstudio.engine.factory import open_renderer
+    from cmrstudio.engine.segment import segment_images
+    from cmrstudio.evaluate.fidelity import InceptionFeatures, fid, kid
+    from cmrstudio.evaluate.realism import grid_artefact
+    from cmrstudio.metrics import dice_scores
+    from cmrstudio.models.registry import build_model, get_model
+
+    cards = checkpoint_cards(run)
+    first = open_renderer(str(cards[0]), device=device)
+    rows = [(c, img, m) for c, imgs, ms in heart_slices(cases, first) for img, m in zip(imgs, ms)]
+    if len(rows) < 2:
+        raise CmrError("Checkpoints are compared on at least two heart slices with images and masks; none of the given cases has them.")
+    if max_slices is not None and len(rows) > max_slices:
+        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, max_slices).round().astype(int)]
+    real = np.stack([img for _, img, _ in rows]).astype(np.float32)
+    masks = np.stack([m for _, _, m in rows]).astype(np.uint8)
+    seg = build_model(get_model(segmenter, kind="segmenter"), first.device)
+    seg_size = int(seg.cfg.size)
+    feats = InceptionFeatures(first.device)
+    f_real = feats(real)
+    out = {"run": str(run), "slices": len(rows), "cases": sorted({c.case_id for c, _, _ in rows}), "seed": seed,
+           "real": {"dice": dice_scores(segment_images(seg, real, seg_size), masks), "grid_peak_ratio": grid_artefact(real)["peak_ratio"]},
+           "checkpoints": []}
+    for k, card in enumerate(cards):
+        r = first if k == 0 else open_renderer(str(card), device=device)
+        if r.size != first.size:
+            raise CmrError(f"{card} renders {r.size}-pixel frames, the run's first checkpoint {first.size}; compare checkpoints of one run.")
+        synth = np.stack([r.render_framed(m[None], c.vendor, seed=[seed + j])[0] for j, (c, _, m) in enumerate(rows)]).astype(np.float32)
+        f_syn = feats(synth)
+        kd, kd_std = kid(f_real, f_syn)
+        row = {"name": r.name, "card": str(card), "step": int(_STEP.search(card.stem).group(1)), "sha256": r.info.card.get("sha256"),
+               "kid": kd, "kid_std": kd_std, "fid": fid(f_real, f_syn),
+               "dice": dice_scores(segment_images(seg, synth, seg_size), masks), "grid": grid_artefact(synth)}
+        out["checkpoints"].append(row)
+        if progress is not None:
+            progress(row)
+    clean = [c for c in out["checkpoints"] if c["grid"]["peak_ratio"] <= GRID_LIMIT]
+    out["best"] = max(clean or out["checkpoints"], key=lambda c: c["dice"]["mean"] or 0.0)["name"]
+    out["best_rule"] = (f"the highest mean Dice among checkpoints whose grid peak ratio is at most {GRID_LIMIT:g}" if clean else
+                        f"the highest mean Dice; every checkpoint has a grid peak ratio above {GRID_LIMIT:g}")
+    return out
