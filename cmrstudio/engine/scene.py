@@ -167,8 +167,7 @@ class SceneMixin:
     def last_network(self) -> tuple[float, int] | None:
         """(milliseconds in the network, window size) of this thread's last slice render: what the rest of the
         live path costs is the render's time less this."""
-        t = getattr(self._timing, "last", None)
-        return t
+        return getattr(self._timing, "last", None)
 
     # -- seeds -------------------------------------------------------------------------------------
     @staticmethod
@@ -323,7 +322,7 @@ class SceneMixin:
         with self._scene_lock:
             kept = self._scenes.get(key)
             if kept is not None:
-                kept.native, kept.native_intensity = native, self._intensity(scene)
+                kept.native, kept.native_intensity = native.copy(), self._intensity(scene)  # the caller may change its own
 
     def _kept_native(self, plan: Plan, scene: Scene) -> np.ndarray:
         """The kept synthetic surroundings in the scan's grid (put back once, then reused by every edit)."""
