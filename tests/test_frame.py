@@ -80,11 +80,15 @@ def test_mask_lookup_and_box_resampling_equal_whole_grid_resampling(size, step, 
     assert got.dtype == np.uint8 and got.shape == (3, size, size) and np.array_equal(got, ref)
     assert np.array_equal(frame_mask(mask[1], fr), ref[1])
     img = rng.random((size, size)).astype(np.float32)
-    whole = from_frame(img, fr)
     g = fr.native_coords()
+    lo, hi = fr.intensity
+    whole = ndimage.map_coordinates(img, g, order=1, mode="nearest", prefilter=False) * (hi - lo) + lo  # every native pixel
+    inside = (g[0] >= -0.5) & (g[0] <= size - 0.5) & (g[1] >= -0.5) & (g[1] <= size - 0.5)
+    back = from_frame(img, fr)
+    assert np.allclose(back[inside], whole[inside], atol=1e-4) and not back[~inside].any()  # zeros beyond the frame
     for box in [(0, size, 0, size), (10, 40, size - 30, size), (size // 3, size // 3 + 17, 3, 50)]:
         (rows, cols), vals = from_frame_box(img, fr, box)
-        assert np.array_equal(vals, whole[rows, cols])
+        assert np.allclose(vals, whole[rows, cols], atol=1e-4) and np.array_equal(vals, back[rows, cols])
         # the slices hold exactly the native pixels whose frame coordinates fall in the box
         inb = (g[0] >= box[0] - 0.5) & (g[0] <= box[1] - 0.5) & (g[1] >= box[2] - 0.5) & (g[1] <= box[3] - 0.5)
         sel = np.zeros(native, bool)

@@ -288,19 +288,12 @@ def from_frame(arr: np.ndarray, frame: Frame, kind: str = "image", into: np.ndar
         a = a[None]
     if a.shape[1:] != (frame.size, frame.size):
         raise CmrError(f"The framed array has shape {a.shape[1:]}, but the frame is {frame.size}×{frame.size}.")
-    coords = frame.native_coords()
-    inside = (
-        (coords[0] >= -0.5) & (coords[0] <= frame.size - 0.5) & (coords[1] >= -0.5) & (coords[1] <= frame.size - 0.5)
-    )
-    order = 1 if kind == "image" else 0
+    whole = (0, frame.size, 0, frame.size)
     out = []
     for z, sl in enumerate(a):
-        src = sl.astype(np.float32) if kind == "image" else sl
-        vals = ndimage.map_coordinates(src, coords, order=order, mode="nearest", prefilter=False)
-        if kind == "image":
-            vals = denormalise(vals, frame)
+        (rows, cols), vals = from_frame_box(sl, frame, whole, kind)
         base = np.zeros(frame.native_shape, dtype=vals.dtype) if into is None else np.array(into[z] if np.ndim(into) == 3 else into, dtype=vals.dtype)
-        base[inside] = vals[inside]
+        base[rows, cols] = vals
         out.append(base)
     res = np.stack(out)
     if kind == "mask":

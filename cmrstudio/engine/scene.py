@@ -146,8 +146,8 @@ def layout_prior(name: str | None = None, sha256: str | None = None) -> LayoutPr
 class _Cached:
     image: np.ndarray  # (S, S) synthetic scene in [0, 1]
     mask: np.ndarray  # (S, S) the labels it was made for
-    native: np.ndarray | None = None  # the scene put back into the scan's grid (made once, by the first edit that needs it)
-    native_intensity: tuple | None = None  # the intensity range ``native`` was put back with
+    native: np.ndarray  # the scene put back into the scan's grid
+    native_intensity: tuple | None  # the intensity range ``native`` was put back with
 
 
 class SceneMixin:
@@ -234,10 +234,11 @@ class SceneMixin:
     def _scene_key(scene: Scene, vendor_index: int, seed: int, key) -> Hashable:
         return None if key is None else (key, vendor_index, int(seed), scene.frame.origin, scene.frame.step, scene.frame.size)
 
-    def _keep_scene(self, plan: Plan, image: np.ndarray) -> None:
+    def _keep_scene(self, plan: Plan, image: np.ndarray, native: np.ndarray) -> None:
+        """Keep a whole synthetic scene, and the same put back into the scan (a copy: the caller may change its own)."""
         if plan.keep_as is not None:
             with self._scene_lock:
-                self._scenes[plan.keep_as] = _Cached(image, plan.mask)
+                self._scenes[plan.keep_as] = _Cached(image, plan.mask, native.copy(), _intensity(plan.scene))
                 while len(self._scenes) > self.scene_cache_size:
                     self._scenes.popitem(last=False)
 
@@ -298,47 +299,26 @@ class SceneMixin:
         full = _full(plan, window_img)
         framed = scene.crop(full).astype(np.float32)
         if plan.hole is None:  # a whole scene
-            native = from_frame(full, scene.frame, kind="image").astype(np.float32)
-            if plan.keep_as is not None:
-                self._keep_native(plan.keep_as, scene, native)
-            return native, framed
+            return from_frame(full, scene.frame, kind="image").astype(np.float32), framed
         box = (r, r + n, c, c + n)
+        base = np.asarray(context.image, np.float32) if context.mode == "in-patient" else self._kept_native(plan, scene)
+        (rows, cols), rendered = from_frame_box(full, scene.frame, box)
         if context.mode == "in-patient":
             # the patient's own pixels, untouched, outside the repainted region; rendered pixels inside it
-            base = np.asarray(context.image, np.float32)
-            (rows, cols), rendered = from_frame_box(full, scene.frame, box)
             weight = from_frame_box(plan.hole.astype(np.float32), dataclasses.replace(scene.frame, intensity=None), box)[1]
             weight = np.clip(weight, 0.0, 1.0)
-            native = base.copy()
-            native[rows, cols] = base[rows, cols] * (1 - weight) + rendered * weight
-            return native, framed
-        base = self._kept_native(plan, scene)
-        (rows, cols), rendered = from_frame_box(full, scene.frame, box)
+            rendered = base[rows, cols] * (1 - weight) + rendered * weight
         native = base.copy()
         native[rows, cols] = rendered
         return native, framed
 
-    def _keep_native(self, key: Hashable, scene: Scene, native: np.ndarray) -> None:
-        with self._scene_lock:
-            kept = self._scenes.get(key)
-            if kept is not None:
-                kept.native, kept.native_intensity = native.copy(), self._intensity(scene)  # the caller may change its own
-
     def _kept_native(self, plan: Plan, scene: Scene) -> np.ndarray:
-        """The kept synthetic surroundings in the scan's grid (put back once, then reused by every edit)."""
-        ck = plan.context_key
+        """The kept synthetic surroundings in the scan's grid (put back when they were made, reused by every edit)."""
         with self._scene_lock:
-            kept = self._scenes.get(ck) if ck is not None else None
-        if kept is not None and kept.native is not None and kept.image is plan.context and kept.native_intensity == self._intensity(scene):
+            kept = self._scenes.get(plan.context_key) if plan.context_key is not None else None
+        if kept is not None and kept.image is plan.context and kept.native_intensity == _intensity(scene):
             return kept.native
-        native = from_frame(plan.context, scene.frame, kind="image").astype(np.float32)
-        if kept is not None and kept.image is plan.context:
-            kept.native, kept.native_intensity = native, self._intensity(scene)
-        return native
-
-    @staticmethod
-    def _intensity(scene: Scene) -> tuple | None:
-        return None if scene.frame.intensity is None else tuple(scene.frame.intensity)
+        return from_frame(plan.context, scene.frame, kind="image").astype(np.float32)
 
     def slice_steps(self, mask2d: np.ndarray, frame: Frame, vendor: str | None = "unknown", seed: int = 0,
                     context: SliceContext | None = None, cancel=None, **kw):
@@ -352,8 +332,8 @@ class SceneMixin:
             step, total, img = last
             if step < total:
                 yield step, total, plan.scene.crop(_full(plan, img))
-        self._keep_scene(plan, last[2])
         native, framed = self.assemble(plan, last[2], frame, context)
+        self._keep_scene(plan, last[2], native)
         yield last[0], last[1], framed, native
 
     def render_slice_ctx(self, mask2d, frame, vendor="unknown", seed=0, context: SliceContext | None = None, **kw):
@@ -423,6 +403,10 @@ class SceneMixin:
 def _noise_field(seed: int, size: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 2 + 1)
     return torch.randn(1, 1, size, size, generator=g)
+
+
+def _intensity(scene: Scene) -> tuple | None:
+    return None if scene.frame.intensity is None else tuple(scene.frame.intensity)
 
 
 def _full(plan: Plan, window_img: np.ndarray) -> np.ndarray:

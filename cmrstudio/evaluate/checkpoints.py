@@ -41,21 +41,18 @@ def checkpoint_cards(run: str | Path) -> list[Path]:
 def evaluate_checkpoints(run: str | Path, cases, max_slices: int | None = 120, segmenter: str | None = None,
                          device: str | None = None, seed: int = 0, progress=None) -> dict:
     """Measure every kept checkpoint of ``run`` on the heart slices of ``cases`` (held-out patients); see the module."""
-    from cmrstudio.data.slices import heart_slices
     from cmrstudio.engine.factory import open_renderer
     from cmrstudio.engine.segment import segment_images
     from cmrstudio.evaluate.fidelity import InceptionFeatures, fid, kid
-    from cmrstudio.evaluate.realism import grid_artefact
+    from cmrstudio.evaluate.realism import grid_artefact, render_rows, spread_rows
     from cmrstudio.metrics import dice_scores
     from cmrstudio.models.registry import build_model, get_model
 
     cards = checkpoint_cards(run)
     first = open_renderer(str(cards[0]), device=device)
-    rows = [(c, img, m) for c, imgs, ms in heart_slices(cases, first) for img, m in zip(imgs, ms)]
+    rows = spread_rows(first, cases, max_slices)
     if len(rows) < 2:
         raise CmrError("Checkpoints are compared on at least two heart slices with images and masks; none of the given cases has them.")
-    if max_slices is not None and len(rows) > max_slices:
-        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, max_slices).round().astype(int)]
     real = np.stack([img for _, img, _ in rows]).astype(np.float32)
     masks = np.stack([m for _, _, m in rows]).astype(np.uint8)
     seg = build_model(get_model(segmenter, kind="segmenter"), first.device)
@@ -69,7 +66,7 @@ def evaluate_checkpoints(run: str | Path, cases, max_slices: int | None = 120, s
         r = first if k == 0 else open_renderer(str(card), device=device)
         if r.size != first.size:
             raise CmrError(f"{card} renders {r.size}-pixel frames, the run's first checkpoint {first.size}; compare checkpoints of one run.")
-        synth = np.stack([r.render_framed(m[None], c.vendor, seed=[seed + j])[0] for j, (c, _, m) in enumerate(rows)]).astype(np.float32)
+        synth = render_rows(r, rows, "synthetic", seed)
         f_syn = feats(synth)
         kd, kd_std = kid(f_real, f_syn)
         row = {"name": r.name, "card": str(card), "step": int(_STEP.search(card.stem).group(1)), "sha256": r.info.card.get("sha256"),

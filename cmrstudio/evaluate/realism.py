@@ -122,21 +122,32 @@ class Realism:
         return dict(self.__dict__)
 
 
-def _render(r, cases, mode: str, seed0: int, max_slices: int | None = None):
-    """(real framed slices, renders of their masks) over ``cases``; at most ``max_slices``, spread evenly."""
+def spread_rows(r, cases, max_slices: int | None = None) -> list:
+    """(case, framed real slice, framed mask) of every heart slice of ``cases`` in ``r``'s frame; at most ``max_slices``,
+    spread evenly."""
     from cmrstudio.data.slices import heart_slices
 
     rows = [(c, img, m) for c, imgs, ms in heart_slices(cases, r) for img, m in zip(imgs, ms)]
-    if not rows:
-        return np.zeros((0, r.size, r.size), np.float32), np.zeros((0, r.size, r.size), np.float32)
     if max_slices is not None and len(rows) > max_slices:
         rows = [rows[i] for i in np.linspace(0, len(rows) - 1, max_slices).round().astype(int)]
-    real = np.stack([img for _, img, _ in rows]).astype(np.float32)
+    return rows
+
+
+def render_rows(r, rows, mode: str, seed0: int) -> np.ndarray:
+    """One render of each row's mask (its vendor; slice j gets seed ``seed0 + j``), in this patient or fully synthetic."""
     synth = []
     for j, (c, img, m) in enumerate(rows):
         ctx = img[None] if mode == "in-patient" else None
         synth.append(r.render_framed(m[None], c.vendor, seed=[seed0 + j], context=ctx)[0])
-    return real, np.stack(synth).astype(np.float32)
+    return np.stack(synth).astype(np.float32)
+
+
+def _render(r, cases, mode: str, seed0: int, max_slices: int | None = None):
+    """(real framed slices, renders of their masks) over ``cases``; at most ``max_slices``, spread evenly."""
+    rows = spread_rows(r, cases, max_slices)
+    if not rows:
+        return np.zeros((0, r.size, r.size), np.float32), np.zeros((0, r.size, r.size), np.float32)
+    return np.stack([img for _, img, _ in rows]).astype(np.float32), render_rows(r, rows, mode, seed0)
 
 
 def evaluate_realism(held_out, reference, model: str | None = None, mode: str = "synthetic", classifier_steps: int = 400,

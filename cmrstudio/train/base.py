@@ -360,10 +360,11 @@ class BaseTrainer:
             return {}
 
     def save_model(self):
-        info = save_model(self.out, self.opts.name, self.networks()["ema"].state_dict(), self.card())
+        state = self.networks()["ema"].state_dict()
+        info = save_model(self.out, self.opts.name, state, self.card())
         if self.opts.keep_checkpoints:
             name = f"{self.opts.name}-step{self.step:06d}"
-            save_model(self.out / "checkpoints", name, self.networks()["ema"].state_dict(), {**info.card, "name": name})
+            save_model(self.out / "checkpoints", name, state, {**info.card, "name": name})
         return info
 
     def grid_rows(self, images: torch.Tensor) -> np.ndarray:
