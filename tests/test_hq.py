@@ -18,7 +18,7 @@ from cmrstudio.engine.live import LiveEngine, Renderer
 from cmrstudio.errors import CmrError
 from cmrstudio.io import write_volume
 from cmrstudio.models.checkpoint import read_card, sha256_file, verify
-from cmrstudio.models.diffusion import CondUNet, DiffusionConfig
+from cmrstudio.models.diffusion import PRESETS, CondUNet, DiffusionConfig
 from cmrstudio.models.registry import get_model
 from cmrstudio.models.sampling import Cancelled, noise_for, sample
 from cmrstudio.models.spade import onehot
@@ -101,6 +101,72 @@ def test_sampling_is_reproducible_for_a_seed_and_reports_every_step(which, reque
     b = list(r.sample_framed(m, "ge", seed=6, steps=4))[-1].image
     assert np.array_equal(a, steps[-1].image)  # same seed, same image
     assert float(np.abs(a - b).mean()) > 1e-3  # another seed, another image
+
+
+def _perturbed_scene_net(seed: int = 0) -> CondUNet:
+    net = CondUNet(DiffusionConfig(**{**PRESETS["scene-tiny"].to_dict(), "size": 64})).eval()
+    torch.manual_seed(seed)
+    for p in net.parameters():  # zero-initialised outputs: perturb so every path matters
+        p.data.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+def _euler_by_hand(net, cond, v, noise, steps, guidance, bf16):
+    """The flow sampler written out plainly: every step runs the whole network, conditioning included."""
+    x = noise.clone()
+    ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    with torch.inference_mode():
+        for t, s in zip(ts[:-1], ts[1:]):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                tt = torch.full((1,), t)
+                if guidance == 1.0:
+                    out = net(x, tt, cond, v).float()
+                else:  # both branches in one batch, as the sampler runs them
+                    out, un = net(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, torch.zeros_like(cond)]),
+                                  torch.cat([v, v])).float().chunk(2)
+                    out = un + guidance * (out - un)
+            x = x - (t - s) * out
+    return ((x[:, 0].clamp(-1, 1).numpy() + 1) / 2).astype(np.float32)
+
+
+@pytest.mark.parametrize("guidance,bf16", [(1.0, False), (2.0, False), (1.0, True)])
+def test_sampler_reuses_the_conditioning_maps_and_renders_the_same_to_the_bit(guidance, bf16):
+    """The decoder's per-pixel scale and shift depend on the conditioning alone: the sampler makes them once per
+    render instead of at every step, and the image is exactly what running the whole network every step gives."""
+    net = _perturbed_scene_net()
+    torch.manual_seed(1)
+    cond = torch.rand(1, net.cfg.cond_channels, 64, 64)
+    v, noise = torch.tensor([1]), noise_for(3, 64)
+    calls = []
+    spatial = [m for m in net.modules() if type(m).__name__ == "SpatialNorm"]
+    hooks = [m.gamma_beta.register_forward_hook(lambda *a: calls.append(1)) for m in spatial]
+    try:
+        steps = list(sample(net, "flow", cond, v, noise, 5, guidance, "euler", bf16=bf16))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(spatial) >= 10 and len(calls) == len(spatial)  # once per render, not once per step (5 steps)
+    assert np.array_equal(steps[-1].image, _euler_by_hand(net, cond, v, noise, 5, guidance, bf16))
+    other = list(sample(net, "flow", torch.rand(1, net.cfg.cond_channels, 64, 64), v, noise, 5, guidance, "euler", bf16=bf16))
+    assert float(np.abs(other[-1].image - steps[-1].image).mean()) > 1e-3  # maps belong to one render, not kept across
+
+
+def test_weights_stored_in_bf16_give_autocast_the_same_result_and_hq_renderers_store_them(tiny_flow):
+    import copy
+
+    from cmrstudio.engine.device import autocast_weights
+
+    net = _perturbed_scene_net(2)
+    fast = autocast_weights(copy.deepcopy(net))
+    assert fast.inp.weight.dtype == torch.bfloat16 and fast.time[0].weight.dtype == torch.bfloat16
+    assert fast.out_norm.weight.dtype == torch.float32 and fast.vendor.weight.dtype == torch.float32  # autocast keeps these fp32
+    torch.manual_seed(3)
+    x, cond = torch.randn(2, 1, 64, 64), torch.rand(2, net.cfg.cond_channels, 64, 64)
+    args = (x, torch.tensor([0.3, 0.9]), cond, torch.tensor([0, 2]))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(net(*args), fast(*args))
+    assert HQRenderer(read_card(_card(tiny_flow)), bf16=True).net.inp.weight.dtype == torch.bfloat16
+    assert HQRenderer(read_card(_card(tiny_flow)), bf16=False).net.inp.weight.dtype == torch.float32
 
 
 def test_cancel_stops_the_sampler_before_its_next_step(tiny_diffusion):

@@ -46,6 +46,17 @@ def bf16_native(device: torch.device) -> bool:
     return False
 
 
+def autocast_weights(net: torch.nn.Module) -> torch.nn.Module:
+    """Store the weights that bfloat16 autocast casts at every call (convolutions, linear layers) in bfloat16 once.
+
+    Autocast then has nothing to cast, and its results are the same to the bit: it casts these weights to bfloat16
+    anyway and keeps the rest (norms, embeddings) in float32. The network must then only be run under autocast."""
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)):
+            m.to(torch.bfloat16)
+    return net
+
+
 def _cpu_flags() -> set[str] | None:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from cmrstudio.data.frame import Frame, frame_mask, from_frame
-from cmrstudio.engine.device import bf16_native
+from cmrstudio.engine.device import autocast_weights, bf16_native
 from cmrstudio.engine.base import GeneratorFront, JobBook, join_worker
 from cmrstudio.engine.scene import SceneMixin, SliceContext
 from cmrstudio.errors import CmrError
 from cmrstudio.record import Render, make_record
 from cmrstudio.models.checkpoint import ModelInfo
+from cmrstudio.models.diffusion import CondUNet
 from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, SOLVERS, Cancelled, Step, check_guidance, check_steps, noise_for,
                                        run_to_end, sample)
 from cmrstudio.models.spade import onehot
@@ -49,6 +50,8 @@ class HQRenderer(GeneratorFront):
         self.solver = card.get("solver") or SOLVERS[self.kind][0]
         self.steps, self.guidance, self.solver = self.sampling(steps, guidance, solver)
         self.bf16 = bf16_native(self.device) if bf16 is None else bool(bf16)
+        if self.bf16 and self.device.type == "cpu" and isinstance(self.net, CondUNet):  # our own network: every call is under autocast
+            autocast_weights(self.net)
 
     def describe(self) -> dict:
         return {**super().describe(), "steps": self.steps, "guidance": self.guidance, "solver": self.solver}

@@ -123,9 +123,8 @@ class PixelNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mu = x.mean(1, keepdim=True)
-        var = (x - mu).pow(2).mean(1, keepdim=True)
-        x = (x - mu) * torch.rsqrt(var + self.eps)
+        d = x - x.mean(1, keepdim=True)
+        x = d * torch.rsqrt(d.pow(2).mean(1, keepdim=True) + self.eps)
         if self.weight is not None:
             x = x * self.weight[:, None, None] + self.bias[:, None, None]
         return x
@@ -146,11 +145,18 @@ class SpatialNorm(nn.Module):
         nn.init.zeros_(self.gamma_beta.weight)
         nn.init.zeros_(self.gamma_beta.bias)
 
-    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        if seg.shape[-1] != x.shape[-1]:  # label fractions: keeps sub-pixel boundaries at coarse scales
-            seg = F.adaptive_avg_pool2d(seg, x.shape[-2:])
-        gamma, beta = self.gamma_beta(self.shared(seg)).chunk(2, dim=1)
-        return self.norm(x) * (1 + gamma) + beta
+    def forward(self, x: torch.Tensor, seg: torch.Tensor, maps: dict | None = None) -> torch.Tensor:
+        key = (self, tuple(x.shape[-2:]))
+        if maps is not None and key in maps:
+            scale, beta = maps[key]
+        else:
+            if seg.shape[-1] != x.shape[-1]:  # label fractions: keeps sub-pixel boundaries at coarse scales
+                seg = F.adaptive_avg_pool2d(seg, x.shape[-2:])
+            gamma, beta = self.gamma_beta(self.shared(seg)).chunk(2, dim=1)
+            scale = 1 + gamma
+            if maps is not None:
+                maps[key] = (scale, beta)
+        return self.norm(x) * scale + beta
 
 
 class ResBlock(nn.Module):
@@ -175,13 +181,13 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.conv1.bias)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def _norm(self, norm: nn.Module, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        return norm(x, seg) if self.spatial else norm(x)
+    def _norm(self, norm: nn.Module, x: torch.Tensor, seg: torch.Tensor, maps: dict | None) -> torch.Tensor:
+        return norm(x, seg, maps) if self.spatial else norm(x)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        h = self.conv0(F.silu(self._norm(self.norm0, x, seg)))
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, seg: torch.Tensor, maps: dict | None = None) -> torch.Tensor:
+        h = self.conv0(F.silu(self._norm(self.norm0, x, seg, maps)))
         scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = self._norm(self.norm1, h, seg) * (1 + scale) + shift
+        h = self._norm(self.norm1, h, seg, maps) * (1 + scale) + shift
         h = self.conv1(F.silu(h))
         return self.skip(x) + h
 
@@ -250,8 +256,13 @@ class CondUNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, onehot: torch.Tensor, vendor: torch.Tensor) -> torch.Tensor:
-        """x (B,C,N,N); t (B,) in [0,1]; onehot (B,L,N,N) conditioning maps, all zeros = none; vendor (B,) long."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, onehot: torch.Tensor, vendor: torch.Tensor,
+                maps: dict | None = None) -> torch.Tensor:
+        """x (B,C,N,N); t (B,) in [0,1]; onehot (B,L,N,N) conditioning maps, all zeros = none; vendor (B,) long.
+
+        ``maps``: a dict kept by a sampler for one ``onehot`` over all its steps. The decoder's per-pixel
+        scale and shift depend on the conditioning alone, so they are computed at the first step, stored
+        there, and reused by every later step (the same values, without their convolutions)."""
         emb = self.time(timestep_embedding(t, self.cfg.time_dim)) + self.vendor(vendor)
         p = self.cfg.patch
         h = self.inp(F.pixel_unshuffle(torch.cat([x, onehot], 1) if self.cfg.mask_input else x, p))
@@ -260,8 +271,8 @@ class CondUNet(nn.Module):
             for m in level:
                 h = m(h, emb, onehot) if isinstance(m, ResBlock) else m(h)
                 hs.append(h)
-        h = self.mid1(self.mid_attn(self.mid0(h, emb, onehot)), emb, onehot)
+        h = self.mid1(self.mid_attn(self.mid0(h, emb, onehot, maps)), emb, onehot, maps)
         for level in self.up:
             for m in level:
-                h = m(torch.cat([h, hs.pop()], 1), emb, onehot) if isinstance(m, ResBlock) else m(h)
+                h = m(torch.cat([h, hs.pop()], 1), emb, onehot, maps) if isinstance(m, ResBlock) else m(h)
         return F.pixel_shuffle(self.out(F.silu(self.out_norm(h))), p)

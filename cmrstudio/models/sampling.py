@@ -119,16 +119,32 @@ def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type in ("cpu", "cuda"))
 
 
-def _predict(net, x: torch.Tensor, t: float, onehot: torch.Tensor, vendor: torch.Tensor, guidance: float, bf16: bool) -> torch.Tensor:
+def _predict(net, x: torch.Tensor, t: float, onehot: torch.Tensor, vendor: torch.Tensor, guidance: float, bf16: bool,
+             maps: dict | None = None) -> torch.Tensor:
+    """The network's output at ``t``; with guidance, ``onehot`` and ``vendor`` already hold both branches (see
+    :func:`_branches`). ``maps``: the sampler's store of conditioning-only maps, for networks that keep them."""
     b = x.shape[0]
     tt = torch.full((b,), float(t), device=x.device)
+    extra = {"maps": maps} if maps is not None else {}
     with _autocast(x.device, bf16):
         if guidance == 1.0:
-            return net(x, tt, onehot, vendor).float()
-        both = net(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([onehot, torch.zeros_like(onehot)]),
-                   torch.cat([vendor, vendor])).float()
+            return net(x, tt, onehot, vendor, **extra).float()
+        both = net(torch.cat([x, x]), torch.cat([tt, tt]), onehot, vendor, **extra).float()
     cond, uncond = both.chunk(2)
     return uncond + guidance * (cond - uncond)
+
+
+def _branches(onehot: torch.Tensor, vendor: torch.Tensor, guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """With guidance: the conditional and the unconditional (all-zero mask) branch in one batch, made once per sampling."""
+    if guidance == 1.0:
+        return onehot, vendor
+    return torch.cat([onehot, torch.zeros_like(onehot)]), torch.cat([vendor, vendor])
+
+
+def _keeps_maps(net) -> bool:
+    import inspect
+
+    return "maps" in inspect.signature(net.forward).parameters
 
 
 def _to01(x: torch.Tensor) -> np.ndarray:
@@ -156,11 +172,13 @@ def sample(net, objective: str, onehot: torch.Tensor, vendor: torch.Tensor, nois
     steps = int(steps)
     ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
     x = noise.to(onehot.device, torch.float32)
+    onehot, vendor = _branches(onehot, vendor, guidance)
+    maps = {} if _keeps_maps(net) else None  # conditioning-only maps, made at the first step and reused
     for i in range(steps):
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         t, s = ts[i], ts[i + 1]
-        out = _predict(net, x, t, onehot, vendor, guidance, bf16)
+        out = _predict(net, x, t, onehot, vendor, guidance, bf16, maps)
         if objective == "diffusion":
             a_t, s_t = math.cos(t * math.pi / 2), math.sin(t * math.pi / 2)
             a_s, s_s = math.cos(s * math.pi / 2), math.sin(s * math.pi / 2)
@@ -171,7 +189,7 @@ def sample(net, objective: str, onehot: torch.Tensor, vendor: torch.Tensor, nois
         else:
             if solver == "heun" and s > 0:
                 x_e = x - (t - s) * out
-                out2 = _predict(net, x_e, s, onehot, vendor, guidance, bf16)
+                out2 = _predict(net, x_e, s, onehot, vendor, guidance, bf16, maps)
                 out = 0.5 * (out + out2)
                 x = x - (t - s) * out
             else:
