@@ -383,3 +383,56 @@ def test_bad_hq_options_get_one_sentence(tiny_flow, tmp_path):
     # no mask dropout: the unconditional branch is untrained, so the card's default guidance is 1
     tr = DiffusionTrainer(DiffusionOptions(objective="flow", out=str(tmp_path / "y"), steps=5, cond_drop=0.0, **TINY))
     assert tr.card()["sampling"]["guidance"] == 1.0
+
+
+# -- fine-tuning and the grid penalty -------------------------------------------------------------
+
+@pytest.mark.parametrize("objective", ["flow", "diffusion"])
+def test_the_clean_image_a_perfect_prediction_points_to_is_the_training_image(objective):
+    from cmrstudio.models.sampling import training_loss
+
+    torch.manual_seed(4)
+    x0, noise, t = torch.rand(3, 1, 16, 16) * 2 - 1, torch.randn(3, 1, 16, 16), torch.tensor([0.1, 0.5, 0.95])
+    tt = t[:, None, None, None]
+    a, s = torch.cos(tt * torch.pi / 2), torch.sin(tt * torch.pi / 2)
+    target = noise - x0 if objective == "flow" else a * noise - s * x0
+    loss, x0_pred = training_loss(lambda *_: target, objective, x0, None, None, t, noise, with_x0=True)
+    assert float(loss) == 0.0 and torch.allclose(x0_pred, x0, atol=1e-5)
+    _, off = training_loss(lambda *_: target + 0.1, objective, x0, None, None, t, noise, with_x0=True)
+    assert not torch.allclose(off, x0, atol=1e-3)
+
+
+def test_fine_tuning_a_flow_model_with_the_grid_penalty_starts_from_its_weights_and_records_both(tiny_flow, tiny_diffusion, tmp_path):
+    from cmrstudio.models.checkpoint import load_state
+
+    def opts(**kw):
+        return DiffusionOptions(objective="flow", **{**TINY, "out": str(tmp_path / "ft"), "name": "tiny-flow-ft", "steps": 8, **kw})
+
+    with pytest.raises(CmrError, match="--grid-loss -1"):
+        DiffusionTrainer(opts(grid=-1.0))
+    with pytest.raises(CmrError, match="is a diffusion model, not a flow model"):
+        DiffusionTrainer(opts(init=_card(tiny_diffusion)))
+    with pytest.raises(CmrError, match=r"does not match this run's architecture \(size 64 \(this run 128\)\)"):
+        DiffusionTrainer(opts(init=_card(tiny_flow), size=128))
+    p = run("train", "flow", "--phantom", "3", "--preset", "tiny", "--size", "128", "--steps", "2", "--init", _card(tiny_flow),
+            "--out", str(tmp_path / "cli"), "--quiet", check=False)
+    assert p.returncode != 0 and "does not match this run's architecture" in p.stderr and "Traceback" not in p.stderr
+
+    tr = DiffusionTrainer(opts(init=_card(tiny_flow), grid=50.0))
+    theirs = load_state(str(tiny_flow.out / "tiny-flow.safetensors"))
+    assert all(torch.equal(theirs[k], v) for k, v in tr.net.state_dict().items())
+    assert all(torch.equal(theirs[k], v) for k, v in tr.ema.state_dict().items())
+    tr.run(progress=False)
+    card = read_card(tmp_path / "ft" / "tiny-flow-ft.json").card
+    pre = card["training"]["pretraining"]
+    assert pre["name"] == "tiny-flow" and pre["sha256"] == read_card(_card(tiny_flow)).card["sha256"] and pre["iterations"] == 60
+    assert card["training"]["grid_period2"] == 50.0 and card["training"]["iterations"] == 8
+    logged = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert any("grid" in r for r in logged) and all(r["grid"] >= 0 for r in logged if "grid" in r)
+    moved = load_state(str(tmp_path / "ft" / "tiny-flow-ft.safetensors"))
+    assert any(not torch.equal(theirs[k], moved[k]) for k in theirs)  # it trained on from there
+    saved = tr.grid_penalty.ref.clone()
+    resumed = DiffusionTrainer(opts(init=_card(tiny_flow), grid=50.0, steps=10, resume=True))
+    resumed.run(progress=False)
+    assert resumed.grid_penalty.ref is not None and resumed.step == 10
+    assert not torch.equal(resumed.grid_penalty.ref, saved)  # taken back, then updated by two more steps

@@ -70,6 +70,7 @@ def _train_generator(objective: str, **kw) -> None:
     from cmrstudio.train.diffusion import DiffusionOptions, DiffusionTrainer
 
     install, quiet = kw.pop("install"), kw.pop("quiet")
+    kw["grid"] = kw.pop("grid_loss")
     check_name(kw["name"])
     kw["out"], kw["data"], kw["exclude"] = str(kw["out"]), list(kw["data"]), list(kw["exclude"])
     tr = DiffusionTrainer(DiffusionOptions(objective=objective, **kw)).run(progress=not quiet)
@@ -110,6 +111,8 @@ def _hq_train_command(objective: str, default_steps: int):
         max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (and save) after this many minutes."),
         keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Also keep the model at every save (OUT/checkpoints), for `cmrstudio evaluate checkpoints`."),
         layout_prior: Optional[str] = typer.Option(None, "--layout-prior", help="Scene presets: the tissue-class prior (name or card; default: the installed layout-cmr)."),
+        grid_loss: float = typer.Option(0.0, "--grid-loss", help="Weight of a penalty on period-2 grid patterns in the predicted clean image's gradient energy (0: off)."),
+        init: Optional[str] = typer.Option(None, "--init", help=f"Start from this {objective} model's weights (a card path or name; same --preset and --size): fine-tuning."),
         install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ):

@@ -94,9 +94,10 @@ def sample_t(objective: str, n: int, generator: torch.Generator) -> torch.Tensor
 
 
 def training_loss(net, objective: str, x0: torch.Tensor, onehot: torch.Tensor, vendor: torch.Tensor, t: torch.Tensor,
-                  noise: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+                  noise: torch.Tensor, per_sample: bool = False, with_x0: bool = False):
     """MSE between the network output and the objective's target (v for diffusion, velocity for flow);
-    the batch mean, or one value per sample with ``per_sample``."""
+    the batch mean, or one value per sample with ``per_sample``. With ``with_x0``: (loss, the clean image the
+    prediction points to), for losses on the image itself."""
     tt = t[:, None, None, None]
     if objective == "diffusion":
         alpha, sigma = alpha_sigma(tt)
@@ -108,9 +109,10 @@ def training_loss(net, objective: str, x0: torch.Tensor, onehot: torch.Tensor, v
     else:
         raise ValueError(f"unknown objective {objective!r}")
     pred = net(xt, t, onehot, vendor).float()
-    if per_sample:
-        return ((pred - target) ** 2).flatten(1).mean(1)
-    return F.mse_loss(pred, target)
+    loss = ((pred - target) ** 2).flatten(1).mean(1) if per_sample else F.mse_loss(pred, target)
+    if not with_x0:
+        return loss
+    return loss, (alpha * xt - sigma * pred if objective == "diffusion" else xt - tt * pred)
 
 
 # -- sampling ----------------------------------------------------------------------------------

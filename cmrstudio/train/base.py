@@ -105,6 +105,8 @@ class BaseTrainer:
     kind = "model"
     presets: dict = {}
     postfix: tuple[str, ...] = ()
+    grid_penalty = None  # a GridPenalty when the run trains against the period-2 grid (its running mean is saved with the state)
+    pretraining: dict | None = None  # the card's training.pretraining record of the model a run starts from (--init)
 
     def __init__(self, opts, log: Callable[[str], None] | None = None):
         self.opts = opts
@@ -246,10 +248,23 @@ class BaseTrainer:
 
     def extra_state(self) -> dict:
         """Tensors a trainer keeps beyond networks and optimisers (running statistics of a loss); saved with the state."""
-        return {}
+        ref = self.grid_penalty.ref if self.grid_penalty is not None else None
+        return {} if ref is None else {"grid_ref": ref.detach().cpu()}
 
     def load_extra_state(self, state: dict) -> None:
         """Take back what :meth:`extra_state` saved (state written before it existed gives ``{}``)."""
+        if self.grid_penalty is not None and state.get("grid_ref") is not None:
+            self.grid_penalty.ref = state["grid_ref"].to(self.device)
+
+    def check_init(self, record: dict) -> None:
+        """Say where the model a run starts from (``--init``) may have seen patients this run holds out."""
+        theirs = record.get("held_out_case_prefixes")
+        if theirs is None or not self.opts.exclude:
+            return
+        open_ = [p for p in self.opts.exclude if not any(str(p).startswith(str(q)) for q in theirs)]
+        if open_:
+            self.log(f"Note: {record['name']} did not hold out {', '.join(open_)}; where it was trained on them, they are not "
+                     "held out from this model either (its card records both lists under training).")
 
     def _save_state(self) -> None:
         """Write the whole training state into a fresh folder, then swap it in (never half old, half new)."""
@@ -347,7 +362,7 @@ class BaseTrainer:
                 "seed": self.opts.seed,
                 "last_losses": self.history[-1] if self.history else None,
             },
-            "terms": terms_for(summary),
+            "terms": terms_for(summary + (self.pretraining["data"] if self.pretraining else [])),
             "metrics": self._existing_metrics(),
         }
 

@@ -62,6 +62,43 @@ def data_summary(ds: SliceDataset, cases: list[Case]) -> list[dict]:
     return [{**g, "cases": len(g["cases"]), "vendors": dict(g["vendors"])} for g in groups.values()]
 
 
+PUBLIC_DATASETS = frozenset({"sunnybrook", "phantom"})  # data anyone may use, under no terms that bind the weights
+
+
+def start_from(init: str, kinds: tuple[str, ...], what: str, mine: dict, ignore: tuple[str, ...] = ()):
+    """The model a run starts from (``--init``): (its ModelInfo, its checked weights, the card's ``training.pretraining``
+    record). It must be of one of ``kinds`` and have the same architecture options as ``mine`` (except ``ignore``);
+    anything else is one sentence naming the model and what to do."""
+    from cmrstudio.models.checkpoint import load_state, verify
+    from cmrstudio.models.registry import get_model
+
+    info = get_model(init, kind=None)
+    src = info.card
+    if info.kind not in kinds:
+        raise CmrError(f"--init {init}: {info.name} is a {info.kind} model, not a {what}; give a {what}'s card.")
+    theirs = dict((src.get("architecture") or {}).get("options") or {})
+    diff = [k for k in mine if k not in ignore and theirs.get(k, mine[k]) != mine[k]]
+    if diff or not theirs:
+        shown = ", ".join(f"{k} {theirs.get(k)!r} (this run {mine[k]!r})" for k in diff) or "no architecture options in its card"
+        raise CmrError(f"--init {init}: its network does not match this run's architecture ({shown}); "
+                       f"train with the same --preset and --size as {info.name}, or start from another model.")
+    verify(info)
+    training = src.get("training") or {}
+    data = list(training.get("data") or [])
+    seen = sorted({str(d.get("dataset")) for d in data})
+    record = {
+        "name": info.name,
+        "sha256": src["sha256"],
+        "card": str(info.card_path),
+        "data": [{k: d.get(k) for k in ("dataset", "cases", "slices", "licence")} for d in data],
+        "datasets": seen,
+        "public_only": bool(seen) and not set(seen) - PUBLIC_DATASETS,
+        "iterations": training.get("iterations"),
+        "held_out_case_prefixes": training.get("held_out_case_prefixes"),
+    }
+    return info, load_state(info.weights_path), record
+
+
 def terms_for(summary: list[dict]) -> str:
     nc = sorted({d["dataset"] for d in summary} & NONCOMMERCIAL)
     if not nc:

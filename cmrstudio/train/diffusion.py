@@ -20,8 +20,9 @@ from cmrstudio.errors import CmrError
 from cmrstudio.models.diffusion import PRESETS, CondUNet, DiffusionConfig
 from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, OBJECTIVES, check_guidance, check_steps, noise_for, run_to_end, sample,
                                        sample_t, training_loss)
-from cmrstudio.models.spade import count_parameters, onehot
+from cmrstudio.models.spade import GridPenalty, count_parameters, onehot
 from cmrstudio.train.base import BaseOptions, BaseTrainer
+from cmrstudio.train.common import start_from
 
 
 @dataclass
@@ -36,12 +37,14 @@ class DiffusionOptions(BaseOptions):
     sample_steps: int | None = None  # steps for the grids and the card's default (objective's default when None)
     bf16: bool | None = None  # mixed precision; automatic (native bf16 only) when None
     ema: float = 0.999
+    grid: float = 0.0  # weight of the period-2 grid penalty on the predicted clean image (GridPenalty; 0: off)
+    init: str | None = None  # start from this model's weights (a card path or name): fine-tuning a trained model
 
 
 class DiffusionTrainer(BaseTrainer):
     presets = PRESETS
-    postfix = ("loss",)
-    resume_must_match = ("objective",)
+    postfix = ("loss", "grid")
+    resume_must_match = ("objective", "init")
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -73,6 +76,8 @@ class DiffusionTrainer(BaseTrainer):
         check_guidance(o.guidance)
         if o.sample_steps is not None:
             check_steps(o.sample_steps)
+        if not o.grid >= 0:
+            raise CmrError(f"--grid-loss {o.grid} must be 0 (off) or above.")
 
     def build(self) -> None:
         o = self.opts
@@ -87,6 +92,23 @@ class DiffusionTrainer(BaseTrainer):
         self.steps_default = int(o.sample_steps if o.sample_steps is not None else DEFAULT_STEPS[o.objective])
         # without mask dropout the unconditional branch was never trained: guidance would be meaningless
         self.guidance = o.guidance if o.cond_drop > 0 else 1.0
+        self.grid_penalty = GridPenalty() if o.grid else None
+        self.pretraining = self._load_init() if o.init else None
+
+    def _load_init(self) -> dict:
+        """Start both the trained and the EMA network from a trained model of the same objective and architecture."""
+        o = self.opts
+        info, state, record = start_from(o.init, (o.objective,), f"{o.objective} model", self.cfg.to_dict())
+        record.pop("datasets")
+        self.check_init(record)
+        try:
+            self.net.load_state_dict(state)
+            self.ema.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CmrError(f"--init {o.init}: the weights in {info.weights_path} do not fit this run's network "
+                           f"({str(exc).splitlines()[0]}); train with the same --preset and --size as {info.name}.") from None
+        self.log(f"Starting from {info.name} (sha256 {record['sha256'][:12]}…, {record['iterations']} iterations).")
+        return record
 
     def networks(self) -> dict:
         return {"network": self.net, "ema": self.ema}
@@ -126,7 +148,8 @@ class DiffusionTrainer(BaseTrainer):
 
     def training_extra(self) -> dict:
         o = self.opts
-        return {"lr": o.lr, "warmup": o.warmup, "cond_drop": o.cond_drop, "precision": "bf16 autocast" if self.bf16 else "fp32"}
+        return {"lr": o.lr, "warmup": o.warmup, "cond_drop": o.cond_drop, "precision": "bf16 autocast" if self.bf16 else "fp32",
+                **({"grid_period2": o.grid} if o.grid else {}), **({"pretraining": self.pretraining} if self.pretraining else {})}
 
     def render_fixed(self, f: dict) -> list[np.ndarray]:
         oh = self.cond(f)
@@ -171,11 +194,17 @@ class DiffusionTrainer(BaseTrainer):
         noise = torch.randn(x0.shape, generator=self.rng).to(self.device)
         for g in self.opt.param_groups:
             g["lr"] = o.lr * min(1.0, (self.step + 1) / max(1, o.warmup))
+        out = {}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = training_loss(self.net, o.objective, x0, oh, vendor, t, noise)
+            if self.grid_penalty is None:
+                loss = total = training_loss(self.net, o.objective, x0, oh, vendor, t, noise)
+            else:  # against a period-2 grid in the clean images the predictions point to
+                loss, x0_pred = training_loss(self.net, o.objective, x0, oh, vendor, t, noise, with_x0=True)
+                total = loss + o.grid * self.grid_penalty(x0_pred)
+                out["grid"] = self.grid_penalty.power
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         gn = torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
         self.opt.step()
         self.update_ema(self.ema, self.net)
-        return {"loss": float(loss.detach()), "grad_norm": float(gn)}
+        return {"loss": float(loss.detach()), **out, "grad_norm": float(gn)}

@@ -31,7 +31,7 @@ from cmrstudio.models.spade import (
     onehot,
 )
 from cmrstudio.train.base import BaseOptions, BaseTrainer
-from cmrstudio.train.common import data_summary
+from cmrstudio.train.common import PUBLIC_DATASETS, data_summary, start_from
 
 
 @dataclass
@@ -53,7 +53,6 @@ class TrainOptions(BaseOptions):
 
 
 # Data that a model may see without any privacy guarantee: CC0 Sunnybrook and the procedural phantom.
-PUBLIC_DATASETS = frozenset({"sunnybrook", "phantom"})
 # Options of the discriminator only: a generator fits whatever these are.
 D_OPTIONS = ("ndf", "num_d", "d_layers", "d_spectral_norm", "d_groupnorm", "d_stem")
 
@@ -119,23 +118,13 @@ class SpadeTrainer(BaseTrainer):
         """Start from a public model: its (EMA) generator weights for both the trained and the EMA generator, and its
         discriminator when its run folder kept one (``train_state/discriminator.safetensors``) of the same architecture.
         Returns the card's ``training.pretraining`` record."""
-        from cmrstudio.models.checkpoint import load_state, verify
-        from cmrstudio.models.registry import get_model
+        from cmrstudio.models.checkpoint import load_state
 
         opts = self.opts
-        info = get_model(opts.init, kind=None)
-        src = info.card
-        if info.kind != "spade":
-            raise CmrError(f"--init {opts.init}: {info.name} is a {info.kind} model, not a SPADE generator; give a SPADE model's card.")
-        theirs = dict((src.get("architecture") or {}).get("options") or {})
-        mine = self.cfg.to_dict()
-        diff = [k for k in mine if k not in D_OPTIONS and theirs.get(k, mine[k]) != mine[k]]
-        if diff or not theirs:
-            shown = ", ".join(f"{k} {theirs.get(k)!r} (this run {mine[k]!r})" for k in diff) or "no architecture options in its card"
-            raise CmrError(f"--init {opts.init}: its generator does not match this run's architecture ({shown}); "
-                           f"train with the same --preset and --size as {info.name}, or pre-train another model.")
-        data = list((src.get("training") or {}).get("data") or [])
-        seen = sorted({str(d.get("dataset")) for d in data})
+        info, state, record = start_from(opts.init, ("spade",), "SPADE generator", self.cfg.to_dict(), ignore=D_OPTIONS)
+        theirs, mine = dict(info.card["architecture"]["options"]), self.cfg.to_dict()
+        seen = record.pop("datasets")
+        self.check_init(record)
         private_seen = [d for d in seen if d not in PUBLIC_DATASETS]
         if self.private and not seen:
             raise CmrError(f"--init {opts.init}: the card of {info.name} does not say what data it was trained on, so a private "
@@ -144,8 +133,6 @@ class SpadeTrainer(BaseTrainer):
             raise CmrError(f"--init {opts.init}: {info.name} was trained on {', '.join(private_seen)}, not only on public data "
                            f"({', '.join(sorted(PUBLIC_DATASETS))}), so a private fine-tuning from it would not be private; "
                            "pre-train on public data only, or train privately from scratch.")
-        verify(info)
-        state = load_state(info.weights_path)
         try:
             self.G.load_state_dict(state)
             self.G_ema.load_state_dict(state)
@@ -166,15 +153,9 @@ class SpadeTrainer(BaseTrainer):
                 f"{k} {theirs.get(k)!r}" for k in D_OPTIONS if theirs.get(k, mine[k]) != mine[k]) + ")"
         self.log(f"Starting from {info.name} (sha256 {info.card['sha256'][:12]}…; trained on {', '.join(seen) or 'unknown data'}); "
                  f"discriminator: {d_from}.")
-        public = not private_seen and bool(seen)
+        public = record["public_only"]
         return {
-            "name": info.name,
-            "sha256": info.card["sha256"],
-            "card": str(info.card_path),
-            "data": [{k: d.get(k) for k in ("dataset", "cases", "slices", "licence")} for d in data],
-            "public_only": public,
-            "iterations": (src.get("training") or {}).get("iterations"),
-            "held_out_case_prefixes": (src.get("training") or {}).get("held_out_case_prefixes"),
+            **record,
             "discriminator": d_from,
             "privacy": ("The pre-training saw public data only (" + ", ".join(seen) + "); the differential-privacy accounting of this model "
                         "covers only its fine-tuning on the private data under training.data." if self.private else
@@ -182,14 +163,6 @@ class SpadeTrainer(BaseTrainer):
                          "The pre-training saw " + (", ".join(seen) or "data its card does not name") + ", not only public data; ")
                         + "this fine-tuning is not differentially private either."),
         }
-
-    def card(self) -> dict:
-        card = super().card()
-        if self.pretraining and not self.pretraining["public_only"]:  # the pre-training data's terms bind the weights too
-            from cmrstudio.train.common import terms_for
-
-            card["terms"] = terms_for(card["training"]["data"] + self.pretraining["data"])
-        return card
 
     # -- differential privacy --------------------------------------------------------------------
     def _make_private(self) -> None:
@@ -289,14 +262,6 @@ class SpadeTrainer(BaseTrainer):
                        "note": "no VGG perceptual loss (no ImageNet weights offline); low-pass L1 instead"},
             "ema": self.opts.ema,
         }
-
-    def extra_state(self) -> dict:
-        ref = self.grid_penalty.ref if self.grid_penalty is not None else None
-        return {} if ref is None else {"grid_ref": ref.detach().cpu()}
-
-    def load_extra_state(self, state: dict) -> None:
-        if self.grid_penalty is not None and state.get("grid_ref") is not None:
-            self.grid_penalty.ref = state["grid_ref"].to(self.device)
 
     def training_extra(self) -> dict:
         extra = {"lr": {"g": self.opts.lr_g, "d": self.opts.lr_d},
