@@ -499,3 +499,40 @@ def test_training_with_the_grid_penalty_records_it_and_bad_weights_are_refused(t
     resumed = SpadeTrainer(TrainOptions(out=str(out), name="gridded", steps=12, grid=2000.0, seed=0, resume=True, **SMALL))
     resumed._load_state()
     assert resumed.grid_penalty.ref is not None and torch.allclose(resumed.grid_penalty.ref, saved)
+
+
+# -- mode seeking: seeds that change the image --------------------------------------------------------
+
+def test_mode_seeking_pushes_two_seeds_of_one_mask_apart_and_training_records_it(tmp_path):
+    from cmrstudio.train.spade import SpadeTrainer, TrainOptions
+
+    with pytest.raises(CmrError, match="--mode-seeking -1"):
+        SpadeTrainer(TrainOptions(out=str(tmp_path / "bad"), name="bad", steps=2, mode_seeking=-1.0, **SMALL))
+    with pytest.raises(CmrError, match="count twice in a private step"):
+        SpadeTrainer(TrainOptions(out=str(tmp_path / "bad2"), name="bad", steps=2, mode_seeking=1.0, dp_epsilon=8.0, **SMALL))
+    out = tmp_path / "ms"
+    tr = SpadeTrainer(TrainOptions(out=str(out), name="seeking", steps=6, mode_seeking=1.0, seed=0, **SMALL))
+    tr.run(progress=False)
+    card = read_card(out / "seeking.json").card
+    assert card["architecture"]["losses"]["mode_seeking"] == 1.0
+    logged = [r for r in (json.loads(line) for line in (out / "log.jsonl").read_text(encoding="utf-8").splitlines()) if "step" in r]
+    assert logged and all(np.isfinite(r["ms"]) and r["ms"] > 0 for r in logged)
+
+    # the loss's own pull: descending it alone takes two renders of the same masks apart
+    mask = torch.from_numpy(phantom_case(seed=5, n_slices=2, shape=(64, 64)).mask.astype(np.int64))
+    oh, v = onehot(mask), torch.zeros(2, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(2, tr.cfg.z_dim, generator=g), torch.randn(2, tr.cfg.z_dim, generator=g))
+    opt = torch.optim.Adam(tr.G.parameters(), lr=1e-3)
+
+    def apart():
+        return float((tr.G(oh, v, z[0]) - tr.G(oh, v, z[1])).abs().mean())
+
+    before = apart()
+    for _ in range(15):
+        fake, other = tr.G(oh, v, z[0]), tr.G(oh, v, z[1])
+        ms = tr._g_losses(tr.D, fake, fake.detach(), oh, v, other, z)["ms"]
+        opt.zero_grad()
+        ms.backward()
+        opt.step()
+    assert apart() > 1.5 * before, (before, apart())

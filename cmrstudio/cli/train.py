@@ -26,6 +26,7 @@ def train_spade(
     lr_g: float = typer.Option(1e-4, "--lr-g"),
     lr_d: float = typer.Option(4e-4, "--lr-d"),
     grid_loss: float = typer.Option(0.0, "--grid-loss", help="Weight of a penalty on period-2 grid patterns in the generator's gradient energy (0: off; 1000 removed spade-cmr's grid)."),
+    mode_seeking: float = typer.Option(0.0, "--mode-seeking", help="Weight of the mode-seeking loss: two seeds of one mask must give two images (0: off; not with --dp-epsilon)."),
     seed: int = typer.Option(0, "--seed"),
     sample_every: int = typer.Option(250, "--sample-every", help="Write a sample grid PNG every N steps."),
     save_every: int = typer.Option(500, "--save-every", help="Save model and training state every N steps."),
@@ -51,7 +52,7 @@ def train_spade(
 
     opts = TrainOptions(
         data=list(data), out=str(out), name=name, phantom=phantom, exclude=list(exclude), preset=preset, size=size,
-        steps=steps, batch=batch, lr_g=lr_g, lr_d=lr_d, grid=grid_loss, seed=seed, sample_every=sample_every, save_every=save_every,
+        steps=steps, batch=batch, lr_g=lr_g, lr_d=lr_d, grid=grid_loss, mode_seeking=mode_seeking, seed=seed, sample_every=sample_every, save_every=save_every,
         device=device, threads=threads, resume=resume, max_minutes=max_minutes, keep_checkpoints=keep_checkpoints,
         dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm, dp_noise=dp_noise, bf16=bf16, layout_prior=layout_prior,
         dp_architecture=dp_architecture, init=init,

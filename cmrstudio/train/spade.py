@@ -43,6 +43,7 @@ class TrainOptions(BaseOptions):
     fm: float = 10.0
     lowpass: float = 10.0
     grid: float = 0.0  # weight of the period-2 grid penalty on the generator's output (GridPenalty; 0: off)
+    mode_seeking: float = 0.0  # weight of the mode-seeking loss (two latents per mask must give two images; 0: off)
     dp_epsilon: float | None = None  # differentially private training (DP-SGD, Opacus) to this epsilon
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0  # per-sample gradient clipping bound
@@ -60,7 +61,7 @@ D_OPTIONS = ("ndf", "num_d", "d_layers", "d_spectral_norm", "d_groupnorm", "d_st
 class SpadeTrainer(BaseTrainer):
     kind = "spade"
     presets = PRESETS
-    postfix = ("d", "g_adv", "lowpass")
+    postfix = ("d", "g_adv", "lowpass", "ms")
     resume_must_match = ("init", "dp_architecture")
 
     def check_options(self) -> None:
@@ -71,6 +72,11 @@ class SpadeTrainer(BaseTrainer):
         o = self.opts
         if not o.grid >= 0:
             raise CmrError(f"--grid-loss {o.grid} must be 0 (off) or above.")
+        if not o.mode_seeking >= 0:
+            raise CmrError(f"--mode-seeking {o.mode_seeking} must be 0 (off) or above.")
+        if o.mode_seeking and o.dp_epsilon is not None:
+            raise CmrError("--mode-seeking renders every training mask twice, so one slice would count twice in a private step; "
+                           "use it in the public pre-training (--init) and train the private run without it.")
         if o.grid and o.dp_epsilon is not None:
             raise CmrError("--grid-loss couples the images of a batch, which differentially private training cannot account for; "
                            "train without --grid-loss, or without --dp-epsilon.")
@@ -259,6 +265,7 @@ class SpadeTrainer(BaseTrainer):
                              "before the discriminator sees it"} if scene else {}),
             "losses": {"hinge_gan": 1.0, "feature_matching": self.weights.fm, "lowpass_l1_4x": self.weights.lowpass,
                        **({"grid_period2": self.weights.grid} if self.weights.grid else {}),
+                       **({"mode_seeking": self.opts.mode_seeking} if self.opts.mode_seeking else {}),
                        "note": "no VGG perceptual loss (no ImageNet weights offline); low-pass L1 instead"},
             "ema": self.opts.ema,
         }
@@ -313,7 +320,8 @@ class SpadeTrainer(BaseTrainer):
         oh = onehot(batch["mask"]).to(self.device)
         vendor = self.drop_vendor(batch["vendor"])
 
-        fake = self.G(oh, vendor)
+        z = self._latents(len(real))
+        fake = self.G(oh, vendor, z[0])
         d_real = self.D(real, oh, vendor)
         d_fake = self.D(fake.detach(), oh, vendor)
         loss_d = d_hinge(d_real, d_fake)
@@ -321,7 +329,7 @@ class SpadeTrainer(BaseTrainer):
         loss_d.backward()
         self.opt_d.step()
 
-        g = self._g_losses(self.D, fake, real, oh, vendor)
+        g = self._g_losses(self.D, fake, real, oh, vendor, self.G(oh, vendor, z[1]) if self.opts.mode_seeking else None, z)
         self.opt_g.zero_grad(set_to_none=True)
         g["g"].backward()
         self.opt_g.step()
@@ -334,8 +342,9 @@ class SpadeTrainer(BaseTrainer):
         real = batch["image"].to(self.device)
         cond = batch["cond"].to(self.device)
         vendor = self.drop_vendor(batch["vendor"])
+        z = self._latents(len(real))
         with self._autocast():
-            fake = composite(self.G(cond, vendor), cond, real)
+            fake = composite(self.G(cond, vendor, z[0]), cond, real)
             d_real = self.D(real, cond, vendor)
             d_fake = self.D(fake.detach(), cond, vendor)
         loss_d = d_hinge(_f32(d_real), _f32(d_fake))
@@ -343,7 +352,9 @@ class SpadeTrainer(BaseTrainer):
         loss_d.backward()
         self.opt_d.step()
 
-        g = self._g_losses(self.D, fake, real, cond, vendor)
+        with self._autocast():
+            other = composite(self.G(cond, vendor, z[1]), cond, real) if self.opts.mode_seeking else None
+        g = self._g_losses(self.D, fake, real, cond, vendor, other, z)
         self.opt_g.zero_grad(set_to_none=True)
         g["g"].backward()
         self.opt_g.step()
@@ -353,8 +364,18 @@ class SpadeTrainer(BaseTrainer):
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def _g_losses(self, D, fake: torch.Tensor, real: torch.Tensor, oh: torch.Tensor, vendor: torch.Tensor) -> dict:
-        """The generator's losses: hinge, feature matching against the real image's features, low-pass L1."""
+    def _latents(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """With mode seeking, two latents per mask (one for each render); without, none (the generator draws its own)."""
+        if not self.opts.mode_seeking:
+            return None, None
+        return tuple(torch.randn(b, self.cfg.z_dim, generator=self.rng).to(self.device) for _ in range(2))
+
+    def _g_losses(self, D, fake: torch.Tensor, real: torch.Tensor, oh: torch.Tensor, vendor: torch.Tensor,
+                  other: torch.Tensor | None = None, z: tuple | None = None) -> dict:
+        """The generator's losses: hinge, feature matching against the real image's features, low-pass L1; with
+        ``other`` (the same masks rendered from the second latent of ``z``) the mode-seeking loss (Mao et al., MSGAN,
+        CVPR 2019): the inverse of how far apart the two renders are per unit of latent distance, so that a seed
+        changes the image instead of being ignored."""
         with self._autocast():
             d_fake = _f32(D(fake, oh, vendor))
             with torch.no_grad():
@@ -364,6 +385,10 @@ class SpadeTrainer(BaseTrainer):
         if self.grid_penalty is not None:
             out["g"] = out["g"] + self.weights.grid * self.grid_penalty(fake)
             out["grid"] = torch.tensor(self.grid_penalty.power)
+        if other is not None:
+            apart = (fake.float() - other.float()).abs().mean() / (z[0] - z[1]).abs().mean()
+            out["ms"] = 1.0 / (apart + 1e-5)
+            out["g"] = out["g"] + self.opts.mode_seeking * out["ms"]
         return out
 
     def _private_step(self, batch: dict) -> dict:
