@@ -53,7 +53,6 @@ class TrainOptions(BaseOptions):
     bf16: bool | None = False  # scene models: bfloat16 autocast for the networks (None: where native); losses stay float32
 
 
-# Data that a model may see without any privacy guarantee: CC0 Sunnybrook and the procedural phantom.
 # Options of the discriminator only: a generator fits whatever these are.
 D_OPTIONS = ("ndf", "num_d", "d_layers", "d_spectral_norm", "d_groupnorm", "d_stem")
 
