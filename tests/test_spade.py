@@ -536,3 +536,23 @@ def test_mode_seeking_pushes_two_seeds_of_one_mask_apart_and_training_records_it
         ms.backward()
         opt.step()
     assert apart() > 1.5 * before, (before, apart())
+
+
+def test_with_style_z_the_latent_styles_every_block_and_not_only_the_first_map():
+    """lite-style: z reaches the image through every block's SPADE, not only through the first 8×8 map."""
+    mask = torch.from_numpy(phantom_case(seed=6, n_slices=1, shape=(64, 64)).mask.astype(np.int64))
+    oh, v = onehot(mask), torch.tensor([1])
+    z1, z2 = torch.randn(1, 64, generator=torch.Generator().manual_seed(1)), torch.randn(1, 64, generator=torch.Generator().manual_seed(2))
+    seen = {}
+    for preset in ("lite", "lite-style"):
+        torch.manual_seed(0)
+        g = SpadeGenerator(SpadeConfig(**{**PRESETS[preset].to_dict(), "size": 64})).eval()
+        for p in g.parameters():  # zero-initialised SPADE convs: perturb so that every path matters
+            p.data.add_(0.05 * torch.randn_like(p))
+        fixed = g.fc(torch.cat([z1, g.vendor_embed(v)], 1))
+        g.fc.register_forward_hook(lambda *_: fixed)  # the first map no longer depends on z
+        with torch.no_grad():
+            seen[preset] = float((g(oh, v, z1) - g(oh, v, z2)).abs().mean())
+    assert seen["lite"] == 0.0 and seen["lite-style"] > 1e-3, seen
+    # a card without the option (every model before it) rebuilds as before
+    assert SpadeConfig.from_dict({k: v for k, v in PRESETS["lite"].to_dict().items() if k != "style_z"}).style_z is False

@@ -19,7 +19,7 @@ def train_spade(
     name: str = typer.Option("spade", "--name", help="Model name (file names and registry)."),
     phantom: int = typer.Option(0, "--phantom", help="Add N phantom cases to the data (alone, for a smoke run)."),
     exclude: list[str] = typer.Option([], "--exclude", help="Hold out cases whose id starts with this; repeatable."),
-    preset: str = typer.Option("lite", "--preset", help="Architecture: scene (whole field of view, live), lite (heart crop), base (GPU), scene-tiny (tests)."),
+    preset: str = typer.Option("lite", "--preset", help="Architecture: scene (whole field of view, live), lite (heart crop), lite-style (heart crop, z styles every block), base (GPU), scene-tiny (tests)."),
     size: int = typer.Option(128, "--size", help="Frame size in pixels (128 live, 256 HQ)."),
     steps: int = typer.Option(2000, "--steps", help="Total training iterations."),
     batch: int = typer.Option(8, "--batch", help="Batch size."),

@@ -62,6 +62,10 @@ class SpadeConfig:
     # the differences between output pixels alternate between a quarter of the central and half of the forward
     # difference: a period-2 ripple in gradient energy that the last blocks amplify. Bicubic leaves far less of it.
     upsample: str = "bilinear"
+    # "classic": the latent z also enters every block's SPADE (beside the vendor, as a bias on its hidden features), so
+    # that a seed styles the whole image at every scale; without it z only seeds the first 8×8 map, which the
+    # generator learns to ignore (MS-SSIM 0.94 between seeds).
+    style_z: bool = False
 
     def __post_init__(self) -> None:
         if self.upsample not in ("bilinear", "bicubic"):
@@ -94,6 +98,8 @@ class SpadeConfig:
 PRESETS = {
     # CPU live path: 2.4 M parameters (most in the 8×8 projection), ~40 ms a frame on 2 cores.
     "lite": SpadeConfig(),
+    # The same, with the latent styling every block (style_z): seeds that give different images (spade-dp).
+    "lite-style": SpadeConfig(style_z=True),
     # GPU / HQ: wider (6.3 M parameters), same structure.
     "base": SpadeConfig(ngf=32, hidden=64, ndf=64),
     # Scene models (whole field of view, fully convolutional; heart, tissue classes and context): the live path.
@@ -120,6 +126,8 @@ class SPADE(nn.Module):
 
 class SpadeResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, hidden: int, n_labels: int, vendor_dim: int):
+        """``vendor_dim``: the width of the style vector biasing the SPADE features (the vendor embedding, with z when
+        the generator's ``style_z`` is on)."""
         super().__init__()
         cmid = min(cin, cout)
         self.shared = nn.Conv2d(n_labels, hidden, 3, padding=1)
@@ -151,9 +159,10 @@ class SpadeGenerator(nn.Module):
         hid = [min(cfg.max_hidden, cfg.hidden * 2 ** (n - i)) for i in range(n + 1)]
         self.vendor_embed = nn.Embedding(cfg.n_vendors, cfg.vendor_dim)
         self.fc = nn.Linear(cfg.z_dim + cfg.vendor_dim, chans[0] * cfg.start * cfg.start)
-        self.head = SpadeResBlock(chans[0], chans[0], hid[0], cfg.n_labels, cfg.vendor_dim)
+        style = cfg.vendor_dim + (cfg.z_dim if cfg.style_z else 0)
+        self.head = SpadeResBlock(chans[0], chans[0], hid[0], cfg.n_labels, style)
         self.ups = nn.ModuleList(
-            SpadeResBlock(chans[i], chans[i + 1], hid[i + 1], cfg.n_labels, cfg.vendor_dim) for i in range(n)
+            SpadeResBlock(chans[i], chans[i + 1], hid[i + 1], cfg.n_labels, style) for i in range(n)
         )
         self.out = nn.Conv2d(chans[-1], 1, 3, padding=1)
 
@@ -163,11 +172,13 @@ class SpadeGenerator(nn.Module):
         if z is None:
             z = torch.randn(b, self.cfg.z_dim, device=onehot.device, dtype=onehot.dtype)
         v = self.vendor_embed(vendor)
-        x = self.fc(torch.cat([z, v], 1)).view(b, -1, self.cfg.start, self.cfg.start)
-        x = self.head(x, onehot, v)
+        zv = torch.cat([z, v], 1)
+        x = self.fc(zv).view(b, -1, self.cfg.start, self.cfg.start)
+        style = zv if self.cfg.style_z else v
+        x = self.head(x, onehot, style)
         for blk in self.ups:
             x = F.interpolate(x, scale_factor=2, mode="nearest")
-            x = blk(x, onehot, v)
+            x = blk(x, onehot, style)
         return torch.tanh(self.out(F.leaky_relu(x, 0.2)))
 
 
