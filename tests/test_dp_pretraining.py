@@ -100,3 +100,29 @@ def test_a_pretraining_that_saw_private_data_is_refused_for_dp_and_recorded_othe
     assert "ACDC" in out["terms"]  # the pre-training data's terms bind the fine-tuned weights
     assert pre["discriminator"].startswith("fresh")  # the copied card has no run folder beside it
     assert tr.dp is None
+
+
+def test_an_empty_poisson_sample_releases_noise_alone_and_the_run_goes_on(tmp_path):
+    """Small data and batches: some Poisson samples are empty, the first one too. Such a step still releases the
+    discriminator's noised update (zero per-sample gradients), and the run does not stop."""
+    from cmrstudio.train.spade import SpadeTrainer
+
+    tr = SpadeTrainer(_opts(tmp_path, "sparse", phantom=4, batch=1, steps=4, seed=0, dp_architecture=True, dp_epsilon=50.0))
+    before = {k: v.clone() for k, v in tr.D.state_dict().items()}
+    seen = []
+    step = tr._private_step
+
+    def watch(batch):
+        empty = not len(batch["image"])
+        d0 = {k: v.clone() for k, v in tr.D.state_dict().items()}
+        out = step(batch)
+        if empty:  # noise alone moved the discriminator
+            seen.append(not _same(d0, tr.D.state_dict()))
+        return out
+
+    tr._private_step = watch
+    tr.run(progress=False)
+    assert tr.step == 4 and seen and all(seen), seen
+    assert not _same(before, tr.D.state_dict())
+    logged = [json.loads(line) for line in (tmp_path / "sparse" / "log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert any(r.get("d") != r.get("d") for r in logged if "step" in r)  # the empty step's loss is NaN (nothing to average)

@@ -201,6 +201,13 @@ class SpadeTrainer(BaseTrainer):
                                                                  max_grad_norm=opts.dp_max_grad_norm, poisson_sampling=True, noise_generator=gen)
         self.Dp, self.opt_d, d_loader = self.engine.make_private(module=self.D, optimizer=self.opt_d, data_loader=loader(), noise_multiplier=noise,
                                                                  max_grad_norm=opts.dp_max_grad_norm, poisson_sampling=True, noise_generator=gen)
+        from torch.utils.data import default_collate
+
+        for dl in (g_loader, d_loader):
+            # Should the first Poisson sample be empty, Opacus builds an empty batch from the first batch's structure, or
+            # else from a dataset item's (a dict here, which it cannot): give it the structure, with no data in it.
+            if getattr(dl.collate_fn, "first_batch", 0) is None:
+                dl.collate_fn.first_batch = {k: v[:0] for k, v in default_collate([self.ds[0]]).items()}
         self.loader = d_loader  # the discriminator's batches drive the loop; the generator draws its own
         self._g_batches = endless_nonempty(g_loader)
         self.dp = {"noise_multiplier": float(noise), "sample_rate": q, "max_grad_norm": opts.dp_max_grad_norm,
@@ -406,7 +413,11 @@ class SpadeTrainer(BaseTrainer):
             loss_d = d_hinge(self.Dp(real, oh, vendor), self.Dp(fake, oh, vendor))  # both terms of sample i sum into its gradient
             loss_d.backward()
             self.Gp.enable_hooks()
-        self.opt_d.step()  # noise is added even to an empty sample, as the accounting assumes
+        else:  # an empty sample still releases its noise, as the accounting assumes: zero per-sample gradients
+            for p in self.Dp.parameters():
+                if p.requires_grad:
+                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+        self.opt_d.step()
 
         b = next(self._g_batches)
         real = b["image"].to(self.device)
