@@ -98,7 +98,7 @@ class SpadeConfig:
 PRESETS = {
     # CPU live path: 2.4 M parameters (most in the 8×8 projection), ~40 ms a frame on 2 cores.
     "lite": SpadeConfig(),
-    # The same, with the latent styling every block (style_z): seeds that give different images (spade-dp).
+    # The same, with the latent styling every block (style_z), so that seeds can give different images.
     "lite-style": SpadeConfig(style_z=True),
     # GPU / HQ: wider (6.3 M parameters), same structure.
     "base": SpadeConfig(ngf=32, hidden=64, ndf=64),
