@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cmrstudio.engine.live import LiveEngine
-from cmrstudio.engine.device import hardware
+from cmrstudio.engine.device import autocast_weights, hardware
 from cmrstudio.errors import CmrError
 from cmrstudio.models.spade import count_parameters, onehot
 
@@ -207,7 +207,10 @@ def bench_hq(models: list[str] | None = None, steps: list[int] | None = None, n:
             except ValueError as exc:
                 raise CmrError(f"--size {size} does not fit the architecture of '{r.name}' ({exc}); try 256.") from None
             big = dataclasses.replace(frame, size=size, step=tuple(s * r.size / size for s in frame.step))  # same field of view
-            nets.append((size, CondUNet(cfg).to(r.device).eval(), r.to_frame(case.mask[z], big)))
+            untrained = CondUNet(cfg).to(r.device).eval()
+            if r.net.inp.weight.dtype == torch.bfloat16:  # stored as the trained network is (engine.device.autocast_weights)
+                autocast_weights(untrained)
+            nets.append((size, untrained, r.to_frame(case.mask[z], big)))
         sync = _sync(r.device)
         v = torch.zeros(1, dtype=torch.long, device=r.device)
         for sz, net, fm in nets:

@@ -50,7 +50,7 @@ class HQRenderer(GeneratorFront):
         self.solver = card.get("solver") or SOLVERS[self.kind][0]
         self.steps, self.guidance, self.solver = self.sampling(steps, guidance, solver)
         self.bf16 = bf16_native(self.device) if bf16 is None else bool(bf16)
-        if self.bf16 and self.device.type == "cpu" and isinstance(self.net, CondUNet):  # our own network: every call is under autocast
+        if self.bf16 and self.device.type == "cpu" and type(self.net) is CondUNet:  # our own network: every call is under autocast
             autocast_weights(self.net)
 
     def describe(self) -> dict:

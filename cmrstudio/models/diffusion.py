@@ -146,7 +146,7 @@ class SpatialNorm(nn.Module):
         nn.init.zeros_(self.gamma_beta.bias)
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor, maps: dict | None = None) -> torch.Tensor:
-        key = (self, tuple(x.shape[-2:]))
+        key = (self, tuple(x.shape))  # batch, channels and size: maps of another call's shape are never taken
         if maps is not None and key in maps:
             scale, beta = maps[key]
         else:

@@ -31,7 +31,7 @@ from cmrstudio.models.spade import (
     onehot,
 )
 from cmrstudio.train.base import BaseOptions, BaseTrainer
-from cmrstudio.train.common import PUBLIC_DATASETS, data_summary, start_from
+from cmrstudio.train.common import PUBLIC_DATASETS, data_summary, endless, start_from
 
 
 @dataclass
@@ -207,9 +207,12 @@ class SpadeTrainer(BaseTrainer):
             # Should the first Poisson sample be empty, Opacus builds an empty batch from the first batch's structure, or
             # else from a dataset item's (a dict here, which it cannot): give it the structure, with no data in it.
             if getattr(dl.collate_fn, "first_batch", 0) is None:
+                state = self.ds.rng.bit_generator.state  # an item is augmented: leave the run's random stream as it was
                 dl.collate_fn.first_batch = {k: v[:0] for k, v in default_collate([self.ds[0]]).items()}
+                self.ds.rng.bit_generator.state = state
         self.loader = d_loader  # the discriminator's batches drive the loop; the generator draws its own
-        self._g_batches = endless_nonempty(g_loader)
+        self.g_loader = g_loader
+        self._g_batches = endless(g_loader)  # empty samples included: each is a release the accounting counts
         self.dp = {"noise_multiplier": float(noise), "sample_rate": q, "max_grad_norm": opts.dp_max_grad_norm,
                    "delta": opts.dp_delta, "target_epsilon": opts.dp_epsilon}
         self._limit = self._steps_within_budget()
@@ -399,9 +402,10 @@ class SpadeTrainer(BaseTrainer):
 
     def _private_step(self, batch: dict) -> dict:
         """One DP step: the discriminator on one Poisson sample, then the generator on another. Losses are
-        means over the sample, so every image's part of a gradient is its own (no batch statistics)."""
-        nan = float("nan")
-        loss_d = torch.tensor(nan)
+        means over the sample, so every image's part of a gradient is its own (no batch statistics). An empty
+        sample still releases its update, noise alone, as the accounting assumes; its losses are not logged
+        (nothing to average), and ``empty`` counts such releases."""
+        out = {"empty": 0.0}
         self.opt_d.zero_grad(set_to_none=True)
         if len(batch["image"]):
             real = batch["image"].to(self.device)
@@ -413,33 +417,37 @@ class SpadeTrainer(BaseTrainer):
             loss_d = d_hinge(self.Dp(real, oh, vendor), self.Dp(fake, oh, vendor))  # both terms of sample i sum into its gradient
             loss_d.backward()
             self.Gp.enable_hooks()
-        else:  # an empty sample still releases its noise, as the accounting assumes: zero per-sample gradients
-            for p in self.Dp.parameters():
-                if p.requires_grad:
-                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+            out["d"] = loss_d
+        else:
+            _no_samples(self.Dp)
+            out["empty"] += 1
         self.opt_d.step()
 
         b = next(self._g_batches)
-        real = b["image"].to(self.device)
-        oh = onehot(b["mask"]).to(self.device)
-        vendor = self.drop_vendor(b["vendor"])
         self.opt_g.zero_grad(set_to_none=True)
-        self.Dp.disable_hooks()
-        g = self._g_losses(self.Dp, self.Gp(oh, vendor), real, oh, vendor)
-        g["g"].backward()
-        self.Dp.enable_hooks()
+        if len(b["image"]):
+            real = b["image"].to(self.device)
+            oh = onehot(b["mask"]).to(self.device)
+            vendor = self.drop_vendor(b["vendor"])
+            self.Dp.disable_hooks()
+            g = self._g_losses(self.Dp, self.Gp(oh, vendor), real, oh, vendor)
+            g["g"].backward()
+            self.Dp.enable_hooks()
+            out.update(g)
+        else:
+            _no_samples(self.Gp)
+            out["empty"] += 1
         self.opt_g.step()
         self.opt_d.zero_grad(set_to_none=True)  # the discriminator's gradients from the generator's loss are not used
         self.update_ema(self.G_ema, self.G)
-        return {k: float(v.detach()) for k, v in {"d": loss_d, **g}.items()}
+        return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
 
 
-def endless_nonempty(loader):
-    """Poisson-sampled batches forever, skipping (rare) empty ones: nothing is released for a skipped draw."""
-    while True:
-        for b in loader:
-            if len(b["image"]):
-                yield b
+def _no_samples(module) -> None:
+    """An empty Poisson sample: zero-length per-sample gradients, so that the optimiser's step releases noise alone."""
+    for p in module.parameters():
+        if p.requires_grad:
+            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
 
 
 def _f32(feats: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
