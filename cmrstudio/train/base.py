@@ -256,6 +256,15 @@ class BaseTrainer:
         if self.grid_penalty is not None and state.get("grid_ref") is not None:
             self.grid_penalty.ref = state["grid_ref"].to(self.device)
 
+    def load_init(self, info, state: dict, nets: tuple, what: str, hint: str) -> None:
+        """Put the starting model's weights (``--init``) into each of ``nets``; weights that do not fit are one sentence."""
+        try:
+            for net in nets:
+                net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CmrError(f"--init {self.opts.init}: the weights in {info.weights_path} do not fit this run's {what} "
+                           f"({str(exc).splitlines()[0]}); {hint}.") from None
+
     def check_init(self, record: dict) -> None:
         """Say where the model a run starts from (``--init``) may have seen patients this run holds out."""
         theirs = record.get("held_out_case_prefixes")

@@ -101,12 +101,7 @@ class DiffusionTrainer(BaseTrainer):
         info, state, record = start_from(o.init, (o.objective,), f"{o.objective} model", self.cfg.to_dict())
         record.pop("datasets")
         self.check_init(record)
-        try:
-            self.net.load_state_dict(state)
-            self.ema.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CmrError(f"--init {o.init}: the weights in {info.weights_path} do not fit this run's network "
-                           f"({str(exc).splitlines()[0]}); train with the same --preset and --size as {info.name}.") from None
+        self.load_init(info, state, (self.net, self.ema), "network", f"train with the same --preset and --size as {info.name}")
         self.log(f"Starting from {info.name} (sha256 {record['sha256'][:12]}…, {record['iterations']} iterations).")
         return record
 

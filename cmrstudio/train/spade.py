@@ -138,12 +138,7 @@ class SpadeTrainer(BaseTrainer):
             raise CmrError(f"--init {opts.init}: {info.name} was trained on {', '.join(private_seen)}, not only on public data "
                            f"({', '.join(sorted(PUBLIC_DATASETS))}), so a private fine-tuning from it would not be private; "
                            "pre-train on public data only, or train privately from scratch.")
-        try:
-            self.G.load_state_dict(state)
-            self.G_ema.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CmrError(f"--init {opts.init}: the weights in {info.weights_path} do not fit this run's generator "
-                           f"({str(exc).splitlines()[0]}); pre-train with the same --preset and --size.") from None
+        self.load_init(info, state, (self.G, self.G_ema), "generator", "pre-train with the same --preset and --size")
         d_path = info.card_path.parent / "train_state" / "discriminator.safetensors"
         d_same = all(theirs.get(k, mine[k]) == mine[k] for k in D_OPTIONS)
         d_from = "fresh (the public run's discriminator was not found beside its card)"
