@@ -556,3 +556,50 @@ def test_with_style_z_the_latent_styles_every_block_and_not_only_the_first_map()
     assert seen["lite"] == 0.0 and seen["lite-style"] > 1e-3, seen
     # a card without the option (every model before it) rebuilds as before
     assert SpadeConfig.from_dict({k: v for k, v in PRESETS["lite"].to_dict().items() if k != "style_z"}).style_z is False
+
+
+def test_loading_workers_each_augment_with_their_own_reproducible_stream_and_train(tmp_path):
+    """--workers: items are made in loading processes. Each worker must draw its own augmentations (a copied stream would
+    repeat them), the same again after the same seed, and a run with workers trains and resumes."""
+    from torch.utils.data import DataLoader
+
+    from cmrstudio.train.common import loader_workers
+
+    out = tmp_path / "w"
+    tr = SpadeTrainer(TrainOptions(out=str(out), name="w", steps=8, workers=2, **SMALL))
+    assert tr.loader.num_workers == 2 and tr.loader.worker_init_fn is not None
+
+    def one_slice_six_times(seed):
+        torch.manual_seed(seed)  # the workers' seeds come from the training process's random state, saved with a run
+        dl = DataLoader(tr.ds, batch_size=1, sampler=[0] * 6, **loader_workers(2, torch.device("cpu")))
+        return [b["image"][0, 0] for b in dl]
+
+    a = one_slice_six_times(1)
+    assert all(not torch.equal(a[i], a[j]) for i in range(6) for j in range(i + 1, 6))  # worker 0 and worker 1 differ
+    assert all(torch.equal(x, y) for x, y in zip(a, one_slice_six_times(1)))
+    assert not torch.equal(a[0], one_slice_six_times(2)[0])
+    tr.run(progress=False)
+    logged = [json.loads(ln) for ln in (out / "log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert tr.step == 8 and [r["step"] for r in logged] == [5, 8] and all(np.isfinite(r["g"]) for r in logged)
+    again = SpadeTrainer(TrainOptions(out=str(out), name="w", steps=10, workers=2, resume=True, **SMALL))
+    again.run(progress=False)
+    assert json.loads((out / "w.json").read_text(encoding="utf-8"))["training"]["iterations"] == 10
+    with pytest.raises(CmrError, match=r"--workers -1 must be 0"):
+        SpadeTrainer(TrainOptions(out=str(tmp_path / "neg"), name="w", steps=8, workers=-1, **SMALL))
+    with pytest.raises(CmrError, match="--workers is not available with --dp-epsilon"):
+        SpadeTrainer(TrainOptions(out=str(tmp_path / "dp"), name="w", steps=8, workers=2, dp_epsilon=5.0, **SMALL))
+    p = run("train", "spade", "--phantom", "4", "--size", "64", "--batch", "4", "--steps", "2", "--workers", "-1",
+            "--out", str(tmp_path / "cli"), "--quiet", check=False)
+    assert p.returncode != 0 and "--workers -1 must be 0" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "cli" / "train_state").exists()
+
+
+def test_the_feature_matching_and_low_pass_weights_are_options_recorded_in_the_card(tmp_path):
+    p = run("train", "spade", "--phantom", "4", "--size", "64", "--batch", "4", "--steps", "2", "--lowpass", "2", "--fm", "3",
+            "--out", str(tmp_path / "lp"), "--name", "lp", "--quiet")
+    losses = json.loads((tmp_path / "lp" / "lp.json").read_text(encoding="utf-8"))["architecture"]["losses"]
+    assert losses["lowpass_l1_4x"] == 2.0 and losses["feature_matching"] == 3.0
+    for flag in ("--lowpass", "--fm"):
+        p = run("train", "spade", "--phantom", "4", "--size", "64", "--steps", "2", flag, "-1", "--out", str(tmp_path / "bad"), check=False)
+        assert p.returncode == 2 and f"{flag} -1.0 must be 0 (off) or above." in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "bad").exists()

@@ -27,11 +27,14 @@ def train_spade(
     lr_d: float = typer.Option(4e-4, "--lr-d"),
     grid_loss: float = typer.Option(0.0, "--grid-loss", help="Weight of a penalty on period-2 grid patterns in the generator's gradient energy (0: off; 1000 removed spade-cmr's grid)."),
     mode_seeking: float = typer.Option(0.0, "--mode-seeking", help="Weight of the mode-seeking loss: two seeds of one mask must give two images (0: off; not with --dp-epsilon)."),
+    fm: float = typer.Option(10.0, "--fm", help="Weight of the discriminator feature-matching loss (ties each render's features to its real slice's)."),
+    lowpass: float = typer.Option(10.0, "--lowpass", help="Weight of the L1 loss between the 4x-downsampled render and real slice (ties each render's coarse image to its real slice's; lower it for more diversity between seeds)."),
     seed: int = typer.Option(0, "--seed"),
     sample_every: int = typer.Option(250, "--sample-every", help="Write a sample grid PNG every N steps."),
     save_every: int = typer.Option(500, "--save-every", help="Save model and training state every N steps."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (picked automatically when omitted)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    workers: int = typer.Option(0, "--workers", help="Data-loading processes beside training (0: none; on a GPU, several keep it fed)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved step."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (and save) after this many minutes."),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Also keep the model at every save (OUT/checkpoints), for `cmrstudio evaluate checkpoints`."),
@@ -52,8 +55,8 @@ def train_spade(
 
     opts = TrainOptions(
         data=list(data), out=str(out), name=name, phantom=phantom, exclude=list(exclude), preset=preset, size=size,
-        steps=steps, batch=batch, lr_g=lr_g, lr_d=lr_d, grid=grid_loss, mode_seeking=mode_seeking, seed=seed, sample_every=sample_every, save_every=save_every,
-        device=device, threads=threads, resume=resume, max_minutes=max_minutes, keep_checkpoints=keep_checkpoints,
+        steps=steps, batch=batch, lr_g=lr_g, lr_d=lr_d, grid=grid_loss, mode_seeking=mode_seeking, fm=fm, lowpass=lowpass, seed=seed, sample_every=sample_every, save_every=save_every,
+        device=device, threads=threads, workers=workers, resume=resume, max_minutes=max_minutes, keep_checkpoints=keep_checkpoints,
         dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm, dp_noise=dp_noise, bf16=bf16, layout_prior=layout_prior,
         dp_architecture=dp_architecture, init=init,
     )
@@ -107,6 +110,7 @@ def _hq_train_command(objective: str, default_steps: int):
         save_every: int = typer.Option(500, "--save-every", help="Save model and training state every N steps."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (picked automatically when omitted)."),
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+        workers: int = typer.Option(0, "--workers", help="Data-loading processes beside training (0: none; on a GPU, several keep it fed)."),
         bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32", help="Mixed precision (default: where bfloat16 is native)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last saved step."),
         max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (and save) after this many minutes."),

@@ -40,7 +40,7 @@ from cmrstudio.engine.device import hardware, pick_device
 from cmrstudio.errors import CmrError
 from cmrstudio.io.common import atomic_path, write_text_atomic
 from cmrstudio.models.checkpoint import load_state, save_model, save_state
-from cmrstudio.train.common import append_log, check_counts, data_summary, endless, load_cases, terms_for
+from cmrstudio.train.common import append_log, check_counts, data_summary, endless, load_cases, loader_workers, terms_for
 
 
 @dataclass
@@ -68,6 +68,7 @@ class BaseOptions:
     max_minutes: float | None = None
     layout_prior: str | None = None  # scene presets: the tissue-class prior (name or card; default: the installed layout-cmr)
     keep_checkpoints: bool = False  # also keep a copy of the model at every save (checkpoints/NAME-stepNNNNNN), to pick one by measurement
+    workers: int = 0  # data-loading processes (0: in the training process); a GPU run needs several to keep the GPU fed
 
 
 LEGACY_STATE_NAMES = {"ema": "generator_ema"}  # SPADE runs saved before the shared trainer
@@ -138,7 +139,7 @@ class BaseTrainer:
                                              generator=torch.Generator().manual_seed(opts.seed))
         if len(self.ds) < opts.batch:
             raise CmrError(f"The data gives {len(self.ds)} training slices, fewer than --batch {opts.batch}; lower --batch or add data.")
-        self.loader = DataLoader(self.ds, batch_size=opts.batch, sampler=self.sampler, num_workers=0, drop_last=True)
+        self.loader = DataLoader(self.ds, batch_size=opts.batch, sampler=self.sampler, drop_last=True, **loader_workers(opts.workers, self.device))
 
         self.step = 0
         self.elapsed = 0.0

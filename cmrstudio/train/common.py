@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import numpy as np
+import torch
+
 from cmrstudio.anatomy import VENDORS
 from cmrstudio.case import Case
 from cmrstudio.data.dataset import SliceDataset, cases_from
@@ -113,6 +116,24 @@ def check_counts(**counts: int) -> None:
     for name, v in counts.items():
         if v is None or int(v) < 1:
             raise CmrError(f"--{name.replace('_', '-')} {v} must be at least 1.")
+
+
+def _seed_worker(worker_id: int) -> None:
+    """A data-loading worker's own augmentation stream. Torch gives each worker of each pass a distinct seed drawn from the
+    training process's random state (saved with a run), so a run with the same --workers draws the same augmentations."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.rng = np.random.default_rng(info.seed)
+    torch.set_num_threads(1)
+
+
+def loader_workers(workers: int, device) -> dict:
+    """DataLoader options for ``workers`` loading processes (0: items are made in the training process, as before)."""
+    if workers is None or int(workers) < 0:
+        raise CmrError(f"--workers {workers} must be 0 (load in the training process) or more.")
+    if not workers:
+        return {"num_workers": 0}
+    return {"num_workers": int(workers), "worker_init_fn": _seed_worker, "persistent_workers": False,
+            "pin_memory": getattr(device, "type", str(device)) == "cuda"}
 
 
 def endless(loader):

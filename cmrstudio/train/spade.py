@@ -71,11 +71,17 @@ class SpadeTrainer(BaseTrainer):
         o = self.opts
         if not o.grid >= 0:
             raise CmrError(f"--grid-loss {o.grid} must be 0 (off) or above.")
+        for flag, value in (("--fm", o.fm), ("--lowpass", o.lowpass)):
+            if not value >= 0:
+                raise CmrError(f"{flag} {value} must be 0 (off) or above.")
         if not o.mode_seeking >= 0:
             raise CmrError(f"--mode-seeking {o.mode_seeking} must be 0 (off) or above.")
         if o.mode_seeking and o.dp_epsilon is not None:
             raise CmrError("--mode-seeking renders every training mask twice, so one slice would count twice in a private step; "
                            "use it in the public pre-training (--init) and train the private run without it.")
+        if o.workers and o.dp_epsilon is not None:
+            raise CmrError("--workers is not available with --dp-epsilon: the private run's Poisson samples are drawn and augmented in the "
+                           "training process; leave --workers out.")
         if o.grid and o.dp_epsilon is not None:
             raise CmrError("--grid-loss couples the images of a batch, which differentially private training cannot account for; "
                            "train without --grid-loss, or without --dp-epsilon.")
