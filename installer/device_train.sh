@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Training a model on the lent GPU machine (the `device` tool of cmrstudio's development workplace).
+#
+# What travels to that machine is the working tree plus carried folders, at most 64 MiB; the tracked
+# tree alone is about 63 MiB (the shipped weights are 52 MB of it) and ../shared/data (102 MB) does not
+# travel at all. So, here:
+#
+#   bash installer/device_train.sh prepare   # .device/: wheels the GPU image lacks, the training slices packed
+#                                            # small (uint8; the held-out patients stay behind); ignored by git
+#   bash installer/device_train.sh hide      # the weights training does not need leave the tree (to /tmp/cmr-hidden)
+#
+# then one device call (keep the command under 2,000 characters; --max-minutes leaves time to save):
+#
+#   run(carry=[".device"], timeout_s=600, command=
+#       "bash installer/device_train.sh there spade --preset scene --batch 32 --steps 20000 --max-minutes 7 \
+#        --grid-loss 1000 --keep-checkpoints --save-every 1500 --name spade-gpu")
+#
+# and back here:
+#
+#   bash installer/device_train.sh unhide    # the weights come back (git checkout)
+#   bash installer/device_train.sh unpack DIR  # DIR: the files_at folder of the call; the run folder lands in runs/device/run
+#   cmrstudio evaluate checkpoints runs/device/run --data ../shared/data/acdc ... --max-slices 259
+#
+# `there` installs the wheels, unpacks the slices, trains with `cmrstudio train KIND ARGS --device cuda --workers 12`
+# on the packed data (held-out patients already left out), and returns the run folder as tar parts of 15 MiB
+# under $OUT (at most 8 files come back), with its log. ACDC files never go into the repository: .device/ is ignored.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${CMR_DATA:-../shared/data}
+PACK=.device
+HIDDEN=/tmp/cmr-hidden
+NEEDED_WEIGHTS="layout-cmr"  # scene presets train with the tissue-class prior; the rest can stay behind
+
+held_out() {  # the held-out prefixes of the shipped live model's card: the generators' split
+  python3 -c "import json; print(' '.join(json.load(open('resources/models/spade-cmr.json'))['training']['held_out_case_prefixes']))"
+}
+
+case "${1:-}" in
+prepare)
+  grep -qx "/$PACK/" .git/info/exclude 2>/dev/null || echo "/$PACK/" >> .git/info/exclude
+  rm -rf "$PACK" && mkdir -p "$PACK/whl" "$PACK/data"
+  # the GPU image has torch, numpy, scipy, h5py, typer, safetensors, tqdm; not nibabel (the NIfTI reader)
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d "$PACK/whl" nibabel==5.4.2
+  python3 - "$DATA" "$PACK/data" $(held_out) <<'EOF'
+import sys
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+
+src, dst, held = Path(sys.argv[1]), Path(sys.argv[2]), tuple(sys.argv[3:])
+kept = total = 0
+for f in sorted((src / "acdc").glob("patient*_frame*.h5")):  # ACDC: image [0, 1] float32 -> uint8, label as is
+    if f.name.startswith(held):
+        continue
+    with h5py.File(f, "r") as h:
+        img, lab = h["image"][:], h["label"][:]
+    zs = [z for z in range(len(lab)) if (lab[z] > 0).any()]  # slices without labels are never trained on
+    (dst / "acdc").mkdir(parents=True, exist_ok=True)
+    with h5py.File(dst / "acdc" / f.name, "w") as h:
+        h.create_dataset("image", data=np.round(np.clip(img[zs], 0, 1) * 255).astype(np.uint8), compression="gzip", compression_opts=9, shuffle=True)
+        h.create_dataset("label", data=lab[zs], compression="gzip", compression_opts=9, shuffle=True)
+    kept += len(zs); total += len(lab)
+for f in sorted((src / "mnms").glob("*_sa_E?.nii.gz")):  # M&Ms: images as uint8 with a scale (NIfTI slope), labels as is
+    cid = f.name.split("_")[0]
+    if cid.startswith(held):
+        continue
+    (dst / "mnms").mkdir(parents=True, exist_ok=True)
+    im = nib.load(f)
+    a = np.asarray(im.dataobj, dtype=np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    out = nib.Nifti1Image(np.round((a - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8), im.affine, im.header)
+    out.header.set_data_dtype(np.uint8)
+    out.header.set_slope_inter((hi - lo) / 255.0, lo)
+    nib.save(out, dst / "mnms" / f.name)
+    gt = f.with_name(f.name.replace(".nii.gz", "_gt.nii.gz"))
+    if gt.exists():
+        (dst / "mnms" / gt.name).write_bytes(gt.read_bytes())
+for p in (src / "mnms").glob("*.csv"):  # the challenge's vendor table, when the folder has one
+    (dst / "mnms" / p.name).write_bytes(p.read_bytes())
+print(f"packed: ACDC {kept} of {total} slices (the labelled ones), M&Ms images as uint8 (Sunnybrook stays behind: its DICOM reader needs SimpleITK, 50 MB); held out: {' '.join(held)}")
+EOF
+  du -sh "$PACK"/* ;;
+hide)
+  mkdir -p "$HIDDEN"
+  for w in resources/models/*.safetensors; do
+    n=$(basename "$w" .safetensors)
+    [[ " $NEEDED_WEIGHTS " == *" $n "* ]] || mv "$w" "$HIDDEN/"
+  done
+  echo "travels: $(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1) bytes tracked + $(du -sb $PACK | cut -f1) carried" ;;
+unhide)
+  git checkout -- resources/models/ && rm -rf "$HIDDEN" && git status --short resources/ ;;
+there)
+  shift
+  kind=${1:?name the model kind: spade, flow or diffusion}; shift
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$PACK"/whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+  python3 - "$PACK/data" /tmp/data <<'EOF'
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+for f in src.rglob("*"):
+    if f.is_file():
+        out = dst / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if f.suffix == ".h5":  # back to the float32 [0, 1] images of the original files
+            with h5py.File(f, "r") as h, h5py.File(out, "w") as o:
+                o.create_dataset("image", data=h["image"][:].astype(np.float32) / 255.0)
+                o.create_dataset("label", data=h["label"][:])
+        else:
+            out.write_bytes(f.read_bytes())
+EOF
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+  run=/tmp/run
+  set +e
+  python3 -m cmrstudio train "$kind" --data /tmp/data/acdc --data /tmp/data/mnms --device "${CMR_DEVICE:-cuda}" --workers "${CMR_WORKERS:-12}" --quiet \
+    --out "$run" "$@" 2>&1 | tee "$OUT/train.log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  rm -rf "$run/train_state"  # optimiser state: not needed back, and large
+  tar cf - -C /tmp run | split -b 15m - "$OUT/run.tar.part-"
+  ls -l "$OUT"
+  exit "$rc" ;;
+unpack)
+  src=${2:?give the folder where the files of the device call landed}
+  mkdir -p runs/device
+  cat "$src"/run.tar.part-* | tar xf - -C runs/device
+  name=$(ls runs/device/run/*.json | head -1)
+  echo "run folder: runs/device/run ($name)" ;;
+*)
+  sed -n 2,28p "$0"; exit 2 ;;
+esac
