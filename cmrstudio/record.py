@@ -121,7 +121,7 @@ def make_record(renderer, seed: int, vendor: str, context=None, steps: int | Non
     dp = (renderer.info.card.get("training") or {}).get("differential_privacy") or {}
     return RenderRecord(
         model=renderer.name, kind=renderer.kind, seed=int(seed), vendor=vendor, model_sha256=renderer.info.card.get("sha256"),
-        sampler=sampler or (d.get("solver") if stepwise else "one-step"),
+        sampler=sampler or ((d.get("sampler") or d.get("solver")) if stepwise else "one-step"),
         steps=int(steps if steps is not None else d.get("steps", 1)),
         guidance=(guidance if guidance is not None else d.get("guidance")) if stepwise else None,
         mode=mode, margin_mm=float(context.margin_mm) if mode == "in-patient" else None,

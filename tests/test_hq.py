@@ -111,10 +111,10 @@ def _perturbed_scene_net(seed: int = 0) -> CondUNet:
     return net
 
 
-def _euler_by_hand(net, cond, v, noise, steps, guidance, bf16):
+def _euler_by_hand(net, cond, v, noise, steps, guidance, bf16, shift=1.0):
     """The flow sampler written out plainly: every step runs the whole network, conditioning included."""
     x = noise.clone()
-    ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    ts = [shift * t / (1 + (shift - 1) * t) for t in torch.linspace(1.0, 0.0, steps + 1).tolist()]
     with torch.inference_mode():
         for t, s in zip(ts[:-1], ts[1:]):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -149,6 +149,37 @@ def test_sampler_reuses_the_conditioning_maps_and_renders_the_same_to_the_bit(gu
     assert np.array_equal(steps[-1].image, _euler_by_hand(net, cond, v, noise, 5, guidance, bf16))
     other = list(sample(net, "flow", torch.rand(1, net.cfg.cond_channels, 64, 64), v, noise, 5, guidance, "euler", bf16=bf16))
     assert float(np.abs(other[-1].image - steps[-1].image).mean()) > 1e-3  # maps belong to one render, not kept across
+
+
+def test_a_cards_time_shift_puts_the_steps_nearer_the_noise_and_renders_are_recorded_with_it(tiny_flow, tmp_path):
+    from pathlib import Path
+
+    from cmrstudio.models.sampling import run_to_end, time_grid
+    from cmrstudio.record import make_record
+    from helpers import copy_model
+
+    assert time_grid(5) == torch.linspace(1.0, 0.0, 6).tolist()  # no shift: the uniform grid, as before
+    g = time_grid(8, 3.0)
+    assert g[0] == 1.0 and g[-1] == 0.0 and all(a > b for a, b in zip(g, g[1:]))
+    assert g[0] - g[1] < 1 / 8 < g[-2] - g[-1]  # small steps near the noise, a large last one
+    card = copy_model(Path(_card(tiny_flow)), tmp_path / "shifted")
+    doc = json.loads(card.read_text(encoding="utf-8"))
+    doc["sampling"]["time_shift"] = 3.0
+    card.write_text(json.dumps(doc), encoding="utf-8")
+    plain, shifted = HQRenderer(read_card(_card(tiny_flow)), bf16=False), HQRenderer(read_card(card), bf16=False)
+    assert plain.time_shift == 1.0 and shifted.time_shift == 3.0
+    m = phantom_case(seed=2, n_slices=1, shape=(64, 64)).mask
+    a = run_to_end(plain.sample_framed(m, "siemens", seed=4, steps=4, guidance=1.0))
+    b = run_to_end(shifted.sample_framed(m, "siemens", seed=4, steps=4, guidance=1.0))
+    assert float(np.abs(a - b).mean()) > 1e-3  # the same weights, another grid
+    cond, v = onehot(torch.from_numpy(m.astype(np.int64))), torch.tensor([plain.resolve_vendor("siemens")[0]])
+    assert np.array_equal(b, _euler_by_hand(shifted.net, cond, v, noise_for(4, 64), 4, 1.0, False, shift=3.0))
+    assert make_record(shifted, 4, "siemens").sampler == "euler, time shift 3" and make_record(plain, 4, "siemens").sampler == "euler"
+    for bad in (-1, "fast"):
+        doc["sampling"]["time_shift"] = bad
+        card.write_text(json.dumps(doc), encoding="utf-8")
+        with pytest.raises(CmrError, match=f"time shift {bad!r} must be a number above 0"):
+            HQRenderer(read_card(card))
 
 
 def test_weights_stored_in_bf16_give_autocast_the_same_result_and_hq_renderers_store_them(tiny_flow):

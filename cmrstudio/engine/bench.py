@@ -217,11 +217,11 @@ def bench_hq(models: list[str] | None = None, steps: list[int] | None = None, n:
             oh = onehot(torch.from_numpy(fm[None].astype(np.int64))).to(r.device)
             noise = noise_for(0, sz).to(r.device)
             for k in steps or ([10, 25, 50] if r.kind == "diffusion" else [1, 2, 4, 8]):
-                run_to_end(sample(net, r.kind, oh, v, noise, 2, g, r.solver, bf16=r.bf16))  # warm-up
+                run_to_end(sample(net, r.kind, oh, v, noise, 2, g, r.solver, bf16=r.bf16, time_shift=r.time_shift))  # warm-up
                 times = []
                 for _ in range(n):
                     t0 = time.perf_counter()
-                    run_to_end(sample(net, r.kind, oh, v, noise, k, g, r.solver, bf16=r.bf16))
+                    run_to_end(sample(net, r.kind, oh, v, noise, k, g, r.solver, bf16=r.bf16, time_shift=r.time_shift))
                     sync()
                     times.append(time.perf_counter() - t0)
                 sec = float(np.median(times))

@@ -32,8 +32,8 @@ from cmrstudio.errors import CmrError
 from cmrstudio.record import Render, make_record
 from cmrstudio.models.checkpoint import ModelInfo
 from cmrstudio.models.diffusion import CondUNet
-from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, SOLVERS, Cancelled, Step, check_guidance, check_steps, noise_for,
-                                       run_to_end, sample)
+from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, SOLVERS, Cancelled, Step, check_guidance, check_steps,
+                                       check_time_shift, noise_for, run_to_end, sample, sampler_name)
 from cmrstudio.models.spade import onehot
 
 class HQRenderer(GeneratorFront):
@@ -48,13 +48,15 @@ class HQRenderer(GeneratorFront):
         self.steps = card.get("steps", DEFAULT_STEPS[self.kind])  # the card's defaults, checked below with the arguments
         self.guidance = card.get("guidance", DEFAULT_GUIDANCE)
         self.solver = card.get("solver") or SOLVERS[self.kind][0]
+        self.time_shift = check_time_shift(card.get("time_shift", 1.0))  # the model's own time grid (see models.sampling)
         self.steps, self.guidance, self.solver = self.sampling(steps, guidance, solver)
         self.bf16 = bf16_native(self.device) if bf16 is None else bool(bf16)
         if self.bf16 and self.device.type == "cpu" and type(self.net) is CondUNet:  # our own network: every call is under autocast
             autocast_weights(self.net)
 
     def describe(self) -> dict:
-        return {**super().describe(), "steps": self.steps, "guidance": self.guidance, "solver": self.solver}
+        return {**super().describe(), "steps": self.steps, "guidance": self.guidance, "solver": self.solver,
+                "time_shift": self.time_shift, "sampler": sampler_name(self.solver, self.time_shift)}
 
     def sampling(self, steps=None, guidance=None, solver=None) -> tuple[int, float, str]:
         """Checked (steps, guidance, solver); each one not given is this renderer's default."""
@@ -84,7 +86,7 @@ class HQRenderer(GeneratorFront):
             noise = noise_for(seed, self.size, framed.shape[0]).to(self.device)
         else:
             noise = torch.cat([noise_for(s, self.size) for s in seed]).to(self.device)
-        it = sample(self.net, self.kind, oh, v, noise, steps, guidance, solver, bf16=self.bf16, cancel=cancel)
+        it = sample(self.net, self.kind, oh, v, noise, steps, guidance, solver, bf16=self.bf16, cancel=cancel, time_shift=self.time_shift)
         while True:
             with self._lock:  # one step at a time holds the network
                 try:
@@ -125,7 +127,7 @@ class SceneHQRenderer(SceneMixin, HQRenderer):
     def _window_steps(self, cond, vendor_index, seed, noise, cancel=None, steps=None, solver=None, guidance=None, **kw):
         steps, guidance, solver = self.sampling(steps, guidance, solver)
         v = torch.tensor([vendor_index], dtype=torch.long, device=self.device)
-        it = sample(self.net, self.kind, cond, v, noise, steps, guidance, solver, bf16=self.bf16, cancel=cancel)
+        it = sample(self.net, self.kind, cond, v, noise, steps, guidance, solver, bf16=self.bf16, cancel=cancel, time_shift=self.time_shift)
         while True:
             with self._lock:  # one step at a time holds the network
                 try:
@@ -299,7 +301,8 @@ class JobQueue(JobBook):
             framed = last[2]
             native = last[3] if len(last) > 3 else from_frame(framed, job.frame, kind="image")
             job.seconds = time.perf_counter() - t0
-            record = make_record(r, job.seed, vendor, job.context, job.steps, job.guidance, job.solver, job.seconds)
+            sampler = sampler_name(job.solver, getattr(r, "time_shift", 1.0)) if job.solver else None  # a plugin's own grid: its solver
+            record = make_record(r, job.seed, vendor, job.context, job.steps, job.guidance, sampler, job.seconds)
             job.result = Render(native, framed, job.mask, job.frame, record)
             job.status = "done"
         except Cancelled:

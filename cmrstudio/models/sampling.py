@@ -14,6 +14,11 @@ predicted clean image as a preview, so a caller can show progress and stop at an
 (stop iterating, or set ``cancel``). Given the same starting noise they are
 deterministic. Classifier-free guidance: ``uncond + s (cond - uncond)``, the
 unconditional branch seeing an all-zero mask; ``s = 1`` is plain conditional sampling.
+
+The steps are spaced on a time grid warped by a shift ``s`` (Esser et al., 2024):
+``t' = s t / (1 + (s - 1) t)``; ``s = 1`` is uniform, ``s > 1`` spends more of the steps
+near the noise, where a few-step sampler loses most. A model's card may name its shift
+(``sampling.time_shift``, measured for that model); without one the grid is uniform.
 """
 
 from __future__ import annotations
@@ -61,6 +66,32 @@ def check_guidance(guidance) -> float:
     if not math.isfinite(g) or g < 0 or g > MAX_GUIDANCE:
         raise CmrError(f"--guidance {guidance} must be between 0 and {MAX_GUIDANCE:g} (1 = no guidance, 1.5–3 typical).")
     return g
+
+
+def check_time_shift(shift) -> float:
+    """A time-grid shift from a model card: a finite number above 0 (1 = uniform steps)."""
+    from cmrstudio.errors import CmrError
+
+    try:
+        v = float(shift)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not math.isfinite(v) or v <= 0 or v > 100:
+        raise CmrError(f"The sampling time shift {shift!r} must be a number above 0 and at most 100 (1 = uniform steps).")
+    return v
+
+
+def time_grid(steps: int, shift: float = 1.0) -> list[float]:
+    """``steps + 1`` times from 1 (noise) to 0 (image), uniform when ``shift`` is 1, denser near the noise above 1."""
+    t = torch.linspace(1.0, 0.0, int(steps) + 1).tolist()
+    if shift == 1.0:
+        return t
+    return [shift * u / (1.0 + (shift - 1.0) * u) for u in t]
+
+
+def sampler_name(solver: str, time_shift: float = 1.0) -> str:
+    """How a render's sampler is named in its record: the solver, and the time grid's shift when it is not uniform."""
+    return solver if time_shift == 1.0 else f"{solver}, time shift {time_shift:g}"
 
 
 class Cancelled(Exception):
@@ -168,11 +199,11 @@ def _check(objective: str, steps: int, solver: str | None) -> str:
 @torch.inference_mode()
 def sample(net, objective: str, onehot: torch.Tensor, vendor: torch.Tensor, noise: torch.Tensor, steps: int,
            guidance: float = DEFAULT_GUIDANCE, solver: str | None = None, bf16: bool = False,
-           cancel: threading.Event | None = None) -> Iterator[Step]:
-    """Integrate from ``noise`` (B, 1, N, N) at t = 1 to an image at t = 0, yielding every step."""
+           cancel: threading.Event | None = None, time_shift: float = 1.0) -> Iterator[Step]:
+    """Integrate from ``noise`` (B, 1, N, N) at t = 1 to an image at t = 0 over :func:`time_grid`, yielding every step."""
     solver = _check(objective, steps, solver)
     steps = int(steps)
-    ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    ts = time_grid(steps, time_shift)
     x = noise.to(onehot.device, torch.float32)
     onehot, vendor = _branches(onehot, vendor, guidance)
     maps = {} if _keeps_maps(net) else None  # conditioning-only maps, made at the first step and reused
