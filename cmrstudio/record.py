@@ -45,7 +45,8 @@ class RenderRecord:
     seed: int
     vendor: str
     model_sha256: str | None = None
-    sampler: str | None = None  # "one-step" (SPADE and other single-pass generators), "ddim", "euler", "heun"
+    sampler: str | None = None  # "one-step" (SPADE and other single-pass generators), "ddim", "euler", "heun"; with a card's
+    # time-grid shift other than 1, "<solver>, time shift <s>"
     steps: int | None = None
     guidance: float | None = None
     mode: str = "synthetic"

@@ -21,28 +21,36 @@
 #   bash installer/device_train.sh unpack DIR  # DIR: the files_at folder of the call; the run folder lands in runs/device/run
 #   cmrstudio evaluate checkpoints runs/device/run --data ../shared/data/acdc ... --max-slices 259
 #
-# `there` installs the wheels, unpacks the slices, trains with `cmrstudio train KIND ARGS --device cuda --workers 12`
-# on the packed data (held-out patients already left out), and returns the run folder as tar parts of 15 MiB
-# under $OUT (at most 8 files come back), with its log. ACDC files never go into the repository: .device/ is ignored.
+# `there` installs the wheels, unpacks the slices, trains with `cmrstudio train KIND ARGS --device cuda --workers 12
+# --exclude <held-out>` on the packed data (the held-out patients are not packed; --exclude records them in the card),
+# and returns the run folder as tar parts of 15 MiB under $OUT with its log: at most 8 files and 64 MiB in all come
+# back, so step sample grids and, where needed, the oldest checkpoints are left out (said in the log). ACDC files never
+# go into the repository: .device/ is ignored. Do not commit while the weights are hidden.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+SCRIPT=$(readlink -f "$0")
+cd "$(dirname "$SCRIPT")/.."
 DATA=${CMR_DATA:-../shared/data}
 PACK=.device
 HIDDEN=/tmp/cmr-hidden
 NEEDED_WEIGHTS="layout-cmr"  # scene presets train with the tissue-class prior; the rest can stay behind
 
-held_out() {  # the held-out prefixes of the shipped live model's card: the generators' split
-  python3 -c "import json; print(' '.join(json.load(open('resources/models/spade-cmr.json'))['training']['held_out_case_prefixes']))"
+held_out() {  # the held-out prefixes of the shipped live model's card: the generators' split (never empty)
+  local h
+  h=$(python3 -c "import json; print(' '.join(json.load(open('resources/models/spade-cmr.json'))['training']['held_out_case_prefixes']))")
+  [[ -n "$h" ]] || { echo "device_train: resources/models/spade-cmr.json names no held-out patients; refusing to pack or train without a split." >&2; exit 1; }
+  echo "$h"
 }
 
 case "${1:-}" in
 prepare)
-  grep -qx "/$PACK/" .git/info/exclude 2>/dev/null || echo "/$PACK/" >> .git/info/exclude
+  held=$(held_out)
+  exclude_file=$(git rev-parse --git-path info/exclude)
+  grep -qx "/$PACK/" "$exclude_file" 2>/dev/null || echo "/$PACK/" >> "$exclude_file"
   rm -rf "$PACK" && mkdir -p "$PACK/whl" "$PACK/data"
   # the GPU image has torch, numpy, scipy, h5py, typer, safetensors, tqdm; not nibabel (the NIfTI reader)
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d "$PACK/whl" nibabel==5.4.2
-  python3 - "$DATA" "$PACK/data" $(held_out) <<'EOF'
+  python3 - "$DATA" "$PACK/data" $held <<'EOF'
 import sys
 from pathlib import Path
 
@@ -51,18 +59,22 @@ import nibabel as nib
 import numpy as np
 
 src, dst, held = Path(sys.argv[1]), Path(sys.argv[2]), tuple(sys.argv[3:])
-kept = total = 0
-for f in sorted((src / "acdc").glob("patient*_frame*.h5")):  # ACDC: image [0, 1] float32 -> uint8, label as is
+assert held, "no held-out patients given"
+n_acdc = 0
+# uint8 over [min, 99.9th percentile] (brighter voxels clipped): twice the grey levels of a min-max range in the part of
+# the range the frame's 0.5-99.5 percentile window uses. Every slice is kept, so those percentiles do not move.
+for f in sorted((src / "acdc").glob("patient*_frame*.h5")):  # ACDC: image [0, 1] float32 -> uint8 + scale, label as is
     if f.name.startswith(held):
         continue
     with h5py.File(f, "r") as h:
         img, lab = h["image"][:], h["label"][:]
-    zs = [z for z in range(len(lab)) if (lab[z] > 0).any()]  # slices without labels are never trained on
+    hi = float(np.percentile(img, 99.9)) or 1.0
     (dst / "acdc").mkdir(parents=True, exist_ok=True)
     with h5py.File(dst / "acdc" / f.name, "w") as h:
-        h.create_dataset("image", data=np.round(np.clip(img[zs], 0, 1) * 255).astype(np.uint8), compression="gzip", compression_opts=9, shuffle=True)
-        h.create_dataset("label", data=lab[zs], compression="gzip", compression_opts=9, shuffle=True)
-    kept += len(zs); total += len(lab)
+        h.create_dataset("image", data=np.round(np.clip(img / hi, 0, 1) * 255).astype(np.uint8), compression="gzip", compression_opts=9, shuffle=True)
+        h.create_dataset("label", data=lab, compression="gzip", compression_opts=9, shuffle=True)
+        h.attrs["uint8_scale"] = hi
+    n_acdc += 1
 for f in sorted((src / "mnms").glob("*_sa_E?.nii.gz")):  # M&Ms: images as uint8 with a scale (NIfTI slope), labels as is
     cid = f.name.split("_")[0]
     if cid.startswith(held):
@@ -70,8 +82,8 @@ for f in sorted((src / "mnms").glob("*_sa_E?.nii.gz")):  # M&Ms: images as uint8
     (dst / "mnms").mkdir(parents=True, exist_ok=True)
     im = nib.load(f)
     a = np.asarray(im.dataobj, dtype=np.float32)
-    lo, hi = float(a.min()), float(a.max())
-    out = nib.Nifti1Image(np.round((a - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8), im.affine, im.header)
+    lo, hi = float(a.min()), float(np.percentile(a, 99.9))
+    out = nib.Nifti1Image(np.round(np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8), im.affine, im.header)
     out.header.set_data_dtype(np.uint8)
     out.header.set_slope_inter((hi - lo) / 255.0, lo)
     nib.save(out, dst / "mnms" / f.name)
@@ -80,21 +92,35 @@ for f in sorted((src / "mnms").glob("*_sa_E?.nii.gz")):  # M&Ms: images as uint8
         (dst / "mnms" / gt.name).write_bytes(gt.read_bytes())
 for p in (src / "mnms").glob("*.csv"):  # the challenge's vendor table, when the folder has one
     (dst / "mnms" / p.name).write_bytes(p.read_bytes())
-print(f"packed: ACDC {kept} of {total} slices (the labelled ones), M&Ms images as uint8 (Sunnybrook stays behind: its DICOM reader needs SimpleITK, 50 MB); held out: {' '.join(held)}")
+print(f"packed: {n_acdc} ACDC volumes and the M&Ms images as uint8 (Sunnybrook stays behind: its DICOM reader needs SimpleITK, 50 MB); "
+      f"held out: {' '.join(held)}")
 EOF
   du -sh "$PACK"/* ;;
-hide)
+hide)  # only tracked weights without local changes: `unhide` puts back exactly these
   mkdir -p "$HIDDEN"
   for w in resources/models/*.safetensors; do
     n=$(basename "$w" .safetensors)
-    [[ " $NEEDED_WEIGHTS " == *" $n "* ]] || mv "$w" "$HIDDEN/"
+    [[ " $NEEDED_WEIGHTS " == *" $n "* ]] && continue
+    if git ls-files --error-unmatch "$w" >/dev/null 2>&1 && git diff --quiet -- "$w"; then
+      mv "$w" "$HIDDEN/"
+    else
+      echo "kept in place (untracked or changed, so not hidden): $w" >&2
+    fi
   done
   echo "travels: $(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1) bytes tracked + $(du -sb $PACK | cut -f1) carried" ;;
 unhide)
-  git checkout -- resources/models/ && rm -rf "$HIDDEN" && git status --short resources/ ;;
+  for w in "$HIDDEN"/*.safetensors; do
+    [[ -e "$w" ]] && mv -n "$w" resources/models/
+  done
+  rmdir "$HIDDEN" 2>/dev/null || { echo "device_train: $HIDDEN is not empty; look at what is left there." >&2; exit 1; }
+  git status --short resources/ ;;
 there)
   shift
   kind=${1:?name the model kind: spade, flow or diffusion}; shift
+  [[ -n "${OUT:-}" && -d "$OUT" ]] || { echo "device_train: \$OUT (the folder whose files come back) is not set; run this through the device tool." >&2; exit 2; }
+  held=$(held_out)
+  excludes=()
+  for p in $held; do excludes+=(--exclude "$p"); done
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$PACK"/whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
   python3 - "$PACK/data" /tmp/data <<'EOF'
@@ -109,9 +135,9 @@ for f in src.rglob("*"):
     if f.is_file():
         out = dst / f.relative_to(src)
         out.parent.mkdir(parents=True, exist_ok=True)
-        if f.suffix == ".h5":  # back to the float32 [0, 1] images of the original files
+        if f.suffix == ".h5":  # back to float32 images on the original files' scale
             with h5py.File(f, "r") as h, h5py.File(out, "w") as o:
-                o.create_dataset("image", data=h["image"][:].astype(np.float32) / 255.0)
+                o.create_dataset("image", data=h["image"][:].astype(np.float32) * (float(h.attrs["uint8_scale"]) / 255.0))
                 o.create_dataset("label", data=h["label"][:])
         else:
             out.write_bytes(f.read_bytes())
@@ -120,19 +146,29 @@ EOF
   run=/tmp/run
   set +e
   python3 -m cmrstudio train "$kind" --data /tmp/data/acdc --data /tmp/data/mnms --device "${CMR_DEVICE:-cuda}" --workers "${CMR_WORKERS:-12}" --quiet \
-    --out "$run" "$@" 2>&1 | tee "$OUT/train.log"
+    "${excludes[@]}" --out "$run" "$@" 2>&1 | tee "$OUT/train.log"
   rc=${PIPESTATUS[0]}
   set -e
-  rm -rf "$run/train_state"  # optimiser state: not needed back, and large
-  tar cf - -C /tmp run | split -b 15m - "$OUT/run.tar.part-"
+  if [[ -d "$run" ]]; then
+    rm -rf "$run/train_state"  # optimiser state: not needed back, and large
+    find "$run/samples" -name 'step_*.png' -delete 2>/dev/null || true  # latest.png stays
+    limit=$(( ${CMR_RETURN_KB:-61440} * 1024 ))  # 60 MiB: 4 parts of 15 MiB beside the log, under the 64 MiB that come back
+    while (( $(du -sb "$run" | cut -f1) > limit )); do
+      oldest=$(ls "$run"/checkpoints/*.safetensors 2>/dev/null | sort | head -1)
+      [[ -n "$oldest" ]] || { echo "device_train: the run folder is over the return limit even without checkpoints; nothing comes back." | tee -a "$OUT/train.log"; exit 1; }
+      echo "device_train: over the return limit, left out: $oldest (and its card)" | tee -a "$OUT/train.log"
+      rm -f "$oldest" "${oldest%.safetensors}.json"
+    done
+    tar cf - -C /tmp run | split -b 15m - "$OUT/run.tar.part-"
+  fi
   ls -l "$OUT"
   exit "$rc" ;;
 unpack)
   src=${2:?give the folder where the files of the device call landed}
-  mkdir -p runs/device
+  rm -rf runs/device/run && mkdir -p runs/device
   cat "$src"/run.tar.part-* | tar xf - -C runs/device
   name=$(ls runs/device/run/*.json | head -1)
   echo "run folder: runs/device/run ($name)" ;;
 *)
-  sed -n 2,28p "$0"; exit 2 ;;
+  sed -n '2,/^set -euo/p' "$SCRIPT" | sed '$d'; exit 2 ;;
 esac

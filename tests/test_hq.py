@@ -175,10 +175,13 @@ def test_a_cards_time_shift_puts_the_steps_nearer_the_noise_and_renders_are_reco
     cond, v = onehot(torch.from_numpy(m.astype(np.int64))), torch.tensor([plain.resolve_vendor("siemens")[0]])
     assert np.array_equal(b, _euler_by_hand(shifted.net, cond, v, noise_for(4, 64), 4, 1.0, False, shift=3.0))
     assert make_record(shifted, 4, "siemens").sampler == "euler, time shift 3" and make_record(plain, 4, "siemens").sampler == "euler"
-    for bad in (-1, "fast"):
+    with JobQueue(shifted) as q:  # the studio's HQ path records the shift too
+        job = q.wait(q.submit(m[0], shifted.frame_for(m), "siemens", 4, steps=2), 60)
+    assert job.status == "done" and job.result.record.sampler == "euler, time shift 3"
+    for bad in (-1, "fast", True, float("inf")):
         doc["sampling"]["time_shift"] = bad
         card.write_text(json.dumps(doc), encoding="utf-8")
-        with pytest.raises(CmrError, match=f"time shift {bad!r} must be a number above 0"):
+        with pytest.raises(CmrError, match=r"shifted/tiny-flow.json names sampling.time_shift .* must be a number above 0 .* remove it"):
             HQRenderer(read_card(card))
 
 

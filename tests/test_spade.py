@@ -563,11 +563,11 @@ def test_loading_workers_each_augment_with_their_own_reproducible_stream_and_tra
     repeat them), the same again after the same seed, and a run with workers trains and resumes."""
     from torch.utils.data import DataLoader
 
-    from cmrstudio.train.common import loader_workers
+    from cmrstudio.train.common import _seed_worker, loader_workers
 
     out = tmp_path / "w"
     tr = SpadeTrainer(TrainOptions(out=str(out), name="w", steps=8, workers=2, **SMALL))
-    assert tr.loader.num_workers == 2 and tr.loader.worker_init_fn is not None
+    assert tr.loader.num_workers == 2 and tr.loader.worker_init_fn is _seed_worker
 
     def one_slice_six_times(seed):
         torch.manual_seed(seed)  # the workers' seeds come from the training process's random state, saved with a run
@@ -599,7 +599,9 @@ def test_the_feature_matching_and_low_pass_weights_are_options_recorded_in_the_c
             "--out", str(tmp_path / "lp"), "--name", "lp", "--quiet")
     losses = json.loads((tmp_path / "lp" / "lp.json").read_text(encoding="utf-8"))["architecture"]["losses"]
     assert losses["lowpass_l1_4x"] == 2.0 and losses["feature_matching"] == 3.0
-    for flag in ("--lowpass", "--fm"):
+    for flag in ("--lowpass", "--fm"):  # and infinity, below
         p = run("train", "spade", "--phantom", "4", "--size", "64", "--steps", "2", flag, "-1", "--out", str(tmp_path / "bad"), check=False)
-        assert p.returncode == 2 and f"{flag} -1.0 must be 0 (off) or above." in p.stderr and "Traceback" not in p.stderr
+        assert p.returncode == 2 and f"{flag} -1.0 must be 0 (off) or a finite weight above it." in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(CmrError, match="--lowpass inf must be 0"):
+        SpadeTrainer(TrainOptions(out=str(tmp_path / "inf"), name="lp", lowpass=float("inf"), **SMALL))

@@ -76,7 +76,7 @@ def evaluate_fidelity_cmd(
 
 def _print_fidelity(res) -> None:
     g = res.generator
-    how = f" ({g['solver']} {g['steps']} steps, guidance {g['guidance']:g})" if g["kind"] != "spade" else ""
+    how = f" ({g.get('sampler', g['solver'])} {g['steps']} steps, guidance {g['guidance']:g})" if g["kind"] != "spade" else ""
     typer.echo(f"{g['model']}{how}: {res.n_synthetic} synthetic vs {res.n_real} real slices")
     typer.echo(f"  FID {res.fid:.1f}   KID {1000 * res.kid:.1f} ± {1000 * res.kid_std:.1f} (×10⁻³, ± std over subsets)   "
                f"paired SSIM {res.ssim:.3f}  PSNR {res.psnr:.1f} dB")

@@ -217,15 +217,15 @@ def bench_hq(models: list[str] | None = None, steps: list[int] | None = None, n:
             oh = onehot(torch.from_numpy(fm[None].astype(np.int64))).to(r.device)
             noise = noise_for(0, sz).to(r.device)
             for k in steps or ([10, 25, 50] if r.kind == "diffusion" else [1, 2, 4, 8]):
-                run_to_end(sample(net, r.kind, oh, v, noise, 2, g, r.solver, bf16=r.bf16, time_shift=r.time_shift))  # warm-up
+                run_to_end(sample(net, r.kind, oh, v, noise, 2, g, r.solver, bf16=r.bf16, time_shift=getattr(r, "time_shift", 1.0)))  # warm-up
                 times = []
                 for _ in range(n):
                     t0 = time.perf_counter()
-                    run_to_end(sample(net, r.kind, oh, v, noise, k, g, r.solver, bf16=r.bf16, time_shift=r.time_shift))
+                    run_to_end(sample(net, r.kind, oh, v, noise, k, g, r.solver, bf16=r.bf16, time_shift=getattr(r, "time_shift", 1.0)))
                     sync()
                     times.append(time.perf_counter() - t0)
                 sec = float(np.median(times))
-                rows.append({"model": r.name if sz == r.size else f"{r.name} (untrained, {sz}px)", "kind": r.kind, "solver": r.solver,
+                rows.append({"model": r.name if sz == r.size else f"{r.name} (untrained, {sz}px)", "kind": r.kind, "solver": r.describe().get("sampler", r.solver),
                              "size": sz, "steps": k, "guidance": g, "seconds": sec, "ms_per_step": 1000 * sec / k})
     r0 = renderers[0]
     return {"hardware": hardware(r0.device), "device": str(r0.device), "precision": "bf16 autocast" if r0.bf16 else "fp32",
@@ -254,6 +254,6 @@ def _bench_scene_hq(r, case, z: int, steps: list[int] | None, n: int, guidance: 
                 times.append(time.perf_counter() - t0)
             sec = float(np.median(times))
             what = "heart window" if mode == "in-patient" else f"{size}px scene"
-            rows.append({"model": f"{r.name} {mode}", "kind": r.kind, "solver": r.solver, "size": what, "steps": k,
+            rows.append({"model": f"{r.name} {mode}", "kind": r.kind, "solver": r.describe().get("sampler", r.solver), "size": what, "steps": k,
                          "guidance": r.guidance if guidance is None else guidance, "seconds": sec, "ms_per_step": 1000 * sec / k})
     return rows

@@ -33,7 +33,7 @@ from cmrstudio.record import Render, make_record
 from cmrstudio.models.checkpoint import ModelInfo
 from cmrstudio.models.diffusion import CondUNet
 from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, SOLVERS, Cancelled, Step, check_guidance, check_steps,
-                                       check_time_shift, noise_for, run_to_end, sample, sampler_name)
+                                       noise_for, run_to_end, sample, sampler_name, valid_time_shift)
 from cmrstudio.models.spade import onehot
 
 class HQRenderer(GeneratorFront):
@@ -48,7 +48,10 @@ class HQRenderer(GeneratorFront):
         self.steps = card.get("steps", DEFAULT_STEPS[self.kind])  # the card's defaults, checked below with the arguments
         self.guidance = card.get("guidance", DEFAULT_GUIDANCE)
         self.solver = card.get("solver") or SOLVERS[self.kind][0]
-        self.time_shift = check_time_shift(card.get("time_shift", 1.0))  # the model's own time grid (see models.sampling)
+        self.time_shift = valid_time_shift(card.get("time_shift", 1.0))  # the model's own time grid (see models.sampling)
+        if self.time_shift is None:
+            raise CmrError(f"The card {self.info.card_path} names sampling.time_shift {card.get('time_shift')!r}; it must be a number above 0 "
+                           "and at most 100 (1 = uniform steps): correct it or remove it from the card.")
         self.steps, self.guidance, self.solver = self.sampling(steps, guidance, solver)
         self.bf16 = bf16_native(self.device) if bf16 is None else bool(bf16)
         if self.bf16 and self.device.type == "cpu" and type(self.net) is CondUNet:  # our own network: every call is under autocast

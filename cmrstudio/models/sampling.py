@@ -68,17 +68,12 @@ def check_guidance(guidance) -> float:
     return g
 
 
-def check_time_shift(shift) -> float:
-    """A time-grid shift from a model card: a finite number above 0 (1 = uniform steps)."""
-    from cmrstudio.errors import CmrError
-
-    try:
-        v = float(shift)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if not math.isfinite(v) or v <= 0 or v > 100:
-        raise CmrError(f"The sampling time shift {shift!r} must be a number above 0 and at most 100 (1 = uniform steps).")
-    return v
+def valid_time_shift(shift) -> float | None:
+    """A time-grid shift as a float when it is one a card may name (a finite number above 0, at most 100), else None."""
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)):
+        return None
+    v = float(shift)
+    return v if math.isfinite(v) and 0 < v <= 100 else None
 
 
 def time_grid(steps: int, shift: float = 1.0) -> list[float]:
@@ -86,7 +81,9 @@ def time_grid(steps: int, shift: float = 1.0) -> list[float]:
     t = torch.linspace(1.0, 0.0, int(steps) + 1).tolist()
     if shift == 1.0:
         return t
-    return [shift * u / (1.0 + (shift - 1.0) * u) for u in t]
+    out = [shift * u / (1.0 + (shift - 1.0) * u) for u in t]
+    out[0], out[-1] = 1.0, 0.0  # exact ends whatever the rounding
+    return out
 
 
 def sampler_name(solver: str, time_shift: float = 1.0) -> str:

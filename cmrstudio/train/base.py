@@ -115,6 +115,7 @@ class BaseTrainer:
         if opts.preset not in self.presets:
             raise CmrError(f"--preset {opts.preset!r} is not known; use one of {', '.join(self.presets)}.")
         check_counts(steps=opts.steps, batch=opts.batch, sample_every=opts.sample_every, save_every=opts.save_every, log_every=opts.log_every)
+        loader_workers(opts.workers, "cpu")  # --workers checked before the data is loaded
         self.check_options()
         if opts.threads:
             torch.set_num_threads(opts.threads)

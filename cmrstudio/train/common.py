@@ -119,11 +119,11 @@ def check_counts(**counts: int) -> None:
 
 
 def _seed_worker(worker_id: int) -> None:
-    """A data-loading worker's own augmentation stream. Torch gives each worker of each pass a distinct seed drawn from the
-    training process's random state (saved with a run), so a run with the same --workers draws the same augmentations."""
+    """A data-loading worker's own augmentation stream. Torch gives each worker a distinct seed drawn from the training
+    process's random state when the loader starts, so a run with the same --workers draws the same augmentations. The
+    workers live as long as the run (a resumed run starts new ones, seeded from the random state saved with it)."""
     info = torch.utils.data.get_worker_info()
     info.dataset.rng = np.random.default_rng(info.seed)
-    torch.set_num_threads(1)
 
 
 def loader_workers(workers: int, device) -> dict:
@@ -132,7 +132,7 @@ def loader_workers(workers: int, device) -> dict:
         raise CmrError(f"--workers {workers} must be 0 (load in the training process) or more.")
     if not workers:
         return {"num_workers": 0}
-    return {"num_workers": int(workers), "worker_init_fn": _seed_worker, "persistent_workers": False,
+    return {"num_workers": int(workers), "worker_init_fn": _seed_worker, "persistent_workers": True,
             "pin_memory": getattr(device, "type", str(device)) == "cuda"}
 
 

@@ -8,6 +8,8 @@ SPADE paper: no ImageNet weights offline).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +63,7 @@ class SpadeTrainer(BaseTrainer):
     kind = "spade"
     presets = PRESETS
     postfix = ("d", "g_adv", "lowpass", "ms")
-    resume_must_match = ("init", "dp_architecture")
+    resume_must_match = ("init", "dp_architecture", "fm", "lowpass", "mode_seeking")
 
     def check_options(self) -> None:
         try:
@@ -69,13 +71,9 @@ class SpadeTrainer(BaseTrainer):
         except ValueError:
             raise CmrError(f"--size {self.opts.size} must be 8 times a power of two, like 64, 128 or 256.") from None
         o = self.opts
-        if not o.grid >= 0:
-            raise CmrError(f"--grid-loss {o.grid} must be 0 (off) or above.")
-        for flag, value in (("--fm", o.fm), ("--lowpass", o.lowpass)):
-            if not value >= 0:
-                raise CmrError(f"{flag} {value} must be 0 (off) or above.")
-        if not o.mode_seeking >= 0:
-            raise CmrError(f"--mode-seeking {o.mode_seeking} must be 0 (off) or above.")
+        for flag, value in (("--grid-loss", o.grid), ("--fm", o.fm), ("--lowpass", o.lowpass), ("--mode-seeking", o.mode_seeking)):
+            if not (math.isfinite(value) and value >= 0):
+                raise CmrError(f"{flag} {value} must be 0 (off) or a finite weight above it.")
         if o.mode_seeking and o.dp_epsilon is not None:
             raise CmrError("--mode-seeking renders every training mask twice, so one slice would count twice in a private step; "
                            "use it in the public pre-training (--init) and train the private run without it.")
