@@ -109,6 +109,11 @@ class RenderRecord:
         return self.to_dict().get(key, default)
 
 
+def sampler_name(solver: str, time_shift: float = 1.0) -> str:
+    """How a render's sampler is named in its record: the solver, and the time grid's shift when it is not uniform."""
+    return solver if time_shift == 1.0 else f"{solver}, time shift {time_shift:g}"
+
+
 def make_record(renderer, seed: int, vendor: str, context=None, steps: int | None = None, guidance: float | None = None,
                 sampler: str | None = None, seconds: float | None = None) -> RenderRecord:
     """The record of a render by ``renderer`` (any generator front): the one function every path calls.
@@ -122,7 +127,7 @@ def make_record(renderer, seed: int, vendor: str, context=None, steps: int | Non
     dp = (renderer.info.card.get("training") or {}).get("differential_privacy") or {}
     return RenderRecord(
         model=renderer.name, kind=renderer.kind, seed=int(seed), vendor=vendor, model_sha256=renderer.info.card.get("sha256"),
-        sampler=sampler or ((d.get("sampler") or d.get("solver")) if stepwise else "one-step"),
+        sampler=sampler_name(sampler or d.get("solver"), d.get("time_shift", 1.0)) if stepwise else (sampler or "one-step"),
         steps=int(steps if steps is not None else d.get("steps", 1)),
         guidance=(guidance if guidance is not None else d.get("guidance")) if stepwise else None,
         mode=mode, margin_mm=float(context.margin_mm) if mode == "in-patient" else None,

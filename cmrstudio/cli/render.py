@@ -125,7 +125,9 @@ def render(
         write_case(render_case(img, c.mask, c.affine, fr, record, cid, mask_source=mask_source_of(mask, c)), case_out, name=cid)
         written.append(f"{case_out}/{cid}_image.nii.gz (+ mask, sidecar)")
     fov = f"{fr.spacing_mm * fr.size:.0f} mm" if fr.spacing_mm else "heart-sized"
-    how = f", {r.describe().get('sampler', r.solver)} {r.steps} steps, guidance {r.guidance:g}" if hasattr(r, "solver") else ""
+    from cmrstudio.record import sampler_name
+
+    how = f", {sampler_name(r.solver, getattr(r, 'time_shift', 1.0))} {r.steps} steps, guidance {r.guidance:g}" if hasattr(r, "solver") else ""
     where = (f"in this patient ({context}; {margin:g} mm around the heart repainted, derived from a patient scan)" if image is not None
              else "fully synthetic, the whole field of view" if r.scene else f"fully synthetic, {fov} heart frame")
     typer.echo(f"Wrote {' and '.join(written)}: {img.shape[0]} slices of {img.shape[1]}×{img.shape[2]}, model {r.name} ({r.kind}{how}), "

@@ -23,6 +23,7 @@ from cmrstudio.engine.live import LiveEngine
 from cmrstudio.engine.device import autocast_weights, hardware
 from cmrstudio.errors import CmrError
 from cmrstudio.models.spade import count_parameters, onehot
+from cmrstudio.record import sampler_name
 
 
 def _stroke(mask2d: np.ndarray, n: int, spacing_px: float = 1.5):
@@ -213,19 +214,21 @@ def bench_hq(models: list[str] | None = None, steps: list[int] | None = None, n:
             nets.append((size, untrained, r.to_frame(case.mask[z], big)))
         sync = _sync(r.device)
         v = torch.zeros(1, dtype=torch.long, device=r.device)
+        shift = getattr(r, "time_shift", 1.0)  # a plugin's renderer may have no time grid of its own
+        sampler = sampler_name(r.solver, shift)
         for sz, net, fm in nets:
             oh = onehot(torch.from_numpy(fm[None].astype(np.int64))).to(r.device)
             noise = noise_for(0, sz).to(r.device)
             for k in steps or ([10, 25, 50] if r.kind == "diffusion" else [1, 2, 4, 8]):
-                run_to_end(sample(net, r.kind, oh, v, noise, 2, g, r.solver, bf16=r.bf16, time_shift=getattr(r, "time_shift", 1.0)))  # warm-up
+                run_to_end(sample(net, r.kind, oh, v, noise, 2, g, r.solver, bf16=r.bf16, time_shift=shift))  # warm-up
                 times = []
                 for _ in range(n):
                     t0 = time.perf_counter()
-                    run_to_end(sample(net, r.kind, oh, v, noise, k, g, r.solver, bf16=r.bf16, time_shift=getattr(r, "time_shift", 1.0)))
+                    run_to_end(sample(net, r.kind, oh, v, noise, k, g, r.solver, bf16=r.bf16, time_shift=shift))
                     sync()
                     times.append(time.perf_counter() - t0)
                 sec = float(np.median(times))
-                rows.append({"model": r.name if sz == r.size else f"{r.name} (untrained, {sz}px)", "kind": r.kind, "solver": r.describe().get("sampler", r.solver),
+                rows.append({"model": r.name if sz == r.size else f"{r.name} (untrained, {sz}px)", "kind": r.kind, "solver": sampler,
                              "size": sz, "steps": k, "guidance": g, "seconds": sec, "ms_per_step": 1000 * sec / k})
     r0 = renderers[0]
     return {"hardware": hardware(r0.device), "device": str(r0.device), "precision": "bf16 autocast" if r0.bf16 else "fp32",
@@ -254,6 +257,6 @@ def _bench_scene_hq(r, case, z: int, steps: list[int] | None, n: int, guidance: 
                 times.append(time.perf_counter() - t0)
             sec = float(np.median(times))
             what = "heart window" if mode == "in-patient" else f"{size}px scene"
-            rows.append({"model": f"{r.name} {mode}", "kind": r.kind, "solver": r.describe().get("sampler", r.solver), "size": what, "steps": k,
+            rows.append({"model": f"{r.name} {mode}", "kind": r.kind, "solver": sampler_name(r.solver, getattr(r, "time_shift", 1.0)), "size": what, "steps": k,
                          "guidance": r.guidance if guidance is None else guidance, "seconds": sec, "ms_per_step": 1000 * sec / k})
     return rows

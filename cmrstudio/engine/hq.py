@@ -29,11 +29,11 @@ from cmrstudio.engine.device import autocast_weights, bf16_native
 from cmrstudio.engine.base import GeneratorFront, JobBook, join_worker
 from cmrstudio.engine.scene import SceneMixin, SliceContext
 from cmrstudio.errors import CmrError
-from cmrstudio.record import Render, make_record
+from cmrstudio.record import Render, make_record, sampler_name
 from cmrstudio.models.checkpoint import ModelInfo
 from cmrstudio.models.diffusion import CondUNet
 from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, SOLVERS, Cancelled, Step, check_guidance, check_steps,
-                                       noise_for, run_to_end, sample, sampler_name, valid_time_shift)
+                                       noise_for, run_to_end, sample, valid_time_shift)
 from cmrstudio.models.spade import onehot
 
 class HQRenderer(GeneratorFront):
@@ -304,8 +304,7 @@ class JobQueue(JobBook):
             framed = last[2]
             native = last[3] if len(last) > 3 else from_frame(framed, job.frame, kind="image")
             job.seconds = time.perf_counter() - t0
-            sampler = sampler_name(job.solver, getattr(r, "time_shift", 1.0)) if job.solver else None  # a plugin's own grid: its solver
-            record = make_record(r, job.seed, vendor, job.context, job.steps, job.guidance, sampler, job.seconds)
+            record = make_record(r, job.seed, vendor, job.context, job.steps, job.guidance, job.solver, job.seconds)
             job.result = Render(native, framed, job.mask, job.frame, record)
             job.status = "done"
         except Cancelled:

@@ -86,11 +86,6 @@ def time_grid(steps: int, shift: float = 1.0) -> list[float]:
     return out
 
 
-def sampler_name(solver: str, time_shift: float = 1.0) -> str:
-    """How a render's sampler is named in its record: the solver, and the time grid's shift when it is not uniform."""
-    return solver if time_shift == 1.0 else f"{solver}, time shift {time_shift:g}"
-
-
 class Cancelled(Exception):
     """Raised by a sampler when its cancel event is set between steps."""
 

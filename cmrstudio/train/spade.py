@@ -9,7 +9,6 @@ SPADE paper: no ImageNet weights offline).
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import numpy as np
