@@ -270,11 +270,18 @@ def test_evaluate_all_records_every_aspect_in_the_card_and_reports(tiny_run, tmp
         write_case(c, data)
     card = copy_model(tiny_run.out / "tiny.json", tmp_path / "gen")
     out = tmp_path / "eval"
-    p = run("evaluate", "all", "--data", str(data), "--case", "heldout", "--model", str(card), "--space", "pixel", "--out", str(out))
-    for section in ("== fidelity", "== faithfulness", "== diversity", "== privacy"):
+    bad = run("evaluate", "all", "--data", str(data), "--case", "heldout", "--model", str(card), "--classifier-steps", "0",
+              "--out", str(out), check=False)
+    assert bad.returncode != 0 and "--classifier-steps 0 must be at least 1" in bad.stderr and not out.exists()  # refused before any work
+    # the machine reader trains 30 steps here (400 by default): the figures are not the point, that each is recorded
+    p = run("evaluate", "all", "--data", str(data), "--case", "heldout", "--model", str(card), "--space", "pixel",
+            "--classifier-steps", "30", "--out", str(out))
+    for section in ("== fidelity", "== faithfulness", "== diversity", "== realism", "== privacy"):
         assert section in p.stdout
+    assert "30 steps" in p.stdout
     doc = json.loads(card.read_text(encoding="utf-8"))
-    assert {"fidelity", "mask_faithfulness_dice", "diversity", "privacy"} <= set(doc["metrics"])
+    assert {"fidelity", "mask_faithfulness_dice", "diversity", "privacy", "realism_synthetic"} <= set(doc["metrics"])
+    assert doc["metrics"]["realism_synthetic"]["classifier_steps"] == 30
     assert doc["metrics"]["fidelity"]["cases_evaluated"] == ["heldout500_ED", "heldout501_ED"]  # held-out patients only
     assert 0 < doc["metrics"]["diversity"]["ms_ssim_between_seeds"] <= 1
     h = doc["headline"]

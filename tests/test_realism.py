@@ -127,6 +127,7 @@ def test_evaluate_realism_reports_kid_beside_the_floor_a_machine_reader_and_the_
     res = evaluate_realism(held, ref, model="spade-cmr", mode="in-patient", classifier_steps=20, max_train_slices=12)
     d = res.to_dict()
     assert d["mode"] == "in-patient" and d["n_real"] == d["n_synthetic"] >= 8 and d["n_classifier_train"] == 24
+    assert d["classifier_steps"] == 20
     assert -0.05 < d["kid_real_floor"] < 1 and np.isfinite(d["kid"]) and 0 <= d["machine_accuracy"] <= 1
     lo, hi = d["machine_accuracy_ci"]
     assert lo <= d["machine_accuracy"] <= hi and d["machine_n"] == 2 * d["n_real"]
@@ -135,3 +136,6 @@ def test_evaluate_realism_reports_kid_beside_the_floor_a_machine_reader_and_the_
 
     with pytest.raises(CmrError, match="--mode"):
         evaluate_realism(held, ref, model="spade-cmr", mode="halfway")
+    for bad in (dict(classifier_steps=0), dict(max_train_slices=-3)):
+        with pytest.raises(CmrError, match="must be at least 1"):
+            evaluate_realism(held, ref, model="spade-cmr", **bad)

@@ -125,6 +125,7 @@ def evaluate_all_cmd(
     space: str = typer.Option("inception", "--space", help="Feature space of the nearest-neighbour analysis."),
     utility: Optional[str] = typer.Option(None, "--utility", help="Also run the utility evaluation with this preset (cpu or full)."),
     max_members: Optional[int] = typer.Option(200, "--max-members", help="Cap the member slices of the membership attacks."),
+    classifier_steps: int = typer.Option(400, "--classifier-steps", help="Training steps of the realism evaluation's machine reader."),
     out: Path = typer.Option(Path("evaluation"), "--out", help="Folder for the JSON results, figures and MODEL_report.html."),
     device: Optional[str] = typer.Option(None, "--device"),
 ):
@@ -135,7 +136,8 @@ def evaluate_all_cmd(
     printers = {"fidelity": _print_fidelity, "faithfulness": _print_faithfulness, "diversity": _print_diversity,
                 "privacy": _print_privacy, "utility": _print_utility, "report": lambda r: _print_report(r.info, r.path),
                 "realism": _print_realism, "realism in patient": _print_realism}
-    evaluate_all(data, case, model, seeds=seeds, space=space, utility=utility, max_members=max_members, out=out, device=device,
+    evaluate_all(data, case, model, seeds=seeds, space=space, utility=utility, max_members=max_members,
+                 classifier_steps=classifier_steps, out=out, device=device,
                  command=command_line(), on_step=lambda name: typer.echo(f"== {name}"),
                  on_result=lambda name, res: printers[name](res), progress=_progress)
 
@@ -185,7 +187,8 @@ def _print_realism(res, name: str | None = None) -> None:
     typer.echo(f"{name}, {mode}: {res.n_synthetic} renders of held-out masks vs {res.n_real} real held-out slices")
     typer.echo(f"  KID {res.kid:.4f} ± {res.kid_std:.4f}   (real vs real, other patients: {res.kid_real_floor:.4f} ± {res.kid_real_floor_std:.4f})   "
                f"FID {res.fid:.1f} (real vs real {res.fid_real_floor:.1f})")
-    typer.echo(f"  machine reader (trained on {res.n_classifier_train} training-patient slices): accuracy {res.machine_accuracy:.1%} "
+    trained = f"{res.n_classifier_train} training-patient slices" + (f", {res.classifier_steps} steps" if res.classifier_steps else "")
+    typer.echo(f"  machine reader (trained on {trained}): accuracy {res.machine_accuracy:.1%} "
                f"(95% CI {lo:.1%}–{hi:.1%}, {res.machine_n} images), AUC {res.machine_auc:.3f}; 50% = cannot tell")
     typer.echo(f"  upsampling grid: peak {g['peak_ratio']:.2f} at period {g['period_px']} px ({g['spectrum']} spectrum); real scans {g.get('real_peak_ratio', float('nan')):.2f}")
 

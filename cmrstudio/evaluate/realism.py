@@ -117,6 +117,7 @@ class Realism:
     n_reference: int
     n_classifier_train: int
     generator: dict
+    classifier_steps: int | None = None  # the machine reader's training steps
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -161,9 +162,11 @@ def evaluate_realism(held_out, reference, model: str | None = None, mode: str = 
     from cmrstudio.evaluate.fidelity import InceptionFeatures, fid, kid
     from cmrstudio.study.machine import _resize, auc, classify, train_classifier
     from cmrstudio.study.stats import proportion
+    from cmrstudio.train.common import check_counts
 
     if mode not in ("synthetic", "in-patient"):
         raise CmrError(f"--mode {mode!r} is not known; use synthetic (no real pixel) or in-patient (the scan's own surroundings).")
+    check_counts(classifier_steps=classifier_steps, max_train=max_train_slices)  # before minutes of rendering, not after
     r = open_renderer(model, device=device, **hq)
     if mode == "in-patient" and not r.scene:
         raise CmrError(f"The model '{r.name}' renders the heart crop only; it has no in-patient mode.")
@@ -185,4 +188,4 @@ def evaluate_realism(held_out, reference, model: str | None = None, mode: str = 
     acc, ci = proportion(correct, len(y))
     return Realism(mode, k, k_sd, fid(f_rh, f_sh), k0, k0_sd, fid(f_rh, f_rt), float(acc), [float(v) for v in ci], auc(p, y), int(len(y)),
                    grid_artefact(syn_h, real_h), len(real_h), len(syn_h), len(real_t), 2 * len(real_t),
-                   {**r.describe(), "mode": mode})
+                   {**r.describe(), "mode": mode}, int(classifier_steps))

@@ -164,14 +164,16 @@ def run_utility(cases, held: list[str], model=None, preset: str = "cpu", options
 
 
 def evaluate_all(data: Sequence[str], case: Sequence[str] = (), model=None, *, seeds: int = 1, space: str = "inception",
-                 utility: str | None = None, max_members: int | None = 200, out: str | Path = "evaluation", device: str | None = None,
+                 utility: str | None = None, max_members: int | None = 200, classifier_steps: int = 400,
+                 out: str | Path = "evaluation", device: str | None = None,
                  command: str | None = None, on_step: Callable[[str], None] | None = None,
                  on_result: Callable[[str, Any], None] | None = None, progress=None) -> dict[str, Any]:
     """Every evaluation of one generator on patients it was not trained on, each recorded in its card, then its HTML report.
 
     ``data``: folders or files of real images with expert masks (training and held-out patients); ``case``: the held-out
     patients (case-id prefixes), by default those the model's card names. Runs fidelity (``seeds`` renders per mask),
-    faithfulness (``seeds``), diversity (3 seeds, 16 masks), privacy (``space``, 2 seeds, ``max_members``; privacy.json
+    faithfulness (``seeds``), diversity (3 seeds, 16 masks), realism (its machine reader trained ``classifier_steps``
+    steps; in this patient too for whole-slice models), privacy (``space``, 2 seeds, ``max_members``; privacy.json
     and the closest-pairs figure in ``out``) and, when ``utility`` names a preset, utility (utility.json and its
     figure); then writes ``out``/MODEL_report.html with the figures in ``out``. ``command`` is recorded beside each
     figure. ``on_step(name)`` is called before each evaluation, ``on_result(name, result)`` after each and after the
@@ -189,7 +191,7 @@ def evaluate_all(data: Sequence[str], case: Sequence[str] = (), model=None, *, s
     held = held_out(case, info)
     if not held:
         raise CmrError(f"The card of '{info.name}' names no held-out patients; give them with --case.")
-    check_counts(seeds=seeds)  # bad options are refused before hours of evaluation, not after
+    check_counts(seeds=seeds, classifier_steps=classifier_steps)  # bad options are refused before hours of evaluation, not after
     if max_members is not None:
         check_counts(max_members=max_members)
     utility_options = utility_preset(utility) if utility else None
@@ -227,7 +229,7 @@ def evaluate_all(data: Sequence[str], case: Sequence[str] = (), model=None, *, s
         return run_utility(cases(), held, preset=utility, options=utility_options, out=out, progress=progress, **rec)[0]
 
     def realism(mode):
-        return lambda: run_realism(cases(), held, mode=mode, **rec)
+        return lambda: run_realism(cases(), held, mode=mode, classifier_steps=classifier_steps, **rec)
 
     steps = [("fidelity", fidelity), ("faithfulness", faithfulness), ("diversity", diversity), ("realism", realism("synthetic"))]
     if scene:  # whole-slice models render in a patient's own scan too
