@@ -471,3 +471,60 @@ def test_fine_tuning_a_flow_model_with_the_grid_penalty_starts_from_its_weights_
     assert resumed.grid_penalty.ref is not None and torch.allclose(resumed.grid_penalty.ref, saved)  # taken back
     resumed.run(progress=False)
     assert resumed.step == 10 and not torch.equal(resumed.grid_penalty.ref, saved)  # then updated by two more steps
+
+
+def test_reflow_distils_a_flow_model_to_one_step_and_its_card_names_the_teacher(tiny_flow, tiny_diffusion, tmp_path):
+    """``train flow --init TEACHER --reflow N``: the student learns to land in one step where the teacher's N Euler steps
+    land from the same noise (nearer than the teacher's own one step does), with the teacher's guidance built in (the
+    student samples unguided), the teacher kept as it was, and the card naming it."""
+    from cmrstudio.models.checkpoint import load_state
+    from cmrstudio.models.sampling import run_to_end
+
+    def opts(**kw):
+        return DiffusionOptions(objective="flow", **{**TINY, "out": str(tmp_path / "rf"), "name": "tiny-flow-1step", "steps": 40,
+                                                     "sample_steps": 1, "warmup": 1, "cond_drop": 0.0, **kw})
+
+    with pytest.raises(CmrError, match="--reflow needs the flow model to distil"):
+        DiffusionTrainer(opts(reflow=8))
+    with pytest.raises(CmrError, match="--cond-drop 0.1 does not fit --reflow"):
+        DiffusionTrainer(opts(reflow=8, init=_card(tiny_flow), cond_drop=0.1))
+    with pytest.raises(CmrError, match="--reflow -2 must be a whole number"):
+        DiffusionTrainer(opts(reflow=-2, init=_card(tiny_flow)))
+    with pytest.raises(CmrError, match="distils a rectified-flow model"):
+        DiffusionTrainer(DiffusionOptions(objective="diffusion", **{**TINY, "out": str(tmp_path / "d"), "reflow": 8, "init": _card(tiny_diffusion)}))
+    p = run("train", "flow", "--phantom", "3", "--preset", "tiny", "--size", "64", "--steps", "2", "--reflow", "8",
+            "--out", str(tmp_path / "cli"), "--quiet", check=False)
+    assert p.returncode != 0 and "--reflow needs the flow model to distil" in p.stderr and "Traceback" not in p.stderr
+
+    tr = DiffusionTrainer(opts(init=_card(tiny_flow), reflow=8))
+    teacher_card = read_card(_card(tiny_flow)).card
+    g = teacher_card["sampling"]["guidance"]
+    assert g > 1 and tr.teacher_guidance == g and tr.guidance == 1.0
+    f = tr._fixed
+    cond, vendor = tr.cond(f), f["vendor"]
+    noise = torch.randn(f["image"].shape, generator=torch.Generator().manual_seed(7))  # not a noise the student trains on
+    target = tr.teacher_images(cond, vendor, noise)  # the teacher's 8 guided Euler steps, in [-1, 1]
+    assert torch.allclose((target[:, 0] + 1) / 2, torch.from_numpy(run_to_end(sample(tr.teacher, "flow", cond, vendor, noise, 8, g, bf16=tr.bf16))))
+
+    def one_step_error(net, guidance: float) -> float:
+        """One Euler step from the noise (unclamped: a weak teacher's one step overshoots far past [-1, 1]) against the target."""
+        with torch.no_grad():
+            t1 = torch.ones(len(noise))
+            v = net(noise, t1, cond, vendor).float()
+            if guidance != 1.0:
+                v = guidance * v + (1 - guidance) * net(noise, t1, torch.zeros_like(cond), vendor).float()
+        return float(((noise - v) - target).pow(2).mean())
+
+    before = one_step_error(tr.teacher, g)
+    tr.run(progress=False)
+    after = one_step_error(tr.ema, 1.0)
+    assert after < 0.6 * before, (after, before)
+    theirs = load_state(str(tiny_flow.out / "tiny-flow.safetensors"))
+    assert all(torch.equal(theirs[k], v) for k, v in tr.teacher.state_dict().items())  # the teacher stayed as it was
+    card = read_card(tmp_path / "rf" / "tiny-flow-1step.json").card
+    d = card["training"]["distillation"]
+    assert d["teacher"] == "tiny-flow" and d["teacher_sha256"] == teacher_card["sha256"] and d["teacher_steps"] == 8
+    assert d["teacher_guidance"] == g and card["sampling"]["steps"] == 1 and card["sampling"]["guidance"] == 1.0
+    assert open_renderer(str(tmp_path / "rf" / "tiny-flow-1step.json")).describe()["steps"] == 1
+    with pytest.raises(CmrError, match="--reflow 8, not 4"):
+        DiffusionTrainer(opts(init=_card(tiny_flow), reflow=4, resume=True, steps=42))

@@ -75,6 +75,8 @@ def _train_generator(objective: str, **kw) -> None:
 
     install, quiet = kw.pop("install"), kw.pop("quiet")
     kw["grid"] = kw.pop("grid_loss")
+    if kw["cond_drop"] is None:  # a distilled student samples unguided: nothing to drop the mask for
+        kw["cond_drop"] = 0.0 if kw["reflow"] else 0.1
     check_name(kw["name"])
     kw["out"], kw["data"], kw["exclude"] = str(kw["out"]), list(kw["data"]), list(kw["exclude"])
     tr = DiffusionTrainer(DiffusionOptions(objective=objective, **kw)).run(progress=not quiet)
@@ -102,7 +104,7 @@ def _hq_train_command(objective: str, default_steps: int):
         batch: int = typer.Option(8, "--batch", help="Batch size."),
         lr: float = typer.Option(2e-4, "--lr"),
         warmup: int = typer.Option(200, "--warmup", help="Steps of learning-rate warm-up."),
-        cond_drop: float = typer.Option(0.1, "--cond-drop", help="Fraction of samples trained without the mask (for guidance)."),
+        cond_drop: Optional[float] = typer.Option(None, "--cond-drop", help="Fraction of samples trained without the mask (for guidance); default 0.1, or 0 with --reflow."),
         guidance: float = typer.Option(1.5, "--guidance", help="Guidance scale for the sample grids and the card's default."),
         sample_steps: int = typer.Option(default_steps, "--sample-steps", help="Sampling steps for the grids and the card's default."),
         seed: int = typer.Option(0, "--seed"),
@@ -118,6 +120,7 @@ def _hq_train_command(objective: str, default_steps: int):
         layout_prior: Optional[str] = typer.Option(None, "--layout-prior", help="Scene presets: the tissue-class prior (name or card; default: the installed layout-cmr)."),
         grid_loss: float = typer.Option(0.0, "--grid-loss", help="Weight of a penalty on period-2 grid patterns in the predicted clean image's gradient energy (0: off)."),
         init: Optional[str] = typer.Option(None, "--init", help=f"Start from this {objective} model's weights (a card path or name; same --preset and --size): fine-tuning."),
+        reflow: int = typer.Option(0, "--reflow", help="Flow only: distil the --init model (the teacher): learn to land in --sample-steps (1 or 2) where its renders in this many Euler steps land (reflow; 0: off)."),
         install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ):

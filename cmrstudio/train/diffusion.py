@@ -6,6 +6,13 @@ objective decides what it learns to predict (:mod:`cmrstudio.models.sampling`). 
 dropped (all-zero one-hot) for ``cond_drop`` of the samples so that classifier-free guidance
 works at sampling time. Mixed precision (bfloat16 autocast) is used where the processor or
 GPU runs it natively; the weights stay float32.
+
+Distillation (``reflow``, flow only): starting from a trained flow model (``init``, the teacher,
+kept frozen), each batch's images are not the real slices but what the teacher renders in
+``reflow`` Euler steps from the batch's own noise under the batch's conditioning; the student
+learns the straight path from that noise to that image (reflow, Liu et al., 2023), so that one or
+two steps of it land where many steps of the teacher do. The teacher's guidance is built into
+what the student learns: the student samples unguided.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from cmrstudio.engine.device import bf16_native
 from cmrstudio.errors import CmrError
 from cmrstudio.models.diffusion import PRESETS, CondUNet, DiffusionConfig
 from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, OBJECTIVES, check_guidance, check_steps, noise_for, run_to_end, sample,
-                                       sample_t, training_loss)
+                                       sample_t, time_grid, training_loss, valid_time_shift)
 from cmrstudio.models.spade import GridPenalty, count_parameters, onehot
 from cmrstudio.train.base import BaseOptions, BaseTrainer
 from cmrstudio.train.common import start_from
@@ -39,12 +46,13 @@ class DiffusionOptions(BaseOptions):
     ema: float = 0.999
     grid: float = 0.0  # weight of the period-2 grid penalty on the predicted clean image (GridPenalty; 0: off)
     init: str | None = None  # start from this model's weights (a card path or name): fine-tuning a trained model
+    reflow: int = 0  # distil ``init`` (the teacher): its renders in this many Euler steps are the targets (0: off)
 
 
 class DiffusionTrainer(BaseTrainer):
     presets = PRESETS
     postfix = ("loss", "grid")
-    resume_must_match = ("objective", "init")
+    resume_must_match = ("objective", "init", "reflow")
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -78,6 +86,17 @@ class DiffusionTrainer(BaseTrainer):
             check_steps(o.sample_steps)
         if not o.grid >= 0:
             raise CmrError(f"--grid-loss {o.grid} must be 0 (off) or above.")
+        if o.reflow:
+            if isinstance(o.reflow, bool) or not isinstance(o.reflow, int) or o.reflow < 0:
+                raise CmrError(f"--reflow {o.reflow!r} must be a whole number of the teacher's sampling steps (8–32 typical; 0: off).")
+            check_steps(o.reflow)
+            if o.objective != "flow":
+                raise CmrError("--reflow distils a rectified-flow model; train it with `cmrstudio train flow`.")
+            if not o.init:
+                raise CmrError("--reflow needs the flow model to distil: give it with --init (a card path or name).")
+            if o.cond_drop > 0:
+                raise CmrError(f"--cond-drop {o.cond_drop} does not fit --reflow: the distilled model samples unguided (its teacher's "
+                               "guidance is built in); give --cond-drop 0.")
 
     def build(self) -> None:
         o = self.opts
@@ -90,9 +109,11 @@ class DiffusionTrainer(BaseTrainer):
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, weight_decay=0.0)
         self.bf16 = bf16_native(self.device) if o.bf16 is None else bool(o.bf16)
         self.steps_default = int(o.sample_steps if o.sample_steps is not None else DEFAULT_STEPS[o.objective])
-        # without mask dropout the unconditional branch was never trained: guidance would be meaningless
-        self.guidance = o.guidance if o.cond_drop > 0 else 1.0
+        # without mask dropout the unconditional branch was never trained: guidance would be meaningless; a distilled
+        # student has its teacher's guidance built in
+        self.guidance = o.guidance if o.cond_drop > 0 and not o.reflow else 1.0
         self.grid_penalty = GridPenalty() if o.grid else None
+        self.teacher = None
         self.pretraining = self._load_init() if o.init else None
 
     def _load_init(self) -> dict:
@@ -103,7 +124,34 @@ class DiffusionTrainer(BaseTrainer):
         self.check_init(record)
         self.load_init(info, state, (self.net, self.ema), "network", f"train with the same --preset and --size as {info.name}")
         self.log(f"Starting from {info.name} (sha256 {record['sha256'][:12]}…, {record['iterations']} iterations).")
+        if o.reflow:
+            self._make_teacher(info, state)
         return record
+
+    def _make_teacher(self, info, state: dict) -> None:
+        """The frozen teacher of a distillation, sampling as its card says (guidance, time shift), Euler in ``reflow`` steps."""
+        self.teacher = CondUNet(self.cfg).to(self.device).eval()
+        self.load_init(info, state, (self.teacher,), "network", f"train with the same --preset and --size as {info.name}")
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        sampling = info.card.get("sampling") or {}
+        self.teacher_guidance = check_guidance(sampling.get("guidance", 1.0))
+        self.teacher_shift = valid_time_shift(sampling.get("time_shift", 1.0)) or 1.0
+        self.log(f"Distilling {info.name}: targets are its renders in {self.opts.reflow} Euler steps, guidance "
+                 f"{self.teacher_guidance:g}" + (f", time shift {self.teacher_shift:g}" if self.teacher_shift != 1.0 else "") + ".")
+
+    def reflow_t(self, n: int) -> torch.Tensor:
+        """Times of a distillation batch: uniform on [0, 1], half of them snapped to the student's own sampling grid."""
+        t = torch.rand(n, generator=self.rng)
+        grid = torch.tensor(time_grid(self.steps_default)[:-1])  # the times the student's steps start at
+        pick = grid[torch.randint(len(grid), (n,), generator=self.rng)]
+        return torch.where(torch.rand(n, generator=self.rng) < 0.5, pick, t)
+
+    def teacher_images(self, cond: torch.Tensor, vendor: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the teacher renders from ``noise`` under this conditioning, in the network's [-1, 1] range."""
+        img = run_to_end(sample(self.teacher, "flow", cond, vendor, noise, self.opts.reflow, self.teacher_guidance,
+                                solver="euler", bf16=self.bf16, time_shift=self.teacher_shift))
+        return torch.from_numpy(img * 2 - 1).reshape(noise.shape).to(self.device)
 
     def networks(self) -> dict:
         return {"network": self.net, "ema": self.ema}
@@ -143,8 +191,16 @@ class DiffusionTrainer(BaseTrainer):
 
     def training_extra(self) -> dict:
         o = self.opts
-        return {"lr": o.lr, "warmup": o.warmup, "cond_drop": o.cond_drop, "precision": "bf16 autocast" if self.bf16 else "fp32",
-                **({"grid_period2": o.grid} if o.grid else {}), **({"pretraining": self.pretraining} if self.pretraining else {})}
+        extra = {"lr": o.lr, "warmup": o.warmup, "cond_drop": o.cond_drop, "precision": "bf16 autocast" if self.bf16 else "fp32",
+                 **({"grid_period2": o.grid} if o.grid else {}), **({"pretraining": self.pretraining} if self.pretraining else {})}
+        if self.teacher is not None:
+            extra["distillation"] = {
+                "method": "reflow (Liu et al., 2023): the straight path from each noise to the image the teacher renders from it",
+                "teacher": self.pretraining["name"], "teacher_sha256": self.pretraining["sha256"], "teacher_steps": o.reflow,
+                "teacher_solver": "euler", "teacher_guidance": self.teacher_guidance, "teacher_time_shift": self.teacher_shift,
+                "t_distribution": "uniform, half of the batch at the student's sampling times",
+                "targets": "teacher renders (the real slices give only the conditioning)"}
+        return extra
 
     def render_fixed(self, f: dict) -> list[np.ndarray]:
         oh = self.cond(f)
@@ -185,8 +241,13 @@ class DiffusionTrainer(BaseTrainer):
         b = x0.shape[0]
         keep = (torch.rand(b, generator=self.rng) >= o.cond_drop).to(self.device, oh.dtype)
         oh = oh * keep[:, None, None, None]
-        t = sample_t(o.objective, b, self.rng).to(self.device)
+        if self.teacher is None:
+            t = sample_t(o.objective, b, self.rng).to(self.device)
+        else:  # distillation: uniform times, half of them at the times the student will sample at
+            t = self.reflow_t(b).to(self.device)
         noise = torch.randn(x0.shape, generator=self.rng).to(self.device)
+        if self.teacher is not None:  # the teacher's render of this very noise is the target
+            x0 = self.teacher_images(oh, vendor, noise)
         for g in self.opt.param_groups:
             g["lr"] = o.lr * min(1.0, (self.step + 1) / max(1, o.warmup))
         out = {}
