@@ -488,8 +488,9 @@ def test_reflow_distils_a_flow_model_to_one_step_and_its_card_names_the_teacher(
         DiffusionTrainer(opts(reflow=8))
     with pytest.raises(CmrError, match="--cond-drop 0.1 does not fit --reflow"):
         DiffusionTrainer(opts(reflow=8, init=_card(tiny_flow), cond_drop=0.1))
-    with pytest.raises(CmrError, match="--reflow -2 must be a whole number"):
-        DiffusionTrainer(opts(reflow=-2, init=_card(tiny_flow)))
+    for bad in (-2, 5000, 2.5):
+        with pytest.raises(CmrError, match=f"--reflow {bad} must be a whole number"):
+            DiffusionTrainer(opts(reflow=bad, init=_card(tiny_flow)))
     with pytest.raises(CmrError, match="distils a rectified-flow model"):
         DiffusionTrainer(DiffusionOptions(objective="diffusion", **{**TINY, "out": str(tmp_path / "d"), "reflow": 8, "init": _card(tiny_diffusion)}))
     p = run("train", "flow", "--phantom", "3", "--preset", "tiny", "--size", "64", "--steps", "2", "--reflow", "8",

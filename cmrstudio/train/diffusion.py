@@ -25,8 +25,8 @@ import torch
 from cmrstudio.engine.device import bf16_native
 from cmrstudio.errors import CmrError
 from cmrstudio.models.diffusion import PRESETS, CondUNet, DiffusionConfig
-from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, OBJECTIVES, check_guidance, check_steps, noise_for, run_to_end, sample,
-                                       sample_t, time_grid, training_loss, valid_time_shift)
+from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_STEPS, OBJECTIVES, check_guidance, check_steps, noise_for,
+                                       run_to_end, sample, sample_t, time_grid, training_loss, valid_time_shift)
 from cmrstudio.models.spade import GridPenalty, count_parameters, onehot
 from cmrstudio.train.base import BaseOptions, BaseTrainer
 from cmrstudio.train.common import start_from
@@ -87,9 +87,9 @@ class DiffusionTrainer(BaseTrainer):
         if not o.grid >= 0:
             raise CmrError(f"--grid-loss {o.grid} must be 0 (off) or above.")
         if o.reflow:
-            if isinstance(o.reflow, bool) or not isinstance(o.reflow, int) or o.reflow < 0:
-                raise CmrError(f"--reflow {o.reflow!r} must be a whole number of the teacher's sampling steps (8–32 typical; 0: off).")
-            check_steps(o.reflow)
+            if isinstance(o.reflow, bool) or not isinstance(o.reflow, int) or not 0 < o.reflow <= MAX_STEPS:
+                raise CmrError(f"--reflow {o.reflow!r} must be a whole number of the teacher's sampling steps, 1 to {MAX_STEPS} "
+                               "(8–32 typical; 0: off).")
             if o.objective != "flow":
                 raise CmrError("--reflow distils a rectified-flow model; train it with `cmrstudio train flow`.")
             if not o.init:
