@@ -410,7 +410,7 @@ def test_bad_hq_options_get_one_sentence(tiny_flow, tmp_path):
     assert p.returncode == 2 and "--steps 0 must be between 1" in p.stderr and "Traceback" not in p.stderr
     p = run("bench", "hq", "--model", _card(tiny_flow), "--steps", "1", "--size", "100", "--n", "1", check=False)
     assert p.returncode == 2 and "--size 100 does not fit" in p.stderr
-    for bad, msg in ((dict(guidance=30.0), "--guidance 30.0 must be between 0 and 20"), (dict(sample_steps=0), "--steps 0 must be between 1"),
+    for bad, msg in ((dict(guidance=30.0), "--guidance 30.0 must be between 0 and 20"), (dict(sample_steps=0), "--sample-steps 0 must be a whole number"),
                      (dict(size=72), "--size 72 must be a multiple of 16"), (dict(cond_drop=1.0), "--cond-drop 1.0")):
         with pytest.raises(CmrError, match=msg):
             DiffusionTrainer(DiffusionOptions(objective="flow", out=str(tmp_path / "x"), steps=5, **{**TINY, "preset": "lite", **bad}))
@@ -473,59 +473,93 @@ def test_fine_tuning_a_flow_model_with_the_grid_penalty_starts_from_its_weights_
     assert resumed.step == 10 and not torch.equal(resumed.grid_penalty.ref, saved)  # then updated by two more steps
 
 
-def test_reflow_distils_a_flow_model_to_one_step_and_its_card_names_the_teacher(tiny_flow, tiny_diffusion, tmp_path):
-    """``train flow --init TEACHER --reflow N``: the student learns to land in one step where the teacher's N Euler steps
-    land from the same noise (nearer than the teacher's own one step does), with the teacher's guidance built in (the
-    student samples unguided), the teacher kept as it was, and the card naming it."""
+def test_reflow_distils_a_flow_model_to_one_step_and_its_card_names_the_teacher(tiny_flow, tiny_diffusion, tmp_path, monkeypatch):
+    """``train flow --init TEACHER --reflow N``: the targets are the teacher's N-step renders of each batch's own noise, and
+    the student learns to land in one step where they land (nearer than the teacher's own one step, guided or not), with
+    the teacher's guidance built in (the student samples unguided), the teacher kept as it was, and the card naming it."""
+    import cmrstudio.train.diffusion as training
     from cmrstudio.models.checkpoint import load_state
     from cmrstudio.models.sampling import run_to_end
 
     def opts(**kw):
         return DiffusionOptions(objective="flow", **{**TINY, "out": str(tmp_path / "rf"), "name": "tiny-flow-1step", "steps": 40,
-                                                     "sample_steps": 1, "warmup": 1, "cond_drop": 0.0, **kw})
+                                                     "sample_steps": 1, "warmup": 1, **kw})
 
+    teacher_card = _card(tiny_flow)
     with pytest.raises(CmrError, match="--reflow needs the flow model to distil"):
         DiffusionTrainer(opts(reflow=8))
-    with pytest.raises(CmrError, match="--cond-drop 0.1 does not fit --reflow"):
-        DiffusionTrainer(opts(reflow=8, init=_card(tiny_flow), cond_drop=0.1))
     for bad in (-2, 5000, 2.5):
         with pytest.raises(CmrError, match=f"--reflow {bad} must be a whole number"):
-            DiffusionTrainer(opts(reflow=bad, init=_card(tiny_flow)))
+            DiffusionTrainer(opts(reflow=bad, init=teacher_card))
+    with pytest.raises(CmrError, match="--cond-drop 0.1 does not fit --reflow"):
+        DiffusionTrainer(opts(reflow=8, init=teacher_card, cond_drop=0.1))
+    with pytest.raises(CmrError, match="--guidance 2.0 does not fit --reflow"):
+        DiffusionTrainer(opts(reflow=8, init=teacher_card, guidance=2.0))
+    with pytest.raises(CmrError, match="--sample-steps 0 must be a whole number"):
+        DiffusionTrainer(opts(reflow=8, init=teacher_card, sample_steps=0))
     with pytest.raises(CmrError, match="distils a rectified-flow model"):
         DiffusionTrainer(DiffusionOptions(objective="diffusion", **{**TINY, "out": str(tmp_path / "d"), "reflow": 8, "init": _card(tiny_diffusion)}))
     p = run("train", "flow", "--phantom", "3", "--preset", "tiny", "--size", "64", "--steps", "2", "--reflow", "8",
             "--out", str(tmp_path / "cli"), "--quiet", check=False)
     assert p.returncode != 0 and "--reflow needs the flow model to distil" in p.stderr and "Traceback" not in p.stderr
+    # the command line: --cond-drop and --guidance left out are 0 and unguided for a distillation
+    run("train", "flow", "--phantom", "3", "--preset", "tiny", "--size", "64", "--steps", "1", "--batch", "2", "--init", teacher_card,
+        "--reflow", "2", "--sample-steps", "1", "--out", str(tmp_path / "cli"), "--name", "cli-1step", "--quiet")
+    cli_card = read_card(tmp_path / "cli" / "cli-1step.json").card
+    assert cli_card["training"]["cond_drop"] == 0.0 and cli_card["sampling"]["guidance"] == 1.0
+    assert cli_card["training"]["distillation"]["teacher_steps"] == 2
 
-    tr = DiffusionTrainer(opts(init=_card(tiny_flow), reflow=8))
-    teacher_card = read_card(_card(tiny_flow)).card
-    g = teacher_card["sampling"]["guidance"]
-    assert g > 1 and tr.teacher_guidance == g and tr.guidance == 1.0
+    tr = DiffusionTrainer(opts(init=teacher_card, reflow=8))
+    g = read_card(teacher_card).card["sampling"]["guidance"]
+    assert g > 1 and tr.teacher.guidance == g and tr.guidance == 1.0 and tr.opts.cond_drop == 0.0
+    times = tr.reflow_t(400)  # uniform, half of them at t = 1, where a one-step student samples from
+    assert 140 < int((times == 1.0).sum()) < 260 and float(times.min()) >= 0 and float((times < 0.5).float().mean()) > 0.1
     f = tr._fixed
     cond, vendor = tr.cond(f), f["vendor"]
     noise = torch.randn(f["image"].shape, generator=torch.Generator().manual_seed(7))  # not a noise the student trains on
     target = tr.teacher_images(cond, vendor, noise)  # the teacher's 8 guided Euler steps, in [-1, 1]
-    assert torch.allclose((target[:, 0] + 1) / 2, torch.from_numpy(run_to_end(sample(tr.teacher, "flow", cond, vendor, noise, 8, g, bf16=tr.bf16))))
+    as_rendered = run_to_end(sample(tr.teacher.net, "flow", cond, vendor, noise, 8, g, bf16=tr.teacher.bf16))
+    assert torch.allclose((target[:, 0] + 1) / 2, torch.from_numpy(as_rendered), atol=1e-6)
 
     def one_step_error(net, guidance: float) -> float:
         """One Euler step from the noise (unclamped: a weak teacher's one step overshoots far past [-1, 1]) against the target."""
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=tr.bf16):
             t1 = torch.ones(len(noise))
             v = net(noise, t1, cond, vendor).float()
             if guidance != 1.0:
                 v = guidance * v + (1 - guidance) * net(noise, t1, torch.zeros_like(cond), vendor).float()
-        return float(((noise - v) - target).pow(2).mean())
+        return float(((noise - v.float()) - target).pow(2).mean())
 
-    before = one_step_error(tr.teacher, g)
+    before = min(one_step_error(tr.teacher.net, g), one_step_error(tr.ema, 1.0))  # the teacher guided, and the student as it starts
+    seen = []
+    plain_loss = training.training_loss
+
+    def watched(net, objective, x0, oh, v, t, eps, **kw):
+        seen.append((x0.detach().clone(), oh.detach().clone(), v.detach().clone(), eps.detach().clone()))
+        return plain_loss(net, objective, x0, oh, v, t, eps, **kw)
+
+    monkeypatch.setattr(training, "training_loss", watched)
     tr.run(progress=False)
+    monkeypatch.undo()
+    x0, oh, v, eps = seen[0]  # what the first step trained towards: the teacher's render of that step's own noise
+    assert torch.allclose(x0, tr.teacher_images(oh, v, eps), atol=1e-6) and not torch.allclose(x0, tr.teacher_images(oh, v, -eps))
     after = one_step_error(tr.ema, 1.0)
     assert after < 0.6 * before, (after, before)
     theirs = load_state(str(tiny_flow.out / "tiny-flow.safetensors"))
-    assert all(torch.equal(theirs[k], v) for k, v in tr.teacher.state_dict().items())  # the teacher stayed as it was
+    assert all(torch.equal(theirs[k].to(w.dtype), w) for k, w in tr.teacher.net.state_dict().items())  # the teacher stayed as it was
     card = read_card(tmp_path / "rf" / "tiny-flow-1step.json").card
     d = card["training"]["distillation"]
-    assert d["teacher"] == "tiny-flow" and d["teacher_sha256"] == teacher_card["sha256"] and d["teacher_steps"] == 8
-    assert d["teacher_guidance"] == g and card["sampling"]["steps"] == 1 and card["sampling"]["guidance"] == 1.0
+    assert d["teacher"] == "tiny-flow" and d["teacher_sha256"] == read_card(teacher_card).card["sha256"] and d["teacher_steps"] == 8
+    assert d["teacher_guidance"] == g and d["teacher_solver"] == "euler" and card["sampling"] == {**card["sampling"], "steps": 1, "guidance": 1.0}
+    assert card["process"]["t_distribution"].startswith("uniform")
     assert open_renderer(str(tmp_path / "rf" / "tiny-flow-1step.json")).describe()["steps"] == 1
     with pytest.raises(CmrError, match="--reflow 8, not 4"):
-        DiffusionTrainer(opts(init=_card(tiny_flow), reflow=4, resume=True, steps=42))
+        DiffusionTrainer(opts(init=teacher_card, reflow=4, resume=True, steps=42))
+    # a resumed distillation must go on from the same teacher, even where --init names the same file
+    moved = tmp_path / "teacher"
+    shutil.copytree(tiny_flow.out, moved, ignore=shutil.ignore_patterns("samples", "train_state"))
+    first = DiffusionTrainer(opts(init=str(moved / "tiny-flow.json"), reflow=8, out=str(tmp_path / "rf2"), steps=2))
+    first.run(progress=False)
+    DiffusionTrainer(DiffusionOptions(objective="flow", out=str(moved), name="tiny-flow", steps=1, **{**TINY, "seed": 5})).run(progress=False)
+    with pytest.raises(CmrError, match="started from a model with sha256"):
+        DiffusionTrainer(opts(init=str(moved / "tiny-flow.json"), reflow=8, out=str(tmp_path / "rf2"), steps=4, resume=True))

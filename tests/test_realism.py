@@ -136,6 +136,13 @@ def test_evaluate_realism_reports_kid_beside_the_floor_a_machine_reader_and_the_
 
     with pytest.raises(CmrError, match="--mode"):
         evaluate_realism(held, ref, model="spade-cmr", mode="halfway")
-    for bad in (dict(classifier_steps=0), dict(max_train_slices=-3)):
-        with pytest.raises(CmrError, match="must be at least 1"):
-            evaluate_realism(held, ref, model="spade-cmr", **bad)
+    import cmrstudio.engine.factory as factory
+
+    def no_rendering(*a, **kw):
+        raise AssertionError("a bad count must be refused before the model is opened")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(factory, "open_renderer", no_rendering)
+        for bad, said in ((dict(classifier_steps=0), "--classifier-steps 0 must be at least 1"), (dict(max_train_slices=-3), "--max-train -3 must")):
+            with pytest.raises(CmrError, match=said):
+                evaluate_realism(held, ref, model="spade-cmr", **bad)

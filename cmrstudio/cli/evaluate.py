@@ -129,8 +129,8 @@ def evaluate_all_cmd(
     out: Path = typer.Option(Path("evaluation"), "--out", help="Folder for the JSON results, figures and MODEL_report.html."),
     device: Optional[str] = typer.Option(None, "--device"),
 ):
-    """Every evaluation of one generator on patients it was not trained on — fidelity, faithfulness, diversity, privacy
-    (and utility) — recorded in its card, then its HTML report."""
+    """Every evaluation of one generator on patients it was not trained on — fidelity, faithfulness, diversity, realism,
+    privacy (and utility) — recorded in its card, then its HTML report."""
     from cmrstudio.evaluate.run import evaluate_all
 
     printers = {"fidelity": _print_fidelity, "faithfulness": _print_faithfulness, "diversity": _print_diversity,
@@ -165,7 +165,9 @@ def evaluate_realism_cmd(
     from cmrstudio.engine.factory import generator_kinds
     from cmrstudio.evaluate.run import run_realism
     from cmrstudio.models.registry import get_model
+    from cmrstudio.train.common import check_counts
 
+    check_counts(classifier_steps=classifier_steps, max_train=max_train)  # before the data is read
     info = get_model(model, kind=generator_kinds())
     held = _held_out(case, info)
     if not held:

@@ -75,8 +75,6 @@ def _train_generator(objective: str, **kw) -> None:
 
     install, quiet = kw.pop("install"), kw.pop("quiet")
     kw["grid"] = kw.pop("grid_loss")
-    if kw["cond_drop"] is None:  # a distilled student samples unguided: nothing to drop the mask for
-        kw["cond_drop"] = 0.0 if kw["reflow"] else 0.1
     check_name(kw["name"])
     kw["out"], kw["data"], kw["exclude"] = str(kw["out"]), list(kw["data"]), list(kw["exclude"])
     tr = DiffusionTrainer(DiffusionOptions(objective=objective, **kw)).run(progress=not quiet)
@@ -105,7 +103,7 @@ def _hq_train_command(objective: str, default_steps: int):
         lr: float = typer.Option(2e-4, "--lr"),
         warmup: int = typer.Option(200, "--warmup", help="Steps of learning-rate warm-up."),
         cond_drop: Optional[float] = typer.Option(None, "--cond-drop", help="Fraction of samples trained without the mask (for guidance); default 0.1, or 0 with --reflow."),
-        guidance: float = typer.Option(1.5, "--guidance", help="Guidance scale for the sample grids and the card's default."),
+        guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale for the sample grids and the card's default (1.5; not with --reflow)."),
         sample_steps: int = typer.Option(default_steps, "--sample-steps", help="Sampling steps for the grids and the card's default."),
         seed: int = typer.Option(0, "--seed"),
         sample_every: int = typer.Option(500, "--sample-every", help="Write a sample grid PNG every N steps."),

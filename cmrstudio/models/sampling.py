@@ -188,13 +188,9 @@ def _check(objective: str, steps: int, solver: str | None) -> str:
     return solver
 
 
-@torch.inference_mode()
-def sample(net, objective: str, onehot: torch.Tensor, vendor: torch.Tensor, noise: torch.Tensor, steps: int,
-           guidance: float = DEFAULT_GUIDANCE, solver: str | None = None, bf16: bool = False,
-           cancel: threading.Event | None = None, time_shift: float = 1.0) -> Iterator[Step]:
-    """Integrate from ``noise`` (B, 1, N, N) at t = 1 to an image at t = 0 over :func:`time_grid`, yielding every step."""
-    solver = _check(objective, steps, solver)
-    steps = int(steps)
+def _solve(net, objective: str, onehot: torch.Tensor, vendor: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float,
+           solver: str, bf16: bool, cancel: threading.Event | None, time_shift: float) -> Iterator[tuple[int, float, torch.Tensor, torch.Tensor]]:
+    """The samplers' loop over :func:`time_grid`: yields (step index, time reached, x, the clean image x points to)."""
     ts = time_grid(steps, time_shift)
     x = noise.to(onehot.device, torch.float32)
     onehot, vendor = _branches(onehot, vendor, guidance)
@@ -220,8 +216,31 @@ def sample(net, objective: str, onehot: torch.Tensor, vendor: torch.Tensor, nois
             else:
                 x = x - (t - s) * out
             preview = x - s * out  # the clean image the current velocity points to
+        yield i, s, x, preview
+
+
+@torch.inference_mode()
+def sample(net, objective: str, onehot: torch.Tensor, vendor: torch.Tensor, noise: torch.Tensor, steps: int,
+           guidance: float = DEFAULT_GUIDANCE, solver: str | None = None, bf16: bool = False,
+           cancel: threading.Event | None = None, time_shift: float = 1.0) -> Iterator[Step]:
+    """Integrate from ``noise`` (B, 1, N, N) at t = 1 to an image at t = 0 over :func:`time_grid`, yielding every step."""
+    solver = _check(objective, steps, solver)
+    steps = int(steps)
+    for i, s, x, preview in _solve(net, objective, onehot, vendor, noise, steps, guidance, solver, bf16, cancel, time_shift):
         done = i == steps - 1
         yield Step(i + 1, steps, s, _to01(x if done else preview), done)
+
+
+@torch.no_grad()
+def integrate(net, objective: str, onehot: torch.Tensor, vendor: torch.Tensor, noise: torch.Tensor, steps: int,
+              guidance: float = DEFAULT_GUIDANCE, solver: str | None = None, bf16: bool = False, time_shift: float = 1.0) -> torch.Tensor:
+    """What :func:`sample` ends at, as a tensor on the network's device in its [-1, 1] range, without the previews' copies
+    to the host at every step (a training target: no gradient, and not an inference-mode tensor)."""
+    solver = _check(objective, steps, solver)
+    x = None
+    for _, _, x, _ in _solve(net, objective, onehot, vendor, noise, int(steps), guidance, solver, bf16, None, time_shift):
+        pass
+    return x.float().clamp(-1, 1)
 
 
 def run_to_end(it: Iterator[Step]) -> np.ndarray:

@@ -9,10 +9,11 @@ GPU runs it natively; the weights stay float32.
 
 Distillation (``reflow``, flow only): starting from a trained flow model (``init``, the teacher,
 kept frozen), each batch's images are not the real slices but what the teacher renders in
-``reflow`` Euler steps from the batch's own noise under the batch's conditioning; the student
-learns the straight path from that noise to that image (reflow, Liu et al., 2023), so that one or
-two steps of it land where many steps of the teacher do. The teacher's guidance is built into
-what the student learns: the student samples unguided.
+``reflow`` steps (its card's solver, guidance and time grid) from the batch's own noise under the
+batch's conditioning; the student learns the straight path from that noise to that image (reflow,
+Liu et al., 2022), so that one or two steps of it land where many steps of the teacher do. The
+teacher's guidance is built into what the student learns: the student samples unguided, and its
+mask is never dropped.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import torch
 from cmrstudio.engine.device import bf16_native
 from cmrstudio.errors import CmrError
 from cmrstudio.models.diffusion import PRESETS, CondUNet, DiffusionConfig
-from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_STEPS, OBJECTIVES, check_guidance, check_steps, noise_for,
-                                       run_to_end, sample, sample_t, time_grid, training_loss, valid_time_shift)
+from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_STEPS, OBJECTIVES, check_guidance, noise_for,
+                                       integrate, run_to_end, sample, sample_t, time_grid, training_loss)
 from cmrstudio.models.spade import GridPenalty, count_parameters, onehot
+from cmrstudio.record import sampler_name
 from cmrstudio.train.base import BaseOptions, BaseTrainer
 from cmrstudio.train.common import start_from
 
@@ -39,14 +41,18 @@ class DiffusionOptions(BaseOptions):
     name: str = "diffusion"
     lr: float = 2e-4
     warmup: int = 200  # steps of linear learning-rate warm-up
-    cond_drop: float = 0.1  # fraction of samples trained without the mask (classifier-free guidance)
-    guidance: float = DEFAULT_GUIDANCE  # used for the sample grids and written to the card as the default
+    cond_drop: float | None = None  # fraction of samples trained without the mask (classifier-free guidance); 0.1, 0 with reflow
+    guidance: float | None = None  # for the sample grids and the card's default (DEFAULT_GUIDANCE); not with reflow
     sample_steps: int | None = None  # steps for the grids and the card's default (objective's default when None)
     bf16: bool | None = None  # mixed precision; automatic (native bf16 only) when None
     ema: float = 0.999
     grid: float = 0.0  # weight of the period-2 grid penalty on the predicted clean image (GridPenalty; 0: off)
     init: str | None = None  # start from this model's weights (a card path or name): fine-tuning a trained model
-    reflow: int = 0  # distil ``init`` (the teacher): its renders in this many Euler steps are the targets (0: off)
+    reflow: int = 0  # distil ``init`` (the teacher): its renders in this many steps are the targets (0: off)
+
+    def __post_init__(self):
+        if self.cond_drop is None:
+            self.cond_drop = 0.0 if self.reflow else 0.1
 
 
 class DiffusionTrainer(BaseTrainer):
@@ -81,9 +87,10 @@ class DiffusionTrainer(BaseTrainer):
             raise CmrError(f"--size {o.size} must be a multiple of {unit} for the {o.preset} preset, like 64, 128 or 256.") from None
         if not 0 <= o.cond_drop < 1:
             raise CmrError(f"--cond-drop {o.cond_drop} must be at least 0 and below 1.")
-        check_guidance(o.guidance)
-        if o.sample_steps is not None:
-            check_steps(o.sample_steps)
+        if o.guidance is not None:
+            check_guidance(o.guidance)
+        if o.sample_steps is not None and not (isinstance(o.sample_steps, int) and 1 <= o.sample_steps <= MAX_STEPS):
+            raise CmrError(f"--sample-steps {o.sample_steps!r} must be a whole number of sampling steps, 1 to {MAX_STEPS}.")
         if not o.grid >= 0:
             raise CmrError(f"--grid-loss {o.grid} must be 0 (off) or above.")
         if o.reflow:
@@ -96,7 +103,10 @@ class DiffusionTrainer(BaseTrainer):
                 raise CmrError("--reflow needs the flow model to distil: give it with --init (a card path or name).")
             if o.cond_drop > 0:
                 raise CmrError(f"--cond-drop {o.cond_drop} does not fit --reflow: the distilled model samples unguided (its teacher's "
-                               "guidance is built in); give --cond-drop 0.")
+                               "guidance is built in); leave --cond-drop out.")
+            if o.guidance is not None:
+                raise CmrError(f"--guidance {o.guidance} does not fit --reflow: the teacher renders with its card's guidance and the "
+                               "distilled model samples unguided; leave --guidance out.")
 
     def build(self) -> None:
         o = self.opts
@@ -111,7 +121,7 @@ class DiffusionTrainer(BaseTrainer):
         self.steps_default = int(o.sample_steps if o.sample_steps is not None else DEFAULT_STEPS[o.objective])
         # without mask dropout the unconditional branch was never trained: guidance would be meaningless; a distilled
         # student has its teacher's guidance built in
-        self.guidance = o.guidance if o.cond_drop > 0 and not o.reflow else 1.0
+        self.guidance = (DEFAULT_GUIDANCE if o.guidance is None else o.guidance) if o.cond_drop > 0 and not o.reflow else 1.0
         self.grid_penalty = GridPenalty() if o.grid else None
         self.teacher = None
         self.pretraining = self._load_init() if o.init else None
@@ -125,20 +135,20 @@ class DiffusionTrainer(BaseTrainer):
         self.load_init(info, state, (self.net, self.ema), "network", f"train with the same --preset and --size as {info.name}")
         self.log(f"Starting from {info.name} (sha256 {record['sha256'][:12]}…, {record['iterations']} iterations).")
         if o.reflow:
-            self._make_teacher(info, state)
+            self._make_teacher(info)
         return record
 
-    def _make_teacher(self, info, state: dict) -> None:
-        """The frozen teacher of a distillation, sampling as its card says (guidance, time shift), Euler in ``reflow`` steps."""
-        self.teacher = CondUNet(self.cfg).to(self.device).eval()
-        self.load_init(info, state, (self.teacher,), "network", f"train with the same --preset and --size as {info.name}")
-        for p in self.teacher.parameters():
+    def _make_teacher(self, info) -> None:
+        """The frozen teacher of a distillation: the model opened as the HQ renderer opens it, sampling as its card says
+        (solver, guidance, time grid; a bad card is one sentence naming it) in ``reflow`` steps."""
+        from cmrstudio.engine.builtin import open_hq
+
+        self.teacher = open_hq(info, device=str(self.device), steps=self.opts.reflow, bf16=self.bf16)
+        for p in self.teacher.net.parameters():
             p.requires_grad_(False)
-        sampling = info.card.get("sampling") or {}
-        self.teacher_guidance = check_guidance(sampling.get("guidance", 1.0))
-        self.teacher_shift = valid_time_shift(sampling.get("time_shift", 1.0)) or 1.0
-        self.log(f"Distilling {info.name}: targets are its renders in {self.opts.reflow} Euler steps, guidance "
-                 f"{self.teacher_guidance:g}" + (f", time shift {self.teacher_shift:g}" if self.teacher_shift != 1.0 else "") + ".")
+        t = self.teacher
+        self.log(f"Distilling {info.name}: targets are its renders in {t.steps} steps ({sampler_name(t.solver, t.time_shift)}, "
+                 f"guidance {t.guidance:g}).")
 
     def reflow_t(self, n: int) -> torch.Tensor:
         """Times of a distillation batch: uniform on [0, 1], half of them snapped to the student's own sampling grid."""
@@ -148,10 +158,23 @@ class DiffusionTrainer(BaseTrainer):
         return torch.where(torch.rand(n, generator=self.rng) < 0.5, pick, t)
 
     def teacher_images(self, cond: torch.Tensor, vendor: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """What the teacher renders from ``noise`` under this conditioning, in the network's [-1, 1] range."""
-        img = run_to_end(sample(self.teacher, "flow", cond, vendor, noise, self.opts.reflow, self.teacher_guidance,
-                                solver="euler", bf16=self.bf16, time_shift=self.teacher_shift))
-        return torch.from_numpy(img * 2 - 1).reshape(noise.shape).to(self.device)
+        """What the teacher renders from ``noise`` under this conditioning, in the network's [-1, 1] range, on the device."""
+        t = self.teacher
+        return integrate(t.net, "flow", cond, vendor, noise, t.steps, t.guidance, t.solver, bf16=t.bf16, time_shift=t.time_shift)
+
+    def extra_state(self) -> dict:
+        extra = super().extra_state()
+        if self.pretraining:  # a resumed run must go on from the same model (a name may resolve to another one later)
+            extra["init_sha256"] = self.pretraining["sha256"]
+        return extra
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        saved = state.get("init_sha256")
+        if self.pretraining and saved and saved != self.pretraining["sha256"]:
+            raise CmrError(f"The run in {self.out} started from a model with sha256 {saved[:12]}…, but --init {self.opts.init} is now "
+                           f"{self.pretraining['name']} (sha256 {self.pretraining['sha256'][:12]}…); resume it with the model it "
+                           "started from, or start a new run with another --out.")
 
     def networks(self) -> dict:
         return {"network": self.net, "ema": self.ema}
@@ -184,7 +207,8 @@ class DiffusionTrainer(BaseTrainer):
                        "prediction": "v", "sampler": "ddim"}
         else:
             process = {"objective": "flow", "path": "rectified flow x_t=(1-t) x0 + t eps", "prediction": "velocity eps - x0",
-                       "t_distribution": "logit-normal(0,1)", "sampler": "euler"}
+                       "t_distribution": "uniform, half of each batch at the model's own sampling times (distillation)"
+                       if o.reflow else "logit-normal(0,1)", "sampler": "euler"}
         return {"process": process,
                 "sampling": {"steps": self.steps_default, "guidance": self.guidance, "solver": process["sampler"],
                              "guidance_null": "all-zero mask"}}
@@ -195,10 +219,9 @@ class DiffusionTrainer(BaseTrainer):
                  **({"grid_period2": o.grid} if o.grid else {}), **({"pretraining": self.pretraining} if self.pretraining else {})}
         if self.teacher is not None:
             extra["distillation"] = {
-                "method": "reflow (Liu et al., 2023): the straight path from each noise to the image the teacher renders from it",
-                "teacher": self.pretraining["name"], "teacher_sha256": self.pretraining["sha256"], "teacher_steps": o.reflow,
-                "teacher_solver": "euler", "teacher_guidance": self.teacher_guidance, "teacher_time_shift": self.teacher_shift,
-                "t_distribution": "uniform, half of the batch at the student's sampling times",
+                "method": "reflow (Liu et al., 2022): the straight path from each noise to the image the teacher renders from it",
+                "teacher": self.pretraining["name"], "teacher_sha256": self.pretraining["sha256"], "teacher_steps": self.teacher.steps,
+                "teacher_solver": self.teacher.solver, "teacher_guidance": self.teacher.guidance, "teacher_time_shift": self.teacher.time_shift,
                 "targets": "teacher renders (the real slices give only the conditioning)"}
         return extra
 
