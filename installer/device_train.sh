@@ -32,7 +32,10 @@ cd "$(dirname "$SCRIPT")/.."
 DATA=${CMR_DATA:-../shared/data}
 PACK=.device
 HIDDEN=/tmp/cmr-hidden
-NEEDED_WEIGHTS="layout-cmr"  # scene presets train with the tissue-class prior; the rest can stay behind
+# scene presets train with the tissue-class prior; the rest can stay behind, except models named in CMR_KEEP (a --init
+# model). `hide` refuses what would pass 64 MiB: flow-cmr (29 MB), the teacher a distillation `there flow --init flow-cmr
+# --reflow 16 --sample-steps 2` needs, does not fit beside the packed slices (about 89 MB in all) as they are packed now.
+NEEDED_WEIGHTS="layout-cmr ${CMR_KEEP:-}"
 
 held_out() {  # the held-out prefixes of the shipped live model's card: the generators' split (never empty)
   local h
@@ -107,7 +110,13 @@ hide)  # only tracked weights without local changes: `unhide` puts back exactly 
       echo "kept in place (untracked or changed, so not hidden): $w" >&2
     fi
   done
-  echo "travels: $(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1) bytes tracked + $(du -sb $PACK | cut -f1) carried" ;;
+  tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+  carried=$(du -sb $PACK | cut -f1)
+  echo "travels: $tracked bytes tracked + $carried carried"
+  if (( tracked + carried > 64 * 1024 * 1024 )); then
+    echo "device_train: that is over the 64 MiB a device call takes; keep fewer models (CMR_KEEP) or pack fewer slices." >&2
+    exit 1
+  fi ;;
 unhide)
   for w in "$HIDDEN"/*.safetensors; do
     [[ -e "$w" ]] && mv -n "$w" resources/models/
