@@ -114,7 +114,7 @@ hide)  # only tracked weights without local changes: `unhide` puts back exactly 
   carried=$(du -sb $PACK | cut -f1)
   echo "travels: $tracked bytes tracked + $carried carried"
   if (( tracked + carried > 64 * 1024 * 1024 )); then
-    echo "device_train: that is over the 64 MiB a device call takes; keep fewer models (CMR_KEEP) or pack fewer slices (`unhide` puts the hidden weights back)." >&2
+    echo "device_train: that is over the 64 MiB a device call takes; keep fewer models (CMR_KEEP) or pack fewer slices (unhide puts the hidden weights back)." >&2
     exit 1
   fi ;;
 unhide)
