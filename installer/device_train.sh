@@ -110,7 +110,7 @@ hide)  # only tracked weights without local changes: `unhide` puts back exactly 
       echo "kept in place (untracked or changed, so not hidden): $w" >&2
     fi
   done
-  tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+  tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1 || true)  # hidden files are gone: du says so
   carried=$(du -sb $PACK | cut -f1)
   echo "travels: $tracked bytes tracked + $carried carried"
   if (( tracked + carried > 64 * 1024 * 1024 )); then
