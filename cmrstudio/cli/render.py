@@ -11,6 +11,7 @@ import typer
 
 from cmrstudio.cli.common import FrameOpt, LabelsOpt, SpacingOpt, parse_spacing
 from cmrstudio.errors import CmrError
+from cmrstudio.record import sampler_name
 
 
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON."), verify_sums: bool = typer.Option(False, "--verify", help="Check every weights file against its card's sha256.")):
@@ -125,8 +126,6 @@ def render(
         write_case(render_case(img, c.mask, c.affine, fr, record, cid, mask_source=mask_source_of(mask, c)), case_out, name=cid)
         written.append(f"{case_out}/{cid}_image.nii.gz (+ mask, sidecar)")
     fov = f"{fr.spacing_mm * fr.size:.0f} mm" if fr.spacing_mm else "heart-sized"
-    from cmrstudio.record import sampler_name
-
     how = f", {sampler_name(r.solver, getattr(r, 'time_shift', 1.0))} {r.steps} steps, guidance {r.guidance:g}" if hasattr(r, "solver") else ""
     where = (f"in this patient ({context}; {margin:g} mm around the heart repainted, derived from a patient scan)" if image is not None
              else "fully synthetic, the whole field of view" if r.scene else f"fully synthetic, {fov} heart frame")

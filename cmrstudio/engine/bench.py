@@ -243,6 +243,7 @@ def _bench_scene_hq(r, case, z: int, steps: list[int] | None, n: int, guidance: 
     sync = _sync(r.device)
     rows = []
     size = r.scene_of(frame).frame.size
+    sampler = sampler_name(r.solver, getattr(r, "time_shift", 1.0))
     for mode in ("in-patient", "synthetic"):
         for k in steps or [4, 8, 16]:
             def once(seed):
@@ -257,6 +258,6 @@ def _bench_scene_hq(r, case, z: int, steps: list[int] | None, n: int, guidance: 
                 times.append(time.perf_counter() - t0)
             sec = float(np.median(times))
             what = "heart window" if mode == "in-patient" else f"{size}px scene"
-            rows.append({"model": f"{r.name} {mode}", "kind": r.kind, "solver": sampler_name(r.solver, getattr(r, "time_shift", 1.0)), "size": what, "steps": k,
+            rows.append({"model": f"{r.name} {mode}", "kind": r.kind, "solver": sampler, "size": what, "steps": k,
                          "guidance": r.guidance if guidance is None else guidance, "seconds": sec, "ms_per_step": 1000 * sec / k})
     return rows

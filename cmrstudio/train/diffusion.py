@@ -146,6 +146,7 @@ class DiffusionTrainer(BaseTrainer):
         self.teacher = open_hq(info, device=str(self.device), steps=self.opts.reflow, bf16=self.bf16)
         for p in self.teacher.net.parameters():
             p.requires_grad_(False)
+        self.student_times = torch.tensor(time_grid(self.steps_default)[:-1])  # the times the student's steps start at
         t = self.teacher
         self.log(f"Distilling {info.name}: targets are its renders in {t.steps} steps ({sampler_name(t.solver, t.time_shift)}, "
                  f"guidance {t.guidance:g}).")
@@ -153,8 +154,7 @@ class DiffusionTrainer(BaseTrainer):
     def reflow_t(self, n: int) -> torch.Tensor:
         """Times of a distillation batch: uniform on [0, 1], half of them snapped to the student's own sampling grid."""
         t = torch.rand(n, generator=self.rng)
-        grid = torch.tensor(time_grid(self.steps_default)[:-1])  # the times the student's steps start at
-        pick = grid[torch.randint(len(grid), (n,), generator=self.rng)]
+        pick = self.student_times[torch.randint(len(self.student_times), (n,), generator=self.rng)]
         return torch.where(torch.rand(n, generator=self.rng) < 0.5, pick, t)
 
     def teacher_images(self, cond: torch.Tensor, vendor: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -264,12 +264,9 @@ class DiffusionTrainer(BaseTrainer):
         b = x0.shape[0]
         keep = (torch.rand(b, generator=self.rng) >= o.cond_drop).to(self.device, oh.dtype)
         oh = oh * keep[:, None, None, None]
-        if self.teacher is None:
-            t = sample_t(o.objective, b, self.rng).to(self.device)
-        else:  # distillation: uniform times, half of them at the times the student will sample at
-            t = self.reflow_t(b).to(self.device)
+        t = (sample_t(o.objective, b, self.rng) if self.teacher is None else self.reflow_t(b)).to(self.device)
         noise = torch.randn(x0.shape, generator=self.rng).to(self.device)
-        if self.teacher is not None:  # the teacher's render of this very noise is the target
+        if self.teacher is not None:  # distillation: the teacher's render of this very noise is the target
             x0 = self.teacher_images(oh, vendor, noise)
         for g in self.opt.param_groups:
             g["lr"] = o.lr * min(1.0, (self.step + 1) / max(1, o.warmup))
