@@ -58,6 +58,20 @@ def test_record_metric_writes_the_figure_with_its_command_and_refreshes_the_head
     assert after.keys() == before.keys() and all(after[k] == before[k] for k in before if k != "fidelity")  # the others stay
 
 
+def test_evaluations_begun_side_by_side_keep_each_others_figures(model):
+    """Two evaluations of one model read its card when they begin (two processes, say fidelity and realism); the one
+    that finishes second must not write back the card it read and lose the first one's figure."""
+    from cmrstudio.evaluate.cards import record_metric
+    from cmrstudio.models.registry import get_model
+
+    first, second = get_model(str(model)), get_model(str(model))  # both began before either finished
+    record_metric(first, "fidelity", {"fid": 250.0, "kid": 0.2}, command="cmrstudio evaluate fidelity --write-card")
+    record_metric(second, "realism_synthetic", {"kid": 0.19}, command="cmrstudio evaluate realism --write-card")
+    metrics = json.loads(model.read_text(encoding="utf-8"))["metrics"]
+    assert metrics["fidelity"]["fid"] == 250.0 and metrics["realism_synthetic"]["kid"] == 0.19
+    assert metrics["fidelity"]["command"].startswith("cmrstudio evaluate fidelity")
+
+
 def test_evaluate_all_runs_each_evaluation_on_the_held_out_patients_and_records_it(model, data, tmp_path, monkeypatch):
     import cmrstudio.evaluate.faithfulness as fa
     import cmrstudio.evaluate.fidelity as fi

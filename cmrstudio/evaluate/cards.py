@@ -16,6 +16,24 @@ def record_metric(model, key: str, value: dict, command: str | None = None, kind
     from cmrstudio.models.registry import get_model
 
     info = model if hasattr(model, "card") else get_model(model, kind=kind or generator_kinds())
+    info = _as_on_disk(info)
     entry = {**value, "command": command} if command is not None else dict(value)
     metrics = {**info.card.get("metrics", {}), key: entry}
     return update_card(info, metrics=metrics, headline=headline({**info.card, "metrics": metrics}))
+
+
+def _as_on_disk(info):
+    """``info`` with its card as the file holds it now: evaluations of one model run side by side (two processes, or
+    one that began before another finished) each read the card when they began, and the figures another has recorded
+    since must not be lost when this one writes. A card that no longer names the same weights is left as it was."""
+    import json
+    from dataclasses import replace
+
+    try:
+        now = json.loads(info.card_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return info
+    if not isinstance(now, dict) or now.get("sha256") != info.card.get("sha256"):
+        return info
+    return replace(info, card={**info.card, "metrics": now.get("metrics", {})})
+
