@@ -663,10 +663,11 @@ def run(path: Path | None = None, case: str | None = None, ready_file: Path | No
     napari.run()
 
 
-def screenshot(out: Path, path: Path | None = None, case: str | None = None, paint: bool = True, hq_steps: int = 10,
+def screenshot(out: Path, path: Path | None = None, case: str | None = None, paint: bool = True, hq_steps: int | None = None,
                size: tuple[int, int] | None = None) -> Path:
     """Open the studio at its default size (it fills the screen), paint a short stroke on the real scan, render this
-    slice in HQ (``hq_steps`` flow steps; 0: none), wait for the renders, save a PNG of the window."""
+    slice with the default HQ model (``hq_steps`` steps; None: the model's own default; 0: no HQ render), wait for the
+    renders, save a PNG of the window."""
     from skimage.io import imsave
 
     import tempfile
@@ -693,12 +694,10 @@ def screenshot(out: Path, path: Path | None = None, case: str | None = None, pai
         st.mask_layer.preserve_labels = True
         st.mask_layer.selected_label = 1
     st.session.engine.wait_idle(30)
-    if hq_steps:
+    if hq_steps != 0:
         syn = win.synthesis
-        i = syn.hq_box.findData("flow-cmr")
-        if i >= 0:
-            syn.hq_box.setCurrentIndex(i)
-        syn.steps_box.setValue(int(hq_steps))
+        if hq_steps is not None:
+            syn.steps_box.setValue(int(hq_steps))
         if syn.render_hq() is not None:
             end = time.perf_counter() + 300
             while time.perf_counter() < end and st.current_z() not in st.session.hq_results:
