@@ -29,7 +29,7 @@ SETTINGS_FILE = "settings.json"
 class Settings:
     device: str = "auto"  # auto | cpu | cuda | mps
     live_model: str | None = None  # None: the default SPADE model
-    hq_model: str | None = None  # None: the default diffusion model; "flow" etc. allowed
+    hq_model: str | None = None  # None: the default HQ model (flow-cmr-2step); "flow" etc. allowed
     vendor: str = "unknown"
     last_folder: str | None = None
     last_project: str | None = None

@@ -67,11 +67,12 @@ def _grid_of(r, real, mode):
     return _GRIDS[key]
 
 
-@pytest.mark.parametrize("model,mode", [("spade-cmr", "synthetic"), ("spade-cmr", "in-patient"), ("flow-cmr", "synthetic")])
+@pytest.mark.parametrize("model,mode", [("spade-cmr", "synthetic"), ("spade-cmr", "in-patient"), ("flow-cmr", "synthetic"),
+                                        ("flow-cmr-2step", "synthetic")])
 def test_shipped_models_leave_no_upsampling_grid(real, model, mode):
     from cmrstudio.engine.factory import open_renderer
 
-    g = _grid_of(open_renderer(model, **({"steps": 4} if model.startswith("flow") else {})), real, mode)
+    g = _grid_of(open_renderer(model, **({"steps": 4} if model == "flow-cmr" else {})), real, mode)
     assert g["peak_ratio"] < max(5.0, 1.5 * g["real_peak_ratio"]), f"{model} ({mode}) leaves a grid: {g}"
 
 

@@ -16,7 +16,7 @@ def serve(
     tls_cert: Optional[str] = typer.Option(None, "--tls-cert", help="TLS certificate (PEM); with --tls-key the server speaks https/wss."),
     tls_key: Optional[str] = typer.Option(None, "--tls-key", help="TLS private key (PEM)."),
     live_model: Optional[str] = typer.Option(None, "--live-model", help="Installed one-step model for live frames (default: spade-cmr)."),
-    hq_model: Optional[str] = typer.Option(None, "--hq-model", help="Default installed HQ model (default: flow-cmr); clients may name "
+    hq_model: Optional[str] = typer.Option(None, "--hq-model", help="Default installed HQ model (default: flow-cmr-2step); clients may name "
                                            "another installed one."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: the best there is)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
