@@ -70,6 +70,13 @@ def test_evaluations_begun_side_by_side_keep_each_others_figures(model):
     metrics = json.loads(model.read_text(encoding="utf-8"))["metrics"]
     assert metrics["fidelity"]["fid"] == 250.0 and metrics["realism_synthetic"]["kid"] == 0.19
     assert metrics["fidelity"]["command"].startswith("cmrstudio evaluate fidelity")
+    # weights retrained in place while a third was measuring: its figure is refused, the card kept as the file holds it
+    third = get_model(str(model))
+    card = json.loads(model.read_text(encoding="utf-8"))
+    model.write_text(json.dumps({**card, "sha256": "0" * 64}), encoding="utf-8")
+    with pytest.raises(CmrError, match="changed while it was being measured"):
+        record_metric(third, "retrained_check", {"kid": 0.5})
+    assert json.loads(model.read_text(encoding="utf-8"))["metrics"] == metrics
 
 
 def test_evaluate_all_runs_each_evaluation_on_the_held_out_patients_and_records_it(model, data, tmp_path, monkeypatch):

@@ -355,7 +355,7 @@ def test_shipped_hq_model_states_its_data(name):
     card = info.card
     assert info.name == name and info.origin == "shipped" and info.size_mb < 40
     assert {"acdc", "mnms"} <= {d["dataset"] for d in card["training"]["data"]}
-    assert "non-commercial" in card["terms"] and card["training"]["iterations"] >= 900
+    assert "non-commercial" in card["terms"] and card["training"]["iterations"] >= {"flow-cmr": 4000, "flow-cmr-2step": 900}[name]
     assert "H1N8S6" in card["training"]["held_out_case_prefixes"]
 
 
@@ -369,6 +369,10 @@ def test_the_default_hq_model_is_flow_cmr_distilled_to_two_steps_and_lands_where
 
     student, teacher = _shipped("flow-cmr-2step"), _shipped("flow-cmr")
     assert get_model("flow", kind=("diffusion", "flow")).name == student.name == get_model(None, kind="flow").name
+    from cmrstudio.models.registry import hq_model_name  # what the studio's HQ box and settings start on
+
+    assert hq_model_name(None) == hq_model_name("flow") == student.name and hq_model_name("flow-cmr") == teacher.name
+    assert hq_model_name("no-such-model") is None
     d = student.card["training"]["distillation"]
     assert d["teacher"] == teacher.name and d["teacher_sha256"] == sha256_file(teacher.weights_path) == teacher.card["sha256"]
     assert student.card["sampling"]["steps"] == 2 and student.card["training"]["held_out_case_prefixes"] == \

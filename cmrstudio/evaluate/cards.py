@@ -25,7 +25,8 @@ def record_metric(model, key: str, value: dict, command: str | None = None, kind
 def _as_on_disk(info):
     """``info`` with its card as the file holds it now: evaluations of one model run side by side (two processes, or
     one that began before another finished) each read the card when they began, and the figures another has recorded
-    since must not be lost when this one writes. A card that no longer names the same weights is left as it was."""
+    since must not be lost when this one writes. A card that now names other weights (a model retrained in place while
+    it was measured) is refused: the figures are of the weights the evaluation began with."""
     import json
     from dataclasses import replace
 
@@ -33,7 +34,12 @@ def _as_on_disk(info):
         now = json.loads(info.card_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return info
-    if not isinstance(now, dict) or now.get("sha256") != info.card.get("sha256"):
+    if not isinstance(now, dict):
         return info
+    if now.get("sha256") != info.card.get("sha256"):
+        from cmrstudio.errors import CmrError
+
+        raise CmrError(f"The weights of '{info.name}' changed while it was being measured ({info.card_path} now names others); "
+                       "its figures were not recorded: measure it again.")
     return replace(info, card={**info.card, "metrics": now.get("metrics", {})})
 

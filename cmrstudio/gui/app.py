@@ -101,7 +101,7 @@ def _release_napari_window(viewer) -> None:
 
 class SettingsDialog(QDialog):
     def __init__(self, studio: Studio, parent=None):
-        from cmrstudio.models.registry import hq_models, live_models
+        from cmrstudio.models.registry import hq_model_name, hq_models, live_models
 
         super().__init__(parent)
         self.setWindowTitle("cmrstudio settings")
@@ -116,8 +116,9 @@ class SettingsDialog(QDialog):
             self.live.setCurrentText(s.live_model)
         self.hq = QComboBox()
         self.hq.addItems([m.name for m in hq_models()])
-        if s.hq_model:
-            self.hq.setCurrentText(s.hq_model)
+        wanted = hq_model_name(s.hq_model)  # the saved choice ("flow" too), else the shipped default
+        if wanted:
+            self.hq.setCurrentText(wanted)
         f.addRow("Device", self.device)
         f.addRow("Live model", self.live)
         f.addRow("HQ model", self.hq)

@@ -366,7 +366,7 @@ class SynthesisPanel(QWidget):
     """Live SPADE rendering controls with a frame-time read-out; Render HQ with progress and cancel; Keep."""
 
     def __init__(self, studio: Studio):
-        from cmrstudio.models.registry import DEFAULT_MODELS, hq_models, live_models
+        from cmrstudio.models.registry import hq_model_name, hq_models, live_models
 
         super().__init__()
         self.studio = studio
@@ -443,8 +443,8 @@ class SynthesisPanel(QWidget):
         hq = hq_models()
         for m in hq:
             self.hq_box.addItem(f"{m.name} ({m.kind})", m.name)
-        wanted = studio.session.settings.hq_model or DEFAULT_MODELS["flow"]  # the last one used, else the shipped default
-        if self.hq_box.findData(wanted) >= 0:
+        wanted = hq_model_name(studio.session.settings.hq_model)  # the last one used ("flow" too), else the shipped default
+        if wanted and self.hq_box.findData(wanted) >= 0:
             self.hq_box.setCurrentIndex(self.hq_box.findData(wanted))
         self.hq_box.currentIndexChanged.connect(self._hq_model_changed)
         f.addRow("Model", self.hq_box)

@@ -157,6 +157,15 @@ def hq_models() -> list[ModelInfo]:
     return [m for m in list_models() if m.kind in kinds]
 
 
+def hq_model_name(setting: str | None) -> str | None:
+    """The installed model an HQ setting names (a model's name, a kind such as ``flow``, or None for the default HQ
+    model), or None when it names nothing installed."""
+    try:
+        return get_model(setting, kind=None if setting else "flow").name
+    except CmrError:
+        return None
+
+
 def get_model(name: str | Path | None = None, kind: str | tuple[str, ...] | None = "spade") -> ModelInfo:
     """Find a model by name (or card/weights path); without a name, the default of ``kind``.
 
