@@ -56,8 +56,9 @@ def test_a_healthy_installation_has_nothing_wrong(install):
     assert any(f.topic == "opengl" and f.level == "note" and "not tried" in f.message for f in findings)
     shipped = Path(__file__).resolve().parents[1] / "resources" / "models"
     named = [f.message for f in findings if f.topic == "models"]
-    for name in ("spade-cmr", "flow-cmr", "flow-cmr-2step", "layout-cmr", "seg-cmr"):  # the built-in cards are checked (none a problem, above)
+    for name in ("spade-cmr", "flow-cmr-2step", "layout-cmr", "seg-cmr"):  # the default models are checked (none a problem, above)
         assert (shipped / f"{name}.json").exists() and any(f"'{name}'" in m for m in named), (name, named)
+    assert (shipped / "flow-cmr.json").exists()  # the HQ model's teacher ships too
     assert sum(f.topic == "models" and f.level == "ok" for f in findings) >= 4
     assert any(f.topic == "project" and f.level == "ok" and str(proj.folder) in f.message for f in findings)
 
