@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
+from cmrstudio.errors import CmrError
+
 
 def record_metric(model, key: str, value: dict, command: str | None = None, kind=None):
     """Write a measured figure into a model's card under ``metrics[key]`` and refresh the card's headline numbers.
@@ -27,9 +32,6 @@ def _as_on_disk(info):
     one that began before another finished) each read the card when they began, and the figures another has recorded
     since must not be lost when this one writes. A card that now names other weights (a model retrained in place while
     it was measured) is refused: the figures are of the weights the evaluation began with."""
-    import json
-    from dataclasses import replace
-
     try:
         now = json.loads(info.card_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -37,8 +39,6 @@ def _as_on_disk(info):
     if not isinstance(now, dict):
         return info
     if now.get("sha256") != info.card.get("sha256"):
-        from cmrstudio.errors import CmrError
-
         raise CmrError(f"The weights of '{info.name}' changed while it was being measured ({info.card_path} now names others); "
                        "its figures were not recorded: measure it again.")
     return replace(info, card={**info.card, "metrics": now.get("metrics", {})})

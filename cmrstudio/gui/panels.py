@@ -443,9 +443,10 @@ class SynthesisPanel(QWidget):
         hq = hq_models()
         for m in hq:
             self.hq_box.addItem(f"{m.name} ({m.kind})", m.name)
-        wanted = hq_model_name(studio.session.settings.hq_model)  # the last one used ("flow" too), else the shipped default
-        if wanted and self.hq_box.findData(wanted) >= 0:
-            self.hq_box.setCurrentIndex(self.hq_box.findData(wanted))
+        # the last one used ("flow" too), else the shipped default
+        i = self.hq_box.findData(hq_model_name(studio.session.settings.hq_model) or "")
+        if i >= 0:
+            self.hq_box.setCurrentIndex(i)
         self.hq_box.currentIndexChanged.connect(self._hq_model_changed)
         f.addRow("Model", self.hq_box)
         self.steps_box = QSpinBox()

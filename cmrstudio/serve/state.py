@@ -22,6 +22,7 @@ import numpy as np
 
 from cmrstudio import __version__
 from cmrstudio.errors import CmrError
+from cmrstudio.models.registry import hq_model_name
 
 MAX_FINISHED_JOBS = 64
 MAX_QUEUED_PER_CLIENT = 16
@@ -92,7 +93,7 @@ class ServerState:
                                   threads=cfg.threads, bf16=cfg.bf16)
         if not self.live.one_step:
             raise CmrError(f"--live-model {self.live.name} renders step by step; the live path needs a one-step model (spade-cmr).")
-        self.hq_default = self._installed(cfg.hq_model, ("diffusion", "flow")) if cfg.hq_model else self._default_hq()
+        self.hq_default = self._installed(cfg.hq_model, ("diffusion", "flow")) if cfg.hq_model else hq_model_name(None)
         self._hq: dict[str, Any] = {}
         self._hq_lock = threading.Lock()
         self.live_engines: set = set()
@@ -121,14 +122,6 @@ class ServerState:
             raise CmrError(f"Model {shown} is not an installed {' or '.join(kinds)} model here; use one of "
                            f"{', '.join(sorted(names)) or '(none installed)'}.")
         return name
-
-    def _default_hq(self) -> str | None:
-        from cmrstudio.models.registry import get_model
-
-        try:
-            return get_model(None, kind=("flow", "diffusion")).name
-        except CmrError:
-            return None
 
     def hq_renderer(self, name: str | None):
         from cmrstudio.engine.factory import open_renderer
