@@ -593,3 +593,90 @@ def test_reflow_distils_a_flow_model_to_one_step_and_its_card_names_the_teacher(
     DiffusionTrainer(DiffusionOptions(objective="flow", out=str(moved), name="tiny-flow", steps=1, **{**TINY, "seed": 5})).run(progress=False)
     with pytest.raises(CmrError, match="started from a model with sha256"):
         DiffusionTrainer(opts(init=str(moved / "tiny-flow.json"), reflow=8, out=str(tmp_path / "rf2"), steps=4, resume=True))
+
+
+def test_adversarial_distillation_learns_on_from_a_student_against_real_slices(tiny_flow, tmp_path):
+    """``train flow --init STUDENT --teacher TEACHER --reflow N --adversarial W``: a distilled student goes on learning from
+    its teacher, and a discriminator learns real slices from the clean images its predictions point to (in this patient put
+    into the real surroundings first); after the warm-up its loss moves the network, before it nothing does. The card
+    names both models and the discriminator; the discriminator is saved and resumed with the run."""
+    from cmrstudio.models.checkpoint import load_state
+
+    teacher_card = _card(tiny_flow)
+
+    def opts(**kw):
+        return DiffusionOptions(objective="flow", **{**TINY, "sample_steps": 1, "warmup": 1, "steps": 6, **kw})
+
+    for bad, match in ((dict(adversarial=-0.5), "--adversarial -0.5 must be 0"),
+                       (dict(adversarial=0.5, d_warmup=-1), "--d-warmup -1 must be a whole number"),
+                       (dict(adversarial=0.5, lr_d=0.0), "--lr-d 0.0 must be above 0"),
+                       (dict(teacher=teacher_card), "--teacher .* is for distillation")):
+        with pytest.raises(CmrError, match=match):
+            DiffusionTrainer(opts(out=str(tmp_path / "bad"), **bad))
+    p = run("train", "flow", "--phantom", "3", "--preset", "tiny", "--size", "64", "--steps", "1", "--adversarial", "-1",
+            "--out", str(tmp_path / "cli"), "--quiet", check=False)
+    assert p.returncode != 0 and "--adversarial -1.0 must be 0" in p.stderr and "Traceback" not in p.stderr
+
+    # a student to go on from: two steps of plain reflow
+    DiffusionTrainer(opts(init=teacher_card, reflow=4, steps=2, out=str(tmp_path / "student"), name="student")).run(progress=False)
+    student_card = str(tmp_path / "student" / "student.json")
+    common = dict(init=student_card, teacher=teacher_card, reflow=4, d_warmup=3)
+
+    plain = DiffusionTrainer(opts(init=student_card, teacher=teacher_card, reflow=4, out=str(tmp_path / "plain"), name="plain"))
+    plain.run(progress=False)
+    unfelt = DiffusionTrainer(opts(**{**common, "d_warmup": 6}, adversarial=0.5, out=str(tmp_path / "unfelt"), name="unfelt"))
+    d_before = {k: v.clone() for k, v in unfelt.D.state_dict().items()}
+    unfelt.run(progress=False)
+    # the discriminator learned, but while it warms up the network trains exactly as without it
+    assert any(not torch.equal(d_before[k], v) for k, v in unfelt.D.state_dict().items())
+    assert all(torch.equal(a, b) for a, b in zip(plain.net.parameters(), unfelt.net.parameters()))
+
+    adv = DiffusionTrainer(opts(**common, adversarial=0.5, out=str(tmp_path / "adv"), name="adv"))
+    adv.run(progress=False)
+    assert not all(torch.equal(a, b) for a, b in zip(plain.net.parameters(), adv.net.parameters()))  # felt after the warm-up
+    logged = [json.loads(line) for line in (tmp_path / "adv" / "log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert all("d" in r for r in logged) and any("g_adv" in r for r in logged)
+    card = read_card(tmp_path / "adv" / "adv.json").card
+    assert card["training"]["pretraining"]["name"] == "student"
+    d = card["training"]["distillation"]
+    assert d["teacher"] == "tiny-flow" and d["teacher_sha256"] == read_card(teacher_card).card["sha256"]
+    assert "discriminator" in d["targets"]
+    a = card["training"]["adversarial"]
+    assert a["weight"] == 0.5 and a["d_warmup"] == 3 and a["discriminator_parameters"] == sum(p.numel() for p in adv.D.parameters())
+    saved = load_state(str(tmp_path / "adv" / "train_state" / "discriminator.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in adv.D.state_dict().items())
+    resumed = DiffusionTrainer(opts(**common, adversarial=0.5, out=str(tmp_path / "adv"), name="adv", steps=8, resume=True))
+    resumed._load_state()
+    assert all(torch.equal(saved[k], v) for k, v in resumed.D.state_dict().items())  # the discriminator goes on, not afresh
+    with pytest.raises(CmrError, match="--adversarial 0.5, not 0.2"):
+        DiffusionTrainer(opts(**common, adversarial=0.2, out=str(tmp_path / "adv"), name="adv", steps=8, resume=True))
+
+
+def test_the_discriminator_sees_renders_in_this_patient_in_their_real_surroundings(tiny_flow, tmp_path, monkeypatch):
+    """In in-patient samples the model's output is kept only inside the repainted region: the discriminator must see the
+    real pixels outside it (else it learns the surroundings, which the renders never show), and the prediction inside."""
+    tr = DiffusionTrainer(DiffusionOptions(objective="flow", **{**TINY, "out": str(tmp_path / "a"), "adversarial": 0.5, "d_warmup": 0}))
+    seen = []
+    monkeypatch.setattr(tr, "scene_model", lambda: True)
+    monkeypatch.setattr(tr, "D", _Recording(tr.D, seen))
+    real = torch.rand(2, 1, 8, 8) * 2 - 1
+    pred = torch.zeros(2, 1, 8, 8, requires_grad=True)
+    cond = torch.zeros(2, 10, 8, 8)
+    cond[:, -1, :4] = 1.0  # the context is valid in the top half
+    out = {}
+    loss = tr._adversarial(pred, real, cond, torch.zeros(2, dtype=torch.long), out)
+    fake = seen[1]  # real, fake (the discriminator's step), then fake (the network's loss)
+    assert torch.equal(fake[:, :, :4], real[:, :, :4]) and torch.equal(fake[:, :, 4:], pred[:, :, 4:].detach())
+    loss.backward()
+    assert pred.grad[:, :, :4].abs().sum() == 0 and pred.grad[:, :, 4:].abs().sum() > 0  # only the repainted part is pushed
+    assert "d" in out and "g_adv" in out
+
+
+class _Recording(torch.nn.Module):
+    def __init__(self, d, seen):
+        super().__init__()
+        self.d, self.seen = d, seen
+
+    def forward(self, image, cond, vendor):
+        self.seen.append(image.detach().clone())
+        return [[torch.zeros(len(image), 1, 2, 2, requires_grad=True) + image.mean(dim=(1, 2, 3), keepdim=True)]]

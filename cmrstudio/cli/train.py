@@ -119,6 +119,10 @@ def _hq_train_command(objective: str, default_steps: int):
         grid_loss: float = typer.Option(0.0, "--grid-loss", help="Weight of a penalty on period-2 grid patterns in the predicted clean image's gradient energy (0: off)."),
         init: Optional[str] = typer.Option(None, "--init", help=f"Start from this {objective} model's weights (a card path or name; same --preset and --size): fine-tuning."),
         reflow: int = typer.Option(0, "--reflow", help="Flow only: distil the --init model (the teacher): learn to land in --sample-steps (1 or 2) where its renders in this many Euler steps land (reflow; 0: off)."),
+        teacher: Optional[str] = typer.Option(None, "--teacher", help="With --reflow: the teacher, when it is not the --init model (a distilled student learning on from its teacher)."),
+        adversarial: float = typer.Option(0.0, "--adversarial", help="Weight of a discriminator's hinge loss on the predicted clean images, against real slices (0: off; 0.05-0.5 typical)."),
+        d_warmup: int = typer.Option(50, "--d-warmup", help="With --adversarial: steps the discriminator learns alone first."),
+        lr_d: float = typer.Option(2e-4, "--lr-d", help="With --adversarial: the discriminator's learning rate."),
         install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ):

@@ -28,7 +28,7 @@ from cmrstudio.errors import CmrError
 from cmrstudio.models.diffusion import PRESETS, CondUNet, DiffusionConfig
 from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_STEPS, OBJECTIVES, check_guidance, noise_for,
                                        integrate, run_to_end, sample, sample_t, time_grid, training_loss)
-from cmrstudio.models.spade import GridPenalty, count_parameters, onehot
+from cmrstudio.models.spade import GridPenalty, MultiScaleDiscriminator, SpadeConfig, count_parameters, d_hinge, g_hinge, onehot
 from cmrstudio.record import sampler_name
 from cmrstudio.train.base import BaseOptions, BaseTrainer
 from cmrstudio.train.common import start_from
@@ -49,6 +49,10 @@ class DiffusionOptions(BaseOptions):
     grid: float = 0.0  # weight of the period-2 grid penalty on the predicted clean image (GridPenalty; 0: off)
     init: str | None = None  # start from this model's weights (a card path or name): fine-tuning a trained model
     reflow: int = 0  # distil ``init`` (the teacher): its renders in this many steps are the targets (0: off)
+    teacher: str | None = None  # with reflow: the teacher, when it is not ``init`` (a distilled student learning on)
+    adversarial: float = 0.0  # weight of the discriminator's hinge loss on the predicted clean images (0: off)
+    d_warmup: int = 50  # steps the discriminator learns alone before the network feels it
+    lr_d: float = 2e-4
 
     def __post_init__(self):
         if self.cond_drop is None:
@@ -57,8 +61,8 @@ class DiffusionOptions(BaseOptions):
 
 class DiffusionTrainer(BaseTrainer):
     presets = PRESETS
-    postfix = ("loss", "grid")
-    resume_must_match = ("objective", "init", "reflow")
+    postfix = ("loss", "grid", "d", "g_adv")
+    resume_must_match = ("objective", "init", "reflow", "teacher", "adversarial")
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -107,6 +111,14 @@ class DiffusionTrainer(BaseTrainer):
             if o.guidance is not None:
                 raise CmrError(f"--guidance {o.guidance} does not fit --reflow: the teacher renders with its card's guidance and the "
                                "distilled model samples unguided; leave --guidance out.")
+        elif o.teacher:
+            raise CmrError(f"--teacher {o.teacher} is for distillation; give --reflow (the teacher's steps) with it, or leave it out.")
+        if not o.adversarial >= 0:
+            raise CmrError(f"--adversarial {o.adversarial} must be 0 (off) or above (0.05–0.5 typical).")
+        if o.adversarial and not (isinstance(o.d_warmup, int) and o.d_warmup >= 0):
+            raise CmrError(f"--d-warmup {o.d_warmup!r} must be a whole number of steps, 0 or more.")
+        if o.adversarial and not o.lr_d > 0:
+            raise CmrError(f"--lr-d {o.lr_d} must be above 0 (2e-4 is usual).")
 
     def build(self) -> None:
         o = self.opts
@@ -123,7 +135,14 @@ class DiffusionTrainer(BaseTrainer):
         # student has its teacher's guidance built in
         self.guidance = (DEFAULT_GUIDANCE if o.guidance is None else o.guidance) if o.cond_drop > 0 and not o.reflow else 1.0
         self.grid_penalty = GridPenalty() if o.grid else None
+        self.D = self.opt_d = None
+        if o.adversarial:
+            self.d_cfg = SpadeConfig(size=o.size, n_labels=self.cfg.n_labels, n_vendors=self.cfg.n_vendors,
+                                     cond_channels=self.cfg.cond_channels, ndf=32, num_d=2, d_layers=3, d_spectral_norm=True, d_stem=True)
+            self.D = MultiScaleDiscriminator(self.d_cfg).to(self.device)
+            self.opt_d = torch.optim.Adam(self.D.parameters(), lr=o.lr_d, betas=(0.0, 0.999))
         self.teacher = None
+        self.teacher_record = None
         self.pretraining = self._load_init() if o.init else None
 
     def _load_init(self) -> dict:
@@ -135,15 +154,21 @@ class DiffusionTrainer(BaseTrainer):
         self.load_init(info, state, (self.net, self.ema), "network", f"train with the same --preset and --size as {info.name}")
         self.log(f"Starting from {info.name} (sha256 {record['sha256'][:12]}…, {record['iterations']} iterations).")
         if o.reflow:
-            self._make_teacher(info)
+            if o.teacher:
+                tinfo, _, trecord = start_from(o.teacher, ("flow",), "flow model", {}, ())
+                trecord.pop("datasets")
+                self._make_teacher(tinfo, trecord)
+            else:
+                self._make_teacher(info, record)
         return record
 
-    def _make_teacher(self, info) -> None:
+    def _make_teacher(self, info, record: dict) -> None:
         """The frozen teacher of a distillation: the model opened as the HQ renderer opens it, sampling as its card says
         (solver, guidance, time grid; a bad card is one sentence naming it) in ``reflow`` steps."""
         from cmrstudio.engine.builtin import open_hq
 
         self.teacher = open_hq(info, device=str(self.device), steps=self.opts.reflow, bf16=self.bf16)
+        self.teacher_record = record
         for p in self.teacher.net.parameters():
             p.requires_grad_(False)
         self.student_times = torch.tensor(time_grid(self.steps_default)[:-1])  # the times the student's steps start at
@@ -177,10 +202,10 @@ class DiffusionTrainer(BaseTrainer):
                            "started from, or start a new run with another --out.")
 
     def networks(self) -> dict:
-        return {"network": self.net, "ema": self.ema}
+        return {"network": self.net, "ema": self.ema, **({"discriminator": self.D} if self.D is not None else {})}
 
     def optimisers(self) -> dict:
-        return {"opt": self.opt}
+        return {"opt": self.opt, **({"opt_d": self.opt_d} if self.opt_d is not None else {})}
 
     def describe_start(self) -> str:
         return (f"Training a {self.kind} model ({self.opts.preset}, {count_parameters(self.net) / 1e6:.2f} M parameters"
@@ -220,9 +245,17 @@ class DiffusionTrainer(BaseTrainer):
         if self.teacher is not None:
             extra["distillation"] = {
                 "method": "reflow (Liu et al., 2022): the straight path from each noise to the image the teacher renders from it",
-                "teacher": self.pretraining["name"], "teacher_sha256": self.pretraining["sha256"], "teacher_steps": self.teacher.steps,
+                "teacher": self.teacher_record["name"], "teacher_sha256": self.teacher_record["sha256"], "teacher_steps": self.teacher.steps,
                 "teacher_solver": self.teacher.solver, "teacher_guidance": self.teacher.guidance, "teacher_time_shift": self.teacher.time_shift,
-                "targets": "teacher renders (the real slices give only the conditioning)"}
+                "targets": "teacher renders" + (" and, through the discriminator, the real slices" if self.D is not None
+                                                 else " (the real slices give only the conditioning)")}
+        if self.D is not None:
+            extra["adversarial"] = {
+                "weight": o.adversarial, "d_warmup": o.d_warmup, "lr_d": o.lr_d, "loss": "hinge",
+                "discriminator": "conditional multi-scale PatchGAN (2 scales, 3 layers, spectral norm, stride-1 stem): real slices "
+                                 "against the clean images the predictions point to (in this patient put into the real surroundings)",
+                "discriminator_options": {k: self.d_cfg.to_dict()[k] for k in ("ndf", "num_d", "d_layers", "d_spectral_norm", "d_stem")},
+                "discriminator_parameters": count_parameters(self.D)}
         return extra
 
     def render_fixed(self, f: dict) -> list[np.ndarray]:
@@ -266,21 +299,49 @@ class DiffusionTrainer(BaseTrainer):
         oh = oh * keep[:, None, None, None]
         t = (sample_t(o.objective, b, self.rng) if self.teacher is None else self.reflow_t(b)).to(self.device)
         noise = torch.randn(x0.shape, generator=self.rng).to(self.device)
+        real = x0
         if self.teacher is not None:  # distillation: the teacher's render of this very noise is the target
             x0 = self.teacher_images(oh, vendor, noise)
         for g in self.opt.param_groups:
             g["lr"] = o.lr * min(1.0, (self.step + 1) / max(1, o.warmup))
         out = {}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            if self.grid_penalty is None:
+            if self.grid_penalty is None and self.D is None:
                 loss = total = training_loss(self.net, o.objective, x0, oh, vendor, t, noise)
-            else:  # against a period-2 grid in the clean images the predictions point to
+            else:  # losses on the clean images the predictions point to
                 loss, x0_pred = training_loss(self.net, o.objective, x0, oh, vendor, t, noise, with_x0=True)
-                total = loss + o.grid * self.grid_penalty(x0_pred)
-                out["grid"] = self.grid_penalty.power
+                total = loss
+                if self.grid_penalty is not None:  # against a period-2 grid
+                    total = total + o.grid * self.grid_penalty(x0_pred)
+                    out["grid"] = self.grid_penalty.power
+        if self.D is not None:
+            total = total + self._adversarial(x0_pred, real, oh, vendor, out)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         gn = torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
         self.opt.step()
         self.update_ema(self.ema, self.net)
         return {"loss": float(loss.detach()), **out, "grad_norm": float(gn)}
+
+    def _adversarial(self, x0_pred: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, vendor: torch.Tensor, out: dict) -> torch.Tensor:
+        """One discriminator step (real slices against the predicted clean images), then the network's weighted hinge loss
+        (0 during the discriminator's warm-up). In this patient the prediction is put into the real surroundings first."""
+        from cmrstudio.train.spade import composite
+
+        fake = composite(x0_pred.float().clamp(-1, 1), cond, real) if self.scene_model() else x0_pred.float().clamp(-1, 1)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss_d = d_hinge(self.D(real, cond, vendor), self.D(fake.detach(), cond, vendor))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.float().backward()
+        self.opt_d.step()
+        out["d"] = float(loss_d.detach())
+        if self.step < self.opts.d_warmup:
+            return torch.zeros((), device=self.device)
+        self.D.requires_grad_(False)  # the network's loss moves the network only
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                adv = g_hinge(self.D(fake, cond, vendor)).float()
+        finally:
+            self.D.requires_grad_(True)
+        out["g_adv"] = float(adv.detach())
+        return self.opts.adversarial * adv
