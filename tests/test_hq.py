@@ -598,7 +598,8 @@ def test_reflow_distils_a_flow_model_to_one_step_and_its_card_names_the_teacher(
 def test_adversarial_distillation_learns_on_from_a_student_against_real_slices(tiny_flow, tmp_path):
     """``train flow --init STUDENT --teacher TEACHER --reflow N --adversarial W``: a distilled student goes on learning from
     its teacher, and a discriminator learns real slices from the clean images its predictions point to (in this patient put
-    into the real surroundings first); after the warm-up its loss moves the network, before it nothing does. The card
+    into the real surroundings first): it warms up alone on the network's renders, leaving the network as it was, then its
+    loss moves the network from the first step. The card
     names both models and the discriminator; the discriminator is saved and resumed with the run."""
     from cmrstudio.models.checkpoint import load_state
 
@@ -621,33 +622,37 @@ def test_adversarial_distillation_learns_on_from_a_student_against_real_slices(t
     DiffusionTrainer(opts(init=teacher_card, reflow=4, steps=2, out=str(tmp_path / "student"), name="student")).run(progress=False)
     student_card = str(tmp_path / "student" / "student.json")
     common = dict(init=student_card, teacher=teacher_card, reflow=4, d_warmup=3)
+    from cmrstudio.train.common import endless
 
     plain = DiffusionTrainer(opts(init=student_card, teacher=teacher_card, reflow=4, out=str(tmp_path / "plain"), name="plain"))
     plain.run(progress=False)
-    unfelt = DiffusionTrainer(opts(**{**common, "d_warmup": 6}, adversarial=0.5, out=str(tmp_path / "unfelt"), name="unfelt"))
-    d_before = {k: v.clone() for k, v in unfelt.D.state_dict().items()}
-    unfelt.run(progress=False)
-    # the discriminator learned, but while it warms up the network trains exactly as without it
-    assert any(not torch.equal(d_before[k], v) for k, v in unfelt.D.state_dict().items())
-    assert all(torch.equal(a, b) for a, b in zip(plain.net.parameters(), unfelt.net.parameters()))
-
+    # the warm-up: the discriminator learns on real slices against the network's renders; the network stays as it was
+    warm = DiffusionTrainer(opts(**{**common, "d_warmup": 4}, adversarial=0.5, out=str(tmp_path / "warm"), name="warm"))
+    d_before = {k: v.clone() for k, v in warm.D.state_dict().items()}
+    net_before = [p.detach().clone() for p in warm.net.parameters()]
+    (tmp_path / "warm").mkdir()
+    warm.before_first_step(endless(warm.loader))
+    assert any(not torch.equal(d_before[k], v) for k, v in warm.D.state_dict().items())
+    assert all(torch.equal(a, b) for a, b in zip(net_before, warm.net.parameters()))
+    assert warm.d_warmup_record["batches"] == 4
     adv = DiffusionTrainer(opts(**common, adversarial=0.5, out=str(tmp_path / "adv"), name="adv"))
     adv.run(progress=False)
     assert not all(torch.equal(a, b) for a, b in zip(plain.net.parameters(), adv.net.parameters()))  # felt after the warm-up
     logged = [json.loads(line) for line in (tmp_path / "adv" / "log.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert all("d" in r for r in logged) and any("g_adv" in r for r in logged)
+    assert all("d" in r for r in logged) and logged[0]["d_warmup"] == 3 and all("g_adv" in r for r in logged[1:])
     card = read_card(tmp_path / "adv" / "adv.json").card
     assert card["training"]["pretraining"]["name"] == "student"
     d = card["training"]["distillation"]
     assert d["teacher"] == "tiny-flow" and d["teacher_sha256"] == read_card(teacher_card).card["sha256"]
     assert "discriminator" in d["targets"]
     a = card["training"]["adversarial"]
-    assert a["weight"] == 0.5 and a["d_warmup"] == 3 and a["discriminator_parameters"] == sum(p.numel() for p in adv.D.parameters())
+    assert a["weight"] == 0.5 and a["d_warmup"] == 3 and a["warmup_record"]["batches"] == 3 and a["discriminator_parameters"] == sum(p.numel() for p in adv.D.parameters())
     saved = load_state(str(tmp_path / "adv" / "train_state" / "discriminator.safetensors"))
     assert all(torch.equal(saved[k], v) for k, v in adv.D.state_dict().items())
     resumed = DiffusionTrainer(opts(**common, adversarial=0.5, out=str(tmp_path / "adv"), name="adv", steps=8, resume=True))
     resumed._load_state()
     assert all(torch.equal(saved[k], v) for k, v in resumed.D.state_dict().items())  # the discriminator goes on, not afresh
+    assert resumed.d_warmup_record == adv.d_warmup_record  # and its warm-up is on record, not done again
     with pytest.raises(CmrError, match="--adversarial 0.5, not 0.2"):
         DiffusionTrainer(opts(**common, adversarial=0.2, out=str(tmp_path / "adv"), name="adv", steps=8, resume=True))
 

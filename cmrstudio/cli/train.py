@@ -121,7 +121,7 @@ def _hq_train_command(objective: str, default_steps: int):
         reflow: int = typer.Option(0, "--reflow", help="Flow only: distil the --init model (the teacher): learn to land in --sample-steps (1 or 2) where its renders in this many Euler steps land (reflow; 0: off)."),
         teacher: Optional[str] = typer.Option(None, "--teacher", help="With --reflow: the teacher, when it is not the --init model (a distilled student learning on from its teacher)."),
         adversarial: float = typer.Option(0.0, "--adversarial", help="Weight of a discriminator's hinge loss on the predicted clean images, against real slices (0: off; 0.05-0.5 typical)."),
-        d_warmup: int = typer.Option(50, "--d-warmup", help="With --adversarial: steps the discriminator learns alone first."),
+        d_warmup: int = typer.Option(200, "--d-warmup", help="With --adversarial: batches the discriminator learns alone on (against the network's renders) before the first step."),
         lr_d: float = typer.Option(2e-4, "--lr-d", help="With --adversarial: the discriminator's learning rate."),
         install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),

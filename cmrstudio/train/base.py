@@ -420,6 +420,9 @@ class BaseTrainer:
     def describe_start(self) -> str:
         return f"Training a {self.kind} model"
 
+    def before_first_step(self, batches) -> None:
+        """Anything a new run does once before its first step (``batches``: the endless training batches)."""
+
     def step_limit(self) -> int:
         """The last step this run may take (a private run stops earlier when its privacy budget is spent)."""
         return self.opts.steps
@@ -437,6 +440,8 @@ class BaseTrainer:
                      f"{opts.steps} steps of {opts.batch}.")
             self.write_samples()
         it = endless(self.loader)
+        if self.step == 0:
+            self.before_first_step(it)
         bar = tqdm(total=opts.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True,
                    mininterval=0.5 if sys.stderr.isatty() else 30.0)
         acc: dict[str, list[float]] = {}

@@ -31,7 +31,7 @@ from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_STEP
 from cmrstudio.models.spade import GridPenalty, MultiScaleDiscriminator, SpadeConfig, count_parameters, d_hinge, g_hinge, onehot
 from cmrstudio.record import sampler_name
 from cmrstudio.train.base import BaseOptions, BaseTrainer
-from cmrstudio.train.common import start_from
+from cmrstudio.train.common import append_log, start_from
 
 
 @dataclass
@@ -51,7 +51,7 @@ class DiffusionOptions(BaseOptions):
     reflow: int = 0  # distil ``init`` (the teacher): its renders in this many steps are the targets (0: off)
     teacher: str | None = None  # with reflow: the teacher, when it is not ``init`` (a distilled student learning on)
     adversarial: float = 0.0  # weight of the discriminator's hinge loss on the predicted clean images (0: off)
-    d_warmup: int = 50  # steps the discriminator learns alone before the network feels it
+    d_warmup: int = 200  # batches the discriminator learns alone on before the network's first step
     lr_d: float = 2e-4
 
     def __post_init__(self):
@@ -191,10 +191,14 @@ class DiffusionTrainer(BaseTrainer):
         extra = super().extra_state()
         if self.pretraining:  # a resumed run must go on from the same model (a name may resolve to another one later)
             extra["init_sha256"] = self.pretraining["sha256"]
+        if getattr(self, "d_warmup_record", None):
+            extra["d_warmup_record"] = self.d_warmup_record
         return extra
 
     def load_extra_state(self, state: dict) -> None:
         super().load_extra_state(state)
+        if state.get("d_warmup_record"):
+            self.d_warmup_record = dict(state["d_warmup_record"])
         saved = state.get("init_sha256")
         if self.pretraining and saved and saved != self.pretraining["sha256"]:
             raise CmrError(f"The run in {self.out} started from a model with sha256 {saved[:12]}…, but --init {self.opts.init} is now "
@@ -252,6 +256,7 @@ class DiffusionTrainer(BaseTrainer):
         if self.D is not None:
             extra["adversarial"] = {
                 "weight": o.adversarial, "d_warmup": o.d_warmup, "lr_d": o.lr_d, "loss": "hinge",
+                **({"warmup_record": self.d_warmup_record} if getattr(self, "d_warmup_record", None) else {}),
                 "discriminator": "conditional multi-scale PatchGAN (2 scales, 3 layers, spectral norm, stride-1 stem): real slices "
                                  "against the clean images the predictions point to (in this patient put into the real surroundings)",
                 "discriminator_options": {k: self.d_cfg.to_dict()[k] for k in ("ndf", "num_d", "d_layers", "d_spectral_norm", "d_stem")},
@@ -323,9 +328,39 @@ class DiffusionTrainer(BaseTrainer):
         self.update_ema(self.ema, self.net)
         return {"loss": float(loss.detach()), **out, "grad_norm": float(gn)}
 
+    def before_first_step(self, batches) -> None:
+        """The discriminator's warm-up: ``d_warmup`` batches of real slices against the network's own renders of their
+        conditioning (its sampling steps from fresh noise; in this patient inside the real surroundings)."""
+        from cmrstudio.train.spade import composite
+
+        if self.D is None or not self.opts.d_warmup:
+            return
+        self.log(f"Warming up the discriminator on {self.opts.d_warmup} batches of real slices and this network's renders.")
+        losses = []
+        for k in range(self.opts.d_warmup):
+            b = next(batches)
+            real, cond, vendor = b["image"].to(self.device), self.cond(b), b["vendor"].to(self.device)
+            noise = torch.randn(real.shape, generator=self.rng).to(self.device)
+            with torch.no_grad():
+                x0 = integrate(self.net, self.opts.objective, cond, vendor, noise, self.steps_default, self.guidance, "euler", bf16=self.bf16) \
+                    if self.opts.objective == "flow" else \
+                    torch.from_numpy(run_to_end(sample(self.net, self.opts.objective, cond, vendor, noise, self.steps_default, self.guidance,
+                                                       bf16=self.bf16)) * 2 - 1).to(self.device)
+            fake = composite(x0.float().clamp(-1, 1), cond, real) if self.scene_model() else x0.float().clamp(-1, 1)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                loss_d = d_hinge(self.D(real, cond, vendor), self.D(fake, cond, vendor))
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.float().backward()
+            self.opt_d.step()
+            losses.append(float(loss_d.detach()))
+        first, last = np.mean(losses[:max(1, len(losses) // 10)]), np.mean(losses[-max(1, len(losses) // 10):])
+        self.d_warmup_record = {"batches": len(losses), "d_loss_first_tenth": round(float(first), 4), "d_loss_last_tenth": round(float(last), 4)}
+        append_log(self.out / "log.jsonl", {"step": 0, "d_warmup": len(losses), "d": round(float(last), 4)})
+        self.log(f"Discriminator warmed up: hinge loss {first:.3f} -> {last:.3f} (2 = cannot tell).")
+
     def _adversarial(self, x0_pred: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, vendor: torch.Tensor, out: dict) -> torch.Tensor:
-        """One discriminator step (real slices against the predicted clean images), then the network's weighted hinge loss
-        (0 during the discriminator's warm-up). In this patient the prediction is put into the real surroundings first."""
+        """One discriminator step (real slices against the predicted clean images), then the network's weighted hinge loss.
+        In this patient the prediction is put into the real surroundings first."""
         from cmrstudio.train.spade import composite
 
         fake = composite(x0_pred.float().clamp(-1, 1), cond, real) if self.scene_model() else x0_pred.float().clamp(-1, 1)
@@ -335,8 +370,6 @@ class DiffusionTrainer(BaseTrainer):
         loss_d.float().backward()
         self.opt_d.step()
         out["d"] = float(loss_d.detach())
-        if self.step < self.opts.d_warmup:
-            return torch.zeros((), device=self.device)
         self.D.requires_grad_(False)  # the network's loss moves the network only
         try:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
