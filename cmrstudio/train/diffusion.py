@@ -116,7 +116,7 @@ class DiffusionTrainer(BaseTrainer):
         if not o.adversarial >= 0:
             raise CmrError(f"--adversarial {o.adversarial} must be 0 (off) or above (0.05–0.5 typical).")
         if o.adversarial and not (isinstance(o.d_warmup, int) and o.d_warmup >= 0):
-            raise CmrError(f"--d-warmup {o.d_warmup!r} must be a whole number of steps, 0 or more.")
+            raise CmrError(f"--d-warmup {o.d_warmup!r} must be a whole number of batches, 0 or more.")
         if o.adversarial and not o.lr_d > 0:
             raise CmrError(f"--lr-d {o.lr_d} must be above 0 (2e-4 is usual).")
 
