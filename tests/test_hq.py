@@ -606,7 +606,7 @@ def test_adversarial_distillation_learns_on_from_a_student_against_real_slices(t
     teacher_card = _card(tiny_flow)
 
     def opts(**kw):
-        return DiffusionOptions(objective="flow", **{**TINY, "sample_steps": 1, "warmup": 1, "steps": 6, **kw})
+        return DiffusionOptions(objective="flow", **{**TINY, "sample_steps": 1, "warmup": 1, "steps": 3, **kw})
 
     for bad, match in ((dict(adversarial=-0.5), "--adversarial -0.5 must be 0"),
                        (dict(adversarial=0.5, d_warmup=-1), "--d-warmup -1 must be a whole number"),
@@ -619,9 +619,9 @@ def test_adversarial_distillation_learns_on_from_a_student_against_real_slices(t
     assert p.returncode != 0 and "--adversarial -1.0 must be 0" in p.stderr and "Traceback" not in p.stderr
 
     # a student to go on from: two steps of plain reflow
-    DiffusionTrainer(opts(init=teacher_card, reflow=4, steps=2, out=str(tmp_path / "student"), name="student")).run(progress=False)
+    DiffusionTrainer(opts(init=teacher_card, reflow=4, steps=1, out=str(tmp_path / "student"), name="student")).run(progress=False)
     student_card = str(tmp_path / "student" / "student.json")
-    common = dict(init=student_card, teacher=teacher_card, reflow=4, d_warmup=3)
+    common = dict(init=student_card, teacher=teacher_card, reflow=4, d_warmup=2)
     from cmrstudio.train.common import endless
 
     plain = DiffusionTrainer(opts(init=student_card, teacher=teacher_card, reflow=4, out=str(tmp_path / "plain"), name="plain"))
@@ -639,22 +639,22 @@ def test_adversarial_distillation_learns_on_from_a_student_against_real_slices(t
     adv.run(progress=False)
     assert not all(torch.equal(a, b) for a, b in zip(plain.net.parameters(), adv.net.parameters()))  # felt after the warm-up
     logged = [json.loads(line) for line in (tmp_path / "adv" / "log.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert all("d" in r for r in logged) and logged[0]["d_warmup"] == 3 and all("g_adv" in r for r in logged[1:])
+    assert all("d" in r for r in logged) and logged[0]["d_warmup"] == 2 and all("g_adv" in r for r in logged[1:])
     card = read_card(tmp_path / "adv" / "adv.json").card
     assert card["training"]["pretraining"]["name"] == "student"
     d = card["training"]["distillation"]
     assert d["teacher"] == "tiny-flow" and d["teacher_sha256"] == read_card(teacher_card).card["sha256"]
     assert "discriminator" in d["targets"]
     a = card["training"]["adversarial"]
-    assert a["weight"] == 0.5 and a["d_warmup"] == 3 and a["warmup_record"]["batches"] == 3 and a["discriminator_parameters"] == sum(p.numel() for p in adv.D.parameters())
+    assert a["weight"] == 0.5 and a["d_warmup"] == 2 and a["warmup_record"]["batches"] == 2 and a["discriminator_parameters"] == sum(p.numel() for p in adv.D.parameters())
     saved = load_state(str(tmp_path / "adv" / "train_state" / "discriminator.safetensors"))
     assert all(torch.equal(saved[k], v) for k, v in adv.D.state_dict().items())
-    resumed = DiffusionTrainer(opts(**common, adversarial=0.5, out=str(tmp_path / "adv"), name="adv", steps=8, resume=True))
+    resumed = DiffusionTrainer(opts(**common, adversarial=0.5, out=str(tmp_path / "adv"), name="adv", steps=5, resume=True))
     resumed._load_state()
     assert all(torch.equal(saved[k], v) for k, v in resumed.D.state_dict().items())  # the discriminator goes on, not afresh
     assert resumed.d_warmup_record == adv.d_warmup_record  # and its warm-up is on record, not done again
     with pytest.raises(CmrError, match="--adversarial 0.5, not 0.2"):
-        DiffusionTrainer(opts(**common, adversarial=0.2, out=str(tmp_path / "adv"), name="adv", steps=8, resume=True))
+        DiffusionTrainer(opts(**common, adversarial=0.2, out=str(tmp_path / "adv"), name="adv", steps=5, resume=True))
 
 
 def test_the_discriminator_sees_renders_in_this_patient_in_their_real_surroundings(tiny_flow, tmp_path, monkeypatch):
