@@ -685,3 +685,13 @@ class _Recording(torch.nn.Module):
     def forward(self, image, cond, vendor):
         self.seen.append(image.detach().clone())
         return [[torch.zeros(len(image), 1, 2, 2, requires_grad=True) + image.mean(dim=(1, 2, 3), keepdim=True)]]
+
+
+def test_a_diffusion_model_trains_against_a_discriminator_too(tmp_path):
+    """``train diffusion --adversarial``: the warm-up renders with the diffusion sampler (its own image layout) and the
+    card records the discriminator."""
+    tr = DiffusionTrainer(DiffusionOptions(objective="diffusion", **{**TINY, "out": str(tmp_path / "d"), "name": "d", "steps": 1,
+                                                                       "adversarial": 0.5, "d_warmup": 1}))
+    tr.run(progress=False)
+    assert tr.d_warmup_record["batches"] == 1
+    assert read_card(tmp_path / "d" / "d.json").card["training"]["adversarial"]["weight"] == 0.5

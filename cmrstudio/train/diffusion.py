@@ -345,7 +345,7 @@ class DiffusionTrainer(BaseTrainer):
                 x0 = integrate(self.net, self.opts.objective, cond, vendor, noise, self.steps_default, self.guidance, "euler", bf16=self.bf16) \
                     if self.opts.objective == "flow" else \
                     torch.from_numpy(run_to_end(sample(self.net, self.opts.objective, cond, vendor, noise, self.steps_default, self.guidance,
-                                                       bf16=self.bf16)) * 2 - 1).to(self.device)
+                                                       bf16=self.bf16)) * 2 - 1).reshape(real.shape).to(self.device)
             fake = composite(x0.float().clamp(-1, 1), cond, real) if self.scene_model() else x0.float().clamp(-1, 1)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 loss_d = d_hinge(self.D(real, cond, vendor), self.D(fake, cond, vendor))
