@@ -595,7 +595,7 @@ def test_reflow_distils_a_flow_model_to_one_step_and_its_card_names_the_teacher(
         DiffusionTrainer(opts(init=str(moved / "tiny-flow.json"), reflow=8, out=str(tmp_path / "rf2"), steps=4, resume=True))
 
 
-def test_adversarial_distillation_learns_on_from_a_student_against_real_slices(tiny_flow, tmp_path):
+def test_adversarial_distillation_learns_on_from_a_student_against_real_slices(tiny_flow, tiny_diffusion, tmp_path):
     """``train flow --init STUDENT --teacher TEACHER --reflow N --adversarial W``: a distilled student goes on learning from
     its teacher, and a discriminator learns real slices from the clean images its predictions point to (in this patient put
     into the real surroundings first): it warms up alone on the network's renders, leaving the network as it was, then its
@@ -618,26 +618,31 @@ def test_adversarial_distillation_learns_on_from_a_student_against_real_slices(t
             "--out", str(tmp_path / "cli"), "--quiet", check=False)
     assert p.returncode != 0 and "--adversarial -1.0 must be 0" in p.stderr and "Traceback" not in p.stderr
 
-    # a student to go on from: two steps of plain reflow
+    # a student to go on from: one step of plain reflow
     DiffusionTrainer(opts(init=teacher_card, reflow=4, steps=1, out=str(tmp_path / "student"), name="student")).run(progress=False)
     student_card = str(tmp_path / "student" / "student.json")
     common = dict(init=student_card, teacher=teacher_card, reflow=4, d_warmup=2)
+    with pytest.raises(CmrError, match="--teacher .* is a diffusion model, not a flow model"):
+        DiffusionTrainer(opts(**{**common, "teacher": _card(tiny_diffusion)}, out=str(tmp_path / "bad")))
     from cmrstudio.train.common import endless
 
     plain = DiffusionTrainer(opts(init=student_card, teacher=teacher_card, reflow=4, out=str(tmp_path / "plain"), name="plain"))
     plain.run(progress=False)
     # the warm-up: the discriminator learns on real slices against the network's renders; the network stays as it was
     warm = DiffusionTrainer(opts(**{**common, "d_warmup": 4}, adversarial=0.5, out=str(tmp_path / "warm"), name="warm"))
-    d_before = {k: v.clone() for k, v in warm.D.state_dict().items()}
+    d_before = [p.detach().clone() for p in warm.D.parameters()]
     net_before = [p.detach().clone() for p in warm.net.parameters()]
     (tmp_path / "warm").mkdir()
     warm.before_first_step(endless(warm.loader))
-    assert any(not torch.equal(d_before[k], v) for k, v in warm.D.state_dict().items())
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, warm.D.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(net_before, warm.net.parameters()))
     assert warm.d_warmup_record["batches"] == 4
+    # without a warm-up the run draws the same batches and noise as the plain one: only the discriminator's loss can move it
+    felt = DiffusionTrainer(opts(**{**common, "d_warmup": 0}, adversarial=0.5, out=str(tmp_path / "felt"), name="felt"))
+    felt.run(progress=False)
+    assert not all(torch.equal(a, b) for a, b in zip(plain.net.parameters(), felt.net.parameters()))
     adv = DiffusionTrainer(opts(**common, adversarial=0.5, out=str(tmp_path / "adv"), name="adv"))
     adv.run(progress=False)
-    assert not all(torch.equal(a, b) for a, b in zip(plain.net.parameters(), adv.net.parameters()))  # felt after the warm-up
     logged = [json.loads(line) for line in (tmp_path / "adv" / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert all("d" in r for r in logged) and logged[0]["d_warmup"] == 2 and all("g_adv" in r for r in logged[1:])
     card = read_card(tmp_path / "adv" / "adv.json").card
@@ -655,6 +660,18 @@ def test_adversarial_distillation_learns_on_from_a_student_against_real_slices(t
     assert resumed.d_warmup_record == adv.d_warmup_record  # and its warm-up is on record, not done again
     with pytest.raises(CmrError, match="--adversarial 0.5, not 0.2"):
         DiffusionTrainer(opts(**common, adversarial=0.2, out=str(tmp_path / "adv"), name="adv", steps=5, resume=True))
+    # a run saved before these options existed ran without a discriminator: it is not resumed with one
+    # (nor with another teacher than its --init)
+    path = tmp_path / "plain" / "train_state" / "state.json"
+    state = json.loads(path.read_text(encoding="utf-8"))
+    state["options"].pop("adversarial")
+    path.write_text(json.dumps(state), encoding="utf-8")
+    with pytest.raises(CmrError, match="--adversarial 0.0, not 0.5"):
+        DiffusionTrainer(opts(**common, adversarial=0.5, out=str(tmp_path / "plain"), name="plain", steps=5, resume=True))
+    state["options"].pop("teacher")
+    path.write_text(json.dumps(state), encoding="utf-8")
+    with pytest.raises(CmrError, match="--teacher None, not"):
+        DiffusionTrainer(opts(**common, out=str(tmp_path / "plain"), name="plain", steps=5, resume=True))
 
 
 def test_the_discriminator_sees_renders_in_this_patient_in_their_real_surroundings(tiny_flow, tmp_path, monkeypatch):

@@ -308,7 +308,10 @@ class BaseTrainer:
             raise CmrError(f"The run in {self.out} was trained with another architecture ({st.get('config')}); resume it with the same --preset and --size.")
         saved = st.get("options", {})
         mine = opts_dict(self.opts)
+        defaults = {k: f.default for k, f in getattr(type(self.opts), "__dataclass_fields__", {}).items()}
         for key in RESUME_MUST_MATCH + getattr(self, "resume_must_match", ()):
+            if key not in saved and key in getattr(self, "resume_must_match", ()) and key in defaults:
+                saved = {**saved, key: defaults[key]}  # a run saved before the option existed ran with its default
             if key in saved and saved[key] != mine[key]:
                 raise CmrError(f"The run in {self.out} was trained with --{key.replace('_', '-')} {saved[key]!r}, not {mine[key]!r}; "
                                "resume it with the same data options, or start a new run with another --out.")
@@ -373,7 +376,7 @@ class BaseTrainer:
                 "seed": self.opts.seed,
                 "last_losses": self.history[-1] if self.history else None,
             },
-            "terms": terms_for(summary + (self.pretraining["data"] if self.pretraining else [])),
+            "terms": terms_for(summary + self.inherited_data()),
             "metrics": self._existing_metrics(),
         }
 
@@ -419,6 +422,10 @@ class BaseTrainer:
 
     def describe_start(self) -> str:
         return f"Training a {self.kind} model"
+
+    def inherited_data(self) -> list[dict]:
+        """The data of the models this one learned from (its ``--init``), whose terms its weights inherit."""
+        return list(self.pretraining["data"]) if getattr(self, "pretraining", None) else []
 
     def before_first_step(self, batches) -> None:
         """Anything a new run does once before its first step (``batches``: the endless training batches)."""

@@ -68,7 +68,7 @@ def data_summary(ds: SliceDataset, cases: list[Case]) -> list[dict]:
 PUBLIC_DATASETS = frozenset({"sunnybrook", "phantom"})  # data anyone may use, under no terms that bind the weights
 
 
-def start_from(init: str, kinds: tuple[str, ...], what: str, mine: dict, ignore: tuple[str, ...] = ()):
+def start_from(init: str, kinds: tuple[str, ...], what: str, mine: dict, ignore: tuple[str, ...] = (), option: str = "--init"):
     """The model a run starts from (``--init``): (its ModelInfo, its checked weights, the card's ``training.pretraining``
     record). It must be of one of ``kinds`` and have the same architecture options as ``mine`` (except ``ignore``);
     anything else is one sentence naming the model and what to do."""
@@ -78,12 +78,12 @@ def start_from(init: str, kinds: tuple[str, ...], what: str, mine: dict, ignore:
     info = get_model(init, kind=None)
     src = info.card
     if info.kind not in kinds:
-        raise CmrError(f"--init {init}: {info.name} is a {info.kind} model, not a {what}; give a {what}'s card.")
+        raise CmrError(f"{option} {init}: {info.name} is a {info.kind} model, not a {what}; give a {what}'s card.")
     theirs = dict((src.get("architecture") or {}).get("options") or {})
     diff = [k for k in mine if k not in ignore and theirs.get(k, mine[k]) != mine[k]]
     if diff or not theirs:
         shown = ", ".join(f"{k} {theirs.get(k)!r} (this run {mine[k]!r})" for k in diff) or "no architecture options in its card"
-        raise CmrError(f"--init {init}: its network does not match this run's architecture ({shown}); "
+        raise CmrError(f"{option} {init}: its network does not match this run's architecture ({shown}); "
                        f"train with the same --preset and --size as {info.name}, or start from another model.")
     verify(info)
     training = src.get("training") or {}

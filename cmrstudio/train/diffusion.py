@@ -18,6 +18,7 @@ mask is never dropped.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,8 +156,10 @@ class DiffusionTrainer(BaseTrainer):
         self.log(f"Starting from {info.name} (sha256 {record['sha256'][:12]}…, {record['iterations']} iterations).")
         if o.reflow:
             if o.teacher:
-                tinfo, _, trecord = start_from(o.teacher, ("flow",), "flow model", {}, ())
+                frame = {k: v for k, v in self.cfg.to_dict().items() if k in ("size", "cond_channels", "n_labels", "n_vendors", "channels")}
+                tinfo, _, trecord = start_from(o.teacher, ("flow",), "flow model", frame, option="--teacher")
                 trecord.pop("datasets")
+                self.check_init(trecord)
                 self._make_teacher(tinfo, trecord)
             else:
                 self._make_teacher(info, record)
@@ -191,9 +194,14 @@ class DiffusionTrainer(BaseTrainer):
         extra = super().extra_state()
         if self.pretraining:  # a resumed run must go on from the same model (a name may resolve to another one later)
             extra["init_sha256"] = self.pretraining["sha256"]
+        if self.teacher_record:
+            extra["teacher_sha256"] = self.teacher_record["sha256"]
         if getattr(self, "d_warmup_record", None):
             extra["d_warmup_record"] = self.d_warmup_record
         return extra
+
+    def inherited_data(self) -> list[dict]:
+        return super().inherited_data() + (list(self.teacher_record["data"]) if self.teacher_record else [])
 
     def load_extra_state(self, state: dict) -> None:
         super().load_extra_state(state)
@@ -204,6 +212,11 @@ class DiffusionTrainer(BaseTrainer):
             raise CmrError(f"The run in {self.out} started from a model with sha256 {saved[:12]}…, but --init {self.opts.init} is now "
                            f"{self.pretraining['name']} (sha256 {self.pretraining['sha256'][:12]}…); resume it with the model it "
                            "started from, or start a new run with another --out.")
+        saved_teacher = state.get("teacher_sha256")
+        if self.teacher_record and saved_teacher and saved_teacher != self.teacher_record["sha256"]:
+            raise CmrError(f"The run in {self.out} distilled a teacher with sha256 {saved_teacher[:12]}…, but the teacher is now "
+                           f"{self.teacher_record['name']} (sha256 {self.teacher_record['sha256'][:12]}…); resume it with the teacher "
+                           "it started with, or start a new run with another --out.")
 
     def networks(self) -> dict:
         return {"network": self.net, "ema": self.ema, **({"discriminator": self.D} if self.D is not None else {})}
@@ -250,12 +263,14 @@ class DiffusionTrainer(BaseTrainer):
             extra["distillation"] = {
                 "method": "reflow (Liu et al., 2022): the straight path from each noise to the image the teacher renders from it",
                 "teacher": self.teacher_record["name"], "teacher_sha256": self.teacher_record["sha256"], "teacher_steps": self.teacher.steps,
+                "teacher_held_out_case_prefixes": self.teacher_record.get("held_out_case_prefixes"),
                 "teacher_solver": self.teacher.solver, "teacher_guidance": self.teacher.guidance, "teacher_time_shift": self.teacher.time_shift,
                 "targets": "teacher renders" + (" and, through the discriminator, the real slices" if self.D is not None
                                                  else " (the real slices give only the conditioning)")}
         if self.D is not None:
             extra["adversarial"] = {
-                "weight": o.adversarial, "d_warmup": o.d_warmup, "lr_d": o.lr_d, "loss": "hinge",
+                "weight": o.adversarial, "lr_d": o.lr_d, "loss": "hinge",
+                "d_warmup": (getattr(self, "d_warmup_record", None) or {}).get("batches", 0),
                 **({"warmup_record": self.d_warmup_record} if getattr(self, "d_warmup_record", None) else {}),
                 "discriminator": "conditional multi-scale PatchGAN (2 scales, 3 layers, spectral norm, stride-1 stem): real slices "
                                  "against the clean images the predictions point to (in this patient put into the real surroundings)",
@@ -331,11 +346,12 @@ class DiffusionTrainer(BaseTrainer):
     def before_first_step(self, batches) -> None:
         """The discriminator's warm-up: ``d_warmup`` batches of real slices against the network's own renders of their
         conditioning (its sampling steps from fresh noise; in this patient inside the real surroundings)."""
-        from cmrstudio.train.spade import composite
+        from cmrstudio.train.spade import _f32, composite
 
         if self.D is None or not self.opts.d_warmup:
             return
         self.log(f"Warming up the discriminator on {self.opts.d_warmup} batches of real slices and this network's renders.")
+        t0 = time.perf_counter()
         losses = []
         for k in range(self.opts.d_warmup):
             b = next(batches)
@@ -348,11 +364,13 @@ class DiffusionTrainer(BaseTrainer):
                                                        bf16=self.bf16)) * 2 - 1).reshape(real.shape).to(self.device)
             fake = composite(x0.float().clamp(-1, 1), cond, real) if self.scene_model() else x0.float().clamp(-1, 1)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                loss_d = d_hinge(self.D(real, cond, vendor), self.D(fake, cond, vendor))
+                d_real, d_fake = self.D(real, cond, vendor), self.D(fake, cond, vendor)
+            loss_d = d_hinge(_f32(d_real), _f32(d_fake))
             self.opt_d.zero_grad(set_to_none=True)
-            loss_d.float().backward()
+            loss_d.backward()
             self.opt_d.step()
             losses.append(float(loss_d.detach()))
+        self.elapsed += time.perf_counter() - t0  # the card's seconds include the warm-up
         first, last = np.mean(losses[:max(1, len(losses) // 10)]), np.mean(losses[-max(1, len(losses) // 10):])
         self.d_warmup_record = {"batches": len(losses), "d_loss_first_tenth": round(float(first), 4), "d_loss_last_tenth": round(float(last), 4)}
         append_log(self.out / "log.jsonl", {"step": 0, "d_warmup": len(losses), "d": round(float(last), 4)})
@@ -361,19 +379,23 @@ class DiffusionTrainer(BaseTrainer):
     def _adversarial(self, x0_pred: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, vendor: torch.Tensor, out: dict) -> torch.Tensor:
         """One discriminator step (real slices against the predicted clean images), then the network's weighted hinge loss.
         In this patient the prediction is put into the real surroundings first."""
-        from cmrstudio.train.spade import composite
+        from cmrstudio.train.spade import _f32, composite
 
         fake = composite(x0_pred.float().clamp(-1, 1), cond, real) if self.scene_model() else x0_pred.float().clamp(-1, 1)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss_d = d_hinge(self.D(real, cond, vendor), self.D(fake.detach(), cond, vendor))
+            d_real, d_fake = self.D(real, cond, vendor), self.D(fake.detach(), cond, vendor)
+        loss_d = d_hinge(_f32(d_real), _f32(d_fake))
+        for g in self.opt_d.param_groups:  # the rate asked for now, also when a resumed optimiser saved another
+            g["lr"] = self.opts.lr_d
         self.opt_d.zero_grad(set_to_none=True)
-        loss_d.float().backward()
+        loss_d.backward()
         self.opt_d.step()
         out["d"] = float(loss_d.detach())
         self.D.requires_grad_(False)  # the network's loss moves the network only
         try:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                adv = g_hinge(self.D(fake, cond, vendor)).float()
+                d_fake = self.D(fake, cond, vendor)
+            adv = g_hinge(_f32(d_fake))
         finally:
             self.D.requires_grad_(True)
         out["g_adv"] = float(adv.detach())
