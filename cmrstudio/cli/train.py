@@ -118,7 +118,7 @@ def _hq_train_command(objective: str, default_steps: int):
         layout_prior: Optional[str] = typer.Option(None, "--layout-prior", help="Scene presets: the tissue-class prior (name or card; default: the installed layout-cmr)."),
         grid_loss: float = typer.Option(0.0, "--grid-loss", help="Weight of a penalty on period-2 grid patterns in the predicted clean image's gradient energy (0: off)."),
         init: Optional[str] = typer.Option(None, "--init", help=f"Start from this {objective} model's weights (a card path or name; same --preset and --size): fine-tuning."),
-        reflow: int = typer.Option(0, "--reflow", help="Flow only: distil the --init model (the teacher): learn to land in --sample-steps (1 or 2) where its renders in this many Euler steps land (reflow; 0: off)."),
+        reflow: int = typer.Option(0, "--reflow", help="Flow only: distil the --init model (or --teacher when given): learn to land in --sample-steps (1 or 2) where its renders in this many Euler steps land (reflow; 0: off)."),
         teacher: Optional[str] = typer.Option(None, "--teacher", help="With --reflow: the teacher, when it is not the --init model (a distilled student learning on from its teacher)."),
         adversarial: float = typer.Option(0.0, "--adversarial", help="Weight of a discriminator's hinge loss on the predicted clean images, against real slices (0: off; 0.05-0.5 typical)."),
         d_warmup: int = typer.Option(200, "--d-warmup", help="With --adversarial: batches the discriminator learns alone on (against the network's renders) before the first step."),
