@@ -423,6 +423,10 @@ class BaseTrainer:
     def describe_start(self) -> str:
         return f"Training a {self.kind} model"
 
+    def _autocast(self):
+        """bfloat16 mixed precision where the run uses it (``self.bf16``)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(getattr(self, "bf16", False)))
+
     def inherited_data(self) -> list[dict]:
         """The data of the models this one learned from (its ``--init``), whose terms its weights inherit."""
         return list(self.pretraining["data"]) if getattr(self, "pretraining", None) else []

@@ -33,6 +33,7 @@ from cmrstudio.models.spade import GridPenalty, MultiScaleDiscriminator, SpadeCo
 from cmrstudio.record import sampler_name
 from cmrstudio.train.base import BaseOptions, BaseTrainer
 from cmrstudio.train.common import append_log, start_from
+from cmrstudio.train.spade import _f32, composite
 
 
 @dataclass
@@ -281,7 +282,6 @@ class DiffusionTrainer(BaseTrainer):
     def render_fixed(self, f: dict) -> list[np.ndarray]:
         oh = self.cond(f)
         v = f["vendor"].to(self.device)
-        objective = self.opts.objective
         size, ch = f["image"].shape[-1], f["image"].shape[1]
         rows = []
         runs = [(oh, seed) for seed in f["seeds"]]
@@ -289,8 +289,7 @@ class DiffusionTrainer(BaseTrainer):
             runs.append((f["cond_context"].to(self.device), f["seeds"][0]))
         for c, seed in runs:
             noise = noise_for(seed, size, len(c), ch).to(self.device)
-            img = run_to_end(sample(self.ema, objective, c, v, noise, self.steps_default, self.guidance, bf16=self.bf16))
-            rows.append(self.grid_rows(torch.from_numpy(img * 2 - 1).reshape(len(c), ch, size, size)))
+            rows.append(self.grid_rows(self._render(self.ema, c, v, noise).cpu()))
         return rows
 
     @torch.no_grad()
@@ -325,7 +324,7 @@ class DiffusionTrainer(BaseTrainer):
         for g in self.opt.param_groups:
             g["lr"] = o.lr * min(1.0, (self.step + 1) / max(1, o.warmup))
         out = {}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with self._autocast():
             if self.grid_penalty is None and self.D is None:
                 loss = total = training_loss(self.net, o.objective, x0, oh, vendor, t, noise)
             else:  # losses on the clean images the predictions point to
@@ -346,8 +345,6 @@ class DiffusionTrainer(BaseTrainer):
     def before_first_step(self, batches) -> None:
         """The discriminator's warm-up: ``d_warmup`` batches of real slices against the network's own renders of their
         conditioning (its sampling steps from fresh noise; in this patient inside the real surroundings)."""
-        from cmrstudio.train.spade import _f32, composite
-
         if self.D is None or not self.opts.d_warmup:
             return
         self.log(f"Warming up the discriminator on {self.opts.d_warmup} batches of real slices and this network's renders.")
@@ -358,18 +355,9 @@ class DiffusionTrainer(BaseTrainer):
             real, cond, vendor = b["image"].to(self.device), self.cond(b), b["vendor"].to(self.device)
             noise = torch.randn(real.shape, generator=self.rng).to(self.device)
             with torch.no_grad():
-                x0 = integrate(self.net, self.opts.objective, cond, vendor, noise, self.steps_default, self.guidance, "euler", bf16=self.bf16) \
-                    if self.opts.objective == "flow" else \
-                    torch.from_numpy(run_to_end(sample(self.net, self.opts.objective, cond, vendor, noise, self.steps_default, self.guidance,
-                                                       bf16=self.bf16)) * 2 - 1).reshape(real.shape).to(self.device)
-            fake = composite(x0.float().clamp(-1, 1), cond, real) if self.scene_model() else x0.float().clamp(-1, 1)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                d_real, d_fake = self.D(real, cond, vendor), self.D(fake, cond, vendor)
-            loss_d = d_hinge(_f32(d_real), _f32(d_fake))
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.opt_d.step()
-            losses.append(float(loss_d.detach()))
+                renders = self._render(self.net, cond, vendor, noise)
+            loss_d = self._d_step(real, self._as_fake(renders, cond, real), cond, vendor)
+            losses.append(loss_d)
         self.elapsed += time.perf_counter() - t0  # the card's seconds include the warm-up
         first, last = np.mean(losses[:max(1, len(losses) // 10)]), np.mean(losses[-max(1, len(losses) // 10):])
         self.d_warmup_record = {"batches": len(losses), "d_loss_first_tenth": round(float(first), 4), "d_loss_last_tenth": round(float(last), 4)}
@@ -379,24 +367,38 @@ class DiffusionTrainer(BaseTrainer):
     def _adversarial(self, x0_pred: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, vendor: torch.Tensor, out: dict) -> torch.Tensor:
         """One discriminator step (real slices against the predicted clean images), then the network's weighted hinge loss.
         In this patient the prediction is put into the real surroundings first."""
-        from cmrstudio.train.spade import _f32, composite
-
-        fake = composite(x0_pred.float().clamp(-1, 1), cond, real) if self.scene_model() else x0_pred.float().clamp(-1, 1)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            d_real, d_fake = self.D(real, cond, vendor), self.D(fake.detach(), cond, vendor)
-        loss_d = d_hinge(_f32(d_real), _f32(d_fake))
-        for g in self.opt_d.param_groups:  # the rate asked for now, also when a resumed optimiser saved another
-            g["lr"] = self.opts.lr_d
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
-        out["d"] = float(loss_d.detach())
+        fake = self._as_fake(x0_pred, cond, real)
+        out["d"] = self._d_step(real, fake.detach(), cond, vendor)
         self.D.requires_grad_(False)  # the network's loss moves the network only
         try:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            with self._autocast():
                 d_fake = self.D(fake, cond, vendor)
             adv = g_hinge(_f32(d_fake))
         finally:
             self.D.requires_grad_(True)
         out["g_adv"] = float(adv.detach())
         return self.opts.adversarial * adv
+
+    def _as_fake(self, x0: torch.Tensor, cond: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """What the discriminator is shown of a render: in [-1, 1], and in this patient inside the real surroundings."""
+        x0 = x0.float().clamp(-1, 1)
+        return composite(x0, cond, real) if self.scene_model() else x0
+
+    def _d_step(self, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor, vendor: torch.Tensor) -> float:
+        """One discriminator step, real slices against ``fake`` (detached), at the rate asked for now (also when a
+        resumed optimiser saved another); its hinge loss."""
+        with self._autocast():
+            d_real, d_fake = self.D(real, cond, vendor), self.D(fake, cond, vendor)
+        loss_d = d_hinge(_f32(d_real), _f32(d_fake))
+        for g in self.opt_d.param_groups:
+            g["lr"] = self.opts.lr_d
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        return float(loss_d.detach())
+
+    def _render(self, net, cond: torch.Tensor, vendor: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``net``'s render of ``noise`` under this conditioning in its default steps and guidance, in [-1, 1], shaped as
+        the noise."""
+        img = run_to_end(sample(net, self.opts.objective, cond, vendor, noise, self.steps_default, self.guidance, bf16=self.bf16))
+        return torch.from_numpy(img * 2 - 1).reshape(noise.shape).to(self.device)

@@ -368,9 +368,6 @@ class SpadeTrainer(BaseTrainer):
         self.update_ema(self.G_ema, self.G)
         return {k: float(v.detach()) for k, v in {"d": loss_d, **g}.items()}
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-
     def _latents(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """With mode seeking, two latents per mask (one for each render); without, none (the generator draws its own)."""
         if not self.opts.mode_seeking:
