@@ -75,14 +75,25 @@ def fid(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets."""
     if len(a) < 2 or len(b) < 2:
         raise CmrError("FID needs at least two images in each set.")
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    # tr sqrt(s1 s2) = tr sqrt(r s2 r) with r = sqrt(s1): a symmetric problem, stable for the
-    # rank-deficient covariances of small sets (where a general sqrtm goes wrong)
-    w, v = np.linalg.eigh(s1)
-    r = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(r @ s2 @ r), 0, None)).sum()
-    return float(max(0.0, ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean))
+    (n1, d), n2 = a.shape, len(b)
+    if n1 * n2 * min(n1, n2) < 2 * d ** 3:
+        # Fewer images than feature dimensions: with centred features A, B, s1 = AᵀA/(n1-1) and s2 = BᵀB/(n2-1),
+        # the non-zero eigenvalues of s1 s2 are the squared singular values of A Bᵀ / sqrt((n1-1)(n2-1)), so
+        # tr sqrt(s1 s2) is that matrix's nuclear norm: exact, and an (n1 × n2) problem instead of two 2048² ones.
+        ca, cb = a - mu1, b - mu2
+        tr1, tr2 = (ca ** 2).sum() / (n1 - 1), (cb ** 2).sum() / (n2 - 1)
+        tr_covmean = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / np.sqrt((n1 - 1) * (n2 - 1))
+    else:
+        s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+        # tr sqrt(s1 s2) = tr sqrt(r s2 r) with r = sqrt(s1): a symmetric problem, stable for the
+        # rank-deficient covariances of small sets (where a general sqrtm goes wrong)
+        w, v = np.linalg.eigh(s1)
+        r = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(r @ s2 @ r), 0, None)).sum()
+        tr1, tr2 = np.trace(s1), np.trace(s2)
+    return float(max(0.0, ((mu1 - mu2) ** 2).sum() + tr1 + tr2 - 2 * tr_covmean))
 
 
 def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
