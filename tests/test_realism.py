@@ -67,12 +67,13 @@ def _grid_of(r, real, mode):
     return _GRIDS[key]
 
 
-@pytest.mark.parametrize("model,mode", [("spade-cmr", "synthetic"), ("spade-cmr", "in-patient"), ("flow-cmr", "synthetic"),
-                                        ("flow-cmr-2step", "synthetic")])
+@pytest.mark.parametrize("model,mode", [("spade-cmr", "synthetic"), ("spade-cmr", "in-patient"), ("flow-cmr-2step", "synthetic")])
 def test_shipped_models_leave_no_upsampling_grid(real, model, mode):
+    """The live model and the HQ default, each as the studio renders with it. flow-cmr, the HQ model's teacher, is not
+    here: at its own 8 steps it draws a period-2 grid (peak ratio 9.6 fully synthetic; resources/models/README.md)."""
     from cmrstudio.engine.factory import open_renderer
 
-    g = _grid_of(open_renderer(model, **({"steps": 4} if model == "flow-cmr" else {})), real, mode)
+    g = _grid_of(open_renderer(model), real, mode)
     assert g["peak_ratio"] < max(5.0, 1.5 * g["real_peak_ratio"]), f"{model} ({mode}) leaves a grid: {g}"
 
 
