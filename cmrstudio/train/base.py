@@ -306,12 +306,12 @@ class BaseTrainer:
             raise CmrError(f"The run in {self.out} trains a {st.get('kind')} model, not a {self.kind} model; resume it with `train {st.get('kind')}`.")
         if st.get("config") != self.cfg.to_dict():
             raise CmrError(f"The run in {self.out} was trained with another architecture ({st.get('config')}); resume it with the same --preset and --size.")
-        saved = st.get("options", {})
         mine = opts_dict(self.opts)
-        defaults = {k: f.default for k, f in getattr(type(self.opts), "__dataclass_fields__", {}).items()}
-        for key in RESUME_MUST_MATCH + getattr(self, "resume_must_match", ()):
-            if key not in saved and key in getattr(self, "resume_must_match", ()) and key in defaults:
-                saved = {**saved, key: defaults[key]}  # a run saved before the option existed ran with its default
+        own = getattr(self, "resume_must_match", ())
+        fields = getattr(type(self.opts), "__dataclass_fields__", {})
+        # a run saved before one of the subclass's options existed ran with that option's default
+        saved = {**{k: fields[k].default for k in own if k in fields}, **st.get("options", {})}
+        for key in RESUME_MUST_MATCH + own:
             if key in saved and saved[key] != mine[key]:
                 raise CmrError(f"The run in {self.out} was trained with --{key.replace('_', '-')} {saved[key]!r}, not {mine[key]!r}; "
                                "resume it with the same data options, or start a new run with another --out.")
