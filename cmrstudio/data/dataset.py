@@ -139,12 +139,14 @@ class SceneDataset(Dataset):
 
     def __init__(self, cases: Sequence[Case], window: int = LIVE_SIZE, spacing_mm: float = LIVE_SPACING_MM,
                  augment: SceneAugment | None = SceneAugment(), seed: int = 0, min_heart_px: int = 20,
-                 require_labels: Sequence[int] = (), mode: str | None = None, layout_prior=None):
+                 require_labels: Sequence[int] = (), mode: str | None = None, layout_prior=None, layout_factor: int | None = None):
         from cmrstudio.data.frame import make_frame
         from cmrstudio.data.scene import LAYOUT_FACTOR, scene_for, tissue_classes
 
-        if window % LAYOUT_FACTOR:
-            raise CmrError(f"The training window {window} must be a multiple of {LAYOUT_FACTOR}.")
+        # the tissue classes' cell: the projecting prior's, or as asked (a fine prior's cells: the slice's own classes)
+        self.layout_factor = int(layout_prior.cfg.factor if layout_prior is not None else layout_factor or LAYOUT_FACTOR)
+        if window % self.layout_factor:
+            raise CmrError(f"The training window {window} must be a multiple of the tissue-class cell, {self.layout_factor} px.")
         self.window = window
         self.augment = augment
         self.mode = mode  # None: mixed as augment.context says; "synthetic" or "context": always that mode
@@ -188,9 +190,11 @@ class SceneDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def _coords(self, i: int, fixed: bool = False) -> np.ndarray:
+    def _coords(self, i: int, fixed: bool = False, n: int | None = None) -> np.ndarray:
+        """Scene coordinates (2, n, n) of a window of slice ``i`` (``n``: the training window): around the heart or
+        anywhere, turned and scaled as the augmentation says."""
         a = self.augment
-        n = self.window
+        n = n or self.window
         size = self.images[i].shape[-1]
         c = np.asarray(self.centres[i], dtype=np.float64)
         if a is None or fixed:
@@ -210,7 +214,7 @@ class SceneDataset(Dataset):
     def sample(self, i: int, mode: str | None = None, fixed: bool = False) -> dict:
         """Window ``i`` as numpy arrays (image in [0, 1], mask, classes, conditioning, repaint region).
         ``fixed``: the heart window itself, unturned, with a 10-pixel margin in context mode (sample grids)."""
-        from cmrstudio.data.scene import LAYOUT_FACTOR, class_fractions, condition, repaint_region
+        from cmrstudio.data.scene import class_fractions, condition, repaint_region
 
         g = self._coords(i, fixed)
         img = ndimage.map_coordinates(self.images[i].astype(np.float32), g, order=1, mode="constant", cval=0.0)
@@ -228,15 +232,15 @@ class SceneDataset(Dataset):
                 hole = (yy - cy) ** 2 + (xx - cx) ** 2 <= self.rng.uniform(10, 30) ** 2
             cond = condition(msk, None, img, ~hole)
         else:
-            cond = condition(msk, self._layout(i, g) if self.projected else class_fractions(cls, LAYOUT_FACTOR))
+            cond = condition(msk, self._layout(i, g) if self.projected else class_fractions(cls, self.layout_factor))
         return {"image01": img, "mask": msk, "classes": cls, "cond": cond, "hole": hole, "mode": mode}
 
     def _layout(self, i: int, g: np.ndarray) -> np.ndarray:
         """The projected layout of slice ``i`` on the cells of the window whose scene coordinates are ``g`` (2, n, n)."""
-        from cmrstudio.data.scene import LAYOUT_FACTOR, N_LAYOUT
+        from cmrstudio.data.scene import N_LAYOUT
 
         lay, (r0, c0) = self.projected[i]
-        f, n = LAYOUT_FACTOR, g.shape[-1]
+        f, n = self.layout_factor, g.shape[-1]
         centres = g.reshape(2, n // f, f, n // f, f).mean(axis=(2, 4))  # scene pixel coordinates of each window cell's centre
         at = np.stack([centres[0] / f - 0.5 - r0, centres[1] / f - 0.5 - c0])
         out = np.stack([ndimage.map_coordinates(lay[k].astype(np.float32), at, order=1, mode="constant", cval=1.0 if k == 0 else 0.0)
@@ -268,6 +272,81 @@ class SceneDataset(Dataset):
             "vendor": torch.from_numpy(self.vendors[picks]),
             "seeds": (1234, 1235),
         }
+
+
+class FineLayoutDataset(Dataset):
+    """Training data of the fine tissue-class prior (:mod:`cmrstudio.models.layout`, ``FineLayout``).
+
+    For each heart slice of a :class:`SceneDataset` built with the coarse prior (probabilistic PCA): a
+    window of ``cells`` × ``cells`` cells of ``factor`` pixels, placed and turned like the image
+    windows. ``image`` is the slice's own tissue classes as fractions per cell in [-1, 1] (5
+    channels); ``cond`` the heart's label fractions (3) and the scan's extent (1) on the same cells,
+    and the coarse layout the prior can express for this slice (its projection, 5), bilinear on the
+    fine cells. The model learns the crisp shapes (chest wall, fat, lung edges) a coarse layout
+    leaves out; at render time the coarse layout is a sample of the prior.
+    """
+
+    def __init__(self, scenes: SceneDataset, cells: int = 96, factor: int = 2, seed: int = 0, augment: bool = True):
+        if not scenes.projected:
+            raise CmrError("The fine tissue-class prior is trained on scenes projected onto a coarse prior; give the scenes one.")
+        if (cells * factor) % scenes.layout_factor:
+            raise CmrError(f"{cells} cells of {factor} px are not whole cells of the coarse prior ({scenes.layout_factor} px).")
+        self.scenes = scenes
+        self.cells = cells
+        self.factor = factor
+        self.augment = augment
+        self.vendors = scenes.vendors
+        self.index = scenes.index
+
+    @property
+    def rng(self) -> np.random.Generator:  # the scenes' windows are this data's randomness (saved with a run's state)
+        return self.scenes.rng
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def sample(self, i: int, fixed: bool = False) -> dict:
+        from cmrstudio.data.scene import class_fractions, heart_onehot, upsample_layout
+
+        sc = self.scenes
+        f, k = self.factor, self.cells
+        g = sc._coords(i, fixed or not self.augment, n=k * f)
+        cls = ndimage.map_coordinates(sc.classes[i], g, order=0, mode="constant", cval=0).astype(np.uint8)
+        msk = ndimage.map_coordinates(sc.masks[i], g, order=0, mode="constant", cval=0).astype(np.uint8)
+        inside = ndimage.map_coordinates(sc.insides[i].astype(np.uint8), g, order=0, mode="constant", cval=0).astype(np.float32)
+        return {"x": class_fractions(cls, f) * 2 - 1, "mask": msk[f // 2::f, f // 2::f],
+                "cond": fine_layout_condition(heart_onehot(msk), inside, upsample_layout(sc._layout(i, g), (k, k)), f)}
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.sample(i)
+        return {"image": torch.from_numpy(s["x"]), "cond": torch.from_numpy(s["cond"]), "mask": torch.from_numpy(s["mask"].astype(np.int64)),
+                "vendor": torch.tensor(self.vendors[i]), "case": self.index[i][0], "slice": self.index[i][1]}
+
+    def heart_classes(self) -> dict[str, int]:
+        """The tissue class each heart label most often has in these slices (LV, MYO, RV: index into LAYOUT_CLASSES)."""
+        from cmrstudio.data.scene import N_HEART, N_LAYOUT
+
+        counts = np.zeros((N_HEART + 1, N_LAYOUT), np.int64)
+        for cls, m in zip(self.scenes.classes, self.scenes.masks):
+            np.add.at(counts, (m.ravel(), cls.ravel()), 1)
+        return {name: int(counts[k].argmax()) for k, name in enumerate(("LV", "MYO", "RV"), 1) if counts[k].any()}
+
+    def fixed_batch(self, n: int = 6) -> dict:
+        picks = spread_picks(self.index, n)
+        ss = [self.sample(i, fixed=True) for i in picks]
+        return {"mask": torch.from_numpy(np.stack([s["mask"] for s in ss]).astype(np.int64)),
+                "image": torch.from_numpy(np.stack([s["x"] for s in ss])),
+                "cond": torch.from_numpy(np.stack([s["cond"] for s in ss])),
+                "vendor": torch.from_numpy(self.vendors[picks]), "seeds": (1234, 1235)}
+
+
+def fine_layout_condition(heart: np.ndarray, inside: np.ndarray, coarse: np.ndarray, factor: int) -> np.ndarray:
+    """The fine prior's conditioning (9, H/f, W/f): heart fractions (from a (3, H, W) one-hot) and the scan's extent (H, W)
+    pooled on cells of ``factor`` pixels, then the coarse layout already on those cells (5, H/f, W/f)."""
+    h, w = inside.shape
+    pool = lambda a: a.reshape(a.shape[:-2] + (h // factor, factor, w // factor, factor)).mean(axis=(-1, -3))  # noqa: E731
+    return np.concatenate([pool(np.asarray(heart, np.float32)), pool(np.asarray(inside, np.float32))[None],
+                           np.asarray(coarse, np.float32)]).astype(np.float32)
 
 
 def spread_picks(index: list[tuple[str, int]], n: int) -> list[int]:

@@ -11,8 +11,11 @@ A render must fill the scan's whole field of view, not only the heart crop. Thre
   mid-dark, mid-bright, bright) and the dark band connected to the image's edge becomes
   "outside the body". The user paints only LV, MYO and RV; the tissue classes come from the
   real scan (for training) or from a learned prior (:mod:`cmrstudio.models.layout`) when a
-  render is fully synthetic. They are kept coarse (``LAYOUT_FACTOR`` pixels a cell, as class
-  fractions) so that they say where body, lung, liver and fat are without drawing their detail.
+  render is fully synthetic. They come as class fractions on cells: ``LAYOUT_FACTOR`` pixels
+  (10 mm) for models trained with the coarse prior (where body, lung, liver and fat are, without
+  their detail), or 2 pixels (2.5 mm) for models trained on each slice's own classes and rendered
+  with the fine prior, which draws the detail too. A model's card says its cell
+  (``conditioning.layout_factor``).
 * **Conditioning** (``CONDITION_CHANNELS``): heart one-hot (3: LV, MYO, RV), tissue-class
   fractions (5, or zeros when absent), a context image and where it is valid (2). Two modes:
   *in this patient* (the real scan outside a margin around the old and new heart is the

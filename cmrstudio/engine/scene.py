@@ -86,7 +86,7 @@ class Plan:
         r, c, n = self.window
         sl = np.s_[r:r + n, c:c + n]
         if self.hole is None:
-            f = LAYOUT_FACTOR
+            f = LAYOUT_FACTOR if self.layout is None else self.mask.shape[-1] // self.layout.shape[-1]
             lay = None if self.layout is None else self.layout[:, r // f:(r + n) // f, c // f:(c + n) // f]
             return condition(self.mask[sl], lay)
         return condition(self.mask[sl], None, self.context[sl], ~self.hole[sl])
@@ -120,13 +120,12 @@ class LayoutPrior:
         if sha256 and self.info.card.get("sha256") != sha256:
             raise CmrError(f"The tissue-class prior '{self.info.name}' installed ({self.info.card_path}) is not the one the model was "
                            f"trained with (sha256 {sha256[:12]}…); install that one, or retrain the model with this prior.")
-        self.pca = load_layout(self.info)
+        self.model = load_layout(self.info)  # the PCA, or a fine prior refining the PCA's sample
+        self.factor = self.model.factor
 
     def sample(self, mask: np.ndarray, inside: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
         """(S, S) labels and scan extent -> (N_LAYOUT, S/f, S/f) class fractions (each cell sums to 1)."""
-        from cmrstudio.models.layout import scene_layout
-
-        return scene_layout(self.pca, mask, inside, seed)
+        return self.model.scene_sample(mask, inside, vendor_index, seed)
 
 
 _PRIORS: dict = {}
@@ -177,8 +176,14 @@ class SceneMixin:
         return _noise_field(int(seed), int(size))
 
     def _prior(self) -> LayoutPrior:
-        lp = (self.info.card.get("conditioning") or {}).get("layout_prior") or {}
-        return layout_prior(lp.get("name"), lp.get("sha256"))
+        cond = self.info.card.get("conditioning") or {}
+        lp = cond.get("layout_prior") or {}
+        prior = layout_prior(lp.get("name"), lp.get("sha256"))
+        factor = int(cond.get("layout_factor", LAYOUT_FACTOR))
+        if prior.factor != factor:
+            raise CmrError(f"The tissue-class prior '{prior.info.name}' makes cells of {prior.factor} px, but '{self.info.name}' was trained "
+                           f"on cells of {factor} px; name a prior of its cell size in its card, or retrain it with this prior.")
+        return prior
 
     # -- planning ----------------------------------------------------------------------------------
     def scene_of(self, frame: Frame) -> Scene:

@@ -16,6 +16,14 @@ models the 9 × cells² vector as ``W z + mu + noise`` with ``z ~ N(0, I)`` of `
   produces, not from crisper ones they would never be given.
 
 The model is a few matrices (safetensors) and a card of kind ``layout``; fitting takes seconds.
+
+**The fine prior** (:class:`FineLayout`, preset ``layout-fine`` of ``cmrstudio train flow``) adds what
+10 mm cells leave out: the crisp shapes of the chest wall, fat, lung edges and liver, on cells of
+``FINE_FACTOR`` frame pixels (2.5 mm). It is a small flow-matching U-Net over the five classes given
+the heart's label fractions, the scan's extent and a coarse layout on those cells; trained on real
+slices' own classes (the coarse layout: their PCA projection), it renders from a PCA sample. Each cell
+takes its most likely class. Scene models trained on the slices' own fine classes (``--layout-prior``
+naming a fine prior) render fully synthetic scenes from it.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import numpy as np
 from cmrstudio.data.scene import LAYOUT_FACTOR, N_HEART, N_LAYOUT, heart_onehot
 
 N_MAPS = N_LAYOUT + N_HEART + 1  # tissue fractions, heart fractions, scan extent
+FINE_FACTOR = 2  # frame pixels per cell of the fine prior (2.5 mm at 1.25 mm)
 
 
 @dataclass
@@ -86,6 +95,8 @@ def cell_maps(classes: np.ndarray | None, mask: np.ndarray, inside: np.ndarray, 
 class LayoutPCA:
     """Probabilistic PCA of heart-centred layout windows (see the module notes)."""
 
+    fine = False
+
     def __init__(self, cfg: LayoutConfig, mean: np.ndarray, components: np.ndarray, eigvals: np.ndarray, noise_var: float):
         self.cfg = cfg
         self.mean = np.asarray(mean, np.float64)  # (D,)
@@ -121,6 +132,15 @@ class LayoutPCA:
     @property
     def parameters(self) -> int:
         return int(self.U.size + self.mean.size + self.eigvals.size + 1)
+
+    @property
+    def factor(self) -> int:
+        """Frame pixels per cell of the layouts it makes."""
+        return int(self.cfg.factor)
+
+    def scene_sample(self, mask: np.ndarray, inside: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
+        """A whole scene's layout (N_LAYOUT, S/f, S/f) for the painted labels and the scan's extent (S, S)."""
+        return scene_layout(self, mask, inside, seed)
 
     # -- use ---------------------------------------------------------------------------------------
     def _posterior(self, x_obs: np.ndarray, dims: np.ndarray, noise: np.ndarray | float):
@@ -187,15 +207,69 @@ def paste_window(layout: np.ndarray, origin: tuple[int, int], cells_s: int) -> n
     return out
 
 
+class FineLayout:
+    """The fine tissue-class prior (see the module notes): a flow-matching network over the classes on ``FINE_FACTOR``-pixel
+    cells, refining a coarse prior's sample. Seeds fix both the coarse sample and the network's noise."""
+
+    fine = True
+    factor = FINE_FACTOR
+
+    def __init__(self, info, net, coarse: LayoutPCA, steps: int | None = None):
+        import threading
+
+        self.info = info
+        self.net = net
+        self.coarse = coarse
+        self.steps = int(steps or (info.card.get("sampling") or {}).get("steps", 4))
+        self.temperature = float((info.card.get("sampling") or {}).get("temperature", 1.0))  # the starting noise's scale
+        self.heart_classes = {k: int(v) for k, v in (info.card["conditioning"].get("heart_classes") or {}).items()}
+        self._lock = threading.Lock()
+
+    def scene_sample(self, mask: np.ndarray, inside: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
+        """A whole scene's classes as one-hot fractions (N_LAYOUT, S/f, S/f) for the painted labels and the scan's extent (S, S)."""
+        import torch
+
+        from cmrstudio.data.dataset import fine_layout_condition
+        from cmrstudio.data.scene import upsample_layout
+        from cmrstudio.models.sampling import noise_for, run_to_end, sample
+
+        f, s = self.factor, mask.shape[-1]
+        cells = s // f
+        coarse = upsample_layout(self.coarse.scene_sample(mask, inside, vendor_index, seed), (cells, cells))
+        cond = torch.from_numpy(fine_layout_condition(heart_onehot(mask), np.asarray(inside, np.float32), coarse, f))[None]
+        noise = noise_for(int(seed) + 7_000_019, cells, 1, N_LAYOUT) * self.temperature
+        with self._lock, torch.inference_mode():
+            frac = run_to_end(sample(self.net, "flow", cond, torch.tensor([int(vendor_index)]), noise, self.steps, guidance=1.0))[0]
+        cls = frac.argmax(0)
+        heart = cond[0, :N_HEART].numpy()
+        label = np.concatenate([heart, 1 - heart.sum(0, keepdims=True)]).argmax(0)  # each cell's commonest label (ties: the heart's)
+        for k, name in enumerate(("LV", "MYO", "RV")):  # the painted structures take their labels' usual classes
+            if name in self.heart_classes:
+                cls[label == k] = self.heart_classes[name]
+        cls[cond[0, N_HEART].numpy() < 0.5] = 0  # beyond the scan's own grid: nothing but 'outside'
+        return (cls[None] == np.arange(N_LAYOUT)[:, None, None]).astype(np.float32)
+
+
 # -- files ------------------------------------------------------------------------------------------
-def load_layout(info) -> LayoutPCA:
-    """A layout prior from its card (kind ``layout``, architecture ``LayoutPCA``); checksum checked; no torch needed."""
+def is_fine(info) -> bool:
+    """Whether a layout model's card is a fine prior (:class:`FineLayout`) rather than the PCA."""
+    return (info.card.get("conditioning") or {}).get("scheme") == "layout-fine-v1"
+
+
+def load_layout(info, fine: bool = True) -> "LayoutPCA | FineLayout":
+    """A layout prior from its card (kind ``layout``): the PCA (architecture ``LayoutPCA``; no torch needed) or, when
+    ``fine`` allows, a fine prior with its coarse PCA. Checksums checked."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     from cmrstudio.errors import CmrError
     from cmrstudio.models.checkpoint import verify
 
+    if is_fine(info):
+        if not fine:
+            raise CmrError(f"The layout model '{info.name}' is a fine tissue-class prior; give the coarse prior (probabilistic PCA, "
+                           "like layout-cmr) here.")
+        return _load_fine(info)
     verify(info)
     arch = info.card.get("architecture", {})
     if arch.get("class", "LayoutPCA").split(".")[-1] != "LayoutPCA":
@@ -208,3 +282,16 @@ def load_layout(info) -> LayoutPCA:
     if prior.U.shape[1] != N_MAPS * prior.cfg.cells ** 2:
         raise CmrError(f"The layout prior {info.weights_path} does not fit the window in its card; refit it with `cmrstudio train layout`.")
     return prior
+
+
+def _load_fine(info) -> FineLayout:
+    from cmrstudio.errors import CmrError
+    from cmrstudio.models.registry import build_model, get_model
+
+    ref = info.card["conditioning"].get("coarse_prior") or {}
+    coarse_info = get_model(ref.get("name") or "layout-cmr", kind="layout")
+    if ref.get("sha256") and coarse_info.card.get("sha256") != ref["sha256"]:
+        raise CmrError(f"The fine tissue-class prior '{info.name}' was trained with the coarse prior '{ref.get('name')}' of sha256 "
+                       f"{ref['sha256'][:12]}…, but the one installed ({coarse_info.card_path}) differs; install that one, or retrain "
+                       f"'{info.name}' with this one.")
+    return FineLayout(info, build_model(info), load_layout(coarse_info, fine=False))

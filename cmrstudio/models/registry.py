@@ -207,6 +207,10 @@ def _architecture(info: ModelInfo) -> torch.nn.Module:
             from cmrstudio.models.diffusion import CondUNet, DiffusionConfig
 
             return CondUNet(DiffusionConfig.from_dict(options))
+        if info.kind == "layout" and info.card.get("architecture", {}).get("class", "").endswith(".CategoricalUNet"):
+            from cmrstudio.models.diffusion import CategoricalUNet, DiffusionConfig
+
+            return CategoricalUNet(DiffusionConfig.from_dict(options))
         if info.kind == "segmenter":
             from cmrstudio.models.unet import UNet, UNetConfig
 

@@ -118,7 +118,8 @@ def sample_t(objective: str, n: int, generator: torch.Generator) -> torch.Tensor
 
 def training_loss(net, objective: str, x0: torch.Tensor, onehot: torch.Tensor, vendor: torch.Tensor, t: torch.Tensor,
                   noise: torch.Tensor, per_sample: bool = False, with_x0: bool = False):
-    """MSE between the network output and the objective's target (v for diffusion, velocity for flow);
+    """MSE between the network output and the objective's target (v for diffusion, velocity for flow; a categorical
+    flow model: cross-entropy of its class logits);
     the batch mean, or one value per sample with ``per_sample``. With ``with_x0``: (loss, the clean image the
     prediction points to), for losses on the image itself."""
     tt = t[:, None, None, None]
@@ -131,6 +132,11 @@ def training_loss(net, objective: str, x0: torch.Tensor, onehot: torch.Tensor, v
         target = noise - x0
     else:
         raise ValueError(f"unknown objective {objective!r}")
+    if getattr(net, "categorical", False):  # class logits against the true classes (soft at cells on a boundary)
+        if with_x0:
+            raise ValueError("a categorical flow model has no image-space losses")
+        ce = -((x0 + 1) / 2 * F.log_softmax(net.logits(xt, t, onehot, vendor).float(), dim=1)).sum(1).flatten(1).mean(1)
+        return ce if per_sample else ce.mean()
     pred = net(xt, t, onehot, vendor).float()
     loss = ((pred - target) ** 2).flatten(1).mean(1) if per_sample else F.mse_loss(pred, target)
     if not with_x0:

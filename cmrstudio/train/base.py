@@ -158,9 +158,11 @@ class BaseTrainer:
 
         return getattr(self.presets[self.opts.preset], "cond_channels", None) == CONDITION_CHANNELS
 
-    def layout_prior(self):
-        """The tissue-class prior a scene model is trained with (its fully synthetic conditioning is projected onto it)."""
-        from cmrstudio.models.layout import load_layout
+    def layout_prior(self, coarse: bool = False):
+        """The tissue-class prior a scene model renders with. The PCA (layout-cmr): training conditions are projected onto it
+        (returned). A fine prior: training conditions are the slices' own classes on its cells (None returned).
+        ``coarse``: only a PCA will do (the fine prior's own training)."""
+        from cmrstudio.models.layout import FINE_FACTOR, is_fine, load_layout
         from cmrstudio.models.registry import get_model
 
         try:
@@ -168,14 +170,20 @@ class BaseTrainer:
         except CmrError as exc:
             raise CmrError(f"{exc.message} Scene presets are trained with a tissue-class prior: fit one first with "
                            "`cmrstudio train layout --data ... --out RUN` and give --layout-prior RUN/NAME.json.") from None
-        return load_layout(self.layout_info)
+        if is_fine(self.layout_info) and not coarse:
+            self.layout_factor = int(self.layout_info.card["conditioning"].get("cell_px", FINE_FACTOR))
+            return None
+        prior = load_layout(self.layout_info, fine=False)
+        self.layout_factor = prior.factor
+        return prior
 
     def make_dataset(self):
         """The training samples: framed heart slices, or windows of whole scenes for scene presets."""
         o = self.opts
         if self.scene_model():
+            prior = self.layout_prior()
             return SceneDataset(self.cases, window=o.size, spacing_mm=self.spacing_mm, augment=SceneAugment() if o.augment else None,
-                                seed=o.seed, require_labels=o.require_labels, layout_prior=self.layout_prior())
+                                seed=o.seed, require_labels=o.require_labels, layout_prior=prior, layout_factor=self.layout_factor)
         return SliceDataset(self.cases, size=o.size, spacing_mm=self.spacing_mm, augment=Augment() if o.augment else None,
                             seed=o.seed, require_labels=o.require_labels)
 
@@ -208,18 +216,22 @@ class BaseTrainer:
 
     def conditioning_card(self) -> dict:
         """What a scene model is conditioned on (the engine builds the same maps at render time)."""
-        from cmrstudio.data.scene import LAYOUT_CLASSES, LAYOUT_FACTOR
+        from cmrstudio.data.scene import LAYOUT_CLASSES
 
         if not self.scene_model():
             return {}
         return {"conditioning": {
             "scheme": "scene-v1",
             "channels": ["LV", "MYO", "RV", *(f"tissue:{c}" for c in LAYOUT_CLASSES), "context", "context-valid"],
-            "layout_classes": list(LAYOUT_CLASSES), "layout_factor": LAYOUT_FACTOR,
+            "layout_classes": list(LAYOUT_CLASSES), "layout_factor": self.layout_factor,
             "modes": {"in-patient": "the real scan outside a margin around the old and new heart is the context",
                       "fully-synthetic": "tissue-class fractions from the learned prior; no real pixel"},
             "fully_convolutional": True,
-            "layout_prior": {"name": self.layout_info.name, "sha256": self.layout_info.card["sha256"]},
+            "layout_training": ("each slice's own tissue classes projected onto the prior" if getattr(self.ds, "projected", None)
+                                else f"each slice's own tissue classes on cells of {self.layout_factor} px"),
+            # projected: bound to that very prior; own classes: any fine prior of the same cells fits (this one is the default)
+            "layout_prior": ({"name": self.layout_info.name, "sha256": self.layout_info.card["sha256"]} if getattr(self.ds, "projected", None)
+                             else {"name": self.layout_info.name, "cell_px": self.layout_factor}),
         }}
 
     def training_extra(self) -> dict:

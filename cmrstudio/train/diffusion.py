@@ -26,7 +26,7 @@ import torch
 
 from cmrstudio.engine.device import bf16_native
 from cmrstudio.errors import CmrError
-from cmrstudio.models.diffusion import PRESETS, CondUNet, DiffusionConfig
+from cmrstudio.models.diffusion import PRESETS, CategoricalUNet, CondUNet, DiffusionConfig
 from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_STEPS, OBJECTIVES, check_guidance, noise_for,
                                        integrate, run_to_end, sample, sample_t, time_grid, training_loss)
 from cmrstudio.models.spade import GridPenalty, MultiScaleDiscriminator, SpadeConfig, count_parameters, d_hinge, g_hinge, onehot
@@ -57,8 +57,8 @@ class DiffusionOptions(BaseOptions):
     lr_d: float = 2e-4
 
     def __post_init__(self):
-        if self.cond_drop is None:
-            self.cond_drop = 0.0 if self.reflow else 0.1
+        if self.cond_drop is None:  # distilled students and the fine tissue-class prior sample unguided
+            self.cond_drop = 0.0 if self.reflow or self.preset.startswith("layout") else 0.1
 
 
 class DiffusionTrainer(BaseTrainer):
@@ -68,7 +68,41 @@ class DiffusionTrainer(BaseTrainer):
 
     @property
     def kind(self) -> str:  # type: ignore[override]
-        return self.opts.objective
+        return "layout" if self.fine_layout() else self.opts.objective
+
+    def fine_layout(self) -> bool:
+        """The fine tissue-class prior (``layout-fine`` presets): flow matching over the tissue classes on 2-px cells,
+        given the heart, the scan's extent and a coarse prior's layout (:class:`~cmrstudio.models.layout.FineLayout`)."""
+        return self.opts.preset.startswith("layout")
+
+    def make_dataset(self):
+        if not self.fine_layout():
+            return super().make_dataset()
+        from cmrstudio.data.dataset import FineLayoutDataset, SceneAugment, SceneDataset
+        from cmrstudio.data.frame import LIVE_SIZE, LIVE_SPACING_MM
+        from cmrstudio.models.layout import FINE_FACTOR
+
+        o = self.opts
+        self.spacing_mm = LIVE_SPACING_MM * FINE_FACTOR  # one cell of the tissue-class map
+        scenes = SceneDataset(self.cases, window=LIVE_SIZE, spacing_mm=LIVE_SPACING_MM, augment=SceneAugment() if o.augment else None,
+                              seed=o.seed, require_labels=o.require_labels, layout_prior=self.layout_prior(coarse=True))
+        return FineLayoutDataset(scenes, cells=o.size, factor=FINE_FACTOR, seed=o.seed, augment=o.augment)
+
+    def conditioning_card(self) -> dict:
+        if not self.fine_layout():
+            return super().conditioning_card()
+        from cmrstudio.data.scene import LAYOUT_CLASSES
+        from cmrstudio.models.layout import FINE_FACTOR
+
+        return {"conditioning": {
+            "scheme": "layout-fine-v1", "cell_px": FINE_FACTOR, "layout_factor": FINE_FACTOR,
+            "inputs": ["LV", "MYO", "RV", "inside-scan", *(f"coarse:{c}" for c in LAYOUT_CLASSES)],
+            "outputs": [f"tissue:{c}" for c in LAYOUT_CLASSES],
+            "coarse_prior": {"name": self.layout_info.name, "sha256": self.layout_info.card["sha256"]},
+            "heart_classes": self.ds.heart_classes(),
+            "what": "the slice's own tissue classes on cells of 2 frame pixels, given the heart's label fractions and the scan's "
+                    "extent on those cells and the coarse prior's layout (training: its projection of the slice's layout; "
+                    "rendering: its sample given the painted heart); a render takes each cell's most likely class"}}
 
     def cond(self, batch: dict) -> torch.Tensor:
         """The conditioning maps of a batch: its 'cond' (scene models) or the mask's one-hot."""
@@ -91,6 +125,9 @@ class DiffusionTrainer(BaseTrainer):
             base = PRESETS[o.preset]
             unit = base.patch * 2 ** (len(base.mults) - 1)
             raise CmrError(f"--size {o.size} must be a multiple of {unit} for the {o.preset} preset, like 64, 128 or 256.") from None
+        if o.preset.startswith("layout") and (o.objective != "flow" or o.reflow or o.adversarial or o.grid):
+            raise CmrError(f"--preset {o.preset} is the fine tissue-class prior: train it with `cmrstudio train flow`, without "
+                           "--reflow, --adversarial or --grid-loss.")
         if not 0 <= o.cond_drop < 1:
             raise CmrError(f"--cond-drop {o.cond_drop} must be at least 0 and below 1.")
         if o.guidance is not None:
@@ -125,8 +162,9 @@ class DiffusionTrainer(BaseTrainer):
     def build(self) -> None:
         o = self.opts
         self.cfg = DiffusionConfig.from_dict({**PRESETS[o.preset].to_dict(), "size": o.size})
-        self.net = CondUNet(self.cfg).to(self.device)
-        self.ema = CondUNet(self.cfg).to(self.device).eval()
+        net_class = CategoricalUNet if self.fine_layout() else CondUNet
+        self.net = net_class(self.cfg).to(self.device)
+        self.ema = net_class(self.cfg).to(self.device).eval()
         self.ema.load_state_dict(self.net.state_dict())
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -230,10 +268,11 @@ class DiffusionTrainer(BaseTrainer):
                 f"{', bf16 mixed precision' if self.bf16 else ''})")
 
     def architecture(self) -> dict:
-        what = "heart one-hot, tissue-class fractions, context image and its validity" if self.scene_model() else "one-hot mask"
+        what = ("heart one-hot, tissue-class fractions, context image and its validity" if self.scene_model()
+                else "heart fractions, scan extent and the coarse layout on 2-px cells" if self.fine_layout() else "one-hot mask")
         norm = "PixelNorm (each pixel's channels)" if self.cfg.norm == "pixel" else "GroupNorm"
         return {
-            "class": "cmrstudio.models.diffusion.CondUNet",
+            "class": f"cmrstudio.models.diffusion.{type(self.net).__name__}",
             "preset": self.opts.preset,
             "options": self.cfg.to_dict(),
             "parameters": count_parameters(self.net),
@@ -248,6 +287,10 @@ class DiffusionTrainer(BaseTrainer):
         if o.objective == "diffusion":
             process = {"objective": "diffusion", "schedule": "cosine VP, alpha=cos(pi t/2), sigma=sin(pi t/2), t in [0,1]",
                        "prediction": "v", "sampler": "ddim"}
+        elif self.fine_layout():
+            process = {"objective": "flow", "path": "rectified flow x_t=(1-t) x0 + t eps over the classes' one-hot in [-1, 1]",
+                       "prediction": "class probabilities p (cross-entropy); velocity (x_t - (2p - 1)) / t when sampling",
+                       "t_distribution": "logit-normal(0,1)", "sampler": "euler; each cell takes its most likely class at the end"}
         else:
             process = {"objective": "flow", "path": "rectified flow x_t=(1-t) x0 + t eps", "prediction": "velocity eps - x0",
                        "t_distribution": "uniform, half of each batch at the model's own sampling times (distillation)"

@@ -1,0 +1,133 @@
+"""The fine tissue-class prior: trained (real flow matching on phantom scans), read back, sampled, and a scene model
+trained on the slices' own fine classes renders fully synthetic scenes from it through the engine."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cmrstudio.errors import CmrError
+from helpers import copy_model, run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny fine prior and a tiny scene SPADE trained on its cells, installed as the user's models."""
+    root = tmp_path_factory.mktemp("fine")
+    user = root / "models"
+    common = ["--phantom", "6", "--batch", "2", "--threads", "1"]
+    run("train", "flow", "--preset", "layout-fine-tiny", "--size", "32", "--steps", "6", "--sample-every", "6", "--save-every", "6",
+        "--out", str(root / "fine"), "--name", "fine-t", *common)
+    run("train", "spade", "--preset", "scene-tiny", "--steps", "2", "--sample-every", "2", "--save-every", "2",
+        "--layout-prior", str(root / "fine" / "fine-t.json"), "--out", str(root / "scene"), "--name", "scene-t", *common)
+    copy_model(root / "fine" / "fine-t.json", user)
+    copy_model(root / "scene" / "scene-t.json", user)
+    return user
+
+
+def test_fine_prior_card_says_what_it_is_conditioned_on_and_which_coarse_prior_it_refines(trained):
+    card = json.loads((trained / "fine-t.json").read_text(encoding="utf-8"))
+    from cmrstudio.resources import resources_dir
+
+    shipped = json.loads((resources_dir() / "models" / "layout-cmr.json").read_text(encoding="utf-8"))
+    cond = card["conditioning"]
+    assert card["kind"] == "layout" and cond["scheme"] == "layout-fine-v1" and cond["cell_px"] == 2
+    assert card["frame"]["spacing_mm"] == 2.5 and len(cond["inputs"]) == card["architecture"]["options"]["cond_channels"] == 9
+    assert cond["coarse_prior"] == {"name": "layout-cmr", "sha256": shipped["sha256"]}
+    assert set(cond["heart_classes"]) == {"LV", "MYO", "RV"} and cond["heart_classes"]["LV"] == 4  # bright blood, as in bSSFP
+    assert card["training"]["iterations"] == 6 and card["training"]["cond_drop"] == 0.0  # unguided: nothing to drop
+    assert (trained.parent / "fine" / "samples" / "latest.png").exists()
+
+
+def test_fine_prior_samples_one_class_a_cell_outside_beyond_the_scan_and_a_layout_per_seed(trained, monkeypatch):
+    from cmrstudio.models.checkpoint import read_card
+    from cmrstudio.models.layout import FineLayout, load_layout
+
+    prior = load_layout(read_card(trained / "fine-t.json"))
+    assert isinstance(prior, FineLayout) and prior.factor == 2
+    m = np.zeros((128, 128), np.uint8)
+    yy, xx = np.ogrid[:128, :128]
+    m[(yy - 64) ** 2 + (xx - 60) ** 2 < 300] = 2
+    m[(yy - 64) ** 2 + (xx - 60) ** 2 < 120] = 1
+    inside = np.ones((128, 128), bool)
+    inside[:, :20] = False  # a scan narrower than the scene
+    a, b, a2 = (prior.scene_sample(m, inside, 0, s) for s in (1, 2, 1))
+    assert a.shape == (5, 64, 64) and set(np.unique(a)) <= {0.0, 1.0} and np.allclose(a.sum(0), 1)
+    assert np.array_equal(a, a2) and not np.array_equal(a, b)
+    assert (a[0, :, :10] == 1).all() and (b[0, :, :10] == 1).all()
+    lv_cells = (m == 1).reshape(64, 2, 64, 2).mean(axis=(1, 3)) >= 0.5  # cells mostly in the painted LV take the LV's usual class
+    assert (a[prior.heart_classes["LV"]][lv_cells] == 1).all() and (b[prior.heart_classes["LV"]][lv_cells] == 1).all()
+    with pytest.raises(CmrError, match="fine tissue-class prior; give the coarse prior"):
+        load_layout(read_card(trained / "fine-t.json"), fine=False)
+
+
+def test_scene_model_trained_on_fine_classes_renders_fully_synthetic_with_the_fine_prior(trained, monkeypatch):
+    from cmrstudio.engine.factory import open_renderer
+    from cmrstudio.engine.scene import _PRIORS
+
+    card = json.loads((trained / "scene-t.json").read_text(encoding="utf-8"))
+    cond = card["conditioning"]
+    assert cond["layout_factor"] == 2 and cond["layout_prior"] == {"name": "fine-t", "cell_px": 2}
+    assert "own tissue classes on cells of 2 px" in cond["layout_training"]
+    monkeypatch.setenv("CMRSTUDIO_MODELS", str(trained))
+    _PRIORS.clear()
+    r = open_renderer("scene-t")
+    prior = r._prior()
+    assert prior.info.name == "fine-t" and prior.factor == 2
+    m = np.zeros((r.size, r.size), np.uint8)
+    yy, xx = np.ogrid[:r.size, :r.size]
+    m[(yy - 64) ** 2 + (xx - 60) ** 2 < 300] = 2
+    m[(yy - 64) ** 2 + (xx - 60) ** 2 < 120] = 1
+    a, b = (r.render_framed(m[None], "unknown", seed=[s])[0] for s in (3, 4))
+    assert a.shape == (r.size, r.size) and np.isfinite(a).all() and np.abs(a - b).mean() > 1e-3
+    # a model trained on 10 mm cells cannot render with a 2.5 mm prior: one sentence, naming both
+    bad = dict(card, name="scene-8")
+    bad["conditioning"] = dict(cond, layout_factor=8)
+    (trained / "scene-8.json").write_text(json.dumps(bad), encoding="utf-8")
+    with pytest.raises(CmrError, match="makes cells of 2 px, but 'scene-8' was trained on cells of 8 px"):
+        open_renderer("scene-8")._prior()
+
+
+def test_fine_training_windows_pair_the_slice_own_classes_with_its_heart_extent_and_coarse_projection():
+    from cmrstudio.data.dataset import FineLayoutDataset, SceneDataset
+    from cmrstudio.data.phantom import phantom_case
+    from cmrstudio.models.layout import load_layout
+    from cmrstudio.models.registry import get_model
+
+    pca = load_layout(get_model("layout-cmr", kind="layout"))
+    scenes = SceneDataset([phantom_case(i) for i in range(2)], augment=None, layout_prior=pca)
+    ds = FineLayoutDataset(scenes, cells=48, factor=2, augment=False)
+    s = ds.sample(0, fixed=True)
+    x, cond, mask = s["x"], s["cond"], s["mask"]
+    assert x.shape == (5, 48, 48) and cond.shape == (9, 48, 48) and mask.shape == (48, 48)
+    assert np.allclose((x + 1).sum(0) / 2, 1) and np.allclose(cond[4:].sum(0), 1, atol=1e-3)  # fractions of the classes; coarse too
+    heart = cond[:3].sum(0)
+    assert heart[mask > 0].mean() > 0.9 and heart[mask == 0].mean() < 0.1  # the heart's fractions sit on its cells
+    # the LV blood pool is bright in its own classes, and the projection says roughly the same there
+    lv = mask == 1
+    assert x[4][lv].mean() > 0 and cond[8][lv].mean() > cond[8][~lv].mean()
+    with pytest.raises(CmrError, match="projected onto a coarse prior"):
+        FineLayoutDataset(SceneDataset([phantom_case(0)], augment=None))
+
+
+def test_categorical_flow_velocity_lands_on_the_class_probabilities_and_learns_by_cross_entropy():
+    import torch
+
+    from cmrstudio.models.diffusion import PRESETS, CategoricalUNet, DiffusionConfig
+    from cmrstudio.models.sampling import training_loss
+
+    torch.manual_seed(0)
+    net = CategoricalUNet(DiffusionConfig.from_dict(PRESETS["layout-fine-tiny"].to_dict())).eval()
+    torch.nn.init.normal_(net.out.weight, std=0.1)  # the output layer starts at zero: give it something to say
+    x, cond, v = torch.randn(2, 5, 32, 32), torch.rand(2, 9, 32, 32), torch.zeros(2, dtype=torch.long)
+    t = torch.tensor([0.3, 0.7])
+    with torch.no_grad():
+        p = torch.softmax(net.logits(x, t, cond, v), 1)
+        landed = x - t[:, None, None, None] * net(x, t, cond, v)  # an Euler step from t to 0
+    assert torch.allclose(landed, 2 * p - 1, atol=1e-4) and not torch.allclose(p, torch.full_like(p, 0.2), atol=1e-3)
+    x0 = torch.nn.functional.one_hot(torch.randint(5, (2, 32, 32)), 5).permute(0, 3, 1, 2).float() * 2 - 1
+    loss = training_loss(net, "flow", x0, cond, v, t, torch.randn_like(x0))
+    ce = -(((x0 + 1) / 2) * torch.log_softmax(net.logits((1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * torch.randn_like(x0), t, cond, v), 1)).sum(1).mean()
+    assert 0.5 * np.log(5) < float(loss) < 3 * np.log(5) and abs(float(loss) - float(ce)) < 0.5
