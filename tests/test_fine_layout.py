@@ -88,6 +88,10 @@ def test_scene_model_trained_on_fine_classes_renders_fully_synthetic_with_the_fi
     (trained / "scene-8.json").write_text(json.dumps(bad), encoding="utf-8")
     with pytest.raises(CmrError, match="makes cells of 2 px, but 'scene-8' was trained on cells of 8 px"):
         open_renderer("scene-8")._prior()
+    # a run trained on the fine prior's own classes cannot be resumed on the coarse prior's projection
+    p = run("train", "spade", "--preset", "scene-tiny", "--phantom", "6", "--batch", "2", "--threads", "1", "--steps", "3", "--resume",
+            "--layout-prior", "layout-cmr", "--out", str(trained.parent / "scene"), "--name", "scene-t", check=False)
+    assert p.returncode != 0 and "--layout-prior" in p.stderr and "layout-cmr" in p.stderr
 
 
 def test_fine_training_windows_pair_the_slice_own_classes_with_its_heart_extent_and_coarse_projection():
@@ -108,6 +112,8 @@ def test_fine_training_windows_pair_the_slice_own_classes_with_its_heart_extent_
     # the LV blood pool is bright in its own classes, and the projection says roughly the same there
     lv = mask == 1
     assert x[4][lv].mean() > 0 and cond[8][lv].mean() > cond[8][~lv].mean()
+    ds.rng = np.random.default_rng(7)  # what a data-loading worker does: the windows then come from its own stream
+    assert ds.scenes.rng is ds.rng
     with pytest.raises(CmrError, match="projected onto a coarse prior"):
         FineLayoutDataset(SceneDataset([phantom_case(0)], augment=None))
 

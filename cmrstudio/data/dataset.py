@@ -302,6 +302,10 @@ class FineLayoutDataset(Dataset):
     def rng(self) -> np.random.Generator:  # the scenes' windows are this data's randomness (saved with a run's state)
         return self.scenes.rng
 
+    @rng.setter
+    def rng(self, value: np.random.Generator) -> None:  # a data-loading worker's own stream
+        self.scenes.rng = value
+
     def __len__(self) -> int:
         return len(self.scenes)
 
@@ -326,9 +330,10 @@ class FineLayoutDataset(Dataset):
         """The tissue class each heart label most often has in these slices (LV, MYO, RV: index into LAYOUT_CLASSES)."""
         from cmrstudio.data.scene import N_HEART, N_LAYOUT
 
-        counts = np.zeros((N_HEART + 1, N_LAYOUT), np.int64)
+        counts = np.zeros((N_HEART + 1) * N_LAYOUT, np.int64)
         for cls, m in zip(self.scenes.classes, self.scenes.masks):
-            np.add.at(counts, (m.ravel(), cls.ravel()), 1)
+            counts += np.bincount((np.minimum(m, N_HEART).astype(np.int64) * N_LAYOUT + cls).ravel(), minlength=counts.size)
+        counts = counts.reshape(N_HEART + 1, N_LAYOUT)
         return {name: int(counts[k].argmax()) for k, name in enumerate(("LV", "MYO", "RV"), 1) if counts[k].any()}
 
     def fixed_batch(self, n: int = 6) -> dict:

@@ -221,6 +221,7 @@ class FineLayout:
         self.net = net
         self.coarse = coarse
         self.steps = int(steps or (info.card.get("sampling") or {}).get("steps", 4))
+        self.factor = int(info.card["conditioning"].get("cell_px", FINE_FACTOR))
         self.temperature = float((info.card.get("sampling") or {}).get("temperature", 1.0))  # the starting noise's scale
         self.heart_classes = {k: int(v) for k, v in (info.card["conditioning"].get("heart_classes") or {}).items()}
         self._lock = threading.Lock()

@@ -72,7 +72,7 @@ class BaseOptions:
 
 
 LEGACY_STATE_NAMES = {"ema": "generator_ema"}  # SPADE runs saved before the shared trainer
-RESUME_MUST_MATCH = ("data", "phantom", "exclude", "seed", "batch", "size", "preset", "require_labels", "augment")
+RESUME_MUST_MATCH = ("data", "phantom", "exclude", "seed", "batch", "size", "preset", "require_labels", "augment", "layout_prior")
 
 
 def opts_dict(opts) -> dict:
@@ -315,7 +315,7 @@ class BaseTrainer:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CmrError(f"The training state {self.state_dir / 'state.json'} is damaged ({exc}); start a new run with another --out.") from None
         if st.get("kind", self.kind) != self.kind:
-            raise CmrError(f"The run in {self.out} trains a {st.get('kind')} model, not a {self.kind} model; resume it with `train {st.get('kind')}`.")
+            raise CmrError(f"The run in {self.out} trains a {st.get('kind')} model, not a {self.kind} model; resume it with `train {'flow --preset layout-fine' if st.get('kind') == 'layout' else st.get('kind')}`.")
         if st.get("config") != self.cfg.to_dict():
             raise CmrError(f"The run in {self.out} was trained with another architecture ({st.get('config')}); resume it with the same --preset and --size.")
         mine = opts_dict(self.opts)

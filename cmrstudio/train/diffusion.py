@@ -125,9 +125,9 @@ class DiffusionTrainer(BaseTrainer):
             base = PRESETS[o.preset]
             unit = base.patch * 2 ** (len(base.mults) - 1)
             raise CmrError(f"--size {o.size} must be a multiple of {unit} for the {o.preset} preset, like 64, 128 or 256.") from None
-        if o.preset.startswith("layout") and (o.objective != "flow" or o.reflow or o.adversarial or o.grid):
+        if self.fine_layout() and (o.objective != "flow" or o.reflow or o.adversarial or o.grid or o.cond_drop or o.guidance is not None):
             raise CmrError(f"--preset {o.preset} is the fine tissue-class prior: train it with `cmrstudio train flow`, without "
-                           "--reflow, --adversarial or --grid-loss.")
+                           "--reflow, --adversarial, --grid-loss, --cond-drop or --guidance (it samples unguided).")
         if not 0 <= o.cond_drop < 1:
             raise CmrError(f"--cond-drop {o.cond_drop} must be at least 0 and below 1.")
         if o.guidance is not None:
@@ -188,7 +188,8 @@ class DiffusionTrainer(BaseTrainer):
     def _load_init(self) -> dict:
         """Start both the trained and the EMA network from a trained model of the same objective and architecture."""
         o = self.opts
-        info, state, record = start_from(o.init, (o.objective,), f"{o.objective} model", self.cfg.to_dict())
+        kind = self.kind  # a flow or diffusion model, or a fine tissue-class prior (kind layout)
+        info, state, record = start_from(o.init, (kind,), f"{kind} model", self.cfg.to_dict())
         record.pop("datasets")
         self.check_init(record)
         self.load_init(info, state, (self.net, self.ema), "network", f"train with the same --preset and --size as {info.name}")
