@@ -95,8 +95,6 @@ def cell_maps(classes: np.ndarray | None, mask: np.ndarray, inside: np.ndarray, 
 class LayoutPCA:
     """Probabilistic PCA of heart-centred layout windows (see the module notes)."""
 
-    fine = False
-
     def __init__(self, cfg: LayoutConfig, mean: np.ndarray, components: np.ndarray, eigvals: np.ndarray, noise_var: float):
         self.cfg = cfg
         self.mean = np.asarray(mean, np.float64)  # (D,)
@@ -211,9 +209,6 @@ class FineLayout:
     """The fine tissue-class prior (see the module notes): a flow-matching network over the classes on ``FINE_FACTOR``-pixel
     cells, refining a coarse prior's sample. Seeds fix both the coarse sample and the network's noise."""
 
-    fine = True
-    factor = FINE_FACTOR
-
     def __init__(self, info, net, coarse: LayoutPCA, steps: int | None = None):
         import threading
 
@@ -221,7 +216,7 @@ class FineLayout:
         self.net = net
         self.coarse = coarse
         self.steps = int(steps or (info.card.get("sampling") or {}).get("steps", 4))
-        self.factor = int(info.card["conditioning"].get("cell_px", FINE_FACTOR))
+        self.factor = fine_cell_px(info)
         self.temperature = float((info.card.get("sampling") or {}).get("temperature", 1.0))  # the starting noise's scale
         self.heart_classes = {k: int(v) for k, v in (info.card["conditioning"].get("heart_classes") or {}).items()}
         self._lock = threading.Lock()
@@ -255,6 +250,11 @@ class FineLayout:
 def is_fine(info) -> bool:
     """Whether a layout model's card is a fine prior (:class:`FineLayout`) rather than the PCA."""
     return (info.card.get("conditioning") or {}).get("scheme") == "layout-fine-v1"
+
+
+def fine_cell_px(info) -> int:
+    """Frame pixels per cell of a fine prior, from its card."""
+    return int(info.card["conditioning"].get("cell_px", FINE_FACTOR))
 
 
 def load_layout(info, fine: bool = True) -> "LayoutPCA | FineLayout":

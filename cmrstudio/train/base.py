@@ -162,7 +162,7 @@ class BaseTrainer:
         """The tissue-class prior a scene model renders with. The PCA (layout-cmr): training conditions are projected onto it
         (returned). A fine prior: training conditions are the slices' own classes on its cells (None returned).
         ``coarse``: only a PCA will do (the fine prior's own training)."""
-        from cmrstudio.models.layout import FINE_FACTOR, is_fine, load_layout
+        from cmrstudio.models.layout import fine_cell_px, is_fine, load_layout
         from cmrstudio.models.registry import get_model
 
         try:
@@ -171,7 +171,7 @@ class BaseTrainer:
             raise CmrError(f"{exc.message} Scene presets are trained with a tissue-class prior: fit one first with "
                            "`cmrstudio train layout --data ... --out RUN` and give --layout-prior RUN/NAME.json.") from None
         if is_fine(self.layout_info) and not coarse:
-            self.layout_factor = int(self.layout_info.card["conditioning"].get("cell_px", FINE_FACTOR))
+            self.layout_factor = fine_cell_px(self.layout_info)
             return None
         prior = load_layout(self.layout_info, fine=False)
         self.layout_factor = prior.factor
@@ -220,6 +220,7 @@ class BaseTrainer:
 
         if not self.scene_model():
             return {}
+        projected = bool(getattr(self.ds, "projected", None))
         return {"conditioning": {
             "scheme": "scene-v1",
             "channels": ["LV", "MYO", "RV", *(f"tissue:{c}" for c in LAYOUT_CLASSES), "context", "context-valid"],
@@ -227,10 +228,10 @@ class BaseTrainer:
             "modes": {"in-patient": "the real scan outside a margin around the old and new heart is the context",
                       "fully-synthetic": "tissue-class fractions from the learned prior; no real pixel"},
             "fully_convolutional": True,
-            "layout_training": ("each slice's own tissue classes projected onto the prior" if getattr(self.ds, "projected", None)
+            "layout_training": ("each slice's own tissue classes projected onto the prior" if projected
                                 else f"each slice's own tissue classes on cells of {self.layout_factor} px"),
             # projected: bound to that very prior; own classes: any fine prior of the same cells fits (this one is the default)
-            "layout_prior": ({"name": self.layout_info.name, "sha256": self.layout_info.card["sha256"]} if getattr(self.ds, "projected", None)
+            "layout_prior": ({"name": self.layout_info.name, "sha256": self.layout_info.card["sha256"]} if projected
                              else {"name": self.layout_info.name, "cell_px": self.layout_factor}),
         }}
 

@@ -95,7 +95,7 @@ class DiffusionTrainer(BaseTrainer):
         from cmrstudio.models.layout import FINE_FACTOR
 
         return {"conditioning": {
-            "scheme": "layout-fine-v1", "cell_px": FINE_FACTOR, "layout_factor": FINE_FACTOR,
+            "scheme": "layout-fine-v1", "cell_px": FINE_FACTOR,
             "inputs": ["LV", "MYO", "RV", "inside-scan", *(f"coarse:{c}" for c in LAYOUT_CLASSES)],
             "outputs": [f"tissue:{c}" for c in LAYOUT_CLASSES],
             "coarse_prior": {"name": self.layout_info.name, "sha256": self.layout_info.card["sha256"]},
