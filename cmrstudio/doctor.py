@@ -129,7 +129,7 @@ def check_gui(display: str | None = None, timeout: float = 120.0) -> list[Findin
 def check_models() -> list[Finding]:
     from cmrstudio.errors import CmrError
     from cmrstudio.models.checkpoint import verify
-    from cmrstudio.models.registry import DEFAULT_MODELS, list_models, shipped_dir, user_dir
+    from cmrstudio.models.registry import DEFAULT_MODELS, list_models, priors_named, shipped_dir, user_dir
 
     problems: list[str] = []
     try:
@@ -150,6 +150,12 @@ def check_models() -> list[Finding]:
             continue
         found.append(Finding("ok", "models", f"Model '{m.name}' ({m.kind}, {m.origin}): weights match the card's sha256."))
     names = {m.name for m in models}
+    for m in models:
+        for prior in priors_named(m):
+            if prior not in names:
+                found.append(Finding("problem", "models", f"Model '{m.name}' needs the layout model '{prior}' (named in its card), "
+                                                          f"which is not installed (looked in {shipped_dir()} and {user_dir()}); its "
+                                                          f"fully synthetic renders will refuse to run: install '{prior}' beside it."))
     for kind, name in DEFAULT_MODELS.items():
         if name not in names:
             found.append(Finding("problem", "models", f"The default {kind} model '{name}' is not installed (looked in {shipped_dir()} "

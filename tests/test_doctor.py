@@ -117,6 +117,24 @@ def test_a_damaged_project_and_a_missing_default_model_are_named(install):
     assert any(f.level == "problem" and "default flow model 'flow-cmr-2step' is not installed" in f.message for f in found)
 
 
+def test_a_model_whose_named_prior_is_missing_is_named(install):
+    """A scene model names its tissue-class prior in its card, a fine prior its coarse one: doctor says which is missing."""
+    from cmrstudio.doctor import check_models
+    from cmrstudio.models.checkpoint import save_model
+
+    user = install / "user-models"
+    w = {"w": np.arange(4, dtype=np.float32)}
+    save_model(user, "fine-image", w, {"kind": "spade", "architecture": {},
+                                       "conditioning": {"layout_prior": {"name": "fine-prior", "cell_px": 2}, "layout_factor": 2}})
+    save_model(user, "fine-prior", w, {"kind": "layout", "architecture": {},
+                                       "conditioning": {"scheme": "layout-fine-v1", "coarse_prior": {"name": "coarse-gone"}}})
+    problems = _problems(check_models(), "models")
+    assert len(problems) == 1 and "'fine-prior' needs the layout model 'coarse-gone'" in problems[0], problems
+    (user / "fine-prior.json").unlink()
+    problems = _problems(check_models(), "models")
+    assert len(problems) == 1 and "'fine-image' needs the layout model 'fine-prior'" in problems[0] and str(user) in problems[0], problems
+
+
 def test_too_little_free_disk_is_a_problem(tmp_path):
     from cmrstudio.doctor import check_disk
 

@@ -166,6 +166,15 @@ def hq_model_name(setting: str | None) -> str | None:
         return None
 
 
+def priors_named(info: ModelInfo) -> list[str]:
+    """The layout models a model's card names: a scene model's tissue-class prior, a fine prior's coarse prior."""
+    cond = info.card.get("conditioning")
+    if not isinstance(cond, dict):
+        return []
+    refs = (cond.get(key) for key in ("layout_prior", "coarse_prior"))
+    return [str(r["name"]) for r in refs if isinstance(r, dict) and r.get("name")]
+
+
 def get_model(name: str | Path | None = None, kind: str | tuple[str, ...] | None = "spade") -> ModelInfo:
     """Find a model by name (or card/weights path); without a name, the default of ``kind``.
 
