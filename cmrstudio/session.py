@@ -171,7 +171,7 @@ class StudioSession:
         self.vendor_auto = True  # the style follows the scan's vendor until the user picks one
         self.seed = 0
         self.mode_choice = "in-patient"  # the painter's pick; fully synthetic whenever no scan image is open
-        self.margin_mm = 10.0
+        self.margin_mm = float(settings.margin_mm)  # in this patient: repainted around the old and new heart
         self.live_on = True
         self.renderer = None
         self.engine = None
@@ -552,6 +552,20 @@ class StudioSession:
         if quiet:
             self.say("info", f"Live model: {r.name}.")
         self.events.emit("live_model")
+
+    def set_margin(self, mm) -> bool:
+        """How far (mm) around the scan's own heart and the painted one renders repaint; the rest stays the scan's (in this
+        patient) or the kept synthetic surroundings (fully synthetic edits). Remembered in the settings."""
+        from cmrstudio.settings import valid_margin
+
+        if not valid_margin(mm):
+            self.say("error", f"The repaint margin {mm!r} is not usable; give a number of mm above 0 and at most 100 (10 is usual).")
+            return False
+        self.margin_mm = self.settings.margin_mm = float(mm)
+        self.live_shown.clear()
+        self.events.emit("margin")
+        self.request_live()
+        return True
 
     def set_vendor(self, vendor: str) -> None:
         self.vendor = vendor

@@ -11,6 +11,7 @@ unknown keys are ignored. Writing is atomic (temporary file + rename).
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -31,6 +32,7 @@ class Settings:
     live_model: str | None = None  # None: the default SPADE model
     hq_model: str | None = None  # None: the default HQ model (flow-cmr-2step); "flow" etc. allowed
     vendor: str = "unknown"
+    margin_mm: float = 10.0  # in this patient: how far around the old and new heart live and HQ renders repaint
     last_folder: str | None = None
     last_project: str | None = None
     recent: list[str] = field(default_factory=list)  # recently opened paths, newest first, at most MAX_RECENT
@@ -56,6 +58,11 @@ def settings_path() -> Path:
     return Path(base).expanduser() / "cmrstudio" / SETTINGS_FILE
 
 
+def valid_margin(mm) -> bool:
+    """Whether ``mm`` is a usable repaint margin: a number above 0 and at most 100 mm."""
+    return isinstance(mm, numbers.Real) and not isinstance(mm, bool) and 0 < float(mm) <= 100
+
+
 def _valid(name: str, value) -> bool:
     if name == "device":
         return isinstance(value, str) and value in DEVICES
@@ -63,6 +70,8 @@ def _valid(name: str, value) -> bool:
         return isinstance(value, str) and value in VENDORS
     if name in ("live_model", "hq_model", "last_folder", "last_project"):
         return value is None or (isinstance(value, str) and value != "")
+    if name == "margin_mm":
+        return valid_margin(value)
     if name == "theme":
         return isinstance(value, str) and value in THEMES
     if name == "backend":

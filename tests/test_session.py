@@ -265,6 +265,28 @@ def test_settings_are_remembered(session, env):
     assert saved["vendor"] == "siemens" and saved["device"] == "cpu"
 
 
+def test_the_repaint_margin_is_the_painters_and_remembered(session, env):
+    s = session()
+    c, z = s.case, s.z
+    assert s.margin_mm == 10.0 and s.live_shown[z].record.margin_mm == 10.0
+
+    def changed(res):  # the pixels the render took from the model rather than the scan
+        return np.abs(res.image - c.image[z]) > 1e-6 * np.ptp(c.image[z])
+
+    wide = changed(s.live_shown[z])
+    assert s.set_margin(4)
+    s.wait_live()
+    res = s.live_shown[z]
+    assert res.record.margin_mm == 4.0 and res.record.derived_from_patient
+    narrow = changed(res)
+    assert 0 < narrow.sum() < 0.8 * wide.sum() and not (narrow & ~wide).sum() > 0.02 * narrow.sum()  # less repainted, inside the old
+    for bad in (0, -3, 150, "five", True, float("nan")):
+        assert not s.set_margin(bad) and "repaint margin" in s.messages[-1][1] and s.margin_mm == 4.0, bad
+    s.close()
+    assert json.loads((env / "config" / "settings.json").read_text(encoding="utf-8"))["margin_mm"] == 4.0
+    assert session().margin_mm == 4.0  # the next start repaints as the painter last chose
+
+
 def test_new_and_open_projects(session, env):
     from cmrstudio.project import Project
 

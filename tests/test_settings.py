@@ -38,14 +38,19 @@ def test_damaged_file_gives_defaults_and_a_sentence_naming_it(tmp_path):
 def test_wrong_typed_values_fall_back_to_that_keys_default(tmp_path):
     path = tmp_path / "settings.json"
     path.write_text(json.dumps({"device": 3, "vendor": "martian", "hq_model": "flow", "live_model": ["x"],
-                                "recent": ["/a", 5], "last_folder": "/data", "colour_scheme": "dark"}))
+                                "recent": ["/a", 5], "last_folder": "/data", "colour_scheme": "dark", "margin_mm": 0}))
     s, warning = load_settings(path)
-    assert (s.device, s.vendor, s.live_model, s.recent) == ("auto", "unknown", None, [])
+    assert (s.device, s.vendor, s.live_model, s.recent, s.margin_mm) == ("auto", "unknown", None, [], 10.0)
+    assert "margin_mm" in warning
     assert (s.hq_model, s.last_folder) == ("flow", "/data")  # good values kept, unknown keys ignored
     assert str(path) in warning and all(k in warning for k in ("device", "vendor", "live_model", "recent"))
     assert "colour_scheme" not in warning and "hq_model" not in warning
-    path.write_text(json.dumps({"device": "cuda", "unknown_key": 1}))
-    assert load_settings(path) == (Settings(device="cuda"), None)
+    path.write_text(json.dumps({"device": "cuda", "unknown_key": 1, "margin_mm": 6.5}))
+    assert load_settings(path) == (Settings(device="cuda", margin_mm=6.5), None)
+    for bad in (-1, 150, "5", True, None):
+        path.write_text(json.dumps({"margin_mm": bad}))
+        s, warning = load_settings(path)
+        assert s.margin_mm == 10.0 and "margin_mm" in warning, bad
 
 
 def test_recent_is_newest_first_without_duplicates_and_capped(tmp_path):

@@ -405,14 +405,20 @@ def test_settings_are_remembered(open_window, studio_env):
     assert win.studio.layers["contour"].opacity == 0 and win.studio.layers["contour"].visible  # hidden, still in its cell
     win.synthesis.vendor_box.setCurrentText("siemens")
     win.synthesis.vendor_box.activated.emit(win.synthesis.vendor_box.currentIndex())
+    assert win.synthesis.margin_box.value() == 10.0 == win.studio.session.margin_mm
+    win.synthesis.margin_box.setValue(6.0)  # the repaint margin: the next live frame is rendered with it
+    settle(win)
+    st = win.studio
+    assert st.session.margin_mm == 6.0 and st.session.live_shown[st.current_z()].record.margin_mm == 6.0
     win.close()
     saved = json.loads((studio_env / "config" / "settings.json").read_text(encoding="utf-8"))
-    assert saved["vendor"] == "siemens" and saved["device"] == "cpu"
+    assert saved["vendor"] == "siemens" and saved["device"] == "cpu" and saved["margin_mm"] == 6.0
     saved["hq_model"] = "flow"  # a kind's name is a valid setting: both the panel and the dialog show the model it stands for
     (studio_env / "config" / "settings.json").write_text(json.dumps(saved), encoding="utf-8")
     win2 = open_window()  # the remembered style is the default; a scan that names its vendor (the sample: GE) is shown in its own
     assert win2.studio.session.settings.vendor == "siemens" and win2.studio.session.vendor == "ge" == win2.synthesis.vendor_box.currentText()
     assert win2.synthesis.hq_box.currentData() == "flow-cmr-2step" == SettingsDialog(win2.studio).hq.currentText()
+    assert win2.synthesis.margin_box.value() == 6.0 == win2.studio.session.margin_mm
 
 
 def test_npe2_widget_in_plain_napari(studio_env, make_napari_viewer):

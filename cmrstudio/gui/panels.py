@@ -390,6 +390,18 @@ class SynthesisPanel(QWidget):
         self.mode_box.setCurrentIndex(self.mode_box.findData(studio.session.mode))
         self.mode_box.activated.connect(self._mode_picked)
         f.addRow("Render", self.mode_box)
+        self.margin_box = QDoubleSpinBox()
+        self.margin_box.setRange(1.0, 50.0)
+        self.margin_box.setSingleStep(1.0)
+        self.margin_box.setDecimals(1)
+        self.margin_box.setSuffix(" mm")
+        self.margin_box.setKeyboardTracking(False)  # one render when the number is done, not one per keystroke
+        self.margin_box.setValue(studio.session.margin_mm)
+        self.margin_box.setToolTip("How far around the scan's own heart and the painted one the model repaints; beyond it the "
+                                   "slice stays the scan's (in this patient) or the kept surroundings (fully synthetic edits). "
+                                   "Smaller: more of the real slice, less room for a heart of another shape.")
+        self.margin_box.valueChanged.connect(self._margin_picked)
+        f.addRow("Repaint margin", self.margin_box)
         self.vendor_box = QComboBox()
         self.vendor_box.addItems(list(VENDORS))
         self.vendor_box.setCurrentText(studio.session.vendor)
@@ -511,6 +523,10 @@ class SynthesisPanel(QWidget):
             if not self.studio.session.set_live_model(name):
                 self._changed("live_model")  # back to the model still in use
 
+    def _margin_picked(self, mm: float) -> None:
+        if abs(mm - self.studio.session.margin_mm) > 1e-9 and not self.studio.session.set_margin(mm):
+            self.margin_box.setValue(self.studio.session.margin_mm)
+
     def _mode_picked(self, i: int) -> None:
         if not self.studio.session.set_mode(self.mode_box.itemData(i)):
             self.mode_box.setCurrentIndex(self.mode_box.findData(self.studio.session.mode))
@@ -563,6 +579,10 @@ class SynthesisPanel(QWidget):
 
     def _changed(self, what: str) -> None:
         s = self.studio
+        if what == "margin" and abs(self.margin_box.value() - s.session.margin_mm) > 1e-9:
+            self.margin_box.blockSignals(True)
+            self.margin_box.setValue(s.session.margin_mm)
+            self.margin_box.blockSignals(False)
         if what in ("mode", "case"):
             self.mode_box.setCurrentIndex(self.mode_box.findData(s.session.mode))
             self.mode_box.setEnabled(s.session.case is None or s.session.case.image is not None)

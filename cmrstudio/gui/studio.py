@@ -68,7 +68,7 @@ class Studio(QObject):
                               ("live_model", self._on_live_model), ("hq", self._on_hq), ("hq_done", self._on_hq_done),
                               ("message", self.message.emit)):
             s.events.connect(name, handler)
-        for name in ("anatomy", "project", "gallery", "seed", "vendor", "mode", "settings", "edits", "faith", "hq_loading", "backend"):
+        for name in ("anatomy", "project", "gallery", "seed", "vendor", "mode", "settings", "edits", "faith", "hq_loading", "backend", "margin"):
             s.events.connect(name, lambda *_a, name=name: self.changed.emit(name))
         for name in ("faith", "mode", "live_model", "anatomy", "vendor", "hq_loading"):
             s.events.connect(name, lambda *_a: self.update_captions())
