@@ -129,7 +129,7 @@ def test_evaluate_realism_reports_kid_beside_the_floor_a_machine_reader_and_the_
     res = evaluate_realism(held, ref, model="spade-cmr", mode="in-patient", classifier_steps=20, max_train_slices=12)
     d = res.to_dict()
     assert d["mode"] == "in-patient" and d["n_real"] == d["n_synthetic"] >= 8 and d["n_classifier_train"] == 24
-    assert d["classifier_steps"] == 20
+    assert d["classifier_steps"] == 20 and d["margin_mm"] == 10.0
     assert -0.05 < d["kid_real_floor"] < 1 and np.isfinite(d["kid"]) and 0 <= d["machine_accuracy"] <= 1
     lo, hi = d["machine_accuracy_ci"]
     assert lo <= d["machine_accuracy"] <= hi and d["machine_n"] == 2 * d["n_real"]
@@ -145,6 +145,31 @@ def test_evaluate_realism_reports_kid_beside_the_floor_a_machine_reader_and_the_
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(factory, "open_renderer", no_rendering)
-        for bad, said in ((dict(classifier_steps=0), "--classifier-steps 0 must be at least 1"), (dict(max_train_slices=-3), "--max-train -3 must")):
+        for bad, said in ((dict(classifier_steps=0), "--classifier-steps 0 must be at least 1"), (dict(max_train_slices=-3), "--max-train -3 must"),
+                          (dict(mode="in-patient", margin_mm=0), "repaint margin 0 is not usable"),
+                          (dict(mode="synthetic", margin_mm=5), "--margin is how far renders in this patient repaint")):
             with pytest.raises(CmrError, match=said):
                 evaluate_realism(held, ref, model="spade-cmr", **bad)
+
+
+def test_a_smaller_repaint_margin_repaints_less_of_the_real_slice():
+    """``render_framed(..., margin_mm=)`` (what ``evaluate realism --margin`` renders with): the pixels taken from the model
+    lie within the margin of the heart, so a smaller margin keeps more of the real slice; a margin without context is refused."""
+    from scipy import ndimage
+
+    from cmrstudio.data.phantom import phantom_case
+    from cmrstudio.engine.factory import open_renderer
+    from cmrstudio.errors import CmrError
+    from cmrstudio.evaluate.realism import render_rows, spread_rows
+
+    r = open_renderer("spade-cmr")
+    rows = spread_rows(r, [phantom_case(300, n_slices=4, shape=(128, 128), vendor="siemens")], 2)
+    reals = np.stack([img for _, img, _ in rows])
+    heart = np.stack([m > 0 for _, _, m in rows])
+    changed = {mm: np.abs(render_rows(r, rows, "in-patient", 0, mm) - reals) > 1e-6 for mm in (4.0, 12.0)}
+    assert 0 < changed[4.0].sum() < 0.75 * changed[12.0].sum()
+    for mm, c in changed.items():
+        reach = np.stack([ndimage.distance_transform_edt(~h) for h in heart]) * 1.25  # mm from the heart in the 1.25 mm frame
+        assert reach[c].max() <= mm + 2.5, (mm, reach[c].max())  # nothing repainted beyond the margin (and a pixel's rounding)
+    with pytest.raises(CmrError, match="applies in this patient"):
+        r.render_framed(rows[0][2], "siemens", margin_mm=5.0)

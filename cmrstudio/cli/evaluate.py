@@ -156,6 +156,7 @@ def evaluate_realism_cmd(
     classifier_steps: int = typer.Option(400, "--classifier-steps", help="Training steps of the machine reader."),
     max_train: int = typer.Option(300, "--max-train", help="Training-patient slices the machine reader and the real-vs-real floor use."),
     seed: int = typer.Option(0, "--seed"),
+    margin: Optional[float] = typer.Option(None, "--margin", help="In this patient: repaint within this many mm of the heart (default 10)."),
     device: Optional[str] = typer.Option(None, "--device"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     write_card: bool = typer.Option(False, "--write-card", help="Record the result in the generator's card."),
@@ -174,7 +175,7 @@ def evaluate_realism_cmd(
         raise CmrError(f"The card of '{info.name}' names no held-out patients; give them with --case.")
     hq = {"steps": steps} if steps is not None else {}
     res = run_realism(cases_from(data), held, model=str(info.card_path), mode=mode, classifier_steps=classifier_steps, max_train=max_train,
-                      seed=seed, device=device, write_card=write_card, command=command_line(), **hq)
+                      seed=seed, device=device, write_card=write_card, command=command_line(), margin_mm=margin, **hq)
     if as_json:
         typer.echo(json.dumps(res.to_dict(), indent=2))
         return
@@ -186,7 +187,8 @@ def _print_realism(res, name: str | None = None) -> None:
     mode = res.mode
     lo, hi = res.machine_accuracy_ci
     g = res.grid_artefact
-    typer.echo(f"{name}, {mode}: {res.n_synthetic} renders of held-out masks vs {res.n_real} real held-out slices")
+    margin = f" ({res.margin_mm:g} mm around the heart repainted)" if getattr(res, "margin_mm", None) else ""
+    typer.echo(f"{name}, {mode}{margin}: {res.n_synthetic} renders of held-out masks vs {res.n_real} real held-out slices")
     typer.echo(f"  KID {res.kid:.4f} ± {res.kid_std:.4f}   (real vs real, other patients: {res.kid_real_floor:.4f} ± {res.kid_real_floor_std:.4f})   "
                f"FID {res.fid:.1f} (real vs real {res.fid_real_floor:.1f})")
     trained = f"{res.n_classifier_train} training-patient slices" + (f", {res.classifier_steps} steps" if res.classifier_steps else "")

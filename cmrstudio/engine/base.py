@@ -271,22 +271,29 @@ class GeneratorFront:
         return m
 
     def render_framed(self, masks: np.ndarray, vendor: str | None = "unknown", seed: int | Sequence[int] = 0,
-                      context: np.ndarray | None = None) -> np.ndarray:
+                      context: np.ndarray | None = None, margin_mm: float | None = None) -> np.ndarray:
         """Framed masks (N, N) or (B, N, N) -> images in [0, 1], same shape.
 
         One seed: one latent for the whole batch (the slices of one volume look alike); a list of
         seeds, one per mask: independent samples (what distribution metrics need). ``context``: the
-        real framed images of the same slices, to render in this patient (scene models only).
+        real framed images of the same slices, to render in this patient (scene models only), repainting within
+        ``margin_mm`` of the heart (None: the usual 10 mm).
         """
         m = self.check_framed(masks)
         if not np.isscalar(seed) and len(seed) != len(m):
             raise CmrError(f"{len(seed)} seeds were given for {len(m)} masks; give one seed, or one per mask.")
         if context is not None and np.asarray(context).reshape(-1, *m.shape[-2:]).shape != m.shape:
             raise CmrError(f"The context images have shape {np.shape(context)}; give one framed image per mask, like the masks {m.shape}.")
-        img = self._render_framed(m, self.resolve_vendor(vendor)[0], seed, context)
+        if margin_mm is not None:
+            from cmrstudio.settings import valid_margin
+
+            if context is None or not valid_margin(margin_mm):
+                raise CmrError(f"The repaint margin {margin_mm!r} is not usable: it applies in this patient (with context images) "
+                               "and is a number of mm above 0 and at most 100.")
+        img = self._render_framed(m, self.resolve_vendor(vendor)[0], seed, context, margin_mm)
         return img[0] if np.asarray(masks).ndim == 2 else img
 
-    def _render_framed(self, masks: np.ndarray, vendor_index: int, seed, context) -> np.ndarray:
+    def _render_framed(self, masks: np.ndarray, vendor_index: int, seed, context, margin_mm=None) -> np.ndarray:
         if context is not None:
             self._crop_only("in-patient")
         return self._generate(masks, vendor_index, seed)

@@ -118,6 +118,7 @@ class Realism:
     n_classifier_train: int
     generator: dict
     classifier_steps: int | None = None  # the machine reader's training steps
+    margin_mm: float | None = None  # in this patient: how far around the heart the renders repainted
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -134,30 +135,33 @@ def spread_rows(r, cases, max_slices: int | None = None) -> list:
     return rows
 
 
-def render_rows(r, rows, mode: str, seed0: int) -> np.ndarray:
-    """One render of each row's mask (its vendor; slice j gets seed ``seed0 + j``), in this patient or fully synthetic."""
+def render_rows(r, rows, mode: str, seed0: int, margin_mm: float | None = None) -> np.ndarray:
+    """One render of each row's mask (its vendor; slice j gets seed ``seed0 + j``), in this patient (repainting within
+    ``margin_mm`` of the heart; None: the usual 10 mm) or fully synthetic."""
     synth = []
     for j, (c, img, m) in enumerate(rows):
         ctx = img[None] if mode == "in-patient" else None
-        synth.append(r.render_framed(m[None], c.vendor, seed=[seed0 + j], context=ctx)[0])
+        synth.append(r.render_framed(m[None], c.vendor, seed=[seed0 + j], context=ctx, margin_mm=margin_mm)[0])
     return np.stack(synth).astype(np.float32)
 
 
-def _render(r, cases, mode: str, seed0: int, max_slices: int | None = None):
+def _render(r, cases, mode: str, seed0: int, max_slices: int | None = None, margin_mm: float | None = None):
     """(real framed slices, renders of their masks) over ``cases``; at most ``max_slices``, spread evenly."""
     rows = spread_rows(r, cases, max_slices)
     if not rows:
         return np.zeros((0, r.size, r.size), np.float32), np.zeros((0, r.size, r.size), np.float32)
-    return np.stack([img for _, img, _ in rows]).astype(np.float32), render_rows(r, rows, mode, seed0)
+    return np.stack([img for _, img, _ in rows]).astype(np.float32), render_rows(r, rows, mode, seed0, margin_mm)
 
 
 def evaluate_realism(held_out, reference, model: str | None = None, mode: str = "synthetic", classifier_steps: int = 400,
-                     max_train_slices: int = 300, device: str | None = None, seed: int = 0, **hq) -> Realism:
+                     max_train_slices: int = 300, device: str | None = None, seed: int = 0, margin_mm: float | None = None,
+                     **hq) -> Realism:
     """KID against the real-vs-real floor, a trained machine reader and the grid-artefact spectrum (see the module notes).
 
     ``held_out``: cases of patients the model never saw; ``reference``: cases of other patients (the training
     ones), real images for the floor and the machine reader's training data.
     """
+    from cmrstudio.data.scene import DEFAULT_MARGIN_MM
     from cmrstudio.engine.factory import open_renderer
     from cmrstudio.evaluate.fidelity import InceptionFeatures, fid, kid
     from cmrstudio.study.machine import _resize, auc, classify, train_classifier
@@ -167,13 +171,20 @@ def evaluate_realism(held_out, reference, model: str | None = None, mode: str = 
     if mode not in ("synthetic", "in-patient"):
         raise CmrError(f"--mode {mode!r} is not known; use synthetic (no real pixel) or in-patient (the scan's own surroundings).")
     check_counts(classifier_steps=classifier_steps, max_train=max_train_slices)  # before minutes of rendering, not after
+    if margin_mm is not None:
+        from cmrstudio.settings import valid_margin
+
+        if mode != "in-patient":
+            raise CmrError("--margin is how far renders in this patient repaint; give it with --mode in-patient.")
+        if not valid_margin(margin_mm):
+            raise CmrError(f"The repaint margin {margin_mm!r} is not usable; give a number of mm above 0 and at most 100 (10 is usual).")
     r = open_renderer(model, device=device, **hq)
     if mode == "in-patient" and not r.scene:
         raise CmrError(f"The model '{r.name}' renders the heart crop only; it has no in-patient mode.")
-    real_h, syn_h = _render(r, held_out, mode, 10_000 + seed)
+    real_h, syn_h = _render(r, held_out, mode, 10_000 + seed, margin_mm=margin_mm)
     if len(real_h) < 4:
         raise CmrError("The held-out cases give fewer than 4 heart slices; give more held-out patients (--case).")
-    real_t, syn_t = _render(r, reference, mode, 20_000 + seed, max_train_slices)
+    real_t, syn_t = _render(r, reference, mode, 20_000 + seed, max_train_slices, margin_mm)
     if len(real_t) < 4:
         raise CmrError("The reference (training) cases give fewer than 4 heart slices; give the training data with --data.")
     feats = InceptionFeatures(r.device)
@@ -188,4 +199,5 @@ def evaluate_realism(held_out, reference, model: str | None = None, mode: str = 
     acc, ci = proportion(correct, len(y))
     return Realism(mode, k, k_sd, fid(f_rh, f_sh), k0, k0_sd, fid(f_rh, f_rt), float(acc), [float(v) for v in ci], auc(p, y), int(len(y)),
                    grid_artefact(syn_h, real_h), len(real_h), len(syn_h), len(real_t), 2 * len(real_t),
-                   {**r.describe(), "mode": mode}, int(classifier_steps))
+                   {**r.describe(), "mode": mode}, int(classifier_steps),
+                   (DEFAULT_MARGIN_MM if margin_mm is None else float(margin_mm)) if mode == "in-patient" else None)
