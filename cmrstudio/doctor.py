@@ -150,9 +150,10 @@ def check_models() -> list[Finding]:
             continue
         found.append(Finding("ok", "models", f"Model '{m.name}' ({m.kind}, {m.origin}): weights match the card's sha256."))
     names = {m.name for m in models}
+    layouts = {m.name for m in models if m.kind == "layout"}
     for m in models:
         for prior in priors_named(m):
-            if prior not in names:
+            if prior not in layouts:
                 found.append(Finding("problem", "models", f"Model '{m.name}' needs the layout model '{prior}' (named in its card), "
                                                           f"which is not installed (looked in {shipped_dir()} and {user_dir()}); its "
                                                           f"fully synthetic renders will refuse to run: install '{prior}' beside it."))

@@ -556,12 +556,14 @@ class StudioSession:
     def set_margin(self, mm) -> bool:
         """How far (mm) around the scan's own heart and the painted one renders repaint; the rest stays the scan's (in this
         patient) or the kept synthetic surroundings (fully synthetic edits). Remembered in the settings."""
-        from cmrstudio.settings import valid_margin
+        from cmrstudio.settings import check_margin
 
-        if not valid_margin(mm):
-            self.say("error", f"The repaint margin {mm!r} is not usable; give a number of mm above 0 and at most 100 (10 is usual).")
+        try:
+            mm = check_margin(mm)
+        except CmrError as exc:
+            self.say("error", exc.message)
             return False
-        self.margin_mm = self.settings.margin_mm = float(mm)
+        self.margin_mm = self.settings.margin_mm = mm
         self.live_shown.clear()
         self.events.emit("margin")
         self.request_live()

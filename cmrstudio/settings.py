@@ -25,6 +25,8 @@ THEMES = ("dark", "light", "system")
 MAX_RECENT = 10
 SETTINGS_FILE = "settings.json"
 
+DEFAULT_MARGIN_MM = 10.0  # in this patient: how far around the old and new heart renders repaint
+MARGIN_RANGE_MM = (0.5, 100.0)  # the repaint margins a render, the settings and the studio's box accept
 
 @dataclass
 class Settings:
@@ -32,7 +34,7 @@ class Settings:
     live_model: str | None = None  # None: the default SPADE model
     hq_model: str | None = None  # None: the default HQ model (flow-cmr-2step); "flow" etc. allowed
     vendor: str = "unknown"
-    margin_mm: float = 10.0  # in this patient: how far around the old and new heart live and HQ renders repaint
+    margin_mm: float = DEFAULT_MARGIN_MM  # in this patient: how far around the old and new heart live and HQ renders repaint
     last_folder: str | None = None
     last_project: str | None = None
     recent: list[str] = field(default_factory=list)  # recently opened paths, newest first, at most MAX_RECENT
@@ -59,8 +61,17 @@ def settings_path() -> Path:
 
 
 def valid_margin(mm) -> bool:
-    """Whether ``mm`` is a usable repaint margin: a number above 0 and at most 100 mm."""
-    return isinstance(mm, numbers.Real) and not isinstance(mm, bool) and 0 < float(mm) <= 100
+    """Whether ``mm`` is a usable repaint margin: a number of mm from MARGIN_RANGE_MM[0] to MARGIN_RANGE_MM[1]."""
+    return isinstance(mm, numbers.Real) and not isinstance(mm, bool) and MARGIN_RANGE_MM[0] <= float(mm) <= MARGIN_RANGE_MM[1]
+
+
+def check_margin(mm) -> float:
+    """``mm`` as a float, or one sentence (CmrError) saying what a repaint margin must be."""
+    if not valid_margin(mm):
+        lo, hi = MARGIN_RANGE_MM
+        raise CmrError(f"The repaint margin {mm!r} is not usable; give a number of mm from {lo:g} to {hi:g} "
+                       f"({DEFAULT_MARGIN_MM:g} is usual).")
+    return float(mm)
 
 
 def _valid(name: str, value) -> bool:

@@ -150,6 +150,10 @@ def test_evaluate_realism_reports_kid_beside_the_floor_a_machine_reader_and_the_
                           (dict(mode="synthetic", margin_mm=5), "--margin is how far renders in this patient repaint")):
             with pytest.raises(CmrError, match=said):
                 evaluate_realism(held, ref, model="spade-cmr", **bad)
+        from cmrstudio.evaluate.run import run_realism
+
+        with pytest.raises(CmrError, match="usual 10 mm margin"):  # a card's in-patient figure stays the 10 mm one
+            run_realism(held + ref, [held[0].case_id], model="spade-cmr", mode="in-patient", write_card=True, margin_mm=4)
 
 
 def test_a_smaller_repaint_margin_repaints_less_of_the_real_slice():
@@ -171,5 +175,5 @@ def test_a_smaller_repaint_margin_repaints_less_of_the_real_slice():
     for mm, c in changed.items():
         reach = np.stack([ndimage.distance_transform_edt(~h) for h in heart]) * 1.25  # mm from the heart in the 1.25 mm frame
         assert reach[c].max() <= mm + 2.5, (mm, reach[c].max())  # nothing repainted beyond the margin (and a pixel's rounding)
-    with pytest.raises(CmrError, match="applies in this patient"):
+    with pytest.raises(CmrError, match="applies only in this patient"):
         r.render_framed(rows[0][2], "siemens", margin_mm=5.0)

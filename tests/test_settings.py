@@ -47,7 +47,7 @@ def test_wrong_typed_values_fall_back_to_that_keys_default(tmp_path):
     assert "colour_scheme" not in warning and "hq_model" not in warning
     path.write_text(json.dumps({"device": "cuda", "unknown_key": 1, "margin_mm": 6.5}))
     assert load_settings(path) == (Settings(device="cuda", margin_mm=6.5), None)
-    for bad in (-1, 150, "5", True, None):
+    for bad in (-1, 0.2, 150, "5", True, None):
         path.write_text(json.dumps({"margin_mm": bad}))
         s, warning = load_settings(path)
         assert s.margin_mm == 10.0 and "margin_mm" in warning, bad

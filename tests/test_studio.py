@@ -407,7 +407,7 @@ def test_settings_are_remembered(open_window, studio_env):
     win.synthesis.vendor_box.activated.emit(win.synthesis.vendor_box.currentIndex())
     assert win.synthesis.margin_box.value() == 10.0 == win.studio.session.margin_mm
     win.synthesis.margin_box.setValue(6.0)  # the repaint margin: the next live frame is rendered with it
-    settle(win)
+    settle(win, on_screen=True)
     st = win.studio
     assert st.session.margin_mm == 6.0 and st.session.live_shown[st.current_z()].record.margin_mm == 6.0
     win.close()

@@ -12,6 +12,7 @@ import typer
 from cmrstudio.cli.common import FrameOpt, LabelsOpt, SpacingOpt, parse_spacing
 from cmrstudio.errors import CmrError
 from cmrstudio.record import sampler_name
+from cmrstudio.settings import DEFAULT_MARGIN_MM
 
 
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON."), verify_sums: bool = typer.Option(False, "--verify", help="Check every weights file against its card's sha256.")):
@@ -54,7 +55,7 @@ def render(
     context: Optional[Path] = typer.Option(None, "--context", help="Render in this patient: the scan (file or dataset folder) the mask was painted on; "
                                                                   "its own pixels stay outside a margin around the heart. Without it the render is fully synthetic."),
     context_case: Optional[str] = typer.Option(None, "--context-case", help="The case in a --context dataset folder (default: --case)."),
-    margin: float = typer.Option(10.0, "--margin", help="In this patient: repaint within this many mm of the scan's own heart and the painted one."),
+    margin: float = typer.Option(DEFAULT_MARGIN_MM, "--margin", help="In this patient: repaint within this many mm of the scan's own heart and the painted one."),
     vendor: Optional[str] = typer.Option(None, "--vendor", help="Scanner style: siemens, philips, ge, canon or unknown (default: the context scan's, else unknown)."),
     seed: int = typer.Option(0, "--seed", help="Style seed; the same seed gives the same image."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps of a diffusion (e.g. 25) or flow (e.g. 4) model; the card's default when omitted."),

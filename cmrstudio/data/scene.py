@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from cmrstudio.data.frame import Frame
+from cmrstudio.settings import DEFAULT_MARGIN_MM  # noqa: F401  (kept here for the renderers: how far in-patient renders repaint)
 
 LAYOUT_CLASSES = ("outside", "dark", "mid-dark", "mid-bright", "bright")
 N_LAYOUT = len(LAYOUT_CLASSES)
@@ -37,7 +38,6 @@ LAYOUT_FACTOR = 8  # frame pixels per layout cell (10 mm at 1.25 mm)
 N_HEART = 3  # LV, MYO, RV one-hot (background is implicit)
 CONDITION_CHANNELS = N_HEART + N_LAYOUT + 2  # heart, layout, context, context-valid
 SCENE_MULTIPLE = 32  # scene sizes are multiples of this (the networks halve the size up to 5 times)
-DEFAULT_MARGIN_MM = 10.0  # in-patient mode: how far around the old and new heart the model repaints
 
 
 @dataclass(frozen=True)

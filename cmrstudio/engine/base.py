@@ -6,9 +6,9 @@ the server call. Every renderer is a :class:`GeneratorFront`:
 * ``info`` (its :class:`~cmrstudio.models.checkpoint.ModelInfo`: card, weights, sha256),
   ``name``, ``kind``, ``size`` and ``spacing_mm`` (its synthesis frame), ``n_labels`` (the
   canonical label scheme it reads), ``vendors_trained``;
-* ``render_framed(masks, vendor, seed, context=None)``: framed masks (B, N, N) -> images in
+* ``render_framed(masks, vendor, seed, context=None, margin_mm=None)``: framed masks (B, N, N) -> images in
   [0, 1]; one seed for the batch, or one per mask; ``context`` (B, N, N) real framed images
-  renders *in this patient* where the model can (scene models);
+  renders *in this patient* where the model can (scene models), repainting within ``margin_mm`` of the heart;
 * ``render_slice(mask2d, frame, vendor, seed, context=None)``: a native mask slice -> (native
   image, framed image): the live path; ``context`` is a :class:`~cmrstudio.engine.scene.SliceContext`;
 * ``render_volume(mask, spacing, vendor, seed, ...)``: every slice of a volume;
@@ -284,13 +284,14 @@ class GeneratorFront:
             raise CmrError(f"{len(seed)} seeds were given for {len(m)} masks; give one seed, or one per mask.")
         if context is not None and np.asarray(context).reshape(-1, *m.shape[-2:]).shape != m.shape:
             raise CmrError(f"The context images have shape {np.shape(context)}; give one framed image per mask, like the masks {m.shape}.")
+        extra = {}
         if margin_mm is not None:
-            from cmrstudio.settings import valid_margin
+            from cmrstudio.settings import check_margin
 
-            if context is None or not valid_margin(margin_mm):
-                raise CmrError(f"The repaint margin {margin_mm!r} is not usable: it applies in this patient (with context images) "
-                               "and is a number of mm above 0 and at most 100.")
-        img = self._render_framed(m, self.resolve_vendor(vendor)[0], seed, context, margin_mm)
+            if context is None:
+                raise CmrError("A repaint margin applies only in this patient; give the context images, or leave the margin out.")
+            extra["margin_mm"] = check_margin(margin_mm)
+        img = self._render_framed(m, self.resolve_vendor(vendor)[0], seed, context, **extra)
         return img[0] if np.asarray(masks).ndim == 2 else img
 
     def _render_framed(self, masks: np.ndarray, vendor_index: int, seed, context, margin_mm=None) -> np.ndarray:

@@ -61,10 +61,9 @@ class SliceContext:
             raise CmrError(f"Render mode {self.mode!r} is not known; use 'in-patient' (the scan's own surroundings) or 'synthetic'.")
         if self.mode == "in-patient" and self.image is None:
             raise CmrError("Rendering in this patient needs the scan's own image; open a scan, or render fully synthetic.")
-        from cmrstudio.settings import valid_margin
+        from cmrstudio.settings import check_margin
 
-        if not valid_margin(self.margin_mm):
-            raise CmrError(f"The repaint margin {self.margin_mm} mm must be above 0 and at most 100 mm (10 mm is usual).")
+        check_margin(self.margin_mm)
 
     @property
     def derived_from_patient(self) -> bool:

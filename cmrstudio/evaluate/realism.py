@@ -172,12 +172,11 @@ def evaluate_realism(held_out, reference, model: str | None = None, mode: str = 
         raise CmrError(f"--mode {mode!r} is not known; use synthetic (no real pixel) or in-patient (the scan's own surroundings).")
     check_counts(classifier_steps=classifier_steps, max_train=max_train_slices)  # before minutes of rendering, not after
     if margin_mm is not None:
-        from cmrstudio.settings import valid_margin
+        from cmrstudio.settings import check_margin
 
         if mode != "in-patient":
             raise CmrError("--margin is how far renders in this patient repaint; give it with --mode in-patient.")
-        if not valid_margin(margin_mm):
-            raise CmrError(f"The repaint margin {margin_mm!r} is not usable; give a number of mm above 0 and at most 100 (10 is usual).")
+        check_margin(margin_mm)
     r = open_renderer(model, device=device, **hq)
     if mode == "in-patient" and not r.scene:
         raise CmrError(f"The model '{r.name}' renders the heart crop only; it has no in-patient mode.")

@@ -114,7 +114,12 @@ def run_realism(cases, held: list[str], model=None, mode: str = "synthetic", cla
     """KID beside the real-vs-real floor, a trained machine reader and the grid-artefact spectrum
     (:func:`~cmrstudio.evaluate.realism.evaluate_realism`) on the ``held`` patients of ``cases``, the others as reference;
     recorded as ``realism_synthetic`` or ``realism_in_patient``."""
+    from cmrstudio.data.scene import DEFAULT_MARGIN_MM
     from cmrstudio.evaluate.realism import evaluate_realism
+
+    if write_card and margin_mm is not None and float(margin_mm) != DEFAULT_MARGIN_MM:
+        raise CmrError(f"The card records realism at the usual {DEFAULT_MARGIN_MM:g} mm margin; leave out --write-card to measure "
+                       f"a margin of {margin_mm:g} mm.")
 
     held_cases = [c for c in cases if any(c.case_id.startswith(p) for p in held)]
     reference = [c for c in cases if not any(c.case_id.startswith(p) for p in held)]

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (QAbstractScrollArea, QAbstractSpinBox, QApplication,
 from cmrstudio.anatomy import COLOURS, LV, MYO, RV, VENDORS
 from cmrstudio.gui.studio import START_KINDS, Studio
 from cmrstudio.session import MODES, base_id
+from cmrstudio.settings import MARGIN_RANGE_MM
 
 STRUCTURES = {LV: "LV blood pool", MYO: "LV myocardium", RV: "RV blood pool"}
 LEVEL_COLOURS = {"info": "#9fd0a0", "warning": "#e8c16a", "error": "#ff8a80"}
@@ -391,9 +392,9 @@ class SynthesisPanel(QWidget):
         self.mode_box.activated.connect(self._mode_picked)
         f.addRow("Render", self.mode_box)
         self.margin_box = QDoubleSpinBox()
-        self.margin_box.setRange(1.0, 50.0)
+        self.margin_box.setRange(*MARGIN_RANGE_MM)
         self.margin_box.setSingleStep(1.0)
-        self.margin_box.setDecimals(1)
+        self.margin_box.setDecimals(2)
         self.margin_box.setSuffix(" mm")
         self.margin_box.setKeyboardTracking(False)  # one render when the number is done, not one per keystroke
         self.margin_box.setValue(studio.session.margin_mm)

@@ -253,13 +253,14 @@ def _seed(v) -> int:
 def _context(h: dict, arrays: dict, fr: Frame, images: dict | None, client: str):
     """A SliceContext from a request: in-patient images come as arrays (or by the key of one this client sent earlier)."""
     from cmrstudio.engine.scene import SliceContext
+    from cmrstudio.settings import DEFAULT_MARGIN_MM
 
     c = h.get("context")
     if c is None:
         return None
     if not isinstance(c, dict):
         raise CmrError("The 'context' must be an object with mode 'in-patient' or 'synthetic'.")
-    margin = c.get("margin_mm", 10.0)
+    margin = c.get("margin_mm", DEFAULT_MARGIN_MM)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)):
         raise CmrError("The context's margin_mm must be a number of millimetres.")
     if c.get("mode") == "synthetic":
