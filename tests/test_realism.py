@@ -156,7 +156,8 @@ def test_evaluate_realism_reports_kid_beside_the_floor_a_machine_reader_and_the_
             run_realism(held + ref, [held[0].case_id], model="spade-cmr", mode="in-patient", write_card=True, margin_mm=4)
 
 
-def test_a_smaller_repaint_margin_repaints_less_of_the_real_slice():
+@pytest.mark.parametrize("model", ["spade-cmr", "flow-cmr-2step"])  # the live and the HQ path
+def test_a_smaller_repaint_margin_repaints_less_of_the_real_slice(model):
     """``render_framed(..., margin_mm=)`` (what ``evaluate realism --margin`` renders with): the pixels taken from the model
     lie within the margin of the heart, so a smaller margin keeps more of the real slice; a margin without context is refused."""
     from scipy import ndimage
@@ -166,7 +167,7 @@ def test_a_smaller_repaint_margin_repaints_less_of_the_real_slice():
     from cmrstudio.errors import CmrError
     from cmrstudio.evaluate.realism import render_rows, spread_rows
 
-    r = open_renderer("spade-cmr")
+    r = open_renderer(model)
     rows = spread_rows(r, [phantom_case(300, n_slices=4, shape=(128, 128), vendor="siemens")], 2)
     reals = np.stack([img for _, img, _ in rows])
     heart = np.stack([m > 0 for _, _, m in rows])
