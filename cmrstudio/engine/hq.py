@@ -154,11 +154,6 @@ class SceneHQRenderer(SceneMixin, HQRenderer):
         conds = [condition(m, None, im, ~repaint_region([m], px)) for m, im in zip(masks, images01)]
         return torch.from_numpy(np.stack(conds)).to(self.device)
 
-    def _render_framed(self, masks, vendor_index, seed, context, margin_mm=None):
-        seeds = [int(seed)] * len(masks) if np.isscalar(seed) else [int(s) for s in seed]
-        return self.render_framed_scene(masks, vendor_index, seeds, context, spacing_mm=self.spacing_mm,
-                                        **({} if margin_mm is None else {"margin_mm": float(margin_mm)}))
-
     def render_volume(self, mask, spacing=None, vendor="unknown", seed=0, batch=16, image=None, heart=None, margin_mm=None):
         return self.render_volume_scene(mask, spacing, vendor, seed, image, heart, margin_mm)
 

@@ -114,6 +114,7 @@ class SceneRenderer(SceneMixin, Renderer):
     patient or fully synthetic; one network call a render. Live edits repaint a window around the heart."""
 
     scene = True
+    framed_kw = {"live": False}  # whole-batch renders are not the live path
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -147,11 +148,6 @@ class SceneRenderer(SceneMixin, Renderer):
 
     def render_slice(self, mask2d, frame, vendor="unknown", seed=0, context=None):
         return self.render_slice_ctx(mask2d, frame, vendor, seed, context)
-
-    def _render_framed(self, masks, vendor_index, seed, context, margin_mm=None):
-        seeds = [int(seed)] * len(masks) if np.isscalar(seed) else [int(s) for s in seed]
-        return self.render_framed_scene(masks, vendor_index, seeds, context, spacing_mm=self.spacing_mm, live=False,
-                                        **({} if margin_mm is None else {"margin_mm": float(margin_mm)}))
 
     def render_volume(self, mask, spacing=None, vendor="unknown", seed=0, batch=16, image=None, heart=None, margin_mm=None):
         return self.render_volume_scene(mask, spacing, vendor, seed, image, heart, margin_mm)

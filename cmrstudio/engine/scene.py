@@ -157,6 +157,7 @@ class SceneMixin:
     (step, total, image in [0, 1]) for one conditioning window (1, C, n, n), its noise field (1, 1, n, n)."""
 
     scene_cache_size = 16
+    framed_kw: dict = {}  # what whole-batch renders (render_framed) pass on to _window_steps
 
     def _init_scene(self) -> None:
         self._scenes: OrderedDict = OrderedDict()  # synthetic surroundings: (key, vendor, seed, frame) -> _Cached
@@ -371,6 +372,10 @@ class SceneMixin:
             native, _ = self.render_slice_ctx(m[z], frame, vendor, seed, ctx, live=False)
             out.append(native)
         return np.stack(out).astype(np.float32), frame
+
+    def _render_framed(self, masks, vendor_index, seed, context, margin_mm: float = DEFAULT_MARGIN_MM):
+        seeds = [int(seed)] * len(masks) if np.isscalar(seed) else [int(s) for s in seed]
+        return self.render_framed_scene(masks, vendor_index, seeds, context, margin_mm, spacing_mm=self.spacing_mm, **self.framed_kw)
 
     def render_framed_scene(self, masks: np.ndarray, vendor_index: int, seeds: list[int], context01: np.ndarray | None = None,
                             margin_mm: float = DEFAULT_MARGIN_MM, spacing_mm: float | None = 1.25, **kw) -> np.ndarray:

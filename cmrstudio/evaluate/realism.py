@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cmrstudio.errors import CmrError
+from cmrstudio.settings import DEFAULT_MARGIN_MM, check_margin
 
 GRID_PERIODS = (2, 4, 8, 16)
 
@@ -161,7 +162,6 @@ def evaluate_realism(held_out, reference, model: str | None = None, mode: str = 
     ``held_out``: cases of patients the model never saw; ``reference``: cases of other patients (the training
     ones), real images for the floor and the machine reader's training data.
     """
-    from cmrstudio.data.scene import DEFAULT_MARGIN_MM
     from cmrstudio.engine.factory import open_renderer
     from cmrstudio.evaluate.fidelity import InceptionFeatures, fid, kid
     from cmrstudio.study.machine import _resize, auc, classify, train_classifier
@@ -171,19 +171,16 @@ def evaluate_realism(held_out, reference, model: str | None = None, mode: str = 
     if mode not in ("synthetic", "in-patient"):
         raise CmrError(f"--mode {mode!r} is not known; use synthetic (no real pixel) or in-patient (the scan's own surroundings).")
     check_counts(classifier_steps=classifier_steps, max_train=max_train_slices)  # before minutes of rendering, not after
-    if margin_mm is not None:
-        from cmrstudio.settings import check_margin
-
-        if mode != "in-patient":
-            raise CmrError("--margin is how far renders in this patient repaint; give it with --mode in-patient.")
-        check_margin(margin_mm)
+    if margin_mm is not None and mode != "in-patient":
+        raise CmrError("--margin is how far renders in this patient repaint; give it with --mode in-patient.")
+    margin = (DEFAULT_MARGIN_MM if margin_mm is None else check_margin(margin_mm)) if mode == "in-patient" else None
     r = open_renderer(model, device=device, **hq)
     if mode == "in-patient" and not r.scene:
         raise CmrError(f"The model '{r.name}' renders the heart crop only; it has no in-patient mode.")
-    real_h, syn_h = _render(r, held_out, mode, 10_000 + seed, margin_mm=margin_mm)
+    real_h, syn_h = _render(r, held_out, mode, 10_000 + seed, margin_mm=margin)
     if len(real_h) < 4:
         raise CmrError("The held-out cases give fewer than 4 heart slices; give more held-out patients (--case).")
-    real_t, syn_t = _render(r, reference, mode, 20_000 + seed, max_train_slices, margin_mm)
+    real_t, syn_t = _render(r, reference, mode, 20_000 + seed, max_train_slices, margin)
     if len(real_t) < 4:
         raise CmrError("The reference (training) cases give fewer than 4 heart slices; give the training data with --data.")
     feats = InceptionFeatures(r.device)
@@ -198,5 +195,4 @@ def evaluate_realism(held_out, reference, model: str | None = None, mode: str = 
     acc, ci = proportion(correct, len(y))
     return Realism(mode, k, k_sd, fid(f_rh, f_sh), k0, k0_sd, fid(f_rh, f_rt), float(acc), [float(v) for v in ci], auc(p, y), int(len(y)),
                    grid_artefact(syn_h, real_h), len(real_h), len(syn_h), len(real_t), 2 * len(real_t),
-                   {**r.describe(), "mode": mode}, int(classifier_steps),
-                   (DEFAULT_MARGIN_MM if margin_mm is None else float(margin_mm)) if mode == "in-patient" else None)
+                   {**r.describe(), "mode": mode}, int(classifier_steps), margin)

@@ -114,8 +114,8 @@ def run_realism(cases, held: list[str], model=None, mode: str = "synthetic", cla
     """KID beside the real-vs-real floor, a trained machine reader and the grid-artefact spectrum
     (:func:`~cmrstudio.evaluate.realism.evaluate_realism`) on the ``held`` patients of ``cases``, the others as reference;
     recorded as ``realism_synthetic`` or ``realism_in_patient``."""
-    from cmrstudio.data.scene import DEFAULT_MARGIN_MM
     from cmrstudio.evaluate.realism import evaluate_realism
+    from cmrstudio.settings import DEFAULT_MARGIN_MM
 
     if write_card and margin_mm is not None and float(margin_mm) != DEFAULT_MARGIN_MM:
         raise CmrError(f"The card records realism at the usual {DEFAULT_MARGIN_MM:g} mm margin; leave out --write-card to measure "
