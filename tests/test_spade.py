@@ -380,6 +380,54 @@ def test_kept_checkpoints_are_measured_alike_so_that_one_can_be_picked(tmp_path)
     assert bad.returncode != 0 and "holds no kept checkpoints" in bad.stderr and "--keep-checkpoints" in bad.stderr
 
 
+@pytest.mark.slow
+def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_picked_in_the_patient(tmp_path):
+    """`--in-patient 1` trains on in-patient windows only; `--d-warmup N` keeps an --init generator as it was for the first
+    N steps while a fresh discriminator learns; `evaluate checkpoints --mode in-patient` renders the held-out slices in
+    their own surroundings and names the checkpoint with the lowest KID."""
+    from safetensors.numpy import load_file
+
+    from cmrstudio.io import write_case
+
+    scene = {**SMALL, "preset": "scene-tiny", "size": 64}
+    base = SpadeTrainer(TrainOptions(out=str(tmp_path / "base"), name="base", steps=4, **{**scene, "save_every": 4}))
+    base.run(progress=False)
+    out = tmp_path / "ft"
+    tr = SpadeTrainer(TrainOptions(out=str(out), name="ft", steps=12, keep_checkpoints=True, init=str(tmp_path / "base" / "base.json"),
+                                   in_patient=1.0, d_warmup=4, **{**scene, "save_every": 4}))
+    assert {tr.ds.sample(i)["mode"] for i in range(12)} == {"context"}  # every window in this patient
+    tr.run(progress=False)
+    start, after_warmup, last = (load_file(str(p)) for p in (tmp_path / "base" / "base.safetensors",
+                                                             out / "checkpoints" / "ft-step000004.safetensors",
+                                                             out / "checkpoints" / "ft-step000012.safetensors"))
+    assert all(np.array_equal(start[k], after_warmup[k]) for k in start)  # the generator waited for the discriminator
+    assert any(not np.array_equal(start[k], last[k]) for k in start)  # and learned after it
+    card = read_card(out / "ft.json").card
+    assert "all in-patient" in card["training"]["augment"] and "fully synthetic" not in card["training"]["augment"]
+
+    data = tmp_path / "held"
+    for i in range(2):
+        write_case(phantom_case(100 + i, n_slices=4, shape=(80, 80), phase="ED"), data)
+    ev = {}
+    for mode in ("in-patient", "synthetic"):
+        text = run("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "6", "--mode", mode,
+                   "--out", str(tmp_path / mode)).stdout
+        ev[mode] = json.loads((tmp_path / mode / "checkpoints.json").read_text(encoding="utf-8"))
+        assert ("in this patient" in text) == (mode == "in-patient") and "step      12" in text
+    ip = ev["in-patient"]
+    assert ip["mode"] == "in-patient" and ip["margin_mm"] == 10.0 and [c["step"] for c in ip["checkpoints"]] == [4, 8, 12]
+    clean = [c for c in ip["checkpoints"] if c["grid"]["peak_ratio"] <= 5] or ip["checkpoints"]
+    assert ip["best"] == min(clean, key=lambda c: c["kid"])["name"] and "lowest KID" in ip["best_rule"]
+    # a dozen steps of a tiny model draw little; in this patient most of the slice is the patient's own
+    assert all(a["kid"] < b["kid"] for a, b in zip(ip["checkpoints"], ev["synthetic"]["checkpoints"]))
+    bad = run("evaluate", "checkpoints", str(out), "--data", str(data), "--mode", "inpatient", check=False)
+    assert bad.returncode != 0 and "--mode 'inpatient' is not known" in bad.stderr
+    with pytest.raises(CmrError, match="--in-patient 1.5 must be a fraction"):
+        SpadeTrainer(TrainOptions(out=str(tmp_path / "x"), in_patient=1.5, **scene))
+    with pytest.raises(CmrError, match="--d-warmup -1 must be 0"):
+        SpadeTrainer(TrainOptions(out=str(tmp_path / "y"), d_warmup=-1, **scene))
+
+
 def test_training_refuses_bad_options_in_one_sentence(tmp_path):
     with pytest.raises(CmrError, match="fewer than --batch 500"):
         SpadeTrainer(TrainOptions(out=str(tmp_path / "a"), **{**SMALL, "batch": 500}))

@@ -407,6 +407,7 @@ def evaluate_checkpoints_cmd(
     data: list[str] = EvalDataOpt,
     case: list[str] = EvalCaseOpt,
     max_slices: int = typer.Option(120, "--max-slices", help="Heart slices to render with each checkpoint, spread evenly over the cases."),
+    mode: str = typer.Option("synthetic", "--mode", help="synthetic (no real pixel; best: highest Dice) or in-patient (scene models: the slice's own surroundings outside the usual margin; best: lowest KID)."),
     segmenter: Optional[str] = typer.Option(None, "--segmenter", help="Segmenter for the Dice on renders (default: the shipped one)."),
     seed: int = typer.Option(0, "--seed", help="First seed; slice j gets seed + j, the same for every checkpoint."),
     device: Optional[str] = typer.Option(None, "--device"),
@@ -424,8 +425,9 @@ def evaluate_checkpoints_cmd(
     cases, _ = _eval_inputs(data, case, 1, None, None, str(cards[0]))
     show = None if as_json else (lambda row: typer.echo(_checkpoint_line(row)))
     if show:
-        typer.echo(f"{len(cards)} checkpoint(s) of {run}, each rendering the same heart slices fully synthetic:")
-    res = evaluate_checkpoints(run, cases, max_slices=max_slices, segmenter=segmenter, device=device, seed=seed, progress=show)
+        how = "fully synthetic" if mode == "synthetic" else "in this patient"
+        typer.echo(f"{len(cards)} checkpoint(s) of {run}, each rendering the same heart slices {how}:")
+    res = evaluate_checkpoints(run, cases, max_slices=max_slices, segmenter=segmenter, device=device, seed=seed, progress=show, mode=mode)
     if out is not None:
         res["json"] = str(write_json(out, "checkpoints.json", res))
     if as_json:

@@ -2,7 +2,8 @@
 
 A run trained with ``--keep-checkpoints`` keeps a copy of the model (EMA weights and card) at every save in
 ``RUN/checkpoints/NAME-stepNNNNNN.{safetensors,json}``. :func:`evaluate_checkpoints` renders the same held-out
-heart slices fully synthetic with each (one seed per slice, the same seeds for every checkpoint) and measures:
+heart slices with each (one seed per slice, the same seeds for every checkpoint), fully synthetic or, for scene
+models, in the patient's own slice (repainting within the usual margin of the heart), and measures:
 
 * **KID and FID** of the renders against the real slices (the FID Inception, heart crops);
 * **segmenter Dice** on the renders against the painted masks, beside the segmenter's Dice on the real slices;
@@ -10,7 +11,9 @@ heart slices fully synthetic with each (one seed per slice, the same seeds for e
 
 The real slices, their features and the real figures are computed once. GAN losses say little about which step
 looks best, and these figures move by about their noise between neighbouring checkpoints, so the table is what a
-person picks from; ``best`` names the checkpoint with the highest Dice among those without a grid peak.
+person picks from. ``best`` names, among the checkpoints without a grid peak, the one with the highest Dice (fully
+synthetic: the anatomy must be drawn from the mask alone) or, in this patient, the lowest KID (most of the slice is
+the patient's own, so what tells renders apart is how real the repainted heart and its ring look).
 """
 
 from __future__ import annotations
@@ -39,17 +42,23 @@ def checkpoint_cards(run: str | Path) -> list[Path]:
 
 
 def evaluate_checkpoints(run: str | Path, cases, max_slices: int | None = 120, segmenter: str | None = None,
-                         device: str | None = None, seed: int = 0, progress=None) -> dict:
-    """Measure every kept checkpoint of ``run`` on the heart slices of ``cases`` (held-out patients); see the module."""
+                         device: str | None = None, seed: int = 0, progress=None, mode: str = "synthetic") -> dict:
+    """Measure every kept checkpoint of ``run`` on the heart slices of ``cases`` (held-out patients), rendered in
+    ``mode`` (``synthetic`` or ``in-patient``); see the module."""
     from cmrstudio.engine.factory import open_renderer
     from cmrstudio.engine.segment import segment_images
     from cmrstudio.evaluate.fidelity import InceptionFeatures, fid, kid
     from cmrstudio.evaluate.realism import grid_artefact, render_rows, spread_rows
     from cmrstudio.metrics import dice_scores
     from cmrstudio.models.registry import build_model, get_model
+    from cmrstudio.settings import DEFAULT_MARGIN_MM
 
+    if mode not in ("synthetic", "in-patient"):
+        raise CmrError(f"--mode {mode!r} is not known; use synthetic (no real pixel) or in-patient (the scan's own surroundings).")
     cards = checkpoint_cards(run)
     first = open_renderer(str(cards[0]), device=device)
+    if mode == "in-patient" and not first.scene:
+        raise CmrError(f"The checkpoints of {run} render the heart crop only; they have no in-patient mode. Use --mode synthetic.")
     rows = spread_rows(first, cases, max_slices)
     if len(rows) < 2:
         raise CmrError("Checkpoints are compared on at least two heart slices with images and masks; none of the given cases has them.")
@@ -59,14 +68,15 @@ def evaluate_checkpoints(run: str | Path, cases, max_slices: int | None = 120, s
     seg_size = int(seg.cfg.size)
     feats = InceptionFeatures(first.device)
     f_real = feats(real)
-    out = {"run": str(run), "slices": len(rows), "cases": sorted({c.case_id for c, _, _ in rows}), "seed": seed,
+    out = {"run": str(run), "mode": mode, **({"margin_mm": DEFAULT_MARGIN_MM} if mode == "in-patient" else {}),
+           "slices": len(rows), "cases": sorted({c.case_id for c, _, _ in rows}), "seed": seed,
            "real": {"dice": dice_scores(segment_images(seg, real, seg_size), masks), "grid_peak_ratio": grid_artefact(real)["peak_ratio"]},
            "checkpoints": []}
     for k, card in enumerate(cards):
         r = first if k == 0 else open_renderer(str(card), device=device)
         if r.size != first.size:
             raise CmrError(f"{card} renders {r.size}-pixel frames, the run's first checkpoint {first.size}; compare checkpoints of one run.")
-        synth = render_rows(r, rows, "synthetic", seed)
+        synth = render_rows(r, rows, mode, seed)
         f_syn = feats(synth)
         kd, kd_std = kid(f_real, f_syn)
         row = {"name": r.name, "card": str(card), "step": int(_STEP.search(card.stem).group(1)), "sha256": r.info.card.get("sha256"),
@@ -76,7 +86,12 @@ def evaluate_checkpoints(run: str | Path, cases, max_slices: int | None = 120, s
         if progress is not None:
             progress(row)
     clean = [c for c in out["checkpoints"] if c["grid"]["peak_ratio"] <= GRID_LIMIT]
-    out["best"] = max(clean or out["checkpoints"], key=lambda c: c["dice"]["mean"] or 0.0)["name"]
-    out["best_rule"] = (f"the highest mean Dice among checkpoints whose grid peak ratio is at most {GRID_LIMIT:g}" if clean else
-                        f"the highest mean Dice; every checkpoint has a grid peak ratio above {GRID_LIMIT:g}")
+    if mode == "in-patient":
+        out["best"] = min(clean or out["checkpoints"], key=lambda c: c["kid"])["name"]
+        what = "the lowest KID"
+    else:
+        out["best"] = max(clean or out["checkpoints"], key=lambda c: c["dice"]["mean"] or 0.0)["name"]
+        what = "the highest mean Dice"
+    out["best_rule"] = (f"{what} among checkpoints whose grid peak ratio is at most {GRID_LIMIT:g}" if clean else
+                        f"{what}; every checkpoint has a grid peak ratio above {GRID_LIMIT:g}")
     return out

@@ -20,6 +20,7 @@ and describes its architecture for the card (``architecture``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -69,6 +70,7 @@ class BaseOptions:
     layout_prior: str | None = None  # scene presets: the tissue-class prior (name or card; default: the installed layout-cmr)
     keep_checkpoints: bool = False  # also keep a copy of the model at every save (checkpoints/NAME-stepNNNNNN), to pick one by measurement
     workers: int = 0  # data-loading processes (0: in the training process); a GPU run needs several to keep the GPU fed
+    in_patient: float = 0.5  # scene presets: fraction of training windows in this patient (real context outside a margin)
 
 
 LEGACY_STATE_NAMES = {"ema": "generator_ema"}  # SPADE runs saved before the shared trainer
@@ -116,6 +118,8 @@ class BaseTrainer:
             raise CmrError(f"--preset {opts.preset!r} is not known; use one of {', '.join(self.presets)}.")
         check_counts(steps=opts.steps, batch=opts.batch, sample_every=opts.sample_every, save_every=opts.save_every, log_every=opts.log_every)
         loader_workers(opts.workers, "cpu")  # --workers checked before the data is loaded
+        if not (math.isfinite(opts.in_patient) and 0.0 <= opts.in_patient <= 1.0):
+            raise CmrError(f"--in-patient {opts.in_patient} must be a fraction from 0 (all fully synthetic) to 1 (all in this patient).")
         self.check_options()
         if opts.threads:
             torch.set_num_threads(opts.threads)
@@ -182,7 +186,7 @@ class BaseTrainer:
         o = self.opts
         if self.scene_model():
             prior = self.layout_prior()
-            return SceneDataset(self.cases, window=o.size, spacing_mm=self.spacing_mm, augment=SceneAugment() if o.augment else None,
+            return SceneDataset(self.cases, window=o.size, spacing_mm=self.spacing_mm, augment=self.scene_augment() if o.augment else None,
                                 seed=o.seed, require_labels=o.require_labels, layout_prior=prior, layout_factor=self.layout_factor)
         return SliceDataset(self.cases, size=o.size, spacing_mm=self.spacing_mm, augment=Augment() if o.augment else None,
                             seed=o.seed, require_labels=o.require_labels)
@@ -423,14 +427,20 @@ class BaseTrainer:
         write_grid(d / "latest.png", f["mask"].numpy(), rows)
         return p
 
+    def scene_augment(self) -> SceneAugment:
+        """Scene presets: the windows' augmentation, with the run's share of in-patient windows."""
+        return SceneAugment(context=self.opts.in_patient)
+
     def augment_text(self) -> str:
         if not self.opts.augment:
             return "none"
         if self.scene_model():
-            a = SceneAugment()
+            a = self.scene_augment()
+            ctx = f"in-patient (context outside a {a.margin_px[0]:g}–{a.margin_px[1]:g} px margin)"
+            modes = ("all fully synthetic (tissue classes)" if a.context <= 0 else f"all {ctx}" if a.context >= 1 else
+                     f"{a.context:.0%} {ctx}, the rest fully synthetic (tissue classes)")
             return (f"windows of the whole-scan scene around the heart (SD {a.jitter_px:g} px; {a.anywhere:.0%} anywhere), rotation "
-                    f"±{a.rotate_deg:g}°, scale {a.scale[0]}–{a.scale[1]}; {a.context:.0%} in-patient (context outside a "
-                    f"{a.margin_px[0]:g}–{a.margin_px[1]:g} px margin), the rest fully synthetic (tissue classes)")
+                    f"±{a.rotate_deg:g}°, scale {a.scale[0]}–{a.scale[1]}; {modes}")
         return "rotation ±15°, scale 0.9–1.1, shift ±6%"
 
     def describe_start(self) -> str:

@@ -78,13 +78,13 @@ class DiffusionTrainer(BaseTrainer):
     def make_dataset(self):
         if not self.fine_layout():
             return super().make_dataset()
-        from cmrstudio.data.dataset import FineLayoutDataset, SceneAugment, SceneDataset
+        from cmrstudio.data.dataset import FineLayoutDataset, SceneDataset
         from cmrstudio.data.frame import LIVE_SIZE, LIVE_SPACING_MM
         from cmrstudio.models.layout import FINE_FACTOR
 
         o = self.opts
         self.spacing_mm = LIVE_SPACING_MM * FINE_FACTOR  # one cell of the tissue-class map
-        scenes = SceneDataset(self.cases, window=LIVE_SIZE, spacing_mm=LIVE_SPACING_MM, augment=SceneAugment() if o.augment else None,
+        scenes = SceneDataset(self.cases, window=LIVE_SIZE, spacing_mm=LIVE_SPACING_MM, augment=self.scene_augment() if o.augment else None,
                               seed=o.seed, require_labels=o.require_labels, layout_prior=self.layout_prior(coarse=True))
         return FineLayoutDataset(scenes, cells=o.size, factor=FINE_FACTOR, seed=o.seed, augment=o.augment)
 

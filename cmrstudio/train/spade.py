@@ -52,6 +52,7 @@ class TrainOptions(BaseOptions):
     dp_architecture: bool = False  # the DP-compatible discriminator (GroupNorm, no spectral norm) without DP: public pre-training
     init: str | None = None  # start from a public model's weights (a card): public pre-training, then (private) fine-tuning
     bf16: bool | None = False  # scene models: bfloat16 autocast for the networks (None: where native); losses stay float32
+    d_warmup: int = 0  # first steps in which only the discriminator learns (a fresh one beside an --init generator)
 
 
 # Options of the discriminator only: a generator fits whatever these are.
@@ -82,6 +83,11 @@ class SpadeTrainer(BaseTrainer):
         if o.grid and o.dp_epsilon is not None:
             raise CmrError("--grid-loss couples the images of a batch, which differentially private training cannot account for; "
                            "train without --grid-loss, or without --dp-epsilon.")
+        if o.d_warmup < 0:
+            raise CmrError(f"--d-warmup {o.d_warmup} must be 0 (off) or a number of steps.")
+        if o.d_warmup and o.dp_epsilon is not None:
+            raise CmrError("--d-warmup is not available with --dp-epsilon: every private step releases both networks' updates; "
+                           "leave --d-warmup out.")
         if o.dp_epsilon is not None:
             if not o.dp_epsilon > 0:
                 raise CmrError(f"--dp-epsilon {o.dp_epsilon} must be above 0 (smaller is more private; 1 to 10 is usual).")
@@ -335,6 +341,8 @@ class SpadeTrainer(BaseTrainer):
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
+        if self.warming_up:
+            return {"d": float(loss_d.detach())}
 
         g = self._g_losses(self.D, fake, real, oh, vendor, self.G(oh, vendor, z[1]) if self.opts.mode_seeking else None, z)
         self.opt_g.zero_grad(set_to_none=True)
@@ -358,6 +366,8 @@ class SpadeTrainer(BaseTrainer):
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
+        if self.warming_up:
+            return {"d": float(loss_d.detach())}
 
         with self._autocast():
             other = composite(self.G(cond, vendor, z[1]), cond, real) if self.opts.mode_seeking else None
@@ -367,6 +377,11 @@ class SpadeTrainer(BaseTrainer):
         self.opt_g.step()
         self.update_ema(self.G_ema, self.G)
         return {k: float(v.detach()) for k, v in {"d": loss_d, **g}.items()}
+
+    @property
+    def warming_up(self) -> bool:
+        """Within --d-warmup: the discriminator learns, the generator (and its EMA) waits."""
+        return self.step < self.opts.d_warmup
 
     def _latents(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """With mode seeking, two latents per mask (one for each render); without, none (the generator draws its own)."""
