@@ -382,8 +382,9 @@ def test_kept_checkpoints_are_measured_alike_so_that_one_can_be_picked(tmp_path)
 
 @pytest.mark.slow
 def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_picked_in_the_patient(tmp_path):
-    """`--in-patient 1` trains on in-patient windows only; `--d-warmup N` keeps an --init generator as it was for the first
-    N steps while a fresh discriminator learns; `evaluate checkpoints --mode in-patient` renders the held-out slices in
+    """`--in-patient 1` trains on in-patient windows only; `--d-groupnorm` puts GroupNorm beside spectral norm in the
+    discriminator; `--d-warmup N` keeps an --init generator as it was for the first N steps while the fresh discriminator
+    learns; `evaluate checkpoints --mode in-patient` renders the held-out slices in
     their own surroundings and names the checkpoint with the lowest KID."""
     from safetensors.numpy import load_file
 
@@ -394,8 +395,10 @@ def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_p
     base.run(progress=False)
     out = tmp_path / "ft"
     tr = SpadeTrainer(TrainOptions(out=str(out), name="ft", steps=12, keep_checkpoints=True, init=str(tmp_path / "base" / "base.json"),
-                                   in_patient=1.0, d_warmup=4, **{**scene, "save_every": 4}))
+                                   in_patient=1.0, d_warmup=4, d_groupnorm=True, **{**scene, "save_every": 4}))
     assert {tr.ds.sample(i)["mode"] for i in range(12)} == {"context"}  # every window in this patient
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in tr.D.modules()) and tr.cfg.d_spectral_norm  # both, as SPADE's D
+    assert "another architecture: d_groupnorm False" in tr.pretraining["discriminator"]  # so the base run's D is not loaded
     tr.run(progress=False)
     start, after_warmup, last = (load_file(str(p)) for p in (tmp_path / "base" / "base.safetensors",
                                                              out / "checkpoints" / "ft-step000004.safetensors",

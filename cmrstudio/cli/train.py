@@ -48,6 +48,7 @@ def train_spade(
     layout_prior: Optional[str] = typer.Option(None, "--layout-prior", help="Scene presets: the tissue-class prior (name or card; default: the installed layout-cmr, onto which fully synthetic training conditions are projected). A fine prior (layout-fine): trained on each slice's own tissue classes on its 2.5 mm cells, rendered with it. layout-fine itself: the coarse prior it refines."),
     in_patient: float = typer.Option(0.5, "--in-patient", help="Scene presets: the fraction of training windows in this patient (real context outside a margin); the rest are fully synthetic."),
     d_warmup: int = typer.Option(0, "--d-warmup", help="Steps at the start in which only the discriminator learns: for --init when the model's run folder kept no discriminator."),
+    d_groupnorm: bool = typer.Option(False, "--d-groupnorm", help="GroupNorm after each inner discriminator layer, beside spectral norm (like SPADE's spectral-instance norm): spectral norm alone keeps the discriminator's outputs small and its hinge loss near 2."),
     install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
@@ -60,7 +61,7 @@ def train_spade(
         steps=steps, batch=batch, lr_g=lr_g, lr_d=lr_d, grid=grid_loss, mode_seeking=mode_seeking, fm=fm, lowpass=lowpass, seed=seed, sample_every=sample_every, save_every=save_every,
         device=device, threads=threads, workers=workers, resume=resume, max_minutes=max_minutes, keep_checkpoints=keep_checkpoints,
         dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm, dp_noise=dp_noise, bf16=bf16, layout_prior=layout_prior,
-        dp_architecture=dp_architecture, init=init, in_patient=in_patient, d_warmup=d_warmup,
+        dp_architecture=dp_architecture, init=init, in_patient=in_patient, d_warmup=d_warmup, d_groupnorm=d_groupnorm,
     )
     check_name(name)
     tr = SpadeTrainer(opts).run(progress=not quiet)

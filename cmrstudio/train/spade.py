@@ -53,6 +53,7 @@ class TrainOptions(BaseOptions):
     init: str | None = None  # start from a public model's weights (a card): public pre-training, then (private) fine-tuning
     bf16: bool | None = False  # scene models: bfloat16 autocast for the networks (None: where native); losses stay float32
     d_warmup: int = 0  # first steps in which only the discriminator learns (a fresh one beside an --init generator)
+    d_groupnorm: bool = False  # GroupNorm after each inner discriminator conv, beside spectral norm (SPADE's spectral-instance norm)
 
 
 # Options of the discriminator only: a generator fits whatever these are.
@@ -106,7 +107,8 @@ class SpadeTrainer(BaseTrainer):
 
     def build(self) -> None:
         opts = self.opts
-        extra = {"d_spectral_norm": False, "d_groupnorm": True} if self.private or opts.dp_architecture else {}
+        extra = ({"d_spectral_norm": False, "d_groupnorm": True} if self.private or opts.dp_architecture else
+                 {"d_groupnorm": True} if opts.d_groupnorm else {})
         self.cfg = SpadeConfig.from_dict({**PRESETS[opts.preset].to_dict(), "size": opts.size, **extra})
         self.G = build_generator(self.cfg).to(self.device)
         self.D = MultiScaleDiscriminator(self.cfg).to(self.device)
