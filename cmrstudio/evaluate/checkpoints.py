@@ -48,13 +48,12 @@ def evaluate_checkpoints(run: str | Path, cases, max_slices: int | None = 120, s
     from cmrstudio.engine.factory import open_renderer
     from cmrstudio.engine.segment import segment_images
     from cmrstudio.evaluate.fidelity import InceptionFeatures, fid, kid
-    from cmrstudio.evaluate.realism import grid_artefact, render_rows, spread_rows
+    from cmrstudio.evaluate.realism import check_mode, grid_artefact, render_rows, spread_rows
     from cmrstudio.metrics import dice_scores
     from cmrstudio.models.registry import build_model, get_model
     from cmrstudio.settings import DEFAULT_MARGIN_MM
 
-    if mode not in ("synthetic", "in-patient"):
-        raise CmrError(f"--mode {mode!r} is not known; use synthetic (no real pixel) or in-patient (the scan's own surroundings).")
+    check_mode(mode)
     cards = checkpoint_cards(run)
     first = open_renderer(str(cards[0]), device=device)
     if mode == "in-patient" and not first.scene:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cmrstudio.errors import CmrError
+from cmrstudio.record import MODES
 from cmrstudio.settings import DEFAULT_MARGIN_MM, check_margin
 
 GRID_PERIODS = (2, 4, 8, 16)
@@ -136,6 +137,13 @@ def spread_rows(r, cases, max_slices: int | None = None) -> list:
     return rows
 
 
+def check_mode(mode: str) -> str:
+    """A render mode of the evaluations, or one sentence saying which there are."""
+    if mode not in MODES:
+        raise CmrError(f"--mode {mode!r} is not known; use synthetic (no real pixel) or in-patient (the scan's own surroundings).")
+    return mode
+
+
 def render_rows(r, rows, mode: str, seed0: int, margin_mm: float | None = None) -> np.ndarray:
     """One render of each row's mask (its vendor; slice j gets seed ``seed0 + j``), in this patient (repainting within
     ``margin_mm`` of the heart; None: the usual 10 mm) or fully synthetic."""
@@ -168,8 +176,7 @@ def evaluate_realism(held_out, reference, model: str | None = None, mode: str = 
     from cmrstudio.study.stats import proportion
     from cmrstudio.train.common import check_counts
 
-    if mode not in ("synthetic", "in-patient"):
-        raise CmrError(f"--mode {mode!r} is not known; use synthetic (no real pixel) or in-patient (the scan's own surroundings).")
+    check_mode(mode)
     check_counts(classifier_steps=classifier_steps, max_train=max_train_slices)  # before minutes of rendering, not after
     if margin_mm is not None and mode != "in-patient":
         raise CmrError("--margin is how far renders in this patient repaint; give it with --mode in-patient.")
