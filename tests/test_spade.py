@@ -407,6 +407,12 @@ def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_p
     assert any(not np.array_equal(start[k], last[k]) for k in start)  # and learned after it
     card = read_card(out / "ft.json").card
     assert "all in-patient" in card["training"]["augment"] and "fully synthetic" not in card["training"]["augment"]
+    assert card["training"]["discriminator_warmup_steps"] == 4
+    ft = dict(steps=16, init=str(tmp_path / "base" / "base.json"), **{**scene, "save_every": 4})
+    with pytest.raises(CmrError, match="--in-patient 1.0, not 0.5"):  # a resumed run keeps its share of in-patient windows
+        SpadeTrainer(TrainOptions(out=str(out), name="ft", resume=True, in_patient=0.5, d_groupnorm=True, **ft))
+    with pytest.raises(CmrError, match="d_groupnorm True, not False"):  # and its discriminator, by name
+        SpadeTrainer(TrainOptions(out=str(out), name="ft", resume=True, in_patient=1.0, **ft))
 
     data = tmp_path / "held"
     for i in range(2):
@@ -425,10 +431,6 @@ def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_p
     assert all(a["kid"] < b["kid"] for a, b in zip(ip["checkpoints"], ev["synthetic"]["checkpoints"]))
     bad = run("evaluate", "checkpoints", str(out), "--data", str(data), "--mode", "inpatient", check=False)
     assert bad.returncode != 0 and "--mode 'inpatient' is not known" in bad.stderr
-    with pytest.raises(CmrError, match="--in-patient 1.5 must be a fraction"):
-        SpadeTrainer(TrainOptions(out=str(tmp_path / "x"), in_patient=1.5, **scene))
-    with pytest.raises(CmrError, match="--d-warmup -1 must be 0"):
-        SpadeTrainer(TrainOptions(out=str(tmp_path / "y"), d_warmup=-1, **scene))
 
 
 def test_training_refuses_bad_options_in_one_sentence(tmp_path):
@@ -440,6 +442,14 @@ def test_training_refuses_bad_options_in_one_sentence(tmp_path):
         SpadeTrainer(TrainOptions(out=str(tmp_path / "c"), **{**SMALL, "save_every": 0}))
     with pytest.raises(CmrError, match="--resume was given"):
         SpadeTrainer(TrainOptions(out=str(tmp_path / "d"), resume=True, **SMALL))
+    scene = {**SMALL, "preset": "scene-tiny"}
+    for bad, said in ((dict(in_patient=1.5, **scene), "--in-patient 1.5 must be a fraction from 0"),
+                      (dict(in_patient=0.8, **SMALL), "--in-patient applies to scene presets only"),
+                      (dict(d_warmup=-1, **scene), "--d-warmup -1 must be 0"),
+                      (dict(d_warmup=60, steps=60, **scene), "below --steps 60"),
+                      (dict(d_warmup=5, dp_epsilon=5.0, **scene), "--d-warmup is not available with --dp-epsilon")):
+        with pytest.raises(CmrError, match=said):
+            SpadeTrainer(TrainOptions(out=str(tmp_path / "f"), **bad))
     p = run("train", "spade", "--phantom", "1", "--out", str(tmp_path / "e"), "--name", "../evil", check=False)
     assert p.returncode == 2 and "--name '../evil'" in p.stderr and not (tmp_path / "evil.json").exists()
 

@@ -417,10 +417,12 @@ def evaluate_checkpoints_cmd(
     """Measure every kept checkpoint of a run the same way on held-out patients (KID, FID, segmenter Dice, upsampling
     grid) to pick the one to ship; held-out patients: --case, else those the run's card names."""
     from cmrstudio.evaluate.checkpoints import checkpoint_cards, evaluate_checkpoints
+    from cmrstudio.evaluate.realism import check_mode
     from cmrstudio.evaluate.run import write_json
     from cmrstudio.train.common import check_counts
 
     check_counts(max_slices=max_slices)
+    check_mode(mode)
     cards = checkpoint_cards(run)
     cases, _ = _eval_inputs(data, case, 1, None, None, str(cards[0]))
     show = None if as_json else (lambda row: typer.echo(_checkpoint_line(row)))

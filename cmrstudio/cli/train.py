@@ -46,9 +46,9 @@ def train_spade(
     init: Optional[str] = typer.Option(None, "--init", help="Start from this model's weights (a card path or name; its discriminator too when its run folder kept one): public pre-training, then fine-tuning."),
     bf16: Optional[bool] = typer.Option(False, "--bf16/--fp32", help="Scene presets: bfloat16 autocast for the networks (losses stay float32)."),
     layout_prior: Optional[str] = typer.Option(None, "--layout-prior", help="Scene presets: the tissue-class prior (name or card; default: the installed layout-cmr, onto which fully synthetic training conditions are projected). A fine prior (layout-fine): trained on each slice's own tissue classes on its 2.5 mm cells, rendered with it. layout-fine itself: the coarse prior it refines."),
-    in_patient: float = typer.Option(0.5, "--in-patient", help="Scene presets: the fraction of training windows in this patient (real context outside a margin); the rest are fully synthetic."),
+    in_patient: Optional[float] = typer.Option(None, "--in-patient", help="Scene presets: the fraction of training windows in this patient (real context outside a margin; default 0.5); the rest are fully synthetic."),
     d_warmup: int = typer.Option(0, "--d-warmup", help="Steps at the start in which only the discriminator learns: for --init when the model's run folder kept no discriminator."),
-    d_groupnorm: bool = typer.Option(False, "--d-groupnorm", help="GroupNorm after each inner discriminator layer, beside spectral norm (like SPADE's spectral-instance norm): spectral norm alone keeps the discriminator's outputs small and its hinge loss near 2."),
+    d_groupnorm: bool = typer.Option(False, "--d-groupnorm", help="GroupNorm after each inner discriminator layer, beside spectral norm (akin to SPADE's spectral-instance norm): normalised features for a discriminator that spectral norm alone keeps small."),
     install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):

@@ -56,8 +56,7 @@ def evaluate_checkpoints(run: str | Path, cases, max_slices: int | None = 120, s
     check_mode(mode)
     cards = checkpoint_cards(run)
     first = open_renderer(str(cards[0]), device=device)
-    if mode == "in-patient" and not first.scene:
-        raise CmrError(f"The checkpoints of {run} render the heart crop only; they have no in-patient mode. Use --mode synthetic.")
+    check_mode(mode, first)
     rows = spread_rows(first, cases, max_slices)
     if len(rows) < 2:
         raise CmrError("Checkpoints are compared on at least two heart slices with images and masks; none of the given cases has them.")

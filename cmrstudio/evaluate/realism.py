@@ -137,10 +137,13 @@ def spread_rows(r, cases, max_slices: int | None = None) -> list:
     return rows
 
 
-def check_mode(mode: str) -> str:
-    """A render mode of the evaluations, or one sentence saying which there are."""
+def check_mode(mode: str, renderer=None) -> str:
+    """A render mode of the evaluations, or one sentence saying which there are; with ``renderer``, also one saying
+    when a heart-crop model is asked for renders in this patient."""
     if mode not in MODES:
         raise CmrError(f"--mode {mode!r} is not known; use synthetic (no real pixel) or in-patient (the scan's own surroundings).")
+    if renderer is not None and mode == "in-patient" and not renderer.scene:
+        raise CmrError(f"The model '{renderer.name}' renders the heart crop only, so it has no in-patient mode; use --mode synthetic.")
     return mode
 
 
@@ -182,8 +185,7 @@ def evaluate_realism(held_out, reference, model: str | None = None, mode: str = 
         raise CmrError("--margin is how far renders in this patient repaint; give it with --mode in-patient.")
     margin = (DEFAULT_MARGIN_MM if margin_mm is None else check_margin(margin_mm)) if mode == "in-patient" else None
     r = open_renderer(model, device=device, **hq)
-    if mode == "in-patient" and not r.scene:
-        raise CmrError(f"The model '{r.name}' renders the heart crop only; it has no in-patient mode.")
+    check_mode(mode, r)
     real_h, syn_h = _render(r, held_out, mode, 10_000 + seed, margin_mm=margin)
     if len(real_h) < 4:
         raise CmrError("The held-out cases give fewer than 4 heart slices; give more held-out patients (--case).")

@@ -70,11 +70,12 @@ class BaseOptions:
     layout_prior: str | None = None  # scene presets: the tissue-class prior (name or card; default: the installed layout-cmr)
     keep_checkpoints: bool = False  # also keep a copy of the model at every save (checkpoints/NAME-stepNNNNNN), to pick one by measurement
     workers: int = 0  # data-loading processes (0: in the training process); a GPU run needs several to keep the GPU fed
-    in_patient: float = 0.5  # scene presets: fraction of training windows in this patient (real context outside a margin)
+    in_patient: float | None = None  # scene presets: fraction of training windows in this patient (None: half)
 
 
 LEGACY_STATE_NAMES = {"ema": "generator_ema"}  # SPADE runs saved before the shared trainer
-RESUME_MUST_MATCH = ("data", "phantom", "exclude", "seed", "batch", "size", "preset", "require_labels", "augment", "layout_prior")
+RESUME_MUST_MATCH = ("data", "phantom", "exclude", "seed", "batch", "size", "preset", "require_labels", "augment", "layout_prior",
+                     "in_patient")
 
 
 def opts_dict(opts) -> dict:
@@ -118,8 +119,12 @@ class BaseTrainer:
             raise CmrError(f"--preset {opts.preset!r} is not known; use one of {', '.join(self.presets)}.")
         check_counts(steps=opts.steps, batch=opts.batch, sample_every=opts.sample_every, save_every=opts.save_every, log_every=opts.log_every)
         loader_workers(opts.workers, "cpu")  # --workers checked before the data is loaded
-        if not (math.isfinite(opts.in_patient) and 0.0 <= opts.in_patient <= 1.0):
-            raise CmrError(f"--in-patient {opts.in_patient} must be a fraction from 0 (all fully synthetic) to 1 (all in this patient).")
+        if opts.in_patient is not None:
+            if not self.scene_model():
+                raise CmrError(f"--in-patient applies to scene presets only (in-patient windows need the scene's context); "
+                               f"use --preset scene, or leave --in-patient out for --preset {opts.preset}.")
+            if not (math.isfinite(opts.in_patient) and 0.0 <= opts.in_patient <= 1.0):
+                raise CmrError(f"--in-patient {opts.in_patient} must be a fraction from 0 (all fully synthetic) to 1 (all in this patient).")
         self.check_options()
         if opts.threads:
             torch.set_num_threads(opts.threads)
@@ -322,7 +327,10 @@ class BaseTrainer:
         if st.get("kind", self.kind) != self.kind:
             raise CmrError(f"The run in {self.out} trains a {st.get('kind')} model, not a {self.kind} model; resume it with `train {'flow --preset layout-fine' if st.get('kind') == 'layout' else st.get('kind')}`.")
         if st.get("config") != self.cfg.to_dict():
-            raise CmrError(f"The run in {self.out} was trained with another architecture ({st.get('config')}); resume it with the same --preset and --size.")
+            theirs, mine = st.get("config") or {}, self.cfg.to_dict()
+            diff = ", ".join(f"{k} {theirs.get(k)!r}, not {mine.get(k)!r}" for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k))
+            raise CmrError(f"The run in {self.out} was trained with another architecture ({diff}); resume it with the options it "
+                           "was started with (--preset, --size and the architecture flags).")
         mine = opts_dict(self.opts)
         own = getattr(self, "resume_must_match", ())
         fields = getattr(type(self.opts), "__dataclass_fields__", {})
@@ -428,8 +436,9 @@ class BaseTrainer:
         return p
 
     def scene_augment(self) -> SceneAugment:
-        """Scene presets: the windows' augmentation, with the run's share of in-patient windows."""
-        return SceneAugment(context=self.opts.in_patient)
+        """Scene presets: the windows' augmentation, with the run's share of in-patient windows (half unless given)."""
+        share = self.opts.in_patient
+        return SceneAugment() if share is None else SceneAugment(context=share)
 
     def augment_text(self) -> str:
         if not self.opts.augment:

@@ -84,8 +84,9 @@ class SpadeTrainer(BaseTrainer):
         if o.grid and o.dp_epsilon is not None:
             raise CmrError("--grid-loss couples the images of a batch, which differentially private training cannot account for; "
                            "train without --grid-loss, or without --dp-epsilon.")
-        if o.d_warmup < 0:
-            raise CmrError(f"--d-warmup {o.d_warmup} must be 0 (off) or a number of steps.")
+        if not 0 <= o.d_warmup < o.steps:
+            raise CmrError(f"--d-warmup {o.d_warmup} must be 0 (off) or a number of steps below --steps {o.steps}, "
+                           "so that the generator trains after it.")
         if o.d_warmup and o.dp_epsilon is not None:
             raise CmrError("--d-warmup is not available with --dp-epsilon: every private step releases both networks' updates; "
                            "leave --d-warmup out.")
@@ -302,6 +303,8 @@ class SpadeTrainer(BaseTrainer):
                            "data only and is not part of the accounting" if self.pretraining else "the whole training (no pre-training)"),
                 "data_seen_privately": [d["dataset"] for d in data_summary(self.ds, self.cases)],
             }
+        if self.opts.d_warmup:
+            extra["discriminator_warmup_steps"] = self.opts.d_warmup  # the generator trained in the steps after these
         if self.pretraining:
             extra["pretraining"] = self.pretraining
         return extra
@@ -336,7 +339,8 @@ class SpadeTrainer(BaseTrainer):
         vendor = self.drop_vendor(batch["vendor"])
 
         z = self._latents(len(real))
-        fake = self.G(oh, vendor, z[0])
+        with torch.set_grad_enabled(not self.warming_up):  # in the warm-up the generator's output is only the D's input
+            fake = self.G(oh, vendor, z[0])
         d_real = self.D(real, oh, vendor)
         d_fake = self.D(fake.detach(), oh, vendor)
         loss_d = d_hinge(d_real, d_fake)
@@ -361,7 +365,8 @@ class SpadeTrainer(BaseTrainer):
         vendor = self.drop_vendor(batch["vendor"])
         z = self._latents(len(real))
         with self._autocast():
-            fake = composite(self.G(cond, vendor, z[0]), cond, real)
+            with torch.set_grad_enabled(not self.warming_up):  # in the warm-up the generator's output is only the D's input
+                fake = composite(self.G(cond, vendor, z[0]), cond, real)
             d_real = self.D(real, cond, vendor)
             d_fake = self.D(fake.detach(), cond, vendor)
         loss_d = d_hinge(_f32(d_real), _f32(d_fake))
