@@ -53,7 +53,6 @@ def evaluate_checkpoints(run: str | Path, cases, max_slices: int | None = 120, s
     from cmrstudio.models.registry import build_model, get_model
     from cmrstudio.settings import DEFAULT_MARGIN_MM
 
-    check_mode(mode)
     cards = checkpoint_cards(run)
     first = open_renderer(str(cards[0]), device=device)
     check_mode(mode, first)

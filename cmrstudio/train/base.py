@@ -327,8 +327,9 @@ class BaseTrainer:
         if st.get("kind", self.kind) != self.kind:
             raise CmrError(f"The run in {self.out} trains a {st.get('kind')} model, not a {self.kind} model; resume it with `train {'flow --preset layout-fine' if st.get('kind') == 'layout' else st.get('kind')}`.")
         if st.get("config") != self.cfg.to_dict():
-            theirs, mine = st.get("config") or {}, self.cfg.to_dict()
-            diff = ", ".join(f"{k} {theirs.get(k)!r}, not {mine.get(k)!r}" for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k))
+            saved_cfg, ours = st.get("config") or {}, self.cfg.to_dict()
+            diff = ", ".join(f"{k} {saved_cfg.get(k)!r}, not {ours.get(k)!r}" for k in sorted(set(saved_cfg) | set(ours))
+                             if saved_cfg.get(k) != ours.get(k))
             raise CmrError(f"The run in {self.out} was trained with another architecture ({diff}); resume it with the options it "
                            "was started with (--preset, --size and the architecture flags).")
         mine = opts_dict(self.opts)

@@ -53,7 +53,7 @@ class TrainOptions(BaseOptions):
     init: str | None = None  # start from a public model's weights (a card): public pre-training, then (private) fine-tuning
     bf16: bool | None = False  # scene models: bfloat16 autocast for the networks (None: where native); losses stay float32
     d_warmup: int = 0  # first steps in which only the discriminator learns (a fresh one beside an --init generator)
-    d_groupnorm: bool = False  # GroupNorm after each inner discriminator conv, beside spectral norm (SPADE's spectral-instance norm)
+    d_groupnorm: bool = False  # GroupNorm after each inner discriminator conv, beside spectral norm (akin to SPADE's spectral-instance norm)
 
 
 # Options of the discriminator only: a generator fits whatever these are.
@@ -344,11 +344,8 @@ class SpadeTrainer(BaseTrainer):
         d_real = self.D(real, oh, vendor)
         d_fake = self.D(fake.detach(), oh, vendor)
         loss_d = d_hinge(d_real, d_fake)
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
-        if self.warming_up:
-            return {"d": float(loss_d.detach())}
+        if (only_d := self._update_d(loss_d)) is not None:
+            return only_d
 
         g = self._g_losses(self.D, fake, real, oh, vendor, self.G(oh, vendor, z[1]) if self.opts.mode_seeking else None, z)
         self.opt_g.zero_grad(set_to_none=True)
@@ -370,11 +367,8 @@ class SpadeTrainer(BaseTrainer):
             d_real = self.D(real, cond, vendor)
             d_fake = self.D(fake.detach(), cond, vendor)
         loss_d = d_hinge(_f32(d_real), _f32(d_fake))
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
-        if self.warming_up:
-            return {"d": float(loss_d.detach())}
+        if (only_d := self._update_d(loss_d)) is not None:
+            return only_d
 
         with self._autocast():
             other = composite(self.G(cond, vendor, z[1]), cond, real) if self.opts.mode_seeking else None
@@ -384,6 +378,13 @@ class SpadeTrainer(BaseTrainer):
         self.opt_g.step()
         self.update_ema(self.G_ema, self.G)
         return {k: float(v.detach()) for k, v in {"d": loss_d, **g}.items()}
+
+    def _update_d(self, loss_d: torch.Tensor) -> dict | None:
+        """One discriminator update; within --d-warmup also the step's only loss (the generator waits), else None."""
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        return {"d": float(loss_d.detach())} if self.warming_up else None
 
     @property
     def warming_up(self) -> bool:
