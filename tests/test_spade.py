@@ -15,7 +15,7 @@ from cmrstudio.errors import CmrError
 from cmrstudio.io import write_volume
 from cmrstudio.models.checkpoint import FORMAT_VERSION, read_card, sha256_file, verify
 from cmrstudio.models.registry import build_model, get_model, list_models
-from cmrstudio.models.spade import PRESETS, MultiScaleDiscriminator, SpadeConfig, SpadeGenerator, onehot
+from cmrstudio.models.spade import PRESETS, MultiScaleDiscriminator, SpadeConfig, SpadeGenerator, d_hinge, g_hinge, onehot, region_weights
 from cmrstudio.resources import resources_dir
 from cmrstudio.train.spade import SpadeTrainer, TrainOptions
 
@@ -395,7 +395,7 @@ def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_p
     base.run(progress=False)
     out = tmp_path / "ft"
     tr = SpadeTrainer(TrainOptions(out=str(out), name="ft", steps=12, keep_checkpoints=True, init=str(tmp_path / "base" / "base.json"),
-                                   in_patient=1.0, d_warmup=4, d_groupnorm=True, **{**scene, "save_every": 4}))
+                                   in_patient=1.0, d_warmup=4, d_groupnorm=True, adv_region=True, **{**scene, "save_every": 4}))
     assert {tr.ds.sample(i)["mode"] for i in range(12)} == {"context"}  # every window in this patient
     assert any(isinstance(m, torch.nn.GroupNorm) for m in tr.D.modules()) and tr.cfg.d_spectral_norm  # both, as SPADE's D
     assert "another architecture: d_groupnorm False" in tr.pretraining["discriminator"]  # so the base run's D is not loaded
@@ -408,11 +408,14 @@ def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_p
     card = read_card(out / "ft.json").card
     assert "all in-patient" in card["training"]["augment"] and "fully synthetic" not in card["training"]["augment"]
     assert card["training"]["discriminator_warmup_steps"] == 4
+    assert "over the repainted region" in card["architecture"]["losses"]["hinge_average"]
     ft = dict(steps=16, init=str(tmp_path / "base" / "base.json"), **{**scene, "save_every": 4})
     with pytest.raises(CmrError, match="--in-patient 1.0, not 0.5"):  # a resumed run keeps its share of in-patient windows
-        SpadeTrainer(TrainOptions(out=str(out), name="ft", resume=True, in_patient=0.5, d_groupnorm=True, **ft))
+        SpadeTrainer(TrainOptions(out=str(out), name="ft", resume=True, in_patient=0.5, d_groupnorm=True, adv_region=True, **ft))
     with pytest.raises(CmrError, match="d_groupnorm True, not False"):  # and its discriminator, by name
-        SpadeTrainer(TrainOptions(out=str(out), name="ft", resume=True, in_patient=1.0, **ft))
+        SpadeTrainer(TrainOptions(out=str(out), name="ft", resume=True, in_patient=1.0, adv_region=True, **ft))
+    with pytest.raises(CmrError, match="--adv-region True, not False"):  # and how its hinge losses are averaged
+        SpadeTrainer(TrainOptions(out=str(out), name="ft", resume=True, in_patient=1.0, d_groupnorm=True, **ft))
 
     data = tmp_path / "held"
     for i in range(2):
@@ -433,6 +436,30 @@ def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_p
     assert bad.returncode != 0 and "--mode 'inpatient' is not known" in bad.stderr
 
 
+def test_region_weighted_hinge_looks_only_where_the_generator_repainted():
+    """In an in-patient window the composite is the real scan outside the repainted region: the hinge losses weighted
+    by region_weights ignore patches there (however the discriminator scores them), and a window repainted everywhere
+    (fully synthetic) weighs every patch alike, as the plain mean does."""
+    torch.manual_seed(0)
+    repaint = torch.zeros(2, 1, 64, 64)
+    repaint[0, :, 16:48, 16:48] = 1  # in this patient: a 32-pixel square repainted
+    repaint[1] = 1  # fully synthetic
+    real = [[torch.randn(2, 1, 16, 16)], [torch.randn(2, 1, 8, 8)]]
+    fake = [[torch.randn(2, 1, 16, 16)], [torch.randn(2, 1, 8, 8)]]
+    w = region_weights(repaint, real)
+    assert [m.shape[-1] for m in w] == [16, 8] and torch.equal(w[0][0, 0, 4:12, 4:12], torch.ones(8, 8)) and w[0][0].sum() == 64
+    moved = [[r[0].clone()] for r in fake]
+    for m, f in zip(w, moved):  # scores outside the repainted square, where real and composite agree, change nothing
+        f[0][0][m[0] == 0] = 50.0
+    assert torch.allclose(d_hinge(real, fake, w), d_hinge(real, moved, w)) and torch.allclose(g_hinge(fake, w), g_hinge(moved, w))
+    assert not torch.allclose(d_hinge(real, fake), d_hinge(real, moved))  # the plain mean is moved by them
+    both = [[torch.cat([f[0][1:], f[0][1:]])] for f in fake]  # two fully synthetic windows: the weighted mean is the mean
+    assert torch.allclose(g_hinge(both, region_weights(torch.ones(2, 1, 64, 64), both)), g_hinge(both))
+    expected = sum(-(f[0][0, 0] * m[0, 0]).sum() / m[0, 0].sum() - f[0][1].mean() for f, m in zip(fake, w)) / 4
+    assert torch.allclose(g_hinge(fake, w), expected)  # per image, then over the batch and the scales
+    assert torch.equal(region_weights(torch.zeros(1, 1, 64, 64), real[:1])[0], torch.ones(1, 1, 16, 16))  # nothing repainted: even
+
+
 def test_training_refuses_bad_options_in_one_sentence(tmp_path):
     with pytest.raises(CmrError, match="fewer than --batch 500"):
         SpadeTrainer(TrainOptions(out=str(tmp_path / "a"), **{**SMALL, "batch": 500}))
@@ -447,7 +474,8 @@ def test_training_refuses_bad_options_in_one_sentence(tmp_path):
                       (dict(in_patient=0.8, **SMALL), "--in-patient applies to scene presets only"),
                       (dict(d_warmup=-1, **scene), "--d-warmup -1 must be 0"),
                       (dict(d_warmup=60, steps=60, **scene), "below --steps 60"),
-                      (dict(d_warmup=5, dp_epsilon=5.0, **scene), "--d-warmup is not available with --dp-epsilon")):
+                      (dict(d_warmup=5, dp_epsilon=5.0, **scene), "--d-warmup is not available with --dp-epsilon"),
+                      (dict(adv_region=True, **SMALL), "--adv-region weighs the repainted region of in-patient windows")):
         with pytest.raises(CmrError, match=said):
             SpadeTrainer(TrainOptions(out=str(tmp_path / "f"), **bad))
     p = run("train", "spade", "--phantom", "1", "--out", str(tmp_path / "e"), "--name", "../evil", check=False)

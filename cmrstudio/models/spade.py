@@ -343,15 +343,37 @@ def onehot(mask: torch.Tensor, n_labels: int = N_LABELS) -> torch.Tensor:
 
 # --- losses -----------------------------------------------------------------------------------
 
-def d_hinge(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
+def d_hinge(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]], weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """The discriminator's hinge loss over its scales; with ``weights`` (one (B, 1, h, w) map per scale, from
+    :func:`region_weights`) each image's patches are averaged with those weights instead of evenly."""
     loss = 0.0
-    for r, f in zip(real, fake):
-        loss = loss + F.relu(1 - r[-1]).mean() + F.relu(1 + f[-1]).mean()
+    for i, (r, f) in enumerate(zip(real, fake)):
+        w = None if weights is None else weights[i]
+        loss = loss + _patch_mean(F.relu(1 - r[-1]), w) + _patch_mean(F.relu(1 + f[-1]), w)
     return loss / len(real)
 
 
-def g_hinge(fake: list[list[torch.Tensor]]) -> torch.Tensor:
-    return sum(-f[-1].mean() for f in fake) / len(fake)
+def g_hinge(fake: list[list[torch.Tensor]], weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+    return sum(-_patch_mean(f[-1], None if weights is None else weights[i]) for i, f in enumerate(fake)) / len(fake)
+
+
+def _patch_mean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    if w is None:
+        return x.mean()
+    return ((x * w).flatten(1).sum(1) / w.flatten(1).sum(1)).mean()
+
+
+def region_weights(repaint: torch.Tensor, outputs: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per discriminator scale, how much of each output patch's footprint the generator repainted: ``repaint``
+    (B, 1, H, W) in [0, 1] area-averaged onto each scale's output grid. Where a window is all real context but its
+    repainted region (in-patient windows), real and composite agree outside it and those patches say nothing; the
+    hinge losses averaged with these weights look where the two differ. A window repainted everywhere weighs every
+    patch alike. Each map's sum is kept above zero, so an image's mean is always defined."""
+    maps = []
+    for o in outputs:
+        w = F.interpolate(repaint.float(), size=o[-1].shape[-2:], mode="area")
+        maps.append(torch.where(w.flatten(1).sum(1)[:, None, None, None] > 0, w, torch.ones_like(w)))
+    return maps
 
 
 def feature_matching(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:

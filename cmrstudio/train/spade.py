@@ -30,6 +30,7 @@ from cmrstudio.models.spade import (
     GridPenalty,
     lowpass_l1,
     onehot,
+    region_weights,
 )
 from cmrstudio.train.base import BaseOptions, BaseTrainer
 from cmrstudio.train.common import PUBLIC_DATASETS, data_summary, endless, start_from
@@ -54,6 +55,7 @@ class TrainOptions(BaseOptions):
     bf16: bool | None = False  # scene models: bfloat16 autocast for the networks (None: where native); losses stay float32
     d_warmup: int = 0  # first steps in which only the discriminator learns (a fresh one beside an --init generator)
     d_groupnorm: bool = False  # GroupNorm after each inner discriminator conv, beside spectral norm (akin to SPADE's spectral-instance norm)
+    adv_region: bool = False  # scene presets: hinge losses averaged over the repainted region of in-patient windows (region_weights)
 
 
 # Options of the discriminator only: a generator fits whatever these are.
@@ -64,7 +66,7 @@ class SpadeTrainer(BaseTrainer):
     kind = "spade"
     presets = PRESETS
     postfix = ("d", "g_adv", "lowpass", "ms")
-    resume_must_match = ("init", "dp_architecture", "fm", "lowpass", "mode_seeking")
+    resume_must_match = ("init", "dp_architecture", "fm", "lowpass", "mode_seeking", "adv_region")
 
     def check_options(self) -> None:
         try:
@@ -84,6 +86,9 @@ class SpadeTrainer(BaseTrainer):
         if o.grid and o.dp_epsilon is not None:
             raise CmrError("--grid-loss couples the images of a batch, which differentially private training cannot account for; "
                            "train without --grid-loss, or without --dp-epsilon.")
+        if o.adv_region and not self.scene_model():
+            raise CmrError(f"--adv-region weighs the repainted region of in-patient windows, which only scene presets train on; "
+                           f"use --preset scene, or leave --adv-region out for --preset {o.preset}.")
         if not 0 <= o.d_warmup < o.steps:
             raise CmrError(f"--d-warmup {o.d_warmup} must be 0 (off) or a number of steps below --steps {o.steps}, "
                            "so that the generator trains after it.")
@@ -282,6 +287,9 @@ class SpadeTrainer(BaseTrainer):
             "losses": {"hinge_gan": 1.0, "feature_matching": self.weights.fm, "lowpass_l1_4x": self.weights.lowpass,
                        **({"grid_period2": self.weights.grid} if self.weights.grid else {}),
                        **({"mode_seeking": self.opts.mode_seeking} if self.opts.mode_seeking else {}),
+                       **({"hinge_average": "over the repainted region in in-patient windows (each output patch weighed by "
+                                            "the repainted share of its footprint), over the whole window otherwise"}
+                          if self.opts.adv_region else {}),
                        "note": "no VGG perceptual loss (no ImageNet weights offline); low-pass L1 instead"},
             "ema": self.opts.ema,
         }
@@ -366,13 +374,14 @@ class SpadeTrainer(BaseTrainer):
                 fake = composite(self.G(cond, vendor, z[0]), cond, real)
             d_real = self.D(real, cond, vendor)
             d_fake = self.D(fake.detach(), cond, vendor)
-        loss_d = d_hinge(_f32(d_real), _f32(d_fake))
+        weights = region_weights(1 - cond[:, -1:], d_real) if self.opts.adv_region else None
+        loss_d = d_hinge(_f32(d_real), _f32(d_fake), weights)
         if (only_d := self._update_d(loss_d)) is not None:
             return only_d
 
         with self._autocast():
             other = composite(self.G(cond, vendor, z[1]), cond, real) if self.opts.mode_seeking else None
-        g = self._g_losses(self.D, fake, real, cond, vendor, other, z)
+        g = self._g_losses(self.D, fake, real, cond, vendor, other, z, weights)
         self.opt_g.zero_grad(set_to_none=True)
         g["g"].backward()
         self.opt_g.step()
@@ -398,16 +407,16 @@ class SpadeTrainer(BaseTrainer):
         return tuple(torch.randn(b, self.cfg.z_dim, generator=self.rng).to(self.device) for _ in range(2))
 
     def _g_losses(self, D, fake: torch.Tensor, real: torch.Tensor, oh: torch.Tensor, vendor: torch.Tensor,
-                  other: torch.Tensor | None = None, z: tuple | None = None) -> dict:
+                  other: torch.Tensor | None = None, z: tuple | None = None, weights: list[torch.Tensor] | None = None) -> dict:
         """The generator's losses: hinge, feature matching against the real image's features, low-pass L1; with
         ``other`` (the same masks rendered from the second latent of ``z``) the mode-seeking loss (Mao et al., MSGAN,
         CVPR 2019): the inverse of how far apart the two renders are per unit of latent distance, so that a seed
-        changes the image instead of being ignored."""
+        changes the image instead of being ignored. ``weights``: the hinge's patch weights (:func:`region_weights`)."""
         with self._autocast():
             d_fake = _f32(D(fake, oh, vendor))
             with torch.no_grad():
                 d_real = _f32(D(real, oh, vendor))
-        adv, fm, lp = g_hinge(d_fake), feature_matching(d_real, d_fake), lowpass_l1(fake.float(), real)
+        adv, fm, lp = g_hinge(d_fake, weights), feature_matching(d_real, d_fake), lowpass_l1(fake.float(), real)
         out = {"g_adv": adv, "fm": fm, "lowpass": lp, "g": adv + self.weights.fm * fm + self.weights.lowpass * lp}
         if self.grid_penalty is not None:
             out["g"] = out["g"] + self.weights.grid * self.grid_penalty(fake)
