@@ -381,7 +381,7 @@ def test_kept_checkpoints_are_measured_alike_so_that_one_can_be_picked(tmp_path)
 
 
 @pytest.mark.slow
-def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_picked_in_the_patient(tmp_path):
+def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_picked_in_the_patient(tmp_path, monkeypatch):
     """`--in-patient 1` trains on in-patient windows only; `--d-groupnorm` puts GroupNorm beside spectral norm in the
     discriminator; `--d-warmup N` keeps an --init generator as it was for the first N steps while the fresh discriminator
     learns; `evaluate checkpoints --mode in-patient` renders the held-out slices in
@@ -399,7 +399,17 @@ def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_p
     assert {tr.ds.sample(i)["mode"] for i in range(12)} == {"context"}  # every window in this patient
     assert any(isinstance(m, torch.nn.GroupNorm) for m in tr.D.modules()) and tr.cfg.d_spectral_norm  # both, as SPADE's D
     assert "another architecture: d_groupnorm False" in tr.pretraining["discriminator"]  # so the base run's D is not loaded
+    import cmrstudio.train.spade as trainer
+
+    seen = {"repaint": [], "d": [], "g": []}
+    for name, key in (("d_hinge", "d"), ("g_hinge", "g")):  # --adv-region: which weights reach the two hinge losses
+        monkeypatch.setattr(trainer, name, lambda *a, _f=getattr(trainer, name), _k=key: seen[_k].append(a[-1]) or _f(*a))
+    monkeypatch.setattr(trainer, "region_weights", lambda D, r, _f=trainer.region_weights: seen["repaint"].append(r) or _f(D, r))
     tr.run(progress=False)
+    monkeypatch.undo()
+    assert len(seen["repaint"]) == 12 and len(seen["d"]) == 12 and len(seen["g"]) == 8  # the generator's losses after the warm-up
+    assert all(((r == 0) | (r == 1)).all() and 0 < r[i].mean() < 1 for r in seen["repaint"] for i in range(len(r)))  # each window
+    assert all(w is not None and len(w) == tr.cfg.num_d for w in seen["d"] + seen["g"])  # in part repainted, in part real
     start, after_warmup, last = (load_file(str(p)) for p in (tmp_path / "base" / "base.safetensors",
                                                              out / "checkpoints" / "ft-step000004.safetensors",
                                                              out / "checkpoints" / "ft-step000012.safetensors"))
@@ -437,27 +447,47 @@ def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_p
 
 
 def test_region_weighted_hinge_looks_only_where_the_generator_repainted():
-    """In an in-patient window the composite is the real scan outside the repainted region: the hinge losses weighted
-    by region_weights ignore patches there (however the discriminator scores them), and a window repainted everywhere
-    (fully synthetic) weighs every patch alike, as the plain mean does."""
+    """In an in-patient window the composite is the real scan outside the repainted region. region_weights gives each
+    discriminator output the repainted share of its own receptive field (the scene discriminator's geometry, not a
+    resize of the map), so the weighted hinge losses ignore outputs that see none of the region, however they score;
+    a window repainted everywhere (fully synthetic) weighs every output alike, as the plain mean does."""
     torch.manual_seed(0)
-    repaint = torch.zeros(2, 1, 64, 64)
-    repaint[0, :, 16:48, 16:48] = 1  # in this patient: a 32-pixel square repainted
+    D = MultiScaleDiscriminator(SpadeConfig.from_dict({**PRESETS["scene"].to_dict(), "size": 64}))  # no GroupNorm: local outputs
+    image = torch.randn(1, 1, 64, 64, requires_grad=True)
+    out = D(image, torch.zeros(1, D.cfg.n_cond, 64, 64), torch.zeros(1, dtype=torch.long))
+    dot = torch.zeros(1, 1, 64, 64)
+    dot[..., 40, 21] = 1  # one repainted pixel
+    w = region_weights(D, dot)
+    for scale, (o, m) in enumerate(zip(out, w)):
+        assert m.shape == o[-1].shape
+        sees = torch.autograd.grad(o[-1][0, 0].flatten() @ (m[0, 0].flatten() > 0).float(), image, retain_graph=True)[0][0, 0]
+        blind = torch.autograd.grad(o[-1][0, 0].flatten() @ (m[0, 0].flatten() == 0).float(), image, retain_graph=True)[0][0, 0]
+        assert sees[40, 21] != 0 and blind[40, 21] == 0, scale  # weighted exactly where the output depends on the pixel
+
+    repaint = torch.zeros(2, 1, 128, 128)
+    repaint[0, :, 40:88, 40:88] = 1  # in this patient: a 48-pixel square repainted (wider than a receptive field)
     repaint[1] = 1  # fully synthetic
-    real = [[torch.randn(2, 1, 16, 16)], [torch.randn(2, 1, 8, 8)]]
-    fake = [[torch.randn(2, 1, 16, 16)], [torch.randn(2, 1, 8, 8)]]
-    w = region_weights(repaint, real)
-    assert [m.shape[-1] for m in w] == [16, 8] and torch.equal(w[0][0, 0, 4:12, 4:12], torch.ones(8, 8)) and w[0][0].sum() == 64
-    moved = [[r[0].clone()] for r in fake]
-    for m, f in zip(w, moved):  # scores outside the repainted square, where real and composite agree, change nothing
+    w = region_weights(D, repaint)
+    assert torch.equal(w[0][1], torch.ones_like(w[0][1])) and torch.equal(w[1][1], torch.ones_like(w[1][1]))
+    part = w[0][0]
+    assert part.max() == 1 and (part == 0).any() and ((part > 0) & (part < 1)).any()  # inside, outside and the seam between
+    real = [[torch.randn_like(m)] for m in w]
+    fake = [[torch.randn_like(m)] for m in w]
+    moved_real, moved_fake = [[r[0].clone()] for r in real], [[f[0].clone()] for f in fake]
+    for m, r, f in zip(w, moved_real, moved_fake):  # scores of outputs that see none of the region change nothing
+        r[0][0][m[0] == 0] = -50.0
         f[0][0][m[0] == 0] = 50.0
-    assert torch.allclose(d_hinge(real, fake, w), d_hinge(real, moved, w)) and torch.allclose(g_hinge(fake, w), g_hinge(moved, w))
-    assert not torch.allclose(d_hinge(real, fake), d_hinge(real, moved))  # the plain mean is moved by them
-    both = [[torch.cat([f[0][1:], f[0][1:]])] for f in fake]  # two fully synthetic windows: the weighted mean is the mean
-    assert torch.allclose(g_hinge(both, region_weights(torch.ones(2, 1, 64, 64), both)), g_hinge(both))
+    assert torch.allclose(d_hinge(real, fake, w), d_hinge(moved_real, moved_fake, w))
+    assert torch.allclose(g_hinge(fake, w), g_hinge(moved_fake, w))
+    assert not torch.allclose(d_hinge(real, fake), d_hinge(moved_real, moved_fake))  # the plain mean is moved by them
+    seam = [[f[0].clone()] for f in fake]
+    seam[0][0][0, 0][(part[0] > 0) & (part[0] < 1)] += 1.0  # outputs that see part of the region do count
+    assert not torch.allclose(g_hinge(fake, w), g_hinge(seam, w))
     expected = sum(-(f[0][0, 0] * m[0, 0]).sum() / m[0, 0].sum() - f[0][1].mean() for f, m in zip(fake, w)) / 4
-    assert torch.allclose(g_hinge(fake, w), expected)  # per image, then over the batch and the scales
-    assert torch.equal(region_weights(torch.zeros(1, 1, 64, 64), real[:1])[0], torch.ones(1, 1, 16, 16))  # nothing repainted: even
+    assert torch.allclose(g_hinge(fake, w), expected)  # per window, then over the batch and the scales
+    both = [[torch.cat([f[0][1:], f[0][1:]])] for f in fake]  # two fully synthetic windows: the weighted mean is the mean
+    assert torch.allclose(g_hinge(both, region_weights(D, torch.ones(2, 1, 128, 128))), g_hinge(both))
+    assert all(torch.equal(m, torch.ones_like(m)) for m in region_weights(D, torch.zeros(1, 1, 64, 64)))  # nothing repainted: even
 
 
 def test_training_refuses_bad_options_in_one_sentence(tmp_path):
@@ -475,7 +505,9 @@ def test_training_refuses_bad_options_in_one_sentence(tmp_path):
                       (dict(d_warmup=-1, **scene), "--d-warmup -1 must be 0"),
                       (dict(d_warmup=60, steps=60, **scene), "below --steps 60"),
                       (dict(d_warmup=5, dp_epsilon=5.0, **scene), "--d-warmup is not available with --dp-epsilon"),
-                      (dict(adv_region=True, **SMALL), "--adv-region weighs the repainted region of in-patient windows")):
+                      (dict(adv_region=True, **SMALL), "--adv-region weighs the repainted region of in-patient windows"),
+                      (dict(adv_region=True, in_patient=0.0, **scene), "--in-patient 0 leaves out"),
+                      (dict(adv_region=True, dp_epsilon=5.0, **scene), "leave --adv-region out with --dp-epsilon")):
         with pytest.raises(CmrError, match=said):
             SpadeTrainer(TrainOptions(out=str(tmp_path / "f"), **bad))
     p = run("train", "spade", "--phantom", "1", "--out", str(tmp_path / "e"), "--name", "../evil", check=False)

@@ -316,6 +316,14 @@ class PatchDiscriminator(nn.Module):
             feats.append(x)
         return feats
 
+    def footprint(self, share: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) -> (B, 1, h, w) on the output grid: ``share`` averaged over each output's receptive field, with the
+        convolutions' own kernels, strides and zero padding (so the padding counts as 0)."""
+        for layer in self.layers:
+            conv = next(m for m in layer.modules() if isinstance(m, nn.Conv2d))
+            share = F.avg_pool2d(share, conv.kernel_size, conv.stride, conv.padding)
+        return share
+
 
 class MultiScaleDiscriminator(nn.Module):
     def __init__(self, cfg: SpadeConfig = SpadeConfig()):
@@ -331,9 +339,23 @@ class MultiScaleDiscriminator(nn.Module):
         out = []
         for i, d in enumerate(self.ds):
             if i:
-                x = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+                x = _half(x)
             out.append(d(x))
         return out
+
+    def footprints(self, share: torch.Tensor) -> list[torch.Tensor]:
+        """Per scale, ``share`` (B, 1, H, W) averaged over each output's receptive field, as :meth:`forward` sees the input."""
+        out = []
+        for i, d in enumerate(self.ds):
+            if i:
+                share = _half(share)
+            out.append(d.footprint(share))
+        return out
+
+
+def _half(x: torch.Tensor) -> torch.Tensor:
+    """The input of the next discriminator scale."""
+    return F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
 
 
 def onehot(mask: torch.Tensor, n_labels: int = N_LABELS) -> torch.Tensor:
@@ -363,15 +385,18 @@ def _patch_mean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
     return ((x * w).flatten(1).sum(1) / w.flatten(1).sum(1)).mean()
 
 
-def region_weights(repaint: torch.Tensor, outputs: list[list[torch.Tensor]]) -> list[torch.Tensor]:
-    """Per discriminator scale, how much of each output patch's footprint the generator repainted: ``repaint``
-    (B, 1, H, W) in [0, 1] area-averaged onto each scale's output grid. Where a window is all real context but its
-    repainted region (in-patient windows), real and composite agree outside it and those patches say nothing; the
-    hinge losses averaged with these weights look where the two differ. A window repainted everywhere weighs every
-    patch alike. Each map's sum is kept above zero, so an image's mean is always defined."""
+def region_weights(D: MultiScaleDiscriminator, repaint: torch.Tensor) -> list[torch.Tensor]:
+    """Per discriminator scale, the repainted share of each output's receptive field: ``repaint`` (B, 1, H, W) in
+    [0, 1] pushed through ``D``'s own pooling geometry (:meth:`MultiScaleDiscriminator.footprints`), over the share of
+    that field inside the window. In an in-patient window real and composite agree outside the repainted region, so
+    outputs that see none of it say nothing; the hinge losses averaged with these weights look where the two differ,
+    the seam included. A window repainted everywhere weighs every output alike (the plain mean). A window with nothing
+    repainted also weighs them alike, so an image's mean is always defined."""
+    repaint = repaint.float()
+    inside = D.footprints(torch.ones_like(repaint[:1]))
     maps = []
-    for o in outputs:
-        w = F.interpolate(repaint.float(), size=o[-1].shape[-2:], mode="area")
+    for share, full in zip(D.footprints(repaint), inside):
+        w = (share / full).clamp(0.0, 1.0)
         maps.append(torch.where(w.flatten(1).sum(1)[:, None, None, None] > 0, w, torch.ones_like(w)))
     return maps
 

@@ -89,6 +89,10 @@ class SpadeTrainer(BaseTrainer):
         if o.adv_region and not self.scene_model():
             raise CmrError(f"--adv-region weighs the repainted region of in-patient windows, which only scene presets train on; "
                            f"use --preset scene, or leave --adv-region out for --preset {o.preset}.")
+        if o.adv_region and (o.in_patient == 0 or o.dp_epsilon is not None):
+            raise CmrError("--adv-region weighs the repainted region of in-patient windows, which "
+                           + ("--in-patient 0 leaves out; give a share above 0, or leave --adv-region out." if o.in_patient == 0 else
+                              "a private run does not train on; leave --adv-region out with --dp-epsilon."))
         if not 0 <= o.d_warmup < o.steps:
             raise CmrError(f"--d-warmup {o.d_warmup} must be 0 (off) or a number of steps below --steps {o.steps}, "
                            "so that the generator trains after it.")
@@ -287,8 +291,9 @@ class SpadeTrainer(BaseTrainer):
             "losses": {"hinge_gan": 1.0, "feature_matching": self.weights.fm, "lowpass_l1_4x": self.weights.lowpass,
                        **({"grid_period2": self.weights.grid} if self.weights.grid else {}),
                        **({"mode_seeking": self.opts.mode_seeking} if self.opts.mode_seeking else {}),
-                       **({"hinge_average": "over the repainted region in in-patient windows (each output patch weighed by "
-                                            "the repainted share of its footprint), over the whole window otherwise"}
+                       **({"hinge_average": "over the repainted region in in-patient windows (each discriminator output weighed "
+                                            "by the repainted share of its receptive field; per window, then over the batch), "
+                                            "over the whole window otherwise"}
                           if self.opts.adv_region else {}),
                        "note": "no VGG perceptual loss (no ImageNet weights offline); low-pass L1 instead"},
             "ema": self.opts.ema,
@@ -374,7 +379,7 @@ class SpadeTrainer(BaseTrainer):
                 fake = composite(self.G(cond, vendor, z[0]), cond, real)
             d_real = self.D(real, cond, vendor)
             d_fake = self.D(fake.detach(), cond, vendor)
-        weights = region_weights(1 - cond[:, -1:], d_real) if self.opts.adv_region else None
+        weights = region_weights(self.D, 1 - cond[:, -1:]) if self.opts.adv_region else None
         loss_d = d_hinge(_f32(d_real), _f32(d_fake), weights)
         if (only_d := self._update_d(loss_d)) is not None:
             return only_d
