@@ -86,13 +86,13 @@ class SpadeTrainer(BaseTrainer):
         if o.grid and o.dp_epsilon is not None:
             raise CmrError("--grid-loss couples the images of a batch, which differentially private training cannot account for; "
                            "train without --grid-loss, or without --dp-epsilon.")
-        if o.adv_region and not self.scene_model():
-            raise CmrError(f"--adv-region weighs the repainted region of in-patient windows, which only scene presets train on; "
-                           f"use --preset scene, or leave --adv-region out for --preset {o.preset}.")
-        if o.adv_region and (o.in_patient == 0 or o.dp_epsilon is not None):
-            raise CmrError("--adv-region weighs the repainted region of in-patient windows, which "
-                           + ("--in-patient 0 leaves out; give a share above 0, or leave --adv-region out." if o.in_patient == 0 else
-                              "a private run does not train on; leave --adv-region out with --dp-epsilon."))
+        if o.adv_region:
+            why = ("only scene presets train on; use --preset scene, or leave --adv-region out for --preset " + o.preset
+                   if not self.scene_model() else
+                   "--in-patient 0 leaves out; give a share above 0, or leave --adv-region out" if o.in_patient == 0 else
+                   "a private run does not train on; leave --adv-region out with --dp-epsilon" if o.dp_epsilon is not None else None)
+            if why:
+                raise CmrError(f"--adv-region weighs the repainted region of in-patient windows, which {why}.")
         if not 0 <= o.d_warmup < o.steps:
             raise CmrError(f"--d-warmup {o.d_warmup} must be 0 (off) or a number of steps below --steps {o.steps}, "
                            "so that the generator trains after it.")
