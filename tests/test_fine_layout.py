@@ -22,8 +22,12 @@ def trained(tmp_path_factory):
         "--out", str(root / "fine"), "--name", "fine-t", *common)
     run("train", "spade", "--preset", "scene-tiny", "--steps", "2", "--sample-every", "2", "--save-every", "2",
         "--layout-prior", str(root / "fine" / "fine-t.json"), "--out", str(root / "scene"), "--name", "scene-t", *common)
+    # the same, trained without tissue classes on the heart and within 5 mm of it (--hide-heart-classes)
+    run("train", "spade", "--preset", "scene-tiny", "--steps", "2", "--sample-every", "2", "--save-every", "2", "--hide-heart-classes", "5",
+        "--layout-prior", str(root / "fine" / "fine-t.json"), "--out", str(root / "hidden"), "--name", "hidden-t", *common)
     copy_model(root / "fine" / "fine-t.json", user)
     copy_model(root / "scene" / "scene-t.json", user)
+    copy_model(root / "hidden" / "hidden-t.json", user)
     return user
 
 
@@ -137,3 +141,64 @@ def test_categorical_flow_velocity_lands_on_the_class_probabilities_and_learns_b
     loss = training_loss(net, "flow", x0, cond, v, t, torch.randn_like(x0))
     ce = -(((x0 + 1) / 2) * torch.log_softmax(net.logits((1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * torch.randn_like(x0), t, cond, v), 1)).sum(1).mean()
     assert 0.5 * np.log(5) < float(loss) < 3 * np.log(5) and abs(float(loss) - float(ce)) < 0.5
+
+
+def _disc_mask(n: int) -> np.ndarray:
+    m = np.zeros((n, n), np.uint8)
+    yy, xx = np.ogrid[:n, :n]
+    m[(yy - n // 2) ** 2 + (xx - n // 2 + 4) ** 2 < 300] = 2
+    m[(yy - n // 2) ** 2 + (xx - n // 2 + 4) ** 2 < 120] = 1
+    return m
+
+
+def test_a_model_trained_with_hidden_heart_classes_renders_without_them_there(trained, monkeypatch):
+    """--hide-heart-classes: the fully synthetic training windows and the model's own renders carry no tissue class on the heart
+    or within the distance its card names, and the classes everywhere else; a model without it keeps the classes on the heart."""
+    from scipy import ndimage
+
+    from cmrstudio.engine.factory import open_renderer
+    from cmrstudio.engine.scene import _PRIORS
+
+    card = json.loads((trained / "hidden-t.json").read_text(encoding="utf-8"))
+    assert card["conditioning"]["layout_hidden_near_heart_mm"] == 5.0
+    assert "layout_hidden_near_heart_mm" not in json.loads((trained / "scene-t.json").read_text(encoding="utf-8"))["conditioning"]
+    monkeypatch.setenv("CMRSTUDIO_MODELS", str(trained))
+    _PRIORS.clear()
+    seen = {}
+    for name in ("hidden-t", "scene-t"):
+        r = open_renderer(name)
+        steps = r._window_steps
+
+        def spy(cond, *a, _name=name, _steps=steps, **kw):
+            seen[_name] = cond[0].numpy().copy()
+            return _steps(cond, *a, **kw)
+
+        monkeypatch.setattr(r, "_window_steps", spy)
+        m = _disc_mask(r.size)
+        out = r.render_framed(m[None], "unknown", seed=[5])[0]
+        assert np.isfinite(out).all()
+    for name, cond in seen.items():
+        heart = cond[:3].sum(0) > 0.5
+        dist = ndimage.distance_transform_edt(~heart)  # the whole canvas is the scene: 1.25 mm pixels
+        classes = cond[3:8].sum(0)
+        if name == "hidden-t":
+            assert (classes[dist <= 4.0] == 0).all()  # on the heart and within 5 mm (4 px): none
+            assert np.allclose(classes[dist > 5.5], 1, atol=1e-4)  # beyond it: every cell's fractions, as the prior drew them
+        else:
+            assert np.allclose(classes[heart], 1, atol=1e-4)  # the classes reach into the heart
+    # the training windows: fully synthetic ones hide them as the card says; in-patient windows have no classes anyway
+    from cmrstudio.data.dataset import SceneDataset
+    from cmrstudio.data.phantom import phantom_case
+
+    ds = SceneDataset([phantom_case(i) for i in range(2)], augment=None, layout_factor=2, hide_layout_mm=5.0, mode="synthetic")
+    plain = SceneDataset([phantom_case(i) for i in range(2)], augment=None, layout_factor=2, mode="synthetic")
+    s, p = ds.sample(0, fixed=True), plain.sample(0, fixed=True)
+    dist = ndimage.distance_transform_edt(s["mask"] == 0)
+    assert (s["cond"][3:8][:, dist <= 4.0] == 0).all() and np.allclose(p["cond"][3:8].sum(0)[dist <= 4.0], 1, atol=1e-4)
+    far = dist > 5.5
+    assert np.array_equal(s["cond"][3:8][:, far], p["cond"][3:8][:, far]) and np.array_equal(s["cond"][:3], p["cond"][:3])
+    # a run trained with hidden classes goes on only as it was trained
+    again = run("train", "spade", "--preset", "scene-tiny", "--phantom", "6", "--batch", "2", "--threads", "1", "--steps", "3", "--resume",
+                "--layout-prior", str(trained.parent / "fine" / "fine-t.json"), "--out", str(trained.parent / "hidden"), "--name", "hidden-t",
+                check=False)
+    assert again.returncode != 0 and "--hide-heart-classes 5.0, not 0.0" in again.stderr

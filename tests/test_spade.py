@@ -507,7 +507,9 @@ def test_training_refuses_bad_options_in_one_sentence(tmp_path):
                       (dict(d_warmup=5, dp_epsilon=5.0, **scene), "--d-warmup is not available with --dp-epsilon"),
                       (dict(adv_region=True, **SMALL), "--adv-region weighs the repainted region of in-patient windows"),
                       (dict(adv_region=True, in_patient=0.0, **scene), "--in-patient 0 leaves out"),
-                      (dict(adv_region=True, dp_epsilon=5.0, **scene), "leave --adv-region out with --dp-epsilon")):
+                      (dict(adv_region=True, dp_epsilon=5.0, **scene), "leave --adv-region out with --dp-epsilon"),
+                      (dict(hide_heart_classes=-2.0, **scene), "--hide-heart-classes -2.0 must be a distance in mm above 0"),
+                      (dict(hide_heart_classes=3.0, **SMALL), "only scene presets are conditioned on")):
         with pytest.raises(CmrError, match=said):
             SpadeTrainer(TrainOptions(out=str(tmp_path / "f"), **bad))
     p = run("train", "spade", "--phantom", "1", "--out", str(tmp_path / "e"), "--name", "../evil", check=False)

@@ -49,6 +49,7 @@ def train_spade(
     in_patient: Optional[float] = typer.Option(None, "--in-patient", help="Scene presets: the fraction of training windows in this patient (real context outside a margin; default 0.5); the rest are fully synthetic."),
     d_warmup: int = typer.Option(0, "--d-warmup", help="Steps at the start in which only the discriminator learns: for --init when the model's run folder kept no discriminator."),
     d_groupnorm: bool = typer.Option(False, "--d-groupnorm", help="GroupNorm after each inner discriminator layer, beside spectral norm (akin to SPADE's spectral-instance norm): normalised features for a discriminator that spectral norm alone keeps small."),
+    hide_heart_classes: float = typer.Option(0.0, "--hide-heart-classes", help="Scene presets: leave the tissue classes out on the heart and within this many mm of it in fully synthetic training windows (and in the model's renders, as its card says), so that the model draws the heart's inside and rim itself (0: off; 2-5 usual)."),
     adv_region: bool = typer.Option(False, "--adv-region", help="Scene presets: average the hinge losses of in-patient windows over the repainted region (outside it real and composite agree), not over the whole window."),
     install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -63,7 +64,7 @@ def train_spade(
         device=device, threads=threads, workers=workers, resume=resume, max_minutes=max_minutes, keep_checkpoints=keep_checkpoints,
         dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm, dp_noise=dp_noise, bf16=bf16, layout_prior=layout_prior,
         dp_architecture=dp_architecture, init=init, in_patient=in_patient, d_warmup=d_warmup, d_groupnorm=d_groupnorm,
-        adv_region=adv_region,
+        adv_region=adv_region, hide_heart_classes=hide_heart_classes,
     )
     check_name(name)
     tr = SpadeTrainer(opts).run(progress=not quiet)

@@ -139,7 +139,8 @@ class SceneDataset(Dataset):
 
     def __init__(self, cases: Sequence[Case], window: int = LIVE_SIZE, spacing_mm: float = LIVE_SPACING_MM,
                  augment: SceneAugment | None = SceneAugment(), seed: int = 0, min_heart_px: int = 20,
-                 require_labels: Sequence[int] = (), mode: str | None = None, layout_prior=None, layout_factor: int | None = None):
+                 require_labels: Sequence[int] = (), mode: str | None = None, layout_prior=None, layout_factor: int | None = None,
+                 hide_layout_mm: float = 0.0):
         from cmrstudio.data.frame import make_frame
         from cmrstudio.data.scene import LAYOUT_FACTOR, scene_for, tissue_classes
 
@@ -148,6 +149,7 @@ class SceneDataset(Dataset):
         if window % self.layout_factor:
             raise CmrError(f"The training window {window} must be a multiple of the tissue-class cell, {self.layout_factor} px.")
         self.window = window
+        self.hide_layout_px = float(hide_layout_mm) / spacing_mm  # fully synthetic windows: no tissue classes this near the heart
         self.augment = augment
         self.mode = mode  # None: mixed as augment.context says; "synthetic" or "context": always that mode
         self.rng = np.random.default_rng(seed)
@@ -232,7 +234,8 @@ class SceneDataset(Dataset):
                 hole = (yy - cy) ** 2 + (xx - cx) ** 2 <= self.rng.uniform(10, 30) ** 2
             cond = condition(msk, None, img, ~hole)
         else:
-            cond = condition(msk, self._layout(i, g) if self.projected else class_fractions(cls, self.layout_factor))
+            cond = condition(msk, self._layout(i, g) if self.projected else class_fractions(cls, self.layout_factor),
+                             hide_layout_px=self.hide_layout_px)
         return {"image01": img, "mask": msk, "classes": cls, "cond": cond, "hole": hole, "mode": mode}
 
     def _layout(self, i: int, g: np.ndarray) -> np.ndarray:

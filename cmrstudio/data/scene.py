@@ -153,12 +153,15 @@ def upsample_layout(layout: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def condition(mask: np.ndarray, layout: np.ndarray | None = None, context: np.ndarray | None = None,
-              context_valid: np.ndarray | None = None) -> np.ndarray:
+              context_valid: np.ndarray | None = None, hide_layout_px: float = 0.0) -> np.ndarray:
     """Assemble the (CONDITION_CHANNELS, H, W) conditioning of one framed slice (numpy, float32).
 
     ``layout`` is (N_LAYOUT, H/f, W/f) fractions (nearest-upsampled here) or None; ``context`` an
     image in [0, 1] with ``context_valid`` (bool) where it holds real (or previously rendered) pixels.
-    The context channel is in [-1, 1] like the network's images, 0 where not valid.
+    The context channel is in [-1, 1] like the network's images, 0 where not valid. ``hide_layout_px``:
+    the tissue classes are left out (all fractions 0) on the heart and within that many pixels of it, so that
+    a model trained so draws the inside of the heart and its rim itself rather than from the classes
+    (``conditioning.layout_hidden_near_heart_mm`` in its card).
     """
     m = np.asarray(mask)
     h, w = m.shape
@@ -166,6 +169,8 @@ def condition(mask: np.ndarray, layout: np.ndarray | None = None, context: np.nd
     out[:N_HEART] = heart_onehot(m)
     if layout is not None:
         out[N_HEART:N_HEART + N_LAYOUT] = upsample_layout(layout, (h, w))
+        if hide_layout_px > 0:
+            out[N_HEART:N_HEART + N_LAYOUT, repaint_region([m], hide_layout_px)] = 0.0
     if context is not None:
         valid = np.ones((h, w), bool) if context_valid is None else np.asarray(context_valid, bool)
         out[-2] = np.where(valid, np.asarray(context, np.float32) * 2 - 1, 0.0)

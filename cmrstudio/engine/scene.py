@@ -82,6 +82,7 @@ class Plan:
     layout: np.ndarray | None = None  # (N_LAYOUT, S/f, S/f) tissue fractions for a whole-scene render
     keep_as: Hashable = None  # a whole synthetic scene to keep, when done, as the surroundings of later edits
     context_key: Hashable = None  # the kept synthetic surroundings this render repaints (fully synthetic edits)
+    hide_layout_px: float = 0.0  # no tissue classes this near the heart (the model's card: layout_hidden_near_heart_mm)
 
     def cond(self) -> np.ndarray:
         r, c, n = self.window
@@ -89,7 +90,7 @@ class Plan:
         if self.hole is None:
             f = LAYOUT_FACTOR if self.layout is None else self.mask.shape[-1] // self.layout.shape[-1]
             lay = None if self.layout is None else self.layout[:, r // f:(r + n) // f, c // f:(c + n) // f]
-            return condition(self.mask[sl], lay)
+            return condition(self.mask[sl], lay, hide_layout_px=self.hide_layout_px)
         return condition(self.mask[sl], None, self.context[sl], ~self.hole[sl])
 
 
@@ -196,6 +197,10 @@ class SceneMixin:
     def _margin_px(self, frame: Frame, margin_mm: float) -> float:
         return float(margin_mm / frame.spacing_mm) if frame.spacing_mm else float(margin_mm / 1.25)
 
+    def _hidden_px(self, frame: Frame) -> float:
+        """How near the heart (px of ``frame``) this model was trained without tissue classes, and so renders without them."""
+        return self._margin_px(frame, float((self.info.card.get("conditioning") or {}).get("layout_hidden_near_heart_mm", 0.0)))
+
     def _context_scene(self, image: np.ndarray, scene: Scene) -> np.ndarray:
         key = (id(image), scene.frame.origin, scene.frame.step, scene.frame.size, scene.frame.intensity)
         with self._scene_lock:
@@ -229,7 +234,7 @@ class SceneMixin:
                 cached = self._scenes.get(ck) if ck is not None else None
             if cached is None:
                 layout = self._prior().sample(m, scene.inside_scan(), vendor_index, seed)
-                return Plan(scene, m, None, None, (0, 0, scene.frame.size), layout, keep_as=ck)
+                return Plan(scene, m, None, None, (0, 0, scene.frame.size), layout, keep_as=ck, hide_layout_px=self._hidden_px(frame))
             ctx = cached.image
             hole = repaint_region([m, cached.mask], margin)
         if not hole.any():  # nothing painted and no heart of its own: a plain copy of the context
@@ -266,7 +271,7 @@ class SceneMixin:
     def scene_steps(self, scene: Scene, mask: np.ndarray, vendor_index: int, seed: int, cancel=None, **kw):
         layout = self._prior().sample(mask, scene.inside_scan(), vendor_index, seed)
         n = scene.frame.size
-        plan = Plan(scene, mask, None, None, (0, 0, n), layout)
+        plan = Plan(scene, mask, None, None, (0, 0, n), layout, hide_layout_px=self._hidden_px(scene.frame))
         yield from self._run(plan, vendor_index, seed, cancel, **kw)
 
     def _run(self, plan: Plan, vendor_index: int, seed: int, cancel=None, **kw) -> Iterator[tuple[int, int, np.ndarray]]:

@@ -71,6 +71,7 @@ class BaseOptions:
     keep_checkpoints: bool = False  # also keep a copy of the model at every save (checkpoints/NAME-stepNNNNNN), to pick one by measurement
     workers: int = 0  # data-loading processes (0: in the training process); a GPU run needs several to keep the GPU fed
     in_patient: float | None = None  # scene presets: fraction of training windows in this patient (None: half)
+    hide_heart_classes: float = 0.0  # scene presets: mm around the heart (and on it) where fully synthetic windows get no tissue classes
 
 
 LEGACY_STATE_NAMES = {"ema": "generator_ema"}  # SPADE runs saved before the shared trainer
@@ -192,7 +193,8 @@ class BaseTrainer:
         if self.scene_model():
             prior = self.layout_prior()
             return SceneDataset(self.cases, window=o.size, spacing_mm=self.spacing_mm, augment=self.scene_augment() if o.augment else None,
-                                seed=o.seed, require_labels=o.require_labels, layout_prior=prior, layout_factor=self.layout_factor)
+                                seed=o.seed, require_labels=o.require_labels, layout_prior=prior, layout_factor=self.layout_factor,
+                                hide_layout_mm=o.hide_heart_classes)
         return SliceDataset(self.cases, size=o.size, spacing_mm=self.spacing_mm, augment=Augment() if o.augment else None,
                             seed=o.seed, require_labels=o.require_labels)
 
@@ -242,6 +244,8 @@ class BaseTrainer:
             # projected: bound to that very prior; own classes: any fine prior of the same cells fits (this one is the default)
             "layout_prior": ({"name": self.layout_info.name, "sha256": self.layout_info.card["sha256"]} if projected
                              else {"name": self.layout_info.name, "cell_px": self.layout_factor}),
+            # the renderer hides the classes there too: the model draws the heart's inside and rim from the labels alone
+            **({"layout_hidden_near_heart_mm": self.opts.hide_heart_classes} if self.opts.hide_heart_classes else {}),
         }}
 
     def training_extra(self) -> dict:
