@@ -80,7 +80,7 @@ def test_shipped_models_leave_no_upsampling_grid(real, model, mode):
 def test_spade_cmr_renders_with_the_decoder_it_was_trained_against_the_grid_with(real):
     """spade-cmr was trained with bicubic decoder upsampling and the grid penalty, and its card says so. The renderer
     must build the decoder the card names: the same weights behind the default (bilinear) decoder draw the period-2
-    grid the detector finds (measured 19.8 on these slices, 2.9 as trained)."""
+    grid the detector finds (measured 19.8 on these slices, 2.9 as trained, with the weights of 2026-12-03)."""
     import copy
     import dataclasses
 
