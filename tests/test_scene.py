@@ -123,11 +123,14 @@ def test_shipped_layout_prior_makes_a_body_around_the_heart(live, sample):
     frame = live.frame_for(c.mask, c.spacing, image=c.image)
     sc = live.scene_of(frame)
     m = frame_mask(c.mask[z], sc.frame)
-    lays = [live._prior().sample(m, sc.inside_scan(), 0, s) for s in range(3)]
-    cells = sc.frame.size // 8
+    prior = live._prior()
+    f = prior.factor  # the live model's prior: layout-cmr-fine, 2-px (2.5 mm) cells
+    assert f == live.info.card["conditioning"]["layout_factor"] == 2
+    lays = [prior.sample(m, sc.inside_scan(), 0, s) for s in range(3)]
+    cells = sc.frame.size // f
     for lay in lays:
         assert lay.shape == (5, cells, cells) and np.allclose(lay.sum(0), 1, atol=1e-3)
-        heart_cells = np.argwhere(m[::8, ::8] > 0)
+        heart_cells = np.argwhere(m[::f, ::f] > 0)
         assert lay[0][tuple(heart_cells.T)].mean() < 0.2  # the heart is inside the body, not in the air
         assert lay[0][0, :].mean() > 0.5 or lay[0][-1, :].mean() > 0.5  # and the body ends before the scene does
     assert np.abs(lays[0] - lays[1]).mean() > 0.01  # different seeds: different bodies
