@@ -25,6 +25,10 @@ def trained(tmp_path_factory):
     # the same, trained without tissue classes on the heart and within 5 mm of it (--hide-heart-classes)
     run("train", "spade", "--preset", "scene-tiny", "--steps", "2", "--sample-every", "2", "--save-every", "2", "--hide-heart-classes", "5",
         "--layout-prior", str(root / "fine" / "fine-t.json"), "--out", str(root / "hidden"), "--name", "hidden-t", *common)
+    # and a scene flow model trained the same way (the option lives in the shared trainer)
+    run("train", "flow", "--preset", "scene-tiny", "--steps", "2", "--sample-every", "2", "--save-every", "2", "--hide-heart-classes", "5",
+        "--layout-prior", str(root / "fine" / "fine-t.json"), "--out", str(root / "hidden-flow"), "--name", "hidden-flow-t", *common)
+    copy_model(root / "hidden-flow" / "hidden-flow-t.json", user)
     copy_model(root / "fine" / "fine-t.json", user)
     copy_model(root / "scene" / "scene-t.json", user)
     copy_model(root / "hidden" / "hidden-t.json", user)
@@ -159,13 +163,14 @@ def test_a_model_trained_with_hidden_heart_classes_renders_without_them_there(tr
     from cmrstudio.engine.factory import open_renderer
     from cmrstudio.engine.scene import _PRIORS
 
-    card = json.loads((trained / "hidden-t.json").read_text(encoding="utf-8"))
-    assert card["conditioning"]["layout_hidden_near_heart_mm"] == 5.0
+    for hidden in ("hidden-t", "hidden-flow-t"):
+        card = json.loads((trained / f"{hidden}.json").read_text(encoding="utf-8"))
+        assert card["conditioning"]["layout_hidden_near_heart_mm"] == 5.0
     assert "layout_hidden_near_heart_mm" not in json.loads((trained / "scene-t.json").read_text(encoding="utf-8"))["conditioning"]
     monkeypatch.setenv("CMRSTUDIO_MODELS", str(trained))
     _PRIORS.clear()
     seen = {}
-    for name in ("hidden-t", "scene-t"):
+    for name in ("hidden-t", "hidden-flow-t", "scene-t"):
         r = open_renderer(name)
         steps = r._window_steps
 
@@ -181,7 +186,7 @@ def test_a_model_trained_with_hidden_heart_classes_renders_without_them_there(tr
         heart = cond[:3].sum(0) > 0.5
         dist = ndimage.distance_transform_edt(~heart)  # the whole canvas is the scene: 1.25 mm pixels
         classes = cond[3:8].sum(0)
-        if name == "hidden-t":
+        if name.startswith("hidden"):
             assert (classes[dist <= 4.0] == 0).all()  # on the heart and within 5 mm (4 px): none
             assert np.allclose(classes[dist > 5.5], 1, atol=1e-4)  # beyond it: every cell's fractions, as the prior drew them
         else:
@@ -202,3 +207,7 @@ def test_a_model_trained_with_hidden_heart_classes_renders_without_them_there(tr
                 "--layout-prior", str(trained.parent / "fine" / "fine-t.json"), "--out", str(trained.parent / "hidden"), "--name", "hidden-t",
                 check=False)
     assert again.returncode != 0 and "--hide-heart-classes 5.0, not 0.0" in again.stderr
+    again = run("train", "flow", "--preset", "scene-tiny", "--phantom", "6", "--batch", "2", "--threads", "1", "--steps", "3", "--resume",
+                "--layout-prior", str(trained.parent / "fine" / "fine-t.json"), "--out", str(trained.parent / "hidden-flow"),
+                "--name", "hidden-flow-t", "--hide-heart-classes", "3", check=False)
+    assert again.returncode != 0 and "--hide-heart-classes 5.0, not 3.0" in again.stderr

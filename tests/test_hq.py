@@ -441,7 +441,9 @@ def test_bad_hq_options_get_one_sentence(tiny_flow, tmp_path):
     p = run("bench", "hq", "--model", _card(tiny_flow), "--steps", "1", "--size", "100", "--n", "1", check=False)
     assert p.returncode == 2 and "--size 100 does not fit" in p.stderr
     for bad, msg in ((dict(guidance=30.0), "--guidance 30.0 must be between 0 and 20"), (dict(sample_steps=0), "--sample-steps 0 must be a whole number"),
-                     (dict(size=72), "--size 72 must be a multiple of 16"), (dict(cond_drop=1.0), "--cond-drop 1.0")):
+                     (dict(size=72), "--size 72 must be a multiple of 16"), (dict(cond_drop=1.0), "--cond-drop 1.0"),
+                     (dict(hide_heart_classes=3.0), "--hide-heart-classes hides tissue classes, which only scene presets"),
+                     (dict(hide_heart_classes=float("nan")), "--hide-heart-classes nan must be a distance in mm above 0")):
         with pytest.raises(CmrError, match=msg):
             DiffusionTrainer(DiffusionOptions(objective="flow", out=str(tmp_path / "x"), steps=5, **{**TINY, "preset": "lite", **bad}))
     # no mask dropout: the unconditional branch is untrained, so the card's default guidance is 1

@@ -26,7 +26,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -76,7 +76,7 @@ class BaseOptions:
 
 LEGACY_STATE_NAMES = {"ema": "generator_ema"}  # SPADE runs saved before the shared trainer
 RESUME_MUST_MATCH = ("data", "phantom", "exclude", "seed", "batch", "size", "preset", "require_labels", "augment", "layout_prior",
-                     "in_patient")
+                     "in_patient", "hide_heart_classes")
 
 
 def opts_dict(opts) -> dict:
@@ -126,6 +126,12 @@ class BaseTrainer:
                                f"use --preset scene, or leave --in-patient out for --preset {opts.preset}.")
             if not (math.isfinite(opts.in_patient) and 0.0 <= opts.in_patient <= 1.0):
                 raise CmrError(f"--in-patient {opts.in_patient} must be a fraction from 0 (all fully synthetic) to 1 (all in this patient).")
+        if opts.hide_heart_classes:
+            if not (math.isfinite(opts.hide_heart_classes) and opts.hide_heart_classes > 0):
+                raise CmrError(f"--hide-heart-classes {opts.hide_heart_classes} must be a distance in mm above 0 (2 to 5 usual), or left out.")
+            if not self.scene_model():
+                raise CmrError(f"--hide-heart-classes hides tissue classes, which only scene presets are conditioned on; use --preset scene, "
+                               f"or leave it out for --preset {opts.preset}.")
         self.check_options()
         if opts.threads:
             torch.set_num_threads(opts.threads)
@@ -339,8 +345,9 @@ class BaseTrainer:
         mine = opts_dict(self.opts)
         own = getattr(self, "resume_must_match", ())
         fields = getattr(type(self.opts), "__dataclass_fields__", {})
-        # a run saved before one of the subclass's options existed ran with that option's default
-        saved = {**{k: fields[k].default for k in own if k in fields}, **st.get("options", {})}
+        # a run saved before one of these options existed ran with that option's default
+        saved = {**{k: fields[k].default for k in RESUME_MUST_MATCH + own if k in fields and fields[k].default is not MISSING},
+                 **st.get("options", {})}
         for key in RESUME_MUST_MATCH + own:
             if key in saved and saved[key] != mine[key]:
                 raise CmrError(f"The run in {self.out} was trained with --{key.replace('_', '-')} {saved[key]!r}, not {mine[key]!r}; "

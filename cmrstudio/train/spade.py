@@ -66,7 +66,7 @@ class SpadeTrainer(BaseTrainer):
     kind = "spade"
     presets = PRESETS
     postfix = ("d", "g_adv", "lowpass", "ms")
-    resume_must_match = ("init", "dp_architecture", "fm", "lowpass", "mode_seeking", "adv_region", "hide_heart_classes")
+    resume_must_match = ("init", "dp_architecture", "fm", "lowpass", "mode_seeking", "adv_region")
 
     def check_options(self) -> None:
         try:
@@ -93,12 +93,6 @@ class SpadeTrainer(BaseTrainer):
                    "a private run does not train on; leave --adv-region out with --dp-epsilon" if o.dp_epsilon is not None else None)
             if why:
                 raise CmrError(f"--adv-region weighs the repainted region of in-patient windows, which {why}.")
-        if o.hide_heart_classes:
-            if not (math.isfinite(o.hide_heart_classes) and o.hide_heart_classes > 0):
-                raise CmrError(f"--hide-heart-classes {o.hide_heart_classes} must be a distance in mm above 0 (2 to 5 usual), or left out.")
-            if not self.scene_model():
-                raise CmrError(f"--hide-heart-classes hides tissue classes, which only scene presets are conditioned on; use --preset scene, "
-                               f"or leave it out for --preset {o.preset}.")
         if not 0 <= o.d_warmup < o.steps:
             raise CmrError(f"--d-warmup {o.d_warmup} must be 0 (off) or a number of steps below --steps {o.steps}, "
                            "so that the generator trains after it.")
