@@ -133,6 +133,13 @@ def test_shipped_layout_prior_makes_a_body_around_the_heart(live, sample):
         heart_cells = np.argwhere(m[::f, ::f] > 0)
         assert lay[0][tuple(heart_cells.T)].mean() < 0.2  # the heart is inside the body, not in the air
         assert lay[0][0, :].mean() > 0.5 or lay[0][-1, :].mean() > 0.5  # and the body ends before the scene does
+        # the painted structures take their labels' usual classes (bright blood pool, mid-dark muscle), as the prior was
+        # trained and measured; a card without heart_classes lets the prior draw them, and the painted RV fades away
+        blocks = m.reshape(cells, f, cells, f)
+        for lab, cls in ((1, 4), (2, 2), (3, 3)):
+            whole = (blocks == lab).all(axis=(1, 3))  # cells that lie wholly in the structure
+            assert whole.any() or lab != 1
+            assert (lay[cls][whole] == 1).all()
     assert np.abs(lays[0] - lays[1]).mean() > 0.01  # different seeds: different bodies
 
 
