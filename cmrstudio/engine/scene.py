@@ -233,8 +233,7 @@ class SceneMixin:
             with self._scene_lock:
                 cached = self._scenes.get(ck) if ck is not None else None
             if cached is None:
-                layout = self._prior().sample(m, scene.inside_scan(), vendor_index, seed)
-                return Plan(scene, m, None, None, (0, 0, scene.frame.size), layout, keep_as=ck, hide_layout_px=self._hidden_px(frame))
+                return self._whole_scene_plan(scene, m, vendor_index, seed, keep_as=ck)
             ctx = cached.image
             hole = repaint_region([m, cached.mask], margin)
         if not hole.any():  # nothing painted and no heart of its own: a plain copy of the context
@@ -269,10 +268,13 @@ class SceneMixin:
         return last[2]
 
     def scene_steps(self, scene: Scene, mask: np.ndarray, vendor_index: int, seed: int, cancel=None, **kw):
+        yield from self._run(self._whole_scene_plan(scene, mask, vendor_index, seed), vendor_index, seed, cancel, **kw)
+
+    def _whole_scene_plan(self, scene: Scene, mask: np.ndarray, vendor_index: int, seed: int, keep_as: Hashable = None) -> Plan:
+        """A fully synthetic render of the whole scene: the prior's tissue classes for this seed, none where the card hides them."""
         layout = self._prior().sample(mask, scene.inside_scan(), vendor_index, seed)
-        n = scene.frame.size
-        plan = Plan(scene, mask, None, None, (0, 0, n), layout, hide_layout_px=self._hidden_px(scene.frame))
-        yield from self._run(plan, vendor_index, seed, cancel, **kw)
+        return Plan(scene, mask, None, None, (0, 0, scene.frame.size), layout, keep_as=keep_as,
+                    hide_layout_px=self._hidden_px(scene.frame))
 
     def _run(self, plan: Plan, vendor_index: int, seed: int, cancel=None, **kw) -> Iterator[tuple[int, int, np.ndarray]]:
         """(step, total, window image in [0, 1], composited with the context) for a plan."""
