@@ -61,7 +61,7 @@ def test_private_fine_tuning_starts_from_the_public_weights_and_says_what_the_ac
     pre, dp = card["training"]["pretraining"], card["training"]["differential_privacy"]
     assert pre["name"] == "pub" and pre["sha256"] == json.loads(public.read_text(encoding="utf-8"))["sha256"]
     assert pre["public_only"] is True and [d["dataset"] for d in pre["data"]] == ["phantom"]
-    assert pre["discriminator"].startswith("the public run's discriminator")
+    assert pre["discriminator"].startswith("the discriminator of the public run")
     assert "covers only its fine-tuning on the private data" in pre["privacy"]
     assert dp["covers"].startswith("the fine-tuning on the data under training.data only") and dp["data_seen_privately"] == ["phantom"]
     assert dp["steps_taken"] == 3 and dp["epsilon"] <= 8.0
@@ -98,7 +98,7 @@ def test_a_pretraining_that_saw_private_data_is_refused_for_dp_and_recorded_othe
     pre = out["training"]["pretraining"]
     assert pre["public_only"] is False and "not only public data" in pre["privacy"] and "differential_privacy" not in out["training"]
     assert "ACDC" in out["terms"]  # the pre-training data's terms bind the fine-tuned weights
-    assert pre["discriminator"].startswith("fresh")  # the copied card has no run folder beside it
+    assert pre["discriminator"].startswith("fresh (the discriminator of pub's run")  # no run folder beside the copy; not 'public run'
     assert tr.dp is None
 
 

@@ -162,15 +162,16 @@ class SpadeTrainer(BaseTrainer):
         self.load_init(info, state, (self.G, self.G_ema), "generator", "pre-train with the same --preset and --size")
         d_path = info.card_path.parent / "train_state" / "discriminator.safetensors"
         d_same = all(theirs.get(k, mine[k]) == mine[k] for k in D_OPTIONS)
-        d_from = "fresh (the public run's discriminator was not found beside its card)"
+        run = "the public run" if record["public_only"] else f"{info.name}'s run"  # public: pre-training for a private run
+        d_from = f"fresh (the discriminator of {run} was not found beside its card)"
         if d_path.exists() and d_same:
             try:
                 self.D.load_state_dict(load_state(d_path))
-                d_from = f"the public run's discriminator ({d_path.parent.name}/{d_path.name})"
+                d_from = f"the discriminator of {run} ({d_path.parent.name}/{d_path.name})"
             except RuntimeError:
-                d_from = "fresh (the public run's discriminator does not fit)"
+                d_from = f"fresh (the discriminator of {run} does not fit)"
         elif d_path.exists():
-            d_from = "fresh (the public run's discriminator has another architecture: " + ", ".join(
+            d_from = f"fresh (the discriminator of {run} has another architecture: " + ", ".join(
                 f"{k} {theirs.get(k)!r}" for k in D_OPTIONS if theirs.get(k, mine[k]) != mine[k]) + ")"
         self.log(f"Starting from {info.name} (sha256 {info.card['sha256'][:12]}…; trained on {', '.join(seen) or 'unknown data'}); "
                  f"discriminator: {d_from}.")
