@@ -49,7 +49,7 @@ def test_fine_prior_card_says_what_it_is_conditioned_on_and_which_coarse_prior_i
     assert (trained.parent / "fine" / "samples" / "latest.png").exists()
 
 
-def test_fine_prior_samples_one_class_a_cell_outside_beyond_the_scan_and_a_layout_per_seed(trained, monkeypatch):
+def test_fine_prior_samples_one_class_a_cell_outside_beyond_the_scan_and_a_layout_per_seed(trained, monkeypatch, tmp_path):
     from cmrstudio.models.checkpoint import read_card
     from cmrstudio.models.layout import FineLayout, load_layout
 
@@ -69,6 +69,20 @@ def test_fine_prior_samples_one_class_a_cell_outside_beyond_the_scan_and_a_layou
     assert (a[prior.heart_classes["LV"]][lv_cells] == 1).all() and (b[prior.heart_classes["LV"]][lv_cells] == 1).all()
     with pytest.raises(CmrError, match="fine tissue-class prior; give the coarse prior"):
         load_layout(read_card(trained / "fine-t.json"), fine=False)
+    # another version of the coarse prior installed than the one the fine prior was trained with: one sentence, naming both
+    other = tmp_path / "other"
+    copy_model(trained / "fine-t.json", other)
+    doc = json.loads((other / "fine-t.json").read_text(encoding="utf-8"))
+    doc["conditioning"]["coarse_prior"]["sha256"] = "0" * 64
+    (other / "fine-t.json").write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(CmrError, match=r"prior 'layout-cmr' installed \(.*layout-cmr.json\) is not the one the fine prior 'fine-t' was "
+                                       r"trained with \(sha256 000000000000…\); install that one"):
+        load_layout(read_card(other / "fine-t.json"))
+    from cmrstudio.engine.scene import LayoutPrior  # the same for a scene model whose card names its prior's sha256
+
+    monkeypatch.setenv("CMRSTUDIO_MODELS", str(trained))
+    with pytest.raises(CmrError, match=r"prior 'fine-t' installed .* is not the one the model was trained with \(sha256 111111111111…"):
+        LayoutPrior("fine-t", "1" * 64)
 
 
 def test_scene_model_trained_on_fine_classes_renders_fully_synthetic_with_the_fine_prior(trained, monkeypatch):

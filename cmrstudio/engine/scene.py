@@ -115,13 +115,9 @@ class LayoutPrior:
     liver and fat are, sampled for each seed given the painted heart and the scan's extent."""
 
     def __init__(self, model=None, sha256: str | None = None):
-        from cmrstudio.models.layout import load_layout
-        from cmrstudio.models.registry import get_model
+        from cmrstudio.models.layout import installed_prior, load_layout
 
-        self.info = get_model(model or "layout-cmr", kind="layout")
-        if sha256 and self.info.card.get("sha256") != sha256:
-            raise CmrError(f"The tissue-class prior '{self.info.name}' installed ({self.info.card_path}) is not the one the model was "
-                           f"trained with (sha256 {sha256[:12]}…); install that one, or retrain the model with this prior.")
+        self.info = installed_prior(model, sha256, "the model")
         self.model = load_layout(self.info)  # the PCA, or a fine prior refining the PCA's sample
         self.factor = self.model.factor
 

@@ -285,14 +285,22 @@ def load_layout(info, fine: bool = True) -> "LayoutPCA | FineLayout":
     return prior
 
 
-def _load_fine(info) -> FineLayout:
+def installed_prior(name: str | None, sha256: str | None, trained: str):
+    """The installed tissue-class prior ``name`` (default layout-cmr); refused in one sentence when ``sha256`` names
+    another version than the one installed (``trained``: who was trained with it, for the sentence)."""
     from cmrstudio.errors import CmrError
-    from cmrstudio.models.registry import build_model, get_model
+    from cmrstudio.models.registry import get_model
+
+    info = get_model(name or "layout-cmr", kind="layout")
+    if sha256 and info.card.get("sha256") != sha256:
+        raise CmrError(f"The tissue-class prior '{info.name}' installed ({info.card_path}) is not the one {trained} was trained with "
+                       f"(sha256 {sha256[:12]}…); install that one, or retrain {trained} with this prior.")
+    return info
+
+
+def _load_fine(info) -> FineLayout:
+    from cmrstudio.models.registry import build_model
 
     ref = info.card["conditioning"].get("coarse_prior") or {}
-    coarse_info = get_model(ref.get("name") or "layout-cmr", kind="layout")
-    if ref.get("sha256") and coarse_info.card.get("sha256") != ref["sha256"]:
-        raise CmrError(f"The fine tissue-class prior '{info.name}' was trained with the coarse prior '{ref.get('name')}' of sha256 "
-                       f"{ref['sha256'][:12]}…, but the one installed ({coarse_info.card_path}) differs; install that one, or retrain "
-                       f"'{info.name}' with this one.")
+    coarse_info = installed_prior(ref.get("name"), ref.get("sha256"), f"the fine prior '{info.name}'")
     return FineLayout(info, build_model(info), load_layout(coarse_info, fine=False))
