@@ -65,3 +65,32 @@ def test_faithfulness_reports_real_and_synthetic_dice_and_writes_the_card(tiny_r
     p = run("evaluate", "faithfulness", "--data", str(tmp_path / "held"), "--case", "nobody", "--model", str(card_path / "tiny.json"),
             "--segmenter", str(tiny_segmenter.card_path), check=False)
     assert p.returncode == 2 and "No case in" in p.stderr
+
+
+def test_faithfulness_renders_every_slice_with_its_own_seed_as_fidelity_does(tiny_run, tiny_segmenter, tmp_path, monkeypatch):
+    """Dice on renders is a mean over independent samples: no two slices (of one case or of different cases) share a
+    seed, and the slices get the seeds evaluate_fidelity gives them, so both figures score the same renders."""
+    from cmrstudio.engine.base import GeneratorFront
+    from cmrstudio.evaluate.fidelity import evaluate_fidelity
+
+    run("phantom", "--n", "2", "--out", str(tmp_path / "held"), "--size", "96", "--slices", "3", "--seed", "7")
+    cases = read_cases(tmp_path / "held")
+    seen: list = []
+    orig = GeneratorFront.render_framed
+
+    def spy(self, masks, vendor="unknown", seed=0, *a, **k):
+        out = orig(self, masks, vendor, seed, *a, **k)
+        seen.append((np.array(masks).copy(), list(seed) if not np.isscalar(seed) else [seed] * len(masks), out))
+        return out
+
+    monkeypatch.setattr(GeneratorFront, "render_framed", spy)
+    model = str(tiny_run.out / "tiny.json")
+    evaluate_faithfulness(cases, model=model, segmenter=str(tiny_segmenter.card_path), seeds=2)
+    faith = seen[:]
+    seeds = [s for _, ss, _ in faith for s in ss]
+    assert len(seeds) == len(set(seeds)) > len(cases)  # every slice of every case and seed drew its own
+    seen.clear()
+    evaluate_fidelity(cases, model=model, seeds=2)
+    fid_seeds = [s for _, ss, _ in seen for s in ss]
+    assert fid_seeds == seeds
+    np.testing.assert_array_equal(np.concatenate([o for *_, o in faith]), np.concatenate([o for *_, o in seen]))

@@ -57,10 +57,14 @@ def evaluate_faithfulness(cases: list[Case], model: str | None = None, segmenter
     r = open_renderer(model, device=device, **hq)
     seg = build_model(get_model(segmenter, kind="segmenter"), r.device)
     seg_size = int(seg.cfg.size)
-    rows, n_slices = [], 0
+    rows, n_slices, n = [], 0, 0
     for c, images, ref in heart_slices(cases, r):
         real = dice_scores(segment_images(seg, images, seg_size), ref)
-        syn_runs = [dice_scores(segment_images(seg, r.render_framed(ref, c.vendor, seed=s), seg_size), ref) for s in range(seeds)]
+        syn_runs = []
+        for _ in range(seeds):  # every slice its own seed, numbered as evaluate_fidelity numbers them (same renders)
+            syn_runs.append(dice_scores(segment_images(seg, r.render_framed(ref, c.vendor, seed=list(range(n, n + len(ref)))),
+                                                       seg_size), ref))
+            n += len(ref)
         syn = {k: (float(np.mean([x[k] for x in syn_runs])) if syn_runs[0][k] is not None else None) for k in syn_runs[0]}
         rows.append({"case": c.case_id, "vendor": c.vendor, "slices": len(ref), "real": real, "synthetic": syn})
         n_slices += len(ref)
