@@ -6,6 +6,8 @@ For each held-out case (real image + expert mask), in the synthesis frame:
   the expert mask (the instrument's own ceiling on real data);
 * the generator renders the **expert mask** (the case's own vendor, several seeds) and
   the same segmenter segments the synthetic image: Dice against the mask that was painted.
+  Every slice gets its own seed, numbered as :func:`~cmrstudio.evaluate.fidelity.evaluate_fidelity`
+  numbers them, so with the same number of seeds both score the same renders.
 
 Dice is per structure (LV, MYO, RV) over the case's heart slices (3D Dice per case),
 then averaged over cases; a structure absent from a case's mask is skipped for it.
@@ -61,7 +63,7 @@ def evaluate_faithfulness(cases: list[Case], model: str | None = None, segmenter
     for c, images, ref in heart_slices(cases, r):
         real = dice_scores(segment_images(seg, images, seg_size), ref)
         syn_runs = []
-        for _ in range(seeds):  # every slice its own seed, numbered as evaluate_fidelity numbers them (same renders)
+        for _ in range(seeds):  # every slice its own seed, numbered as evaluate_fidelity numbers them (same seeds: same renders)
             syn_runs.append(dice_scores(segment_images(seg, r.render_framed(ref, c.vendor, seed=list(range(n, n + len(ref)))),
                                                        seg_size), ref))
             n += len(ref)
