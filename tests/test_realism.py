@@ -79,8 +79,10 @@ def test_shipped_models_leave_no_upsampling_grid(real, model, mode):
 
 def test_spade_cmr_renders_with_the_decoder_it_was_trained_against_the_grid_with(real):
     """spade-cmr was trained with bicubic decoder upsampling and the grid penalty, and its card says so. The renderer
-    must build the decoder the card names: the same weights behind the default (bilinear) decoder draw the period-2
-    grid the detector finds (measured 19.8 on these slices, 2.9 as trained, with the weights of 2026-12-03)."""
+    must build the decoder the card names, and it must be the one that draws: the same weights and seeds behind the
+    default (bilinear) decoder give other images. (With the weights of 2026-12-03 the bilinear decoder drew the period-2
+    grid the detector finds, 19.8 on these slices against 2.9 as trained; the weights of 2026-12-05 afternoon, 4548 more
+    steps with the grid penalty, draw none behind either decoder: 2.75 bilinear, 2.25 bicubic.)"""
     import copy
     import dataclasses
 
@@ -96,9 +98,13 @@ def test_spade_cmr_renders_with_the_decoder_it_was_trained_against_the_grid_with
     other["architecture"]["options"]["upsample"] = "bilinear"
     r = open_renderer(dataclasses.replace(info, card=other))
     assert r.net.cfg.upsample == "bilinear"
-    bilinear = _grid_of(r, real, "synthetic")
+    masks = np.stack([m for _, _, m in real[:8]])
+    seeds = list(range(len(masks)))
+    bicubic = shipped.render_framed(masks, "siemens", seed=seeds)
+    np.testing.assert_array_equal(bicubic, shipped.render_framed(masks, "siemens", seed=seeds))  # the same seeds: the same image
+    assert np.abs(bicubic - r.render_framed(masks, "siemens", seed=seeds)).mean() > 0.005  # measured 0.015 (images 0-1)
     as_trained = _grid_of(shipped, real, "synthetic")
-    assert bilinear["peak_ratio"] > max(5.0, 2 * as_trained["peak_ratio"]) and 2.0 in bilinear["period_px"], (bilinear, as_trained)
+    assert as_trained["peak_ratio"] < max(5.0, 1.5 * as_trained["real_peak_ratio"]), as_trained
 
 
 def test_a_heart_rendered_into_a_scan_leaves_no_seam(real):
