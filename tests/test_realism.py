@@ -81,7 +81,7 @@ def test_spade_cmr_renders_with_the_decoder_it_was_trained_against_the_grid_with
     """spade-cmr was trained with bicubic decoder upsampling and the grid penalty, and its card says so. The renderer
     must build the decoder the card names, and it must be the one that draws: the same weights and seeds behind the
     default (bilinear) decoder give other images. (With the weights of 2026-12-03 the bilinear decoder drew the period-2
-    grid the detector finds, 19.8 on these slices against 2.9 as trained; the weights of 2026-12-05 afternoon, 4548 more
+    grid the detector finds, 19.8 on these slices against 2.9 as trained; the weights of 2026-12-05 afternoon, 5548 more
     steps with the grid penalty, draw none behind either decoder: 2.75 bilinear, 2.25 bicubic.)"""
     import copy
     import dataclasses
