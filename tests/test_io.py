@@ -301,3 +301,46 @@ def test_dicom_with_a_missing_slice_is_refused(tmp_path, case):
     sorted((tmp_path / "gap").glob("*.dcm"))[2].unlink()
     with pytest.raises(CmrError, match="unevenly spaced"):
         read_case(tmp_path / "gap")
+
+
+# ----------------------------------------------------------------------------- without SimpleITK
+_WITHOUT_SIMPLEITK = """
+import importlib.abc, sys
+class NoSimpleITK(importlib.abc.MetaPathFinder):  # as on an image that lacks it (the lent GPU machines')
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "SimpleITK":
+            raise ModuleNotFoundError("No module named 'SimpleITK'", name=name)
+sys.meta_path.insert(0, NoSimpleITK())
+from cmrstudio.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_without_simpleitk_nifti_still_reads_and_a_metaimage_is_refused_in_one_sentence(tmp_path):
+    """SimpleITK is imported when a file needs it: without it cmrstudio still starts, reads NIfTI (what training and the
+    device machine's packed data use) and says in one sentence what a MetaImage needs. Before, importing cmrstudio.cli
+    failed on `import SimpleITK` (so `device_train.sh there` could not start on the GPU image)."""
+    import re
+    import subprocess
+    import sys
+
+    case = phantom_case(3, n_slices=3, shape=(64, 64))
+    nii = write_case(case, tmp_path / "nii")
+    write_sitk(tmp_path / "scan.mha", case.image, case.affine)
+
+    def run(path):
+        return subprocess.run([sys.executable, "-c", _WITHOUT_SIMPLEITK, "info", str(path)], capture_output=True,
+                              encoding="utf-8", errors="replace", timeout=300)
+
+    shape = re.compile(r"shape 3\S+64\S+64")  # 3×64×64, whatever the locale makes of the ×
+    ok = run(nii["image"])
+    assert ok.returncode == 0, ok.stderr
+    assert shape.search(ok.stdout) and "SimpleITK" not in ok.stdout + ok.stderr
+    refused = run(tmp_path / "scan.mha")
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    lines = [ln for ln in refused.stderr.splitlines() if ln.strip()]
+    assert lines == ["cmrstudio: Reading DICOM, MetaImage and NRRD files needs SimpleITK, which is not installed here; "
+                     "install it with `pip install SimpleITK`."], refused.stderr
+    with_it = subprocess.run([sys.executable, "-m", "cmrstudio", "info", str(tmp_path / "scan.mha")], capture_output=True,
+                             encoding="utf-8", errors="replace", timeout=300)
+    assert with_it.returncode == 0 and shape.search(with_it.stdout), with_it.stderr  # the same file reads where SimpleITK is installed

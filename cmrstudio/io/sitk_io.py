@@ -9,11 +9,11 @@ import shutil
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import SimpleITK as sitk
 
 from cmrstudio.anatomy import vendor_from_manufacturer
 from cmrstudio.errors import CmrError
@@ -30,6 +30,22 @@ from cmrstudio.io.common import (
 )
 
 
+
+
+class _SimpleITK:
+    """SimpleITK, imported when a file first needs it: NIfTI, HDF5 and training read none of it, and an environment
+    without it (the GPU training image) still imports cmrstudio."""
+
+    def __getattr__(self, name: str):
+        try:
+            import SimpleITK
+        except ImportError:
+            raise CmrError("Reading DICOM, MetaImage and NRRD files needs SimpleITK, which is not installed here; "
+                           "install it with `pip install SimpleITK`.") from None
+        return getattr(SimpleITK, name)
+
+
+sitk = _SimpleITK()
 
 # SimpleITK takes file names as UTF-8 text: a name that is not valid UTF-8 (lone surrogates in Python)
 # aborts the whole process inside its C++ layer. Such paths are reached through a temporary symbolic link.
@@ -63,8 +79,14 @@ def itk_path(path: Path) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-_COMPLEX = {getattr(sitk, n) for n in ("sitkComplexFloat32", "sitkComplexFloat64") if hasattr(sitk, n)}
-_BYTES = {getattr(sitk, n): b for n, b in (("sitkUInt8", 1), ("sitkInt8", 1), ("sitkUInt16", 2), ("sitkInt16", 2),
+@lru_cache(maxsize=1)
+def _complex_ids() -> frozenset:
+    return frozenset(getattr(sitk, n) for n in ("sitkComplexFloat32", "sitkComplexFloat64") if hasattr(sitk, n))
+
+
+@lru_cache(maxsize=1)
+def _bytes_per_pixel() -> dict:
+    return {getattr(sitk, n): b for n, b in (("sitkUInt8", 1), ("sitkInt8", 1), ("sitkUInt16", 2), ("sitkInt16", 2),
                                             ("sitkUInt32", 4), ("sitkInt32", 4), ("sitkUInt64", 8), ("sitkInt64", 8),
                                             ("sitkFloat32", 4), ("sitkFloat64", 8)) if hasattr(sitk, n)}
 
@@ -159,7 +181,7 @@ def _read_sitk(p: Path, name: str, fmt: str, frame: int | None, kind: str, meta:
         raise CmrError(f"{p} could not be read as {fmt.upper()} ({reason(*failed)}); the file may be corrupt or not an image: "
                        "export or copy it again.")
     dim, size, pid = r.GetDimension(), tuple(int(v) for v in r.GetSize()), r.GetPixelID()
-    if pid in _COMPLEX:
+    if pid in _complex_ids():
         raise CmrError(f"{p} holds complex values, which cmrstudio cannot show as an MR image; give the magnitude image instead.")
     if r.GetNumberOfComponents() != 1:
         raise CmrError(f"{p} has {r.GetNumberOfComponents()} channels per pixel (colour or vector); give a single-channel image.")
@@ -175,7 +197,7 @@ def _read_sitk(p: Path, name: str, fmt: str, frame: int | None, kind: str, meta:
         raise CmrError(f"{p} gives a direction matrix (TransformMatrix or space directions) that is singular "
                        f"({' '.join(f'{v:g}' for v in direction)}), so its axes are undefined; fix that field in its header.")
     k = pick_frame(p, size[3], frame) if dim == 4 else None
-    has_spacing = _check_payload(p, size, _BYTES.get(pid, 1), meta)
+    has_spacing = _check_payload(p, size, _bytes_per_pixel().get(pid, 1), meta)
     if k is not None:
         r.SetExtractIndex([0, 0, 0, k])
         r.SetExtractSize([size[0], size[1], size[2], 0])  # 0 collapses the time axis: one 3D frame is read
@@ -310,7 +332,7 @@ def read_dicom_header(path: Path) -> DicomSlice:
         raise CmrError(f"{path} could not be read as DICOM ({reason(*failed)}); the file may be corrupt, hold no "
                        "pixel data, or not be an image.")
     size = tuple(int(v) for v in r.GetSize())
-    if r.GetPixelID() in _COMPLEX:
+    if r.GetPixelID() in _complex_ids():
         raise CmrError(f"{path} holds complex values; give the magnitude image instead.")
     if r.GetNumberOfComponents() != 1:
         raise CmrError(f"{path} has {r.GetNumberOfComponents()} channels per pixel (a colour image); give a greyscale MR image.")
