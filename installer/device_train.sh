@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
 # Training a model on the lent GPU machine (the `device` tool of cmrstudio's development workplace).
 #
-# What travels to that machine is the working tree plus carried folders, at most 64 MiB; the tracked
-# tree alone is about 63 MiB (the shipped weights are 52 MB of it) and ../shared/data (102 MB) does not
-# travel at all. So, here:
+# What travels to that machine is the working tree plus carried folders, at most 64 MiB (67,108,864 bytes); the
+# tracked tree alone is 110 MB (the shipped models' weights 97.5 MB of it, the plugins' example weights 8.3 MB) and
+# ../shared/data (102 MB) does not travel at all. So, here:
 #
 #   bash installer/device_train.sh prepare   # .device/: wheels the GPU image lacks, the training slices packed
-#                                            # small (uint8; the held-out patients stay behind); ignored by git
-#   bash installer/device_train.sh hide      # the weights training does not need leave the tree (to /tmp/cmr-hidden)
+#                                            # small (uint8; the held-out patients stay behind; 45 MB); ignored by git
+#   CMR_KEEP=spade-cmr bash installer/device_train.sh hide
+#                                            # the weights training does not need leave the tree (to /tmp/cmr-hidden):
+#                                            # all but layout-cmr and CMR_KEEP (a --init model), and the plugins' weights
 #
-# then one device call (keep the command under 2,000 characters; --max-minutes leaves time to save):
+# then one device call (keep the command under 2,000 characters; --max-minutes leaves time to save). The live model's
+# recipe as shipped (2026-12-05; a scene SPADE on the fine prior's 2.5 mm classes, heart classes hidden): training with a
+# *fine* prior reads only its card, so its 14 MB of weights stay behind, and 14.2 MB tracked + 44.9 MB carried travel:
 #
 #   run(carry=[".device"], timeout_s=600, command=
 #       "bash installer/device_train.sh there spade --preset scene --batch 32 --steps 20000 --max-minutes 7 \
-#        --grid-loss 1000 --keep-checkpoints --save-every 1500 --name spade-gpu")
+#        --init spade-cmr --layout-prior layout-cmr-fine --hide-heart-classes 3.75 --grid-loss 1000 --d-warmup 500 \
+#        --keep-checkpoints --save-every 1500 --name spade-gpu")
+#
+# `--init spade-cmr` starts from the shipped generator with a fresh discriminator (its run folder is not shipped): on
+# the CPU (2026-12-05, 2 threads, batch 8, --d-warmup 200, half the learning rates) that cost realism for the first
+# 1755 steps (fully synthetic KID on 120 held-out slices 110.7 -> 127.5 at step 1250, 141.8 at 1755), so a GPU run
+# should be long, or start from scratch (no --init) with the same options. Checked on the CPU the same way, with tiny
+# settings (CMR_DEVICE=cpu CMR_WORKERS=0, OUT set by hand, --batch 2 --steps 4): trains, saves, packs, unpacks.
 #
 # and back here:
 #
-#   bash installer/device_train.sh unhide    # the weights come back (git checkout)
+#   bash installer/device_train.sh unhide    # the hidden weights go back to their paths
 #   bash installer/device_train.sh unpack DIR  # DIR: the files_at folder of the call; the run folder lands in runs/device/run
 #   cmrstudio evaluate checkpoints runs/device/run --data ../shared/data/acdc ... --max-slices 259
 #
@@ -99,30 +110,35 @@ print(f"packed: {n_acdc} ACDC volumes and the M&Ms images as uint8 (Sunnybrook s
       f"held out: {' '.join(held)}")
 EOF
   du -sh "$PACK"/* ;;
-hide)  # only tracked weights without local changes: `unhide` puts back exactly these
+hide)  # only tracked weights without local changes: `unhide` puts back exactly these, each to its own path
+  # resources/models/: every model but those training needs; plugins/: their example weights (training never needs them)
   mkdir -p "$HIDDEN"
-  for w in resources/models/*.safetensors; do
-    n=$(basename "$w" .safetensors)
-    [[ " $NEEDED_WEIGHTS " == *" $n "* ]] && continue
+  for w in resources/models/*.safetensors $(git ls-files 'plugins/*.safetensors' 'plugins/*.pt'); do
+    n=$(basename "$w"); n=${n%.*}
+    [[ "$w" == resources/* && " $NEEDED_WEIGHTS " == *" $n "* ]] && continue
     if git ls-files --error-unmatch "$w" >/dev/null 2>&1 && git diff --quiet -- "$w"; then
-      mv "$w" "$HIDDEN/"
+      mkdir -p "$HIDDEN/$(dirname "$w")" && mv "$w" "$HIDDEN/$w"
     else
       echo "kept in place (untracked or changed, so not hidden): $w" >&2
     fi
   done
   tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1 || true)  # hidden files are gone: du says so
   carried=$(du -sb $PACK | cut -f1)
-  echo "travels: $tracked bytes tracked + $carried carried"
+  echo "travels: $tracked bytes tracked + $carried carried (limit $(( 64 * 1024 * 1024 )))"
   if (( tracked + carried > 64 * 1024 * 1024 )); then
     echo "device_train: that is over the 64 MiB a device call takes; keep fewer models (CMR_KEEP) or pack fewer slices (unhide puts the hidden weights back)." >&2
     exit 1
   fi ;;
 unhide)
-  for w in "$HIDDEN"/*.safetensors; do
-    [[ -e "$w" ]] && mv -n "$w" resources/models/
-  done
-  rmdir "$HIDDEN" 2>/dev/null || { echo "device_train: $HIDDEN is not empty; look at what is left there." >&2; exit 1; }
-  git status --short resources/ ;;
+  if [[ -d "$HIDDEN" ]]; then
+    (cd "$HIDDEN" && find . -type f -printf '%P\n') | while read -r w; do
+      [[ -e "$w" ]] && { echo "device_train: $w is back already; the hidden copy stays in $HIDDEN." >&2; continue; }
+      mv "$HIDDEN/$w" "$w"
+    done
+    find "$HIDDEN" -depth -type d -empty -delete
+  fi
+  [[ ! -e "$HIDDEN" ]] || { echo "device_train: $HIDDEN is not empty; look at what is left there." >&2; exit 1; }
+  git status --short resources/ plugins/ ;;
 there)
   shift
   kind=${1:?name the model kind: spade, flow or diffusion}; shift
