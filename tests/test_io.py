@@ -339,7 +339,7 @@ def test_without_simpleitk_nifti_still_reads_and_a_metaimage_is_refused_in_one_s
     refused = run(tmp_path / "scan.mha")
     assert refused.returncode == 2, (refused.stdout, refused.stderr)
     lines = [ln for ln in refused.stderr.splitlines() if ln.strip()]
-    assert lines == ["cmrstudio: Reading DICOM, MetaImage and NRRD files needs SimpleITK, which is not installed here; "
+    assert lines == ["cmrstudio: Reading or writing DICOM, MetaImage and NRRD files needs SimpleITK, which is not installed here; "
                      "install it with `pip install SimpleITK`."], refused.stderr
     with_it = subprocess.run([sys.executable, "-m", "cmrstudio", "info", str(tmp_path / "scan.mha")], capture_output=True,
                              encoding="utf-8", errors="replace", timeout=300)

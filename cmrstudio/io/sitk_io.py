@@ -30,8 +30,6 @@ from cmrstudio.io.common import (
 )
 
 
-
-
 class _SimpleITK:
     """SimpleITK, imported when a file first needs it: NIfTI, HDF5 and training read none of it, and an environment
     without it (the GPU training image) still imports cmrstudio."""
@@ -40,12 +38,13 @@ class _SimpleITK:
         try:
             import SimpleITK
         except ImportError:
-            raise CmrError("Reading DICOM, MetaImage and NRRD files needs SimpleITK, which is not installed here; "
+            raise CmrError("Reading or writing DICOM, MetaImage and NRRD files needs SimpleITK, which is not installed here; "
                            "install it with `pip install SimpleITK`.") from None
         return getattr(SimpleITK, name)
 
 
 sitk = _SimpleITK()
+
 
 # SimpleITK takes file names as UTF-8 text: a name that is not valid UTF-8 (lone surrogates in Python)
 # aborts the whole process inside its C++ layer. Such paths are reached through a temporary symbolic link.
