@@ -328,9 +328,9 @@ def test_without_simpleitk_nifti_still_reads_and_a_metaimage_is_refused_in_one_s
     nii = write_case(case, tmp_path / "nii")
     write_sitk(tmp_path / "scan.mha", case.image, case.affine)
 
-    def run(path):
-        return subprocess.run([sys.executable, "-c", _WITHOUT_SIMPLEITK, "info", str(path)], capture_output=True,
-                              encoding="utf-8", errors="replace", timeout=300)
+    def run(path, without_simpleitk=True):
+        python = [sys.executable, "-c", _WITHOUT_SIMPLEITK] if without_simpleitk else [sys.executable, "-m", "cmrstudio"]
+        return subprocess.run([*python, "info", str(path)], capture_output=True, encoding="utf-8", errors="replace", timeout=300)
 
     shape = re.compile(r"shape 3\S+64\S+64")  # 3×64×64, whatever the locale makes of the ×
     ok = run(nii["image"])
@@ -341,6 +341,5 @@ def test_without_simpleitk_nifti_still_reads_and_a_metaimage_is_refused_in_one_s
     lines = [ln for ln in refused.stderr.splitlines() if ln.strip()]
     assert lines == ["cmrstudio: Reading or writing DICOM, MetaImage and NRRD files needs SimpleITK, which is not installed here; "
                      "install it with `pip install SimpleITK`."], refused.stderr
-    with_it = subprocess.run([sys.executable, "-m", "cmrstudio", "info", str(tmp_path / "scan.mha")], capture_output=True,
-                             encoding="utf-8", errors="replace", timeout=300)
+    with_it = run(tmp_path / "scan.mha", without_simpleitk=False)
     assert with_it.returncode == 0 and shape.search(with_it.stdout), with_it.stderr  # the same file reads where SimpleITK is installed
