@@ -55,6 +55,8 @@ class RenderRecord:
     private: bool | None = None  # the generator was trained with differential privacy (None: not recorded, older renders)
     dp_epsilon: float | None = None  # its privacy budget (private generators)
     dp_delta: float | None = None
+    layout_prior: str | None = None  # scene models, fully synthetic: the layout model the tissue classes came from (a layout bank
+    # puts a real scan's body layout, classes on 2.5 mm cells, under the painted heart)
     created: str = field(default_factory=now_iso)
     version: int = RECORD_VERSION
 
@@ -95,7 +97,7 @@ class RenderRecord:
                        model_sha256=opt("model_sha256", str), sampler=opt("sampler", str), steps=opt("steps", int), guidance=guidance,
                        mode=str(d.get("mode") or "synthetic"), margin_mm=opt("margin_mm", float), seconds=opt("seconds", float),
                        private=opt("private", bool), dp_epsilon=opt("dp_epsilon", float), dp_delta=opt("dp_delta", float),
-                       created=str(d.get("created") or ""), version=int(d.get("version") or 1))
+                       layout_prior=opt("layout_prior", str), created=str(d.get("created") or ""), version=int(d.get("version") or 1))
         except KeyError as exc:
             raise CmrError(f"{where} lacks {exc.args[0]!r}; it was not written by cmrstudio or is damaged.") from None
         except (TypeError, ValueError) as exc:
@@ -125,6 +127,7 @@ def make_record(renderer, seed: int, vendor: str, context=None, steps: int | Non
     stepwise = "steps" in d  # diffusion and flow describe their sampling; a one-step generator does not
     mode = getattr(context, "mode", "synthetic") if context is not None else "synthetic"
     dp = (renderer.info.card.get("training") or {}).get("differential_privacy") or {}
+    layout = renderer.layout_prior_name() if mode == "synthetic" and getattr(renderer, "scene", False) else None
     return RenderRecord(
         model=renderer.name, kind=renderer.kind, seed=int(seed), vendor=vendor, model_sha256=renderer.info.card.get("sha256"),
         sampler=sampler_name(sampler or d.get("solver"), d.get("time_shift", 1.0)) if stepwise else (sampler or "one-step"),
@@ -132,7 +135,7 @@ def make_record(renderer, seed: int, vendor: str, context=None, steps: int | Non
         guidance=(guidance if guidance is not None else d.get("guidance")) if stepwise else None,
         mode=mode, margin_mm=float(context.margin_mm) if mode == "in-patient" else None,
         seconds=None if seconds is None else round(float(seconds), 3),
-        private=bool(dp), dp_epsilon=dp.get("epsilon"), dp_delta=dp.get("delta"),
+        private=bool(dp), dp_epsilon=dp.get("epsilon"), dp_delta=dp.get("delta"), layout_prior=layout,
     )
 
 

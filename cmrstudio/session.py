@@ -487,7 +487,39 @@ class StudioSession:
     def _make_live(self, name: str | None):
         from cmrstudio.engine.factory import open_renderer
 
-        return open_renderer(name, device=self.device, threads=self.live_threads, bf16=None)
+        return self._with_layout(open_renderer(name, device=self.device, threads=self.live_threads, bf16=None))
+
+    def _with_layout(self, r):
+        """``r`` with the body layout the settings name for fully synthetic renders (scene models); when that layout model
+        cannot serve ``r``, its card's own, and a warning saying so."""
+        name = self.settings.layout_prior
+        if name and getattr(r, "scene", False) and hasattr(r, "use_layout_prior"):
+            try:
+                r.use_layout_prior(name)
+            except CmrError as exc:
+                self.call_soon(self.say, "warning", f"The body layout '{name}' is not used with {r.name} ({exc.message}); "
+                                                    "its own tissue-class prior is.")
+        return r
+
+    def set_layout_prior(self, name: str | None) -> bool:
+        """Fully synthetic renders take their body layout (tissue classes) from ``name`` (a layout model: a bank of this site's
+        scans, or a fine prior), or from each model's own prior (None). Checked on the live model first; remembered."""
+        name = name or None
+        renderers = [r for r in [self.renderer, *self.hq_renderers.values()] if getattr(r, "scene", False)]
+        try:
+            for r in renderers:
+                r.use_layout_prior(name)
+        except CmrError as exc:
+            for r in renderers:
+                r.use_layout_prior(self.settings.layout_prior)
+            self.say("error", exc.message)
+            return False
+        self.settings.layout_prior = name
+        self.save_settings()
+        self.say("info", f"Fully synthetic renders take their body layout from {name or 'each model’s own prior'}.")
+        if self.case is not None and self.renderer is not None:
+            self.request_live()
+        return True
 
     def set_live_model(self, name: str | None, quiet: bool = True) -> bool:
         """Load a one-step model for the live path; on failure the current one stays."""
@@ -1124,7 +1156,7 @@ class StudioSession:
         from cmrstudio.engine.factory import open_renderer
 
         if model not in self.hq_renderers:
-            self.hq_renderers[model] = open_renderer(model, device=self.device)
+            self.hq_renderers[model] = self._with_layout(open_renderer(model, device=self.device))
         return self.hq_renderers[model]
 
     def render_hq(self, model: str = "flow", steps: int | None = None, guidance: float | None = None,
@@ -1222,7 +1254,7 @@ class StudioSession:
             from cmrstudio.engine.factory import open_renderer
 
             try:
-                r, err = open_renderer(model, device=self.device), ""
+                r, err = self._with_layout(open_renderer(model, device=self.device)), ""
             except Exception as exc:
                 r, err = None, err_text(exc)
             self.call_soon(self._on_hq_loaded, model, r, err, token, (steps, guidance, solver))

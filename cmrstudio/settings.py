@@ -33,6 +33,7 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda | mps
     live_model: str | None = None  # None: the default SPADE model
     hq_model: str | None = None  # None: the default HQ model (flow-cmr-2step); "flow" etc. allowed
+    layout_prior: str | None = None  # fully synthetic renders' body layout: a layout model (a bank of the site's scans); None: the card's
     vendor: str = "unknown"
     margin_mm: float = DEFAULT_MARGIN_MM  # in this patient: how far around the old and new heart live and HQ renders repaint
     last_folder: str | None = None
@@ -79,7 +80,7 @@ def _valid(name: str, value) -> bool:
         return isinstance(value, str) and value in DEVICES
     if name == "vendor":
         return isinstance(value, str) and value in VENDORS
-    if name in ("live_model", "hq_model", "last_folder", "last_project"):
+    if name in ("live_model", "hq_model", "layout_prior", "last_folder", "last_project"):
         return value is None or (isinstance(value, str) and value != "")
     if name == "margin_mm":
         return valid_margin(value)

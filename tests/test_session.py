@@ -441,3 +441,26 @@ def test_hq_model_loads_off_the_thread_and_cancel_works_while_it_loads(session):
     job = s.hq_job
     s.wait_hq(120)
     assert s.hq_job is job and "cancelled before it started" in s.messages[-1][1]
+
+
+def test_fully_synthetic_renders_take_the_body_layout_the_settings_name(session, env):
+    from cmrstudio.resources import sample_dir
+    from cmrstudio.settings import load_settings
+    from helpers import run
+
+    bank = env / "bank" / "bank-s.json"
+    run("train", "layout-bank", "--data", str(sample_dir()), "--out", str(bank.parent), "--name", "bank-s")
+    s = session()
+    assert s.set_mode("synthetic")
+    before = live_image(s)
+    assert s.live_shown[s.z].record.layout_prior == "layout-cmr-fine"  # the live model's own prior, as its card names
+    assert s.set_layout_prior(str(bank))
+    after = live_image(s)
+    assert s.live_shown[s.z].record.layout_prior == "bank-s" and not s.live_shown[s.z].record.derived_from_patient
+    assert np.abs(after - before).mean() > 0.02  # another body around the same heart
+    assert load_settings()[0].layout_prior == str(bank)  # remembered
+    assert not s.set_layout_prior("layout-cmr") and "cells of 8 px" in s.messages[-1][1]  # refused; the bank stays
+    assert s.settings.layout_prior == str(bank) and s.renderer.layout_prior_name() == "bank-s"
+    s2 = session()  # a new session opens its models with the remembered layout
+    assert s2.set_mode("synthetic") and live_image(s2) is not None and s2.live_shown[s2.z].record.layout_prior == "bank-s"
+    assert s.set_layout_prior(None) and s.renderer.layout_prior_name() == "layout-cmr-fine"

@@ -421,6 +421,28 @@ def test_settings_are_remembered(open_window, studio_env):
     assert win2.synthesis.margin_box.value() == 6.0 == win2.studio.session.margin_mm
 
 
+def test_settings_dialog_offers_installed_layout_banks_for_fully_synthetic_renders(open_window, studio_env):
+    from cmrstudio.gui.app import SettingsDialog
+    from cmrstudio.resources import sample_dir
+    from helpers import copy_model, run
+
+    run("train", "layout-bank", "--data", str(sample_dir()), "--out", str(studio_env / "bank"), "--name", "bank-g")
+    copy_model(studio_env / "bank" / "bank-g.json", studio_env / "models")  # installed as the user's model
+    win = open_window()
+    st = win.studio
+    dlg = SettingsDialog(st)
+    items = [dlg.layout.itemData(i) for i in range(dlg.layout.count())]
+    assert items[0] is None and dlg.layout.currentIndex() == 0  # each model's own prior, until a bank is chosen
+    assert "bank-g" in items and "layout-cmr-fine" in items and "layout-cmr" not in items  # the PCA's cells fit no scene model
+    dlg.layout.setCurrentIndex(items.index("bank-g"))
+    dlg.accept()
+    assert st.session.settings.layout_prior == "bank-g" and st.session.renderer.layout_prior_name() == "bank-g"
+    assert st.session.set_mode("synthetic")
+    settle(win, on_screen=True)
+    assert st.session.live_shown[st.current_z()].record.layout_prior == "bank-g" and shown(st).std() > 0.05
+    assert SettingsDialog(st).layout.currentData() == "bank-g"
+
+
 def test_npe2_widget_in_plain_napari(studio_env, make_napari_viewer):
     import npe2
 

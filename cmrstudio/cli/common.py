@@ -51,7 +51,12 @@ def command_line() -> str:
     return "cmrstudio " + shlex.join(a for a in sys.argv[1:] if a != "--write-card")
 
 
-def _eval_inputs(data: list[str], case: list[str], seeds: int, steps: Optional[int], guidance: Optional[float], model: Optional[str] = None):
+LayoutPriorOpt = typer.Option(None, "--layout-prior", help="Fully synthetic renders take their tissue classes from this layout model (a name "
+                              "or card: a layout bank from `cmrstudio train layout-bank`, or a fine prior) instead of the one the model's card names.")
+
+
+def _eval_inputs(data: list[str], case: list[str], seeds: int, steps: Optional[int], guidance: Optional[float], model: Optional[str] = None,
+                 layout_prior: Optional[str] = None, write_card: bool = False):
     """The held-out cases an evaluation runs on (--case, else those the generator's card names, as `evaluate all`
     does: a figure over the model's own training patients would flatter it), and the HQ sampling options given."""
     from cmrstudio.data.dataset import cases_from
@@ -61,6 +66,9 @@ def _eval_inputs(data: list[str], case: list[str], seeds: int, steps: Optional[i
     from cmrstudio.train.common import check_counts
 
     check_counts(seeds=seeds)
+    if layout_prior and write_card:
+        raise CmrError("--write-card records what the model does as shipped, with its card's own tissue-class prior; drop --layout-prior "
+                       f"{layout_prior} or --write-card.")
     everything = cases_from(data)  # refuses data that holds no case
     if case:
         cases = select_cases(everything, case, data)
@@ -73,7 +81,7 @@ def _eval_inputs(data: list[str], case: list[str], seeds: int, steps: Optional[i
             typer.echo(f"Note: none of the patients {info.name}'s card holds out ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}) "
                        f"is in {', '.join(map(str, data))}; scoring all {len(cases)} cases there (a figure over its own "
                        "training patients would flatter it).", err=True)
-    return cases, {k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}
+    return cases, {k: v for k, v in (("steps", steps), ("guidance", guidance), ("layout_prior", layout_prior)) if v is not None}
 
 
 def _held_out(case: list[str], info) -> list[str]:

@@ -13,7 +13,8 @@ from typing import Optional
 
 import typer
 
-from cmrstudio.cli.common import EvalCaseOpt, EvalDataOpt, EvalGuidanceOpt, EvalStepsOpt, GeneratorOpt, _eval_inputs, _held_out, command_line
+from cmrstudio.cli.common import (EvalCaseOpt, EvalDataOpt, EvalGuidanceOpt, EvalStepsOpt, GeneratorOpt, LayoutPriorOpt, _eval_inputs, _held_out,
+                                  command_line)
 from cmrstudio.errors import CmrError
 
 evaluate_app = typer.Typer(help="Measure models: fidelity, faithfulness, diversity, privacy, utility, the segmenter; and report.", no_args_is_help=True)
@@ -28,6 +29,7 @@ def evaluate_faithfulness_cmd(
     seeds: int = typer.Option(2, "--seeds", help="Renders per mask."),
     steps: Optional[int] = EvalStepsOpt,
     guidance: Optional[float] = EvalGuidanceOpt,
+    layout_prior: Optional[str] = LayoutPriorOpt,
     device: Optional[str] = typer.Option(None, "--device"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     write_card: bool = typer.Option(False, "--write-card", help="Record the result in the generator's card."),
@@ -35,7 +37,7 @@ def evaluate_faithfulness_cmd(
     """Dice of a real-trained segmenter on synthetic images of held-out masks, beside its Dice on the real images."""
     from cmrstudio.evaluate.run import run_faithfulness
 
-    cases, hq = _eval_inputs(data, case, seeds, steps, guidance, model)
+    cases, hq = _eval_inputs(data, case, seeds, steps, guidance, model, layout_prior, write_card)
     res = run_faithfulness(cases, model=model, segmenter=segmenter, seeds=seeds, device=device, write_card=write_card,
                            command=command_line(), **hq)
     if as_json:
@@ -59,6 +61,7 @@ def evaluate_fidelity_cmd(
     seeds: int = typer.Option(1, "--seeds", help="Renders per mask."),
     steps: Optional[int] = EvalStepsOpt,
     guidance: Optional[float] = EvalGuidanceOpt,
+    layout_prior: Optional[str] = LayoutPriorOpt,
     device: Optional[str] = typer.Option(None, "--device"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     write_card: bool = typer.Option(False, "--write-card", help="Record the result in the generator's card."),
@@ -66,7 +69,7 @@ def evaluate_fidelity_cmd(
     """FID and KID (standard FID Inception, offline) of renders of held-out masks against the real slices; paired SSIM/PSNR."""
     from cmrstudio.evaluate.run import run_fidelity
 
-    cases, hq = _eval_inputs(data, case, seeds, steps, guidance, model)
+    cases, hq = _eval_inputs(data, case, seeds, steps, guidance, model, layout_prior, write_card)
     res = run_fidelity(cases, model=model, seeds=seeds, device=device, write_card=write_card, command=command_line(), **hq)
     if as_json:
         typer.echo(json.dumps(res.to_dict(), indent=2))
@@ -93,6 +96,7 @@ def evaluate_diversity_cmd(
     masks: int = typer.Option(32, "--masks", help="Masks to render, spread over the cases."),
     steps: Optional[int] = EvalStepsOpt,
     guidance: Optional[float] = EvalGuidanceOpt,
+    layout_prior: Optional[str] = LayoutPriorOpt,
     device: Optional[str] = typer.Option(None, "--device"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     write_card: bool = typer.Option(False, "--write-card", help="Record the result in the generator's card."),
@@ -102,7 +106,7 @@ def evaluate_diversity_cmd(
     from cmrstudio.train.common import check_counts
 
     check_counts(masks=masks)
-    cases, hq = _eval_inputs(data, case, 1, steps, guidance, model)
+    cases, hq = _eval_inputs(data, case, 1, steps, guidance, model, layout_prior, write_card)
     res = run_diversity(cases, model=model, seeds=seeds, masks=masks, device=device, write_card=write_card, command=command_line(), **hq)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
@@ -157,6 +161,7 @@ def evaluate_realism_cmd(
     max_train: int = typer.Option(300, "--max-train", help="Training-patient slices the machine reader and the real-vs-real floor use."),
     seed: int = typer.Option(0, "--seed"),
     margin: Optional[float] = typer.Option(None, "--margin", help="In this patient: repaint within this many mm of the heart (default 10)."),
+    layout_prior: Optional[str] = LayoutPriorOpt,
     device: Optional[str] = typer.Option(None, "--device"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     write_card: bool = typer.Option(False, "--write-card", help="Record the result in the generator's card."),
@@ -173,7 +178,10 @@ def evaluate_realism_cmd(
     held = _held_out(case, info)
     if not held:
         raise CmrError(f"The card of '{info.name}' names no held-out patients; give them with --case.")
-    hq = {"steps": steps} if steps is not None else {}
+    if layout_prior and write_card:
+        raise CmrError("--write-card records what the model does as shipped, with its card's own tissue-class prior; drop --layout-prior "
+                       f"{layout_prior} or --write-card.")
+    hq = {k: v for k, v in (("steps", steps), ("layout_prior", layout_prior)) if v is not None}
     res = run_realism(cases_from(data), held, model=str(info.card_path), mode=mode, classifier_steps=classifier_steps, max_train=max_train,
                       seed=seed, device=device, write_card=write_card, command=command_line(), margin_mm=margin, **hq)
     if as_json:

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from cmrstudio.cli.common import FrameOpt, LabelsOpt, SpacingOpt, parse_spacing
+from cmrstudio.cli.common import FrameOpt, LabelsOpt, LayoutPriorOpt, SpacingOpt, parse_spacing
 from cmrstudio.errors import CmrError
 from cmrstudio.record import sampler_name
 from cmrstudio.settings import DEFAULT_MARGIN_MM
@@ -65,6 +65,7 @@ def render(
     frame: Optional[int] = FrameOpt,
     spacing: Optional[str] = SpacingOpt,
     case: Optional[str] = typer.Option(None, "--case", help="Case to take the mask from, in a dataset folder."),
+    layout_prior: Optional[str] = LayoutPriorOpt,
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (automatic when omitted)."),
 ):
     """Render every slice of a mask into an image with the mask's own shape and geometry: fully synthetic, or in a patient's own scan."""
@@ -80,7 +81,7 @@ def render(
     hq = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver)) if v is not None}
     c = read_mask(mask, labels=labels, frame=frame, spacing=parse_spacing(spacing), case=case)  # bad input first, before the model loads
     scan = read_case(context, frame=frame, spacing=parse_spacing(spacing), case=context_case or case) if context is not None else None
-    r = open_renderer(info, device=device, **hq)
+    r = open_renderer(info, device=device, **hq, **({"layout_prior": layout_prior} if layout_prior else {}))
     image = heart = None
     if scan is not None:
         if scan.image is None:
@@ -129,7 +130,7 @@ def render(
     fov = f"{fr.spacing_mm * fr.size:.0f} mm" if fr.spacing_mm else "heart-sized"
     how = f", {sampler_name(r.solver, getattr(r, 'time_shift', 1.0))} {r.steps} steps, guidance {r.guidance:g}" if hasattr(r, "solver") else ""
     where = (f"in this patient ({context}; {margin:g} mm around the heart repainted, derived from a patient scan)" if image is not None
-             else "fully synthetic, the whole field of view" if r.scene else f"fully synthetic, {fov} heart frame")
+             else f"fully synthetic, the whole field of view (tissue classes from {r.layout_prior_name()})" if r.scene else f"fully synthetic, {fov} heart frame")
     typer.echo(f"Wrote {' and '.join(written)}: {img.shape[0]} slices of {img.shape[1]}×{img.shape[2]}, model {r.name} ({r.kind}{how}), "
                f"vendor {vendor}, seed {seed}, {where}, {secs:.1f} s.")
 

@@ -170,6 +170,26 @@ def train_layout_cmd(
                f"{tr['slices']} slices, variance explained {tr['variance_explained']:.1%}.")
 
 
+@train_app.command("layout-bank")
+def train_layout_bank_cmd(
+    data: list[str] = typer.Option([], "--data", help="Scans with heart labels; repeat for several."),
+    out: Path = typer.Option(Path("runs/layout-bank"), "--out", help="Folder for the bank and its card."),
+    name: str = typer.Option("layout-bank", "--name"),
+    exclude: list[str] = typer.Option([], "--exclude", help="Leave out cases whose id starts with this; repeatable."),
+    fallback: str = typer.Option("layout-cmr-fine", "--fallback", help="The fine tissue-class prior beyond a picked scan's edge (its cells are the bank's)."),
+    k: int = typer.Option(5, "--k", help="A seed picks among this many scans whose heart is nearest the painted one."),
+):
+    """Build a layout bank: real scans' own tissue classes, which fully synthetic renders take their body layout from
+    (name it with `render --layout-prior`, or in a scene model's card)."""
+    from cmrstudio.train.layout import BankOptions, build_bank
+
+    check_name(name)
+    info = build_bank(BankOptions(data=list(data), out=str(out), name=name, exclude=list(exclude), fallback=fallback, k=k),
+                      log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"Layout bank {info.name}: {info.weights_path} ({info.size_mb:.1f} MB), card {info.card_path}; "
+               f"{info.card['training']['slices']} slices.")
+
+
 @train_app.command("segmenter")
 def train_segmenter_cmd(
     data: list[str] = typer.Option([], "--data", help="Training folder or file; repeat for several."),

@@ -78,19 +78,21 @@ def scene_for(heart: Frame, multiple: int = SCENE_MULTIPLE) -> Scene:
 
 # -- background tissue classes ---------------------------------------------------------------
 
-def tissue_classes(image01: np.ndarray, valid: np.ndarray | None = None, sigma: float = 1.5) -> np.ndarray:
+def tissue_classes(image01: np.ndarray, valid: np.ndarray | None = None, sigma: float = 1.5, region: np.ndarray | None = None) -> np.ndarray:
     """Per-pixel background tissue class (indices into ``LAYOUT_CLASSES``) of one normalised slice.
 
     ``valid`` marks pixels inside the scan (padding outside it is "outside"). Multi-Otsu
     thresholds (scikit-image) on the smoothed slice split it into four bands; the darkest band's
-    regions that touch the scan's edge (or the padding) are outside the body.
+    regions that touch the scan's edge (or the padding) are outside the body. ``region`` (bool, like
+    the image): the thresholds come from those valid pixels only (e.g. the heart window), and apply
+    to the whole slice.
     """
     from skimage.filters import threshold_multiotsu
 
     img = np.asarray(image01, np.float32)
     valid = np.ones(img.shape, bool) if valid is None else np.asarray(valid, bool)
     sm = ndimage.gaussian_filter(img, sigma)
-    vals = sm[valid]
+    vals = sm[valid if region is None else valid & np.asarray(region, bool)]
     try:
         th = threshold_multiotsu(vals[:: max(1, vals.size // 20000)], classes=4)
     except ValueError:  # a flat image: too few distinct values for three thresholds

@@ -122,7 +122,9 @@ def renderer_problems() -> list[str]:
 def open_renderer(model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None, **options):
     """A renderer for any generator model (a name, a card path or a :class:`ModelInfo`).
 
-    ``options`` (steps, guidance, solver) apply to step-wise models only; SPADE refuses them.
+    ``options`` (steps, guidance, solver) apply to step-wise models only; SPADE refuses them. ``layout_prior`` (any scene
+    model): the layout model fully synthetic renders take their tissue classes from, instead of the card's (a layout bank
+    of a site's own scans, say; see :meth:`~cmrstudio.engine.scene.SceneMixin.use_layout_prior`).
     """
     from cmrstudio.engine.base import GeneratorFront
     from cmrstudio.models.registry import get_model
@@ -135,6 +137,7 @@ def open_renderer(model: str | ModelInfo | None = None, device: str | None = Non
         raise CmrError(f"The model '{info.name}' is of kind '{info.kind}', which no installed renderer serves"
                        + (f" ({why[0]})" if why else "; install the plugin that provides it") + ".")
     source = SOURCES[info.kind]
+    layout = options.pop("layout_prior", None)
     try:
         r = spec.factory(info, device=device, threads=threads, **options)
     except CmrError:
@@ -145,4 +148,9 @@ def open_renderer(model: str | ModelInfo | None = None, device: str | None = Non
         raise CmrError(f"The renderer from '{source}' opened '{info.name}' as a {type(r).__name__}, not a cmrstudio.api.GeneratorFront; "
                        "the model cannot be used.")
     r.source = source
+    if layout is not None:
+        if not getattr(r, "scene", False):
+            raise CmrError(f"--layout-prior {layout}: '{info.name}' renders the heart crop only and takes no tissue classes; give a "
+                           "scene model (spade-cmr, flow-cmr).")
+        r.use_layout_prior(layout)
     return r

@@ -174,10 +174,31 @@ class SceneMixin:
         window of the same field). Shared: take a copy before changing it in place."""
         return _noise_field(int(seed), int(size))
 
+    def use_layout_prior(self, name: str | None) -> None:
+        """Fully synthetic renders take their tissue classes from ``name`` (a layout model's name or card: a fine prior, or a
+        layout bank built from a site's own scans) instead of the one the card names; None: the card's again. Refused in one
+        sentence when its cells are not this model's; kept surroundings are forgotten."""
+        self.layout_choice = None if name is None else str(name)
+        try:
+            self._prior()
+        except CmrError:
+            self.layout_choice = None
+            raise
+        self.forget_scenes()
+
+    def describe(self) -> dict:
+        d = super().describe()
+        return {**d, "layout_prior": self.layout_prior_name()} if getattr(self, "layout_choice", None) else d
+
+    def layout_prior_name(self) -> str:
+        """The name of the layout model fully synthetic renders take their tissue classes from."""
+        return self._prior().info.name
+
     def _prior(self) -> LayoutPrior:
         cond = self.info.card.get("conditioning") or {}
         lp = cond.get("layout_prior") or {}
-        prior = layout_prior(lp.get("name"), lp.get("sha256"))
+        choice = getattr(self, "layout_choice", None)
+        prior = layout_prior(lp.get("name"), lp.get("sha256")) if choice is None else layout_prior(choice)
         factor = int(cond.get("layout_factor", LAYOUT_FACTOR))
         if prior.factor != factor:
             raise CmrError(f"The tissue-class prior '{prior.info.name}' makes cells of {prior.factor} px, but '{self.info.name}' was trained "

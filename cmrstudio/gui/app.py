@@ -119,10 +119,22 @@ class SettingsDialog(QDialog):
         wanted = hq_model_name(s.hq_model)  # the saved choice ("flow" too), else the shipped default
         if wanted:
             self.hq.setCurrentText(wanted)
+        self.layout = QComboBox()  # fully synthetic renders' body layout: each model's own prior, or a layout model (a site's bank)
+        self.layout.addItem("each model's own prior", None)
+        for m in layout_choices():
+            self.layout.addItem(m, m)
+        if s.layout_prior:
+            if self.layout.findData(s.layout_prior) < 0:
+                self.layout.addItem(s.layout_prior, s.layout_prior)
+            self.layout.setCurrentIndex(self.layout.findData(s.layout_prior))
+        self.layout.setToolTip("Where fully synthetic renders take the body around the painted heart from (lungs, liver, chest wall, "
+                               "fat): the tissue-class prior the model's card names, or a layout bank built from this site's own scans "
+                               "with `cmrstudio train layout-bank` (real body layouts, no pixel of them).")
         f.addRow("Device", self.device)
         f.addRow("Live model", self.live)
         f.addRow("HQ model", self.hq)
-        f.addRow(QLabel("The live model applies now, the device at the next start."))
+        f.addRow("Body layout (fully synthetic)", self.layout)
+        f.addRow(QLabel("The live model and the body layout apply now, the device at the next start."))
         bb = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         bb.accepted.connect(self.accept)
         bb.rejected.connect(self.reject)
@@ -138,7 +150,18 @@ class SettingsDialog(QDialog):
         r = self.studio.session.renderer
         if s.live_model and (r is None or r.name != s.live_model):
             self.studio.session.set_live_model(s.live_model)
+        layout = self.layout.currentData()
+        if layout != s.layout_prior:
+            self.studio.session.set_layout_prior(layout)
         super().accept()
+
+
+def layout_choices() -> list[str]:
+    """Installed layout models a scene model can render fully synthetic slices with: fine priors and layout banks."""
+    from cmrstudio.models.layout import own_classes
+    from cmrstudio.models.registry import list_models
+
+    return [m.name for m in list_models(kind="layout") if own_classes(m)]
 
 
 class BackendDialog(QDialog):

@@ -24,6 +24,16 @@ the heart's label fractions, the scan's extent and a coarse layout on those cell
 slices' own classes (the coarse layout: their PCA projection), it renders from a PCA sample. Each cell
 takes its most likely class. Scene models trained on the slices' own fine classes (``--layout-prior``
 naming a fine prior) render fully synthetic scenes from it.
+
+**A layout bank** (:class:`LayoutBank`, ``cmrstudio train layout-bank``) is a prior by example: the fine
+tissue classes of whole real scenes (each slice's own, as the scene models are trained on), keyed by
+their heart. A render takes, for its seed, one of the ``k`` scenes whose heart overlaps the painted
+one most (Dice of the label fractions on 5 mm cells in a 160 mm window around each heart's centre),
+shifted so the two hearts' centres meet; where that scan ends and the painted one does not, the bank's
+fallback prior (a fine prior) fills in. A body layout from a real scan (classes on 2.5 mm cells, no
+pixel) is more like a scan than a sampled one. A bank carries its scans' body layouts, so it goes only
+where those scans may go: none is shipped, and ``train layout-bank`` builds one from a site's own scans.
+The bands' thresholds of a bank scene come from its heart frame, not the whole scan.
 """
 
 from __future__ import annotations
@@ -246,7 +256,93 @@ class FineLayout:
         return (cls[None] == np.arange(N_LAYOUT)[:, None, None]).astype(np.float32)
 
 
+BANK_KEY_PX = 128  # the heart window a bank's key covers, in frame pixels (160 mm at 1.25 mm)
+BANK_KEY_POOL = 4  # frame pixels per key cell
+BEYOND_SCAN = 255  # a bank scene's pixels beyond its own scan: unknown, not 'outside' the body
+
+
+def heart_centre(mask: np.ndarray) -> tuple[float, float]:
+    """(row, col) of the painted labels' centroid in a scene (S, S); the scene's centre when nothing is painted."""
+    pts = np.argwhere(np.asarray(mask) > 0)
+    s = mask.shape[-1]
+    return tuple(pts.mean(0)) if len(pts) else ((s - 1) / 2, (s - 1) / 2)
+
+
+def heart_key(mask: np.ndarray) -> np.ndarray:
+    """A scene's heart as the bank compares it: LV, MYO and RV fractions on BANK_KEY_POOL-px cells of a BANK_KEY_PX window
+    centred on the heart (zero beyond the scene), flattened."""
+    n, p = BANK_KEY_PX, BANK_KEY_POOL
+    r0, c0 = (int(round(c)) - n // 2 for c in heart_centre(mask))
+    win = np.zeros((n, n), np.uint8)
+    s0, s1 = mask.shape
+    rs, re, cs, ce = max(0, r0), min(s0, r0 + n), max(0, c0), min(s1, c0 + n)
+    if rs < re and cs < ce:
+        win[rs - r0:re - r0, cs - c0:ce - c0] = mask[rs:re, cs:ce]
+    return heart_onehot(win).reshape(N_HEART, n // p, p, n // p, p).mean(axis=(2, 4)).reshape(-1).astype(np.float32)
+
+
+class LayoutBank:
+    """A prior by example (see the module notes): real scenes' fine tissue classes, one picked per seed among the ``k``
+    whose heart is nearest the painted one, with a fine prior (``fallback``) beyond the picked scan."""
+
+    def __init__(self, info, classes: list[np.ndarray], centres: np.ndarray, keys: np.ndarray, fallback, k: int, factor: int):
+        self.info = info
+        self.classes = classes  # per entry (S_i, S_i) uint8: LAYOUT_CLASSES indices, BEYOND_SCAN beyond its scan
+        self.centres = np.asarray(centres, np.float64)
+        self.keys = np.asarray(keys, np.float32)
+        self.fallback = fallback
+        self.k = max(1, min(int(k), len(classes)))
+        self.factor = int(factor)
+
+    def nearest(self, mask: np.ndarray) -> np.ndarray:
+        """Indices of the ``k`` entries whose heart overlaps the painted one most (Dice of the key fractions), best first."""
+        q = heart_key(mask)
+        dice = 2.0 * (self.keys @ q) / (self.keys.sum(1) + q.sum() + 1e-6)
+        return np.argsort(-dice, kind="stable")[:self.k]
+
+    def pick(self, mask: np.ndarray, seed: int) -> int:
+        """The entry a seed takes for this painted heart."""
+        near = self.nearest(mask)
+        return int(near[np.random.default_rng(int(seed) + 7_000_027).integers(len(near))])
+
+    def scene_sample(self, mask: np.ndarray, inside: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
+        """A whole scene's class fractions (N_LAYOUT, S/f, S/f): the picked entry's classes, shifted heart onto heart;
+        the fallback prior where that scan ends inside this one; 'outside' beyond this scan."""
+        from cmrstudio.data.scene import class_fractions
+
+        f, s = self.factor, mask.shape[-1]
+        i = self.pick(mask, seed)
+        src = self.classes[i]
+        dr, dc = (int(round(b - a)) for b, a in zip(self.centres[i], heart_centre(mask)))
+        cls = np.full((s, s), BEYOND_SCAN, np.uint8)
+        rs, re = max(0, -dr), min(s, src.shape[0] - dr)
+        cs, ce = max(0, -dc), min(s, src.shape[1] - dc)
+        if rs < re and cs < ce:
+            cls[rs:re, cs:ce] = src[rs + dr:re + dr, cs + dc:ce + dc]
+        unknown = cls == BEYOND_SCAN
+        frac = class_fractions(np.where(unknown, 0, cls), f)  # unknown pixels counted as 'outside' for now
+        share = unknown.reshape(s // f, f, s // f, f).mean(axis=(1, 3))
+        inside_cells = np.asarray(inside, np.float32).reshape(s // f, f, s // f, f).mean(axis=(1, 3)) >= 0.5
+        if (share[inside_cells] > 0).any():  # the picked scan ends inside this one: the fallback's classes there
+            frac[0] -= share
+            frac += share[None] * self.fallback.scene_sample(mask, inside, vendor_index, seed)
+        frac[:, ~inside_cells] = 0.0  # beyond this scan: nothing but 'outside'
+        frac[0, ~inside_cells] = 1.0
+        return frac.astype(np.float32)
+
+
 # -- files ------------------------------------------------------------------------------------------
+def is_bank(info) -> bool:
+    """Whether a layout model's card is a layout bank (:class:`LayoutBank`)."""
+    return (info.card.get("conditioning") or {}).get("scheme") == "layout-bank-v1"
+
+
+def own_classes(info) -> bool:
+    """Whether scene models that render with this layout model are trained on each slice's own classes on its cells
+    (a fine prior or a bank) rather than on layouts projected onto a PCA."""
+    return is_fine(info) or is_bank(info)
+
+
 def is_fine(info) -> bool:
     """Whether a layout model's card is a fine prior (:class:`FineLayout`) rather than the PCA."""
     return (info.card.get("conditioning") or {}).get("scheme") == "layout-fine-v1"
@@ -257,7 +353,7 @@ def fine_cell_px(info) -> int:
     return int(info.card["conditioning"].get("cell_px", FINE_FACTOR))
 
 
-def load_layout(info, fine: bool = True) -> "LayoutPCA | FineLayout":
+def load_layout(info, fine: bool = True) -> "LayoutPCA | FineLayout | LayoutBank":
     """A layout prior from its card (kind ``layout``): the PCA (architecture ``LayoutPCA``; no torch needed) or, when
     ``fine`` allows, a fine prior with its coarse PCA. Checksums checked."""
     from safetensors import SafetensorError
@@ -266,11 +362,11 @@ def load_layout(info, fine: bool = True) -> "LayoutPCA | FineLayout":
     from cmrstudio.errors import CmrError
     from cmrstudio.models.checkpoint import verify
 
-    if is_fine(info):
+    if own_classes(info):
         if not fine:
-            raise CmrError(f"The layout model '{info.name}' is a fine tissue-class prior; give the coarse prior (probabilistic PCA, "
-                           "like layout-cmr) here.")
-        return _load_fine(info)
+            raise CmrError(f"The layout model '{info.name}' is a {'layout bank' if is_bank(info) else 'fine tissue-class prior'}; "
+                           "give the coarse prior (probabilistic PCA, like layout-cmr) here.")
+        return _load_bank(info) if is_bank(info) else _load_fine(info)
     verify(info)
     arch = info.card.get("architecture", {})
     if arch.get("class", "LayoutPCA").split(".")[-1] != "LayoutPCA":
@@ -304,3 +400,32 @@ def _load_fine(info) -> FineLayout:
     ref = info.card["conditioning"].get("coarse_prior") or {}
     coarse_info = installed_prior(ref.get("name"), ref.get("sha256"), f"the fine prior '{info.name}'")
     return FineLayout(info, build_model(info), load_layout(coarse_info, fine=False))
+
+
+def _load_bank(info) -> LayoutBank:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from cmrstudio.errors import CmrError
+    from cmrstudio.models.checkpoint import verify
+
+    verify(info)
+    cond = info.card["conditioning"]
+    ref = cond.get("fallback_prior") or {}
+    fb_info = installed_prior(ref.get("name"), ref.get("sha256"), f"the layout bank '{info.name}'")
+    fallback = load_layout(fb_info)
+    factor = int(cond.get("cell_px", FINE_FACTOR))
+    if getattr(fallback, "factor", None) != factor:
+        raise CmrError(f"The layout bank '{info.name}' has cells of {factor} px but its fallback prior '{fb_info.name}' makes cells of "
+                       f"{fallback.factor} px; rebuild the bank with a fallback of its cell size.")
+    try:
+        state = load_file(str(info.weights_path))
+        n = len(state["centres"])
+        classes = [state[f"classes_{i:04d}"] for i in range(n)]
+        keys = state["keys"].astype(np.float32)
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise CmrError(f"{info.weights_path} is not a readable layout bank ({exc}); re-copy it or rebuild it with "
+                       "`cmrstudio train layout-bank`.") from None
+    if n == 0 or keys.shape != (n, N_HEART * (BANK_KEY_PX // BANK_KEY_POOL) ** 2):
+        raise CmrError(f"The layout bank {info.weights_path} holds no usable entries; rebuild it with `cmrstudio train layout-bank`.")
+    return LayoutBank(info, classes, state["centres"], keys, fallback, int((info.card.get("sampling") or {}).get("k", 5)), factor)

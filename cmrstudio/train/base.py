@@ -176,9 +176,9 @@ class BaseTrainer:
 
     def layout_prior(self, coarse: bool = False):
         """The tissue-class prior a scene model renders with. The PCA (layout-cmr): training conditions are projected onto it
-        (returned). A fine prior: training conditions are the slices' own classes on its cells (None returned).
+        (returned). A fine prior or a layout bank: training conditions are the slices' own classes on its cells (None returned).
         ``coarse``: only a PCA will do (the fine prior's own training)."""
-        from cmrstudio.models.layout import fine_cell_px, is_fine, load_layout
+        from cmrstudio.models.layout import fine_cell_px, load_layout, own_classes
         from cmrstudio.models.registry import get_model
 
         try:
@@ -186,7 +186,7 @@ class BaseTrainer:
         except CmrError as exc:
             raise CmrError(f"{exc.message} Scene presets are trained with a tissue-class prior: fit one first with "
                            "`cmrstudio train layout --data ... --out RUN` and give --layout-prior RUN/NAME.json.") from None
-        if is_fine(self.layout_info) and not coarse:
+        if own_classes(self.layout_info) and not coarse:
             self.layout_factor = fine_cell_px(self.layout_info)
             return None
         prior = load_layout(self.layout_info, fine=False)

@@ -78,3 +78,71 @@ def fit_layout(opts: LayoutOptions, log=print) -> ModelInfo:
         "metrics": {},
     }
     return save_model(Path(opts.out), opts.name, prior.state(), card)
+
+
+@dataclass
+class BankOptions:
+    data: list[str] = field(default_factory=list)
+    out: str = "runs/layout-bank"
+    name: str = "layout-bank"
+    exclude: list[str] = field(default_factory=list)
+    fallback: str = "layout-cmr-fine"  # the fine prior beyond a picked scan's edge; its cell size is the bank's
+    k: int = 5
+    seed: int = 0
+    require_labels: tuple[int, ...] = (1, 2)
+
+
+def build_bank(opts: BankOptions, log=print) -> ModelInfo:
+    """A layout bank (:class:`~cmrstudio.models.layout.LayoutBank`) of every heart slice of the given scans: their own
+    fine tissue classes over the whole scene, with each heart's key and centre."""
+    from cmrstudio.data.dataset import SceneDataset
+    from cmrstudio.data.scene import tissue_classes
+    from cmrstudio.models.layout import BANK_KEY_POOL, BANK_KEY_PX, BEYOND_SCAN, fine_cell_px, heart_centre, heart_key, installed_prior, is_fine
+
+    if not 1 <= int(opts.k) <= 1000:
+        raise CmrError(f"--k {opts.k} must be between 1 and 1000 (the nearest hearts a seed picks among; 5 is usual).")
+    fb = installed_prior(opts.fallback, None, "the bank")
+    if not is_fine(fb):
+        raise CmrError(f"--fallback {opts.fallback}: '{fb.name}' is not a fine tissue-class prior (like layout-cmr-fine); the bank's "
+                       "cells are a fine prior's.")
+    factor = fine_cell_px(fb)
+    t0 = time.perf_counter()
+    cases = load_cases(opts.data, 0, opts.exclude, opts.seed)
+    ds = SceneDataset(cases, window=LIVE_SIZE, spacing_mm=LIVE_SPACING_MM, augment=None, seed=opts.seed,
+                      require_labels=opts.require_labels, layout_factor=factor)
+    state, centres, keys = {}, [], []
+    for i in range(len(ds)):
+        # the bands' thresholds come from the heart frame (the 160 mm window the studio shows) and apply to the whole scene:
+        # the intensities around the heart set them, not the whole scan's (on 120 held-out slices, fully synthetic KID with a
+        # bank of the 120 training cases: 96 with whole-scan thresholds, 83 with these)
+        r0, c0 = (int(round(c - (LIVE_SIZE - 1) / 2.0)) for c in ds.centres[i])
+        frame = np.zeros(ds.insides[i].shape, bool)
+        frame[max(0, r0):r0 + LIVE_SIZE, max(0, c0):c0 + LIVE_SIZE] = True
+        cls = tissue_classes(ds.images[i].astype(np.float32), ds.insides[i], region=frame)
+        state[f"classes_{i:04d}"] = np.where(ds.insides[i], cls, BEYOND_SCAN).astype(np.uint8)
+        centres.append(heart_centre(ds.masks[i]))
+        keys.append(heart_key(ds.masks[i]))
+    state["centres"] = np.asarray(centres, np.float32)
+    state["keys"] = np.stack(keys).astype(np.float16)
+    log(f"Layout bank: {len(ds)} slices from {len(cases)} cases, cells of {factor * LIVE_SPACING_MM:g} mm, each seed picking among "
+        f"the {opts.k} nearest hearts; fallback {fb.name}.")
+    summary = data_summary(ds, cases)
+    card = {
+        "kind": "layout",
+        "architecture": {"class": "cmrstudio.models.layout.LayoutBank", "options": {"k": int(opts.k), "cell_px": factor},
+                         "parameters": 0, "what": "real scans' own tissue classes on fine cells, keyed by their heart; a seed picks one "
+                                                  "of the k scenes whose heart overlaps the painted one most and shifts it onto it"},
+        "frame": {"cell_mm": factor * LIVE_SPACING_MM, "heart_frame_size": LIVE_SIZE, "heart_frame_spacing_mm": LIVE_SPACING_MM,
+                  "key": f"LV, MYO, RV fractions on {BANK_KEY_POOL}-px cells of a {BANK_KEY_PX}-px window around the heart's centroid"},
+        "conditioning": {"scheme": "layout-bank-v1", "cell_px": factor, "inputs": ["LV", "MYO", "RV", "inside-scan"],
+                         "outputs": ["tissue:outside", "tissue:dark", "tissue:mid-dark", "tissue:mid-bright", "tissue:bright"],
+                         "fallback_prior": {"name": fb.name, "sha256": fb.card.get("sha256")}},
+        "sampling": {"k": int(opts.k)},
+        "training": {"data": summary, "held_out_case_prefixes": list(opts.exclude), "slices": len(ds), "iterations": 0,
+                     "entries": [{"case": cid, "slice": int(z)} for cid, z in ds.index],
+                     "seconds": round(time.perf_counter() - t0, 1), "seed": opts.seed},
+        "terms": terms_for(summary) + " A bank holds its scans' body layouts (tissue classes on fine cells, no pixel): give it only "
+                                      "where those scans may go.",
+        "metrics": {},
+    }
+    return save_model(Path(opts.out), opts.name, state, card)

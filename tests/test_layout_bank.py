@@ -1,0 +1,148 @@
+"""Layout banks: real scans' own tissue classes as the body layout of fully synthetic renders. Built from the
+bundled real case (Sunnybrook SCD0000101, CC0) with the real command, read back, sampled, and used by
+`cmrstudio render` end to end; the bad inputs are refused in one sentence."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import run
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    from cmrstudio.resources import sample_dir
+
+    root = tmp_path_factory.mktemp("bank")
+    p = run("train", "layout-bank", "--data", str(sample_dir()), "--k", "1", "--out", str(root), "--name", "bank-t")
+    assert "Layout bank bank-t" in p.stdout
+    return root / "bank-t.json"
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    """The sample case's heart slices in their scene frames, as the bank was built from them."""
+    from cmrstudio.data.dataset import SceneDataset
+    from cmrstudio.io import sample_case
+
+    return SceneDataset([sample_case("ED"), sample_case("ES")], window=128, spacing_mm=1.25, augment=None,
+                        require_labels=(1, 2), layout_factor=2)
+
+
+@pytest.fixture(scope="module")
+def loaded(bank):
+    from cmrstudio.models.checkpoint import read_card
+    from cmrstudio.models.layout import load_layout
+
+    return load_layout(read_card(bank))
+
+
+def test_bank_card_names_its_scans_cells_and_fallback(bank, scenes):
+    from cmrstudio.resources import resources_dir
+
+    card = json.loads(bank.read_text(encoding="utf-8"))
+    fine = json.loads((resources_dir() / "models" / "layout-cmr-fine.json").read_text(encoding="utf-8"))
+    cond = card["conditioning"]
+    assert card["kind"] == "layout" and cond["scheme"] == "layout-bank-v1" and cond["cell_px"] == 2
+    assert cond["fallback_prior"] == {"name": "layout-cmr-fine", "sha256": fine["sha256"]}
+    entries = card["training"]["entries"]
+    assert len(entries) == card["training"]["slices"] == len(scenes) >= 8
+    assert [(e["case"], e["slice"]) for e in entries] == [(c, int(z)) for c, z in scenes.index]
+    assert card["terms"].startswith("No non-commercial data") and "body layouts" in card["terms"]
+
+
+def test_a_heart_takes_its_own_scan_and_the_layout_moves_with_the_heart(loaded, scenes):
+    from cmrstudio.data.scene import class_fractions
+    from cmrstudio.models.layout import BEYOND_SCAN
+
+    i = len(scenes) // 2
+    mask, inside = scenes.masks[i], scenes.insides[i]
+    assert loaded.nearest(mask)[0] == i  # its own heart overlaps itself best (Dice 1)
+    own = loaded.classes[i]
+    assert (own == BEYOND_SCAN).any() and ((own == BEYOND_SCAN) == ~inside).all()  # padding is unknown, not 'outside'
+    expected = class_fractions(np.where(own == BEYOND_SCAN, 0, own), 2)
+    lay = loaded.scene_sample(mask, inside, 0, seed=0)
+    cells = mask.shape[-1] // 2
+    assert lay.shape == (5, cells, cells) and np.allclose(lay.sum(0), 1, atol=1e-5)
+    ins = inside.reshape(cells, 2, cells, 2).all(axis=(1, 3))
+    assert np.allclose(lay[:, ins], expected[:, ins])  # the slice's own classes where its scan is
+    assert (lay[0, ~inside.reshape(cells, 2, cells, 2).any(axis=(1, 3))] == 1).all()  # beyond the scan: outside
+    # the heart painted 8 px lower and 6 px further left: the body layout follows it, 4 cells down and 3 left
+    moved = np.roll(mask, (8, -6), axis=(0, 1))
+    lay2 = loaded.scene_sample(moved, np.ones_like(inside), 0, seed=0)
+    a, b = cells // 4, 3 * cells // 4
+    assert ins[a:b, a:b].all()
+    assert np.allclose(lay2[:, a + 4:b + 4, a - 3:b - 3], expected[:, a:b, a:b])
+    assert not np.allclose(lay2[:, a:b, a:b], expected[:, a:b, a:b])
+
+
+def test_beyond_the_picked_scan_the_fallback_prior_fills_in(loaded, scenes):
+    i = 0
+    mask, s = scenes.masks[i], scenes.masks[i].shape[-1]
+    big = np.zeros((s + 64, s + 64), mask.dtype)
+    big[32:32 + s, 32:32 + s] = mask  # a larger scan around the same heart: its edges lie beyond the bank scan
+    inside = np.ones(big.shape, bool)
+    lay = loaded.scene_sample(big, inside, 0, seed=4)
+    fb = loaded.fallback.scene_sample(big, inside, 0, seed=4)
+    assert np.allclose(lay[:, :8, :], fb[:, :8, :]) and np.allclose(lay[:, :, -8:], fb[:, :, -8:])
+    assert not np.allclose(lay[:, 40:60, 40:60], fb[:, 40:60, 40:60])  # the scan's own classes where it has them
+
+
+def test_seeds_pick_among_the_k_nearest_scans(loaded, scenes):
+    mask = scenes.masks[3]
+    loaded.k = 5
+    try:
+        near = set(loaded.nearest(mask).tolist())
+        picks = [loaded.pick(mask, s) for s in range(12)]
+        again = [loaded.pick(mask, s) for s in range(12)]
+    finally:
+        loaded.k = 1
+    assert len(near) == 5 and 3 in near  # the slice itself is among its nearest
+    assert set(picks) <= near and len(set(picks)) >= 3  # seeds spread over them
+    assert again == picks  # and a seed is always the same scan
+
+
+def test_render_takes_the_body_layout_from_a_bank_and_records_it(bank, tmp_path):
+    import nibabel as nib
+
+    from cmrstudio.resources import sample_dir
+
+    mask = str(sample_dir() / "SCD0000101_ED_mask.nii.gz")
+    run("render", mask, "--out", str(tmp_path / "prior.nii.gz"), "--seed", "3")
+    p = run("render", mask, "--out", str(tmp_path / "bank.nii.gz"), "--seed", "3", "--layout-prior", str(bank),
+            "--case-out", str(tmp_path / "cases"))
+    assert "tissue classes from bank-t" in p.stdout
+    a = np.asarray(nib.load(tmp_path / "prior.nii.gz").dataobj, np.float32)
+    b = np.asarray(nib.load(tmp_path / "bank.nii.gz").dataobj, np.float32)
+    assert a.shape == b.shape and np.isfinite(b).all()
+    assert np.abs(a - b).mean() > 0.02 * (a.max() - a.min())  # another body around the same heart
+    side = json.loads(next((tmp_path / "cases").glob("*.json")).read_text(encoding="utf-8"))
+    rec = side["source"]["render"]
+    assert rec["layout_prior"] == "bank-t" and rec["mode"] == "synthetic" and rec["derived_from_patient"] is False
+
+
+def test_bad_layout_priors_are_refused_in_one_sentence(bank, tmp_path):
+    from cmrstudio.resources import sample_dir
+
+    mask = str(sample_dir() / "SCD0000101_ED_mask.nii.gz")
+    p = run("render", mask, "--out", str(tmp_path / "x.nii.gz"), "--layout-prior", "layout-cmr", check=False)
+    assert p.returncode != 0 and "makes cells of 8 px" in p.stderr and not (tmp_path / "x.nii.gz").exists()
+    p = run("train", "layout-bank", "--data", str(sample_dir()), "--fallback", "layout-cmr", "--out", str(tmp_path / "b"), check=False)
+    assert p.returncode != 0 and "is not a fine tissue-class prior" in p.stderr and not (tmp_path / "b").exists()
+    p = run("train", "layout-bank", "--data", str(sample_dir()), "--k", "0", "--out", str(tmp_path / "b"), check=False)
+    assert p.returncode != 0 and "--k 0" in p.stderr
+    p = run("evaluate", "fidelity", "--data", str(sample_dir()), "--layout-prior", str(bank), "--write-card", check=False)
+    assert p.returncode != 0 and "drop --layout-prior" in p.stderr
+    # a damaged copy of the bank: its checksum says so, and nothing is written
+    import shutil
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(bank, bad / bank.name)
+    w = bank.with_suffix(".safetensors")
+    (bad / w.name).write_bytes(w.read_bytes()[:-8] + b"damaged!")
+    p = run("render", mask, "--out", str(tmp_path / "y.nii.gz"), "--layout-prior", str(bad / bank.name), check=False)
+    assert p.returncode != 0 and "sha256" in p.stderr and not (tmp_path / "y.nii.gz").exists()
