@@ -201,8 +201,10 @@ class SceneMixin:
         prior = layout_prior(lp.get("name"), lp.get("sha256")) if choice is None else layout_prior(choice)
         factor = int(cond.get("layout_factor", LAYOUT_FACTOR))
         if prior.factor != factor:
+            fix = ("give a layout model of that cell size, or leave the model its own prior" if choice is not None else
+                   "name a prior of its cell size in its card, or retrain it with this prior")
             raise CmrError(f"The tissue-class prior '{prior.info.name}' makes cells of {prior.factor} px, but '{self.info.name}' was trained "
-                           f"on cells of {factor} px; name a prior of its cell size in its card, or retrain it with this prior.")
+                           f"on cells of {factor} px; {fix}.")
         return prior
 
     # -- planning ----------------------------------------------------------------------------------
