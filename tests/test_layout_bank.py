@@ -105,6 +105,25 @@ def test_seeds_pick_among_the_k_nearest_scans(loaded, scenes):
     assert again == picks  # and a seed is always the same scan
 
 
+def test_evaluations_leave_the_rendered_patients_own_scans_out(bank, scenes):
+    from cmrstudio.engine.factory import open_renderer
+    from cmrstudio.engine.scene import leaving_out
+
+    r = open_renderer("spade-cmr", layout_prior=str(bank))
+    b = r._prior().model
+    mask, inside = scenes.masks[2], scenes.insides[2]
+    assert b.pick(mask, 0) == 2
+    with leaving_out(r, "SCD0000101_ES"):  # the bank holds only this patient (ED and ES): the fallback prior draws
+        assert b.leave_out == "SCD0000101" and b.pick(mask, 0) is None
+        assert np.array_equal(b.scene_sample(mask, inside, 0, 5), b.fallback.scene_sample(mask, inside, 0, 5))
+    assert b.leave_out is None and b.pick(mask, 0) == 2
+    b.leave_out = "patient001"  # another patient left out: this one's scans are picked as before
+    try:
+        assert b.pick(mask, 0) == 2
+    finally:
+        b.leave_out = None
+
+
 def test_render_takes_the_body_layout_from_a_bank_and_records_it(bank, tmp_path):
     import nibabel as nib
 

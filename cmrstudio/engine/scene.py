@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from contextlib import contextmanager
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -185,6 +186,22 @@ class SceneMixin:
             self.layout_choice = None
             raise
         self.forget_scenes()
+
+    @contextmanager
+    def leaving_out(self, case_id: str | None):
+        """Within this block, a layout bank does not pick the scans of ``case_id``'s patient: an evaluation that renders the
+        masks of patients the bank holds (the machine reader's training renders) then sees what a new heart gets."""
+        from cmrstudio.study.design import patient_of
+
+        model = self._prior().model if getattr(self, "layout_choice", None) else None
+        if not hasattr(model, "leave_out") or case_id is None:
+            yield
+            return
+        model.leave_out = patient_of(case_id)
+        try:
+            yield
+        finally:
+            model.leave_out = None
 
     def describe(self) -> dict:
         d = super().describe()
@@ -437,6 +454,14 @@ class SceneMixin:
 
 
 @lru_cache(maxsize=8)
+def leaving_out(renderer, case_id: str | None):
+    """``renderer.leaving_out(case_id)`` for a scene model, a block that changes nothing for any other renderer: evaluations
+    wrap each case's renders in it, so a layout bank never gives a patient's render that patient's own body."""
+    from contextlib import nullcontext
+
+    return renderer.leaving_out(case_id) if hasattr(renderer, "leaving_out") else nullcontext()
+
+
 def _noise_field(seed: int, size: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 2 + 1)
     return torch.randn(1, 1, size, size, generator=g)

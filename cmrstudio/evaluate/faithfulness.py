@@ -22,6 +22,7 @@ import numpy as np
 from cmrstudio.case import Case
 from cmrstudio.data.slices import heart_slices
 from cmrstudio.engine.factory import open_renderer
+from cmrstudio.engine.scene import leaving_out
 from cmrstudio.engine.segment import segment_images
 from cmrstudio.errors import CmrError
 from cmrstudio.metrics import STRUCTURES, dice, dice_scores  # noqa: F401  (dice: the figure this module reports)
@@ -64,8 +65,9 @@ def evaluate_faithfulness(cases: list[Case], model: str | None = None, segmenter
         real = dice_scores(segment_images(seg, images, seg_size), ref)
         syn_runs = []
         for _ in range(seeds):  # every slice its own seed, numbered as evaluate_fidelity numbers them (same seeds: same renders)
-            syn_runs.append(dice_scores(segment_images(seg, r.render_framed(ref, c.vendor, seed=list(range(n, n + len(ref)))),
-                                                       seg_size), ref))
+            with leaving_out(r, c.case_id):
+                syn = r.render_framed(ref, c.vendor, seed=list(range(n, n + len(ref))))
+            syn_runs.append(dice_scores(segment_images(seg, syn, seg_size), ref))
             n += len(ref)
         syn = {k: (float(np.mean([x[k] for x in syn_runs])) if syn_runs[0][k] is not None else None) for k in syn_runs[0]}
         rows.append({"case": c.case_id, "vendor": c.vendor, "slices": len(ref), "real": real, "synthetic": syn})

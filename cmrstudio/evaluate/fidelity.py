@@ -150,6 +150,8 @@ def evaluate_fidelity(cases, model: str | None = None, seeds: int = 1, device: s
     from cmrstudio.engine.factory import open_renderer
     from cmrstudio.data.slices import heart_slices
 
+    from cmrstudio.engine.scene import leaving_out
+
     r = open_renderer(model, device=device, **hq)
     real, paired, synth = [], [], []
     n = 0
@@ -158,7 +160,8 @@ def evaluate_fidelity(cases, model: str | None = None, seeds: int = 1, device: s
         for s in range(seeds):  # every slice its own seed: independent samples, as the distribution metrics assume
             for i in range(0, len(masks), batch):
                 part = masks[i:i + batch]
-                synth.append(r.render_framed(part, c.vendor, seed=[n + j for j in range(len(part))]))
+                with leaving_out(r, c.case_id):
+                    synth.append(r.render_framed(part, c.vendor, seed=[n + j for j in range(len(part))]))
                 n += len(part)
             paired.append(images)  # the real slices beside this seed's renders
     if not real:
@@ -189,19 +192,21 @@ def evaluate_diversity(cases, model: str | None = None, seeds: int = 3, masks: i
     """Diversity: mean MS-SSIM between renders of the same mask with different seeds (1 = identical every
     time, lower = more varied), over up to ``masks`` held-out masks spread across the cases."""
     from cmrstudio.engine.factory import open_renderer
+    from cmrstudio.engine.scene import leaving_out
     from cmrstudio.data.slices import heart_slices
 
     if seeds < 2:
         raise CmrError(f"--seeds {seeds}: diversity compares renders of one mask, so it needs at least 2.")
     r = open_renderer(model, device=device, **hq)
-    picks = [(c.vendor, m) for c, _, ms in heart_slices(cases, r) for m in ms]
+    picks = [(c, m) for c, _, ms in heart_slices(cases, r) for m in ms]
     if not picks:
         raise CmrError("None of the given cases has an image, a mask and heart slices to evaluate on.")
     idx = np.linspace(0, len(picks) - 1, min(masks, len(picks))).round().astype(int)
     per_mask = []
     for j, i in enumerate(idx):
-        vendor, m = picks[i]
-        imgs = np.stack([r.render_framed(m, vendor, seed=[7919 * (k + 1) + j]) for k in range(seeds)])
+        c, m = picks[i]
+        with leaving_out(r, c.case_id):
+            imgs = np.stack([r.render_framed(m, c.vendor, seed=[7919 * (k + 1) + j]) for k in range(seeds)])
         pairs = [(a, b) for a in range(seeds) for b in range(a + 1, seeds)]
         per_mask.append(float(np.mean(ms_ssim(imgs[[a for a, _ in pairs]], imgs[[b for _, b in pairs]]))))
     v = np.asarray(per_mask)

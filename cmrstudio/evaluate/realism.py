@@ -150,10 +150,13 @@ def check_mode(mode: str, renderer=None) -> str:
 def render_rows(r, rows, mode: str, seed0: int, margin_mm: float | None = None) -> np.ndarray:
     """One render of each row's mask (its vendor; slice j gets seed ``seed0 + j``), in this patient (repainting within
     ``margin_mm`` of the heart; None: the usual 10 mm) or fully synthetic."""
+    from cmrstudio.engine.scene import leaving_out
+
     synth = []
     for j, (c, img, m) in enumerate(rows):
         ctx = img[None] if mode == "in-patient" else None
-        synth.append(r.render_framed(m[None], c.vendor, seed=[seed0 + j], context=ctx, margin_mm=margin_mm)[0])
+        with leaving_out(r, c.case_id):  # a layout bank: never the patient's own body
+            synth.append(r.render_framed(m[None], c.vendor, seed=[seed0 + j], context=ctx, margin_mm=margin_mm)[0])
     return np.stack(synth).astype(np.float32)
 
 

@@ -293,17 +293,25 @@ class LayoutBank:
         self.fallback = fallback
         self.k = max(1, min(int(k), len(classes)))
         self.factor = int(factor)
+        from cmrstudio.study.design import patient_of
+
+        self.patients = np.array([patient_of(e["case"]) for e in (info.card.get("training") or {}).get("entries", [])] or [""] * len(classes))
+        self.leave_out: str | None = None  # evaluations: a patient whose own scans are not picked (see SceneMixin.leaving_out)
 
     def nearest(self, mask: np.ndarray) -> np.ndarray:
-        """Indices of the ``k`` entries whose heart overlaps the painted one most (Dice of the key fractions), best first."""
+        """Indices of the ``k`` entries whose heart overlaps the painted one most (Dice of the key fractions), best first;
+        none of the ``leave_out`` patient's."""
         q = heart_key(mask)
         dice = 2.0 * (self.keys @ q) / (self.keys.sum(1) + q.sum() + 1e-6)
-        return np.argsort(-dice, kind="stable")[:self.k]
+        order = np.argsort(-dice, kind="stable")
+        if self.leave_out is not None:
+            order = order[self.patients[order] != self.leave_out]
+        return order[:self.k]
 
-    def pick(self, mask: np.ndarray, seed: int) -> int:
-        """The entry a seed takes for this painted heart."""
+    def pick(self, mask: np.ndarray, seed: int) -> int | None:
+        """The entry a seed takes for this painted heart (None: every entry is the left-out patient's)."""
         near = self.nearest(mask)
-        return int(near[np.random.default_rng(int(seed) + 7_000_027).integers(len(near))])
+        return int(near[np.random.default_rng(int(seed) + 7_000_027).integers(len(near))]) if len(near) else None
 
     def scene_sample(self, mask: np.ndarray, inside: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
         """A whole scene's class fractions (N_LAYOUT, S/f, S/f): the picked entry's classes, shifted heart onto heart;
@@ -312,6 +320,8 @@ class LayoutBank:
 
         f, s = self.factor, mask.shape[-1]
         i = self.pick(mask, seed)
+        if i is None:
+            return self.fallback.scene_sample(mask, inside, vendor_index, seed)
         src = self.classes[i]
         dr, dc = (int(round(b - a)) for b, a in zip(self.centres[i], heart_centre(mask)))
         cls = np.full((s, s), BEYOND_SCAN, np.uint8)
