@@ -113,9 +113,11 @@ def test_evaluations_leave_the_rendered_patients_own_scans_out(bank, scenes):
     b = r._prior().model
     mask, inside = scenes.masks[2], scenes.insides[2]
     assert b.pick(mask, 0) == 2
-    with leaving_out(r, "SCD0000101_ES"):  # the bank holds only this patient (ED and ES): the fallback prior draws
-        assert b.leave_out == "SCD0000101" and b.pick(mask, 0) is None
-        assert np.array_equal(b.scene_sample(mask, inside, 0, 5), b.fallback.scene_sample(mask, inside, 0, 5))
+    for case in ("SCD0000101_ES", "SCD0000101_ED", "SCD0000101_ES"):  # case after case, as an evaluation goes
+        with leaving_out(r, case):  # the bank holds only this patient (ED and ES): the fallback prior draws
+            assert b.leave_out == "SCD0000101" and b.pick(mask, 0) is None
+            assert np.array_equal(b.scene_sample(mask, inside, 0, 5), b.fallback.scene_sample(mask, inside, 0, 5))
+        assert b.leave_out is None
     assert b.leave_out is None and b.pick(mask, 0) == 2
     b.leave_out = "patient001"  # another patient left out: this one's scans are picked as before
     try:

@@ -453,7 +453,6 @@ class SceneMixin:
         return np.stack(out).astype(np.float32)
 
 
-@lru_cache(maxsize=8)
 def leaving_out(renderer, case_id: str | None):
     """``renderer.leaving_out(case_id)`` for a scene model, a block that changes nothing for any other renderer: evaluations
     wrap each case's renders in it, so a layout bank never gives a patient's render that patient's own body."""
@@ -462,6 +461,7 @@ def leaving_out(renderer, case_id: str | None):
     return renderer.leaving_out(case_id) if hasattr(renderer, "leaving_out") else nullcontext()
 
 
+@lru_cache(maxsize=8)
 def _noise_field(seed: int, size: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 2 + 1)
     return torch.randn(1, 1, size, size, generator=g)
