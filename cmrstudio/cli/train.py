@@ -177,7 +177,7 @@ def train_layout_bank_cmd(
     name: str = typer.Option("layout-bank", "--name"),
     exclude: list[str] = typer.Option([], "--exclude", help="Leave out cases whose id starts with this; repeatable."),
     fallback: str = typer.Option("layout-cmr-fine", "--fallback", help="The fine tissue-class prior beyond a picked scan's edge (its cells are the bank's)."),
-    k: int = typer.Option(5, "--k", help="A seed picks among this many scans whose heart is nearest the painted one."),
+    k: int = typer.Option(20, "--k", help="A seed picks among this many scans whose heart is nearest the painted one (fewer: renders of one mask vary less)."),
 ):
     """Build a layout bank: real scans' own tissue classes, which fully synthetic renders take their body layout from
     (name it with `render --layout-prior`, or in a scene model's card)."""

@@ -438,4 +438,4 @@ def _load_bank(info) -> LayoutBank:
                        "`cmrstudio train layout-bank`.") from None
     if n == 0 or keys.shape != (n, N_HEART * (BANK_KEY_PX // BANK_KEY_POOL) ** 2):
         raise CmrError(f"The layout bank {info.weights_path} holds no usable entries; rebuild it with `cmrstudio train layout-bank`.")
-    return LayoutBank(info, classes, state["centres"], keys, fallback, int((info.card.get("sampling") or {}).get("k", 5)), factor)
+    return LayoutBank(info, classes, state["centres"], keys, fallback, int((info.card.get("sampling") or {}).get("k", 20)), factor)

@@ -87,7 +87,7 @@ class BankOptions:
     name: str = "layout-bank"
     exclude: list[str] = field(default_factory=list)
     fallback: str = "layout-cmr-fine"  # the fine prior beyond a picked scan's edge; its cell size is the bank's
-    k: int = 5
+    k: int = 20  # on 120 training cases: KID as with 5 (84.0 / 83.5 ×10⁻³), MS-SSIM between seeds 0.41 against 0.52
     seed: int = 0
     require_labels: tuple[int, ...] = (1, 2)
 
@@ -100,7 +100,7 @@ def build_bank(opts: BankOptions, log=print) -> ModelInfo:
     from cmrstudio.models.layout import BANK_KEY_POOL, BANK_KEY_PX, BEYOND_SCAN, fine_cell_px, heart_centre, heart_key, installed_prior, is_fine
 
     if not 1 <= int(opts.k) <= 1000:
-        raise CmrError(f"--k {opts.k} must be between 1 and 1000 (the nearest hearts a seed picks among; 5 is usual).")
+        raise CmrError(f"--k {opts.k} must be between 1 and 1000 (the nearest hearts a seed picks among; 20 is usual).")
     fb = installed_prior(opts.fallback, None, "the bank")
     if not is_fine(fb):
         raise CmrError(f"--fallback {opts.fallback}: '{fb.name}' is not a fine tissue-class prior (like layout-cmr-fine); the bank's "
