@@ -503,18 +503,25 @@ class StudioSession:
 
     def set_layout_prior(self, name: str | None) -> bool:
         """Fully synthetic renders take their body layout (tissue classes) from ``name`` (a layout model: a bank of this site's
-        scans, or a fine prior), or from each model's own prior (None). Checked on the live model first; remembered."""
+        scans, or a fine prior), or from each model's own prior (None). The live model must take it (else one sentence and
+        nothing changes); an HQ model whose cells differ keeps its own prior, and a warning says so. Remembered."""
+        from cmrstudio.models.layout import installed_prior
+
         name = name or None
-        renderers = [r for r in [self.renderer, *self.hq_renderers.values()] if getattr(r, "scene", False)]
+        live = self.renderer if getattr(self.renderer, "scene", False) else None
         try:
-            for r in renderers:
-                r.use_layout_prior(name)
+            if name is not None:
+                installed_prior(name, None, "the studio")  # a name that is no layout model: refused before anything changes
+            if live is not None:
+                live.use_layout_prior(name)
         except CmrError as exc:
-            for r in renderers:
-                r.use_layout_prior(self.settings.layout_prior)
             self.say("error", exc.message)
             return False
         self.settings.layout_prior = name
+        for r in self.hq_renderers.values():
+            if getattr(r, "scene", False):
+                r.use_layout_prior(None)
+                self._with_layout(r)
         self.save_settings()
         self.say("info", f"Fully synthetic renders take their body layout from {name or 'each model’s own prior'}.")
         if self.case is not None and self.renderer is not None:

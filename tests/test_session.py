@@ -454,12 +454,15 @@ def test_fully_synthetic_renders_take_the_body_layout_the_settings_name(session,
     assert s.set_mode("synthetic")
     before = live_image(s)
     assert s.live_shown[s.z].record.layout_prior == "layout-cmr-fine"  # the live model's own prior, as its card names
+    hq = s.hq_renderer("flow-cmr-2step")  # trained on layout-cmr's 10 mm cells: it cannot take the bank's
     assert s.set_layout_prior(str(bank))
+    assert hq.layout_prior_name() == "layout-cmr" and any("not used with flow-cmr-2step" in t for lvl, t in s.messages if lvl == "warning")
     after = live_image(s)
     assert s.live_shown[s.z].record.layout_prior == "bank-s" and not s.live_shown[s.z].record.derived_from_patient
     assert np.abs(after - before).mean() > 0.02  # another body around the same heart
     assert load_settings()[0].layout_prior == str(bank)  # remembered
     assert not s.set_layout_prior("layout-cmr") and "cells of 8 px" in s.messages[-1][1]  # refused; the bank stays
+    assert not s.set_layout_prior("no-such-bank") and "no-such-bank" in s.messages[-1][1]
     assert s.settings.layout_prior == str(bank) and s.renderer.layout_prior_name() == "bank-s"
     s2 = session()  # a new session opens its models with the remembered layout
     assert s2.set_mode("synthetic") and live_image(s2) is not None and s2.live_shown[s2.z].record.layout_prior == "bank-s"

@@ -178,12 +178,13 @@ class SceneMixin:
     def use_layout_prior(self, name: str | None) -> None:
         """Fully synthetic renders take their tissue classes from ``name`` (a layout model's name or card: a fine prior, or a
         layout bank built from a site's own scans) instead of the one the card names; None: the card's again. Refused in one
-        sentence when its cells are not this model's; kept surroundings are forgotten."""
+        sentence when its cells are not this model's (the choice before stays); kept surroundings are forgotten."""
+        before = getattr(self, "layout_choice", None)
         self.layout_choice = None if name is None else str(name)
         try:
             self._prior()
         except CmrError:
-            self.layout_choice = None
+            self.layout_choice = before
             raise
         self.forget_scenes()
 
