@@ -55,6 +55,13 @@ LayoutPriorOpt = typer.Option(None, "--layout-prior", help="Fully synthetic rend
                               "or card: a layout bank from `cmrstudio train layout-bank`, or a fine prior) instead of the one the model's card names.")
 
 
+def check_layout_choice(layout_prior: Optional[str], write_card: bool) -> None:
+    """--layout-prior measures the model with another body layout than its card's: such figures do not go into the card."""
+    if layout_prior and write_card:
+        raise CmrError("--write-card records what the model does as shipped, with its card's own tissue-class prior; drop --layout-prior "
+                       f"{layout_prior} or --write-card.")
+
+
 def _eval_inputs(data: list[str], case: list[str], seeds: int, steps: Optional[int], guidance: Optional[float], model: Optional[str] = None,
                  layout_prior: Optional[str] = None, write_card: bool = False):
     """The held-out cases an evaluation runs on (--case, else those the generator's card names, as `evaluate all`
@@ -66,9 +73,7 @@ def _eval_inputs(data: list[str], case: list[str], seeds: int, steps: Optional[i
     from cmrstudio.train.common import check_counts
 
     check_counts(seeds=seeds)
-    if layout_prior and write_card:
-        raise CmrError("--write-card records what the model does as shipped, with its card's own tissue-class prior; drop --layout-prior "
-                       f"{layout_prior} or --write-card.")
+    check_layout_choice(layout_prior, write_card)
     everything = cases_from(data)  # refuses data that holds no case
     if case:
         cases = select_cases(everything, case, data)

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from cmrstudio.cli.common import (EvalCaseOpt, EvalDataOpt, EvalGuidanceOpt, EvalStepsOpt, GeneratorOpt, LayoutPriorOpt, _eval_inputs, _held_out,
-                                  command_line)
+                                  check_layout_choice, command_line)
 from cmrstudio.errors import CmrError
 
 evaluate_app = typer.Typer(help="Measure models: fidelity, faithfulness, diversity, privacy, utility, the segmenter; and report.", no_args_is_help=True)
@@ -178,9 +178,7 @@ def evaluate_realism_cmd(
     held = _held_out(case, info)
     if not held:
         raise CmrError(f"The card of '{info.name}' names no held-out patients; give them with --case.")
-    if layout_prior and write_card:
-        raise CmrError("--write-card records what the model does as shipped, with its card's own tissue-class prior; drop --layout-prior "
-                       f"{layout_prior} or --write-card.")
+    check_layout_choice(layout_prior, write_card)
     hq = {k: v for k, v in (("steps", steps), ("layout_prior", layout_prior)) if v is not None}
     res = run_realism(cases_from(data), held, model=str(info.card_path), mode=mode, classifier_steps=classifier_steps, max_train=max_train,
                       seed=seed, device=device, write_card=write_card, command=command_line(), margin_mm=margin, **hq)
