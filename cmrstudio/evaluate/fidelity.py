@@ -148,9 +148,8 @@ class Fidelity:
 def evaluate_fidelity(cases, model: str | None = None, seeds: int = 1, device: str | None = None, batch: int = 16, **hq) -> Fidelity:
     """Real framed heart slices of ``cases`` against renders of their own masks (same vendor), in the generator's frame."""
     from cmrstudio.engine.factory import open_renderer
-    from cmrstudio.data.slices import heart_slices
-
     from cmrstudio.engine.scene import leaving_out
+    from cmrstudio.data.slices import heart_slices
 
     r = open_renderer(model, device=device, **hq)
     real, paired, synth = [], [], []
