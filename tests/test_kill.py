@@ -518,7 +518,9 @@ def test_answers_killed_at_random_moments_are_never_lost(driver, study, tmp_path
         assert len(unexpected) <= 1 and unexpected <= set(tried[-1:]), f"kill {i}: answers nobody gave: {unexpected}"
         for t in unexpected:  # the answer in flight was committed just before the kill: write that down
             ack(str(acks), "done " + " ".join(t))
-        total = sum(len(s.answered(r)) for r in readers)
+        before, total = total, sum(len(s.answered(r)) for r in readers)
+        if r["killed"] and total == before:  # the kill hit start-up (a warm timing run can take 0.05 s, a cold start more):
+            span *= 1.15  # later kill moments reach further into the answering
         s.close()
         con = sqlite3.connect(str(study.folder / "answers.sqlite"))
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
