@@ -521,6 +521,8 @@ def test_answers_killed_at_random_moments_are_never_lost(driver, study, tmp_path
         before, total = total, sum(len(s.answered(r)) for r in readers)
         if r["killed"] and total == before:  # the kill hit start-up (a warm timing run can take 0.05 s, a cold start more):
             span *= 1.15  # later kill moments reach further into the answering
+        elif not r["killed"]:  # the reader finished first: kill earlier
+            span /= 1.15
         s.close()
         con = sqlite3.connect(str(study.folder / "answers.sqlite"))
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
