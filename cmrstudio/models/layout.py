@@ -194,8 +194,7 @@ def scene_layout(prior: LayoutPCA, mask: np.ndarray, inside: np.ndarray, seed: i
     cfg = prior.cfg
     f, s = cfg.factor, mask.shape[-1]
     if centre_rc is None:
-        pts = np.argwhere(mask > 0)
-        centre_rc = tuple(pts.mean(0)) if len(pts) else ((s - 1) / 2, (s - 1) / 2)
+        centre_rc = heart_centre(mask)
     origin = window_origin(centre_rc, s, cfg)
     maps = cell_maps(None, mask, inside, origin, cfg)
     lay = prior.sample(maps[N_LAYOUT:], seed)
