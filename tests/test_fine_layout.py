@@ -140,6 +140,47 @@ def test_fine_training_windows_pair_the_slice_own_classes_with_its_heart_extent_
         FineLayoutDataset(SceneDataset([phantom_case(0)], augment=None))
 
 
+def test_frame_thresholds_band_the_heart_frame_and_keep_the_coarse_projection_of_the_scan_bands():
+    """--class-thresholds frame: the bands come from the 160 mm heart frame of a real scan (the bundled Sunnybrook case),
+    while the coarse prior, fit on whole-scan bands, is still given whole-scan bands to project."""
+    from cmrstudio.data.dataset import SceneDataset
+    from cmrstudio.data.scene import frame_region
+    from cmrstudio.io import sample_case
+    from cmrstudio.models.layout import load_layout
+    from cmrstudio.models.registry import get_model
+
+    pca = load_layout(get_model("layout-cmr", kind="layout"))
+    cases = [sample_case("ED")]
+    scan, frame = (SceneDataset(cases, augment=None, require_labels=(1, 2), layout_prior=pca, class_thresholds=t)
+                   for t in ("scan", "frame"))
+    assert len(scan) == len(frame) >= 4 and scan.class_thresholds == "scan" and frame.class_thresholds == "frame"
+    changed = 0
+    for i in range(len(scan)):
+        region = frame_region(frame.insides[i].shape, frame.centres[i], 128) & frame.insides[i]
+        assert region.sum() == 128 * 128 or not frame.insides[i].all()  # the heart frame, clipped to the scan
+        a, b = scan.classes[i], frame.classes[i]
+        bands = np.where(b == 0, 1, b)  # 'outside' is the darkest band where it touches the scan's edge
+        assert a.shape == b.shape and set(np.unique(bands[region])) == {1, 2, 3, 4}  # all four bands inside the heart frame
+        changed += int((a != b).mean() > 0.01)
+        assert np.array_equal(scan.projected[i][0], frame.projected[i][0]) and scan.projected[i][1] == frame.projected[i][1]
+    assert changed >= len(scan) // 2  # on most slices the frame's bands differ from the whole scan's
+    with pytest.raises(CmrError, match="--class-thresholds 'bands' is not known; use scan or frame"):
+        SceneDataset(cases, augment=None, class_thresholds="bands")
+
+
+def test_a_fine_prior_trained_on_frame_thresholds_says_so_and_keeps_to_them(tmp_path):
+    common = ["--phantom", "4", "--batch", "2", "--threads", "1", "--sample-every", "2", "--save-every", "2",
+              "--preset", "layout-fine-tiny", "--size", "32", "--out", str(tmp_path / "f"), "--name", "f"]
+    run("train", "flow", *common, "--steps", "2", "--class-thresholds", "frame")
+    cond = json.loads((tmp_path / "f" / "f.json").read_text(encoding="utf-8"))["conditioning"]
+    assert "heart frame" in cond["class_thresholds"] and cond["scheme"] == "layout-fine-v1"
+    p = run("train", "flow", *common, "--steps", "3", "--resume", check=False)  # without the option: 'scan'
+    assert p.returncode != 0 and "--class-thresholds 'frame', not 'scan'" in p.stderr
+    p = run("train", "flow", "--preset", "lite", "--phantom", "2", "--steps", "1", "--class-thresholds", "frame",
+            "--out", str(tmp_path / "lite"), check=False)
+    assert p.returncode != 0 and "only scene and layout-fine presets" in p.stderr and not (tmp_path / "lite").exists()
+
+
 def test_categorical_flow_velocity_lands_on_the_class_probabilities_and_learns_by_cross_entropy():
     import torch
 

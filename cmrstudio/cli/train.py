@@ -9,6 +9,8 @@ import typer
 
 from cmrstudio.cli.common import check_name
 
+CLASS_THRESHOLDS_HELP = ("Scene and layout-fine presets: where the tissue bands' multi-Otsu thresholds come from: 'scan' (the whole "
+                         "scan) or 'frame' (the 160 mm heart frame, applied to the whole scene, as layout banks do).")
 HIDE_HEART_CLASSES_HELP = ("Scene presets: leave the tissue classes out on the heart and within this many mm of it in fully synthetic "
                            "training windows (and in the model's renders, as its card says), so that the model draws the heart's inside "
                            "and rim itself (0: off; 2-5 usual).")
@@ -54,6 +56,7 @@ def train_spade(
     d_warmup: int = typer.Option(0, "--d-warmup", help="Steps at the start in which only the discriminator learns: for --init when the model's run folder kept no discriminator."),
     d_groupnorm: bool = typer.Option(False, "--d-groupnorm", help="GroupNorm after each inner discriminator layer, beside spectral norm (akin to SPADE's spectral-instance norm): normalised features for a discriminator that spectral norm alone keeps small."),
     hide_heart_classes: float = typer.Option(0.0, "--hide-heart-classes", help=HIDE_HEART_CLASSES_HELP),
+    class_thresholds: str = typer.Option("scan", "--class-thresholds", help=CLASS_THRESHOLDS_HELP),
     adv_region: bool = typer.Option(False, "--adv-region", help="Scene presets: average the hinge losses of in-patient windows over the repainted region (outside it real and composite agree), not over the whole window."),
     install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -68,7 +71,7 @@ def train_spade(
         device=device, threads=threads, workers=workers, resume=resume, max_minutes=max_minutes, keep_checkpoints=keep_checkpoints,
         dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm, dp_noise=dp_noise, bf16=bf16, layout_prior=layout_prior,
         dp_architecture=dp_architecture, init=init, in_patient=in_patient, d_warmup=d_warmup, d_groupnorm=d_groupnorm,
-        adv_region=adv_region, hide_heart_classes=hide_heart_classes,
+        adv_region=adv_region, hide_heart_classes=hide_heart_classes, class_thresholds=class_thresholds,
     )
     check_name(name)
     tr = SpadeTrainer(opts).run(progress=not quiet)
@@ -128,6 +131,7 @@ def _hq_train_command(objective: str, default_steps: int):
         layout_prior: Optional[str] = typer.Option(None, "--layout-prior", help="Scene presets: the tissue-class prior (name or card; default: the installed layout-cmr, onto which fully synthetic training conditions are projected). A fine prior (layout-fine): trained on each slice's own tissue classes on its 2.5 mm cells, rendered with it. layout-fine itself: the coarse prior it refines."),
         grid_loss: float = typer.Option(0.0, "--grid-loss", help="Weight of a penalty on period-2 grid patterns in the predicted clean image's gradient energy (0: off)."),
         hide_heart_classes: float = typer.Option(0.0, "--hide-heart-classes", help=HIDE_HEART_CLASSES_HELP),
+        class_thresholds: str = typer.Option("scan", "--class-thresholds", help=CLASS_THRESHOLDS_HELP),
         init: Optional[str] = typer.Option(None, "--init", help=f"Start from this {objective} model's weights (a card path or name; same --preset and --size): fine-tuning."),
         reflow: int = typer.Option(0, "--reflow", help="Flow only: distil the --init model (or --teacher when given): learn to land in --sample-steps (1 or 2) where its renders in this many Euler steps land (reflow; 0: off)."),
         teacher: Optional[str] = typer.Option(None, "--teacher", help="With --reflow: the teacher, when it is not the --init model (a distilled student learning on from its teacher)."),

@@ -140,9 +140,13 @@ class SceneDataset(Dataset):
     def __init__(self, cases: Sequence[Case], window: int = LIVE_SIZE, spacing_mm: float = LIVE_SPACING_MM,
                  augment: SceneAugment | None = SceneAugment(), seed: int = 0, min_heart_px: int = 20,
                  require_labels: Sequence[int] = (), mode: str | None = None, layout_prior=None, layout_factor: int | None = None,
-                 hide_layout_mm: float = 0.0):
+                 hide_layout_mm: float = 0.0, class_thresholds: str = "scan"):
         from cmrstudio.data.frame import make_frame
-        from cmrstudio.data.scene import LAYOUT_FACTOR, scene_for, tissue_classes
+        from cmrstudio.data.scene import CLASS_THRESHOLDS, LAYOUT_FACTOR, frame_region, scene_for, tissue_classes
+
+        if class_thresholds not in CLASS_THRESHOLDS:
+            raise CmrError(f"--class-thresholds {class_thresholds!r} is not known; use {' or '.join(CLASS_THRESHOLDS)}.")
+        self.class_thresholds = class_thresholds
 
         # the tissue classes' cell: the projecting prior's, or as asked (a fine prior's cells: the slice's own classes)
         self.layout_factor = int(layout_prior.cfg.factor if layout_prior is not None else layout_factor or LAYOUT_FACTOR)
@@ -154,6 +158,7 @@ class SceneDataset(Dataset):
         self.mode = mode  # None: mixed as augment.context says; "synthetic" or "context": always that mode
         self.rng = np.random.default_rng(seed)
         self.images, self.masks, self.classes, self.centres, self.insides = [], [], [], [], []
+        scan_classes = []  # the whole scan's bands, which a coarse prior (fit on them) projects; only kept when they differ
         vendors, index = [], []
         for c in cases:
             if c.image is None or c.mask is None:
@@ -169,7 +174,11 @@ class SceneDataset(Dataset):
                 if int((hm > 0).sum()) >= min_heart_px and all(l in present for l in require_labels):
                     self.images.append(fc.image[z].astype(np.float16))
                     self.masks.append(fc.mask[z])
-                    self.classes.append(tissue_classes(fc.image[z], inside))
+                    cls = tissue_classes(fc.image[z], inside)
+                    if class_thresholds == "frame":  # the heart frame's intensities set the bands (as a layout bank's)
+                        scan_classes.append(cls)
+                        cls = tissue_classes(fc.image[z], inside, region=frame_region(inside.shape, centre, window))
+                    self.classes.append(cls)
                     self.centres.append(centre)
                     self.insides.append(inside)  # one array per case, shared by its slices
                     vendors.append(VENDORS.index(c.vendor))
@@ -186,7 +195,7 @@ class SceneDataset(Dataset):
             cfg = layout_prior.cfg
             for i in range(len(self.images)):
                 o = window_origin(self.centres[i], self.images[i].shape[-1], cfg)
-                maps = cell_maps(self.classes[i], self.masks[i], self.insides[i], o, cfg)
+                maps = cell_maps((scan_classes or self.classes)[i], self.masks[i], self.insides[i], o, cfg)
                 self.projected.append((layout_prior.project(maps).astype(np.float16), o))
 
     def __len__(self) -> int:

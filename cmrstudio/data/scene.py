@@ -109,6 +109,18 @@ def tissue_classes(image01: np.ndarray, valid: np.ndarray | None = None, sigma: 
     return cls.astype(np.uint8)
 
 
+CLASS_THRESHOLDS = ("scan", "frame")  # where the bands' multi-Otsu thresholds come from: the whole scan, or the heart frame
+
+
+def frame_region(shape: tuple[int, int], centre: tuple[float, float], size: int) -> np.ndarray:
+    """bool ``shape``: the ``size``-pixel square centred on ``centre`` (row, col), clipped to the image (the heart frame the
+    studio shows, within a scene)."""
+    r0, c0 = (int(round(c - (size - 1) / 2.0)) for c in centre)
+    region = np.zeros(shape, bool)
+    region[max(0, r0):max(0, r0 + size), max(0, c0):max(0, c0 + size)] = True
+    return region
+
+
 def class_fractions(classes: np.ndarray, factor: int = LAYOUT_FACTOR, n: int = N_LAYOUT) -> np.ndarray:
     """(..., H, W) class indices -> (..., n, H/f, W/f) float32 fractions of each class per cell."""
     c = np.asarray(classes)

@@ -72,11 +72,12 @@ class BaseOptions:
     workers: int = 0  # data-loading processes (0: in the training process); a GPU run needs several to keep the GPU fed
     in_patient: float | None = None  # scene presets: fraction of training windows in this patient (None: half)
     hide_heart_classes: float = 0.0  # scene presets: mm around the heart (and on it) where fully synthetic windows get no tissue classes
+    class_thresholds: str = "scan"  # scene and fine-layout presets: the tissue bands' thresholds from the whole scan or the heart frame
 
 
 LEGACY_STATE_NAMES = {"ema": "generator_ema"}  # SPADE runs saved before the shared trainer
 RESUME_MUST_MATCH = ("data", "phantom", "exclude", "seed", "batch", "size", "preset", "require_labels", "augment", "layout_prior",
-                     "in_patient", "hide_heart_classes")
+                     "in_patient", "hide_heart_classes", "class_thresholds")
 
 
 def opts_dict(opts) -> dict:
@@ -132,6 +133,14 @@ class BaseTrainer:
             if not self.scene_model():
                 raise CmrError(f"--hide-heart-classes hides tissue classes, which only scene presets are conditioned on; use --preset scene, "
                                f"or leave it out for --preset {opts.preset}.")
+        if getattr(opts, "class_thresholds", "scan") != "scan":
+            from cmrstudio.data.scene import CLASS_THRESHOLDS
+
+            if opts.class_thresholds not in CLASS_THRESHOLDS:
+                raise CmrError(f"--class-thresholds {opts.class_thresholds!r} is not known; use {' or '.join(CLASS_THRESHOLDS)}.")
+            if not self.tissue_class_model():
+                raise CmrError(f"--class-thresholds sets how tissue classes are drawn from the scans, which only scene and layout-fine "
+                               f"presets learn; leave it out for --preset {opts.preset}.")
         self.check_options()
         if opts.threads:
             torch.set_num_threads(opts.threads)
@@ -174,6 +183,10 @@ class BaseTrainer:
 
         return getattr(self.presets[self.opts.preset], "cond_channels", None) == CONDITION_CHANNELS
 
+    def tissue_class_model(self) -> bool:
+        """True when the model learns from the slices' tissue classes (scene presets; the fine prior's too)."""
+        return self.scene_model()
+
     def layout_prior(self, coarse: bool = False):
         """The tissue-class prior a scene model renders with. The PCA (layout-cmr): training conditions are projected onto it
         (returned). A fine prior or a layout bank: training conditions are the slices' own classes on its cells (None returned).
@@ -200,7 +213,7 @@ class BaseTrainer:
             prior = self.layout_prior()
             return SceneDataset(self.cases, window=o.size, spacing_mm=self.spacing_mm, augment=self.scene_augment() if o.augment else None,
                                 seed=o.seed, require_labels=o.require_labels, layout_prior=prior, layout_factor=self.layout_factor,
-                                hide_layout_mm=o.hide_heart_classes)
+                                hide_layout_mm=o.hide_heart_classes, class_thresholds=o.class_thresholds)
         return SliceDataset(self.cases, size=o.size, spacing_mm=self.spacing_mm, augment=Augment() if o.augment else None,
                             seed=o.seed, require_labels=o.require_labels)
 
@@ -252,7 +265,14 @@ class BaseTrainer:
                              else {"name": self.layout_info.name, "cell_px": self.layout_factor}),
             # the renderer hides the classes there too: the model draws the heart's inside and rim from the labels alone
             **({"layout_hidden_near_heart_mm": self.opts.hide_heart_classes} if self.opts.hide_heart_classes else {}),
+            **self.class_thresholds_card(),
         }}
+
+    def class_thresholds_card(self) -> dict:
+        """The card's word on where the tissue bands' thresholds came from, when not the whole scan (the default)."""
+        if self.opts.class_thresholds == "scan":
+            return {}
+        return {"class_thresholds": "multi-Otsu thresholds from the heart frame (160 mm around the heart), applied to the whole scene"}
 
     def training_extra(self) -> dict:
         return {}

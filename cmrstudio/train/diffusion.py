@@ -75,6 +75,9 @@ class DiffusionTrainer(BaseTrainer):
         given the heart, the scan's extent and a coarse prior's layout (:class:`~cmrstudio.models.layout.FineLayout`)."""
         return self.opts.preset.startswith("layout")
 
+    def tissue_class_model(self) -> bool:
+        return self.fine_layout() or super().tissue_class_model()
+
     def make_dataset(self):
         if not self.fine_layout():
             return super().make_dataset()
@@ -85,7 +88,8 @@ class DiffusionTrainer(BaseTrainer):
         o = self.opts
         self.spacing_mm = LIVE_SPACING_MM * FINE_FACTOR  # one cell of the tissue-class map
         scenes = SceneDataset(self.cases, window=LIVE_SIZE, spacing_mm=LIVE_SPACING_MM, augment=self.scene_augment() if o.augment else None,
-                              seed=o.seed, require_labels=o.require_labels, layout_prior=self.layout_prior(coarse=True))
+                              seed=o.seed, require_labels=o.require_labels, layout_prior=self.layout_prior(coarse=True),
+                              class_thresholds=o.class_thresholds)
         return FineLayoutDataset(scenes, cells=o.size, factor=FINE_FACTOR, seed=o.seed, augment=o.augment)
 
     def conditioning_card(self) -> dict:
@@ -102,7 +106,8 @@ class DiffusionTrainer(BaseTrainer):
             "heart_classes": self.ds.heart_classes(),
             "what": "the slice's own tissue classes on cells of 2 frame pixels, given the heart's label fractions and the scan's "
                     "extent on those cells and the coarse prior's layout (training: its projection of the slice's layout; "
-                    "rendering: its sample given the painted heart); a render takes each cell's most likely class"}}
+                    "rendering: its sample given the painted heart); a render takes each cell's most likely class",
+            **self.class_thresholds_card()}}
 
     def cond(self, batch: dict) -> torch.Tensor:
         """The conditioning maps of a batch: its 'cond' (scene models) or the mask's one-hot."""

@@ -96,7 +96,6 @@ def build_bank(opts: BankOptions, log=print) -> ModelInfo:
     """A layout bank (:class:`~cmrstudio.models.layout.LayoutBank`) of every heart slice of the given scans: their own
     fine tissue classes over the whole scene, with each heart's key and centre."""
     from cmrstudio.data.dataset import SceneDataset
-    from cmrstudio.data.scene import tissue_classes
     from cmrstudio.models.layout import BANK_KEY_POOL, BANK_KEY_PX, BEYOND_SCAN, fine_cell_px, heart_centre, heart_key, installed_prior, is_fine
 
     if not 1 <= int(opts.k) <= 1000:
@@ -108,18 +107,14 @@ def build_bank(opts: BankOptions, log=print) -> ModelInfo:
     factor = fine_cell_px(fb)
     t0 = time.perf_counter()
     cases = load_cases(opts.data, 0, opts.exclude, opts.seed)
+    # the bands' thresholds come from the heart frame (the 160 mm window the studio shows) and apply to the whole scene:
+    # the intensities around the heart set them, not the whole scan's (on 120 held-out slices, fully synthetic KID with a
+    # bank of the 120 training cases: 96 with whole-scan thresholds, 83 with these)
     ds = SceneDataset(cases, window=LIVE_SIZE, spacing_mm=LIVE_SPACING_MM, augment=None, seed=opts.seed,
-                      require_labels=opts.require_labels, layout_factor=factor)
+                      require_labels=opts.require_labels, layout_factor=factor, class_thresholds="frame")
     state, centres, keys = {}, [], []
     for i in range(len(ds)):
-        # the bands' thresholds come from the heart frame (the 160 mm window the studio shows) and apply to the whole scene:
-        # the intensities around the heart set them, not the whole scan's (on 120 held-out slices, fully synthetic KID with a
-        # bank of the 120 training cases: 96 with whole-scan thresholds, 83 with these)
-        r0, c0 = (int(round(c - (LIVE_SIZE - 1) / 2.0)) for c in ds.centres[i])
-        frame = np.zeros(ds.insides[i].shape, bool)
-        frame[max(0, r0):r0 + LIVE_SIZE, max(0, c0):c0 + LIVE_SIZE] = True
-        cls = tissue_classes(ds.images[i].astype(np.float32), ds.insides[i], region=frame)
-        state[f"classes_{i:04d}"] = np.where(ds.insides[i], cls, BEYOND_SCAN).astype(np.uint8)
+        state[f"classes_{i:04d}"] = np.where(ds.insides[i], ds.classes[i], BEYOND_SCAN).astype(np.uint8)
         centres.append(heart_centre(ds.masks[i]))
         keys.append(heart_key(ds.masks[i]))
     state["centres"] = np.asarray(centres, np.float32)
