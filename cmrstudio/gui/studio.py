@@ -27,6 +27,7 @@ from qtpy.QtCore import QObject, Signal
 from cmrstudio import __version__
 from cmrstudio.case import Case
 from cmrstudio.data.frame import from_frame
+from cmrstudio.errors import CmrError
 from cmrstudio.gui.layers import label_colormap
 from cmrstudio.gui.views import PATIENT_COLOUR, REAL_COLOUR, SYNTHETIC_COLOUR, Views
 from cmrstudio.session import START_KINDS, StudioSession, base_id  # noqa: F401  (START_KINDS for the panels)
@@ -430,6 +431,11 @@ class Studio(QObject):
         r = s.renderer
         res = s.live_shown.get(z)
         parts = [r.name if r is not None else ("loading the live model…" if s._live_loading else "no live model")]
+        if not patient and r is not None and getattr(r, "layout_choice", None):
+            try:  # a body layout other than the model's own (Settings ▸ Body layout): the cell names it
+                parts[0] += f" · body {r.layout_prior_name()}"
+            except CmrError:  # a caption never fails; the status line has said why the choice was refused
+                pass
         if r is not None and not s.live_on:
             parts.append("live off")
         elif r is not None:
