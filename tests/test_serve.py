@@ -417,3 +417,43 @@ def test_tls_serves_https_and_wss(tmp_path, sample):
         assert got[-1].error is None and got[-1].image.shape == case.mask[z].shape
     finally:
         srv.stop()
+
+
+def test_a_server_started_with_a_layout_bank_gives_fully_synthetic_renders_that_body(tmp_path, monkeypatch, sample):
+    """`cmrstudio serve --layout-prior BANK`: a site's own body layouts for every client's fully synthetic renders, as the
+    studio's Settings ▸ Body layout does locally; the record over the wire names it; the HQ flow model (other cells) keeps
+    its own prior with a warning; a layout the live model cannot take, or one not installed, stops the start in one sentence."""
+    from cmrstudio.engine.factory import open_renderer
+    from cmrstudio.resources import sample_dir
+    from cmrstudio.serve.state import ServerState
+    from helpers import copy_model, run
+
+    run("train", "layout-bank", "--data", str(sample_dir()), "--out", str(tmp_path / "bank"), "--name", "bank-s")
+    copy_model(tmp_path / "bank" / "bank-s.json", tmp_path / "models")
+    monkeypatch.setenv("CMRSTUDIO_MODELS", str(tmp_path / "models"))
+    with pytest.raises(CmrError, match=r"Model '/tmp/elsewhere.json' is not an installed layout model here; use one of .*bank-s"):
+        ServerState(ServeConfig(port=0, threads=1, layout_prior="/tmp/elsewhere.json"))  # never a path
+    with pytest.raises(CmrError, match="cells"):
+        ServerState(ServeConfig(port=0, threads=1, layout_prior="layout-cmr"))  # the PCA's 10 mm cells: not spade-cmr's
+    case, z, r, frame = sample
+    srv = start(ServeConfig(port=0, threads=1, bf16=False, token=TOKEN, layout_prior="bank-s"))
+    try:
+        assert httpx.get(srv.url + "/health", headers=auth(), timeout=10).json()["layout_prior"] == "bank-s"
+        got = []
+        b = RemoteBackend(srv.url, TOKEN)
+        ctx = SliceContext("synthetic", key=("served", z))
+        with b.live(on_ready=got.append) as e:
+            e.submit(case.mask[z], frame, "siemens", 5, tag="s", context=ctx)
+            assert e.wait_idle(60)
+        res = got[-1]
+        assert res.error is None and res.record.mode == "synthetic" and res.record.layout_prior == "bank-s"
+        banked = open_renderer(None, bf16=False, threads=1, layout_prior="bank-s")
+        local = banked.render_slice(case.mask[z], frame, "siemens", 5, SliceContext("synthetic", key=("local", z)))[0]
+        own = r.render_slice(case.mask[z], frame, "siemens", 5, SliceContext("synthetic", key=("own", z)))[0]
+        assert np.allclose(res.image, local, rtol=2 ** -10, atol=1e-3)  # the bank's body, rendered as locally
+        assert np.abs(res.image - own).mean() > 0.02  # not the model's own prior's
+        with pytest.warns(UserWarning, match="keeps its own body layout"):
+            hq = srv.state.hq_renderer(None)
+        assert hq.layout_prior_name() == "layout-cmr"
+    finally:
+        srv.stop()

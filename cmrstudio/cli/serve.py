@@ -18,6 +18,8 @@ def serve(
     live_model: Optional[str] = typer.Option(None, "--live-model", help="Installed one-step model for live frames (default: spade-cmr)."),
     hq_model: Optional[str] = typer.Option(None, "--hq-model", help="Default installed HQ model (default: flow-cmr-2step); clients may name "
                                            "another installed one."),
+    layout_prior: Optional[str] = typer.Option(None, "--layout-prior", help="Installed layout model that fully synthetic renders take "
+                                               "their body from (a layout bank of your site's scans; default: each model's own prior)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: the best there is)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     max_clients: int = typer.Option(32, "--max-clients", help="WebSocket clients served at once."),
@@ -27,7 +29,7 @@ def serve(
     """Serve live rendering (WebSocket, latest-wins), HQ jobs, the installed models and a health check to studios elsewhere."""
     from cmrstudio.serve import ServeConfig, check_config, serve_forever
 
-    cfg = ServeConfig(host=host, port=port, live_model=live_model, hq_model=hq_model, device=device, threads=threads,
+    cfg = ServeConfig(host=host, port=port, live_model=live_model, hq_model=hq_model, layout_prior=layout_prior, device=device, threads=threads,
                       max_clients=max_clients, max_request_bytes=int(max_request_mb * 2**20), live_rate=live_rate,
                       tls_cert=tls_cert, tls_key=tls_key)
     cfg = check_config(cfg, token_file=token_file, no_token=no_token, say=lambda t: typer.echo(t, err=True))

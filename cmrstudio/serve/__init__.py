@@ -132,7 +132,8 @@ def serve_forever(cfg: ServeConfig, say=print) -> None:
 
     state = ServerState(cfg)
     scheme = "https" if cfg.tls_cert else "http"
-    say(f"cmrstudio serve: live {state.live.name} on {state.device}, HQ {state.hq_default or '(none installed)'}; "
+    bodies = f", fully synthetic bodies from {cfg.layout_prior}" if cfg.layout_prior else ""
+    say(f"cmrstudio serve: live {state.live.name} on {state.device}, HQ {state.hq_default or '(none installed)'}{bodies}; "
         f"listening on {scheme}://{cfg.host}:{cfg.port} ({'token required' if cfg.token else 'no token: this machine only'}).")
     try:
         uvicorn.Server(_uvicorn_config(create_app(state), cfg)).run()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+import warnings
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -38,6 +39,7 @@ class ServeConfig:
     device: str | None = None
     threads: int | None = None
     bf16: bool | None = None  # the live renderer's bfloat16 (None: where the device has it natively)
+    layout_prior: str | None = None  # fully synthetic bodies from this installed layout model (a site's layout bank); None: each model's own
     max_clients: int = 32
     max_request_bytes: int = 8 * 1024 * 1024
     live_rate: float = 240.0  # live masks a second per client (bursts of twice that)
@@ -89,8 +91,9 @@ class ServerState:
         self.started = time.time()
         self.device = str(pick_device(cfg.device))
         kinds = generator_kinds()
+        layout = self._installed(cfg.layout_prior, ("layout",)) if cfg.layout_prior is not None else None
         self.live = open_renderer(self._installed(cfg.live_model or get_model(None, kind="spade").name, kinds), device=cfg.device,
-                                  threads=cfg.threads, bf16=cfg.bf16)
+                                  threads=cfg.threads, bf16=cfg.bf16, layout_prior=layout)  # the live model must take it
         if not self.live.one_step:
             raise CmrError(f"--live-model {self.live.name} renders step by step; the live path needs a one-step model (spade-cmr).")
         self.hq_default = self._installed(cfg.hq_model, ("diffusion", "flow")) if cfg.hq_model else hq_model_name(None)
@@ -129,7 +132,13 @@ class ServerState:
         name = self._installed(name or self.hq_default, ("diffusion", "flow"))
         with self._hq_lock:
             if name not in self._hq:
-                self._hq[name] = open_renderer(name, device=self.cfg.device, threads=self.cfg.threads)
+                r = open_renderer(name, device=self.cfg.device, threads=self.cfg.threads)
+                if self.cfg.layout_prior is not None:
+                    try:
+                        r.use_layout_prior(self.cfg.layout_prior)
+                    except CmrError as exc:  # an HQ model with other cells keeps its own prior, as in the studio
+                        warnings.warn(f"{exc} The HQ model '{name}' keeps its own body layout.", stacklevel=2)
+                self._hq[name] = r
             return self._hq[name]
 
     def models(self) -> list[dict]:
@@ -144,6 +153,7 @@ class ServerState:
     def health(self) -> dict:
         return {"status": "ok", "version": __version__, "device": self.device, "uptime_s": round(time.time() - self.started, 1),
                 "live_model": self.live.name, "live": self.live.describe(), "hq_model": self.hq_default,
+                "layout_prior": self.live.layout_prior_name() if hasattr(self.live, "layout_prior_name") else None,
                 "models_loaded": [self.live.name, *sorted(self._hq)], "clients": self.clients,
                 "jobs_waiting": sum(len(q) for q in self._waiting.values()), "late_frames": self.late_frames,
                 "tls": bool(self.cfg.tls_cert), "token": self.cfg.token is not None}
