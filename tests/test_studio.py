@@ -442,7 +442,7 @@ def test_settings_dialog_offers_installed_layout_banks_for_fully_synthetic_rende
     assert st.session.live_shown[st.current_z()].record.layout_prior == "bank-g" and shown(st).std() > 0.05
     assert SettingsDialog(st).layout.currentData() == "bank-g"
     st.update_captions()
-    assert st.views.image_layer("live").name.startswith("LIVE · fully synthetic\nspade-cmr · body bank-g")  # the cell names the body layout
+    assert st.views.image_layer("live").name.startswith("LIVE · fully synthetic · body bank-g\nspade-cmr")  # the cell names the body layout
     st.session.set_layout_prior(None)
     st.update_captions()
     assert "body" not in st.views.image_layer("live").name  # the model's own prior: nothing to say

@@ -431,9 +431,10 @@ class Studio(QObject):
         r = s.renderer
         res = s.live_shown.get(z)
         parts = [r.name if r is not None else ("loading the live model…" if s._live_loading else "no live model")]
+        body = where
         if not patient and r is not None and getattr(r, "layout_choice", None):
             try:  # a body layout other than the model's own (Settings ▸ Body layout): the cell names it
-                parts[0] += f" · body {r.layout_prior_name()}"
+                body += f" · body {r.layout_prior_name()}"
             except CmrError:  # a caption never fails; the status line has said why the choice was refused
                 pass
         if r is not None and not s.live_on:
@@ -444,7 +445,7 @@ class Studio(QObject):
                 parts.append(f"Dice {f['mean']:.2f}")
             if res is not None:
                 parts.append(f"{res.render_ms:.0f} ms")
-        self.views.caption("live", f"LIVE · {where}\n{' · '.join(parts)}", colour)
+        self.views.caption("live", f"LIVE · {body}\n{' · '.join(parts)}", colour)
         job, hq_res = s.hq_job, s.hq_results.get(z)
         if s.hq_loading:
             hq = f"HQ · {where}\nloading {s.hq_loading}…"
