@@ -168,3 +168,47 @@ def test_bad_layout_priors_are_refused_in_one_sentence(bank, tmp_path):
     (bad / w.name).write_bytes(w.read_bytes()[:-8] + b"damaged!")
     p = run("render", mask, "--out", str(tmp_path / "y.nii.gz"), "--layout-prior", str(bad / bank.name), check=False)
     assert p.returncode != 0 and "sha256" in p.stderr and not (tmp_path / "y.nii.gz").exists()
+
+
+def test_bank_entries_are_stored_compressed_and_older_raw_banks_still_read(bank, loaded, tmp_path):
+    """Class maps are long runs of one class: each entry is kept zlib-compressed (a bank of 1089 slices: 108 MB raw) and
+    unpacked when picked. A bank written before (raw 2-D maps) reads the same; an entry that cannot be unpacked is one
+    sentence naming the bank, not a crash."""
+    import hashlib
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from cmrstudio.errors import CmrError
+    from cmrstudio.models.checkpoint import read_card
+    from cmrstudio.models.layout import load_layout
+
+    w = bank.with_suffix(".safetensors")
+    state = load_file(str(w))
+    raw = sum(int(h) * int(wd) for h, wd in state["shapes"])
+    assert w.stat().st_size < raw / 5 and "zlib" in json.loads(bank.read_text(encoding="utf-8"))["conditioning"]["storage"]
+    mask = loaded.classes[0]
+    n = len(state["centres"])
+
+    def rewrite(folder, new_state):
+        folder.mkdir()
+        shutil.copy(bank, folder / bank.name)
+        save_file(new_state, str(folder / w.name))
+        doc = json.loads((folder / bank.name).read_text(encoding="utf-8"))
+        doc["sha256"] = hashlib.sha256((folder / w.name).read_bytes()).hexdigest()
+        doc["weights_bytes"] = (folder / w.name).stat().st_size
+        (folder / bank.name).write_text(json.dumps(doc), encoding="utf-8")
+        return load_layout(read_card(folder / bank.name))
+
+    old = {k: v for k, v in state.items() if k != "shapes"}
+    for i in range(n):
+        old[f"classes_{i:04d}"] = loaded.classes[i]
+    legacy = rewrite(tmp_path / "raw", old)
+    assert isinstance(legacy.classes, list) and all(np.array_equal(legacy.classes[i], loaded.classes[i]) for i in range(n))
+    m = np.zeros_like(mask)
+    m[100:140, 100:140] = 1
+    assert np.array_equal(legacy.scene_sample(m, np.ones(m.shape, bool), 0, seed=2), loaded.scene_sample(m, np.ones(m.shape, bool), 0, seed=2))
+    broken = dict(state)
+    broken["classes_0000"] = np.frombuffer(b"not zlib at all", np.uint8).copy()
+    with pytest.raises(CmrError, match=r"Entry 0 of the layout bank .*bank-t.safetensors cannot be unpacked .*rebuild the bank"):
+        rewrite(tmp_path / "broken", broken).classes[0]

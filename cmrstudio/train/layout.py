@@ -96,7 +96,8 @@ def build_bank(opts: BankOptions, log=print) -> ModelInfo:
     """A layout bank (:class:`~cmrstudio.models.layout.LayoutBank`) of every heart slice of the given scans: their own
     fine tissue classes over the whole scene, with each heart's key and centre."""
     from cmrstudio.data.dataset import SceneDataset
-    from cmrstudio.models.layout import BANK_KEY_POOL, BANK_KEY_PX, BEYOND_SCAN, fine_cell_px, heart_centre, heart_key, installed_prior, is_fine
+    from cmrstudio.models.layout import (BANK_KEY_POOL, BANK_KEY_PX, BEYOND_SCAN, fine_cell_px, heart_centre, heart_key, installed_prior,
+                                         is_fine, pack_classes)
 
     if not 1 <= int(opts.k) <= 1000:
         raise CmrError(f"--k {opts.k} must be between 1 and 1000 (the nearest hearts a seed picks among; 20 is usual).")
@@ -112,13 +113,16 @@ def build_bank(opts: BankOptions, log=print) -> ModelInfo:
     # bank of the 120 training cases: 96 with whole-scan thresholds, 83 with these)
     ds = SceneDataset(cases, window=LIVE_SIZE, spacing_mm=LIVE_SPACING_MM, augment=None, seed=opts.seed,
                       require_labels=opts.require_labels, layout_factor=factor, class_thresholds="frame")
-    state, centres, keys = {}, [], []
+    state, centres, keys, shapes = {}, [], [], []
     for i in range(len(ds)):
-        state[f"classes_{i:04d}"] = np.where(ds.insides[i], ds.classes[i], BEYOND_SCAN).astype(np.uint8)
+        classes = np.where(ds.insides[i], ds.classes[i], BEYOND_SCAN).astype(np.uint8)
+        state[f"classes_{i:04d}"] = pack_classes(classes)
+        shapes.append(classes.shape)
         centres.append(heart_centre(ds.masks[i]))
         keys.append(heart_key(ds.masks[i]))
     state["centres"] = np.asarray(centres, np.float32)
     state["keys"] = np.stack(keys).astype(np.float16)
+    state["shapes"] = np.asarray(shapes, np.int32)
     log(f"Layout bank: {len(ds)} slices from {len(cases)} cases, cells of {factor * LIVE_SPACING_MM:g} mm, each seed picking among "
         f"the {opts.k} nearest hearts; fallback {fb.name}.")
     summary = data_summary(ds, cases)
@@ -131,7 +135,8 @@ def build_bank(opts: BankOptions, log=print) -> ModelInfo:
                   "key": f"LV, MYO, RV fractions on {BANK_KEY_POOL}-px cells of a {BANK_KEY_PX}-px window around the heart's centroid"},
         "conditioning": {"scheme": "layout-bank-v1", "cell_px": factor, "inputs": ["LV", "MYO", "RV", "inside-scan"],
                          "outputs": ["tissue:outside", "tissue:dark", "tissue:mid-dark", "tissue:mid-bright", "tissue:bright"],
-                         "fallback_prior": {"name": fb.name, "sha256": fb.card.get("sha256")}},
+                         "fallback_prior": {"name": fb.name, "sha256": fb.card.get("sha256")},
+                         "storage": "each entry's classes zlib-compressed (uint8 bytes) with its shape in 'shapes'"},
         "sampling": {"k": int(opts.k)},
         "training": {"data": summary, "held_out_case_prefixes": list(opts.exclude), "slices": len(ds), "iterations": 0,
                      "entries": [{"case": cid, "slice": int(z)} for cid, z in ds.index],
