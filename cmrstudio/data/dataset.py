@@ -142,11 +142,9 @@ class SceneDataset(Dataset):
                  require_labels: Sequence[int] = (), mode: str | None = None, layout_prior=None, layout_factor: int | None = None,
                  hide_layout_mm: float = 0.0, class_thresholds: str = "scan"):
         from cmrstudio.data.frame import make_frame
-        from cmrstudio.data.scene import CLASS_THRESHOLDS, LAYOUT_FACTOR, frame_region, scene_for, tissue_classes
+        from cmrstudio.data.scene import LAYOUT_FACTOR, check_class_thresholds, frame_region, scene_for, tissue_classes
 
-        if class_thresholds not in CLASS_THRESHOLDS:
-            raise CmrError(f"--class-thresholds {class_thresholds!r} is not known; use {' or '.join(CLASS_THRESHOLDS)}.")
-        self.class_thresholds = class_thresholds
+        self.class_thresholds = check_class_thresholds(class_thresholds)
 
         # the tissue classes' cell: the projecting prior's, or as asked (a fine prior's cells: the slice's own classes)
         self.layout_factor = int(layout_prior.cfg.factor if layout_prior is not None else layout_factor or LAYOUT_FACTOR)

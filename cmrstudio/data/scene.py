@@ -112,6 +112,15 @@ def tissue_classes(image01: np.ndarray, valid: np.ndarray | None = None, sigma: 
 CLASS_THRESHOLDS = ("scan", "frame")  # where the bands' multi-Otsu thresholds come from: the whole scan, or the heart frame
 
 
+def check_class_thresholds(value: str) -> str:
+    """``value`` if it names where tissue bands' thresholds come from, else one sentence saying which there are."""
+    from cmrstudio.errors import CmrError
+
+    if value not in CLASS_THRESHOLDS:
+        raise CmrError(f"--class-thresholds {value!r} is not known; use {' or '.join(CLASS_THRESHOLDS)}.")
+    return value
+
+
 def frame_region(shape: tuple[int, int], centre: tuple[float, float], size: int) -> np.ndarray:
     """bool ``shape``: the ``size``-pixel square centred on ``centre`` (row, col), clipped to the image (the heart frame the
     studio shows, within a scene)."""

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from cmrstudio.anatomy import COLOURS, LABELS, VENDORS
 from cmrstudio.data.dataset import Augment, SceneAugment, SceneDataset, SliceDataset, spread_picks
 from cmrstudio.data.frame import LIVE_SPACING_MM
+from cmrstudio.data.scene import check_class_thresholds
 from cmrstudio.engine.device import hardware, pick_device
 from cmrstudio.errors import CmrError
 from cmrstudio.io.common import atomic_path, write_text_atomic
@@ -133,11 +134,7 @@ class BaseTrainer:
             if not self.scene_model():
                 raise CmrError(f"--hide-heart-classes hides tissue classes, which only scene presets are conditioned on; use --preset scene, "
                                f"or leave it out for --preset {opts.preset}.")
-        if getattr(opts, "class_thresholds", "scan") != "scan":
-            from cmrstudio.data.scene import CLASS_THRESHOLDS
-
-            if opts.class_thresholds not in CLASS_THRESHOLDS:
-                raise CmrError(f"--class-thresholds {opts.class_thresholds!r} is not known; use {' or '.join(CLASS_THRESHOLDS)}.")
+        if check_class_thresholds(opts.class_thresholds) != "scan":
             if not self.tissue_class_model():
                 raise CmrError(f"--class-thresholds sets how tissue classes are drawn from the scans, which only scene and layout-fine "
                                f"presets learn; leave it out for --preset {opts.preset}.")
