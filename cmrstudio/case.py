@@ -129,3 +129,10 @@ class Case:
             if k in self.source:
                 out[k] = self.source[k]
         return out
+
+
+def patient_of(case_id: str) -> str:
+    """The patient a case id belongs to (without its phase or frame suffix): ``patient007_frame01`` -> ``patient007``."""
+    import re
+
+    return re.sub(r"(_(ed|es)|_frame\d+)$", "", str(case_id), flags=re.IGNORECASE)

@@ -192,7 +192,7 @@ class SceneMixin:
     def leaving_out(self, case_id: str | None):
         """Within this block, a layout bank does not pick the scans of ``case_id``'s patient: an evaluation that renders the
         masks of patients the bank holds (the machine reader's training renders) then sees what a new heart gets."""
-        from cmrstudio.study.design import patient_of
+        from cmrstudio.case import patient_of
 
         model = self._prior().model if getattr(self, "layout_choice", None) else None
         if not hasattr(model, "leave_out") or case_id is None:

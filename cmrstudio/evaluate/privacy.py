@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from cmrstudio.errors import CmrError
-from cmrstudio.study.design import patient_of
+from cmrstudio.case import patient_of
 
 MEMORISED_RATIO = 1.0 / 3.0
 SPACES = ("inception", "pixel")

@@ -323,7 +323,7 @@ class LayoutBank:
         self.fallback = fallback
         self.k = max(1, min(int(k), len(classes)))
         self.factor = int(factor)
-        from cmrstudio.study.design import patient_of
+        from cmrstudio.case import patient_of
 
         self.patients = np.array([patient_of(e["case"]) for e in (info.card.get("training") or {}).get("entries", [])] or [""] * len(classes))
         self.leave_out: str | None = None  # evaluations: a patient whose own scans are not picked (see SceneMixin.leaving_out)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmrstudio.case import patient_of
 from cmrstudio.errors import CmrError
 from cmrstudio.io.common import atomic_path, write_text_atomic
 
@@ -101,13 +102,6 @@ class Study:
             if p.id == pid:
                 return p
         raise CmrError(f"The study {self.folder} has no pair {pid!r}.")
-
-
-def patient_of(case_id: str) -> str:
-    """The patient a case id belongs to (without its phase or frame suffix)."""
-    import re
-
-    return re.sub(r"(_(ed|es)|_frame\d+)$", "", str(case_id), flags=re.IGNORECASE)
 
 
 def design_sha256(doc: dict) -> str:
