@@ -492,13 +492,12 @@ class StudioSession:
     def _with_layout(self, r):
         """``r`` with the body layout the settings name for fully synthetic renders (scene models); when that layout model
         cannot serve ``r``, its card's own, and a warning saying so."""
+        from cmrstudio.engine.scene import offer_layout_prior
+
         name = self.settings.layout_prior
-        if name and getattr(r, "scene", False) and hasattr(r, "use_layout_prior"):
-            try:
-                r.use_layout_prior(name)
-            except CmrError as exc:
-                self.call_soon(self.say, "warning", f"The body layout '{name}' is not used with {r.name} ({exc.message}); "
-                                                    "its own tissue-class prior is.")
+        why = offer_layout_prior(r, name)
+        if why:
+            self.call_soon(self.say, "warning", f"The body layout '{name}' is not used with {r.name} ({why}); its own tissue-class prior is.")
         return r
 
     def set_layout_prior(self, name: str | None) -> bool:

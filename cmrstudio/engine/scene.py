@@ -454,6 +454,19 @@ class SceneMixin:
         return np.stack(out).astype(np.float32)
 
 
+def offer_layout_prior(renderer, name: str | None) -> str | None:
+    """Give a scene renderer the body layout ``name`` for its fully synthetic renders when its cells fit. None when it took
+    it (or there is nothing to give: no name, not a scene model); else the sentence saying why it keeps its card's prior
+    (the studio's and the server's HQ models: a layout model of other cells is no reason to refuse the render)."""
+    if not name or not getattr(renderer, "scene", False) or not hasattr(renderer, "use_layout_prior"):
+        return None
+    try:
+        renderer.use_layout_prior(name)
+    except CmrError as exc:
+        return exc.message
+    return None
+
+
 def leaving_out(renderer, case_id: str | None):
     """``renderer.leaving_out(case_id)`` for a scene model, a block that changes nothing for any other renderer: evaluations
     wrap each case's renders in it, so a layout bank never gives a patient's render that patient's own body."""

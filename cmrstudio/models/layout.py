@@ -301,8 +301,6 @@ class PackedClasses(Sequence):
     def __getitem__(self, i):
         from cmrstudio.errors import CmrError
 
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
         h, w = (int(v) for v in self.shapes[i])
         try:
             return np.frombuffer(zlib.decompress(self.packed[i].tobytes()), np.uint8).reshape(h, w)

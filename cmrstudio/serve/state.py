@@ -128,16 +128,15 @@ class ServerState:
 
     def hq_renderer(self, name: str | None):
         from cmrstudio.engine.factory import open_renderer
+        from cmrstudio.engine.scene import offer_layout_prior
 
         name = self._installed(name or self.hq_default, ("diffusion", "flow"))
         with self._hq_lock:
             if name not in self._hq:
                 r = open_renderer(name, device=self.cfg.device, threads=self.cfg.threads)
-                if self.cfg.layout_prior is not None:
-                    try:
-                        r.use_layout_prior(self.cfg.layout_prior)
-                    except CmrError as exc:  # an HQ model with other cells keeps its own prior, as in the studio
-                        warnings.warn(f"{exc} The HQ model '{name}' keeps its own body layout.", stacklevel=2)
+                why = offer_layout_prior(r, self.cfg.layout_prior)  # an HQ model with other cells keeps its own, as in the studio
+                if why:
+                    warnings.warn(f"{why} The HQ model '{name}' keeps its own body layout.", stacklevel=2)
                 self._hq[name] = r
             return self._hq[name]
 
