@@ -767,3 +767,54 @@ def test_the_feature_matching_and_low_pass_weights_are_options_recorded_in_the_c
     assert not (tmp_path / "bad").exists()
     with pytest.raises(CmrError, match="--lowpass inf must be 0"):
         SpadeTrainer(TrainOptions(out=str(tmp_path / "inf"), name="lp", lowpass=float("inf"), **SMALL))
+
+
+# -- the critic: an image-level discriminator beside the PatchGANs ------------------------------------
+
+def test_the_critic_learns_renders_from_real_slices_and_pushes_the_generator(tmp_path):
+    """`--critic W` trains the machine reader's CNN beside the PatchGANs on the same real and rendered images (in the
+    warm-up too) and adds W × its non-saturating loss to the generator's; it travels with the run's state, a resumed run
+    must keep it, and bad weights or a private run are refused in one sentence."""
+    from safetensors.numpy import load_file
+
+    scene = {**SMALL, "preset": "scene-tiny", "size": 64, "log_every": 1}
+    runs = {}
+    for w in (0.0, 1.0):  # the same seed, data and warm-up; only the critic's weight differs
+        out = tmp_path / f"c{w:g}"
+        tr = SpadeTrainer(TrainOptions(out=str(out), name="c", steps=24, d_warmup=20, critic=w, lr_critic=3e-3, seed=3, **scene))
+        tr.run(progress=False)
+        runs[w] = (out, tr, [json.loads(line) for line in (out / "log.jsonl").read_text(encoding="utf-8").splitlines()])
+    out, tr, logged = runs[1.0]
+    critic = [r["critic"] for r in logged if "critic" in r]
+    assert len(critic) == 24 and all(np.isfinite(critic))  # every step, the warm-up included
+    # an untrained tiny generator against phantom slices: the critic tells them apart (2 ln 2 = chance)
+    assert np.mean(critic[-4:]) < 0.8 * 2 * np.log(2) and np.mean([r["critic_acc"] for r in logged[-4:]]) > 0.75
+    assert all("g_critic" in r for r in logged if r["step"] > 20) and not any("critic" in r for r in runs[0.0][2])
+    first = load_file(str(out / "train_state" / "critic.safetensors"))
+    assert any(np.abs(v).sum() > 0 for v in first.values())
+    a, b = (load_file(str(runs[w][0] / "c.safetensors")) for w in (0.0, 1.0))
+    assert any(not np.allclose(a[k], b[k]) for k in a)  # its loss reached the generator
+    # and pushes renders the way that makes the critic call them real: a small step down its gradient lowers the logit
+    batch = next(iter(tr.loader))
+    cond, real, vendor = batch["cond"], batch["image"], batch["vendor"]
+    fake = tr.G(cond, vendor).detach().requires_grad_(True)
+    tr._g_losses(tr.D, fake, real, cond, vendor)["g_critic"].backward()
+    with torch.no_grad():
+        before, after = tr.C(fake).mean(), tr.C(fake - 0.02 * fake.grad.sign()).mean()
+    assert after < before - 0.05, (float(before), float(after))
+    card = read_card(out / "c.json").card
+    assert card["architecture"]["losses"]["critic"] == 1.0 and card["training"]["lr"]["critic"] == 3e-3
+    assert "RealSynthCNN" in card["architecture"]["critic"] and card["architecture"]["critic_parameters"] == sum(
+        p.numel() for p in tr.C.parameters())
+    with pytest.raises(CmrError, match="--critic 1.0, not 0.0"):  # a resumed run keeps its critic
+        SpadeTrainer(TrainOptions(out=str(out), name="c", steps=30, d_warmup=20, seed=3, resume=True, **scene))
+    resumed = SpadeTrainer(TrainOptions(out=str(out), name="c", steps=30, d_warmup=20, critic=1.0, lr_critic=3e-3, seed=3, resume=True, **scene))
+    resumed._load_state()
+    assert all(torch.equal(p, torch.from_numpy(first[k])) for k, p in resumed.C.state_dict().items())  # and goes on from it
+    for bad, said in ((dict(critic=-1.0), "--critic -1.0 must be 0"), (dict(critic=float("nan")), "--critic nan must be 0"),
+                      (dict(critic=0.5, lr_critic=float("inf")), "--lr-critic inf must be 0"),
+                      (dict(critic=0.5, dp_epsilon=5.0), "leave --critic out with --dp-epsilon")):
+        with pytest.raises(CmrError, match=said):
+            SpadeTrainer(TrainOptions(out=str(tmp_path / "bad"), name="bad", steps=4, **{**SMALL, **bad}))
+    p = run("train", "spade", "--phantom", "1", "--out", str(tmp_path / "cli"), "--critic", "-2", check=False)
+    assert p.returncode != 0 and "--critic -2.0 must be 0" in p.stderr and not (tmp_path / "cli" / "spade.json").exists()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from torch.utils.data import DataLoader
 
@@ -56,6 +57,8 @@ class TrainOptions(BaseOptions):
     d_warmup: int = 0  # first steps in which only the discriminator learns (a fresh one beside an --init generator)
     d_groupnorm: bool = False  # GroupNorm after each inner discriminator conv, beside spectral norm (akin to SPADE's spectral-instance norm)
     adv_region: bool = False  # scene presets: hinge losses averaged over the repainted region of in-patient windows (region_weights)
+    critic: float = 0.0  # weight of a second, image-level discriminator (the machine reader's CNN, no spectral norm; 0: off)
+    lr_critic: float = 1e-3  # its learning rate (the machine reader's)
 
 
 # Options of the discriminator only: a generator fits whatever these are.
@@ -65,8 +68,8 @@ D_OPTIONS = ("ndf", "num_d", "d_layers", "d_spectral_norm", "d_groupnorm", "d_st
 class SpadeTrainer(BaseTrainer):
     kind = "spade"
     presets = PRESETS
-    postfix = ("d", "g_adv", "lowpass", "ms")
-    resume_must_match = ("init", "dp_architecture", "fm", "lowpass", "mode_seeking", "adv_region")
+    postfix = ("d", "g_adv", "lowpass", "ms", "critic")
+    resume_must_match = ("init", "dp_architecture", "fm", "lowpass", "mode_seeking", "adv_region", "critic")
 
     def check_options(self) -> None:
         try:
@@ -74,7 +77,8 @@ class SpadeTrainer(BaseTrainer):
         except ValueError:
             raise CmrError(f"--size {self.opts.size} must be 8 times a power of two, like 64, 128 or 256.") from None
         o = self.opts
-        for flag, value in (("--grid-loss", o.grid), ("--fm", o.fm), ("--lowpass", o.lowpass), ("--mode-seeking", o.mode_seeking)):
+        for flag, value in (("--grid-loss", o.grid), ("--fm", o.fm), ("--lowpass", o.lowpass), ("--mode-seeking", o.mode_seeking),
+                            ("--critic", o.critic), ("--lr-critic", o.lr_critic)):
             if not (math.isfinite(value) and value >= 0):
                 raise CmrError(f"{flag} {value} must be 0 (off) or a finite weight above it.")
         if o.mode_seeking and o.dp_epsilon is not None:
@@ -86,6 +90,8 @@ class SpadeTrainer(BaseTrainer):
         if o.grid and o.dp_epsilon is not None:
             raise CmrError("--grid-loss couples the images of a batch, which differentially private training cannot account for; "
                            "train without --grid-loss, or without --dp-epsilon.")
+        if o.critic and o.dp_epsilon is not None:
+            raise CmrError("--critic adds a discriminator that a private run does not account for; leave --critic out with --dp-epsilon.")
         if o.adv_region:
             why = ("only scene presets train on; use --preset scene, or leave --adv-region out for --preset " + o.preset
                    if not self.scene_model() else
@@ -128,6 +134,12 @@ class SpadeTrainer(BaseTrainer):
             p.requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=opts.lr_g, betas=(0.0, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=opts.lr_d, betas=(0.0, 0.999))
+        self.C = self.opt_c = None
+        if opts.critic:
+            from cmrstudio.study.machine import ClassifierConfig, RealSynthCNN
+
+            self.C = RealSynthCNN(ClassifierConfig(size=opts.size)).to(self.device)
+            self.opt_c = torch.optim.Adam(self.C.parameters(), lr=opts.lr_critic, betas=(0.0, 0.999))
         self.weights = LossWeights(fm=opts.fm, lowpass=opts.lowpass, grid=opts.grid)
         self.grid_penalty = GridPenalty() if opts.grid else None
         from cmrstudio.engine.device import bf16_native
@@ -268,10 +280,10 @@ class SpadeTrainer(BaseTrainer):
         return float(self.engine.accountant.get_epsilon(self.opts.dp_delta)) if self.dp else None
 
     def networks(self) -> dict:
-        return {"generator": self.G, "ema": self.G_ema, "discriminator": self.D}
+        return {"generator": self.G, "ema": self.G_ema, "discriminator": self.D, **({"critic": self.C} if self.C is not None else {})}
 
     def optimisers(self) -> dict:
-        return {"g": self.opt_g, "d": self.opt_d}
+        return {"g": self.opt_g, "d": self.opt_d, **({"c": self.opt_c} if self.C is not None else {})}
 
     def describe_start(self) -> str:
         return f"Training SPADE ({self.opts.preset}, {count_parameters(self.G) / 1e6:.2f} M parameters)"
@@ -284,6 +296,9 @@ class SpadeTrainer(BaseTrainer):
             "options": self.cfg.to_dict(),
             "parameters": count_parameters(self.G),
             "discriminator_parameters": count_parameters(self.D),
+            **({"critic": "the machine reader's CNN (cmrstudio.study.machine.RealSynthCNN: conv, GroupNorm, SiLU, global mean "
+                          "pooling, one logit; no spectral norm) on the image alone, logistic loss; the generator's loss is "
+                          "the non-saturating one", "critic_parameters": count_parameters(self.C)} if self.C is not None else {}),
             "normalisation": ("PixelNorm + SPADE (heart, tissue classes, context; z and vendor bias), per-pixel noise, "
                               f"{self.cfg.upsample} upsampling"
                               if scene else "instance norm + SPADE (mask one-hot, vendor bias)"),
@@ -292,6 +307,7 @@ class SpadeTrainer(BaseTrainer):
             "losses": {"hinge_gan": 1.0, "feature_matching": self.weights.fm, "lowpass_l1_4x": self.weights.lowpass,
                        **({"grid_period2": self.weights.grid} if self.weights.grid else {}),
                        **({"mode_seeking": self.opts.mode_seeking} if self.opts.mode_seeking else {}),
+                       **({"critic": self.opts.critic} if self.C is not None else {}),
                        **({"hinge_average": "over the repainted region in in-patient windows (each discriminator output weighed "
                                             "by the repainted share of its receptive field; per window, then over the batch), "
                                             "over the whole window otherwise"}
@@ -301,7 +317,7 @@ class SpadeTrainer(BaseTrainer):
         }
 
     def training_extra(self) -> dict:
-        extra = {"lr": {"g": self.opts.lr_g, "d": self.opts.lr_d},
+        extra = {"lr": {"g": self.opts.lr_g, "d": self.opts.lr_d, **({"critic": self.opts.lr_critic} if self.C is not None else {})},
                  "precision": "bf16 autocast (networks), float32 losses" if self.bf16 else "fp32"}
         if self.dp:
             extra["differential_privacy"] = {
@@ -358,7 +374,7 @@ class SpadeTrainer(BaseTrainer):
         d_real = self.D(real, oh, vendor)
         d_fake = self.D(fake.detach(), oh, vendor)
         loss_d = d_hinge(d_real, d_fake)
-        if (only_d := self._update_d(loss_d)) is not None:
+        if (only_d := self._update_d(loss_d, real, fake)) is not None:
             return only_d
 
         g = self._g_losses(self.D, fake, real, oh, vendor, self.G(oh, vendor, z[1]) if self.opts.mode_seeking else None, z)
@@ -366,7 +382,7 @@ class SpadeTrainer(BaseTrainer):
         g["g"].backward()
         self.opt_g.step()
         self.update_ema(self.G_ema, self.G)
-        return {k: float(v.detach()) for k, v in {"d": loss_d, **g}.items()}
+        return {k: float(v.detach()) for k, v in {"d": loss_d, **self._critic_log, **g}.items()}
 
     def _scene_step(self, batch: dict) -> dict:
         """A scene model's step: the generator reads heart, tissue classes and context; in in-patient windows
@@ -382,7 +398,7 @@ class SpadeTrainer(BaseTrainer):
             d_fake = self.D(fake.detach(), cond, vendor)
         weights = region_weights(self.D, 1 - cond[:, -1:]) if self.opts.adv_region else None
         loss_d = d_hinge(_f32(d_real), _f32(d_fake), weights)
-        if (only_d := self._update_d(loss_d)) is not None:
+        if (only_d := self._update_d(loss_d, real, fake)) is not None:
             return only_d
 
         with self._autocast():
@@ -392,14 +408,27 @@ class SpadeTrainer(BaseTrainer):
         g["g"].backward()
         self.opt_g.step()
         self.update_ema(self.G_ema, self.G)
-        return {k: float(v.detach()) for k, v in {"d": loss_d, **g}.items()}
+        return {k: float(v.detach()) for k, v in {"d": loss_d, **self._critic_log, **g}.items()}
 
-    def _update_d(self, loss_d: torch.Tensor) -> dict | None:
-        """One discriminator update; within --d-warmup also the step's only loss (the generator waits), else None."""
+    def _update_d(self, loss_d: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> dict | None:
+        """One discriminator update (and the critic's, with --critic, on the same real and rendered images); within
+        --d-warmup also the step's only loss (the generator waits), else None."""
+        self._critic_log = {}
+        total = loss_d
+        if self.C is not None:
+            with self._autocast():
+                c_real, c_fake = self.C(real).float(), self.C(fake.detach()).float()
+            # logistic loss; the logit says 'synthetic' (the machine reader's convention)
+            loss_c = F.softplus(c_real).mean() + F.softplus(-c_fake).mean()
+            self._critic_log = {"critic": loss_c.detach(), "critic_acc": ((c_real < 0).float().mean() + (c_fake > 0).float().mean()) / 2}
+            total = loss_d + loss_c
+            self.opt_c.zero_grad(set_to_none=True)
         self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        total.backward()
         self.opt_d.step()
-        return {"d": float(loss_d.detach())} if self.warming_up else None
+        if self.C is not None:
+            self.opt_c.step()
+        return {"d": float(loss_d.detach()), **{k: float(v) for k, v in self._critic_log.items()}} if self.warming_up else None
 
     @property
     def warming_up(self) -> bool:
@@ -427,6 +456,10 @@ class SpadeTrainer(BaseTrainer):
         if self.grid_penalty is not None:
             out["g"] = out["g"] + self.weights.grid * self.grid_penalty(fake)
             out["grid"] = torch.tensor(self.grid_penalty.power)
+        if self.C is not None:
+            with self._autocast():
+                out["g_critic"] = F.softplus(self.C(fake).float()).mean()  # non-saturating: -log P(real) by the critic
+            out["g"] = out["g"] + self.opts.critic * out["g_critic"]
         if other is not None:
             apart = (fake.float() - other.float()).abs().mean() / (z[0] - z[1]).abs().mean()
             out["ms"] = 1.0 / (apart + 1e-5)
