@@ -593,7 +593,7 @@ def test_reflow_distils_a_flow_model_to_one_step_and_its_card_names_the_teacher(
     first = DiffusionTrainer(opts(init=str(moved / "tiny-flow.json"), reflow=8, out=str(tmp_path / "rf2"), steps=2))
     first.run(progress=False)
     DiffusionTrainer(DiffusionOptions(objective="flow", out=str(moved), name="tiny-flow", steps=1, **{**TINY, "seed": 5})).run(progress=False)
-    with pytest.raises(CmrError, match="started from a model with sha256"):
+    with pytest.raises(CmrError, match="distilled a teacher with sha256"):
         DiffusionTrainer(opts(init=str(moved / "tiny-flow.json"), reflow=8, out=str(tmp_path / "rf2"), steps=4, resume=True))
 
 

@@ -435,6 +435,17 @@ def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_p
         SpadeTrainer(TrainOptions(out=str(out), name="ft", resume=True, in_patient=1.0, adv_region=True, **ft))
     with pytest.raises(CmrError, match="--adv-region True, not False"):  # and how its hinge losses are averaged
         SpadeTrainer(TrainOptions(out=str(out), name="ft", resume=True, in_patient=1.0, d_groupnorm=True, **ft))
+    # the model --init names is retrained in place: the resumed run goes on from its own state, and its card still
+    # names the weights it started from, not what the name means now
+    started = card["training"]["pretraining"]
+    SpadeTrainer(TrainOptions(out=str(tmp_path / "base"), name="base", steps=6, resume=True, **{**scene, "save_every": 4})).run(progress=False)
+    assert read_card(tmp_path / "base" / "base.json").card["sha256"] != started["sha256"]
+    said = []
+    SpadeTrainer(TrainOptions(out=str(out), name="ft", resume=True, in_patient=1.0, d_groupnorm=True, adv_region=True, **ft),
+                 log=said.append).run(progress=False)
+    assert any("now names other weights" in s and started["sha256"][:12] in s for s in said)
+    assert read_card(out / "ft.json").card["training"]["pretraining"] == started
+    assert read_card(out / "ft.json").card["training"]["iterations"] == 16
 
     data = tmp_path / "held"
     for i in range(2):
@@ -811,8 +822,16 @@ def test_the_critic_learns_renders_from_real_slices_and_pushes_the_generator(tmp
     resumed = SpadeTrainer(TrainOptions(out=str(out), name="c", steps=30, d_warmup=20, critic=1.0, lr_critic=3e-3, seed=3, resume=True, **scene))
     resumed._load_state()
     assert all(torch.equal(p, torch.from_numpy(first[k])) for k, p in resumed.C.state_dict().items())  # and goes on from it
+    # a new run from this one's model (--init) takes its critic too, as it takes its discriminator; from a run without one, a fresh one
+    onward = SpadeTrainer(TrainOptions(out=str(tmp_path / "onward"), name="o", steps=4, critic=2.0, init=str(out / "c.json"), **scene))
+    assert all(torch.equal(p, torch.from_numpy(first[k])) for k, p in onward.C.state_dict().items())
+    assert onward.pretraining["critic"].startswith("the critic of") and onward.pretraining["discriminator"].startswith("the discriminator of")
+    fresh = SpadeTrainer(TrainOptions(out=str(tmp_path / "fresh"), name="f", steps=4, critic=2.0, init=str(runs[0.0][0] / "c.json"), **scene))
+    assert fresh.pretraining["critic"].startswith("fresh (the critic of") and not any(
+        torch.equal(p, torch.from_numpy(first[k])) for k, p in fresh.C.state_dict().items() if p.numel() > 1)
     for bad, said in ((dict(critic=-1.0), "--critic -1.0 must be 0"), (dict(critic=float("nan")), "--critic nan must be 0"),
-                      (dict(critic=0.5, lr_critic=float("inf")), "--lr-critic inf must be 0"),
+                      (dict(critic=0.5, lr_critic=float("inf")), "--lr-critic inf must be a finite learning rate above 0"),
+                      (dict(critic=0.5, lr_critic=0.0), "--lr-critic 0.0 must be a finite learning rate above 0"),
                       (dict(critic=0.5, dp_epsilon=5.0), "leave --critic out with --dp-epsilon")):
         with pytest.raises(CmrError, match=said):
             SpadeTrainer(TrainOptions(out=str(tmp_path / "bad"), name="bad", steps=4, **{**SMALL, **bad}))

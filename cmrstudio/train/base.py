@@ -300,12 +300,35 @@ class BaseTrainer:
     def extra_state(self) -> dict:
         """Tensors a trainer keeps beyond networks and optimisers (running statistics of a loss); saved with the state."""
         ref = self.grid_penalty.ref if self.grid_penalty is not None else None
-        return {} if ref is None else {"grid_ref": ref.detach().cpu()}
+        extra = {} if ref is None else {"grid_ref": ref.detach().cpu()}
+        if self.pretraining:  # the record of the model the run started from: --init names it, and a name can later mean other weights
+            extra["pretraining"] = self.pretraining
+        return extra
 
     def load_extra_state(self, state: dict) -> None:
         """Take back what :meth:`extra_state` saved (state written before it existed gives ``{}``)."""
         if self.grid_penalty is not None and state.get("grid_ref") is not None:
             self.grid_penalty.ref = state["grid_ref"].to(self.device)
+        self._keep_pretraining(state)
+
+    def _keep_pretraining(self, state: dict) -> None:
+        """A resumed run's card names the model the run started from, not what ``--init`` names today (a model retrained
+        in place, or shipped from this very run). A state saved before the whole record was kept holds only its sha256:
+        where that differs, the start cannot be named and the resume is refused."""
+        if not self.pretraining:
+            return
+        saved = state.get("pretraining")
+        sha = saved["sha256"] if saved else state.get("init_sha256")
+        now = self.pretraining
+        if sha is not None and sha != now["sha256"]:
+            if not saved:
+                raise CmrError(f"The run in {self.out} started from a model with sha256 {sha[:12]}…, but --init {self.opts.init} is now "
+                               f"{now['name']} (sha256 {now['sha256'][:12]}…); resume it with the model it started from, or start "
+                               "a new run with another --out.")
+            self.log(f"--init {self.opts.init} now names other weights (sha256 {now['sha256'][:12]}…); this run started from "
+                     f"{saved['name']} (sha256 {sha[:12]}…), goes on from its own state, and its card names that start.")
+        if saved:
+            self.pretraining = dict(saved)
 
     def load_init(self, info, state: dict, nets: tuple, what: str, hint: str) -> None:
         """Put the starting model's weights (``--init``) into each of ``nets``; weights that do not fit are one sentence."""

@@ -237,8 +237,6 @@ class DiffusionTrainer(BaseTrainer):
 
     def extra_state(self) -> dict:
         extra = super().extra_state()
-        if self.pretraining:  # a resumed run must go on from the same model (a name may resolve to another one later)
-            extra["init_sha256"] = self.pretraining["sha256"]
         if self.teacher_record:
             extra["teacher_sha256"] = self.teacher_record["sha256"]
         if getattr(self, "d_warmup_record", None):
@@ -252,11 +250,6 @@ class DiffusionTrainer(BaseTrainer):
         super().load_extra_state(state)
         if state.get("d_warmup_record"):
             self.d_warmup_record = dict(state["d_warmup_record"])
-        saved = state.get("init_sha256")
-        if self.pretraining and saved and saved != self.pretraining["sha256"]:
-            raise CmrError(f"The run in {self.out} started from a model with sha256 {saved[:12]}…, but --init {self.opts.init} is now "
-                           f"{self.pretraining['name']} (sha256 {self.pretraining['sha256'][:12]}…); resume it with the model it "
-                           "started from, or start a new run with another --out.")
         saved_teacher = state.get("teacher_sha256")
         if self.teacher_record and saved_teacher and saved_teacher != self.teacher_record["sha256"]:
             raise CmrError(f"The run in {self.out} distilled a teacher with sha256 {saved_teacher[:12]}…, but the teacher is now "

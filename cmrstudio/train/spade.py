@@ -78,9 +78,11 @@ class SpadeTrainer(BaseTrainer):
             raise CmrError(f"--size {self.opts.size} must be 8 times a power of two, like 64, 128 or 256.") from None
         o = self.opts
         for flag, value in (("--grid-loss", o.grid), ("--fm", o.fm), ("--lowpass", o.lowpass), ("--mode-seeking", o.mode_seeking),
-                            ("--critic", o.critic), ("--lr-critic", o.lr_critic)):
+                            ("--critic", o.critic)):
             if not (math.isfinite(value) and value >= 0):
                 raise CmrError(f"{flag} {value} must be 0 (off) or a finite weight above it.")
+        if not (math.isfinite(o.lr_critic) and o.lr_critic > 0):
+            raise CmrError(f"--lr-critic {o.lr_critic} must be a finite learning rate above 0 (1e-3 by default).")
         if o.mode_seeking and o.dp_epsilon is not None:
             raise CmrError("--mode-seeking renders every training mask twice, so one slice would count twice in a private step; "
                            "use it in the public pre-training (--init) and train the private run without it.")
@@ -185,12 +187,23 @@ class SpadeTrainer(BaseTrainer):
         elif d_path.exists():
             d_from = f"fresh (the discriminator of {run} has another architecture: " + ", ".join(
                 f"{k} {theirs.get(k)!r}" for k in D_OPTIONS if theirs.get(k, mine[k]) != mine[k]) + ")"
+        c_from = None
+        if self.C is not None:  # --critic: the critic of the run the model comes from goes on too, where it kept one
+            c_path = d_path.parent / "critic.safetensors"
+            c_from = f"fresh (the critic of {run} was not found beside its card)"
+            if c_path.exists():
+                try:
+                    self.C.load_state_dict(load_state(c_path))
+                    c_from = f"the critic of {run} ({c_path.parent.name}/{c_path.name})"
+                except RuntimeError:
+                    c_from = f"fresh (the critic of {run} does not fit)"
         self.log(f"Starting from {info.name} (sha256 {info.card['sha256'][:12]}…; trained on {', '.join(seen) or 'unknown data'}); "
-                 f"discriminator: {d_from}.")
+                 f"discriminator: {d_from}" + (f"; critic: {c_from}." if c_from else "."))
         public = record["public_only"]
         return {
             **record,
             "discriminator": d_from,
+            **({"critic": c_from} if c_from else {}),
             "privacy": ("The pre-training saw public data only (" + ", ".join(seen) + "); the differential-privacy accounting of this model "
                         "covers only its fine-tuning on the private data under training.data." if self.private else
                         ("The pre-training saw public data only (" + ", ".join(seen) + "); " if public else
@@ -374,15 +387,16 @@ class SpadeTrainer(BaseTrainer):
         d_real = self.D(real, oh, vendor)
         d_fake = self.D(fake.detach(), oh, vendor)
         loss_d = d_hinge(d_real, d_fake)
-        if (only_d := self._update_d(loss_d, real, fake)) is not None:
-            return only_d
+        d_log = self._update_d(loss_d, real, fake)
+        if self.warming_up:
+            return d_log
 
         g = self._g_losses(self.D, fake, real, oh, vendor, self.G(oh, vendor, z[1]) if self.opts.mode_seeking else None, z)
         self.opt_g.zero_grad(set_to_none=True)
         g["g"].backward()
         self.opt_g.step()
         self.update_ema(self.G_ema, self.G)
-        return {k: float(v.detach()) for k, v in {"d": loss_d, **self._critic_log, **g}.items()}
+        return {**d_log, **{k: float(v.detach()) for k, v in g.items()}}
 
     def _scene_step(self, batch: dict) -> dict:
         """A scene model's step: the generator reads heart, tissue classes and context; in in-patient windows
@@ -398,8 +412,9 @@ class SpadeTrainer(BaseTrainer):
             d_fake = self.D(fake.detach(), cond, vendor)
         weights = region_weights(self.D, 1 - cond[:, -1:]) if self.opts.adv_region else None
         loss_d = d_hinge(_f32(d_real), _f32(d_fake), weights)
-        if (only_d := self._update_d(loss_d, real, fake)) is not None:
-            return only_d
+        d_log = self._update_d(loss_d, real, fake)
+        if self.warming_up:
+            return d_log
 
         with self._autocast():
             other = composite(self.G(cond, vendor, z[1]), cond, real) if self.opts.mode_seeking else None
@@ -408,19 +423,19 @@ class SpadeTrainer(BaseTrainer):
         g["g"].backward()
         self.opt_g.step()
         self.update_ema(self.G_ema, self.G)
-        return {k: float(v.detach()) for k, v in {"d": loss_d, **self._critic_log, **g}.items()}
+        return {**d_log, **{k: float(v.detach()) for k, v in g.items()}}
 
-    def _update_d(self, loss_d: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> dict | None:
-        """One discriminator update (and the critic's, with --critic, on the same real and rendered images); within
-        --d-warmup also the step's only loss (the generator waits), else None."""
-        self._critic_log = {}
+    def _update_d(self, loss_d: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        """One discriminator update (and the critic's, with --critic, on the same real and rendered images); returns their
+        losses for the step's log (within --d-warmup the step's whole log: the generator waits)."""
+        critic = {}
         total = loss_d
         if self.C is not None:
             with self._autocast():
                 c_real, c_fake = self.C(real).float(), self.C(fake.detach()).float()
             # logistic loss; the logit says 'synthetic' (the machine reader's convention)
             loss_c = F.softplus(c_real).mean() + F.softplus(-c_fake).mean()
-            self._critic_log = {"critic": loss_c.detach(), "critic_acc": ((c_real < 0).float().mean() + (c_fake > 0).float().mean()) / 2}
+            critic = {"critic": loss_c.detach(), "critic_acc": ((c_real < 0).float().mean() + (c_fake > 0).float().mean()) / 2}
             total = loss_d + loss_c
             self.opt_c.zero_grad(set_to_none=True)
         self.opt_d.zero_grad(set_to_none=True)
@@ -428,7 +443,7 @@ class SpadeTrainer(BaseTrainer):
         self.opt_d.step()
         if self.C is not None:
             self.opt_c.step()
-        return {"d": float(loss_d.detach()), **{k: float(v) for k, v in self._critic_log.items()}} if self.warming_up else None
+        return {"d": float(loss_d.detach()), **{k: float(v) for k, v in critic.items()}}
 
     @property
     def warming_up(self) -> bool:
