@@ -446,6 +446,13 @@ def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_p
     assert any("now names other weights" in s and started["sha256"][:12] in s for s in said)
     assert read_card(out / "ft.json").card["training"]["pretraining"] == started
     assert read_card(out / "ft.json").card["training"]["iterations"] == 16
+    # a state that kept only the sha of its start (as flow runs did) cannot name it: where the sha differs, refused
+    optim = out / "train_state" / "optim.pt"
+    saved = torch.load(optim, map_location="cpu", weights_only=True)
+    saved["extra"].pop("pretraining")
+    torch.save({**saved, "extra": {**saved["extra"], "init_sha256": "0" * 64}}, optim)
+    with pytest.raises(CmrError, match="started from a model with sha256 000000000000…, but --init .* is now base"):
+        SpadeTrainer(TrainOptions(out=str(out), name="ft", resume=True, in_patient=1.0, d_groupnorm=True, adv_region=True, **ft))
 
     data = tmp_path / "held"
     for i in range(2):

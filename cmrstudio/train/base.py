@@ -320,13 +320,18 @@ class BaseTrainer:
         saved = state.get("pretraining")
         sha = saved["sha256"] if saved else state.get("init_sha256")
         now = self.pretraining
-        if sha is not None and sha != now["sha256"]:
+        if sha is None:  # a SPADE state saved before the record was kept
+            self.log(f"Resuming: the run's state does not record the weights it started from; its card names what --init "
+                     f"{self.opts.init} names now ({now['name']}, sha256 {now['sha256'][:12]}…).")
+        elif sha != now["sha256"]:
             if not saved:
                 raise CmrError(f"The run in {self.out} started from a model with sha256 {sha[:12]}…, but --init {self.opts.init} is now "
                                f"{now['name']} (sha256 {now['sha256'][:12]}…); resume it with the model it started from, or start "
                                "a new run with another --out.")
-            self.log(f"--init {self.opts.init} now names other weights (sha256 {now['sha256'][:12]}…); this run started from "
+            self.log(f"Resuming: --init {self.opts.init} now names other weights (sha256 {now['sha256'][:12]}…); this run started from "
                      f"{saved['name']} (sha256 {sha[:12]}…), goes on from its own state, and its card names that start.")
+        else:
+            self.log(f"Resuming a run that started from {now['name']} (sha256 {sha[:12]}…).")
         if saved:
             self.pretraining = dict(saved)
 
@@ -342,7 +347,7 @@ class BaseTrainer:
     def check_init(self, record: dict) -> None:
         """Say where the model a run starts from (``--init``) may have seen patients this run holds out."""
         theirs = record.get("held_out_case_prefixes")
-        if theirs is None or not self.opts.exclude:
+        if theirs is None or not self.opts.exclude or self.opts.resume:  # a resumed run was told when it started
             return
         open_ = [p for p in self.opts.exclude if not any(str(p).startswith(str(q)) for q in theirs)]
         if open_:

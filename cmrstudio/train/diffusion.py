@@ -198,7 +198,8 @@ class DiffusionTrainer(BaseTrainer):
         record.pop("datasets")
         self.check_init(record)
         self.load_init(info, state, (self.net, self.ema), "network", f"train with the same --preset and --size as {info.name}")
-        self.log(f"Starting from {info.name} (sha256 {record['sha256'][:12]}…, {record['iterations']} iterations).")
+        if not o.resume:  # a resumed run says what it started from once its state is read
+            self.log(f"Starting from {info.name} (sha256 {record['sha256'][:12]}…, {record['iterations']} iterations).")
         if o.reflow:
             if o.teacher:
                 frame = {k: v for k, v in self.cfg.to_dict().items() if k in ("size", "cond_channels", "n_labels", "n_vendors", "channels")}
@@ -247,14 +248,14 @@ class DiffusionTrainer(BaseTrainer):
         return super().inherited_data() + (list(self.teacher_record["data"]) if self.teacher_record else [])
 
     def load_extra_state(self, state: dict) -> None:
-        super().load_extra_state(state)
-        if state.get("d_warmup_record"):
-            self.d_warmup_record = dict(state["d_warmup_record"])
-        saved_teacher = state.get("teacher_sha256")
+        saved_teacher = state.get("teacher_sha256")  # the teacher is used at every step: another one cannot go on
         if self.teacher_record and saved_teacher and saved_teacher != self.teacher_record["sha256"]:
             raise CmrError(f"The run in {self.out} distilled a teacher with sha256 {saved_teacher[:12]}…, but the teacher is now "
                            f"{self.teacher_record['name']} (sha256 {self.teacher_record['sha256'][:12]}…); resume it with the teacher "
                            "it started with, or start a new run with another --out.")
+        super().load_extra_state(state)
+        if state.get("d_warmup_record"):
+            self.d_warmup_record = dict(state["d_warmup_record"])
 
     def networks(self) -> dict:
         return {"network": self.net, "ema": self.ema, **({"discriminator": self.D} if self.D is not None else {})}

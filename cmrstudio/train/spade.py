@@ -197,8 +197,9 @@ class SpadeTrainer(BaseTrainer):
                     c_from = f"the critic of {run} ({c_path.parent.name}/{c_path.name})"
                 except RuntimeError:
                     c_from = f"fresh (the critic of {run} does not fit)"
-        self.log(f"Starting from {info.name} (sha256 {info.card['sha256'][:12]}…; trained on {', '.join(seen) or 'unknown data'}); "
-                 f"discriminator: {d_from}" + (f"; critic: {c_from}." if c_from else "."))
+        if not opts.resume:  # a resumed run says what it started from once its state is read
+            self.log(f"Starting from {info.name} (sha256 {info.card['sha256'][:12]}…; trained on {', '.join(seen) or 'unknown data'}); "
+                     f"discriminator: {d_from}" + (f"; critic: {c_from}." if c_from else "."))
         public = record["public_only"]
         return {
             **record,
