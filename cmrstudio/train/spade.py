@@ -9,6 +9,7 @@ SPADE paper: no ImageNet weights offline).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,8 +159,6 @@ class SpadeTrainer(BaseTrainer):
         """Start from a public model: its (EMA) generator weights for both the trained and the EMA generator, and its
         discriminator when its run folder kept one (``train_state/discriminator.safetensors``) of the same architecture.
         Returns the card's ``training.pretraining`` record."""
-        from cmrstudio.models.checkpoint import load_state
-
         opts = self.opts
         info, state, record = start_from(opts.init, ("spade",), "SPADE generator", self.cfg.to_dict(), ignore=D_OPTIONS)
         theirs, mine = dict(info.card["architecture"]["options"]), self.cfg.to_dict()
@@ -174,29 +173,14 @@ class SpadeTrainer(BaseTrainer):
                            f"({', '.join(sorted(PUBLIC_DATASETS))}), so a private fine-tuning from it would not be private; "
                            "pre-train on public data only, or train privately from scratch.")
         self.load_init(info, state, (self.G, self.G_ema), "generator", "pre-train with the same --preset and --size")
-        d_path = info.card_path.parent / "train_state" / "discriminator.safetensors"
-        d_same = all(theirs.get(k, mine[k]) == mine[k] for k in D_OPTIONS)
+        state_dir = info.card_path.parent / "train_state"
         run = "the public run" if record["public_only"] else f"{info.name}'s run"  # public: pre-training for a private run
-        d_from = f"fresh (the discriminator of {run} was not found beside its card)"
-        if d_path.exists() and d_same:
-            try:
-                self.D.load_state_dict(load_state(d_path))
-                d_from = f"the discriminator of {run} ({d_path.parent.name}/{d_path.name})"
-            except RuntimeError:
-                d_from = f"fresh (the discriminator of {run} does not fit)"
-        elif d_path.exists():
-            d_from = f"fresh (the discriminator of {run} has another architecture: " + ", ".join(
-                f"{k} {theirs.get(k)!r}" for k in D_OPTIONS if theirs.get(k, mine[k]) != mine[k]) + ")"
-        c_from = None
-        if self.C is not None:  # --critic: the critic of the run the model comes from goes on too, where it kept one
-            c_path = d_path.parent / "critic.safetensors"
-            c_from = f"fresh (the critic of {run} was not found beside its card)"
-            if c_path.exists():
-                try:
-                    self.C.load_state_dict(load_state(c_path))
-                    c_from = f"the critic of {run} ({c_path.parent.name}/{c_path.name})"
-                except RuntimeError:
-                    c_from = f"fresh (the critic of {run} does not fit)"
+        other = [k for k in D_OPTIONS if theirs.get(k, mine[k]) != mine[k]]
+        d_from = (_take_from_run(self.D, state_dir / "discriminator.safetensors", f"the discriminator of {run}") if not other else
+                  f"fresh (the discriminator of {run} has another architecture: " + ", ".join(f"{k} {theirs.get(k)!r}" for k in other) + ")"
+                  if (state_dir / "discriminator.safetensors").exists() else f"fresh (the discriminator of {run} was not found beside its card)")
+        # --critic: the critic of the run the model comes from goes on too, where it kept one
+        c_from = _take_from_run(self.C, state_dir / "critic.safetensors", f"the critic of {run}") if self.C is not None else None
         if not opts.resume:  # a resumed run says what it started from once its state is read
             self.log(f"Starting from {info.name} (sha256 {info.card['sha256'][:12]}…; trained on {', '.join(seen) or 'unknown data'}); "
                      f"discriminator: {d_from}" + (f"; critic: {c_from}." if c_from else "."))
@@ -540,3 +524,16 @@ def composite(out: torch.Tensor, cond: torch.Tensor, context: torch.Tensor) -> t
     """Where the conditioning marks real context (its last channel), the context's pixels; elsewhere the output."""
     valid = cond[:, -1:]
     return valid * context + (1 - valid) * out
+
+
+def _take_from_run(net: torch.nn.Module, path: Path, what: str) -> str:
+    """Load a network a starting model's run kept beside its card into ``net`` where it fits; says where ``net`` came from."""
+    from cmrstudio.models.checkpoint import load_state
+
+    if not path.exists():
+        return f"fresh ({what} was not found beside its card)"
+    try:
+        net.load_state_dict(load_state(path))
+    except RuntimeError:
+        return f"fresh ({what} does not fit)"
+    return f"{what} ({path.parent.name}/{path.name})"
