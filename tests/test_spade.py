@@ -385,8 +385,12 @@ def test_kept_checkpoints_are_measured_alike_so_that_one_can_be_picked(tmp_path)
     assert res["real"]["dice"]["mean"] > a["dice"]["mean"]  # 10 steps of a tiny model draw nothing a segmenter finds
     clean = [c for c in res["checkpoints"] if c["grid"]["peak_ratio"] <= 5] or res["checkpoints"]
     assert res["best"] == max(clean, key=lambda c: c["dice"]["mean"])["name"]
+    every = json.loads(run("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "0", "--json").stdout)
+    assert every["slices"] == 8 and [c["step"] for c in every["checkpoints"]] == [10, 20]  # 0: all 2 x 4 heart slices
     bad = run("evaluate", "checkpoints", str(tmp_path / "held"), "--data", str(data), check=False)
     assert bad.returncode != 0 and "holds no kept checkpoints" in bad.stderr and "--keep-checkpoints" in bad.stderr
+    bad = run("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "-1", check=False)
+    assert bad.returncode != 0 and "--max-slices -1 must be 0 (every heart slice) or more" in bad.stderr
 
 
 @pytest.mark.slow
@@ -830,9 +834,25 @@ def test_the_critic_learns_renders_from_real_slices_and_pushes_the_generator(tmp
     resumed._load_state()
     assert all(torch.equal(p, torch.from_numpy(first[k])) for k, p in resumed.C.state_dict().items())  # and goes on from it
     # a new run from this one's model (--init) takes its critic too, as it takes its discriminator; from a run without one, a fresh one
-    onward = SpadeTrainer(TrainOptions(out=str(tmp_path / "onward"), name="o", steps=4, critic=2.0, init=str(out / "c.json"), **scene))
+    # (--critic-blur: the same weights seen through a [1 2 1] blur, so a critic is handed on either way)
+    onward = SpadeTrainer(TrainOptions(out=str(tmp_path / "onward"), name="o", steps=4, critic=2.0, critic_blur=True,
+                                       init=str(out / "c.json"), **scene))
     assert all(torch.equal(p, torch.from_numpy(first[k])) for k, p in onward.C.state_dict().items())
     assert onward.pretraining["critic"].startswith("the critic of") and onward.pretraining["discriminator"].startswith("the discriminator of")
+    # the blurred critic is blind to a period-2 grid (stripes along either axis, however they vary along the other), the
+    # plain one is not: so it can neither draw a generator towards such a grid nor away from it
+    x = fake.detach()[:4]
+    ramp = torch.linspace(0.5, 1.5, x.shape[-1])
+    for stripes in (0.04 * (-1.0) ** torch.arange(x.shape[-2])[:, None] * ramp[None, :],
+                    0.04 * ramp[:, None] * (-1.0) ** torch.arange(x.shape[-1])[None, :]):
+        with torch.no_grad():
+            assert torch.allclose(onward.C(x + stripes), onward.C(x), atol=1e-5)
+            assert (tr.C(x + stripes) - tr.C(x)).abs().max() > 1e-3
+    onward.run(progress=False)
+    arch = read_card(tmp_path / "onward" / "o.json").card["architecture"]
+    assert "blur" in arch["critic"] and "--critic-blur" in arch["critic"]
+    with pytest.raises(CmrError, match="was trained with --critic-blur True, not False"):  # a resumed run keeps it
+        SpadeTrainer(TrainOptions(out=str(tmp_path / "onward"), name="o", steps=6, critic=2.0, resume=True, init=str(out / "c.json"), **scene))
     fresh = SpadeTrainer(TrainOptions(out=str(tmp_path / "fresh"), name="f", steps=4, critic=2.0, init=str(runs[0.0][0] / "c.json"), **scene))
     assert fresh.pretraining["critic"].startswith("fresh (the critic of") and not any(
         torch.equal(p, torch.from_numpy(first[k])) for k, p in fresh.C.state_dict().items() if p.numel() > 1)
@@ -844,3 +864,5 @@ def test_the_critic_learns_renders_from_real_slices_and_pushes_the_generator(tmp
             SpadeTrainer(TrainOptions(out=str(tmp_path / "bad"), name="bad", steps=4, **{**SMALL, **bad}))
     p = run("train", "spade", "--phantom", "1", "--out", str(tmp_path / "cli"), "--critic", "-2", check=False)
     assert p.returncode != 0 and "--critic -2.0 must be 0" in p.stderr and not (tmp_path / "cli" / "spade.json").exists()
+    p = run("train", "spade", "--phantom", "1", "--out", str(tmp_path / "cli"), "--critic-blur", check=False)
+    assert p.returncode != 0 and "--critic-blur changes what the critic sees, but there is no critic" in p.stderr

@@ -51,14 +51,16 @@ class ClassifierConfig:
     size: int = SIZE
     widths: tuple[int, ...] = (16, 32, 48, 64, 64)  # the first conv keeps full resolution, each next halves it
     groups: int = 4
+    blur: bool = False  # see the image through a [1 2 1] x [1 2 1] / 16 blur first (a critic blind to period-2 patterns)
 
     def to_dict(self) -> dict:
-        return {"size": int(self.size), "widths": [int(w) for w in self.widths], "groups": int(self.groups)}
+        return {"size": int(self.size), "widths": [int(w) for w in self.widths], "groups": int(self.groups),
+                **({"blur": True} if self.blur else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ClassifierConfig":
         cfg = cls(size=int(d.get("size", SIZE)), widths=tuple(int(w) for w in d.get("widths", cls.widths)),
-                  groups=int(d.get("groups", cls.groups)))
+                  groups=int(d.get("groups", cls.groups)), blur=bool(d.get("blur", False)))
         if not cfg.widths or any(w < 1 or w % cfg.groups for w in cfg.widths):
             raise ValueError(f"widths {list(cfg.widths)} must be positive multiples of groups {cfg.groups}")
         return cfg
@@ -66,7 +68,13 @@ class ClassifierConfig:
 
 class RealSynthCNN(nn.Module):
     """Conv 3×3 + GroupNorm + SiLU blocks (full resolution, then stride 2 each), global mean pooling,
-    one linear logit: P(synthetic) = sigmoid(logit). About 85k parameters with the default widths."""
+    one linear logit: P(synthetic) = sigmoid(logit). About 85k parameters with the default widths.
+
+    With ``cfg.blur`` the image is first blurred by a fixed [1 2 1] x [1 2 1] / 16 kernel (reflected at the border; a
+    buffer that is not saved, so the weights are those of the network without it). The kernel is zero at the Nyquist
+    frequency of either axis, so the gradient of the logit with respect to the image has no power there at all: as a
+    GAN's critic it can neither reward nor punish a period-2 grid in a generator's output, which a stride-2 conv's
+    gradient can do. The machine reader keeps it off, so that it still sees such grids."""
 
     def __init__(self, cfg: ClassifierConfig | None = None):
         super().__init__()
@@ -79,9 +87,13 @@ class RealSynthCNN(nn.Module):
             c_in = w
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(c_in, 1)
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("blur", (k[:, None] * k[None, :] / 16.0)[None, None] if self.cfg.blur else None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 1, N, N) in [0, 1] -> logits (B,)."""
+        if self.blur is not None:
+            x = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.blur.to(x.dtype))
         h = self.features(x * 2.0 - 1.0)
         return self.head(h.mean(dim=(2, 3)))[:, 0]
 

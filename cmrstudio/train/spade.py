@@ -60,6 +60,7 @@ class TrainOptions(BaseOptions):
     adv_region: bool = False  # scene presets: hinge losses averaged over the repainted region of in-patient windows (region_weights)
     critic: float = 0.0  # weight of a second, image-level discriminator (the machine reader's CNN, no spectral norm; 0: off)
     lr_critic: float = 1e-3  # its learning rate (the machine reader's)
+    critic_blur: bool = False  # the critic sees the image through a [1 2 1] blur: it cannot push a period-2 grid either way
 
 
 # Options of the discriminator only: a generator fits whatever these are.
@@ -70,7 +71,7 @@ class SpadeTrainer(BaseTrainer):
     kind = "spade"
     presets = PRESETS
     postfix = ("d", "g_adv", "lowpass", "ms", "critic")
-    resume_must_match = ("init", "dp_architecture", "fm", "lowpass", "mode_seeking", "adv_region", "critic")
+    resume_must_match = ("init", "dp_architecture", "fm", "lowpass", "mode_seeking", "adv_region", "critic", "critic_blur")
 
     def check_options(self) -> None:
         try:
@@ -93,6 +94,8 @@ class SpadeTrainer(BaseTrainer):
         if o.grid and o.dp_epsilon is not None:
             raise CmrError("--grid-loss couples the images of a batch, which differentially private training cannot account for; "
                            "train without --grid-loss, or without --dp-epsilon.")
+        if o.critic_blur and not o.critic:
+            raise CmrError("--critic-blur changes what the critic sees, but there is no critic; give --critic W (0.1-1.5) too.")
         if o.critic and o.dp_epsilon is not None:
             raise CmrError("--critic adds a discriminator that a private run does not account for; leave --critic out with --dp-epsilon.")
         if o.adv_region:
@@ -141,7 +144,7 @@ class SpadeTrainer(BaseTrainer):
         if opts.critic:
             from cmrstudio.study.machine import ClassifierConfig, RealSynthCNN
 
-            self.C = RealSynthCNN(ClassifierConfig(size=opts.size)).to(self.device)
+            self.C = RealSynthCNN(ClassifierConfig(size=opts.size, blur=opts.critic_blur)).to(self.device)
             self.opt_c = torch.optim.Adam(self.C.parameters(), lr=opts.lr_critic, betas=(0.0, 0.999))
         self.weights = LossWeights(fm=opts.fm, lowpass=opts.lowpass, grid=opts.grid)
         self.grid_penalty = GridPenalty() if opts.grid else None
@@ -296,7 +299,9 @@ class SpadeTrainer(BaseTrainer):
             "discriminator_parameters": count_parameters(self.D),
             **({"critic": "the machine reader's CNN (cmrstudio.study.machine.RealSynthCNN: conv, GroupNorm, SiLU, global mean "
                           "pooling, one logit; no spectral norm) on the image alone, logistic loss; the generator's loss is "
-                          "the non-saturating one", "critic_parameters": count_parameters(self.C)} if self.C is not None else {}),
+                          "the non-saturating one" + ("; it sees the image through a fixed [1 2 1] x [1 2 1] / 16 blur, so its "
+                                                      "gradient has no power at period 2 (--critic-blur)" if self.opts.critic_blur else ""),
+                "critic_parameters": count_parameters(self.C)} if self.C is not None else {}),
             "normalisation": ("PixelNorm + SPADE (heart, tissue classes, context; z and vendor bias), per-pixel noise, "
                               f"{self.cfg.upsample} upsampling"
                               if scene else "instance norm + SPADE (mask one-hot, vendor bias)"),
