@@ -60,7 +60,7 @@ def train_spade(
     adv_region: bool = typer.Option(False, "--adv-region", help="Scene presets: average the hinge losses of in-patient windows over the repainted region (outside it real and composite agree), not over the whole window."),
     critic: float = typer.Option(0.0, "--critic", help="Weight of a second, image-level discriminator (the machine reader's CNN: global pooling, no spectral norm, logistic loss) beside the PatchGANs: it learns the renders' global tells (texture, noise) in hundreds of steps where a spectral-norm PatchGAN needs thousands (0: off; 0.1-1 usual; with --d-warmup it warms up too)."),
     lr_critic: float = typer.Option(1e-3, "--lr-critic", help="The critic's learning rate (Adam)."),
-    critic_blur: bool = typer.Option(False, "--critic-blur", help="The critic sees each image through a fixed [1 2 1] blur, so it can neither reward nor punish a period-2 grid (a heavier critic drew one); its weights are those of a critic without it, so --init hands one on either way."),
+    critic_blur: bool = typer.Option(False, "--critic-blur", help="The critic sees each image through a fixed [1 2 1] blur, so it can neither reward nor punish a period-2 grid; its weights are those of a critic without it, so --init hands one on either way (tried once: the grid came back as often as without it)."),
     install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
