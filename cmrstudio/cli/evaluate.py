@@ -426,7 +426,7 @@ def evaluate_checkpoints_cmd(
     from cmrstudio.evaluate.realism import check_mode
     from cmrstudio.evaluate.run import write_json
 
-    if max_slices is None or max_slices < 0:
+    if max_slices < 0:
         raise CmrError(f"--max-slices {max_slices} must be 0 (every heart slice) or more.")
     check_mode(mode)
     cards = checkpoint_cards(run)

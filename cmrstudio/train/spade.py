@@ -9,8 +9,8 @@ SPADE paper: no ImageNet weights offline).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -178,10 +178,12 @@ class SpadeTrainer(BaseTrainer):
         self.load_init(info, state, (self.G, self.G_ema), "generator", "pre-train with the same --preset and --size")
         state_dir = info.card_path.parent / "train_state"
         run = "the public run" if record["public_only"] else f"{info.name}'s run"  # public: pre-training for a private run
+        d_path = state_dir / "discriminator.safetensors"
         other = [k for k in D_OPTIONS if theirs.get(k, mine[k]) != mine[k]]
-        d_from = (_take_from_run(self.D, state_dir / "discriminator.safetensors", f"the discriminator of {run}") if not other else
-                  f"fresh (the discriminator of {run} has another architecture: " + ", ".join(f"{k} {theirs.get(k)!r}" for k in other) + ")"
-                  if (state_dir / "discriminator.safetensors").exists() else f"fresh (the discriminator of {run} was not found beside its card)")
+        if other and d_path.exists():
+            d_from = f"fresh (the discriminator of {run} has another architecture: " + ", ".join(f"{k} {theirs.get(k)!r}" for k in other) + ")"
+        else:
+            d_from = _take_from_run(self.D, d_path, f"the discriminator of {run}")
         # --critic: the critic of the run the model comes from goes on too, where it kept one
         c_from = _take_from_run(self.C, state_dir / "critic.safetensors", f"the critic of {run}") if self.C is not None else None
         if not opts.resume:  # a resumed run says what it started from once its state is read
