@@ -25,7 +25,8 @@ reported as the ``faith`` event.
 
 Threads: renders finish on worker threads. The session hands their results to ``call_soon``
 (given at construction) to be handled on the thread the session lives on; without one they are
-handled at once, on the worker thread, under the session's lock. The GUI passes a function that
+handled at once, on the worker thread, under the session's lock; switching cases holds that lock too, so
+such a call never sees a new case with the old mask, slice or frame. The GUI passes a function that
 queues the call onto the Qt main thread, so events reach widgets on the thread that owns them.
 
 Backends: frames render on this machine (``settings.backend == "local"``) or on a ``cmrstudio serve`` server
@@ -326,35 +327,36 @@ class StudioSession:
 
     def set_case(self, case: Case) -> None:
         """Make ``case`` the open one: a fresh painted mask (its own segmentation, or empty), a new frame."""
-        self.autosave()  # the outgoing case's edits are kept before anything changes
-        self.token += 1
-        if self.queue is not None:
-            self.queue.cancel_all()
-        self._hq_load_cancel = True
-        for r in [self.renderer, *self.hq_renderers.values()]:
-            if r is not None and hasattr(r, "forget_scenes"):
-                r.forget_scenes()
-        self.case = case
-        self.mask = np.array(case.mask, dtype=np.uint8, copy=True) if case.mask is not None else np.zeros(case.shape, np.uint8)
-        self.hq_results.clear()
-        self.hq_step = 0
-        self.hq_job = None
-        self.live_shown.clear()
-        self.faith = None
-        self.dirty = False
-        self.edited = set()
-        self.saved_path = None
-        self._edit_gen = self._autosaved_gen = 0
-        self._case_key = None
-        self._restore_autosave()
-        self.centre = None  # the new case's heart, not the previous one's
-        self.z = case.shape[0] // 2 if case.shape[0] > 1 else 0
-        if self.vendor_auto and case.vendor in ("siemens", "philips", "ge", "canon"):
-            self.vendor = case.vendor
-        self.reset_frame()
-        self.check_anatomy(emit=False)
-        self.events.emit("case")
-        self.request_live()
+        with self._lock:  # a model or render finishing on a thread (no GUI) sees the old case or the new, never half of each
+            self.autosave()  # the outgoing case's edits are kept before anything changes
+            self.token += 1
+            if self.queue is not None:
+                self.queue.cancel_all()
+            self._hq_load_cancel = True
+            for r in [self.renderer, *self.hq_renderers.values()]:
+                if r is not None and hasattr(r, "forget_scenes"):
+                    r.forget_scenes()
+            self.case = case
+            self.mask = np.array(case.mask, dtype=np.uint8, copy=True) if case.mask is not None else np.zeros(case.shape, np.uint8)
+            self.hq_results.clear()
+            self.hq_step = 0
+            self.hq_job = None
+            self.live_shown.clear()
+            self.faith = None
+            self.dirty = False
+            self.edited = set()
+            self.saved_path = None
+            self._edit_gen = self._autosaved_gen = 0
+            self._case_key = None
+            self._restore_autosave()
+            self.centre = None  # the new case's heart, not the previous one's
+            self.z = case.shape[0] // 2 if case.shape[0] > 1 else 0
+            if self.vendor_auto and case.vendor in ("siemens", "philips", "ge", "canon"):
+                self.vendor = case.vendor
+            self.reset_frame()
+            self.check_anatomy(emit=False)
+            self.events.emit("case")
+            self.request_live()
 
     # -- where we are --------------------------------------------------------------------------------
     def set_slice(self, z: int) -> None:

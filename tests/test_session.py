@@ -256,6 +256,41 @@ def test_the_model_loads_on_a_thread_and_a_bad_one_is_a_message(env):
         s2.close()
 
 
+def test_a_model_finishing_on_a_thread_while_a_case_opens_sees_the_whole_case(env):
+    """Without a GUI, a thread's callback runs at once under the session's lock: it must wait for the case switch."""
+    import threading
+
+    from cmrstudio.session import StudioSession
+
+    s = StudioSession(load="none")
+    try:
+        seen, switching = [], threading.Event()
+        restore = s._restore_autosave
+
+        def probe():  # what the loaded model does first: a frame for the open case and its mask
+            s.reset_frame()
+            seen.append((s.case, s.mask is not None and s.mask.shape == s.case.shape, s.z, s.frame))
+
+        def mid_switch():  # the case and its mask are set; its slice and frame are not yet
+            switching.set()
+            t = threading.Thread(target=s.call_soon, args=(probe,))
+            t.start()
+            t.join(1.0)  # with the lock held it cannot run yet
+            restore()
+            return t
+
+        threads = []
+        s._restore_autosave = lambda: threads.append(mid_switch())
+        s.set_live_model("spade-cmr")
+        assert s.open_path(None) and switching.is_set()
+        threads[0].join(30)
+        (case, mask_ok, z, frame), = seen
+        assert case is s.case and mask_ok and z == s.z
+        assert frame is s.frame  # the probe ran after the switch, so the frame it made is the one in use
+    finally:
+        s.close()
+
+
 def test_settings_are_remembered(session, env):
     s = session()
     s.set_vendor("siemens")
