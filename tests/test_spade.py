@@ -866,3 +866,46 @@ def test_the_critic_learns_renders_from_real_slices_and_pushes_the_generator(tmp
     assert p.returncode != 0 and "--critic -2.0 must be 0" in p.stderr and not (tmp_path / "cli" / "spade.json").exists()
     p = run("train", "spade", "--phantom", "1", "--out", str(tmp_path / "cli"), "--critic-blur", check=False)
     assert p.returncode != 0 and "--critic-blur changes what the critic sees, but there is no critic" in p.stderr
+
+
+def test_a_soup_averages_checkpoints_of_one_start_and_refuses_what_cannot_be_averaged(tmp_path):
+    """`train soup` writes the mean of checkpoints trained on from one model, with a card naming its members, which
+    renders like any model; members of another start, kind or privacy, one member, or one named twice, are refused."""
+    from safetensors.numpy import load_file
+
+    from cmrstudio.engine.factory import open_renderer
+
+    scene = {**SMALL, "preset": "scene-tiny", "size": 64}
+    SpadeTrainer(TrainOptions(out=str(tmp_path / "base"), name="base", steps=4, **{**scene, "save_every": 4})).run(progress=False)
+    base = tmp_path / "base" / "base.json"
+    SpadeTrainer(TrainOptions(out=str(tmp_path / "ft"), name="ft", steps=8, keep_checkpoints=True, init=str(base), grid=100.0,
+                              **{**scene, "save_every": 4})).run(progress=False)
+    a, b = sorted((tmp_path / "ft" / "checkpoints").glob("*.json"))
+    text = run("train", "soup", str(a), str(b), "--out", str(tmp_path / "soup"), "--name", "mix").stdout
+    assert "the mean of 2 checkpoints" in text
+    soup = read_card(tmp_path / "soup" / "mix.json")
+    verify(soup)
+    wa, wb, ws = (load_file(str(p)) for p in (a.with_suffix(".safetensors"), b.with_suffix(".safetensors"), soup.weights_path))
+    assert ws.keys() == wa.keys() and any(not np.array_equal(wa[k], wb[k]) for k in wa)
+    for k in ws:
+        np.testing.assert_allclose(ws[k], (wa[k].astype(np.float64) + wb[k]) / 2, rtol=1e-6, atol=1e-7)
+    members = soup.card["training"]["soup"]["members"]
+    assert [m["sha256"] for m in members] == [read_card(a).card["sha256"], read_card(b).card["sha256"]]
+    assert "metrics" not in soup.card and soup.card["architecture"]["losses"]["grid_period2"] == 100.0  # the members agree
+    masks = np.stack([phantom_case(seed=3, n_slices=2, shape=(64, 64)).mask[1]] * 2)
+    renders = [open_renderer(str(p)).render_framed(masks, "siemens", seed=[1, 2]) for p in (a, b, soup.card_path)]
+    assert np.isfinite(renders[2]).all() and 0 <= renders[2].min() and renders[2].max() <= 1
+    assert all(np.abs(renders[2] - r).mean() > 1e-4 for r in renders[:2])  # a model of its own, not a copy of a member
+
+    def refused(*args):
+        res = run("train", "soup", *map(str, args), "--out", str(tmp_path / "bad"), check=False)
+        assert res.returncode != 0 and not (tmp_path / "bad").exists(), res.stdout
+        return res.stderr
+
+    assert "needs two members or more; 1 given" in refused(a)
+    assert "named twice" in refused(a, a)
+    msg = refused(a, base)
+    assert "from scratch" in msg and "one starting model" in msg
+    assert "records no starting model" in refused(base, a)
+    assert "are different networks" in refused(a, "seg-cmr")
+    assert "differentially private" in refused(a, "spade-dp")

@@ -1,4 +1,4 @@
-"""``cmrstudio train``: spade, diffusion, flow, segmenter."""
+"""``cmrstudio train``: spade, diffusion, flow, segmenter, layout priors and banks, soups."""
 
 from __future__ import annotations
 
@@ -196,6 +196,22 @@ def train_layout_bank_cmd(
                       log=lambda m: typer.echo(m, err=True))
     typer.echo(f"Layout bank {info.name}: {info.weights_path} ({info.size_mb:.1f} MB), card {info.card_path}; "
                f"{info.card['training']['slices']} slices.")
+
+
+@train_app.command("soup")
+def train_soup_cmd(
+    members: list[str] = typer.Argument(..., help="Two checkpoints or more (cards, weights files or installed names) trained on from one model."),
+    out: Path = typer.Option(Path("runs/soup"), "--out", help="Folder for the soup and its card."),
+    name: str = typer.Option("soup", "--name"),
+):
+    """Average the weights of checkpoints fine-tuned from one model (a model soup): one model, often better than each
+    checkpoint, and steadier. Measure it like any model (`cmrstudio evaluate all --model OUT/NAME.json`)."""
+    from cmrstudio.train.soup import make_soup
+
+    check_name(name)
+    info = make_soup(list(members), out, name)
+    typer.echo(f"Model {info.name}: {info.weights_path} ({info.size_mb:.1f} MB), card {info.card_path}; "
+               f"the mean of {len(info.card['training']['soup']['members'])} checkpoints.")
 
 
 @train_app.command("segmenter")
