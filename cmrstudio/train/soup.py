@@ -47,8 +47,10 @@ def _check_members(infos: list) -> None:
     for info in infos[1:]:
         net, net0 = ({k: i.card["architecture"].get(k) for k in NETWORK} for i in (info, first))
         if net != net0:
-            raise CmrError(f"{info.card_path} and {first.card_path} are different networks (architecture {net['class']} "
-                           f"{net['options']} against {net0['class']} {net0['options']}); a soup averages one network's weights.")
+            o, o0 = net["options"] or {}, net0["options"] or {}
+            what = [k for k in NETWORK[:2] if net[k] != net0[k]] + [k for k in sorted(set(o) | set(o0)) if o.get(k) != o0.get(k)]
+            raise CmrError(f"{info.card_path} and {first.card_path} are different networks (they differ in {', '.join(what[:6])}); "
+                           "a soup averages the weights of one network, so pick checkpoints of runs with the same architecture.")
         for key in MUST_MATCH:
             if info.card.get(key) != first.card.get(key):
                 raise CmrError(f"{info.card_path} and {first.card_path} differ in '{key}'; a soup averages models of one "
@@ -59,7 +61,8 @@ def _check_members(infos: list) -> None:
                                "set and one set of held-out patients, so pick checkpoints trained on the same data.")
         if _start(info.card) != _start(first.card):
             raise CmrError(f"{info.card_path} was trained {_from(info.card)} but {first.card_path} {_from(first.card)}; a soup "
-                           "averages checkpoints of one starting model (one basin of the loss), so pick checkpoints of runs that started from the same model.")
+                           "averages checkpoints of one starting model (one basin of the loss), so pick checkpoints of runs "
+                           "that started from the same model.")
 
 
 def average_states(states: list[dict[str, torch.Tensor]], names: list[str]) -> dict[str, torch.Tensor]:
