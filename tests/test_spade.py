@@ -896,6 +896,11 @@ def test_a_soup_averages_checkpoints_of_one_start_and_refuses_what_cannot_be_ave
     renders = [open_renderer(str(p)).render_framed(masks, "siemens", seed=[1, 2]) for p in (a, b, soup.card_path)]
     assert np.isfinite(renders[2]).all() and 0 <= renders[2].min() and renders[2].max() <= 1
     assert all(np.abs(renders[2] - r).mean() > 1e-4 for r in renders[:2])  # a model of its own, not a copy of a member
+    SpadeTrainer(TrainOptions(out=str(tmp_path / "ft2"), name="ft2", steps=4, init=str(base), **{**scene, "save_every": 4})).run(progress=False)
+    run("train", "soup", str(a), str(tmp_path / "ft2" / "ft2.json"), "--out", str(tmp_path / "soup"), "--name", "mixed")
+    mixed = read_card(tmp_path / "soup" / "mixed.json")
+    assert "losses" not in mixed.card["architecture"]  # trained with different losses: each member's is in the soup's record
+    assert [m["losses"].get("grid_period2") for m in mixed.card["training"]["soup"]["members"]] == [100.0, None]
 
     def refused(*args):
         res = run("train", "soup", *map(str, args), "--out", str(tmp_path / "bad"), check=False)

@@ -2,9 +2,9 @@
 
 Checkpoints trained on from the same starting weights lie in one basin of the loss, so the mean of their
 weights is itself a good model, often better than any one of them (Wortsman et al., "Model soups", ICML
-2022; Izmailov et al., "Averaging weights leads to wider optima", UAI 2018). For a GAN it also averages
-out what each checkpoint draws on its own: the period-2 stripes that come and go between checkpoints of
-spade-cmr's runs are weaker in the mean than in its members (the models page has the figures).
+2022; Izmailov et al., "Averaging weights leads to wider optima", UAI 2018). For a GAN the mean can also
+keep what its members draw, such as period-2 stripes, so a soup is screened like any checkpoint before it ships
+(the models page has the figures of spade-cmr's soups).
 
 A soup is only made of members that can be averaged and described by one card: the same kind, architecture,
 frame, conditioning and vendors, the same held-out patients and training data, and the same starting model
