@@ -151,3 +151,29 @@ def test_opengl_is_tried_when_there_is_a_display():
         pytest.skip("no display (pytest-xvfb provides one under `make test`)")
     gl = [f for f in check_gui(display=display) if f.topic == "opengl"]
     assert len(gl) == 1 and gl[0].level == "ok" and "OpenGL" in gl[0].message, gl
+
+
+def test_the_same_weights_saved_twice_have_one_checksum(tmp_path):
+    """safetensors writes its metadata map in a hash map's order, which changes from save to save; the model files we
+    write sort it, so a checksum names a content (the same tensors and card: the same sha256), and the files still read
+    with safetensors' own reader, metadata and all."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from cmrstudio.models.checkpoint import canonical_header, load_state, save_model
+
+    state = {"b.w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "a.w": torch.ones(4, dtype=torch.float64)}
+    meta = {f"key{i}": f"value {i}" for i in range(6)}
+    raw = {save(state, metadata=meta) for _ in range(12)}
+    assert len(raw) > 1  # what safetensors alone does (12 saves of 6 keys all in one order: about 1 in 10^30)
+    assert len({canonical_header(b) for b in raw}) == 1
+    cards = [save_model(tmp_path / f"m{i}", "m", state, {"kind": "spade", "architecture": {}}).card for i in range(8)]
+    assert len({c["sha256"] for c in cards}) == 1
+    back = load_state(tmp_path / "m0" / "m.safetensors")
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+    with safe_open(str(tmp_path / "m0" / "m.safetensors"), "pt") as f:
+        assert f.metadata() == {"cmrstudio_model": "m", "kind": "spade"}
+    blob = (tmp_path / "m0" / "m.safetensors").read_bytes()  # in the file itself, the metadata in key order
+    header = json.loads(blob[8:8 + int.from_bytes(blob[:8], "little")])
+    assert list(header["__metadata__"]) == ["cmrstudio_model", "kind"]

@@ -147,21 +147,42 @@ def load_state(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]
         raise CmrError(f"{path} is not a readable safetensors weights file ({exc}); re-copy it or retrain.") from None
 
 
+def canonical_header(blob: bytes) -> bytes:
+    """A safetensors file with its ``__metadata__`` map in key order.
+
+    safetensors writes that map in the order of a Rust hash map, which changes from process to
+    process, so the same tensors saved twice gave two checksums. Sorting it changes neither the
+    header's length nor the data, so a file written here has one sha256 for one content."""
+    import struct
+
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    if meta is not None:
+        header = {"__metadata__": dict(sorted(meta.items())), **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > n:  # never: the same keys and values in another order
+        return blob
+    return blob[:8] + text + b" " * (n - len(text)) + blob[8 + n:]
+
+
 def save_state(path: str | Path, state: dict, metadata: dict[str, str] | None = None) -> Path:
-    """Write torch tensors, or numpy arrays (models that need no torch), as one safetensors file, atomically."""
+    """Write torch tensors, or numpy arrays (models that need no torch), as one safetensors file, atomically; the same
+    tensors and metadata give the same bytes (:func:`canonical_header`)."""
     import numpy as np
 
     path = Path(path)
     if all(isinstance(v, np.ndarray) for v in state.values()):
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         tensors = {k: np.ascontiguousarray(v) for k, v in state.items()}
     else:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    blob = canonical_header(save(tensors, metadata=metadata))
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        Path(tmp).write_bytes(blob)
     return path
 
 
