@@ -50,7 +50,9 @@ class RenderRecord:
     steps: int | None = None
     guidance: float | None = None
     mode: str = "synthetic"
-    margin_mm: float | None = None  # in-patient: how far around the heart was repainted
+    margin_mm: float | None = None  # in-patient: how far around what the painting changed was repainted
+    band_mm: float | None = None  # in-patient: how far around the rest of the heart (an outline left as the scan's own labels
+    # had it: UNCHANGED_MARGIN_MM or the margin when smaller; the margin when the scan had no labels to compare with)
     seconds: float | None = None
     private: bool | None = None  # the generator was trained with differential privacy (None: not recorded, older renders)
     dp_epsilon: float | None = None  # its privacy budget (private generators)
@@ -95,7 +97,8 @@ class RenderRecord:
                 raise ValueError(f"guidance {guidance}")
             return cls(model=str(d["model"]), kind=str(d["kind"]), seed=int(d["seed"]), vendor=str(d.get("vendor") or "unknown"),
                        model_sha256=opt("model_sha256", str), sampler=opt("sampler", str), steps=opt("steps", int), guidance=guidance,
-                       mode=str(d.get("mode") or "synthetic"), margin_mm=opt("margin_mm", float), seconds=opt("seconds", float),
+                       mode=str(d.get("mode") or "synthetic"), margin_mm=opt("margin_mm", float), band_mm=opt("band_mm", float),
+                       seconds=opt("seconds", float),
                        private=opt("private", bool), dp_epsilon=opt("dp_epsilon", float), dp_delta=opt("dp_delta", float),
                        layout_prior=opt("layout_prior", str), created=str(d.get("created") or ""), version=int(d.get("version") or 1))
         except KeyError as exc:
@@ -116,6 +119,14 @@ def sampler_name(solver: str, time_shift: float = 1.0) -> str:
     return solver if time_shift == 1.0 else f"{solver}, time shift {time_shift:g}"
 
 
+def _band(context) -> float:
+    """How far around an unchanged outline an in-patient render repainted (see :func:`cmrstudio.data.scene.edit_region`)."""
+    from cmrstudio.settings import UNCHANGED_MARGIN_MM
+
+    m = float(context.margin_mm)
+    return min(m, UNCHANGED_MARGIN_MM) if getattr(context, "heart", None) is not None else m
+
+
 def make_record(renderer, seed: int, vendor: str, context=None, steps: int | None = None, guidance: float | None = None,
                 sampler: str | None = None, seconds: float | None = None) -> RenderRecord:
     """The record of a render by ``renderer`` (any generator front): the one function every path calls.
@@ -133,7 +144,7 @@ def make_record(renderer, seed: int, vendor: str, context=None, steps: int | Non
         sampler=sampler_name(sampler or d.get("solver"), d.get("time_shift", 1.0)) if stepwise else (sampler or "one-step"),
         steps=int(steps if steps is not None else d.get("steps", 1)),
         guidance=(guidance if guidance is not None else d.get("guidance")) if stepwise else None,
-        mode=mode, margin_mm=float(context.margin_mm) if mode == "in-patient" else None,
+        mode=mode, margin_mm=float(context.margin_mm) if mode == "in-patient" else None, band_mm=_band(context) if mode == "in-patient" else None,
         seconds=None if seconds is None else round(float(seconds), 3),
         private=bool(dp), dp_epsilon=dp.get("epsilon"), dp_delta=dp.get("delta"), layout_prior=layout,
     )

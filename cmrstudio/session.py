@@ -172,7 +172,7 @@ class StudioSession:
         self.vendor_auto = True  # the style follows the scan's vendor until the user picks one
         self.seed = 0
         self.mode_choice = "in-patient"  # the painter's pick; fully synthetic whenever no scan image is open
-        self.margin_mm = float(settings.margin_mm)  # in this patient: repainted around the old and new heart
+        self.margin_mm = float(settings.margin_mm)  # in this patient: repainted around what the painting changed (edit_region)
         self.live_on = True
         self.renderer = None
         self.engine = None

@@ -25,7 +25,8 @@ THEMES = ("dark", "light", "system")
 MAX_RECENT = 10
 SETTINGS_FILE = "settings.json"
 
-DEFAULT_MARGIN_MM = 10.0  # in this patient: how far around the old and new heart renders repaint
+DEFAULT_MARGIN_MM = 10.0  # in this patient: how far around what the painter changed renders repaint
+UNCHANGED_MARGIN_MM = 5.0  # ... and around an outline left as the scan's own labels had it (at most the margin)
 MARGIN_RANGE_MM = (0.5, 100.0)  # the repaint margins a render, the settings and the studio's box accept
 
 @dataclass

@@ -118,7 +118,7 @@ def test_a_heart_rendered_into_a_scan_leaves_no_seam(real):
     ratios = []
     for i, (c, im, m) in enumerate(rows):
         out = r.render_framed(m, "siemens", seed=[i], context=im[None])
-        hole = repaint_region([m], 10 / 1.25)
+        hole = repaint_region([m], 5 / 1.25)  # what a render of a scan's own outline repaints
         from scipy import ndimage
 
         ring = hole & ~ndimage.binary_erosion(hole, iterations=2) | (ndimage.binary_dilation(hole, iterations=2) & ~hole)
@@ -137,7 +137,7 @@ def test_evaluate_realism_reports_kid_beside_the_floor_a_machine_reader_and_the_
     res = evaluate_realism(held, ref, model="spade-cmr", mode="in-patient", classifier_steps=20, max_train_slices=12)
     d = res.to_dict()
     assert d["mode"] == "in-patient" and d["n_real"] == d["n_synthetic"] >= 8 and d["n_classifier_train"] == 24
-    assert d["classifier_steps"] == 20 and d["margin_mm"] == 10.0
+    assert d["classifier_steps"] == 20 and d["margin_mm"] == 5.0  # the band around a scan's own outline
     assert -0.05 < d["kid_real_floor"] < 1 and np.isfinite(d["kid"]) and 0 <= d["machine_accuracy"] <= 1
     lo, hi = d["machine_accuracy_ci"]
     assert lo <= d["machine_accuracy"] <= hi and d["machine_n"] == 2 * d["n_real"]
@@ -160,7 +160,7 @@ def test_evaluate_realism_reports_kid_beside_the_floor_a_machine_reader_and_the_
                 evaluate_realism(held, ref, model="spade-cmr", **bad)
         from cmrstudio.evaluate.run import run_realism
 
-        with pytest.raises(CmrError, match="usual 10 mm margin"):  # a card's in-patient figure stays the 10 mm one
+        with pytest.raises(CmrError, match="5 mm band a scan's own outline gets"):  # a card's in-patient figure is the studio's
             run_realism(held + ref, [held[0].case_id], model="spade-cmr", mode="in-patient", write_card=True, margin_mm=4)
 
 

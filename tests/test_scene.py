@@ -70,6 +70,33 @@ def test_tissue_classes_find_the_body_outline_and_the_bright_blood(sample):
     assert frac.shape == (5, sc.frame.size // 8, sc.frame.size // 8) and np.allclose(frac.sum(0), 1)
 
 
+def test_a_render_repaints_the_margin_around_what_changed_and_a_narrow_band_around_the_rest():
+    """edit_region: the painted heart with the scan's own outline gets a band of UNCHANGED_MARGIN_MM; what the painter
+    changed (a label moved, added or erased) gets the whole margin; a scan with no labels of its own the whole margin
+    around the painted heart; the band is never wider than the margin."""
+    from scipy import ndimage
+
+    from cmrstudio.data.scene import edit_region
+
+    own = np.zeros((96, 96), np.uint8)
+    own[30:60, 30:60] = 2
+    own[36:54, 36:54] = 1
+    dist_heart = ndimage.distance_transform_edt(own == 0)
+    same = edit_region(own, own.copy(), 8.0, 4.0)
+    assert np.array_equal(same, dist_heart <= 4.0)  # nothing changed: the heart and 4 px around it
+    grown = own.copy()
+    grown[30:60, 60:66] = 2  # the wall painted 6 px thicker on one side
+    r = edit_region(grown, own, 8.0, 4.0)
+    changed = ndimage.distance_transform_edt(grown == own)  # px from a changed pixel
+    assert np.array_equal(r, (ndimage.distance_transform_edt((grown == 0) & (own == 0)) <= 4.0) | (changed <= 8.0))
+    assert r[45, 66 + 7] and not r[45, 30 - 6] and not same[45, 66 + 7]  # room beside the change, the band elsewhere
+    erased = own.copy()
+    erased[erased == 2] = 0  # the myocardium erased: the old wall and 8 px around it
+    assert edit_region(erased, own, 8.0, 4.0)[45, 30 - 7] and edit_region(erased, own, 8.0, 4.0).sum() > same.sum()
+    assert np.array_equal(edit_region(own, None, 8.0, 4.0), dist_heart <= 8.0)  # no own labels: the whole margin
+    assert np.array_equal(edit_region(own, own, 3.0, 4.0), dist_heart <= 3.0)  # a margin under the band: the margin
+
+
 def test_repaint_region_covers_old_and_new_heart_with_the_margin():
     from cmrstudio.data.scene import repaint_region
 
@@ -163,6 +190,13 @@ def test_in_patient_render_keeps_the_scan_outside_the_repainted_region(live, sam
     assert np.abs(native[inner] - c.image[z][inner]).mean() > 0.02 * np.ptp(c.image[z])  # the heart was rendered anew
     lo, hi = frame.intensity
     assert lo - 0.05 * (hi - lo) <= native[inner].min() and native[inner].max() <= hi + 0.05 * (hi - lo)  # rendered in the scan's own units
+    # the scan's own outline painted unchanged: only a 5 mm band around the heart is repainted, not the 10 mm margin,
+    # which the painted change above took (its myocardium changed, so the ring beyond its outline was repainted)
+    same, _ = live.render_slice(c.mask[z], frame, c.vendor, 3, ctx)
+    band = repaint_region([c.mask[z]], 5 / c.spacing[1] + 2)
+    assert np.array_equal(same[~band], c.image[z][~band]) and not np.array_equal(same[inner], c.image[z][inner])
+    beyond = repaint_region([c.mask[z]], 10 / c.spacing[1] - 1) & ~band
+    assert (native[beyond] != c.image[z][beyond]).mean() > 0.5
 
 
 def test_fully_synthetic_render_uses_no_real_pixel_and_fills_the_field_of_view(live, hq, sample):
@@ -244,7 +278,7 @@ def test_render_framed_in_patient_and_synthetic_and_heart_crop_models_refuse_pat
     assert syn.shape == pat.shape == (2, 128, 128)
     from cmrstudio.data.scene import repaint_region
 
-    far = ~repaint_region([fc.mask[z]], 10 / 1.25 + 1)
+    far = ~repaint_region([fc.mask[z]], 5 / 1.25 + 1)  # the masks are the images' own: a 5 mm band around the heart
     assert np.allclose(pat[0][far], fc.image[z][far], atol=1e-6) and not np.allclose(syn[0][far], fc.image[z][far], atol=0.05)
     with pytest.raises(CmrError, match="one framed image per mask"):
         live.render_framed(fc.mask[zs], "ge", seed=[1, 2], context=fc.image[:1])
@@ -259,7 +293,7 @@ def test_render_records_say_how_and_from_what_a_render_was_made(live, tmp_path, 
     ctx = SliceContext("in-patient", c.image[z], c.mask[z], margin_mm=12)
     native, framed = live.render_slice(c.mask[z], frame, "ge", 4, ctx)
     rec = make_record(live, 4, "ge", ctx, seconds=0.05)
-    assert rec.mode == "in-patient" and rec.derived_from_patient and rec.margin_mm == 12 and rec.sampler == "one-step" and rec.steps == 1
+    assert rec.mode == "in-patient" and rec.derived_from_patient and rec.margin_mm == 12 and rec.band_mm == 5 and rec.sampler == "one-step" and rec.steps == 1
     assert rec.model_sha256 == live.info.card["sha256"]
     Render(native, framed, c.mask[z], frame, rec).save(tmp_path, "r1")
     side = json.loads((tmp_path / "r1.json").read_text(encoding="utf-8"))["source"]

@@ -468,7 +468,7 @@ def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_p
         ev[mode] = json.loads((tmp_path / mode / "checkpoints.json").read_text(encoding="utf-8"))
         assert ("in this patient" in text) == (mode == "in-patient") and "step      12" in text
     ip = ev["in-patient"]
-    assert ip["mode"] == "in-patient" and ip["margin_mm"] == 10.0 and [c["step"] for c in ip["checkpoints"]] == [4, 8, 12]
+    assert ip["mode"] == "in-patient" and ip["margin_mm"] == 5.0 and [c["step"] for c in ip["checkpoints"]] == [4, 8, 12]
     clean = [c for c in ip["checkpoints"] if c["grid"]["peak_ratio"] <= 5] or ip["checkpoints"]
     assert ip["best"] == min(clean, key=lambda c: c["kid"])["name"] and "lowest KID" in ip["best_rule"]
     # a dozen steps of a tiny model draw little; in this patient most of the slice is the patient's own

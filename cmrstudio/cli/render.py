@@ -12,7 +12,7 @@ import typer
 from cmrstudio.cli.common import FrameOpt, LabelsOpt, LayoutPriorOpt, SpacingOpt, parse_spacing
 from cmrstudio.errors import CmrError
 from cmrstudio.record import sampler_name
-from cmrstudio.settings import DEFAULT_MARGIN_MM
+from cmrstudio.settings import DEFAULT_MARGIN_MM, UNCHANGED_MARGIN_MM
 
 
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON."), verify_sums: bool = typer.Option(False, "--verify", help="Check every weights file against its card's sha256.")):
@@ -55,7 +55,7 @@ def render(
     context: Optional[Path] = typer.Option(None, "--context", help="Render in this patient: the scan (file or dataset folder) the mask was painted on; "
                                                                   "its own pixels stay outside a margin around the heart. Without it the render is fully synthetic."),
     context_case: Optional[str] = typer.Option(None, "--context-case", help="The case in a --context dataset folder (default: --case)."),
-    margin: float = typer.Option(DEFAULT_MARGIN_MM, "--margin", help="In this patient: repaint within this many mm of the scan's own heart and the painted one."),
+    margin: float = typer.Option(DEFAULT_MARGIN_MM, "--margin", help="In this patient: repaint within this many mm of every label that differs from the scan's own (5 mm, or this when smaller, around an outline left as it was)."),
     vendor: Optional[str] = typer.Option(None, "--vendor", help="Scanner style: siemens, philips, ge, canon or unknown (default: the context scan's, else unknown)."),
     seed: int = typer.Option(0, "--seed", help="Style seed; the same seed gives the same image."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps of a diffusion (e.g. 25) or flow (e.g. 4) model; the card's default when omitted."),
@@ -122,14 +122,16 @@ def render(
         from cmrstudio.io import write_case
         from cmrstudio.record import make_record, render_case
 
-        ctx = SliceContext("in-patient", image[0], None, margin) if image is not None else None
+        ctx = SliceContext("in-patient", image[0], None if heart is None else heart[0], margin) if image is not None else None
         record = make_record(r, seed, r.resolve_vendor(vendor)[1], ctx, seconds=secs)
         cid = case_out_name(c.case_id, seed)
         write_case(render_case(img, c.mask, c.affine, fr, record, cid, mask_source=mask_source_of(mask, c)), case_out, name=cid)
         written.append(f"{case_out}/{cid}_image.nii.gz (+ mask, sidecar)")
     fov = f"{fr.spacing_mm * fr.size:.0f} mm" if fr.spacing_mm else "heart-sized"
     how = f", {sampler_name(r.solver, getattr(r, 'time_shift', 1.0))} {r.steps} steps, guidance {r.guidance:g}" if hasattr(r, "solver") else ""
-    where = (f"in this patient ({context}; {margin:g} mm around the heart repainted, derived from a patient scan)" if image is not None
+    band = min(margin, UNCHANGED_MARGIN_MM)
+    where = (f"in this patient ({context}; {margin:g} mm around what differs from its own heart repainted, {band:g} mm around the rest, "
+             "derived from a patient scan)" if image is not None
              else f"fully synthetic, the whole field of view (tissue classes from {r.layout_prior_name()})" if r.scene else f"fully synthetic, {fov} heart frame")
     typer.echo(f"Wrote {' and '.join(written)}: {img.shape[0]} slices of {img.shape[1]}×{img.shape[2]}, model {r.name} ({r.kind}{how}), "
                f"vendor {vendor}, seed {seed}, {where}, {secs:.1f} s.")

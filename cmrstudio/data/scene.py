@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from cmrstudio.data.frame import Frame
-from cmrstudio.settings import DEFAULT_MARGIN_MM  # noqa: F401  (kept here for the renderers: how far in-patient renders repaint)
+from cmrstudio.settings import DEFAULT_MARGIN_MM, UNCHANGED_MARGIN_MM  # noqa: F401  (kept here for the renderers: how far in-patient renders repaint)
 
 LAYOUT_CLASSES = ("outside", "dark", "mid-dark", "mid-bright", "bright")
 N_LAYOUT = len(LAYOUT_CLASSES)
@@ -164,6 +164,21 @@ def repaint_region(masks: list[np.ndarray], margin_px: float) -> np.ndarray:
     out = np.zeros_like(heart)
     out[r0:r1, c0:c1] = ndimage.distance_transform_edt(~heart[r0:r1, c0:c1]) <= margin_px
     return out
+
+
+def edit_region(painted: np.ndarray, own: np.ndarray | None, margin_px: float, unchanged_px: float) -> np.ndarray:
+    """Where a render repaints a slice whose own labels are ``own`` (the scan's, or those kept synthetic surroundings were
+    made for) when ``painted`` is painted: within ``margin_px`` of every pixel whose label changed, and within
+    ``unchanged_px`` (at most ``margin_px``) of the rest of either heart. The painted heart is always rendered anew;
+    where its outline is the scan's own, a narrow band blends it in and the real surroundings stay, and where the painter
+    moved it there is room for the new shape. Without ``own`` (a scan with no labels of its own): within ``margin_px``
+    of the painted heart, as :func:`repaint_region`."""
+    if own is None:
+        return repaint_region([painted], margin_px)
+    painted, own = np.asarray(painted), np.asarray(own)
+    near = repaint_region([painted, own], min(float(unchanged_px), float(margin_px)))
+    changed = painted != own
+    return near | repaint_region([changed], margin_px) if changed.any() else near
 
 
 def upsample_layout(layout: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

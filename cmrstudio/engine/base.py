@@ -8,7 +8,8 @@ the server call. Every renderer is a :class:`GeneratorFront`:
   canonical label scheme it reads), ``vendors_trained``;
 * ``render_framed(masks, vendor, seed, context=None, margin_mm=None)``: framed masks (B, N, N) -> images in
   [0, 1]; one seed for the batch, or one per mask; ``context`` (B, N, N) real framed images
-  renders *in this patient* where the model can (scene models), repainting within ``margin_mm`` of the heart;
+  renders *in this patient* where the model can (scene models): the masks are those images' own labels, and the heart
+  and ``margin_mm`` around it are repainted (None: UNCHANGED_MARGIN_MM, the band around an outline left as it was);
 * ``render_slice(mask2d, frame, vendor, seed, context=None)``: a native mask slice -> (native
   image, framed image): the live path; ``context`` is a :class:`~cmrstudio.engine.scene.SliceContext`;
 * ``render_volume(mask, spacing, vendor, seed, ...)``: every slice of a volume;
@@ -276,8 +277,9 @@ class GeneratorFront:
 
         One seed: one latent for the whole batch (the slices of one volume look alike); a list of
         seeds, one per mask: independent samples (what distribution metrics need). ``context``: the
-        real framed images of the same slices, to render in this patient (scene models only), repainting within
-        ``margin_mm`` of the heart (None: the usual 10 mm).
+        real framed images of the same slices, with the masks as their own labels, to render in this patient (scene
+        models only): the heart and ``margin_mm`` around it are repainted (None: UNCHANGED_MARGIN_MM, 5 mm, what the
+        studio repaints around a scan's own outline left as it was; see :func:`cmrstudio.data.scene.edit_region`).
         """
         m = self.check_framed(masks)
         if not np.isscalar(seed) and len(seed) != len(m):

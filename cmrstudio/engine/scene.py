@@ -6,8 +6,10 @@ the heart one-hot, background tissue-class fractions and a context image (see
 scan's whole field of view:
 
 * **in this patient** (:class:`SliceContext` with the scan's own image): the real slice is the
-  context outside :data:`~cmrstudio.data.scene.DEFAULT_MARGIN_MM` around the scan's own heart
-  and the painted one; only that region is rendered, in a window around it, and put back into
+  context outside the repainted region (:func:`~cmrstudio.data.scene.edit_region`): the margin,
+  :data:`~cmrstudio.settings.DEFAULT_MARGIN_MM` unless chosen, around every label the painter changed,
+  :data:`~cmrstudio.settings.UNCHANGED_MARGIN_MM` around the outline left as the scan's own labels
+  had it (the whole margin around the painted heart when the scan has no labels); only that region is rendered, in a window around it, and put back into
   the real slice. Everything else is the patient's own pixels. Derived from a patient scan.
 * **fully synthetic** (no real pixel): the tissue-class prior samples where body, lung, liver
   and fat are, given the painted heart; the model renders the whole scene. For a stream of edits
@@ -33,7 +35,8 @@ import numpy as np
 import torch
 
 from cmrstudio.data.frame import Frame, frame_mask, from_frame, from_frame_box, to_frame
-from cmrstudio.data.scene import DEFAULT_MARGIN_MM, LAYOUT_FACTOR, Scene, condition, repaint_region, scene_for
+from cmrstudio.data.scene import (DEFAULT_MARGIN_MM, LAYOUT_FACTOR, UNCHANGED_MARGIN_MM, Scene, condition, edit_region,
+                                  repaint_region, scene_for)
 from cmrstudio.errors import CmrError
 
 MODES = ("in-patient", "synthetic")
@@ -47,7 +50,7 @@ class SliceContext:
 
     ``mode`` "in-patient": ``image`` is the scan's own slice (its own intensities) and ``heart`` the
     scan's own heart labels on it (repainted too, so the old heart leaves no trace); ``margin_mm``
-    around both is repainted. "synthetic": no real pixel; ``key`` names the slice so that its
+    around what the painting changed is repainted, and UNCHANGED_MARGIN_MM around the rest of both hearts. "synthetic": no real pixel; ``key`` names the slice so that its
     synthetic surroundings are made once and kept while the painter works.
     """
 
@@ -260,11 +263,11 @@ class SceneMixin:
         scene = self.scene_of(frame)
         m = frame_mask(self.check_mask(mask2d), scene.frame)
         heart_window = (*scene.window, scene.heart_size)
-        margin = self._margin_px(frame, context.margin_mm)
+        margin, unchanged = self._margin_px(frame, context.margin_mm), self._margin_px(frame, UNCHANGED_MARGIN_MM)
         if context.mode == "in-patient":
             ctx = self._context_scene(context.image, scene)
             own = None if context.heart is None else frame_mask(self.check_mask(context.heart), scene.frame)
-            hole = repaint_region([m, own], margin)
+            hole = edit_region(m, own, margin, unchanged)
         else:
             ck = self._scene_key(scene, vendor_index, seed, context.key)
             with self._scene_lock:
@@ -272,7 +275,7 @@ class SceneMixin:
             if cached is None:
                 return self._whole_scene_plan(scene, m, vendor_index, seed, keep_as=ck)
             ctx = cached.image
-            hole = repaint_region([m, cached.mask], margin)
+            hole = edit_region(m, cached.mask, margin, unchanged)
         if not hole.any():  # nothing painted and no heart of its own: a plain copy of the context
             hole = np.zeros_like(hole)
         return Plan(scene, m, ctx, hole, window_around(hole, heart_window, scene.frame.size),
@@ -417,18 +420,19 @@ class SceneMixin:
             out.append(native)
         return np.stack(out).astype(np.float32), frame
 
-    def _render_framed(self, masks, vendor_index, seed, context, margin_mm: float = DEFAULT_MARGIN_MM):
+    def _render_framed(self, masks, vendor_index, seed, context, margin_mm: float = UNCHANGED_MARGIN_MM):
         seeds = [int(seed)] * len(masks) if np.isscalar(seed) else [int(s) for s in seed]
         return self.render_framed_scene(masks, vendor_index, seeds, context, margin_mm, spacing_mm=self.spacing_mm, **self.framed_kw)
 
     def render_framed_scene(self, masks: np.ndarray, vendor_index: int, seeds: list[int], context01: np.ndarray | None = None,
-                            margin_mm: float = DEFAULT_MARGIN_MM, spacing_mm: float | None = 1.25, **kw) -> np.ndarray:
+                            margin_mm: float = UNCHANGED_MARGIN_MM, spacing_mm: float | None = 1.25, **kw) -> np.ndarray:
         """Heart-frame masks (B, N, N) -> renders (B, N, N) in [0, 1].
 
         Fully synthetic (no ``context01``): each mask is put at the centre of a DEFAULT_CANVAS scene whose
         tissue classes the prior samples, the scene is rendered and the heart window cut out.
-        In this patient: ``context01`` (B, N, N) holds the real framed images; the region within
-        ``margin_mm`` of the heart is repainted, the rest is theirs.
+        In this patient: ``context01`` (B, N, N) holds the real framed images and the masks are their own labels: the
+        heart and ``margin_mm`` around it are repainted, the rest is theirs. The default is the band a labelled scan
+        rendered with its own outline gets in the studio (UNCHANGED_MARGIN_MM; :func:`edit_region`).
         """
         out = []
         n = masks.shape[-1]
@@ -443,8 +447,7 @@ class SceneMixin:
                 full = self.render_scene(sc, canvas, vendor_index, seed)
                 out.append(sc.crop(full))
             else:
-                px = margin_mm / spacing_mm if spacing_mm else margin_mm / 1.25
-                hole = repaint_region([m], px)
+                hole = repaint_region([m], margin_mm / (spacing_mm or 1.25))
                 fr = Frame(n, (n, n), (0.0, 0.0), (1.0, 1.0), spacing_mm, None, {"scene": True})
                 plan = Plan(Scene(fr, (0, 0), n), m, np.asarray(context01[i], np.float32), hole, (0, 0, n))
                 last = None

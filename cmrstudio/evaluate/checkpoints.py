@@ -51,7 +51,7 @@ def evaluate_checkpoints(run: str | Path, cases, max_slices: int | None = 120, s
     from cmrstudio.evaluate.realism import check_mode, grid_artefact, render_rows, spread_rows
     from cmrstudio.metrics import dice_scores
     from cmrstudio.models.registry import build_model, get_model
-    from cmrstudio.settings import DEFAULT_MARGIN_MM
+    from cmrstudio.settings import UNCHANGED_MARGIN_MM
 
     cards = checkpoint_cards(run)
     first = open_renderer(str(cards[0]), device=device)
@@ -65,7 +65,7 @@ def evaluate_checkpoints(run: str | Path, cases, max_slices: int | None = 120, s
     seg_size = int(seg.cfg.size)
     feats = InceptionFeatures(first.device)
     f_real = feats(real)
-    out = {"run": str(run), "mode": mode, **({"margin_mm": DEFAULT_MARGIN_MM} if mode == "in-patient" else {}),
+    out = {"run": str(run), "mode": mode, **({"margin_mm": UNCHANGED_MARGIN_MM} if mode == "in-patient" else {}),
            "slices": len(rows), "cases": sorted({c.case_id for c, _, _ in rows}), "seed": seed,
            "real": {"dice": dice_scores(segment_images(seg, real, seg_size), masks), "grid_peak_ratio": grid_artefact(real)["peak_ratio"]},
            "checkpoints": []}

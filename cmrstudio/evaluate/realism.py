@@ -1,7 +1,8 @@
 """Realism: can a kernel distance, a trained classifier or a spectrum tell renders from real scans?
 
 :func:`evaluate_realism` puts one generator through three tests on patients it never saw, in
-either mode (fully synthetic, or in this patient: the real slice outside a margin around the heart):
+either mode (fully synthetic, or in this patient: the real slice outside a band around the heart, 5 mm unless
+chosen, as a labelled scan rendered with its own outline gets in the studio):
 
 * **KID** (and FID) of renders of the held-out masks against the real held-out slices, beside the
   **real-vs-real floor**: the held-out real slices against real slices of *other* patients (the
@@ -24,7 +25,7 @@ import numpy as np
 
 from cmrstudio.errors import CmrError
 from cmrstudio.record import MODES
-from cmrstudio.settings import DEFAULT_MARGIN_MM, check_margin
+from cmrstudio.settings import UNCHANGED_MARGIN_MM, check_margin
 
 GRID_PERIODS = (2, 4, 8, 16)
 
@@ -149,7 +150,7 @@ def check_mode(mode: str, renderer=None) -> str:
 
 def render_rows(r, rows, mode: str, seed0: int, margin_mm: float | None = None) -> np.ndarray:
     """One render of each row's mask (its vendor; slice j gets seed ``seed0 + j``), in this patient (repainting within
-    ``margin_mm`` of the heart; None: the usual 10 mm) or fully synthetic."""
+    ``margin_mm`` of the heart; None: the 5 mm band the studio repaints around a scan's own outline) or fully synthetic."""
     from cmrstudio.engine.scene import leaving_out
 
     synth = []
@@ -186,7 +187,7 @@ def evaluate_realism(held_out, reference, model: str | None = None, mode: str = 
     check_counts(classifier_steps=classifier_steps, max_train=max_train_slices)  # before minutes of rendering, not after
     if margin_mm is not None and mode != "in-patient":
         raise CmrError("--margin is how far renders in this patient repaint; give it with --mode in-patient.")
-    margin = (DEFAULT_MARGIN_MM if margin_mm is None else check_margin(margin_mm)) if mode == "in-patient" else None
+    margin = (UNCHANGED_MARGIN_MM if margin_mm is None else check_margin(margin_mm)) if mode == "in-patient" else None
     r = open_renderer(model, device=device, **hq)
     check_mode(mode, r)
     real_h, syn_h = _render(r, held_out, mode, 10_000 + seed, margin_mm=margin)

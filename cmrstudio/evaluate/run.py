@@ -115,10 +115,10 @@ def run_realism(cases, held: list[str], model=None, mode: str = "synthetic", cla
     (:func:`~cmrstudio.evaluate.realism.evaluate_realism`) on the ``held`` patients of ``cases``, the others as reference;
     recorded as ``realism_synthetic`` or ``realism_in_patient``."""
     from cmrstudio.evaluate.realism import evaluate_realism
-    from cmrstudio.settings import DEFAULT_MARGIN_MM
+    from cmrstudio.settings import UNCHANGED_MARGIN_MM
 
-    if write_card and margin_mm is not None and float(margin_mm) != DEFAULT_MARGIN_MM:
-        raise CmrError(f"The card records realism at the usual {DEFAULT_MARGIN_MM:g} mm margin; leave out --write-card to measure "
+    if write_card and margin_mm is not None and float(margin_mm) != UNCHANGED_MARGIN_MM:
+        raise CmrError(f"The card records realism at the {UNCHANGED_MARGIN_MM:g} mm band a scan's own outline gets; leave out --write-card to measure "
                        f"a margin of {margin_mm:g} mm.")
 
     held_cases = [c for c in cases if any(c.case_id.startswith(p) for p in held)]

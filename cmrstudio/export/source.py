@@ -61,7 +61,7 @@ def _read_render(folder: Path, rid: str, what: str) -> tuple[Case, dict]:
     src = meta.get("source") if isinstance(meta, dict) else None
     if isinstance(meta, dict) and meta.get("exported_by") and meta.get("model"):  # an export's sidecar: a re-export keeps all it says
         src = {"render": {k: meta.get(k) for k in ("model", "model_sha256", "kind", "sampler", "steps", "guidance", "seed",
-                                                  "seconds", "created", "mode", "margin_mm", "private", "dp_epsilon", "dp_delta")} | {"vendor": meta.get("vendor_style")},
+                                                  "seconds", "created", "mode", "margin_mm", "band_mm", "private", "dp_epsilon", "dp_delta")} | {"vendor": meta.get("vendor_style")},
                "frame": meta.get("frame"), "exported": {k: meta.get(k) for k in EXPORT_KEEPS if k in meta}}
     if not isinstance(src, dict) or not isinstance(src.get("render"), dict):
         raise CmrError(f"{what}: {side} is not the sidecar of a cmrstudio render (no 'render' record).")
@@ -110,6 +110,7 @@ def _provenance(src: dict, rid: str, vendor: str, extra: dict | None = None) -> 
         "mode": mode,
         "derived_from_patient": mode != "synthetic",
         "margin_mm": render.get("margin_mm"),
+        "band_mm": render.get("band_mm"),  # in this patient: repainted around an outline left as the scan's own (older renders: none)
         "id": rid,
         "render_id": rid,
         "model": render.get("model"),

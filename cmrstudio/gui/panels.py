@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (QAbstractScrollArea, QAbstractSpinBox, QApplication,
 from cmrstudio.anatomy import COLOURS, LV, MYO, RV, VENDORS
 from cmrstudio.gui.studio import START_KINDS, Studio
 from cmrstudio.session import MODES, base_id
-from cmrstudio.settings import MARGIN_RANGE_MM
+from cmrstudio.settings import MARGIN_RANGE_MM, UNCHANGED_MARGIN_MM
 
 STRUCTURES = {LV: "LV blood pool", MYO: "LV myocardium", RV: "RV blood pool"}
 LEVEL_COLOURS = {"info": "#9fd0a0", "warning": "#e8c16a", "error": "#ff8a80"}
@@ -398,9 +398,10 @@ class SynthesisPanel(QWidget):
         self.margin_box.setSuffix(" mm")
         self.margin_box.setKeyboardTracking(False)  # one render when the number is done, not one per keystroke
         self.margin_box.setValue(studio.session.margin_mm)
-        self.margin_box.setToolTip("How far around the scan's own heart and the painted one the model repaints; beyond it the "
-                                   "slice stays the scan's (in this patient) or the kept surroundings (fully synthetic edits). "
-                                   "Smaller: more of the real slice, less room for a heart of another shape.")
+        self.margin_box.setToolTip("How far around what you painted differently from the scan's own labels the model repaints "
+                                   f"(around an outline you left as it was: {UNCHANGED_MARGIN_MM:g} mm, or this margin when smaller); "
+                                   "beyond it the slice stays the scan's (in this patient) or the kept surroundings (fully "
+                                   "synthetic edits). Smaller: more of the real slice, less room for a heart of another shape.")
         self.margin_box.valueChanged.connect(self._margin_picked)
         f.addRow("Repaint margin", self.margin_box)
         self.vendor_box = QComboBox()
