@@ -144,7 +144,8 @@ def make_record(renderer, seed: int, vendor: str, context=None, steps: int | Non
         sampler=sampler_name(sampler or d.get("solver"), d.get("time_shift", 1.0)) if stepwise else (sampler or "one-step"),
         steps=int(steps if steps is not None else d.get("steps", 1)),
         guidance=(guidance if guidance is not None else d.get("guidance")) if stepwise else None,
-        mode=mode, margin_mm=float(context.margin_mm) if mode == "in-patient" else None, band_mm=_band(context) if mode == "in-patient" else None,
+        mode=mode, margin_mm=float(context.margin_mm) if mode == "in-patient" else None,
+        band_mm=_band(context) if mode == "in-patient" else None,
         seconds=None if seconds is None else round(float(seconds), 3),
         private=bool(dp), dp_epsilon=dp.get("epsilon"), dp_delta=dp.get("delta"), layout_prior=layout,
     )

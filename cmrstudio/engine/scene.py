@@ -9,8 +9,9 @@ scan's whole field of view:
   context outside the repainted region (:func:`~cmrstudio.data.scene.edit_region`): the margin,
   :data:`~cmrstudio.settings.DEFAULT_MARGIN_MM` unless chosen, around every label the painter changed,
   :data:`~cmrstudio.settings.UNCHANGED_MARGIN_MM` around the outline left as the scan's own labels
-  had it (the whole margin around the painted heart when the scan has no labels); only that region is rendered, in a window around it, and put back into
-  the real slice. Everything else is the patient's own pixels. Derived from a patient scan.
+  had it (the whole margin around the painted heart when the scan has no labels); only that region
+  is rendered, in a window around it, and put back into the real slice. Everything else is the
+  patient's own pixels. Derived from a patient scan.
 * **fully synthetic** (no real pixel): the tissue-class prior samples where body, lung, liver
   and fat are, given the painted heart; the model renders the whole scene. For a stream of edits
   (the live path) that scene is made once per slice, seed and vendor and kept; each edit then
@@ -50,8 +51,9 @@ class SliceContext:
 
     ``mode`` "in-patient": ``image`` is the scan's own slice (its own intensities) and ``heart`` the
     scan's own heart labels on it (repainted too, so the old heart leaves no trace); ``margin_mm``
-    around what the painting changed is repainted, and UNCHANGED_MARGIN_MM around the rest of both hearts. "synthetic": no real pixel; ``key`` names the slice so that its
-    synthetic surroundings are made once and kept while the painter works.
+    around what the painting changed is repainted, and UNCHANGED_MARGIN_MM around the rest of both
+    hearts. "synthetic": no real pixel; ``key`` names the slice so that its synthetic surroundings
+    are made once and kept while the painter works.
     """
 
     mode: str = "synthetic"
