@@ -119,14 +119,6 @@ def sampler_name(solver: str, time_shift: float = 1.0) -> str:
     return solver if time_shift == 1.0 else f"{solver}, time shift {time_shift:g}"
 
 
-def _band(context) -> float:
-    """How far around an unchanged outline an in-patient render repainted (see :func:`cmrstudio.data.scene.edit_region`)."""
-    from cmrstudio.settings import UNCHANGED_MARGIN_MM
-
-    m = float(context.margin_mm)
-    return min(m, UNCHANGED_MARGIN_MM) if getattr(context, "heart", None) is not None else m
-
-
 def make_record(renderer, seed: int, vendor: str, context=None, steps: int | None = None, guidance: float | None = None,
                 sampler: str | None = None, seconds: float | None = None) -> RenderRecord:
     """The record of a render by ``renderer`` (any generator front): the one function every path calls.
@@ -134,6 +126,8 @@ def make_record(renderer, seed: int, vendor: str, context=None, steps: int | Non
     ``context`` is the :class:`~cmrstudio.engine.scene.SliceContext` the render used (None: fully
     synthetic); the sampler, steps and guidance default to the renderer's own.
     """
+    from cmrstudio.settings import band_mm
+
     d = renderer.describe()
     stepwise = "steps" in d  # diffusion and flow describe their sampling; a one-step generator does not
     mode = getattr(context, "mode", "synthetic") if context is not None else "synthetic"
@@ -145,7 +139,7 @@ def make_record(renderer, seed: int, vendor: str, context=None, steps: int | Non
         steps=int(steps if steps is not None else d.get("steps", 1)),
         guidance=(guidance if guidance is not None else d.get("guidance")) if stepwise else None,
         mode=mode, margin_mm=float(context.margin_mm) if mode == "in-patient" else None,
-        band_mm=_band(context) if mode == "in-patient" else None,
+        band_mm=band_mm(context.margin_mm, context.heart is not None) if mode == "in-patient" else None,
         seconds=None if seconds is None else round(float(seconds), 3),
         private=bool(dp), dp_epsilon=dp.get("epsilon"), dp_delta=dp.get("delta"), layout_prior=layout,
     )

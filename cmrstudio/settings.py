@@ -27,6 +27,13 @@ SETTINGS_FILE = "settings.json"
 
 DEFAULT_MARGIN_MM = 10.0  # in this patient: how far around what the painter changed renders repaint
 UNCHANGED_MARGIN_MM = 5.0  # ... and around an outline left as the scan's own labels had it (at most the margin)
+
+
+def band_mm(margin_mm: float, own_known: bool = True) -> float:
+    """How far an in-patient render repaints around an outline left as the scan's own labels had it: UNCHANGED_MARGIN_MM,
+    or the margin when smaller; the whole margin when the scan has no labels to compare with."""
+    return min(float(margin_mm), UNCHANGED_MARGIN_MM) if own_known else float(margin_mm)
+
 MARGIN_RANGE_MM = (0.5, 100.0)  # the repaint margins a render, the settings and the studio's box accept
 
 @dataclass

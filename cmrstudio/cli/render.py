@@ -12,7 +12,7 @@ import typer
 from cmrstudio.cli.common import FrameOpt, LabelsOpt, LayoutPriorOpt, SpacingOpt, parse_spacing
 from cmrstudio.errors import CmrError
 from cmrstudio.record import sampler_name
-from cmrstudio.settings import DEFAULT_MARGIN_MM, UNCHANGED_MARGIN_MM
+from cmrstudio.settings import DEFAULT_MARGIN_MM, band_mm
 
 
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON."), verify_sums: bool = typer.Option(False, "--verify", help="Check every weights file against its card's sha256.")):
@@ -129,8 +129,8 @@ def render(
         written.append(f"{case_out}/{cid}_image.nii.gz (+ mask, sidecar)")
     fov = f"{fr.spacing_mm * fr.size:.0f} mm" if fr.spacing_mm else "heart-sized"
     how = f", {sampler_name(r.solver, getattr(r, 'time_shift', 1.0))} {r.steps} steps, guidance {r.guidance:g}" if hasattr(r, "solver") else ""
-    band = min(margin, UNCHANGED_MARGIN_MM)
-    where = (f"in this patient ({context}; {margin:g} mm around what differs from its own heart repainted, {band:g} mm around the rest, "
+    where = (f"in this patient ({context}; {margin:g} mm around what differs from its own heart repainted, "
+             f"{band_mm(margin, heart is not None):g} mm around the rest, "
              "derived from a patient scan)" if image is not None
              else f"fully synthetic, the whole field of view (tissue classes from {r.layout_prior_name()})" if r.scene else f"fully synthetic, {fov} heart frame")
     typer.echo(f"Wrote {' and '.join(written)}: {img.shape[0]} slices of {img.shape[1]}×{img.shape[2]}, model {r.name} ({r.kind}{how}), "

@@ -169,7 +169,7 @@ def repaint_region(masks: list[np.ndarray], margin_px: float) -> np.ndarray:
 def edit_region(painted: np.ndarray, own: np.ndarray | None, margin_px: float, unchanged_px: float) -> np.ndarray:
     """Where a render repaints a slice whose own labels are ``own`` (the scan's, or those kept synthetic surroundings were
     made for) when ``painted`` is painted: within ``margin_px`` of every pixel whose label changed, and within
-    ``unchanged_px`` (at most ``margin_px``) of the rest of either heart. The painted heart is always rendered anew;
+    ``unchanged_px`` (at most ``margin_px``; :func:`cmrstudio.settings.band_mm` in mm) of the rest of either heart. The painted heart is always rendered anew;
     where its outline is the scan's own, a narrow band blends it in and the real surroundings stay, and where the painter
     moved it there is room for the new shape. Without ``own`` (a scan with no labels of its own): within ``margin_px``
     of the painted heart, as :func:`repaint_region`."""

@@ -39,6 +39,7 @@ from cmrstudio.data.frame import Frame, frame_mask, from_frame, from_frame_box, 
 from cmrstudio.data.scene import (DEFAULT_MARGIN_MM, LAYOUT_FACTOR, UNCHANGED_MARGIN_MM, Scene, condition, edit_region,
                                   repaint_region, scene_for)
 from cmrstudio.errors import CmrError
+from cmrstudio.settings import band_mm
 
 MODES = ("in-patient", "synthetic")
 WINDOW_MULTIPLE = 16  # window sizes: the networks halve them up to four times
@@ -265,11 +266,11 @@ class SceneMixin:
         scene = self.scene_of(frame)
         m = frame_mask(self.check_mask(mask2d), scene.frame)
         heart_window = (*scene.window, scene.heart_size)
-        margin, unchanged = self._margin_px(frame, context.margin_mm), self._margin_px(frame, UNCHANGED_MARGIN_MM)
+        margin, band = self._margin_px(frame, context.margin_mm), self._margin_px(frame, band_mm(context.margin_mm))
         if context.mode == "in-patient":
             ctx = self._context_scene(context.image, scene)
             own = None if context.heart is None else frame_mask(self.check_mask(context.heart), scene.frame)
-            hole = edit_region(m, own, margin, unchanged)
+            hole = edit_region(m, own, margin, band)
         else:
             ck = self._scene_key(scene, vendor_index, seed, context.key)
             with self._scene_lock:
@@ -277,7 +278,7 @@ class SceneMixin:
             if cached is None:
                 return self._whole_scene_plan(scene, m, vendor_index, seed, keep_as=ck)
             ctx = cached.image
-            hole = edit_region(m, cached.mask, margin, unchanged)
+            hole = edit_region(m, cached.mask, margin, band)
         if not hole.any():  # nothing painted and no heart of its own: a plain copy of the context
             hole = np.zeros_like(hole)
         return Plan(scene, m, ctx, hole, window_around(hole, heart_window, scene.frame.size),
