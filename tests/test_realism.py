@@ -186,3 +186,36 @@ def test_a_smaller_repaint_margin_repaints_less_of_the_real_slice(model):
         assert reach[c].max() <= mm + 2.5, (mm, reach[c].max())  # nothing repainted beyond the margin (and a pixel's rounding)
     with pytest.raises(CmrError, match="applies only in this patient"):
         r.render_framed(rows[0][2], "siemens", margin_mm=5.0)
+
+
+def test_a_framed_render_of_an_edit_repaints_around_what_changed_when_given_the_scans_own_labels():
+    """``render_framed(..., own=)``: the masks are an edit of the context's own labels (here the RV erased), so the old RV
+    and the margin around it are repainted, as the studio does; the band alone around the edited heart would leave it."""
+    from scipy import ndimage
+
+    from cmrstudio.anatomy import RV
+    from cmrstudio.data.phantom import phantom_case
+    from cmrstudio.engine.factory import open_renderer
+    from cmrstudio.errors import CmrError
+    from cmrstudio.evaluate.realism import spread_rows
+
+    r = open_renderer("spade-cmr")
+    rows = [row for row in spread_rows(r, [phantom_case(301, n_slices=4, shape=(128, 128), vendor="siemens")], 4)
+            if (row[2] == RV).sum() > 50][:2]
+    assert rows
+    own = np.stack([m for _, _, m in rows])
+    reals = np.stack([img for _, img, _ in rows])
+    edited = np.where(own == RV, 0, own).astype(own.dtype)
+    far = np.stack([ndimage.distance_transform_edt(e == 0) for e in edited]) * 1.25 > 7.5  # beyond the band's reach
+    old_rv = (own == RV) & far
+    assert old_rv.sum() > 20
+    seeds = list(range(len(rows)))
+    with_own = np.abs(r.render_framed(edited, "siemens", seed=seeds, context=reals, own=own) - reals) > 1e-6
+    without = np.abs(r.render_framed(edited, "siemens", seed=seeds, context=reals) - reals) > 1e-6
+    assert with_own[old_rv].mean() > 0.95 and without[old_rv].mean() < 0.05, (with_own[old_rv].mean(), without[old_rv].mean())
+    reach = np.stack([ndimage.distance_transform_edt(~((o > 0) | (e > 0))) for o, e in zip(own, edited)]) * 1.25
+    assert reach[with_own].max() <= 10.0 + 2.5  # the default margin around what changed, no further
+    with pytest.raises(CmrError, match="own labels have shape"):
+        r.render_framed(edited, "siemens", seed=seeds, context=reals, own=own[:1])
+    with pytest.raises(CmrError, match="only in this patient"):
+        r.render_framed(edited, "siemens", seed=seeds, own=own)

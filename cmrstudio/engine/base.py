@@ -272,14 +272,17 @@ class GeneratorFront:
         return m
 
     def render_framed(self, masks: np.ndarray, vendor: str | None = "unknown", seed: int | Sequence[int] = 0,
-                      context: np.ndarray | None = None, margin_mm: float | None = None) -> np.ndarray:
+                      context: np.ndarray | None = None, margin_mm: float | None = None,
+                      own: np.ndarray | None = None) -> np.ndarray:
         """Framed masks (N, N) or (B, N, N) -> images in [0, 1], same shape.
 
         One seed: one latent for the whole batch (the slices of one volume look alike); a list of
         seeds, one per mask: independent samples (what distribution metrics need). ``context``: the
-        real framed images of the same slices, with the masks as their own labels, to render in this patient (scene
-        models only): the heart and ``margin_mm`` around it are repainted (None: UNCHANGED_MARGIN_MM, 5 mm, what the
-        studio repaints around a scan's own outline left as it was; see :func:`cmrstudio.data.scene.edit_region`).
+        real framed images of the same slices, to render in this patient (scene models only). Without ``own`` the masks
+        are the images' own labels: the heart and ``margin_mm`` around it are repainted (None: UNCHANGED_MARGIN_MM, 5 mm,
+        what the studio repaints around a scan's own outline left as it was). With ``own`` (the images' own labels, the
+        masks an edit of them) the studio's rule: ``margin_mm`` (None: DEFAULT_MARGIN_MM) around every changed pixel and
+        the band around the rest of either heart (:func:`cmrstudio.data.scene.edit_region`), so the old heart goes too.
         """
         m = self.check_framed(masks)
         if not np.isscalar(seed) and len(seed) != len(m):
@@ -293,10 +296,16 @@ class GeneratorFront:
             if context is None:
                 raise CmrError("A repaint margin applies only in this patient; give the context images, or leave the margin out.")
             extra["margin_mm"] = check_margin(margin_mm)
+        if own is not None:
+            if context is None:
+                raise CmrError("The context's own labels apply only in this patient; give the context images with them.")
+            extra["own"] = self.check_framed(own)
+            if extra["own"].shape != m.shape:
+                raise CmrError(f"The context's own labels have shape {np.shape(own)}; give one framed mask per mask, like the masks {m.shape}.")
         img = self._render_framed(m, self.resolve_vendor(vendor)[0], seed, context, **extra)
         return img[0] if np.asarray(masks).ndim == 2 else img
 
-    def _render_framed(self, masks: np.ndarray, vendor_index: int, seed, context, margin_mm=None) -> np.ndarray:
+    def _render_framed(self, masks: np.ndarray, vendor_index: int, seed, context, margin_mm=None, own=None) -> np.ndarray:
         if context is not None:
             self._crop_only("in-patient")
         return self._generate(masks, vendor_index, seed)

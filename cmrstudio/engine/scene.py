@@ -423,19 +423,24 @@ class SceneMixin:
             out.append(native)
         return np.stack(out).astype(np.float32), frame
 
-    def _render_framed(self, masks, vendor_index, seed, context, margin_mm: float = UNCHANGED_MARGIN_MM):
+    def _render_framed(self, masks, vendor_index, seed, context, margin_mm: float | None = None, own=None):
         seeds = [int(seed)] * len(masks) if np.isscalar(seed) else [int(s) for s in seed]
-        return self.render_framed_scene(masks, vendor_index, seeds, context, margin_mm, spacing_mm=self.spacing_mm, **self.framed_kw)
+        if margin_mm is None:
+            margin_mm = UNCHANGED_MARGIN_MM if own is None else DEFAULT_MARGIN_MM
+        return self.render_framed_scene(masks, vendor_index, seeds, context, margin_mm, spacing_mm=self.spacing_mm, own=own,
+                                        **self.framed_kw)
 
     def render_framed_scene(self, masks: np.ndarray, vendor_index: int, seeds: list[int], context01: np.ndarray | None = None,
-                            margin_mm: float = UNCHANGED_MARGIN_MM, spacing_mm: float | None = 1.25, **kw) -> np.ndarray:
+                            margin_mm: float = UNCHANGED_MARGIN_MM, spacing_mm: float | None = 1.25, own: np.ndarray | None = None,
+                            **kw) -> np.ndarray:
         """Heart-frame masks (B, N, N) -> renders (B, N, N) in [0, 1].
 
         Fully synthetic (no ``context01``): each mask is put at the centre of a DEFAULT_CANVAS scene whose
         tissue classes the prior samples, the scene is rendered and the heart window cut out.
         In this patient: ``context01`` (B, N, N) holds the real framed images and the masks are their own labels: the
         heart and ``margin_mm`` around it are repainted, the rest is theirs. The default is the band a labelled scan
-        rendered with its own outline gets in the studio (UNCHANGED_MARGIN_MM; :func:`edit_region`).
+        rendered with its own outline gets in the studio (UNCHANGED_MARGIN_MM; :func:`edit_region`). With ``own`` (B, N, N),
+        the images' own labels of which the masks are an edit: ``margin_mm`` around what changed and the band around the rest.
         """
         out = []
         n = masks.shape[-1]
@@ -450,7 +455,9 @@ class SceneMixin:
                 full = self.render_scene(sc, canvas, vendor_index, seed)
                 out.append(sc.crop(full))
             else:
-                hole = repaint_region([m], margin_mm / (spacing_mm or 1.25))
+                px = margin_mm / (spacing_mm or 1.25)
+                hole = (repaint_region([m], px) if own is None
+                        else edit_region(m, own[i], px, band_mm(margin_mm) / (spacing_mm or 1.25)))
                 fr = Frame(n, (n, n), (0.0, 0.0), (1.0, 1.0), spacing_mm, None, {"scene": True})
                 plan = Plan(Scene(fr, (0, 0), n), m, np.asarray(context01[i], np.float32), hole, (0, 0, n))
                 last = None
