@@ -892,6 +892,8 @@ def test_a_soup_averages_checkpoints_of_one_start_and_refuses_what_cannot_be_ave
     members = soup.card["training"]["soup"]["members"]
     assert [m["sha256"] for m in members] == [read_card(a).card["sha256"], read_card(b).card["sha256"]]
     assert "metrics" not in soup.card and soup.card["architecture"]["losses"]["grid_period2"] == 100.0  # the members agree
+    run("train", "soup", str(b), str(a), "--out", str(tmp_path / "soup"), "--name", "mix-reversed")
+    assert [read_card(tmp_path / "soup" / f"{n}.json").card["training"]["iterations"] for n in ("mix", "mix-reversed")] == [8, 8]
     masks = np.stack([phantom_case(seed=3, n_slices=2, shape=(64, 64)).mask[1]] * 2)
     renders = [open_renderer(str(p)).render_framed(masks, "siemens", seed=[1, 2]) for p in (a, b, soup.card_path)]
     assert np.isfinite(renders[2]).all() and 0 <= renders[2].min() and renders[2].max() <= 1

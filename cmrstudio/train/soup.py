@@ -90,8 +90,9 @@ def average_states(states: list[dict[str, torch.Tensor]], names: list[str]) -> d
 def make_soup(members: list[str | Path], out: str | Path, name: str):
     """Average ``members`` (cards, weights files or installed names; at least two) into ``out``/``name``; returns its ModelInfo.
 
-    The soup's card is its last member's, with ``training.soup`` naming every member (card, checksum, steps) and the
-    measured figures left out: a soup is measured anew (``cmrstudio evaluate all``).
+    The soup's card is its last member's, with ``training.soup`` naming every member (card, checksum, steps), the
+    iterations and seconds of its furthest-trained member, and the measured figures left out: a soup is measured anew
+    (``cmrstudio evaluate all``).
     """
     from cmrstudio.models.checkpoint import load_state, save_model, verify
     from cmrstudio.models.registry import get_model
@@ -119,5 +120,9 @@ def make_soup(members: list[str | Path], out: str | Path, name: str):
                      **{k: i.card["architecture"].get(k) for k in differ}} for i in infos],
     }
     training.pop("last_losses", None)  # one member's losses, not the soup's
+    for key in ("iterations", "seconds"):  # the furthest-trained member's (each member's is in the soup's record), in any order
+        vals = [i.card.get("training", {}).get(key) for i in infos]
+        if all(isinstance(v, (int, float)) for v in vals):
+            training[key] = max(vals)
     card["training"] = training
     return save_model(out, name, state, card)
