@@ -791,6 +791,36 @@ def test_the_feature_matching_and_low_pass_weights_are_options_recorded_in_the_c
         SpadeTrainer(TrainOptions(out=str(tmp_path / "inf"), name="lp", lowpass=float("inf"), **SMALL))
 
 
+def test_an_installed_model_keeps_its_discriminator_and_critic_for_the_next_fine_tune(tmp_path, monkeypatch):
+    """A model away from its run folder (installed, shipped) keeps the discriminator and critic it was trained against in
+    NAME.adversaries/ beside its card: --install copies them there and --init takes them, so a fine-tune does not start
+    with fresh ones (which cost realism for thousands of steps); a model without them gets fresh ones, and says so."""
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    from cmrstudio.models.checkpoint import adversaries_dir
+    from cmrstudio.models.registry import get_model, install_model
+
+    monkeypatch.setenv("CMRSTUDIO_MODELS", str(tmp_path / "user"))
+    scene = {**SMALL, "preset": "scene-tiny", "size": 64}
+    SpadeTrainer(TrainOptions(out=str(tmp_path / "run"), name="adv", steps=4, critic=1.0, **{**scene, "save_every": 4})).run(progress=False)
+    kept = {n: load_file(str(tmp_path / "run" / "train_state" / f"{n}.safetensors")) for n in ("discriminator", "critic")}
+    installed = install_model(get_model(str(tmp_path / "run" / "adv.json"), kind=None))
+    adv = adversaries_dir(installed.card_path)
+    assert adv == tmp_path / "user" / "adv.adversaries" and sorted(p.name for p in adv.iterdir()) == ["critic.safetensors",
+                                                                                                       "discriminator.safetensors"]
+    shutil.rmtree(tmp_path / "run")  # the run folder is gone, as a shipped model's is
+    onward = SpadeTrainer(TrainOptions(out=str(tmp_path / "onward"), name="o", steps=4, critic=1.0, init="adv", **scene))
+    assert onward.pretraining["discriminator"].startswith("the discriminator of") and "adv.adversaries" in onward.pretraining["discriminator"]
+    assert onward.pretraining["critic"].startswith("the critic of")
+    for net, name in ((onward.D, "discriminator"), (onward.C, "critic")):
+        assert all(torch.equal(p, torch.from_numpy(kept[name][k])) for k, p in net.state_dict().items())
+    shutil.rmtree(adv)  # without them: fresh ones, said in the record
+    bare = SpadeTrainer(TrainOptions(out=str(tmp_path / "bare"), name="b", steps=4, critic=1.0, init="adv", **scene))
+    assert bare.pretraining["discriminator"].startswith("fresh") and bare.pretraining["critic"].startswith("fresh")
+
+
 # -- the critic: an image-level discriminator beside the PatchGANs ------------------------------------
 
 def test_the_critic_learns_renders_from_real_slices_and_pushes_the_generator(tmp_path):

@@ -49,7 +49,7 @@ def train_spade(
     dp_max_grad_norm: float = typer.Option(1.0, "--dp-max-grad-norm", help="Per-sample gradient clipping bound."),
     dp_noise: Optional[float] = typer.Option(None, "--dp-noise", help="Noise multiplier (default: calibrated to spend --dp-epsilon in --steps)."),
     dp_architecture: bool = typer.Option(False, "--dp-architecture", help="Use the DP-compatible discriminator (GroupNorm, no spectral norm) without DP: public pre-training for a later --init ... --dp-epsilon run."),
-    init: Optional[str] = typer.Option(None, "--init", help="Start from this model's weights (a card path or name; its discriminator too when its run folder kept one): public pre-training, then fine-tuning."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start from this model's weights (a card path or name; its discriminator and critic too when its run folder or its NAME.adversaries/ folder beside the card kept them): public pre-training, then fine-tuning."),
     bf16: Optional[bool] = typer.Option(False, "--bf16/--fp32", help="Scene presets: bfloat16 autocast for the networks (losses stay float32)."),
     layout_prior: Optional[str] = typer.Option(None, "--layout-prior", help="Scene presets: the tissue-class prior (name or card; default: the installed layout-cmr, onto which fully synthetic training conditions are projected). A fine prior (layout-fine): trained on each slice's own tissue classes on its 2.5 mm cells, rendered with it. layout-fine itself: the coarse prior it refines."),
     in_patient: Optional[float] = typer.Option(None, "--in-patient", help="Scene presets: the fraction of training windows in this patient (real context outside a margin; default 0.5); the rest are fully synthetic."),
@@ -61,7 +61,7 @@ def train_spade(
     critic: float = typer.Option(0.0, "--critic", help="Weight of a second, image-level discriminator (the machine reader's CNN: global pooling, no spectral norm, logistic loss) beside the PatchGANs: it learns the renders' global tells (texture, noise) in hundreds of steps where a spectral-norm PatchGAN needs thousands (0: off; 0.1-1 usual; with --d-warmup it warms up too)."),
     lr_critic: float = typer.Option(1e-3, "--lr-critic", help="The critic's learning rate (Adam)."),
     critic_blur: bool = typer.Option(False, "--critic-blur", help="The critic sees each image through a fixed [1 2 1] blur, so it can neither reward nor punish a period-2 grid; its weights are those of a critic without it, so --init hands one on either way (tried once: the grid came back as often as without it)."),
-    install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder."),
+    install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder (with its discriminator and critic in NAME.adversaries/, for a later --init)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
     """Train a SPADE generator (resumable; progress bar with ETA; sample grids in OUT/samples); --dp-epsilon trains it privately."""

@@ -91,6 +91,17 @@ def card_path_for(path: str | Path) -> Path:
     return p.with_name(p.name + CARD_SUFFIX)
 
 
+ADVERSARIES = ("discriminator.safetensors", "critic.safetensors")  # what a GAN's next fine-tune needs besides its weights
+
+
+def adversaries_dir(card_path: str | Path) -> Path:
+    """Where a model kept away from its run folder (shipped, installed) keeps the discriminator and critic it was trained
+    against: NAME.adversaries/ beside its card. ``train spade --init`` looks there first, then in a run's train_state/;
+    without them a fine-tune starts with fresh ones, which costs realism for thousands of steps (resources/models/README.md)."""
+    p = Path(card_path)
+    return p.with_name(p.name[: -len(CARD_SUFFIX)] + ".adversaries" if p.name.endswith(CARD_SUFFIX) else p.name + ".adversaries")
+
+
 def read_card(path: str | Path, origin: str = "path") -> ModelInfo:
     """Read and validate a model card (given the card or its weights file)."""
     cp = card_path_for(path)

@@ -243,10 +243,12 @@ def build_model(info: ModelInfo, device: str | torch.device = "cpu") -> torch.nn
 
 
 def install_model(info: ModelInfo, replace: bool = False) -> ModelInfo:
-    """Copy a model (weights, then card) into the user's models folder, atomically."""
+    """Copy a model (weights, then card) into the user's models folder, atomically; with the discriminator and critic its
+    run kept (train_state/, or its own NAME.adversaries/) into NAME.adversaries/ there, so a later --init goes on with them."""
     import shutil
 
     from cmrstudio.io.common import atomic_path
+    from cmrstudio.models.checkpoint import ADVERSARIES, adversaries_dir
 
     dest = user_dir()
     dest.mkdir(parents=True, exist_ok=True)
@@ -254,6 +256,14 @@ def install_model(info: ModelInfo, replace: bool = False) -> ModelInfo:
     if card_dest.exists() and not replace:
         raise CmrError(f"{card_dest} already exists; remove it or give the new model another --name.")
     verify(info)
+    kept = adversaries_dir(info.card_path)
+    found = [f for f in ((kept if kept.is_dir() else info.card_path.parent / "train_state") / n for n in ADVERSARIES) if f.is_file()]
+    if found:
+        adv = adversaries_dir(card_dest)
+        adv.mkdir(exist_ok=True)
+        for src in found:
+            with atomic_path(adv / src.name) as tmp:
+                shutil.copyfile(src, tmp)
     for src in (info.weights_path, info.card_path):
         with atomic_path(dest / src.name) as tmp:
             shutil.copyfile(src, tmp)
