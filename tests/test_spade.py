@@ -391,6 +391,21 @@ def test_kept_checkpoints_are_measured_alike_so_that_one_can_be_picked(tmp_path)
     assert bad.returncode != 0 and "holds no kept checkpoints" in bad.stderr and "--keep-checkpoints" in bad.stderr
     bad = run("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "-1", check=False)
     assert bad.returncode != 0 and "--max-slices -1 must be 0 (every heart slice) or more" in bad.stderr
+    # two seed sets pooled, with the spread of each set's own KID; a model to compare, measured alike and never named best
+    text = run("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "6", "--seed-sets", "2",
+               "--compare", str(kept[0]), "--out", str(tmp_path / "eval2")).stdout
+    assert "2 seed sets" in text and "(seed sets: SD" in text and "tiny-step000010 (compared)" in text
+    two = json.loads((tmp_path / "eval2" / "checkpoints.json").read_text(encoding="utf-8"))
+    assert two["seed_sets"] == 2 and all(len(c["kid_seed_sets"]) == 2 and c["kid_seed_sd"] >= 0 for c in two["checkpoints"])
+    (c10, c20), (again,) = two["checkpoints"], two["compared"]
+    assert c10["kid_seed_sets"][0] == pytest.approx(a["kid"])  # the first set is the one-set screen's renders
+    assert c10["kid_seed_sets"][0] != c10["kid_seed_sets"][1]  # the second set is other renders
+    assert again["step"] is None and again["sha256"] == c10["sha256"] and again["kid"] == pytest.approx(c10["kid"])  # alike
+    assert two["best"] in (c10["name"], c20["name"])
+    for args, said in ((("--seed-sets", "0"), "--seed-sets 0 must be a whole number from 1 to 16"),
+                       (("--compare", str(tmp_path / "nowhere.json")), "nowhere.json")):
+        bad = run("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "6", *args, check=False)
+        assert bad.returncode != 0 and said in bad.stderr, bad.stderr
 
 
 @pytest.mark.slow
