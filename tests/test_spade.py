@@ -825,6 +825,11 @@ def test_an_installed_model_keeps_its_discriminator_and_critic_for_the_next_fine
     adv = adversaries_dir(installed.card_path)
     assert adv == tmp_path / "user" / "adv.adversaries" and sorted(p.name for p in adv.iterdir()) == ["critic.safetensors",
                                                                                                        "discriminator.safetensors"]
+    SpadeTrainer(TrainOptions(out=str(tmp_path / "plain"), name="adv", steps=4, **{**scene, "save_every": 4})).run(progress=False)
+    shutil.rmtree(tmp_path / "plain" / "train_state")
+    install_model(get_model(str(tmp_path / "plain" / "adv.json"), kind=None), replace=True)
+    assert not adv.exists()  # a replaced model's adversaries do not stay beside weights they were not trained against
+    install_model(get_model(str(tmp_path / "run" / "adv.json"), kind=None), replace=True)
     shutil.rmtree(tmp_path / "run")  # the run folder is gone, as a shipped model's is
     onward = SpadeTrainer(TrainOptions(out=str(tmp_path / "onward"), name="o", steps=4, critic=1.0, init="adv", **scene))
     assert onward.pretraining["discriminator"].startswith("the discriminator of") and "adv.adversaries" in onward.pretraining["discriminator"]

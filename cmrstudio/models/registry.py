@@ -258,9 +258,11 @@ def install_model(info: ModelInfo, replace: bool = False) -> ModelInfo:
     verify(info)
     kept = adversaries_dir(info.card_path)
     found = [f for f in ((kept if kept.is_dir() else info.card_path.parent / "train_state") / n for n in ADVERSARIES) if f.is_file()]
+    adv = adversaries_dir(card_dest)
+    if adv.is_dir():  # a replaced model's: they were trained against other weights
+        shutil.rmtree(adv)
     if found:
-        adv = adversaries_dir(card_dest)
-        adv.mkdir(exist_ok=True)
+        adv.mkdir()
         for src in found:
             with atomic_path(adv / src.name) as tmp:
                 shutil.copyfile(src, tmp)
