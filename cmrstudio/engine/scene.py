@@ -455,9 +455,9 @@ class SceneMixin:
                 full = self.render_scene(sc, canvas, vendor_index, seed)
                 out.append(sc.crop(full))
             else:
-                px = margin_mm / (spacing_mm or 1.25)
-                hole = (repaint_region([m], px) if own is None
-                        else edit_region(m, own[i], px, band_mm(margin_mm) / (spacing_mm or 1.25)))
+                mm_px = spacing_mm or 1.25
+                hole = (repaint_region([m], margin_mm / mm_px) if own is None
+                        else edit_region(m, own[i], margin_mm / mm_px, band_mm(margin_mm) / mm_px))
                 fr = Frame(n, (n, n), (0.0, 0.0), (1.0, 1.0), spacing_mm, None, {"scene": True})
                 plan = Plan(Scene(fr, (0, 0), n), m, np.asarray(context01[i], np.float32), hole, (0, 0, n))
                 last = None

@@ -65,8 +65,13 @@ def evaluate_checkpoints(run: str | Path, cases, max_slices: int | None = 120, s
         raise CmrError(f"--seed-sets {seed_sets} must be a whole number from 1 to {MAX_SEED_SETS}.")
     cards = checkpoint_cards(run)
     first = open_renderer(str(cards[0]), device=device)
-    others = [open_renderer(str(m), device=device) for m in compare]  # refused up front, before hours of rendering
     check_mode(mode, first)
+    others = [open_renderer(str(m), device=device) for m in compare]  # refused up front, before any rendering
+    for r in others:
+        check_mode(mode, r)
+        if r.size != first.size:
+            raise CmrError(f"{r.info.card_path} renders {r.size}-pixel frames, the run's checkpoints {first.size}; compare "
+                           "models of the same frame.")
     rows = spread_rows(first, cases, max_slices)
     if len(rows) < 2:
         raise CmrError("Checkpoints are compared on at least two heart slices with images and masks; none of the given cases has them.")
@@ -80,11 +85,6 @@ def evaluate_checkpoints(run: str | Path, cases, max_slices: int | None = 120, s
            "slices": len(rows), "cases": sorted({c.case_id for c, _, _ in rows}), "seed": seed, "seed_sets": seed_sets,
            "real": {"dice": dice_scores(segment_images(seg, real, seg_size), masks), "grid_peak_ratio": grid_artefact(real)["peak_ratio"]},
            "checkpoints": []}
-    for r in others:
-        check_mode(mode, r)
-        if r.size != first.size:
-            raise CmrError(f"{r.info.card_path} renders {r.size}-pixel frames, the run's checkpoints {first.size}; compare "
-                           "models of the same frame.")
 
     def measure(r, card, step):
         sets = [render_rows(r, rows, mode, seed + k * len(rows)) for k in range(seed_sets)]

@@ -102,6 +102,13 @@ def adversaries_dir(card_path: str | Path) -> Path:
     return p.with_name(p.name[: -len(CARD_SUFFIX)] + ".adversaries" if p.name.endswith(CARD_SUFFIX) else p.name + ".adversaries")
 
 
+def adversaries_of(card_path: str | Path) -> Path:
+    """The folder that holds a model's adversaries, where it has any: its NAME.adversaries/, else the train_state/ of the
+    run folder its card is in (a checkpoint's card, in RUN/checkpoints/, has none there)."""
+    kept = adversaries_dir(card_path)
+    return kept if kept.is_dir() else Path(card_path).parent / "train_state"
+
+
 def read_card(path: str | Path, origin: str = "path") -> ModelInfo:
     """Read and validate a model card (given the card or its weights file)."""
     cp = card_path_for(path)

@@ -248,7 +248,7 @@ def install_model(info: ModelInfo, replace: bool = False) -> ModelInfo:
     import shutil
 
     from cmrstudio.io.common import atomic_path
-    from cmrstudio.models.checkpoint import ADVERSARIES, adversaries_dir
+    from cmrstudio.models.checkpoint import ADVERSARIES, adversaries_dir, adversaries_of
 
     dest = user_dir()
     dest.mkdir(parents=True, exist_ok=True)
@@ -256,8 +256,7 @@ def install_model(info: ModelInfo, replace: bool = False) -> ModelInfo:
     if card_dest.exists() and not replace:
         raise CmrError(f"{card_dest} already exists; remove it or give the new model another --name.")
     verify(info)
-    kept = adversaries_dir(info.card_path)
-    found = [f for f in ((kept if kept.is_dir() else info.card_path.parent / "train_state") / n for n in ADVERSARIES) if f.is_file()]
+    found = [f for f in (adversaries_of(info.card_path) / n for n in ADVERSARIES) if f.is_file()]
     adv = adversaries_dir(card_dest)
     if adv.is_dir():  # a replaced model's: they were trained against other weights
         shutil.rmtree(adv)

@@ -175,11 +175,10 @@ class SpadeTrainer(BaseTrainer):
             raise CmrError(f"--init {opts.init}: {info.name} was trained on {', '.join(private_seen)}, not only on public data "
                            f"({', '.join(sorted(PUBLIC_DATASETS))}), so a private fine-tuning from it would not be private; "
                            "pre-train on public data only, or train privately from scratch.")
-        from cmrstudio.models.checkpoint import adversaries_dir
+        from cmrstudio.models.checkpoint import adversaries_of
 
         self.load_init(info, state, (self.G, self.G_ema), "generator", "pre-train with the same --preset and --size")
-        kept = adversaries_dir(info.card_path)  # a shipped or installed model's; else the run folder it was trained in
-        state_dir = kept if kept.is_dir() else info.card_path.parent / "train_state"
+        state_dir = adversaries_of(info.card_path)
         run = "the public run" if record["public_only"] else f"{info.name}'s run"  # public: pre-training for a private run
         d_path = state_dir / "discriminator.safetensors"
         other = [k for k in D_OPTIONS if theirs.get(k, mine[k]) != mine[k]]
