@@ -843,6 +843,39 @@ def test_an_installed_model_keeps_its_discriminator_and_critic_for_the_next_fine
 
 # -- the critic: an image-level discriminator beside the PatchGANs ------------------------------------
 
+def test_the_generator_learning_rate_warms_up_after_the_discriminator_and_the_first_step_is_smaller(tmp_path):
+    """`--g-warmup N` raises the generator's learning rate linearly over its first N steps after `--d-warmup`: a
+    generator taken on by --init starts with fresh Adam moments, whose first update moves every weight by about the
+    full rate. Two fine-tunes of one start, alike but for the warm-up: the first update is 1/N as large."""
+    scene = {**SMALL, "preset": "scene-tiny", "size": 64}
+    SpadeTrainer(TrainOptions(out=str(tmp_path / "base"), name="base", steps=4, **{**scene, "save_every": 4})).run(progress=False)
+    seen = {}
+    for w in (0, 8):
+        tr = SpadeTrainer(TrainOptions(out=str(tmp_path / f"w{w}"), name="ft", steps=12, d_warmup=2, g_warmup=w, lr_g=1e-3, seed=5,
+                                       init=str(tmp_path / "base" / "base.json"), **{**scene, "save_every": 12}))
+        lrs, moves, step = [], [], tr.opt_g.step
+
+        def watched(*a, _step=step, _tr=tr, **k):  # the rate and how far the weights moved, at each generator update
+            before = [q.detach().clone() for q in _tr.G.parameters()]
+            lrs.append(_tr.opt_g.param_groups[0]["lr"])
+            out = _step(*a, **k)
+            moves.append(torch.cat([(q.detach() - b).flatten() for q, b in zip(_tr.G.parameters(), before)]))
+            return out
+
+        tr.opt_g.step = watched
+        tr.run(progress=False)
+        seen[w] = (lrs, moves, read_card(tmp_path / f"w{w}" / "ft.json").card["training"])
+    (plain, _, card0), (warm, moves, card8) = seen[0], seen[8]
+    assert plain == [1e-3] * 10 and np.allclose(warm, [1e-3 * min(1, k / 8) for k in range(1, 11)])  # 10 generator steps
+    first0, first8 = seen[0][1][0], moves[0]
+    ratio = float(first8.norm() / first0.norm())
+    assert abs(ratio - 1 / 8) < 0.01, ratio  # Adam's first step is the rate times the gradient's sign: 1/8 of it
+    assert card8["generator_lr_warmup_steps"] == 8 and "generator_lr_warmup_steps" not in card0
+    for bad in (-1, 11):
+        with pytest.raises(CmrError, match=f"--g-warmup {bad} must be 0 \\(off\\) or a number of generator steps up to the 10"):
+            SpadeTrainer(TrainOptions(out=str(tmp_path / "bad"), name="ft", steps=12, d_warmup=2, g_warmup=bad, **scene))
+
+
 def test_the_critic_learns_renders_from_real_slices_and_pushes_the_generator(tmp_path):
     """`--critic W` trains the machine reader's CNN beside the PatchGANs on the same real and rendered images (in the
     warm-up too) and adds W × its non-saturating loss to the generator's; it travels with the run's state, a resumed run

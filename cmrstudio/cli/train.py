@@ -54,6 +54,7 @@ def train_spade(
     layout_prior: Optional[str] = typer.Option(None, "--layout-prior", help="Scene presets: the tissue-class prior (name or card; default: the installed layout-cmr, onto which fully synthetic training conditions are projected). A fine prior (layout-fine): trained on each slice's own tissue classes on its 2.5 mm cells, rendered with it. layout-fine itself: the coarse prior it refines."),
     in_patient: Optional[float] = typer.Option(None, "--in-patient", help="Scene presets: the fraction of training windows in this patient (real context outside a margin; default 0.5); the rest are fully synthetic."),
     d_warmup: int = typer.Option(0, "--d-warmup", help="Steps at the start in which only the discriminator learns: for --init when the model's run folder kept no discriminator."),
+    g_warmup: int = typer.Option(0, "--g-warmup", help="Generator steps after --d-warmup over which its learning rate rises linearly to --lr-g (0: off). With --init the generator's Adam moments start fresh, and its first steps would be the largest; a few hundred let them settle."),
     d_groupnorm: bool = typer.Option(False, "--d-groupnorm", help="GroupNorm after each inner discriminator layer, beside spectral norm (akin to SPADE's spectral-instance norm): normalised features for a discriminator that spectral norm alone keeps small."),
     hide_heart_classes: float = typer.Option(0.0, "--hide-heart-classes", help=HIDE_HEART_CLASSES_HELP),
     class_thresholds: str = typer.Option("scan", "--class-thresholds", help=CLASS_THRESHOLDS_HELP),
@@ -73,7 +74,7 @@ def train_spade(
         steps=steps, batch=batch, lr_g=lr_g, lr_d=lr_d, grid=grid_loss, mode_seeking=mode_seeking, fm=fm, lowpass=lowpass, seed=seed, sample_every=sample_every, save_every=save_every,
         device=device, threads=threads, workers=workers, resume=resume, max_minutes=max_minutes, keep_checkpoints=keep_checkpoints,
         dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm, dp_noise=dp_noise, bf16=bf16, layout_prior=layout_prior,
-        dp_architecture=dp_architecture, init=init, in_patient=in_patient, d_warmup=d_warmup, d_groupnorm=d_groupnorm,
+        dp_architecture=dp_architecture, init=init, in_patient=in_patient, d_warmup=d_warmup, g_warmup=g_warmup, d_groupnorm=d_groupnorm,
         adv_region=adv_region, hide_heart_classes=hide_heart_classes, class_thresholds=class_thresholds, critic=critic,
         lr_critic=lr_critic, critic_blur=critic_blur,
     )

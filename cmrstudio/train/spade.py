@@ -56,6 +56,7 @@ class TrainOptions(BaseOptions):
     init: str | None = None  # start from a public model's weights (a card): public pre-training, then (private) fine-tuning
     bf16: bool | None = False  # scene models: bfloat16 autocast for the networks (None: where native); losses stay float32
     d_warmup: int = 0  # first steps in which only the discriminator learns (a fresh one beside an --init generator)
+    g_warmup: int = 0  # generator steps (after d_warmup) over which its learning rate rises linearly to lr_g (0: lr_g from the first)
     d_groupnorm: bool = False  # GroupNorm after each inner discriminator conv, beside spectral norm (akin to SPADE's spectral-instance norm)
     adv_region: bool = False  # scene presets: hinge losses averaged over the repainted region of in-patient windows (region_weights)
     critic: float = 0.0  # weight of a second, image-level discriminator (the machine reader's CNN, no spectral norm; 0: off)
@@ -108,6 +109,9 @@ class SpadeTrainer(BaseTrainer):
         if not 0 <= o.d_warmup < o.steps:
             raise CmrError(f"--d-warmup {o.d_warmup} must be 0 (off) or a number of steps below --steps {o.steps}, "
                            "so that the generator trains after it.")
+        if not 0 <= o.g_warmup <= o.steps - o.d_warmup:
+            raise CmrError(f"--g-warmup {o.g_warmup} must be 0 (off) or a number of generator steps up to the {o.steps - o.d_warmup} "
+                           "that --steps leaves after --d-warmup.")
         if o.d_warmup and o.dp_epsilon is not None:
             raise CmrError("--d-warmup is not available with --dp-epsilon: every private step releases both networks' updates; "
                            "leave --d-warmup out.")
@@ -342,6 +346,8 @@ class SpadeTrainer(BaseTrainer):
             }
         if self.opts.d_warmup:
             extra["discriminator_warmup_steps"] = self.opts.d_warmup  # the generator trained in the steps after these
+        if self.opts.g_warmup:
+            extra["generator_lr_warmup_steps"] = self.opts.g_warmup  # linear from lr_g / g_warmup to lr_g
         if self.pretraining:
             extra["pretraining"] = self.pretraining
         return extra
@@ -388,6 +394,7 @@ class SpadeTrainer(BaseTrainer):
         g = self._g_losses(self.D, fake, real, oh, vendor, self.G(oh, vendor, z[1]) if self.opts.mode_seeking else None, z)
         self.opt_g.zero_grad(set_to_none=True)
         g["g"].backward()
+        self._set_lr_g()
         self.opt_g.step()
         self.update_ema(self.G_ema, self.G)
         return {**d_log, **{k: float(v.detach()) for k, v in g.items()}}
@@ -415,6 +422,7 @@ class SpadeTrainer(BaseTrainer):
         g = self._g_losses(self.D, fake, real, cond, vendor, other, z, weights)
         self.opt_g.zero_grad(set_to_none=True)
         g["g"].backward()
+        self._set_lr_g()
         self.opt_g.step()
         self.update_ema(self.G_ema, self.G)
         return {**d_log, **{k: float(v.detach()) for k, v in g.items()}}
@@ -438,6 +446,16 @@ class SpadeTrainer(BaseTrainer):
         if self.C is not None:
             self.opt_c.step()
         return {"d": float(loss_d.detach()), **{k: float(v) for k, v in critic.items()}}
+
+    def lr_g_now(self) -> float:
+        """The generator's learning rate at this step: with --g-warmup, rising linearly over its first g_warmup steps after
+        --d-warmup (a generator taken on by --init gets fresh Adam moments, whose first steps are the largest), then lr_g."""
+        o = self.opts
+        return o.lr_g * min(1.0, (self.step - o.d_warmup + 1) / o.g_warmup) if o.g_warmup else o.lr_g
+
+    def _set_lr_g(self) -> None:
+        for group in self.opt_g.param_groups:
+            group["lr"] = self.lr_g_now()
 
     @property
     def warming_up(self) -> bool:
@@ -512,6 +530,7 @@ class SpadeTrainer(BaseTrainer):
         else:
             _no_samples(self.Gp)
             out["empty"] += 1
+        self._set_lr_g()
         self.opt_g.step()
         self.opt_d.zero_grad(set_to_none=True)  # the discriminator's gradients from the generator's loss are not used
         self.update_ema(self.G_ema, self.G)
