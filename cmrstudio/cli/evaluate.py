@@ -433,11 +433,16 @@ def evaluate_checkpoints_cmd(
     check_mode(mode)
     cards = checkpoint_cards(run)
     cases, _ = _eval_inputs(data, case, 1, None, None, str(cards[0]))
-    show = None if as_json else (lambda row: typer.echo(_checkpoint_line(row)))
-    if show:
-        how = "fully synthetic" if mode == "synthetic" else "in this patient"
-        sets = f", {seed_sets} seed sets" if seed_sets > 1 else ""
-        typer.echo(f"{len(cards)} checkpoint(s) of {run}, each rendering the same heart slices {how}{sets}:")
+    how = "fully synthetic" if mode == "synthetic" else "in this patient"
+    sets = f", {seed_sets} seed sets" if seed_sets > 1 else ""
+    header = [f"{len(cards)} checkpoint(s) of {run}, each rendering the same heart slices {how}{sets}:"]
+
+    def show(row: dict) -> None:  # the header with the first measured row: a refusal before it leaves no table behind
+        while header:
+            typer.echo(header.pop())
+        typer.echo(_checkpoint_line(row))
+
+    show = None if as_json else show
     res = evaluate_checkpoints(run, cases, max_slices=max_slices or None, segmenter=segmenter, device=device, seed=seed, progress=show,
                                mode=mode, seed_sets=seed_sets, compare=list(compare))
     if out is not None:
