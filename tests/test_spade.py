@@ -384,7 +384,13 @@ def test_kept_checkpoints_are_measured_alike_so_that_one_can_be_picked(tmp_path)
     assert a["kid"] != b["kid"] and 0 <= a["dice"]["mean"] <= 1 and a["grid"]["peak_ratio"] > 0
     assert res["real"]["dice"]["mean"] > a["dice"]["mean"]  # 10 steps of a tiny model draw nothing a segmenter finds
     clean = [c for c in res["checkpoints"] if c["grid"]["peak_ratio"] <= 5] or res["checkpoints"]
-    assert res["best"] == max(clean, key=lambda c: c["dice"]["mean"])["name"]
+    assert res["best"] == max(clean, key=lambda c: c["dice"]["mean"])["name"] and "none reaches" in res["best_rule"]
+    later = json.loads(run("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "6", "--from-step", "11", "--json").stdout)
+    assert [c["step"] for c in later["checkpoints"]] == [20] and later["checkpoints"][0]["kid"] == pytest.approx(b["kid"])
+    for args, said in ((("--from-step", "21"), "kept no checkpoint from step 21 to the end; it kept steps 10 to 20"),
+                       (("--to-step", "-3"), "--to-step -3 must be a step number")):
+        bad = run("evaluate", "checkpoints", str(out), "--data", str(data), *args, check=False)
+        assert bad.returncode != 0 and said in bad.stderr, bad.stderr
     every = json.loads(run("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "0", "--json").stdout)
     assert every["slices"] == 8 and [c["step"] for c in every["checkpoints"]] == [10, 20]  # 0: all 2 x 4 heart slices
     bad = run("evaluate", "checkpoints", str(tmp_path / "held"), "--data", str(data), check=False)
@@ -407,6 +413,24 @@ def test_kept_checkpoints_are_measured_alike_so_that_one_can_be_picked(tmp_path)
         bad = run("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "6", *args, check=False)
         assert bad.returncode != 0 and said in bad.stderr, bad.stderr
         assert "checkpoint(s) of" not in bad.stdout  # refused before the table, so no header is left without rows
+
+
+def test_the_checkpoint_named_best_is_the_most_real_of_those_that_keep_the_anatomy_and_draw_no_grid():
+    """Fully synthetic: the lowest KID among the checkpoints whose Dice is within 0.02 of the real slices' and whose grid
+    peak is at most 5; where none keeps the anatomy, the highest Dice; in this patient, the lowest KID without a grid."""
+    from cmrstudio.evaluate.checkpoints import pick_best
+
+    def row(name, kid, dice, grid=2.0):
+        return {"name": name, "kid": kid, "dice": {"mean": dice}, "grid": {"peak_ratio": grid}}
+
+    rows = [row("a", 0.070, 0.870), row("b", 0.060, 0.850), row("c", 0.050, 0.800), row("d", 0.040, 0.860, grid=5.9)]
+    best, rule = pick_best(rows, 0.857, "synthetic")
+    assert best == "b" and "at least 0.837" in rule  # c is more real but loses the anatomy, d draws a grid
+    assert pick_best(rows, 0.900, "synthetic")[0] == "a"  # none faithful: the anatomy first
+    assert "none reaches" in pick_best(rows, 0.900, "synthetic")[1]
+    assert pick_best(rows, 0.857, "in-patient")[0] == "c"
+    assert pick_best([row("d", 0.04, 0.86, grid=6.0), row("e", 0.05, 0.86, grid=7.0)], 0.857, "synthetic") == (
+        "d", "the lowest KID among checkpoints (every one has a grid peak ratio above 5) and a Dice of at least 0.837 (the real slices' less 0.02)")
 
 
 @pytest.mark.slow

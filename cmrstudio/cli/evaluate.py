@@ -418,6 +418,8 @@ def evaluate_checkpoints_cmd(
     seed: int = typer.Option(0, "--seed", help="First seed; slice j gets seed + j, the same for every checkpoint."),
     seed_sets: int = typer.Option(1, "--seed-sets", help="Render every slice this many times (seed sets seed + k × slices) and pool them into one KID, with the spread of each set's own KID beside it: on 120 slices one set's KID moves by about 4 ×10⁻³ between seed sets, more than its ±."),
     compare: list[str] = typer.Option([], "--compare", help="Another model (name or card: the shipped one, a soup) measured alike on the same slices and seeds, for reference; repeatable; never named best."),
+    from_step: Optional[int] = typer.Option(None, "--from-step", help="Only the checkpoints from this step on (those a resumed run added, say)."),
+    to_step: Optional[int] = typer.Option(None, "--to-step", help="Only the checkpoints up to this step."),
     device: Optional[str] = typer.Option(None, "--device"),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for checkpoints.json."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -431,7 +433,7 @@ def evaluate_checkpoints_cmd(
     if max_slices < 0:
         raise CmrError(f"--max-slices {max_slices} must be 0 (every heart slice) or more.")
     check_mode(mode)
-    cards = checkpoint_cards(run)
+    cards = checkpoint_cards(run, from_step, to_step)
     cases, _ = _eval_inputs(data, case, 1, None, None, str(cards[0]))
     how = "fully synthetic" if mode == "synthetic" else "in this patient"
     sets = f", {seed_sets} seed sets" if seed_sets > 1 else ""
@@ -444,7 +446,7 @@ def evaluate_checkpoints_cmd(
 
     show = None if as_json else show
     res = evaluate_checkpoints(run, cases, max_slices=max_slices or None, segmenter=segmenter, device=device, seed=seed, progress=show,
-                               mode=mode, seed_sets=seed_sets, compare=list(compare))
+                               mode=mode, seed_sets=seed_sets, compare=list(compare), from_step=from_step, to_step=to_step)
     if out is not None:
         res["json"] = str(write_json(out, "checkpoints.json", res))
     if as_json:
