@@ -430,7 +430,7 @@ def test_the_checkpoint_named_best_is_the_most_real_of_those_that_keep_the_anato
     assert "none reaches" in pick_best(rows, 0.900, "synthetic")[1]
     assert pick_best(rows, 0.857, "in-patient")[0] == "c"
     assert pick_best([row("d", 0.04, 0.86, grid=6.0), row("e", 0.05, 0.86, grid=7.0)], 0.857, "synthetic") == (
-        "d", "the lowest KID among checkpoints (every one has a grid peak ratio above 5) and a Dice of at least 0.837 (the real slices' less 0.02)")
+        "d", "the lowest KID among checkpoints (every one has a grid peak ratio above 5), with a Dice of at least 0.837 (the real slices' less 0.02)")
 
 
 @pytest.mark.slow

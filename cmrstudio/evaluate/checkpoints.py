@@ -78,7 +78,7 @@ def pick_best(checkpoints: list[dict], real_dice: float | None, mode: str) -> tu
     faithful = [c for c in pool if floor is not None and (c["dice"]["mean"] or 0.0) >= floor]
     if faithful:
         return (min(faithful, key=lambda c: c["kid"])["name"],
-                f"the lowest KID among checkpoints {grid} and a Dice of at least {floor:.3f} (the real slices' less {FAITHFUL_DICE:g})")
+                f"the lowest KID among checkpoints {grid}, with a Dice of at least {floor:.3f} (the real slices' less {FAITHFUL_DICE:g})")
     return (max(pool, key=lambda c: c["dice"]["mean"] or 0.0)["name"],
             f"the highest mean Dice among checkpoints {grid}: none reaches the real slices' Dice less {FAITHFUL_DICE:g}")
 
