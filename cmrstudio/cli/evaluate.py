@@ -444,9 +444,9 @@ def evaluate_checkpoints_cmd(
             typer.echo(header.pop())
         typer.echo(_checkpoint_line(row))
 
-    show = None if as_json else show
-    res = evaluate_checkpoints(run, cases, max_slices=max_slices or None, segmenter=segmenter, device=device, seed=seed, progress=show,
-                               mode=mode, seed_sets=seed_sets, compare=list(compare), from_step=from_step, to_step=to_step)
+    res = evaluate_checkpoints(run, cases, max_slices=max_slices or None, segmenter=segmenter, device=device, seed=seed,
+                               progress=None if as_json else show, mode=mode, seed_sets=seed_sets, compare=list(compare),
+                               from_step=from_step, to_step=to_step)
     if out is not None:
         res["json"] = str(write_json(out, "checkpoints.json", res))
     if as_json:
