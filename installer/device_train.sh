@@ -7,30 +7,35 @@
 #
 #   bash installer/device_train.sh prepare   # .device/: wheels the GPU image lacks, the training slices packed
 #                                            # small (uint8; the held-out patients stay behind; 45 MB); ignored by git
-#   CMR_KEEP=spade-cmr bash installer/device_train.sh hide
+#   bash installer/device_train.sh hide      # (CMR_KEEP=NAME keeps a model that --init names, too)
 #                                            # the weights training does not need leave the tree (to /tmp/cmr-hidden):
 #                                            # all but layout-cmr and CMR_KEEP (a --init model), and the plugins' weights
 #
 # then one device call (keep the command under 2,000 characters; --max-minutes leaves time to save). The live model's
-# recipe as shipped (2026-12-05; a scene SPADE on the fine prior's 2.5 mm classes, heart classes hidden): training with a
-# *fine* prior reads only its card, so its 14 MB of weights stay behind, and 14.2 MB tracked + 44.9 MB carried travel:
+# recipe as shipped (a scene SPADE on the fine prior's 2.5 mm classes, heart classes hidden, the critic at 1.5), from
+# scratch: training with a *fine* prior reads only its card, so its 14 MB of weights stay behind:
 #
 #   run(carry=[".device"], timeout_s=600, command=
 #       "bash installer/device_train.sh there spade --preset scene --batch 32 --steps 20000 --max-minutes 7 \
-#        --init spade-cmr --layout-prior layout-cmr-fine --hide-heart-classes 3.75 --grid-loss 1000 --d-warmup 500 \
-#        --keep-checkpoints --save-every 1500 --name spade-gpu")
+#        --layout-prior layout-cmr-fine --hide-heart-classes 3.75 --grid-loss 1000 --critic 1.5 \
+#        --keep-checkpoints --save-every 1000 --name spade-gpu")
 #
-# `--init spade-cmr` starts from the shipped generator with a fresh discriminator (its run folder is not shipped): on
-# the CPU (2026-12-05, 2 threads, batch 8, --d-warmup 200, half the learning rates) that cost realism for the first
-# 1755 steps (fully synthetic KID on 120 held-out slices 110.7 -> 127.5 at step 1250, 141.8 at 1755), so a GPU run
-# should be long, or start from scratch (no --init) with the same options. Checked on the CPU the same way, with tiny
-# settings (CMR_DEVICE=cpu CMR_WORKERS=0, OUT set by hand, --batch 2 --steps 4): trains, saves, packs, unpacks.
+# Why from scratch and not `--init spade-cmr`: on the CPU every fine-tune of the shipped weights led away from them
+# (2026-12-06/07, six runs with fresh or warm discriminators, generator warm-ups, critic weights 0.5 and 1.5, critic
+# rates 1e-3 and 3e-3: fully synthetic KID on 120 held-out slices 65.7 -> 70-73 after 250-300 generator steps, 96 after
+# 2550; the models page has the figures), and the shipped model has no `spade-cmr.adversaries/` yet, so `--init` would
+# also start with a fresh discriminator and critic (+20 on the same screen). What comes back keeps the run's
+# discriminator and critic (train_state/, 3.6 MB; the optimiser state stays behind): `train spade --init` of the
+# returned card finds them, and a spade-cmr shipped from it brings them in resources/models/spade-cmr.adversaries/.
+# Checked on the CPU the same way, with tiny settings (CMR_DEVICE=cpu CMR_WORKERS=0, OUT set by hand, --batch 2
+# --steps 4 --critic 1.5): trains, saves, packs, unpacks, and the unpacked card's --init takes both adversaries.
 #
 # and back here:
 #
 #   bash installer/device_train.sh unhide    # the hidden weights go back to their paths
 #   bash installer/device_train.sh unpack DIR  # DIR: the files_at folder of the call; the run folder lands in runs/device/run
-#   cmrstudio evaluate checkpoints runs/device/run --data ../shared/data/acdc ... --max-slices 259
+#   cmrstudio evaluate checkpoints runs/device/run --data ../shared/data/acdc ... --max-slices 120 --seed-sets 2 --compare spade-cmr
+#   cmrstudio train soup <the improving checkpoints' cards> --out runs/device/soup --name spade-cmr   # then screen it the same way
 #
 # `there` installs the wheels, unpacks the slices, trains with `cmrstudio train KIND ARGS --device cuda --workers 12
 # --exclude <held-out>` on the packed data (the held-out patients are not packed; --exclude records them in the card),
@@ -175,7 +180,9 @@ EOF
   rc=${PIPESTATUS[0]}
   set -e
   if [[ -d "$run" ]]; then
-    rm -rf "$run/train_state"  # optimiser state: not needed back, and large
+    # the optimiser state and the raw generator are large and not needed back; the discriminator and the critic are:
+    # a fine-tune of the returned model (`train spade --init`) finds them there and does not start with fresh ones
+    find "$run/train_state" -type f ! -name discriminator.safetensors ! -name critic.safetensors -delete 2>/dev/null || true
     find "$run/samples" -name 'step_*.png' -delete 2>/dev/null || true  # latest.png stays
     limit=$(( ${CMR_RETURN_KB:-61440} * 1024 ))  # 60 MiB: 4 parts of 15 MiB beside the log, under the 64 MiB that come back
     while (( $(du -sb "$run" | cut -f1) > limit )); do
