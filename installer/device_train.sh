@@ -182,7 +182,7 @@ EOF
   if [[ -d "$run" ]]; then
     # the optimiser state and the raw generator are large and not needed back; the discriminator and the critic are:
     # a fine-tune of the returned model (`train spade --init`) finds them there and does not start with fresh ones
-    find "$run/train_state" -type f ! -name discriminator.safetensors ! -name critic.safetensors -delete 2>/dev/null || true
+    find "$run/train_state" -type f ! -name discriminator.safetensors ! -name critic.safetensors ! -name feature_critic.safetensors -delete 2>/dev/null || true
     find "$run/samples" -name 'step_*.png' -delete 2>/dev/null || true  # latest.png stays
     limit=$(( ${CMR_RETURN_KB:-61440} * 1024 ))  # 60 MiB: 4 parts of 15 MiB beside the log, under the 64 MiB that come back
     while (( $(du -sb "$run" | cut -f1) > limit )); do

@@ -976,6 +976,55 @@ def test_the_critic_learns_renders_from_real_slices_and_pushes_the_generator(tmp
     assert p.returncode != 0 and "--critic-blur changes what the critic sees, but there is no critic" in p.stderr
 
 
+def test_the_feature_critic_learns_on_the_frozen_segmenter_and_pushes_the_generator(tmp_path):
+    """`--feature-critic W` puts a linear logit on the Gram matrices of seg-cmr's first encoder levels, which stay the
+    shipped segmenter's to the bit; only the logit learns, on the same real and rendered images as the PatchGANs, and
+    W × its non-saturating loss reaches the generator; the card names the segmenter; a resumed run must keep it; bad
+    weights and a private run are refused in one sentence."""
+    from safetensors.numpy import load_file
+
+    seg = get_model("seg-cmr", kind="segmenter")
+    seg_w = load_file(str(seg.weights_path))
+    scene = {**SMALL, "preset": "scene-tiny", "size": 64, "log_every": 1}
+    out = tmp_path / "f"
+    tr = SpadeTrainer(TrainOptions(out=str(out), name="f", steps=24, d_warmup=20, feature_critic=1.0, lr_critic=3e-3, seed=3, **scene))
+    tr.run(progress=False)
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text(encoding="utf-8").splitlines()]
+    acc = [r["fcritic_acc"] for r in logged if "fcritic_acc" in r]
+    assert len(acc) == 24  # every step, the warm-up included
+    # an untrained tiny generator against phantom slices: fixed features and a linear head tell them apart at once
+    assert np.mean(acc[-8:]) > 0.75 and np.mean([r["fcritic"] for r in logged[-4:]]) < 0.7 * 2 * np.log(2)
+    assert all("g_fcritic" in r for r in logged if r["step"] > 20)
+    state = load_file(str(out / "train_state" / "feature_critic.safetensors"))
+    enc = {k[len("enc."):]: v for k, v in state.items() if k.startswith("enc.")}
+    assert enc and all(np.array_equal(v, seg_w["downs." + k]) for k, v in enc.items())  # the segmenter, untouched
+    assert np.abs(state["head.weight"]).sum() > 0  # the logit learned (it starts at 0)
+    assert (state["sd"] > 0).all() and np.abs(state["mu"]).sum() > 0  # standardised by real windows' Gram statistics
+    batch = next(iter(tr.loader))
+    cond, real, vendor = batch["cond"], batch["image"], batch["vendor"]
+    fake = tr.G(cond, vendor).detach().requires_grad_(True)
+    tr._g_losses(tr.D, fake, real, cond, vendor)["g_fcritic"].backward()
+    with torch.no_grad():  # a small step down the generator's gradient makes the feature critic call the render more real
+        before, after = tr.Fc(fake).mean(), tr.Fc(fake - 0.02 * fake.grad.sign()).mean()
+    assert after < before - 0.05, (float(before), float(after))
+    card = read_card(out / "f.json").card
+    assert card["architecture"]["losses"]["feature_critic"] == 1.0 and card["training"]["lr"]["feature_critic"] == 3e-3
+    assert seg.card["sha256"] in card["architecture"]["feature_critic"] and "critic" not in card["architecture"]["losses"]
+    assert card["architecture"]["feature_critic_parameters"] == state["head.weight"].size + 1
+    with pytest.raises(CmrError, match="--feature-critic 1.0, not 0.0"):  # a resumed run keeps it
+        SpadeTrainer(TrainOptions(out=str(out), name="f", steps=30, d_warmup=20, seed=3, resume=True, **scene))
+    onward = SpadeTrainer(TrainOptions(out=str(tmp_path / "onward"), name="o", steps=4, feature_critic=0.5, init=str(out / "f.json"), **scene))
+    assert onward.pretraining["critic"].startswith("the feature critic of")  # --init hands its head on
+    assert np.array_equal(onward.Fc.head.weight.detach().numpy(), state["head.weight"])
+    for bad, said in ((dict(feature_critic=-1.0), "--feature-critic -1.0 must be 0"),
+                      (dict(feature_critic=float("inf")), "--feature-critic inf must be 0"),
+                      (dict(feature_critic=0.5, dp_epsilon=5.0), "leave --feature-critic out with --dp-epsilon")):
+        with pytest.raises(CmrError, match=said):
+            SpadeTrainer(TrainOptions(out=str(tmp_path / "bad"), name="bad", steps=4, **{**SMALL, **bad}))
+    p = run("train", "spade", "--phantom", "1", "--out", str(tmp_path / "cli"), "--feature-critic", "-2", check=False)
+    assert p.returncode != 0 and "--feature-critic -2.0 must be 0" in p.stderr and not (tmp_path / "cli" / "spade.json").exists()
+
+
 def test_a_soup_averages_checkpoints_of_one_start_and_refuses_what_cannot_be_averaged(tmp_path):
     """`train soup` writes the mean of checkpoints trained on from one model, with a card naming its members, which
     renders like any model; members of another start, kind or privacy, one member, or one named twice, are refused."""

@@ -60,7 +60,8 @@ def train_spade(
     class_thresholds: str = typer.Option("scan", "--class-thresholds", help=CLASS_THRESHOLDS_HELP),
     adv_region: bool = typer.Option(False, "--adv-region", help="Scene presets: average the hinge losses of in-patient windows over the repainted region (outside it real and composite agree), not over the whole window."),
     critic: float = typer.Option(0.0, "--critic", help="Weight of a second, image-level discriminator (the machine reader's CNN: global pooling, no spectral norm, logistic loss) beside the PatchGANs: it learns the renders' global tells (texture, noise) in hundreds of steps where a spectral-norm PatchGAN needs thousands (0: off; 0.1-1 usual; with --d-warmup it warms up too)."),
-    lr_critic: float = typer.Option(1e-3, "--lr-critic", help="The critic's learning rate (Adam)."),
+    lr_critic: float = typer.Option(1e-3, "--lr-critic", help="The critic's learning rate (Adam); the feature critic's too."),
+    feature_critic: float = typer.Option(0.0, "--feature-critic", help="Weight of a critic on fixed features: a linear logit on the Gram matrices (texture statistics) of the first encoder levels of the shipped segmenter seg-cmr, which stays frozen; only the logit learns, so it tells renders from scans within tens of steps (projected-GAN style; 0: off)."),
     critic_blur: bool = typer.Option(False, "--critic-blur", help="The critic sees each image through a fixed [1 2 1] blur, so it can neither reward nor punish a period-2 grid; its weights are those of a critic without it, so --init hands one on either way (tried once: the grid came back as often as without it)."),
     install: bool = typer.Option(False, "--install", help="Copy the finished model into the user models folder (with its discriminator and critic in NAME.adversaries/, for a later --init)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -76,7 +77,7 @@ def train_spade(
         dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_max_grad_norm=dp_max_grad_norm, dp_noise=dp_noise, bf16=bf16, layout_prior=layout_prior,
         dp_architecture=dp_architecture, init=init, in_patient=in_patient, d_warmup=d_warmup, g_warmup=g_warmup, d_groupnorm=d_groupnorm,
         adv_region=adv_region, hide_heart_classes=hide_heart_classes, class_thresholds=class_thresholds, critic=critic,
-        lr_critic=lr_critic, critic_blur=critic_blur,
+        lr_critic=lr_critic, critic_blur=critic_blur, feature_critic=feature_critic,
     )
     check_name(name)
     tr = SpadeTrainer(opts).run(progress=not quiet)

@@ -91,7 +91,7 @@ def card_path_for(path: str | Path) -> Path:
     return p.with_name(p.name + CARD_SUFFIX)
 
 
-ADVERSARIES = ("discriminator.safetensors", "critic.safetensors")  # what a GAN's next fine-tune needs besides its weights
+ADVERSARIES = ("discriminator.safetensors", "critic.safetensors", "feature_critic.safetensors")  # what a GAN's next fine-tune needs
 
 
 def adversaries_dir(card_path: str | Path) -> Path:

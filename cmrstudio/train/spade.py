@@ -62,6 +62,8 @@ class TrainOptions(BaseOptions):
     critic: float = 0.0  # weight of a second, image-level discriminator (the machine reader's CNN, no spectral norm; 0: off)
     lr_critic: float = 1e-3  # its learning rate (the machine reader's)
     critic_blur: bool = False  # the critic sees the image through a [1 2 1] blur: it cannot push a period-2 grid either way
+    feature_critic: float = 0.0  # weight of a critic on the frozen segmenter's feature statistics (FeatureCritic; 0: off)
+    feature_critic_model: str = "seg-cmr"  # the segmenter whose first encoder levels it reads
 
 
 # Options of the discriminator only: a generator fits whatever these are.
@@ -71,8 +73,9 @@ D_OPTIONS = ("ndf", "num_d", "d_layers", "d_spectral_norm", "d_groupnorm", "d_st
 class SpadeTrainer(BaseTrainer):
     kind = "spade"
     presets = PRESETS
-    postfix = ("d", "g_adv", "lowpass", "ms", "critic")
-    resume_must_match = ("init", "dp_architecture", "fm", "lowpass", "mode_seeking", "adv_region", "critic", "critic_blur")
+    postfix = ("d", "g_adv", "lowpass", "ms", "critic", "fcritic_acc")
+    resume_must_match = ("init", "dp_architecture", "fm", "lowpass", "mode_seeking", "adv_region", "critic", "critic_blur",
+                         "feature_critic", "feature_critic_model")
 
     def check_options(self) -> None:
         try:
@@ -81,7 +84,7 @@ class SpadeTrainer(BaseTrainer):
             raise CmrError(f"--size {self.opts.size} must be 8 times a power of two, like 64, 128 or 256.") from None
         o = self.opts
         for flag, value in (("--grid-loss", o.grid), ("--fm", o.fm), ("--lowpass", o.lowpass), ("--mode-seeking", o.mode_seeking),
-                            ("--critic", o.critic)):
+                            ("--critic", o.critic), ("--feature-critic", o.feature_critic)):
             if not (math.isfinite(value) and value >= 0):
                 raise CmrError(f"{flag} {value} must be 0 (off) or a finite weight above it.")
         if not (math.isfinite(o.lr_critic) and o.lr_critic > 0):
@@ -99,6 +102,9 @@ class SpadeTrainer(BaseTrainer):
             raise CmrError("--critic-blur changes what the critic sees, but there is no critic; give --critic W (0.1-1.5) too.")
         if o.critic and o.dp_epsilon is not None:
             raise CmrError("--critic adds a discriminator that a private run does not account for; leave --critic out with --dp-epsilon.")
+        if o.feature_critic and o.dp_epsilon is not None:
+            raise CmrError("--feature-critic adds a discriminator that a private run does not account for; leave --feature-critic out "
+                           "with --dp-epsilon.")
         if o.adv_region:
             why = ("only scene presets train on; use --preset scene, or leave --adv-region out for --preset " + o.preset
                    if not self.scene_model() else
@@ -150,6 +156,9 @@ class SpadeTrainer(BaseTrainer):
 
             self.C = RealSynthCNN(ClassifierConfig(size=opts.size, blur=opts.critic_blur)).to(self.device)
             self.opt_c = torch.optim.Adam(self.C.parameters(), lr=opts.lr_critic, betas=(0.0, 0.999))
+        self.Fc = self.opt_f = self.feature_critic_from = None
+        if opts.feature_critic:
+            self._build_feature_critic()
         self.weights = LossWeights(fm=opts.fm, lowpass=opts.lowpass, grid=opts.grid)
         self.grid_penalty = GridPenalty() if opts.grid else None
         from cmrstudio.engine.device import bf16_native
@@ -160,6 +169,22 @@ class SpadeTrainer(BaseTrainer):
         self.dp = None
         if self.private:
             self._make_private()
+
+    def _build_feature_critic(self) -> None:
+        """--feature-critic: a linear head on the Gram matrices of a shipped segmenter's first encoder levels (frozen)."""
+        from cmrstudio.models.registry import build_model, get_model
+        from cmrstudio.models.spade import FeatureCritic
+
+        info = get_model(self.opts.feature_critic_model, kind="segmenter")
+        net = build_model(info, torch.device("cpu"))
+        if not hasattr(net, "downs"):
+            raise CmrError(f"--feature-critic reads the encoder of a U-Net segmenter, but {info.name} is a {type(net).__name__}; "
+                           "use seg-cmr.")
+        self.Fc = FeatureCritic(net).to(self.device)
+        pick = np.random.default_rng(self.opts.seed).choice(len(self.ds), min(128, len(self.ds)), replace=False)
+        self.Fc.calibrate(torch.stack([torch.as_tensor(self.ds[int(i)]["image"]) for i in pick]).float().to(self.device))
+        self.opt_f = torch.optim.Adam(self.Fc.head.parameters(), lr=self.opts.lr_critic, betas=(0.0, 0.999))
+        self.feature_critic_from = {"name": info.name, "sha256": info.card["sha256"]}
 
     # -- public pre-training ---------------------------------------------------------------------
     def _load_init(self) -> dict:
@@ -192,6 +217,9 @@ class SpadeTrainer(BaseTrainer):
             d_from = _take_from_run(self.D, d_path, f"the discriminator of {run}")
         # --critic: the critic of the run the model comes from goes on too, where it kept one
         c_from = _take_from_run(self.C, state_dir / "critic.safetensors", f"the critic of {run}") if self.C is not None else None
+        if self.Fc is not None:  # its encoder is the segmenter's either way; only the head can come from the run
+            f_from = _take_from_run(self.Fc, state_dir / "feature_critic.safetensors", f"the feature critic of {run}")
+            c_from = f"{c_from}; feature critic: {f_from}" if c_from else f_from
         if not opts.resume:  # a resumed run says what it started from once its state is read
             self.log(f"Starting from {info.name} (sha256 {info.card['sha256'][:12]}…; trained on {', '.join(seen) or 'unknown data'}); "
                      f"discriminator: {d_from}" + (f"; critic: {c_from}." if c_from else "."))
@@ -289,10 +317,12 @@ class SpadeTrainer(BaseTrainer):
         return float(self.engine.accountant.get_epsilon(self.opts.dp_delta)) if self.dp else None
 
     def networks(self) -> dict:
-        return {"generator": self.G, "ema": self.G_ema, "discriminator": self.D, **({"critic": self.C} if self.C is not None else {})}
+        return {"generator": self.G, "ema": self.G_ema, "discriminator": self.D, **({"critic": self.C} if self.C is not None else {}),
+                **({"feature_critic": self.Fc} if self.Fc is not None else {})}
 
     def optimisers(self) -> dict:
-        return {"g": self.opt_g, "d": self.opt_d, **({"c": self.opt_c} if self.C is not None else {})}
+        return {"g": self.opt_g, "d": self.opt_d, **({"c": self.opt_c} if self.C is not None else {}),
+                **({"f": self.opt_f} if self.Fc is not None else {})}
 
     def describe_start(self) -> str:
         return f"Training SPADE ({self.opts.preset}, {count_parameters(self.G) / 1e6:.2f} M parameters)"
@@ -310,6 +340,11 @@ class SpadeTrainer(BaseTrainer):
                           "the non-saturating one" + ("; it sees the image through a fixed [1 2 1] x [1 2 1] / 16 blur, so its "
                                                       "gradient has no power at period 2 (--critic-blur)" if self.opts.critic_blur else ""),
                 "critic_parameters": count_parameters(self.C)} if self.C is not None else {}),
+            **({"feature_critic": f"a linear logit on the Gram matrices of the first {len(self.Fc.enc)} encoder levels of the segmenter "
+                                  f"{self.feature_critic_from['name']} (sha256 {self.feature_critic_from['sha256']}), held fixed "
+                                  "(projected-GAN style; cmrstudio.models.spade.FeatureCritic), logistic loss; the generator's loss "
+                                  "is the non-saturating one",
+                "feature_critic_parameters": count_parameters(self.Fc.head)} if self.Fc is not None else {}),
             "normalisation": ("PixelNorm + SPADE (heart, tissue classes, context; z and vendor bias), per-pixel noise, "
                               f"{self.cfg.upsample} upsampling"
                               if scene else "instance norm + SPADE (mask one-hot, vendor bias)"),
@@ -319,6 +354,7 @@ class SpadeTrainer(BaseTrainer):
                        **({"grid_period2": self.weights.grid} if self.weights.grid else {}),
                        **({"mode_seeking": self.opts.mode_seeking} if self.opts.mode_seeking else {}),
                        **({"critic": self.opts.critic} if self.C is not None else {}),
+                       **({"feature_critic": self.opts.feature_critic} if self.Fc is not None else {}),
                        **({"hinge_average": "over the repainted region in in-patient windows (each discriminator output weighed "
                                             "by the repainted share of its receptive field; per window, then over the batch), "
                                             "over the whole window otherwise"}
@@ -328,7 +364,8 @@ class SpadeTrainer(BaseTrainer):
         }
 
     def training_extra(self) -> dict:
-        extra = {"lr": {"g": self.opts.lr_g, "d": self.opts.lr_d, **({"critic": self.opts.lr_critic} if self.C is not None else {})},
+        extra = {"lr": {"g": self.opts.lr_g, "d": self.opts.lr_d, **({"critic": self.opts.lr_critic} if self.C is not None else {}),
+                        **({"feature_critic": self.opts.lr_critic} if self.Fc is not None else {})},
                  "precision": "bf16 autocast (networks), float32 losses" if self.bf16 else "fp32"}
         if self.dp:
             extra["differential_privacy"] = {
@@ -440,11 +477,19 @@ class SpadeTrainer(BaseTrainer):
             critic = {"critic": loss_c.detach(), "critic_acc": ((c_real < 0).float().mean() + (c_fake > 0).float().mean()) / 2}
             total = loss_d + loss_c
             self.opt_c.zero_grad(set_to_none=True)
+        if self.Fc is not None:
+            f_real, f_fake = self.Fc(real.float()), self.Fc(fake.detach().float())
+            loss_f = F.softplus(f_real).mean() + F.softplus(-f_fake).mean()
+            critic.update({"fcritic": loss_f.detach(), "fcritic_acc": ((f_real < 0).float().mean() + (f_fake > 0).float().mean()) / 2})
+            total = total + loss_f
+            self.opt_f.zero_grad(set_to_none=True)
         self.opt_d.zero_grad(set_to_none=True)
         total.backward()
         self.opt_d.step()
         if self.C is not None:
             self.opt_c.step()
+        if self.Fc is not None:
+            self.opt_f.step()
         return {"d": float(loss_d.detach()), **{k: float(v) for k, v in critic.items()}}
 
     def lr_g_now(self) -> float:
@@ -487,6 +532,9 @@ class SpadeTrainer(BaseTrainer):
             with self._autocast():
                 out["g_critic"] = F.softplus(self.C(fake).float()).mean()  # non-saturating: -log P(real) by the critic
             out["g"] = out["g"] + self.opts.critic * out["g_critic"]
+        if self.Fc is not None:
+            out["g_fcritic"] = F.softplus(self.Fc(fake.float())).mean()
+            out["g"] = out["g"] + self.opts.feature_critic * out["g_fcritic"]
         if other is not None:
             apart = (fake.float() - other.float()).abs().mean() / (z[0] - z[1]).abs().mean()
             out["ms"] = 1.0 / (apart + 1e-5)
