@@ -62,8 +62,7 @@ class TrainOptions(BaseOptions):
     critic: float = 0.0  # weight of a second, image-level discriminator (the machine reader's CNN, no spectral norm; 0: off)
     lr_critic: float = 1e-3  # its learning rate (the machine reader's)
     critic_blur: bool = False  # the critic sees the image through a [1 2 1] blur: it cannot push a period-2 grid either way
-    feature_critic: float = 0.0  # weight of a critic on the frozen segmenter's feature statistics (FeatureCritic; 0: off)
-    feature_critic_model: str = "seg-cmr"  # the segmenter whose first encoder levels it reads
+    feature_critic: float = 0.0  # weight of a critic on the frozen seg-cmr's feature statistics (FeatureCritic; 0: off)
 
 
 # Options of the discriminator only: a generator fits whatever these are.
@@ -75,7 +74,7 @@ class SpadeTrainer(BaseTrainer):
     presets = PRESETS
     postfix = ("d", "g_adv", "lowpass", "ms", "critic", "fcritic_acc")
     resume_must_match = ("init", "dp_architecture", "fm", "lowpass", "mode_seeking", "adv_region", "critic", "critic_blur",
-                         "feature_critic", "feature_critic_model")
+                         "feature_critic")
 
     def check_options(self) -> None:
         try:
@@ -171,18 +170,15 @@ class SpadeTrainer(BaseTrainer):
             self._make_private()
 
     def _build_feature_critic(self) -> None:
-        """--feature-critic: a linear head on the Gram matrices of a shipped segmenter's first encoder levels (frozen)."""
+        """--feature-critic: a linear head on the Gram matrices of the shipped segmenter's first encoder levels (frozen)."""
         from cmrstudio.models.registry import build_model, get_model
         from cmrstudio.models.spade import FeatureCritic
 
-        info = get_model(self.opts.feature_critic_model, kind="segmenter")
-        net = build_model(info, torch.device("cpu"))
-        if not hasattr(net, "downs"):
-            raise CmrError(f"--feature-critic reads the encoder of a U-Net segmenter, but {info.name} is a {type(net).__name__}; "
-                           "use seg-cmr.")
-        self.Fc = FeatureCritic(net).to(self.device)
-        pick = np.random.default_rng(self.opts.seed).choice(len(self.ds), min(128, len(self.ds)), replace=False)
-        self.Fc.calibrate(torch.stack([torch.as_tensor(self.ds[int(i)]["image"]) for i in pick]).float().to(self.device))
+        info = get_model("seg-cmr", kind="segmenter")
+        self.Fc = FeatureCritic(build_model(info, torch.device("cpu"))).to(self.device)
+        if not self.opts.resume:  # a resumed run reads its standardisation back with the head
+            pick = np.random.default_rng(self.opts.seed).choice(len(self.ds), min(128, len(self.ds)), replace=False)
+            self.Fc.calibrate(torch.stack([torch.as_tensor(self.ds[int(i)]["image"]) for i in pick]).float().to(self.device))
         self.opt_f = torch.optim.Adam(self.Fc.head.parameters(), lr=self.opts.lr_critic, betas=(0.0, 0.999))
         self.feature_critic_from = {"name": info.name, "sha256": info.card["sha256"]}
 
