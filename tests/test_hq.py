@@ -348,15 +348,46 @@ def _shipped(name: str):
     return get_model(name, kind=("diffusion", "flow"))
 
 
-@pytest.mark.parametrize("name", ["flow-cmr", "flow-cmr-2step"])
+@pytest.mark.parametrize("name", ["flow-cmr", "flow-cmr-2step", "flow-cmr-fine"])
 def test_shipped_hq_model_states_its_data(name):
     info = _shipped(name)
     verify(info)
     card = info.card
     assert info.name == name and info.origin == "shipped" and info.size_mb < 40
     assert {"acdc", "mnms"} <= {d["dataset"] for d in card["training"]["data"]}
-    assert "non-commercial" in card["terms"] and card["training"]["iterations"] >= {"flow-cmr": 4000, "flow-cmr-2step": 900}[name]
+    assert "non-commercial" in card["terms"] and card["training"]["iterations"] >= {"flow-cmr": 4000, "flow-cmr-2step": 900, "flow-cmr-fine": 4500}[name]
     assert "H1N8S6" in card["training"]["held_out_case_prefixes"]
+
+
+def test_the_fine_hq_model_is_flow_cmr_trained_on_for_the_fine_prior_and_renders_with_it():
+    """flow-cmr-fine: flow-cmr trained on each slice's own 2.5 mm tissue classes, none near the heart, as spade-cmr is; its
+    card names the shipped flow-cmr by sha256 and the fine prior, and its fully synthetic renders take their classes from
+    layout-cmr-fine (whose cells are its own) with none on the heart, while flow-cmr keeps layout-cmr's 10 mm cells."""
+    from cmrstudio.engine.scene import SliceContext
+
+    fine, coarse = _shipped("flow-cmr-fine"), _shipped("flow-cmr")
+    cond, pre = fine.card["conditioning"], fine.card["training"]["pretraining"]
+    assert pre["name"] == "flow-cmr" and pre["sha256"] == coarse.card["sha256"] == sha256_file(coarse.weights_path)
+    assert cond["layout_prior"]["name"] == "layout-cmr-fine" and cond["layout_factor"] == 2
+    assert cond["layout_hidden_near_heart_mm"] == 3.75 and coarse.card["conditioning"]["layout_factor"] == 8
+    assert fine.card["training"]["held_out_case_prefixes"] == coarse.card["training"]["held_out_case_prefixes"]
+    r = open_renderer(fine, steps=2)
+    assert r.layout_prior_name() == "layout-cmr-fine" and open_renderer(coarse).layout_prior_name() == "layout-cmr"
+    seen = []
+    steps = r._window_steps
+
+    def spy(cond_t, *a, **kw):
+        seen.append(cond_t[0].numpy().copy())
+        return steps(cond_t, *a, **kw)
+
+    r._window_steps = spy
+    case = phantom_case(seed=2, n_slices=1, shape=(128, 128))
+    frame = r.frame_for(case.mask)
+    img, _ = r.render_slice_ctx(case.mask[0], frame, "siemens", 3, SliceContext("synthetic"))
+    assert img.shape == case.mask[0].shape and np.isfinite(img).all() and img.std() > 0.05
+    c = seen[-1]
+    heart, classes = c[:3].sum(0) > 0.5, c[3:8].sum(0)
+    assert heart.any() and (classes[heart] == 0).all() and (classes > 0.5).mean() > 0.3  # classes around the heart, none on it
 
 
 def test_the_default_hq_model_is_flow_cmr_distilled_to_two_steps_and_lands_where_its_teacher_does():
@@ -389,7 +420,7 @@ def test_the_default_hq_model_is_flow_cmr_distilled_to_two_steps_and_lands_where
     assert err["student, 2 steps"] < 0.7 * err["teacher, 8 steps"], err
 
 
-@pytest.mark.parametrize("name,steps", [("flow-cmr", 4), ("flow-cmr-2step", 2)])
+@pytest.mark.parametrize("name,steps", [("flow-cmr", 4), ("flow-cmr-2step", 2), ("flow-cmr-fine", 4)])
 def test_shipped_hq_model_renders_a_real_mnms_mask_with_bright_blood_pools(name, steps):
     from cmrstudio.data.frame import to_frame
     from cmrstudio.io import read_mask
