@@ -40,7 +40,7 @@ MARGIN_RANGE_MM = (0.5, 100.0)  # the repaint margins a render, the settings and
 class Settings:
     device: str = "auto"  # auto | cpu | cuda | mps
     live_model: str | None = None  # None: the default SPADE model
-    hq_model: str | None = None  # None: the default HQ model (flow-cmr-2step); "flow" etc. allowed
+    hq_model: str | None = None  # None: the default HQ model (flow-cmr-fine-2step); "flow" etc. allowed
     layout_prior: str | None = None  # fully synthetic renders' body layout: a layout model (a bank of the site's scans); None: the card's
     vendor: str = "unknown"
     margin_mm: float = DEFAULT_MARGIN_MM  # in this patient: how far around the old and new heart live and HQ renders repaint

@@ -56,7 +56,7 @@ def test_a_healthy_installation_has_nothing_wrong(install):
     assert any(f.topic == "opengl" and f.level == "note" and "not tried" in f.message for f in findings)
     shipped = Path(__file__).resolve().parents[1] / "resources" / "models"
     named = [f.message for f in findings if f.topic == "models"]
-    for name in ("spade-cmr", "flow-cmr-2step", "layout-cmr", "seg-cmr"):  # the default models are checked (none a problem, above)
+    for name in ("spade-cmr", "flow-cmr-fine-2step", "layout-cmr", "seg-cmr"):  # the default models are checked (none a problem, above)
         assert (shipped / f"{name}.json").exists() and any(f"'{name}'" in m for m in named), (name, named)
     assert (shipped / "flow-cmr.json").exists()  # the HQ model's teacher ships too
     assert sum(f.topic == "models" and f.level == "ok" for f in findings) >= 4
@@ -112,9 +112,9 @@ def test_a_damaged_project_and_a_missing_default_model_are_named(install):
     found = check_project(Settings(last_project=str(proj.folder)))
     assert [f.level for f in found] == ["problem"] and "project.json" in found[0].message
 
-    (install / "resources" / "models" / "flow-cmr-2step.json").unlink()
+    (install / "resources" / "models" / "flow-cmr-fine-2step.json").unlink()
     found = check_models()
-    assert any(f.level == "problem" and "default flow model 'flow-cmr-2step' is not installed" in f.message for f in found)
+    assert any(f.level == "problem" and "default flow model 'flow-cmr-fine-2step' is not installed" in f.message for f in found)
 
 
 def test_a_model_whose_named_prior_is_missing_is_named(install):

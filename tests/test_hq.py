@@ -151,6 +151,79 @@ def test_sampler_reuses_the_conditioning_maps_and_renders_the_same_to_the_bit(gu
     assert float(np.abs(other[-1].image - steps[-1].image).mean()) > 1e-3  # maps belong to one render, not kept across
 
 
+class _GridNet(torch.nn.Module):
+    """A velocity network whose clean image is a smooth function of the conditioning (shift-equivariant) plus, with
+    ``grid``, stripes and a checkerboard locked to its own pixel grid, as a patch-2 network can draw."""
+
+    size_unit = 16
+
+    def __init__(self, grid: float):
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, x, t, onehot, vendor):
+        n = x.shape[-1]
+        sign = (-1.0) ** torch.arange(n)
+        pattern = sign[None, :] + sign[:, None] * sign[None, :]  # stripes along the columns and a checkerboard
+        clean = 1.2 * torch.nn.functional.avg_pool2d(onehot[:, :1], 5, 1, 2, count_include_pad=False) - 0.6 + self.grid * pattern
+        return (x - clean) / t[:, None, None, None]  # the velocity that lands on ``clean`` from anywhere
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_averaging_each_step_over_the_patch_grids_offsets_cancels_a_pixel_locked_grid_and_nothing_else(guidance, tiny_flow, tmp_path):
+    """``shifts`` 4 (cycle spinning): each step runs the network on the input shifted by the 4 offsets of its 2-px patch
+    grid in one batch and averages the outputs shifted back. A grid locked to the network's pixels cancels (the
+    detector's peak falls to a real scan's), a shift-equivariant network renders what it renders without it (away from
+    the edges, which are padded), and the conditioning-only maps a real network keeps for a render stay right."""
+    from pathlib import Path
+
+    from cmrstudio.evaluate.realism import grid_artefact
+    from cmrstudio.models.sampling import run_to_end
+    from cmrstudio.record import make_record
+    from helpers import copy_model
+
+    torch.manual_seed(0)
+    noise, cond, v = torch.randn(8, 1, 80, 80), torch.rand(8, 4, 80, 80), torch.zeros(8, dtype=torch.long)
+    inner = np.s_[:, 8:-8, 8:-8]  # 64 px away from the padded edges
+
+    def render(net, k):
+        return run_to_end(sample(net, "flow", cond, v, noise, 2, guidance, "euler", shifts=k))[inner]
+
+    clean, plain, spun = render(_GridNet(0.0), 1), render(_GridNet(0.02), 1), render(_GridNet(0.02), 4)
+    g = {name: grid_artefact(im)["peak_ratio"] for name, im in (("clean", clean), ("plain", plain), ("spun", spun))}
+    assert g["plain"] > 10 * g["clean"] and g["spun"] < 1.5 * g["clean"], g
+    np.testing.assert_allclose(spun, clean, atol=1e-5)
+    assert np.abs(plain - clean).mean() > 0.005  # the grid itself: 0.01 on average
+    # a real scene network: the maps kept over the render's steps are those of the 4 shifted copies
+    net = _perturbed_scene_net()
+    c1, v1, n1 = torch.rand(1, net.cfg.cond_channels, 64, 64), torch.tensor([1]), noise_for(3, 64)
+
+    class NoMaps(torch.nn.Module):  # the same network without the sampler's map store: every step computes everything
+        size_unit = net.size_unit
+
+        def forward(self, x, t, onehot, vendor):
+            return net(x, t, onehot, vendor)
+
+    kept = run_to_end(sample(net, "flow", c1, v1, n1, 3, guidance, "euler", shifts=4))
+    np.testing.assert_allclose(kept, run_to_end(sample(NoMaps(), "flow", c1, v1, n1, 3, guidance, "euler", shifts=4)), atol=1e-5)
+    assert np.abs(kept - run_to_end(sample(net, "flow", c1, v1, n1, 3, guidance, "euler"))).mean() > 1e-4
+    # a card asks for it; the record says so; bad values get one sentence
+    card = copy_model(Path(_card(tiny_flow)), tmp_path / f"spun{guidance}")
+    doc = json.loads(card.read_text(encoding="utf-8"))
+    doc["sampling"]["shifts"] = 4
+    card.write_text(json.dumps(doc), encoding="utf-8")
+    r = HQRenderer(read_card(card), bf16=False)
+    assert r.shifts == 4 and HQRenderer(read_card(card), shifts=1).shifts == 1
+    assert make_record(r, 4, "siemens").sampler == "euler, averaged over 4 shifts"
+    for bad in (3, 0, "four", True):
+        doc["sampling"]["shifts"] = bad
+        card.write_text(json.dumps(doc), encoding="utf-8")
+        with pytest.raises(CmrError, match=r"names sampling.shifts .* it must be 1 .* or 4 .* remove it from the card"):
+            HQRenderer(read_card(card))
+    with pytest.raises(CmrError, match=r"--shifts 2 must be 1 .* or 4"):
+        HQRenderer(read_card(_card(tiny_flow)), shifts=2)
+
+
 def test_a_cards_time_shift_puts_the_steps_nearer_the_noise_and_renders_are_recorded_with_it(tiny_flow, tmp_path):
     from pathlib import Path
 
@@ -311,10 +384,11 @@ def test_cli_render_with_diffusion_and_flow_models_keeps_the_masks_geometry(tiny
     mask = tmp_path / "heart_mask.nii.gz"
     write_volume(mask, case.mask, affine)
     outs = {}
-    for tr, extra in ((tiny_diffusion, ["--steps", "3", "--guidance", "2"]), (tiny_flow, ["--steps", "2", "--solver", "heun"])):
+    for tr, extra in ((tiny_diffusion, ["--steps", "3", "--guidance", "2"]), (tiny_flow, ["--steps", "2", "--solver", "heun", "--shifts", "4"])):
         out = tmp_path / f"{tr.opts.objective}.nii.gz"
         p = run("render", str(mask), "--model", _card(tr), "--vendor", "ge", "--seed", "3", "--out", str(out), *extra)
         assert f"({tr.opts.objective}, " in p.stdout and "2 slices of 80×96" in p.stdout
+        assert ("2 steps (heun, averaged over 4 shifts)" in p.stdout) == (tr is tiny_flow), p.stdout
         res = nib.load(out)
         assert res.shape == (96, 80, 2) and np.allclose(res.affine, nib.load(mask).affine)
         outs[tr.opts.objective] = np.asarray(res.dataobj)
@@ -326,6 +400,8 @@ def test_cli_render_with_diffusion_and_flow_models_keeps_the_masks_geometry(tiny
     assert p.returncode == 2 and "--solver 'ddim' does not fit the flow model" in p.stderr and "Traceback" not in p.stderr
     p = run("render", str(mask), "--model", _card(tiny_diffusion), "--steps", "0", "--out", str(never), check=False)
     assert p.returncode == 2 and "--steps 0 must be between 1" in p.stderr
+    p = run("render", str(mask), "--model", _card(tiny_flow), "--shifts", "2", "--out", str(never), check=False)
+    assert p.returncode == 2 and "--shifts 2 must be 1 (one pass a step) or 4" in p.stderr and "Traceback" not in p.stderr
     p = run("render", str(mask), "--steps", "5", "--out", str(never), check=False)  # the default SPADE model
     if (resources_dir() / "models" / "spade-cmr.json").exists():
         assert p.returncode == 2 and "applies to diffusion and flow models" in p.stderr
@@ -348,14 +424,15 @@ def _shipped(name: str):
     return get_model(name, kind=("diffusion", "flow"))
 
 
-@pytest.mark.parametrize("name", ["flow-cmr", "flow-cmr-2step", "flow-cmr-fine"])
+@pytest.mark.parametrize("name", ["flow-cmr", "flow-cmr-2step", "flow-cmr-fine", "flow-cmr-fine-2step"])
 def test_shipped_hq_model_states_its_data(name):
     info = _shipped(name)
     verify(info)
     card = info.card
     assert info.name == name and info.origin == "shipped" and info.size_mb < 40
     assert {"acdc", "mnms"} <= {d["dataset"] for d in card["training"]["data"]}
-    assert "non-commercial" in card["terms"] and card["training"]["iterations"] >= {"flow-cmr": 4000, "flow-cmr-2step": 900, "flow-cmr-fine": 4500}[name]
+    assert "non-commercial" in card["terms"] and card["training"]["iterations"] >= {"flow-cmr": 4000, "flow-cmr-2step": 900, "flow-cmr-fine": 4500,
+                                                                                      "flow-cmr-fine-2step": 1200}[name]
     assert "H1N8S6" in card["training"]["held_out_case_prefixes"]
 
 
@@ -390,37 +467,88 @@ def test_the_fine_hq_model_is_flow_cmr_trained_on_for_the_fine_prior_and_renders
     assert heart.any() and (classes[heart] == 0).all() and (classes > 0.5).mean() > 0.3  # classes around the heart, none on it
 
 
-def test_the_default_hq_model_is_flow_cmr_distilled_to_two_steps_and_lands_where_its_teacher_does():
-    """The HQ default (``--model flow``, the studio's and the server's) is flow-cmr distilled by reflow: its card names
-    the shipped flow-cmr by sha256, and in its own 2 steps it renders held-out masks closer to what flow-cmr renders in
-    16 steps from the same noise than flow-cmr does in its own default 8 (mean squared error 0.0009 against 0.0028;
-    flow-cmr in 2 steps: 0.0123)."""
+def test_an_hq_render_after_the_live_one_takes_the_tissue_classes_the_live_model_sampled():
+    """The live model (spade-cmr) and flow-cmr-fine share the fine prior: once the live model has drawn a mask fully
+    synthetic, an HQ render of the same mask and seed takes that sample instead of drawing it again, and renders exactly
+    what it renders when it draws it itself; another seed or another mask draws anew. `bench hq` times both."""
+    from cmrstudio.engine.scene import SliceContext, layout_prior
+
+    live, hq = open_renderer(get_model("spade-cmr", kind="spade")), open_renderer(_shipped("flow-cmr-fine"), steps=1)
+    prior = hq._prior()
+    assert prior is live._prior() and prior is layout_prior("layout-cmr-fine")
+    case = phantom_case(seed=5, n_slices=2, shape=(128, 128))
+    frame = live.frame_for(case.mask)
+    before = prior.sampled
+    live.render_slice_ctx(case.mask[0], frame, "siemens", 21, SliceContext("synthetic"))
+    assert prior.sampled == before + 1
+    kept, _ = hq.render_slice_ctx(case.mask[0], frame, "siemens", 21, SliceContext("synthetic"))
+    assert prior.sampled == before + 1  # taken from the live render's sample
+    prior._kept.clear()
+    drawn, _ = hq.render_slice_ctx(case.mask[0], frame, "siemens", 21, SliceContext("synthetic"))
+    assert prior.sampled == before + 2 and np.array_equal(kept, drawn)
+    hq.render_slice_ctx(case.mask[0], frame, "siemens", 22, SliceContext("synthetic"))
+    hq.render_slice_ctx(case.mask[1], frame, "siemens", 22, SliceContext("synthetic"))
+    assert prior.sampled == before + 4
+    from cmrstudio.engine.bench import bench_hq
+
+    rows = {r["model"]: r for r in bench_hq(["flow-cmr-fine"], steps=[1], n=1)["rows"]}
+    assert set(rows) == {f"flow-cmr-fine {m}" for m in ("in-patient", "synthetic", "synthetic, classes kept")}
+    assert all(r["seconds"] > 0 and r["steps"] == 1 for r in rows.values())
+
+
+def _lands_where_its_teacher_does(student, teacher, teacher_steps: int, slower_steps: int) -> dict:
+    """Mean squared error, on 3 slices of a held-out M&Ms mask with 3 seeds, of the student's renders (its own sampling)
+    and of the teacher's in ``slower_steps``, each against the teacher's own renders in ``teacher_steps`` from the same noise."""
     from cmrstudio.data.frame import to_frame
     from cmrstudio.io import read_mask
 
-    student, teacher = _shipped("flow-cmr-2step"), _shipped("flow-cmr")
-    assert get_model("flow", kind=("diffusion", "flow")).name == student.name == get_model(None, kind="flow").name
+    c = read_mask(shared("mnms") / "H1N8S6_sa_ED_gt.nii.gz")  # held out from both
+    fast = open_renderer(student)
+    m = to_frame(c, fast.frame_for(c.mask, c.spacing)).mask
+    zs = [z for z in range(len(m)) if {1, 2, 3} <= set(np.unique(m[z]))][:3]
+    seeds = [11, 12, 13]
+    target = open_renderer(teacher, steps=teacher_steps).render_framed(m[zs], "siemens", seed=seeds)
+    return {name: float(np.mean((r.render_framed(m[zs], "siemens", seed=seeds) - target) ** 2))
+            for name, r in (("student", fast), ("teacher", open_renderer(teacher, steps=slower_steps)))}
+
+
+def test_the_default_hq_model_is_flow_cmr_fine_distilled_to_two_steps_and_lands_where_its_teacher_does():
+    """The HQ default (``--model flow``, the studio's and the server's) is flow-cmr-fine distilled by reflow: its card names
+    the shipped flow-cmr-fine by sha256 and says its 2 steps are each averaged over the patch grid's 4 offsets; so
+    rendered, it lands nearer flow-cmr-fine's own 8 steps from the same noise than flow-cmr-fine does in 4."""
     from cmrstudio.models.registry import hq_model_name  # what the studio's HQ box and settings start on
 
-    assert hq_model_name(None) == hq_model_name("flow") == student.name and hq_model_name("flow-cmr") == teacher.name
+    student, teacher = _shipped("flow-cmr-fine-2step"), _shipped("flow-cmr-fine")
+    assert get_model("flow", kind=("diffusion", "flow")).name == student.name == get_model(None, kind="flow").name
+    assert hq_model_name(None) == hq_model_name("flow") == student.name and hq_model_name("flow-cmr-fine") == teacher.name
     assert hq_model_name("no-such-model") is None
+    d = student.card["training"]["distillation"]
+    assert d["teacher"] == teacher.name and d["teacher_sha256"] == sha256_file(teacher.weights_path) == teacher.card["sha256"]
+    assert d["teacher_steps"] == teacher.card["sampling"]["steps"] == 8
+    assert student.card["sampling"]["steps"] == 2 and student.card["sampling"]["shifts"] == 4
+    assert student.card["conditioning"]["layout_prior"] == teacher.card["conditioning"]["layout_prior"]
+    assert student.card["training"]["held_out_case_prefixes"] == teacher.card["training"]["held_out_case_prefixes"]
+    r = open_renderer(student)
+    assert (r.steps, r.shifts) == (2, 4) and r.layout_prior_name() == "layout-cmr-fine"
+    err = _lands_where_its_teacher_does(student, teacher, 8, 4)
+    assert err["student"] < 0.7 * err["teacher"], err
+
+
+def test_flow_cmr_distilled_to_two_steps_lands_where_its_teacher_does():
+    """flow-cmr-2step (the HQ default until 2026-12-07): flow-cmr distilled by reflow; its card names the shipped flow-cmr
+    by sha256, and in its own 2 steps it renders held-out masks closer to what flow-cmr renders in 16 steps from the same
+    noise than flow-cmr does in its own default 8 (mean squared error 0.0009 against 0.0028; flow-cmr in 2 steps: 0.0123)."""
+    student, teacher = _shipped("flow-cmr-2step"), _shipped("flow-cmr")
     d = student.card["training"]["distillation"]
     assert d["teacher"] == teacher.name and d["teacher_sha256"] == sha256_file(teacher.weights_path) == teacher.card["sha256"]
     assert student.card["sampling"]["steps"] == 2 and student.card["training"]["held_out_case_prefixes"] == \
         teacher.card["training"]["held_out_case_prefixes"]
-    c = read_mask(shared("mnms") / "H1N8S6_sa_ED_gt.nii.gz")  # held out from both
-    fast = open_renderer(student)
-    assert fast.steps == 2
-    m = to_frame(c, fast.frame_for(c.mask, c.spacing)).mask
-    zs = [z for z in range(len(m)) if {1, 2, 3} <= set(np.unique(m[z]))][:3]
-    seeds = [11, 12, 13]
-    target = open_renderer(teacher, steps=16).render_framed(m[zs], "siemens", seed=seeds)
-    err = {name: float(np.mean((r.render_framed(m[zs], "siemens", seed=seeds) - target) ** 2))
-           for name, r in (("student, 2 steps", fast), ("teacher, 8 steps", open_renderer(teacher, steps=8)))}
-    assert err["student, 2 steps"] < 0.7 * err["teacher, 8 steps"], err
+    assert open_renderer(student).steps == 2
+    err = _lands_where_its_teacher_does(student, teacher, 16, 8)
+    assert err["student"] < 0.7 * err["teacher"], err
 
 
-@pytest.mark.parametrize("name,steps", [("flow-cmr", 4), ("flow-cmr-2step", 2), ("flow-cmr-fine", 4)])
+@pytest.mark.parametrize("name,steps", [("flow-cmr", 4), ("flow-cmr-2step", 2), ("flow-cmr-fine", 4), ("flow-cmr-fine-2step", 2)])
 def test_shipped_hq_model_renders_a_real_mnms_mask_with_bright_blood_pools(name, steps):
     from cmrstudio.data.frame import to_frame
     from cmrstudio.io import read_mask

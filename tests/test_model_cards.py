@@ -18,7 +18,7 @@ def test_the_studio_shows_each_models_card_and_evaluation(tmp_path, make_napari_
         assert "Model cards…" in [a.text() for a in win.studio_menu.actions()]
         dlg = win.model_cards_dialog("spade-cmr", modal=False)
         names = [dlg.picker.itemText(i) for i in range(dlg.picker.count())]
-        assert names[0] == "spade-cmr" and {"seg-cmr", "flow-cmr", "flow-cmr-2step", "flow-cmr-fine", "layout-cmr"} <= set(names)
+        assert names[0] == "spade-cmr" and {"seg-cmr", "flow-cmr", "flow-cmr-2step", "flow-cmr-fine", "flow-cmr-fine-2step", "layout-cmr"} <= set(names)
         text = dlg.text.toPlainText()
         card = get_model("spade-cmr").card
         h = headline(card)

@@ -202,7 +202,7 @@ def test_render_hq_completes_cancels_and_keeps(open_window, studio_env):
     z = st.current_z()
     previews = []
     st.session.events.connect("hq", lambda job, step, preview: previews.append(step))  # as reported
-    assert syn.hq_box.currentData() == "flow-cmr-2step" and syn.steps_box.value() == 2  # the shipped HQ default, its own steps
+    assert syn.hq_box.currentData() == "flow-cmr-fine-2step" and syn.steps_box.value() == 2  # the shipped HQ default, its own steps
     syn.hq_box.setCurrentIndex(syn.hq_box.findData("flow-cmr"))
     assert syn.steps_box.value() == 8  # the teacher's own default
     syn.steps_box.setValue(3)
@@ -398,7 +398,7 @@ def test_settings_are_remembered(open_window, studio_env):
 
     win = open_window()
     dlg = SettingsDialog(win.studio)
-    assert dlg.hq.currentText() == "flow-cmr-2step"  # nothing saved yet: the shipped HQ default
+    assert dlg.hq.currentText() == "flow-cmr-fine-2step"  # nothing saved yet: the shipped HQ default
     dlg.device.setCurrentText("cpu")
     dlg.accept()
     win.synthesis.contour_check.setChecked(False)
@@ -417,7 +417,7 @@ def test_settings_are_remembered(open_window, studio_env):
     (studio_env / "config" / "settings.json").write_text(json.dumps(saved), encoding="utf-8")
     win2 = open_window()  # the remembered style is the default; a scan that names its vendor (the sample: GE) is shown in its own
     assert win2.studio.session.settings.vendor == "siemens" and win2.studio.session.vendor == "ge" == win2.synthesis.vendor_box.currentText()
-    assert win2.synthesis.hq_box.currentData() == "flow-cmr-2step" == SettingsDialog(win2.studio).hq.currentText()
+    assert win2.synthesis.hq_box.currentData() == "flow-cmr-fine-2step" == SettingsDialog(win2.studio).hq.currentText()
     assert win2.synthesis.margin_box.value() == 6.0 == win2.studio.session.margin_mm
 
 

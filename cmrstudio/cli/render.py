@@ -61,6 +61,8 @@ def render(
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps of a diffusion (e.g. 25) or flow (e.g. 4) model; the card's default when omitted."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale of a diffusion or flow model (1 = none)."),
     solver: Optional[str] = typer.Option(None, "--solver", help="ODE solver of a flow model: euler or heun."),
+    shifts: Optional[int] = typer.Option(None, "--shifts", help="Flow/diffusion: 4 averages each step over the 4 offsets of the "
+                                         "network's 2-px patch grid (no patch grid, 4x the time), 1 one pass; default: the card's."),
     labels: Optional[str] = LabelsOpt,
     frame: Optional[int] = FrameOpt,
     spacing: Optional[str] = SpacingOpt,
@@ -78,7 +80,7 @@ def render(
     if out is None and case_out is None:
         raise CmrError("Give --out IMAGE (the rendered volume) and/or --case-out DIR (image, mask and sidecar for export).")
     info = get_model(model, kind=generator_kinds())
-    hq = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver)) if v is not None}
+    hq = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver), ("shifts", shifts)) if v is not None}
     c = read_mask(mask, labels=labels, frame=frame, spacing=parse_spacing(spacing), case=case)  # bad input first, before the model loads
     scan = read_case(context, frame=frame, spacing=parse_spacing(spacing), case=context_case or case) if context is not None else None
     r = open_renderer(info, device=device, **hq, **({"layout_prior": layout_prior} if layout_prior else {}))
@@ -91,7 +93,7 @@ def render(
                            "give the mask that was painted on this scan.")
         if not r.scene:
             raise CmrError(f"The model '{r.name}' renders the heart crop only and cannot render into a patient's scan; "
-                           "use a scene model (spade-cmr, flow-cmr-2step, flow-cmr) or drop --context.")
+                           "use a scene model (spade-cmr, flow-cmr-fine-2step, flow-cmr) or drop --context.")
         image = scan.image
         if scan.mask is not None:
             heart = scan.mask
@@ -128,7 +130,8 @@ def render(
         write_case(render_case(img, c.mask, c.affine, fr, record, cid, mask_source=mask_source_of(mask, c)), case_out, name=cid)
         written.append(f"{case_out}/{cid}_image.nii.gz (+ mask, sidecar)")
     fov = f"{fr.spacing_mm * fr.size:.0f} mm" if fr.spacing_mm else "heart-sized"
-    how = f", {sampler_name(r.solver, getattr(r, 'time_shift', 1.0))} {r.steps} steps, guidance {r.guidance:g}" if hasattr(r, "solver") else ""
+    how = (f", {r.steps} steps ({sampler_name(r.solver, getattr(r, 'time_shift', 1.0), getattr(r, 'shifts', 1))}), guidance {r.guidance:g}"
+           if hasattr(r, "solver") else "")
     where = (f"in this patient ({context}; {margin:g} mm around what differs from its own heart repainted, "
              f"{band_mm(margin, heart is not None):g} mm around the rest, "
              "derived from a patient scan)" if image is not None

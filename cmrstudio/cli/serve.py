@@ -16,7 +16,7 @@ def serve(
     tls_cert: Optional[str] = typer.Option(None, "--tls-cert", help="TLS certificate (PEM); with --tls-key the server speaks https/wss."),
     tls_key: Optional[str] = typer.Option(None, "--tls-key", help="TLS private key (PEM)."),
     live_model: Optional[str] = typer.Option(None, "--live-model", help="Installed one-step model for live frames (default: spade-cmr)."),
-    hq_model: Optional[str] = typer.Option(None, "--hq-model", help="Default installed HQ model (default: flow-cmr-2step); clients may name "
+    hq_model: Optional[str] = typer.Option(None, "--hq-model", help="Default installed HQ model (default: flow-cmr-fine-2step); clients may name "
                                            "another installed one."),
     layout_prior: Optional[str] = typer.Option(None, "--layout-prior", help="Installed layout model that fully synthetic renders take "
                                                "their body from (a layout bank of your site's scans; default: each model's own prior)."),

@@ -215,7 +215,7 @@ class GeneratorFront:
         """A heart-crop model cannot render in a patient's own slice: say so in one sentence."""
         if context is not None and getattr(context, "mode", "in-patient") == "in-patient":
             raise CmrError(f"The model '{self.name}' renders the heart crop only, not into a patient's own slice; "
-                           "use a scene model (the shipped spade-cmr, flow-cmr-2step or flow-cmr), or render fully synthetic.")
+                           "use a scene model (the shipped spade-cmr, flow-cmr-fine-2step or flow-cmr), or render fully synthetic.")
 
     # -- inputs --------------------------------------------------------------------------------
     def check_mask(self, mask: np.ndarray, where: str = "The mask") -> np.ndarray:

@@ -215,16 +215,17 @@ def bench_hq(models: list[str] | None = None, steps: list[int] | None = None, n:
         sync = _sync(r.device)
         v = torch.zeros(1, dtype=torch.long, device=r.device)
         shift = getattr(r, "time_shift", 1.0)  # a plugin's renderer may have no time grid of its own
-        sampler = sampler_name(r.solver, shift)
+        spins = getattr(r, "shifts", 1)
+        sampler = sampler_name(r.solver, shift, spins)
         for sz, net, fm in nets:
             oh = onehot(torch.from_numpy(fm[None].astype(np.int64))).to(r.device)
             noise = noise_for(0, sz).to(r.device)
             for k in steps or ([10, 25, 50] if r.kind == "diffusion" else [1, 2, 4, 8]):
-                run_to_end(sample(net, r.kind, oh, v, noise, 2, g, r.solver, bf16=r.bf16, time_shift=shift))  # warm-up
+                run_to_end(sample(net, r.kind, oh, v, noise, 2, g, r.solver, bf16=r.bf16, time_shift=shift, shifts=spins))  # warm-up
                 times = []
                 for _ in range(n):
                     t0 = time.perf_counter()
-                    run_to_end(sample(net, r.kind, oh, v, noise, k, g, r.solver, bf16=r.bf16, time_shift=shift))
+                    run_to_end(sample(net, r.kind, oh, v, noise, k, g, r.solver, bf16=r.bf16, time_shift=shift, shifts=spins))
                     sync()
                     times.append(time.perf_counter() - t0)
                 sec = float(np.median(times))
@@ -243,17 +244,21 @@ def _bench_scene_hq(r, case, z: int, steps: list[int] | None, n: int, guidance: 
     sync = _sync(r.device)
     rows = []
     size = r.scene_of(frame).frame.size
-    sampler = sampler_name(r.solver, getattr(r, "time_shift", 1.0))
-    for mode in ("in-patient", "synthetic"):
+    sampler = sampler_name(r.solver, getattr(r, "time_shift", 1.0), getattr(r, "shifts", 1))
+    seeds = iter(range(1, 1_000_000))  # every timed render its own seed: none finds its tissue classes already sampled
+    for mode in ("in-patient", "synthetic", "synthetic, classes kept"):
         for k in steps or [4, 8, 16]:
-            def once(seed):
+            def once(seed, k=k):
                 ctx = SliceContext("in-patient", case.image[z], case.mask[z]) if mode == "in-patient" else SliceContext("synthetic")
                 r.render_slice_ctx(case.mask[z], frame, "siemens", seed, ctx, steps=k, guidance=guidance)
             once(0)  # warm-up (and the tissue-class prior's first load)
             times = []
             for i in range(n):
+                seed = next(seeds)
+                if mode == "synthetic, classes kept":  # the live model has drawn this slice and seed: the prior's sample is kept
+                    once(seed, k=1)
                 t0 = time.perf_counter()
-                once(i + 1)
+                once(seed)
                 sync()
                 times.append(time.perf_counter() - t0)
             sec = float(np.median(times))

@@ -33,7 +33,7 @@ from cmrstudio.record import Render, make_record, sampler_name
 from cmrstudio.models.checkpoint import ModelInfo
 from cmrstudio.models.diffusion import CondUNet
 from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, SOLVERS, Cancelled, Step, check_guidance, check_steps,
-                                       noise_for, run_to_end, sample, valid_time_shift)
+                                       noise_for, run_to_end, sample, valid_shifts, valid_time_shift)
 from cmrstudio.models.spade import onehot
 
 class HQRenderer(GeneratorFront):
@@ -42,7 +42,8 @@ class HQRenderer(GeneratorFront):
     kinds = ("diffusion", "flow")
 
     def __init__(self, model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None,
-                 steps: int | None = None, guidance: float | None = None, solver: str | None = None, bf16: bool | None = None):
+                 steps: int | None = None, guidance: float | None = None, solver: str | None = None, bf16: bool | None = None,
+                 shifts: int | None = None):
         super().__init__(model, device, threads)
         card = self.info.card.get("sampling", {})
         self.steps = card.get("steps", DEFAULT_STEPS[self.kind])  # the card's defaults, checked below with the arguments
@@ -52,6 +53,15 @@ class HQRenderer(GeneratorFront):
         if self.time_shift is None:
             raise CmrError(f"The card {self.info.card_path} names sampling.time_shift {card.get('time_shift')!r}; it must be a number above 0 "
                            "and at most 100 (1 = uniform steps): correct it or remove it from the card.")
+        self.shifts = valid_shifts(card.get("shifts", 1) if shifts is None else shifts)  # 4: averaged over the patch grid's offsets
+        if self.shifts is None:
+            what = "1 (one pass a step) or 4 (each step averaged over the 4 offsets of the network's 2-px patch grid)"
+            raise CmrError(f"--shifts {shifts!r} must be {what}." if shifts is not None else
+                           f"The card {self.info.card_path} names sampling.shifts {card.get('shifts')!r}; it must be {what}: "
+                           "correct it or remove it from the card.")
+        if self.shifts > 1 and not getattr(self.net, "size_unit", None):
+            raise CmrError(f"The model '{self.name}' cannot average its steps over shifts (its network does not say its size unit); "
+                           "render it with shifts 1.")
         self.steps, self.guidance, self.solver = self.sampling(steps, guidance, solver)
         self.bf16 = bf16_native(self.device) if bf16 is None else bool(bf16)
         if self.bf16 and self.device.type == "cpu" and type(self.net) is CondUNet:  # our own network: every call is under autocast
@@ -59,7 +69,7 @@ class HQRenderer(GeneratorFront):
 
     def describe(self) -> dict:
         return {**super().describe(), "steps": self.steps, "guidance": self.guidance, "solver": self.solver,
-                "time_shift": self.time_shift, "sampler": sampler_name(self.solver, self.time_shift)}
+                "time_shift": self.time_shift, "shifts": self.shifts, "sampler": sampler_name(self.solver, self.time_shift, self.shifts)}
 
     def sampling(self, steps=None, guidance=None, solver=None) -> tuple[int, float, str]:
         """Checked (steps, guidance, solver); each one not given is this renderer's default."""
@@ -89,7 +99,8 @@ class HQRenderer(GeneratorFront):
             noise = noise_for(seed, self.size, framed.shape[0]).to(self.device)
         else:
             noise = torch.cat([noise_for(s, self.size) for s in seed]).to(self.device)
-        it = sample(self.net, self.kind, oh, v, noise, steps, guidance, solver, bf16=self.bf16, cancel=cancel, time_shift=self.time_shift)
+        it = sample(self.net, self.kind, oh, v, noise, steps, guidance, solver, bf16=self.bf16, cancel=cancel, time_shift=self.time_shift,
+                    shifts=self.shifts)
         while True:
             with self._lock:  # one step at a time holds the network
                 try:
@@ -130,7 +141,8 @@ class SceneHQRenderer(SceneMixin, HQRenderer):
     def _window_steps(self, cond, vendor_index, seed, noise, cancel=None, steps=None, solver=None, guidance=None, **kw):
         steps, guidance, solver = self.sampling(steps, guidance, solver)
         v = torch.tensor([vendor_index], dtype=torch.long, device=self.device)
-        it = sample(self.net, self.kind, cond, v, noise, steps, guidance, solver, bf16=self.bf16, cancel=cancel, time_shift=self.time_shift)
+        it = sample(self.net, self.kind, cond, v, noise, steps, guidance, solver, bf16=self.bf16, cancel=cancel, time_shift=self.time_shift,
+                    shifts=self.shifts)
         while True:
             with self._lock:  # one step at a time holds the network
                 try:

@@ -23,7 +23,7 @@
     vendors: {siemens: 1, philips: 1, ge: 1, canon: 1}     # or a list (equal weights)
     models:
       - {name: spade-cmr, weight: 4}                       # live (one step)
-      - {name: flow-cmr-2step, weight: 1}                  # HQ (its own 2 steps)
+      - {name: flow-cmr-fine-2step, weight: 1}             # HQ (its own 2 steps)
     output: {format: nnunet, name: SyntheticCMR, dataset_id: 601}
 
 A bad recipe raises :class:`~cmrstudio.errors.CmrError` with one sentence naming the field and value.

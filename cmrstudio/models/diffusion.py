@@ -222,6 +222,7 @@ class CondUNet(nn.Module):
         super().__init__()
         cfg.check()
         self.cfg = cfg
+        self.size_unit = cfg.patch * 2 ** (len(cfg.mults) - 1)  # an input's sides are multiples of this
         L, hid, g, nk = cfg.n_cond, cfg.spade_hidden, cfg.groups, cfg.norm
         chans = [cfg.base * m for m in cfg.mults]
         self.time = nn.Sequential(nn.Linear(cfg.time_dim, cfg.time_dim), nn.SiLU(), nn.Linear(cfg.time_dim, cfg.time_dim))

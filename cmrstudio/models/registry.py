@@ -32,8 +32,8 @@ from cmrstudio.models.checkpoint import CARD_SUFFIX, WEIGHTS_SUFFIX, ModelInfo, 
 from cmrstudio.resources import resources_dir
 
 ENTRY_POINT_GROUP = "cmrstudio.generators"
-# the HQ default is flow-cmr distilled to two steps (its teacher, flow-cmr, stays installed and can be named)
-DEFAULT_MODELS = {"spade": "spade-cmr", "flow": "flow-cmr-2step", "segmenter": "seg-cmr", "layout": "layout-cmr"}
+# the HQ default is flow-cmr-fine distilled to two steps (its teacher, flow-cmr-fine, stays installed and can be named)
+DEFAULT_MODELS = {"spade": "spade-cmr", "flow": "flow-cmr-fine-2step", "segmenter": "seg-cmr", "layout": "layout-cmr"}
 GENERATOR_KINDS = ("spade", "diffusion", "flow")
 
 

@@ -86,6 +86,49 @@ def time_grid(steps: int, shift: float = 1.0) -> list[float]:
     return out
 
 
+SHIFTS = (1, 4)  # renders made once (1), or averaged over the 4 offsets of a 2-px patch grid (see _Spin)
+
+
+def valid_shifts(shifts) -> int | None:
+    """A card's or a person's ``shifts``: 1 or 4, else None."""
+    if isinstance(shifts, bool):
+        return None
+    try:
+        n = int(shifts)
+    except (TypeError, ValueError):
+        return None
+    return n if n == shifts and n in SHIFTS else None
+
+
+class _Spin:
+    """Cycle spinning (Coifman & Donoho, 1995) of the network: it is run on the input shifted by each of the 4 offsets of
+    its 2-px patch grid at once (one batch; the edges padded by replication to keep the size a multiple of the network's
+    unit), each output is shifted back, and the 4 are averaged. A grid locked to the patches (the period-2 stripes a
+    patch-2 network can draw, which distillation strengthens) falls on a different phase in each copy and cancels;
+    the image itself does not move. The conditioning's padded copies are made once per render."""
+
+    OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+    def __init__(self, net, onehot: torch.Tensor, vendor: torch.Tensor):
+        from cmrstudio.errors import CmrError
+
+        unit = getattr(net, "size_unit", None)
+        if not unit:
+            raise CmrError(f"The network {type(net).__name__} does not say its size unit, so its renders cannot be averaged over "
+                           "shifts; render it with shifts 1.")
+        self.unit = int(unit)
+        self.onehot, self.vendor = self.pad(onehot), vendor.repeat(len(self.OFFSETS))
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.unit
+        return torch.cat([F.pad(x, (dx, u - dx, dy, u - dy), mode="replicate") for dy, dx in self.OFFSETS])
+
+    def back(self, out: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        h, w = size
+        parts = out.chunk(len(self.OFFSETS))
+        return torch.stack([o[..., dy:dy + h, dx:dx + w] for o, (dy, dx) in zip(parts, self.OFFSETS)]).mean(0)
+
+
 class Cancelled(Exception):
     """Raised by a sampler when its cancel event is set between steps."""
 
@@ -195,17 +238,28 @@ def _check(objective: str, steps: int, solver: str | None) -> str:
 
 
 def _solve(net, objective: str, onehot: torch.Tensor, vendor: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float,
-           solver: str, bf16: bool, cancel: threading.Event | None, time_shift: float) -> Iterator[tuple[int, float, torch.Tensor, torch.Tensor]]:
-    """The samplers' loop over :func:`time_grid`: yields (step index, time reached, x, the clean image x points to)."""
+           solver: str, bf16: bool, cancel: threading.Event | None, time_shift: float,
+           shifts: int = 1) -> Iterator[tuple[int, float, torch.Tensor, torch.Tensor]]:
+    """The samplers' loop over :func:`time_grid`: yields (step index, time reached, x, the clean image x points to).
+    ``shifts`` 4: every network output is averaged over the patch grid's offsets (:class:`_Spin`)."""
     ts = time_grid(steps, time_shift)
     x = noise.to(onehot.device, torch.float32)
+    spin = _Spin(net, onehot, vendor) if shifts > 1 else None
+    if spin is not None:
+        onehot, vendor = spin.onehot, spin.vendor
     onehot, vendor = _branches(onehot, vendor, guidance)
     maps = {} if _keeps_maps(net) else None  # conditioning-only maps, made at the first step and reused
+
+    def predict(x, t):
+        if spin is None:
+            return _predict(net, x, t, onehot, vendor, guidance, bf16, maps)
+        return spin.back(_predict(net, spin.pad(x), t, onehot, vendor, guidance, bf16, maps), x.shape[-2:])
+
     for i in range(steps):
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         t, s = ts[i], ts[i + 1]
-        out = _predict(net, x, t, onehot, vendor, guidance, bf16, maps)
+        out = predict(x, t)
         if objective == "diffusion":
             a_t, s_t = math.cos(t * math.pi / 2), math.sin(t * math.pi / 2)
             a_s, s_s = math.cos(s * math.pi / 2), math.sin(s * math.pi / 2)
@@ -216,7 +270,7 @@ def _solve(net, objective: str, onehot: torch.Tensor, vendor: torch.Tensor, nois
         else:
             if solver == "heun" and s > 0:
                 x_e = x - (t - s) * out
-                out2 = _predict(net, x_e, s, onehot, vendor, guidance, bf16, maps)
+                out2 = predict(x_e, s)
                 out = 0.5 * (out + out2)
                 x = x - (t - s) * out
             else:
@@ -228,23 +282,25 @@ def _solve(net, objective: str, onehot: torch.Tensor, vendor: torch.Tensor, nois
 @torch.inference_mode()
 def sample(net, objective: str, onehot: torch.Tensor, vendor: torch.Tensor, noise: torch.Tensor, steps: int,
            guidance: float = DEFAULT_GUIDANCE, solver: str | None = None, bf16: bool = False,
-           cancel: threading.Event | None = None, time_shift: float = 1.0) -> Iterator[Step]:
-    """Integrate from ``noise`` (B, 1, N, N) at t = 1 to an image at t = 0 over :func:`time_grid`, yielding every step."""
+           cancel: threading.Event | None = None, time_shift: float = 1.0, shifts: int = 1) -> Iterator[Step]:
+    """Integrate from ``noise`` (B, 1, N, N) at t = 1 to an image at t = 0 over :func:`time_grid`, yielding every step
+    (``shifts`` 4: each step's network output averaged over the patch grid's offsets)."""
     solver = _check(objective, steps, solver)
     steps = int(steps)
-    for i, s, x, preview in _solve(net, objective, onehot, vendor, noise, steps, guidance, solver, bf16, cancel, time_shift):
+    for i, s, x, preview in _solve(net, objective, onehot, vendor, noise, steps, guidance, solver, bf16, cancel, time_shift, shifts):
         done = i == steps - 1
         yield Step(i + 1, steps, s, _to01(x if done else preview), done)
 
 
 @torch.no_grad()
 def integrate(net, objective: str, onehot: torch.Tensor, vendor: torch.Tensor, noise: torch.Tensor, steps: int,
-              guidance: float = DEFAULT_GUIDANCE, solver: str | None = None, bf16: bool = False, time_shift: float = 1.0) -> torch.Tensor:
+              guidance: float = DEFAULT_GUIDANCE, solver: str | None = None, bf16: bool = False, time_shift: float = 1.0,
+              shifts: int = 1) -> torch.Tensor:
     """What :func:`sample` ends at, as a tensor on the network's device in its [-1, 1] range, without the previews' copies
     to the host at every step (a training target: no gradient, and not an inference-mode tensor)."""
     solver = _check(objective, steps, solver)
     x = None
-    for _, _, x, _ in _solve(net, objective, onehot, vendor, noise, int(steps), guidance, solver, bf16, None, time_shift):
+    for _, _, x, _ in _solve(net, objective, onehot, vendor, noise, int(steps), guidance, solver, bf16, None, time_shift, shifts):
         pass
     return x.float().clamp(-1, 1)
 

@@ -234,7 +234,8 @@ class DiffusionTrainer(BaseTrainer):
     def teacher_images(self, cond: torch.Tensor, vendor: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """What the teacher renders from ``noise`` under this conditioning, in the network's [-1, 1] range, on the device."""
         t = self.teacher
-        return integrate(t.net, "flow", cond, vendor, noise, t.steps, t.guidance, t.solver, bf16=t.bf16, time_shift=t.time_shift)
+        return integrate(t.net, "flow", cond, vendor, noise, t.steps, t.guidance, t.solver, bf16=t.bf16, time_shift=t.time_shift,
+                         shifts=t.shifts)
 
     def extra_state(self) -> dict:
         extra = super().extra_state()
@@ -309,6 +310,7 @@ class DiffusionTrainer(BaseTrainer):
                 "teacher": self.teacher_record["name"], "teacher_sha256": self.teacher_record["sha256"], "teacher_steps": self.teacher.steps,
                 "teacher_held_out_case_prefixes": self.teacher_record.get("held_out_case_prefixes"),
                 "teacher_solver": self.teacher.solver, "teacher_guidance": self.teacher.guidance, "teacher_time_shift": self.teacher.time_shift,
+                "teacher_shifts": self.teacher.shifts,
                 "targets": "teacher renders" + (" and, through the discriminator, the real slices" if self.D is not None
                                                  else " (the real slices give only the conditioning)")}
         if self.D is not None:
