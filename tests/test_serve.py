@@ -421,8 +421,9 @@ def test_tls_serves_https_and_wss(tmp_path, sample):
 
 def test_a_server_started_with_a_layout_bank_gives_fully_synthetic_renders_that_body(tmp_path, monkeypatch, sample):
     """`cmrstudio serve --layout-prior BANK`: a site's own body layouts for every client's fully synthetic renders, as the
-    studio's Settings ▸ Body layout does locally; the record over the wire names it; the HQ flow model (other cells) keeps
-    its own prior with a warning; a layout the live model cannot take, or one not installed, stops the start in one sentence."""
+    studio's Settings ▸ Body layout does locally; the record over the wire names it; the HQ default (the fine prior's cells)
+    takes it too, while an HQ model of other cells keeps its own prior with a warning; a layout the live model cannot take,
+    or one not installed, stops the start in one sentence."""
     from cmrstudio.engine.factory import open_renderer
     from cmrstudio.resources import sample_dir
     from cmrstudio.serve.state import ServerState
@@ -452,8 +453,9 @@ def test_a_server_started_with_a_layout_bank_gives_fully_synthetic_renders_that_
         own = r.render_slice(case.mask[z], frame, "siemens", 5, SliceContext("synthetic", key=("own", z)))[0]
         assert np.allclose(res.image, local, rtol=2 ** -10, atol=1e-3)  # the bank's body, rendered as locally
         assert np.abs(res.image - own).mean() > 0.02  # not the model's own prior's
+        assert srv.state.hq_renderer(None).layout_prior_name() == "bank-s"  # the HQ default has the fine prior's cells too
         with pytest.warns(UserWarning, match="keeps its own body layout"):
-            hq = srv.state.hq_renderer(None)
+            hq = srv.state.hq_renderer("flow-cmr-2step")  # layout-cmr's 10 mm cells
         assert hq.layout_prior_name() == "layout-cmr"
     finally:
         srv.stop()
