@@ -14,6 +14,7 @@ the delay from a dab to its image.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 
 import numpy as np
@@ -245,7 +246,7 @@ def _bench_scene_hq(r, case, z: int, steps: list[int] | None, n: int, guidance: 
     rows = []
     size = r.scene_of(frame).frame.size
     sampler = sampler_name(r.solver, getattr(r, "time_shift", 1.0), getattr(r, "shifts", 1))
-    seeds = iter(range(1, 1_000_000))  # every timed render its own seed: none finds its tissue classes already sampled
+    seeds = itertools.count(1)  # every timed render its own seed: none finds its tissue classes already sampled
     for mode in ("in-patient", "synthetic", "synthetic, classes kept"):
         for k in steps or [4, 8, 16]:
             def once(seed, k=k):
