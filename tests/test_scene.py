@@ -228,6 +228,32 @@ def test_live_edits_in_synthetic_surroundings_repaint_only_around_the_heart(live
     live.forget_scenes()
 
 
+def test_kept_surroundings_are_the_most_recently_used_few(live, sample, monkeypatch):
+    """The renderer keeps the synthetic surroundings of its last ``scene_cache_size`` slices, the least recently used
+    dropped first: a slice painted again keeps its body (a window render), one pushed out draws a new scene."""
+    from cmrstudio.engine.scene import Kept, SliceContext
+
+    kept = Kept(lambda: 2)
+    for k in "abc":
+        kept.put(k, k.upper())
+        kept.get("a")  # "a" used after every put: "b" is the least recently used when "c" comes
+    assert (kept.get("a"), kept.get("b"), kept.get("c"), len(kept)) == ("A", None, "C", 2)
+    c, z = sample
+    frame = live.frame_for(c.mask, c.spacing)
+    vi = live.resolve_vendor("siemens")[0]
+    monkeypatch.setattr(live, "scene_cache_size", 2)
+    live.forget_scenes()
+    ctx = {k: SliceContext("synthetic", key=("kept test", k)) for k in range(3)}
+    for k in (0, 1):
+        live.render_slice(c.mask[z], frame, "siemens", 5, ctx[k])
+    assert live.plan(c.mask[z], frame, ctx[0], vi, 5).hole is not None  # slice 0 kept (and now the most recently used)
+    live.render_slice(c.mask[z], frame, "siemens", 5, ctx[2])  # a third slice pushes out slice 1, not slice 0
+    assert live.plan(c.mask[z], frame, ctx[0], vi, 5).hole is not None and live.plan(c.mask[z], frame, ctx[2], vi, 5).hole is not None
+    assert live.plan(c.mask[z], frame, ctx[1], vi, 5).hole is None  # a whole scene again
+    live.forget_scenes()
+    assert live.plan(c.mask[z], frame, ctx[0], vi, 5).hole is None
+
+
 def test_live_renders_put_back_only_their_window_and_equal_putting_back_the_whole_scene(live, sample):
     """The live path resamples only the repainted window back into the scan (and keeps the synthetic surroundings in
     the scan's grid): the result must be what putting the whole scene back gives, in this patient and fully synthetic."""

@@ -118,6 +118,38 @@ def window_around(region: np.ndarray, at_least: tuple[int, int, int], size: int)
     return r, c, n
 
 
+class Kept:
+    """The last few values by key, the least recently used dropped first; safe to share between threads. ``limit`` (an
+    int, or a callable giving one) is read at every ``put``, so an owner whose size is a class attribute may change it."""
+
+    def __init__(self, limit):
+        self._limit = limit
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable):
+        with self._lock:
+            hit = self._d.get(key)
+            if hit is not None:
+                self._d.move_to_end(key)
+            return hit
+
+    def put(self, key: Hashable, value) -> None:
+        limit = self._limit() if callable(self._limit) else self._limit
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > limit:
+                self._d.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
 class LayoutPrior:
     """The tissue-class prior a scene model was trained with (:mod:`cmrstudio.models.layout`): where body, lung,
     liver and fat are, sampled for each seed given the painted heart and the scan's extent."""
@@ -130,8 +162,7 @@ class LayoutPrior:
         self.info = installed_prior(model, sha256, "the model")
         self.model = load_layout(self.info)  # the PCA, or a fine prior refining the PCA's sample
         self.factor = self.model.factor
-        self._kept: OrderedDict = OrderedDict()
-        self._kept_lock = threading.Lock()
+        self._kept = Kept(lambda: self.kept_samples)
         self.sampled = 0  # samples drawn (not taken from the kept ones)
 
     def sample(self, mask: np.ndarray, inside: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
@@ -141,17 +172,12 @@ class LayoutPrior:
         live model has drawn whole for the same seed (a slice not edited since) takes its tissue classes from there instead
         of sampling them again (the fine prior's sample is about 0.5 s on a 2-core CPU)."""
         key = (_digest(mask, np.int16), _digest(inside, bool), int(vendor_index), int(seed), getattr(self.model, "leave_out", None))
-        with self._kept_lock:
-            hit = self._kept.get(key)
-            if hit is not None:
-                self._kept.move_to_end(key)
-                return hit.copy()
+        hit = self._kept.get(key)
+        if hit is not None:
+            return hit.copy()
         lay = self.model.scene_sample(mask, inside, vendor_index, seed)
-        with self._kept_lock:
-            self.sampled += 1
-            self._kept[key] = lay.copy()
-            while len(self._kept) > self.kept_samples:
-                self._kept.popitem(last=False)
+        self.sampled += 1
+        self._kept.put(key, lay.copy())
         return lay
 
 
@@ -191,9 +217,8 @@ class SceneMixin:
     framed_kw: dict = {}  # what whole-batch renders (render_framed) pass on to _window_steps
 
     def _init_scene(self) -> None:
-        self._scenes: OrderedDict = OrderedDict()  # synthetic surroundings: (key, vendor, seed, frame) -> _Cached
-        self._contexts: OrderedDict = OrderedDict()  # in-patient context in the scene: (id(image), frame) -> (S, S)
-        self._scene_lock = threading.Lock()
+        self._scenes = Kept(lambda: self.scene_cache_size)  # synthetic surroundings: (key, vendor, seed, frame) -> _Cached
+        self._contexts = Kept(lambda: self.scene_cache_size)  # in-patient context in the scene: (id(image), frame) -> (image, (S, S))
         self._timing = threading.local()  # this thread's last render: time in the network, window size
 
     def last_network(self) -> tuple[float, int] | None:
@@ -273,18 +298,14 @@ class SceneMixin:
 
     def _context_scene(self, image: np.ndarray, scene: Scene) -> np.ndarray:
         key = (id(image), scene.frame.origin, scene.frame.step, scene.frame.size, scene.frame.intensity)
-        with self._scene_lock:
-            hit = self._contexts.get(key)
-            if hit is not None and hit[0] is image:
-                return hit[1]
+        hit = self._contexts.get(key)
+        if hit is not None and hit[0] is image:
+            return hit[1]
         from cmrstudio.case import Case
 
         fc = to_frame(Case(np.asarray(image, np.float32)[None]), scene.frame)
         out = fc.image[0]
-        with self._scene_lock:
-            self._contexts[key] = (image, out)
-            while len(self._contexts) > self.scene_cache_size:
-                self._contexts.popitem(last=False)
+        self._contexts.put(key, (image, out))
         return out
 
     def plan(self, mask2d: np.ndarray, frame: Frame, context: SliceContext, vendor_index: int, seed: int) -> Plan:
@@ -300,8 +321,7 @@ class SceneMixin:
             hole = edit_region(m, own, margin, band)
         else:
             ck = self._scene_key(scene, vendor_index, seed, context.key)
-            with self._scene_lock:
-                cached = self._scenes.get(ck) if ck is not None else None
+            cached = self._scenes.get(ck) if ck is not None else None
             if cached is None:
                 return self._whole_scene_plan(scene, m, vendor_index, seed, keep_as=ck)
             ctx = cached.image
@@ -318,16 +338,12 @@ class SceneMixin:
     def _keep_scene(self, plan: Plan, image: np.ndarray, native: np.ndarray) -> None:
         """Keep a whole synthetic scene, and the same put back into the scan (a copy: the caller may change its own)."""
         if plan.keep_as is not None:
-            with self._scene_lock:
-                self._scenes[plan.keep_as] = _Cached(image, plan.mask, native.copy(), _intensity(plan.scene))
-                while len(self._scenes) > self.scene_cache_size:
-                    self._scenes.popitem(last=False)
+            self._scenes.put(plan.keep_as, _Cached(image, plan.mask, native.copy(), _intensity(plan.scene)))
 
     def forget_scenes(self) -> None:
         """Drop kept synthetic surroundings (a new case, or the painter asked for new ones)."""
-        with self._scene_lock:
-            self._scenes.clear()
-            self._contexts.clear()
+        self._scenes.clear()
+        self._contexts.clear()
 
     # -- rendering ---------------------------------------------------------------------------------
     def render_scene(self, scene: Scene, mask: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
@@ -398,8 +414,7 @@ class SceneMixin:
 
     def _kept_native(self, plan: Plan, scene: Scene) -> np.ndarray:
         """The kept synthetic surroundings in the scan's grid (put back when they were made, reused by every edit)."""
-        with self._scene_lock:
-            kept = self._scenes.get(plan.context_key) if plan.context_key is not None else None
+        kept = self._scenes.get(plan.context_key) if plan.context_key is not None else None
         if kept is not None and kept.image is plan.context and kept.native_intensity == _intensity(scene):
             return kept.native
         return from_frame(plan.context, scene.frame, kind="image").astype(np.float32)
