@@ -63,6 +63,8 @@ def render(
     solver: Optional[str] = typer.Option(None, "--solver", help="ODE solver of a flow model: euler or heun."),
     shifts: Optional[int] = typer.Option(None, "--shifts", help="Flow/diffusion: 4 averages each step over the 4 offsets of the "
                                          "network's 2-px patch grid (no patch grid, 4x the time), 1 one pass; default: the card's."),
+    no_spectrum_gain: bool = typer.Option(False, "--no-spectrum-gain", help="Flow/diffusion: without the radial spectrum gain the "
+                                          "card may have (cmrstudio train spectrum-gain)."),
     labels: Optional[str] = LabelsOpt,
     frame: Optional[int] = FrameOpt,
     spacing: Optional[str] = SpacingOpt,
@@ -80,7 +82,8 @@ def render(
     if out is None and case_out is None:
         raise CmrError("Give --out IMAGE (the rendered volume) and/or --case-out DIR (image, mask and sidecar for export).")
     info = get_model(model, kind=generator_kinds())
-    hq = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver), ("shifts", shifts)) if v is not None}
+    hq = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver), ("shifts", shifts),
+                            ("spectrum_gain", False if no_spectrum_gain else None)) if v is not None}
     c = read_mask(mask, labels=labels, frame=frame, spacing=parse_spacing(spacing), case=case)  # bad input first, before the model loads
     scan = read_case(context, frame=frame, spacing=parse_spacing(spacing), case=context_case or case) if context is not None else None
     r = open_renderer(info, device=device, **hq, **({"layout_prior": layout_prior} if layout_prior else {}))
@@ -130,7 +133,7 @@ def render(
         write_case(render_case(img, c.mask, c.affine, fr, record, cid, mask_source=mask_source_of(mask, c)), case_out, name=cid)
         written.append(f"{case_out}/{cid}_image.nii.gz (+ mask, sidecar)")
     fov = f"{fr.spacing_mm * fr.size:.0f} mm" if fr.spacing_mm else "heart-sized"
-    how = (f", {r.steps} steps ({sampler_name(r.solver, getattr(r, 'time_shift', 1.0), getattr(r, 'shifts', 1))}), guidance {r.guidance:g}"
+    how = (f", {r.steps} steps ({sampler_name(r.solver, getattr(r, 'time_shift', 1.0), getattr(r, 'shifts', 1), getattr(r, 'spectrum', None) is not None)}), guidance {r.guidance:g}"
            if hasattr(r, "solver") else "")
     where = (f"in this patient ({context}; {margin:g} mm around what differs from its own heart repainted, "
              f"{band_mm(margin, heart is not None):g} mm around the rest, "

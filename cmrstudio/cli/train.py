@@ -216,6 +216,44 @@ def train_soup_cmd(
                f"the mean of {len(info.card['training']['soup']['members'])} checkpoints.")
 
 
+@train_app.command("spectrum-gain")
+def train_spectrum_gain_cmd(
+    model: str = typer.Argument(..., help="An installed flow or diffusion scene model (name or card) whose card gets the gain."),
+    data: list[str] = typer.Option([], "--data", help="Real scans with labels; repeatable. Only the patients its card does not hold out are used."),
+    slices: int = typer.Option(120, "--slices", help="Heart slices, spread evenly over the training patients."),
+    strength: float = typer.Option(0.5, "--strength", help="How far towards the real power: 1 matches it, 0.5 goes half-way in log power."),
+    max_cycles: float = typer.Option(0.375, "--max-cycles", help="No gain above this frequency (cycles per pixel; 0.5 = Nyquist)."),
+    seed: int = typer.Option(20000, "--seed", help="Slice j is rendered with seed SEED + j."),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+):
+    """Fit the radial spectrum gain of a step-wise scene model on its training patients (real slices against its fully
+    synthetic renders of their masks) and write it into its card (sampling.spectrum_gain); renders take it from there.
+    Measure the model again afterwards (`cmrstudio evaluate all`)."""
+    import datetime
+
+    import torch
+
+    from cmrstudio.models.checkpoint import update_card
+    from cmrstudio.models.registry import get_model
+    from cmrstudio.models.spectrum import fit_model_gain
+
+    from cmrstudio.errors import CmrError
+
+    if not data:
+        raise CmrError("Give --data: real scans with labels, whose training patients the spectrum gain is fitted on.")
+    if threads:
+        torch.set_num_threads(int(threads))
+    info = get_model(model, kind=("flow", "diffusion"))
+    fit = fit_model_gain(model, list(data), slices, strength, max_cycles, seed, say=typer.echo)
+    fit["command"] = (f"cmrstudio train spectrum-gain {info.name} " + " ".join(f"--data {d}" for d in data)
+                      + f" --slices {slices} --strength {strength:g} --max-cycles {max_cycles:g} --seed {seed}")
+    fit["date"] = datetime.date.today().isoformat()
+    update_card(info, sampling={**(info.card.get("sampling") or {}), "spectrum_gain": fit})
+    band = [g for f, g in zip(fit["cycles_per_px"], fit["gain"]) if g > 1]
+    typer.echo(f"{info.card_path}: spectrum gain fitted on {fit['slices']} slices (strength {strength:g}; gain up to "
+               f"{max(band, default=1.0):.2f} below {max_cycles:g} cycles/px). Measure it again: cmrstudio evaluate all --model {info.name} ...")
+
+
 @train_app.command("segmenter")
 def train_segmenter_cmd(
     data: list[str] = typer.Option([], "--data", help="Training folder or file; repeat for several."),

@@ -20,7 +20,7 @@ def is_scene_model(info) -> bool:
 def open_spade(info, device=None, threads=None, bf16: bool | None = False, **options):
     from cmrstudio.engine.live import Renderer, SceneRenderer
 
-    given = [k for k, v in options.items() if v is not None]
+    given = ["no-spectrum-gain" if k == "spectrum_gain" else k for k, v in options.items() if v is not None]
     if given:
         raise CmrError(f"--{'/--'.join(given)} applies to diffusion and flow models; '{info.name}' is a SPADE model (one step, no guidance).")
     cls = SceneRenderer if is_scene_model(info) else Renderer

@@ -15,6 +15,7 @@ worker waits between steps, so the live path is never queued behind a long HQ re
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import warnings
@@ -35,6 +36,7 @@ from cmrstudio.models.diffusion import CondUNet
 from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, SOLVERS, Cancelled, Step, check_guidance, check_steps,
                                        noise_for, run_to_end, sample, valid_shifts, valid_time_shift)
 from cmrstudio.models.spade import onehot
+from cmrstudio.models.spectrum import apply_gain, check_gain
 
 class HQRenderer(GeneratorFront):
     """A loaded diffusion or flow model. ``steps``/``guidance``/``solver`` default to the card's."""
@@ -43,7 +45,7 @@ class HQRenderer(GeneratorFront):
 
     def __init__(self, model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None,
                  steps: int | None = None, guidance: float | None = None, solver: str | None = None, bf16: bool | None = None,
-                 shifts: int | None = None):
+                 shifts: int | None = None, spectrum_gain: bool | None = None):
         super().__init__(model, device, threads)
         card = self.info.card.get("sampling", {})
         self.steps = card.get("steps", DEFAULT_STEPS[self.kind])  # the card's defaults, checked below with the arguments
@@ -62,6 +64,11 @@ class HQRenderer(GeneratorFront):
         if self.shifts > 1 and not getattr(self.net, "size_unit", None):
             raise CmrError(f"The model '{self.name}' cannot average its steps over shifts (its network does not say its size unit); "
                            "render it with shifts 1.")
+        # the finished image through the card's radial gain (models.spectrum); False: without it
+        self.spectrum = check_gain(card.get("spectrum_gain"), f"The card {self.info.card_path}") if spectrum_gain is not False else None
+        if spectrum_gain and self.spectrum is None:
+            raise CmrError(f"The model '{self.name}' has no spectrum gain in its card; fit one with `cmrstudio train spectrum-gain`, "
+                           "or render without it.")
         self.steps, self.guidance, self.solver = self.sampling(steps, guidance, solver)
         self.bf16 = bf16_native(self.device) if bf16 is None else bool(bf16)
         if self.bf16 and self.device.type == "cpu" and type(self.net) is CondUNet:  # our own network: every call is under autocast
@@ -69,7 +76,8 @@ class HQRenderer(GeneratorFront):
 
     def describe(self) -> dict:
         return {**super().describe(), "steps": self.steps, "guidance": self.guidance, "solver": self.solver,
-                "time_shift": self.time_shift, "shifts": self.shifts, "sampler": sampler_name(self.solver, self.time_shift, self.shifts)}
+                "time_shift": self.time_shift, "shifts": self.shifts, "spectrum_gain": self.spectrum is not None,
+                "sampler": sampler_name(self.solver, self.time_shift, self.shifts, self.spectrum is not None)}
 
     def sampling(self, steps=None, guidance=None, solver=None) -> tuple[int, float, str]:
         """Checked (steps, guidance, solver); each one not given is this renderer's default."""
@@ -107,6 +115,8 @@ class HQRenderer(GeneratorFront):
                     st = next(it)
                 except StopIteration:
                     return
+            if st.done and self.spectrum is not None:  # the finished images through the card's radial gain
+                st = dataclasses.replace(st, preview=np.stack([apply_gain(x, self.spectrum) for x in st.preview]))
             yield st
 
     def _generate(self, framed: np.ndarray, vendor_index: int, seed: int) -> np.ndarray:
@@ -149,7 +159,10 @@ class SceneHQRenderer(SceneMixin, HQRenderer):
                     st = next(it)
                 except StopIteration:
                     return
-            yield st.step, st.total, st.preview[0]
+            img = st.preview[0]
+            if st.done and self.spectrum is not None:  # the finished window (outside a patient's repainted region: not kept)
+                img = apply_gain(img, self.spectrum)
+            yield st.step, st.total, img
 
     def sample_framed(self, masks, vendor="unknown", seed=0, steps=None, guidance=None, solver=None, cancel=None):
         """Fully synthetic heart-frame renders step by step are not offered for scene models; render slices instead."""
