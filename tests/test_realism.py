@@ -126,11 +126,12 @@ def test_spade_cmr_renders_with_the_decoder_it_was_trained_against_the_grid_with
     assert as_trained["peak_ratio"] < max(5.0, 1.5 * as_trained["real_peak_ratio"]), as_trained
 
 
-def test_a_heart_rendered_into_a_scan_leaves_no_seam(real):
+@pytest.mark.parametrize("model", ["spade-cmr", "flow-cmr-fine-2step"])  # the HQ default: its spectrum gain, inside the region only
+def test_a_heart_rendered_into_a_scan_leaves_no_seam(real, model):
     from cmrstudio.data.scene import repaint_region
     from cmrstudio.engine.factory import open_renderer
 
-    r = open_renderer("spade-cmr")
+    r = open_renderer(model)
     rows = real[:: max(1, len(real) // 24)]
     ratios = []
     for i, (c, im, m) in enumerate(rows):
