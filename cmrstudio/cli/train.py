@@ -221,8 +221,8 @@ def train_spectrum_gain_cmd(
     model: str = typer.Argument(..., help="An installed flow or diffusion scene model (name or card) whose card gets the gain."),
     data: list[str] = typer.Option([], "--data", help="Real scans with labels; repeatable. Only the patients its card does not hold out are used."),
     slices: int = typer.Option(120, "--slices", help="Heart slices, spread evenly over the training patients."),
-    strength: float = typer.Option(0.5, "--strength", help="How far towards the real power: 1 matches it, 0.5 goes half-way in log power."),
-    max_cycles: float = typer.Option(0.375, "--max-cycles", help="No gain above this frequency (cycles per pixel; 0.5 = Nyquist)."),
+    strength: float = typer.Option(1.0, "--strength", help="How far towards the real power: 1 matches it, 0.5 goes half-way in log power."),
+    max_cycles: float = typer.Option(0.3, "--max-cycles", help="No gain above this frequency (cycles per pixel; 0.5 = Nyquist; above 0.3 a faint period-2 residue comes back)."),
     seed: int = typer.Option(20000, "--seed", help="Slice j is rendered with seed SEED + j."),
     threads: Optional[int] = typer.Option(None, "--threads"),
 ):
@@ -233,11 +233,10 @@ def train_spectrum_gain_cmd(
 
     import torch
 
+    from cmrstudio.errors import CmrError
     from cmrstudio.models.checkpoint import update_card
     from cmrstudio.models.registry import get_model
     from cmrstudio.models.spectrum import fit_model_gain
-
-    from cmrstudio.errors import CmrError
 
     if not data:
         raise CmrError("Give --data: real scans with labels, whose training patients the spectrum gain is fitted on.")
