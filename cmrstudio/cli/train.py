@@ -248,9 +248,8 @@ def train_spectrum_gain_cmd(
                       + f" --slices {slices} --strength {strength:g} --max-cycles {max_cycles:g} --seed {seed}")
     fit["date"] = datetime.date.today().isoformat()
     update_card(info, sampling={**(info.card.get("sampling") or {}), "spectrum_gain": fit})
-    band = [g for f, g in zip(fit["cycles_per_px"], fit["gain"]) if g > 1]
     typer.echo(f"{info.card_path}: spectrum gain fitted on {fit['slices']} slices (strength {strength:g}; gain up to "
-               f"{max(band, default=1.0):.2f} below {max_cycles:g} cycles/px). Measure it again: cmrstudio evaluate all --model {info.name} ...")
+               f"{max(fit['gain']):.2f} below {max_cycles:g} cycles/px). Measure it again: cmrstudio evaluate all --model {info.name} ...")
 
 
 @train_app.command("segmenter")
