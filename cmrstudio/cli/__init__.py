@@ -8,6 +8,7 @@ napari, the engine, training, evaluation) are imported inside the commands, so `
 
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
 
@@ -86,9 +87,16 @@ def main(argv: list[str] | None = None) -> None:
         _main(argv)
 
 
+@functools.lru_cache(maxsize=1)
+def _command():
+    """The click command typer builds from ``app``: built once per process (about 50 ms of reading every command's
+    signature), not at each call of :func:`main` (the studio, the tests and scripts call it in-process)."""
+    return typer.main.get_command(app)
+
+
 def _main(argv: list[str] | None) -> None:
     try:
-        rc = app(args=argv, standalone_mode=False, prog_name="cmrstudio")
+        rc = _command().main(args=argv, standalone_mode=False, prog_name="cmrstudio")
         if isinstance(rc, int) and rc:  # typer.Exit(n) inside a command comes back as a return value here
             sys.exit(rc)
     except CmrError as exc:
