@@ -48,11 +48,12 @@ def tiny_run(tmp_path_factory):
 
 # ---- test tiers ---------------------------------------------------------------------------------------------------
 # `make test` runs everything. The fast tier (`make test-fast`, i.e. `pytest -m "not slow"`) leaves out what costs
-# minutes: tests that train a model, open a window, spawn the cmrstudio command in a subprocess, or kill processes.
+# minutes: tests that train a model, open a window, run the cmrstudio command (in a subprocess, or in this process with
+# helpers.cli: those tests' fixtures train), or kill processes.
 # The mark is given here, from what a test uses, so a new test lands in the right tier without anyone remembering to.
 _SLOW_FIXTURES = {"tiny_run", "tiny_diffusion", "tiny_flow", "memorising_flow", "make_napari_viewer", "open_window", "qtbot"}
 _SLOW_MODULES = {"test_kill", "test_gui", "test_studio"}
-_SLOW_CODE = re.compile(r"(?<![\w.])run\(|subprocess|Trainer\(|\.run\(progress")
+_SLOW_CODE = re.compile(r"(?<![\w.])(run|cli)\(|subprocess|Trainer\(|\.run\(progress")
 
 
 def _is_slow(item) -> bool:

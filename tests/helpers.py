@@ -50,6 +50,52 @@ def run(*args, check=True, env=None):
     return p
 
 
+def cli(*args, check=True, env=None, reraise: tuple = ()):
+    """The cmrstudio command in this process, as a user's shell would see it: exit code, stdout (strict UTF-8, like a
+    terminal) and stderr, as :func:`run` returns them. For refusals of bad input, which answer in milliseconds where a new
+    process takes seconds to import torch; what trains or renders for real runs in a subprocess (:func:`run`). The
+    process's torch thread count and environment are put back afterwards; exceptions in ``reraise`` pass through."""
+    import contextlib
+    import io
+    import os
+    import subprocess
+    import traceback
+
+    import torch
+
+    from cmrstudio.cli import main
+
+    out_b, err_b = io.BytesIO(), io.BytesIO()
+    out = io.TextIOWrapper(out_b, encoding="utf-8", errors="strict", write_through=True)
+    err = io.TextIOWrapper(err_b, encoding="utf-8", errors="backslashreplace", write_through=True)
+    rc, threads = 0, torch.get_num_threads()
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main([str(a) for a in args])
+            except SystemExit as exc:
+                rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except reraise:
+                raise
+            except BaseException:
+                traceback.print_exc(file=err)
+                rc = 99
+    finally:
+        torch.set_num_threads(threads)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    p = subprocess.CompletedProcess(["cmrstudio", *map(str, args)], rc, out_b.getvalue().decode("utf-8", "replace"),
+                                    err_b.getvalue().decode("utf-8", "replace"))
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
 def copy_model(card_path: Path, dest: Path) -> Path:
     """Copy a model's weights and card into ``dest``; returns the copied card."""
     import json

@@ -4,7 +4,7 @@ import numpy as np
 
 from cmrstudio.io import scan
 
-from helpers import run
+from helpers import cli, run
 
 
 
@@ -39,11 +39,11 @@ def test_info_on_shared_data_lists_cases_phases_vendors(mnms_dir, sunnybrook_dir
 
 
 def test_bad_input_is_one_sentence_without_traceback(tmp_path):
-    p = run("info", str(tmp_path / "missing.nii.gz"), check=False)
+    p = cli("info", str(tmp_path / "missing.nii.gz"), check=False)
     assert p.returncode == 2 and "does not exist" in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
     (tmp_path / "empty").mkdir()
-    q = run("info", str(tmp_path / "empty"), check=False)
+    q = cli("info", str(tmp_path / "empty"), check=False)
     assert q.returncode == 2 and "no cases" in q.stderr and "Traceback" not in q.stderr
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cmrstudio.errors import CmrError
-from tests.helpers import run
+from tests.helpers import cli
 
 
 def _opts(tmp_path, name, **kw):
@@ -78,7 +78,7 @@ def test_an_init_card_of_another_architecture_is_refused_in_one_sentence(public,
     msg = err.value.message
     assert "does not match this run's architecture (size 64 (this run 128))" in msg and "same --preset and --size" in msg
     assert "\n" not in msg and msg.count(". ") == 0 and msg.endswith(".")
-    p = run("train", "spade", "--phantom", "3", "--size", "128", "--steps", "2", "--init", str(public), "--out", str(tmp_path / "cli"),
+    p = cli("train", "spade", "--phantom", "3", "--size", "128", "--steps", "2", "--init", str(public), "--out", str(tmp_path / "cli"),
             "--quiet", check=False)
     assert p.returncode != 0 and "does not match this run's architecture" in p.stderr and "Traceback" not in p.stderr
 

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from cmrstudio.errors import CmrError
-from tests.helpers import run
+from tests.helpers import cli
 
 
 def _render(seed: int, z: int = 1, vendor: str = "siemens"):
@@ -252,7 +252,7 @@ def test_verify_names_changed_missing_and_extra_files(project, tmp_path):
     (dest / "manifest.json").unlink()
     with pytest.raises(CmrError, match="manifest.json is missing or damaged"):
         verify(dest)
-    p = run("export", "--verify", str(dest), check=False)
+    p = cli("export", "--verify", str(dest), check=False)
     assert p.returncode == 2 and "manifest.json is missing or damaged" in p.stderr
 
 
@@ -272,7 +272,7 @@ def test_bad_renders_are_named_and_the_good_ones_still_export(project, tmp_path)
     listed = json.loads((tmp_path / "out" / "export.json").read_text(encoding="utf-8"))["skipped"]
     assert len(listed) == len(rep.skipped) and not any(str(project.folder) in s for s in listed)  # no local paths
     # the command line says the same and exits 1, with the good case written
-    p = run("export", "--format", "dicom", str(project.folder), str(tmp_path / "cli"), check=False)
+    p = cli("export", "--format", "dicom", str(project.folder), str(tmp_path / "cli"), check=False)
     assert p.returncode == 1 and "skipped" in p.stderr and "label 7" in p.stderr
     assert (tmp_path / "cli" / "r0001" / "image").is_dir() and not (tmp_path / "cli" / "r0002").exists()
 
@@ -305,7 +305,7 @@ def test_bad_destinations_and_sources_get_one_sentence(project, tmp_path):
         export(loose, tmp_path / "o4", "nifti", min_rating=3)
     with pytest.raises(CmrError, match="--dataset-id 1000 must be 1–999"):
         export(project.folder, tmp_path / "o3", "nnunet", dataset_id=1000)
-    p = run("export", "--format", "nifti", str(project.folder), "/proc/cmrstudio-export-test/out", check=False)
+    p = cli("export", "--format", "nifti", str(project.folder), "/proc/cmrstudio-export-test/out", check=False)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "choose a writable destination" in p.stderr
 
 
@@ -338,7 +338,7 @@ def test_renders_made_in_a_patients_scan_are_exported_as_derived_and_left_out_of
     assert der.SyntheticData == "YES" and der.SeriesDescription.startswith("DERIVED") and der.StudyDescription.startswith("DERIVED")
     assert "derived from patient data" in der.DerivationDescription
 
-    p2 = run("export", str(p.folder), str(tmp_path / "anon"), "--format", "nifti", "--anonymous-only", check=False)
+    p2 = cli("export", str(p.folder), str(tmp_path / "anon"), "--format", "nifti", "--anonymous-only", check=False)
     assert p2.returncode == 1 and "r0002" in p2.stderr and "--anonymous-only leaves it out" in p2.stderr
     listing = json.loads((tmp_path / "anon" / "export.json").read_text(encoding="utf-8"))
     assert listing["cases"] == ["r0001"] and listing["anonymous"] is True and not (tmp_path / "anon" / "r0002.json").exists()

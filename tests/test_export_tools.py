@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers import run
+from helpers import cli, run
 
 FORMATS = ("nifti", "nnunet", "dicom", "bids")
 SKEW = np.array([[1.0, 2e-4, 0.0], [0.0, 1.0, -1e-4], [0.0, 0.0, 1.0]])  # non-orthonormal by ~1e-4, like M&Ms C8O0P2
@@ -403,7 +403,7 @@ def test_from_a_mask_file_to_every_export_format_with_the_command_line_alone(tmp
             assert marks == {"r0001/image": "YES", "r0001/mask": None, "r0002/image": "YES", "r0002/mask": "YES"}
         else:
             assert check_bids(dest) == []
-    anon = run("export", str(tmp_path / "cases"), str(tmp_path / "anon"), "--format", "bids", "--anonymous-only", check=False)
+    anon = cli("export", str(tmp_path / "cases"), str(tmp_path / "anon"), "--format", "bids", "--anonymous-only", check=False)
     assert anon.returncode == 1 and "--anonymous-only leaves it out" in anon.stderr
     assert json.loads((tmp_path / "anon" / "export.json").read_text(encoding="utf-8"))["cases"] == ["r0001"]
 

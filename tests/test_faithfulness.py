@@ -13,7 +13,7 @@ from cmrstudio.models.registry import build_model, get_model
 from cmrstudio.engine.segment import segment_framed
 from cmrstudio.train.segmenter import SegOptions, train_segmenter
 
-from helpers import copy_model, run
+from helpers import cli, copy_model, run
 
 
 def test_dice_counts_overlap_and_skips_absent_structures():
@@ -62,7 +62,7 @@ def test_faithfulness_reports_real_and_synthetic_dice_and_writes_the_card(tiny_r
     assert m["cases"] == 2 and m["segmenter"] == "tinyseg" and set(m["real"]) == {"LV", "MYO", "RV", "mean"}
     assert m["segmenter_sha256"] == tiny_segmenter.card["sha256"]  # which segmenter's weights scored it
     verify(get_model(str(card_path / "tiny.json")))  # the rewritten card still matches its weights
-    p = run("evaluate", "faithfulness", "--data", str(tmp_path / "held"), "--case", "nobody", "--model", str(card_path / "tiny.json"),
+    p = cli("evaluate", "faithfulness", "--data", str(tmp_path / "held"), "--case", "nobody", "--model", str(card_path / "tiny.json"),
             "--segmenter", str(tiny_segmenter.card_path), check=False)
     assert p.returncode == 2 and "No case in" in p.stderr
 

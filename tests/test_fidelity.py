@@ -10,7 +10,7 @@ from cmrstudio.data.phantom import phantom_case
 from cmrstudio.errors import CmrError
 from cmrstudio.evaluate.fidelity import InceptionFeatures, fid, inception_path, kid, paired_ssim_psnr
 
-from helpers import copy_model, run
+from helpers import cli, copy_model, run
 
 
 @pytest.fixture(scope="module")
@@ -97,5 +97,5 @@ def test_cli_fidelity_on_a_tiny_model_writes_its_card(tmp_path):
     assert res["n_real"] == res["n_synthetic"] > 2 and res["fid"] > 0 and res["generator"]["steps"] == 2
     written = json.loads(card.read_text(encoding="utf-8"))["metrics"]["fidelity"]
     assert written["fid"] == res["fid"] and written["command"].startswith("cmrstudio evaluate fidelity --data")
-    p = run("evaluate", "fidelity", "--data", str(tmp_path / "data"), "--case", "nobody", "--model", str(card), check=False)
+    p = cli("evaluate", "fidelity", "--data", str(tmp_path / "data"), "--case", "nobody", "--model", str(card), check=False)
     assert p.returncode == 2 and "matches --case nobody" in p.stderr

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cmrstudio.errors import CmrError
-from helpers import copy_model, run
+from helpers import cli, copy_model, run
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_scene_model_trained_on_fine_classes_renders_fully_synthetic_with_the_fi
     with pytest.raises(CmrError, match="makes cells of 2 px, but 'scene-8' was trained on cells of 8 px"):
         open_renderer("scene-8")._prior()
     # a run trained on the fine prior's own classes cannot be resumed on the coarse prior's projection
-    p = run("train", "spade", "--preset", "scene-tiny", "--phantom", "6", "--batch", "2", "--threads", "1", "--steps", "3", "--resume",
+    p = cli("train", "spade", "--preset", "scene-tiny", "--phantom", "6", "--batch", "2", "--threads", "1", "--steps", "3", "--resume",
             "--layout-prior", "layout-cmr", "--out", str(trained.parent / "scene"), "--name", "scene-t", check=False)
     assert p.returncode != 0 and "--layout-prior" in p.stderr and "layout-cmr" in p.stderr
 
@@ -174,9 +174,9 @@ def test_a_fine_prior_trained_on_frame_thresholds_says_so_and_keeps_to_them(tmp_
     run("train", "flow", *common, "--steps", "2", "--class-thresholds", "frame")
     cond = json.loads((tmp_path / "f" / "f.json").read_text(encoding="utf-8"))["conditioning"]
     assert "heart frame" in cond["class_thresholds"] and cond["scheme"] == "layout-fine-v1"
-    p = run("train", "flow", *common, "--steps", "3", "--resume", check=False)  # without the option: 'scan'
+    p = cli("train", "flow", *common, "--steps", "3", "--resume", check=False)  # without the option: 'scan'
     assert p.returncode != 0 and "--class-thresholds 'frame', not 'scan'" in p.stderr
-    p = run("train", "flow", "--preset", "lite", "--phantom", "2", "--steps", "1", "--class-thresholds", "frame",
+    p = cli("train", "flow", "--preset", "lite", "--phantom", "2", "--steps", "1", "--class-thresholds", "frame",
             "--out", str(tmp_path / "lite"), check=False)
     assert p.returncode != 0 and "only scene and layout-fine presets" in p.stderr and not (tmp_path / "lite").exists()
 
@@ -258,11 +258,11 @@ def test_a_model_trained_with_hidden_heart_classes_renders_without_them_there(tr
     far = dist > 5.5
     assert np.array_equal(s["cond"][3:8][:, far], p["cond"][3:8][:, far]) and np.array_equal(s["cond"][:3], p["cond"][:3])
     # a run trained with hidden classes goes on only as it was trained
-    again = run("train", "spade", "--preset", "scene-tiny", "--phantom", "6", "--batch", "2", "--threads", "1", "--steps", "3", "--resume",
+    again = cli("train", "spade", "--preset", "scene-tiny", "--phantom", "6", "--batch", "2", "--threads", "1", "--steps", "3", "--resume",
                 "--layout-prior", str(trained.parent / "fine" / "fine-t.json"), "--out", str(trained.parent / "hidden"), "--name", "hidden-t",
                 check=False)
     assert again.returncode != 0 and "--hide-heart-classes 5.0, not 0.0" in again.stderr
-    again = run("train", "flow", "--preset", "scene-tiny", "--phantom", "6", "--batch", "2", "--threads", "1", "--steps", "3", "--resume",
+    again = cli("train", "flow", "--preset", "scene-tiny", "--phantom", "6", "--batch", "2", "--threads", "1", "--steps", "3", "--resume",
                 "--layout-prior", str(trained.parent / "fine" / "fine-t.json"), "--out", str(trained.parent / "hidden-flow"),
                 "--name", "hidden-flow-t", "--hide-heart-classes", "3", check=False)
     assert again.returncode != 0 and "--hide-heart-classes 5.0, not 3.0" in again.stderr

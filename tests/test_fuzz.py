@@ -43,7 +43,7 @@ import SimpleITK as sitk
 from cmrstudio.errors import CmrError, CmrWarning
 
 from conftest import SHARED_DATA
-from helpers import write_dicom_series
+from helpers import cli, write_dicom_series
 
 TIME_LIMIT_S = 30.0  # per input, all its runs together (each is milliseconds; a hang is caught, not waited out)
 EXPECTS = ("ok", "warn", "error", "flag", "any")
@@ -686,25 +686,8 @@ def memory_cap(extra_bytes: int = 3 << 30):
 
 def run_cli(args: list[str]) -> tuple[int, str, str]:
     """``cmrstudio ARGS`` in this process, with stdout (strict UTF-8, like a terminal) and stderr captured."""
-    from cmrstudio.cli import main
-
-    out_b, err_b = io.BytesIO(), io.BytesIO()
-    out = io.TextIOWrapper(out_b, encoding="utf-8", errors="strict", write_through=True)
-    err = io.TextIOWrapper(err_b, encoding="utf-8", errors="backslashreplace", write_through=True)
-    rc = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(args)
-        except SystemExit as exc:
-            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except Hang:
-            raise
-        except BaseException:
-            import traceback
-
-            traceback.print_exc(file=err)
-            rc = 99
-    return rc, out_b.getvalue().decode("utf-8", "replace"), err_b.getvalue().decode("utf-8", "replace")
+    p = cli(*args, check=False, reraise=(Hang,))
+    return p.returncode, p.stdout, p.stderr
 
 
 def printable(text: str) -> str:

@@ -26,7 +26,7 @@ from cmrstudio.resources import resources_dir
 from cmrstudio.train.diffusion import DiffusionOptions, DiffusionTrainer
 
 from conftest import shared
-from helpers import run
+from helpers import cli, run
 
 TINY = dict(phantom=4, size=64, batch=4, preset="tiny", sample_every=20, save_every=1000, log_every=5, warmup=5, lr=1e-3,
             sample_steps=3)
@@ -396,13 +396,13 @@ def test_cli_render_with_diffusion_and_flow_models_keeps_the_masks_geometry(tiny
     assert not np.allclose(outs["diffusion"], outs["flow"])
     # bad options: one sentence each, nothing written
     never = tmp_path / "never.nii.gz"
-    p = run("render", str(mask), "--model", _card(tiny_flow), "--solver", "ddim", "--out", str(never), check=False)
+    p = cli("render", str(mask), "--model", _card(tiny_flow), "--solver", "ddim", "--out", str(never), check=False)
     assert p.returncode == 2 and "--solver 'ddim' does not fit the flow model" in p.stderr and "Traceback" not in p.stderr
-    p = run("render", str(mask), "--model", _card(tiny_diffusion), "--steps", "0", "--out", str(never), check=False)
+    p = cli("render", str(mask), "--model", _card(tiny_diffusion), "--steps", "0", "--out", str(never), check=False)
     assert p.returncode == 2 and "--steps 0 must be between 1" in p.stderr
-    p = run("render", str(mask), "--model", _card(tiny_flow), "--shifts", "2", "--out", str(never), check=False)
+    p = cli("render", str(mask), "--model", _card(tiny_flow), "--shifts", "2", "--out", str(never), check=False)
     assert p.returncode == 2 and "--shifts 2 must be 1 (one pass a step) or 4" in p.stderr and "Traceback" not in p.stderr
-    p = run("render", str(mask), "--steps", "5", "--out", str(never), check=False)  # the default SPADE model
+    p = cli("render", str(mask), "--steps", "5", "--out", str(never), check=False)  # the default SPADE model
     if (resources_dir() / "models" / "spade-cmr.json").exists():
         assert p.returncode == 2 and "applies to diffusion and flow models" in p.stderr
     assert not never.exists()
@@ -596,9 +596,9 @@ def test_closing_the_queue_reports_queued_jobs_and_seeds_can_be_per_slice(tiny_f
 
 
 def test_bad_hq_options_get_one_sentence(tiny_flow, tmp_path):
-    p = run("bench", "hq", "--model", _card(tiny_flow), "--steps", "0", "--n", "1", check=False)
+    p = cli("bench", "hq", "--model", _card(tiny_flow), "--steps", "0", "--n", "1", check=False)
     assert p.returncode == 2 and "--steps 0 must be between 1" in p.stderr and "Traceback" not in p.stderr
-    p = run("bench", "hq", "--model", _card(tiny_flow), "--steps", "1", "--size", "100", "--n", "1", check=False)
+    p = cli("bench", "hq", "--model", _card(tiny_flow), "--steps", "1", "--size", "100", "--n", "1", check=False)
     assert p.returncode == 2 and "--size 100 does not fit" in p.stderr
     for bad, msg in ((dict(guidance=30.0), "--guidance 30.0 must be between 0 and 20"), (dict(sample_steps=0), "--sample-steps 0 must be a whole number"),
                      (dict(size=72), "--size 72 must be a multiple of 16"), (dict(cond_drop=1.0), "--cond-drop 1.0"),
@@ -640,7 +640,7 @@ def test_fine_tuning_a_flow_model_with_the_grid_penalty_starts_from_its_weights_
         DiffusionTrainer(opts(init=_card(tiny_diffusion)))
     with pytest.raises(CmrError, match=r"does not match this run's architecture \(size 64 \(this run 128\)\)"):
         DiffusionTrainer(opts(init=_card(tiny_flow), size=128))
-    p = run("train", "flow", "--phantom", "3", "--preset", "tiny", "--size", "128", "--steps", "2", "--init", _card(tiny_flow),
+    p = cli("train", "flow", "--phantom", "3", "--preset", "tiny", "--size", "128", "--steps", "2", "--init", _card(tiny_flow),
             "--out", str(tmp_path / "cli"), "--quiet", check=False)
     assert p.returncode != 0 and "does not match this run's architecture" in p.stderr and "Traceback" not in p.stderr
 
@@ -691,7 +691,7 @@ def test_reflow_distils_a_flow_model_to_one_step_and_its_card_names_the_teacher(
         DiffusionTrainer(opts(reflow=8, init=teacher_card, sample_steps=0))
     with pytest.raises(CmrError, match="distils a rectified-flow model"):
         DiffusionTrainer(DiffusionOptions(objective="diffusion", **{**TINY, "out": str(tmp_path / "d"), "reflow": 8, "init": _card(tiny_diffusion)}))
-    p = run("train", "flow", "--phantom", "3", "--preset", "tiny", "--size", "64", "--steps", "2", "--reflow", "8",
+    p = cli("train", "flow", "--phantom", "3", "--preset", "tiny", "--size", "64", "--steps", "2", "--reflow", "8",
             "--out", str(tmp_path / "cli"), "--quiet", check=False)
     assert p.returncode != 0 and "--reflow needs the flow model to distil" in p.stderr and "Traceback" not in p.stderr
     # the command line: --cond-drop and --guidance left out are 0 and unguided for a distillation
@@ -776,7 +776,7 @@ def test_adversarial_distillation_learns_on_from_a_student_against_real_slices(t
                        (dict(teacher=teacher_card), "--teacher .* is for distillation")):
         with pytest.raises(CmrError, match=match):
             DiffusionTrainer(opts(out=str(tmp_path / "bad"), **bad))
-    p = run("train", "flow", "--phantom", "3", "--preset", "tiny", "--size", "64", "--steps", "1", "--adversarial", "-1",
+    p = cli("train", "flow", "--phantom", "3", "--preset", "tiny", "--size", "64", "--steps", "1", "--adversarial", "-1",
             "--out", str(tmp_path / "cli"), "--quiet", check=False)
     assert p.returncode != 0 and "--adversarial -1.0 must be 0" in p.stderr and "Traceback" not in p.stderr
 

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import run
+from helpers import cli, run
 
 
 @pytest.fixture(scope="module")
@@ -149,14 +149,14 @@ def test_bad_layout_priors_are_refused_in_one_sentence(bank, tmp_path):
     from cmrstudio.resources import sample_dir
 
     mask = str(sample_dir() / "SCD0000101_ED_mask.nii.gz")
-    p = run("render", mask, "--out", str(tmp_path / "x.nii.gz"), "--layout-prior", "layout-cmr", check=False)
+    p = cli("render", mask, "--out", str(tmp_path / "x.nii.gz"), "--layout-prior", "layout-cmr", check=False)
     assert p.returncode != 0 and "makes cells of 8 px" in p.stderr and not (tmp_path / "x.nii.gz").exists()
-    p = run("train", "layout-bank", "--data", str(sample_dir()), "--fallback", "layout-cmr", "--out", str(tmp_path / "b"), check=False)
+    p = cli("train", "layout-bank", "--data", str(sample_dir()), "--fallback", "layout-cmr", "--out", str(tmp_path / "b"), check=False)
     assert p.returncode != 0 and "is not a fine tissue-class prior" in p.stderr and not (tmp_path / "b").exists()
-    p = run("train", "layout-bank", "--data", str(sample_dir()), "--k", "0", "--out", str(tmp_path / "b"), check=False)
+    p = cli("train", "layout-bank", "--data", str(sample_dir()), "--k", "0", "--out", str(tmp_path / "b"), check=False)
     assert p.returncode != 0 and "--k 0" in p.stderr
     for what in ("fidelity", "realism"):  # figures with another body layout than the card's do not go into the card
-        p = run("evaluate", what, "--data", str(sample_dir()), "--layout-prior", str(bank), "--write-card", check=False)
+        p = cli("evaluate", what, "--data", str(sample_dir()), "--layout-prior", str(bank), "--write-card", check=False)
         assert p.returncode != 0 and "drop --layout-prior" in p.stderr
     # a damaged copy of the bank: its checksum says so, and nothing is written
     import shutil
@@ -166,7 +166,7 @@ def test_bad_layout_priors_are_refused_in_one_sentence(bank, tmp_path):
     shutil.copy(bank, bad / bank.name)
     w = bank.with_suffix(".safetensors")
     (bad / w.name).write_bytes(w.read_bytes()[:-8] + b"damaged!")
-    p = run("render", mask, "--out", str(tmp_path / "y.nii.gz"), "--layout-prior", str(bad / bank.name), check=False)
+    p = cli("render", mask, "--out", str(tmp_path / "y.nii.gz"), "--layout-prior", str(bad / bank.name), check=False)
     assert p.returncode != 0 and "sha256" in p.stderr and not (tmp_path / "y.nii.gz").exists()
 
 

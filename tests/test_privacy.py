@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cmrstudio.errors import CmrError
-from tests.helpers import copy_model, run
+from tests.helpers import cli, copy_model, run
 
 
 def _phantom_slices(seeds, size=64):
@@ -195,9 +195,9 @@ def test_evaluate_privacy_command_writes_json_figure_and_card(tiny_run, tmp_path
     h = json.loads(card.read_text(encoding="utf-8"))["headline"]
     assert h["membership_auc"] == doc["attacks"][h["membership_attack"]]["auc"] and h["private"] is False
     assert "It was trained without differential privacy" in rep.stdout
-    bad = run("evaluate", "privacy", "--data", str(data), "--case", "nobody", "--model", str(card), "--space", "pixel", check=False)
+    bad = cli("evaluate", "privacy", "--data", str(data), "--case", "nobody", "--model", str(card), "--space", "pixel", check=False)
     assert bad.returncode != 0 and "No case matches the held-out patients nobody" in bad.stderr
-    bad = run("evaluate", "privacy", "--data", str(data), "--case", "heldout", "--model", str(card), "--space", "vgg", check=False)
+    bad = cli("evaluate", "privacy", "--data", str(data), "--case", "heldout", "--model", str(card), "--space", "vgg", check=False)
     assert bad.returncode != 0 and "--space 'vgg' is not known" in bad.stderr
 
 
@@ -252,7 +252,7 @@ def test_private_training_bad_options_get_one_sentence(tmp_path):
         SpadeTrainer(_dp_opts(tmp_path, "b", steps=5, dp_epsilon=1.0, dp_delta=2.0))
     with pytest.raises(CmrError, match="spent before the first step"):
         SpadeTrainer(_dp_opts(tmp_path, "c", steps=5, dp_epsilon=0.1, dp_noise=1.0))
-    p = run("train", "spade", "--phantom", "4", "--size", "64", "--steps", "3", "--out", str(tmp_path / "d"), "--dp-epsilon", "1",
+    p = cli("train", "spade", "--phantom", "4", "--size", "64", "--steps", "3", "--out", str(tmp_path / "d"), "--dp-epsilon", "1",
             "--resume", "--quiet", check=False)
     assert p.returncode != 0 and "does not continue a differentially private run" in p.stderr
 
@@ -270,7 +270,7 @@ def test_evaluate_all_records_every_aspect_in_the_card_and_reports(tiny_run, tmp
         write_case(c, data)
     card = copy_model(tiny_run.out / "tiny.json", tmp_path / "gen")
     out = tmp_path / "eval"
-    bad = run("evaluate", "all", "--data", str(data), "--case", "heldout", "--model", str(card), "--classifier-steps", "0",
+    bad = cli("evaluate", "all", "--data", str(data), "--case", "heldout", "--model", str(card), "--classifier-steps", "0",
               "--out", str(out), check=False)
     assert bad.returncode != 0 and "--classifier-steps 0 must be at least 1" in bad.stderr and not out.exists()  # refused before any work
     # the machine reader trains 30 steps here (400 by default): the figures are not the point, that each is recorded

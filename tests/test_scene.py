@@ -349,7 +349,7 @@ def test_hq_job_renders_in_patient_step_by_step(hq, sample):
 def test_cli_render_in_patient_and_fully_synthetic(tmp_path):
     import nibabel as nib
 
-    from helpers import run
+    from helpers import cli, run
     from cmrstudio.resources import sample_dir
 
     mask = sample_dir() / "SCD0000101_ED_mask.nii.gz"
@@ -363,7 +363,7 @@ def test_cli_render_in_patient_and_fully_synthetic(tmp_path):
     assert pat.shape == syn.shape == img.shape
     same = np.isclose(pat, img)
     assert 0.5 < same.mean() < 0.99 and not np.isclose(syn, img).mean() > 0.5
-    p = run("render", str(mask), "--context", str(sample_dir() / "SCD0000101_ES_image.nii.gz"), "--out", str(tmp_path / "x.nii.gz"),
+    p = cli("render", str(mask), "--context", str(sample_dir() / "SCD0000101_ES_image.nii.gz"), "--out", str(tmp_path / "x.nii.gz"),
             "--model", "nope", check=False)
     assert p.returncode == 2 and "No model is named 'nope'" in p.stderr
     # from a mask file to an export with the command line alone: a case that says how it was made
@@ -376,5 +376,5 @@ def test_cli_render_in_patient_and_fully_synthetic(tmp_path):
     # neutral ids; both derived from the patient: s2 rendered in the scan, s3 from the scan's own segmentation (the sample's mask)
     assert listing["cases"] == ["r0001", "r0002"] and listing["derived_from_patient"] == ["r0001", "r0002"]
     assert json.loads((tmp_path / "exp" / "r0002.json").read_text(encoding="utf-8"))["mask_origin"] == "patient"
-    p = run("render", str(mask), check=False)
+    p = cli("render", str(mask), check=False)
     assert p.returncode == 2 and "--case-out" in p.stderr

@@ -21,7 +21,7 @@ from cmrstudio.train.spade import SpadeTrainer, TrainOptions
 
 
 from conftest import SMALL, shared
-from helpers import copy_model, run
+from helpers import cli, copy_model, run
 
 def test_generator_and_discriminator_shapes_and_vendor_conditioning():
     cfg = SpadeConfig(size=64)
@@ -124,11 +124,11 @@ def test_damaged_models_are_refused_with_one_sentence(tiny_run, tmp_path):
     with pytest.raises(CmrError, match="not valid JSON"):
         read_card(card)
     # through the CLI: exit 2, one line naming the file, no traceback
-    p = run("render", str(tmp_path / "x.nii.gz"), "--model", str(tmp_path / "flip" / "tiny.json"), "--out", str(tmp_path / "o.nii.gz"), check=False)
+    p = cli("render", str(tmp_path / "x.nii.gz"), "--model", str(tmp_path / "flip" / "tiny.json"), "--out", str(tmp_path / "o.nii.gz"), check=False)
     assert p.returncode == 2  # the mask is missing: reported before the model is loaded
     mask = tmp_path / "m_gt.nii.gz"
     write_volume(mask, phantom_case(seed=2, n_slices=2, shape=(64, 64)).mask, np.diag([8, 1.5, 1.5, 1.0]))
-    p = run("render", str(mask), "--model", str(tmp_path / "flip" / "tiny.json"), "--out", str(tmp_path / "o.nii.gz"), check=False)
+    p = cli("render", str(mask), "--model", str(tmp_path / "flip" / "tiny.json"), "--out", str(tmp_path / "o.nii.gz"), check=False)
     assert p.returncode == 2 and "does not match the sha256" in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.nii.gz").exists()
 
@@ -281,10 +281,10 @@ def test_cli_render_writes_the_masks_geometry_and_reads_back(tiny_run, tmp_path)
     bad[1, 10, 10] = 7
     bad_path = tmp_path / "bad_mask.nii.gz"
     write_volume(bad_path, bad, affine)
-    p = run("render", str(bad_path), "--model", card, "--out", str(tmp_path / "never.nii.gz"), check=False)
+    p = cli("render", str(bad_path), "--model", card, "--out", str(tmp_path / "never.nii.gz"), check=False)
     assert p.returncode == 2 and "label value 7" in p.stderr and str(bad_path) in p.stderr
     assert not (tmp_path / "never.nii.gz").exists()
-    p = run("render", str(mask), "--model", card, "--vendor", "toshiba", "--out", str(tmp_path / "never.nii.gz"), check=False)
+    p = cli("render", str(mask), "--model", card, "--vendor", "toshiba", "--out", str(tmp_path / "never.nii.gz"), check=False)
     assert p.returncode == 2 and "Vendor 'toshiba' is not known" in p.stderr
 
 
@@ -389,13 +389,13 @@ def test_kept_checkpoints_are_measured_alike_so_that_one_can_be_picked(tmp_path)
     assert [c["step"] for c in later["checkpoints"]] == [20] and later["checkpoints"][0]["kid"] == pytest.approx(b["kid"])
     for args, said in ((("--from-step", "21"), "kept no checkpoint from step 21 to the end; it kept steps 10 to 20"),
                        (("--to-step", "-3"), "--to-step -3 must be a step number")):
-        bad = run("evaluate", "checkpoints", str(out), "--data", str(data), *args, check=False)
+        bad = cli("evaluate", "checkpoints", str(out), "--data", str(data), *args, check=False)
         assert bad.returncode != 0 and said in bad.stderr, bad.stderr
     every = json.loads(run("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "0", "--json").stdout)
     assert every["slices"] == 8 and [c["step"] for c in every["checkpoints"]] == [10, 20]  # 0: all 2 x 4 heart slices
-    bad = run("evaluate", "checkpoints", str(tmp_path / "held"), "--data", str(data), check=False)
+    bad = cli("evaluate", "checkpoints", str(tmp_path / "held"), "--data", str(data), check=False)
     assert bad.returncode != 0 and "holds no kept checkpoints" in bad.stderr and "--keep-checkpoints" in bad.stderr
-    bad = run("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "-1", check=False)
+    bad = cli("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "-1", check=False)
     assert bad.returncode != 0 and "--max-slices -1 must be 0 (every heart slice) or more" in bad.stderr
     # two seed sets pooled, with the spread of each set's own KID; a model to compare, measured alike and never named best
     text = run("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "6", "--seed-sets", "2",
@@ -410,7 +410,7 @@ def test_kept_checkpoints_are_measured_alike_so_that_one_can_be_picked(tmp_path)
     assert two["best"] in (c10["name"], c20["name"])
     for args, said in ((("--seed-sets", "0"), "--seed-sets 0 must be a whole number from 1 to 16"),
                        (("--compare", str(tmp_path / "nowhere.json")), "nowhere.json")):
-        bad = run("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "6", *args, check=False)
+        bad = cli("evaluate", "checkpoints", str(out), "--data", str(data), "--max-slices", "6", *args, check=False)
         assert bad.returncode != 0 and said in bad.stderr, bad.stderr
         assert "checkpoint(s) of" not in bad.stdout  # refused before the table, so no header is left without rows
 
@@ -513,7 +513,7 @@ def test_in_patient_fine_tuning_warms_up_the_discriminator_and_checkpoints_are_p
     assert ip["best"] == min(clean, key=lambda c: c["kid"])["name"] and "lowest KID" in ip["best_rule"]
     # a dozen steps of a tiny model draw little; in this patient most of the slice is the patient's own
     assert all(a["kid"] < b["kid"] for a, b in zip(ip["checkpoints"], ev["synthetic"]["checkpoints"]))
-    bad = run("evaluate", "checkpoints", str(out), "--data", str(data), "--mode", "inpatient", check=False)
+    bad = cli("evaluate", "checkpoints", str(out), "--data", str(data), "--mode", "inpatient", check=False)
     assert bad.returncode != 0 and "--mode 'inpatient' is not known" in bad.stderr
 
 
@@ -583,7 +583,7 @@ def test_training_refuses_bad_options_in_one_sentence(tmp_path):
                       (dict(hide_heart_classes=3.0, **SMALL), "only scene presets are conditioned on")):
         with pytest.raises(CmrError, match=said):
             SpadeTrainer(TrainOptions(out=str(tmp_path / "f"), **bad))
-    p = run("train", "spade", "--phantom", "1", "--out", str(tmp_path / "e"), "--name", "../evil", check=False)
+    p = cli("train", "spade", "--phantom", "1", "--out", str(tmp_path / "e"), "--name", "../evil", check=False)
     assert p.returncode == 2 and "--name '../evil'" in p.stderr and not (tmp_path / "evil.json").exists()
 
 
@@ -812,7 +812,7 @@ def test_loading_workers_each_augment_with_their_own_reproducible_stream_and_tra
         SpadeTrainer(TrainOptions(out=str(tmp_path / "neg"), name="w", steps=8, workers=-1, **SMALL))
     with pytest.raises(CmrError, match="--workers is not available with --dp-epsilon"):
         SpadeTrainer(TrainOptions(out=str(tmp_path / "dp"), name="w", steps=8, workers=2, dp_epsilon=5.0, **SMALL))
-    p = run("train", "spade", "--phantom", "4", "--size", "64", "--batch", "4", "--steps", "2", "--workers", "-1",
+    p = cli("train", "spade", "--phantom", "4", "--size", "64", "--batch", "4", "--steps", "2", "--workers", "-1",
             "--out", str(tmp_path / "cli"), "--quiet", check=False)
     assert p.returncode != 0 and "--workers -1 must be 0" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "cli" / "train_state").exists()
@@ -824,7 +824,7 @@ def test_the_feature_matching_and_low_pass_weights_are_options_recorded_in_the_c
     losses = json.loads((tmp_path / "lp" / "lp.json").read_text(encoding="utf-8"))["architecture"]["losses"]
     assert losses["lowpass_l1_4x"] == 2.0 and losses["feature_matching"] == 3.0
     for flag in ("--lowpass", "--fm"):  # and infinity, below
-        p = run("train", "spade", "--phantom", "4", "--size", "64", "--steps", "2", flag, "-1", "--out", str(tmp_path / "bad"), check=False)
+        p = cli("train", "spade", "--phantom", "4", "--size", "64", "--steps", "2", flag, "-1", "--out", str(tmp_path / "bad"), check=False)
         assert p.returncode == 2 and f"{flag} -1.0 must be 0 (off) or a finite weight above it." in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "bad").exists()
     with pytest.raises(CmrError, match="--lowpass inf must be 0"):
@@ -970,9 +970,9 @@ def test_the_critic_learns_renders_from_real_slices_and_pushes_the_generator(tmp
                       (dict(critic=0.5, dp_epsilon=5.0), "leave --critic out with --dp-epsilon")):
         with pytest.raises(CmrError, match=said):
             SpadeTrainer(TrainOptions(out=str(tmp_path / "bad"), name="bad", steps=4, **{**SMALL, **bad}))
-    p = run("train", "spade", "--phantom", "1", "--out", str(tmp_path / "cli"), "--critic", "-2", check=False)
+    p = cli("train", "spade", "--phantom", "1", "--out", str(tmp_path / "cli"), "--critic", "-2", check=False)
     assert p.returncode != 0 and "--critic -2.0 must be 0" in p.stderr and not (tmp_path / "cli" / "spade.json").exists()
-    p = run("train", "spade", "--phantom", "1", "--out", str(tmp_path / "cli"), "--critic-blur", check=False)
+    p = cli("train", "spade", "--phantom", "1", "--out", str(tmp_path / "cli"), "--critic-blur", check=False)
     assert p.returncode != 0 and "--critic-blur changes what the critic sees, but there is no critic" in p.stderr
 
 
@@ -1021,7 +1021,7 @@ def test_the_feature_critic_learns_on_the_frozen_segmenter_and_pushes_the_genera
                       (dict(feature_critic=0.5, dp_epsilon=5.0), "leave --feature-critic out with --dp-epsilon")):
         with pytest.raises(CmrError, match=said):
             SpadeTrainer(TrainOptions(out=str(tmp_path / "bad"), name="bad", steps=4, **{**SMALL, **bad}))
-    p = run("train", "spade", "--phantom", "1", "--out", str(tmp_path / "cli"), "--feature-critic", "-2", check=False)
+    p = cli("train", "spade", "--phantom", "1", "--out", str(tmp_path / "cli"), "--feature-critic", "-2", check=False)
     assert p.returncode != 0 and "--feature-critic -2.0 must be 0" in p.stderr and not (tmp_path / "cli" / "spade.json").exists()
 
 
@@ -1062,7 +1062,7 @@ def test_a_soup_averages_checkpoints_of_one_start_and_refuses_what_cannot_be_ave
     assert [m["losses"].get("grid_period2") for m in mixed.card["training"]["soup"]["members"]] == [100.0, None]
 
     def refused(*args):
-        res = run("train", "soup", *map(str, args), "--out", str(tmp_path / "bad"), check=False)
+        res = cli("train", "soup", *map(str, args), "--out", str(tmp_path / "bad"), check=False)
         assert res.returncode != 0 and not (tmp_path / "bad").exists(), res.stdout
         return res.stderr
 

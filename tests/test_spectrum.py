@@ -123,7 +123,7 @@ def test_the_hq_default_renders_with_its_gain_and_only_inside_what_it_repaints_i
 
 def test_render_takes_the_card_gain_and_leaves_it_out_when_asked(tmp_path):
     import nibabel as nib
-    from helpers import run
+    from helpers import cli, run
 
     from cmrstudio.resources import sample_dir
 
@@ -137,14 +137,14 @@ def test_render_takes_the_card_gain_and_leaves_it_out_when_asked(tmp_path):
     untouched = np.isclose(outs["without"], img)  # the scan's own pixels, outside what was repainted
     assert 0.5 < untouched.mean() < 0.99 and np.isclose(outs["with"], img)[untouched].mean() > 0.995
     assert not np.allclose(outs["with"][~untouched], outs["without"][~untouched])  # the gain, inside
-    p = run("render", str(mask), "--no-spectrum-gain", "--out", str(tmp_path / "never.nii.gz"), check=False)  # the default: SPADE
+    p = cli("render", str(mask), "--no-spectrum-gain", "--out", str(tmp_path / "never.nii.gz"), check=False)  # the default: SPADE
     assert p.returncode == 2 and "--no-spectrum-gain applies to diffusion and flow models" in p.stderr
     assert not (tmp_path / "never.nii.gz").exists()
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "acdc").exists(), reason="needs ../shared/data (real scans of training patients) to fit on")
 def test_train_spectrum_gain_fits_on_training_patients_and_writes_the_card(tmp_path, monkeypatch):
-    from helpers import run
+    from helpers import cli, run
 
     from cmrstudio.models.registry import get_model
 
@@ -169,5 +169,5 @@ def test_train_spectrum_gain_fits_on_training_patients_and_writes_the_card(tmp_p
                        (("hq-copy", *data, "--strength", "0"), "--strength 0.0 must be above 0"),
                        (("spade-cmr", *data), "'spade-cmr' is a spade model, not a flow or diffusion model"),
                        (("hq-copy",), "Give --data: real scans with labels")):
-        bad = run("train", "spectrum-gain", *args, check=False)
+        bad = cli("train", "spectrum-gain", *args, check=False)
         assert bad.returncode != 0 and said in bad.stderr, bad.stderr

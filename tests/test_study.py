@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cmrstudio.errors import CmrError
-from tests.helpers import run
+from tests.helpers import cli, run
 
 
 def _renders_project(folder: Path, specs):
@@ -258,11 +258,11 @@ def test_cli_creates_a_study_and_reports_bad_input(sources, tmp_path):
     real, syn = sources
     p = run("study", "create", str(tmp_path / "s"), "--real", str(real), "--synthetic", str(syn), "--n", "2", "--seed", "3")
     assert "2 real + 2 synthetic slices, 2 2AFC pairs" in p.stdout
-    p = run("study", "create", str(tmp_path / "s"), "--real", str(real), "--synthetic", str(syn), check=False)
+    p = cli("study", "create", str(tmp_path / "s"), "--real", str(real), "--synthetic", str(syn), check=False)
     assert p.returncode == 2 and "already holds a study" in p.stderr and p.stderr.count("\n") == 1
-    p = run("study", "report", str(tmp_path / "s"), check=False)
+    p = cli("study", "report", str(tmp_path / "s"), check=False)
     assert p.returncode == 2 and "has no answers yet" in p.stderr
-    p = run("study", "create", str(tmp_path / "t"), "--real", str(real), "--synthetic", str(syn), "--mode", "triple", check=False)
+    p = cli("study", "create", str(tmp_path / "t"), "--real", str(real), "--synthetic", str(syn), "--mode", "triple", check=False)
     assert p.returncode == 2 and "--mode 'triple' is not known" in p.stderr
 
 

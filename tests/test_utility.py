@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cmrstudio.errors import CmrError
-from tests.helpers import copy_model, run
+from tests.helpers import cli, copy_model, run
 
 
 def test_dice_and_hd95_know_identity_and_a_known_shift():
@@ -79,9 +79,9 @@ def test_evaluate_utility_command_and_its_bad_input(tiny_run, tmp_path):
     assert doc["preset"]["fractions"] == [0.5, 1.0] and len(doc["rows"]) == 6
     assert (out / "tiny_utility.png").exists()
     assert json.loads(card.read_text(encoding="utf-8"))["metrics"]["utility"]["rows"] == doc["rows"]
-    bad = run("evaluate", "utility", "--data", str(data), "--case", "heldout", "--model", str(card), "--fractions", "0.5,1.5", check=False)
+    bad = cli("evaluate", "utility", "--data", str(data), "--case", "heldout", "--model", str(card), "--fractions", "0.5,1.5", check=False)
     assert bad.returncode != 0 and "--fractions: 1.5 must lie in (0, 1]" in bad.stderr
-    bad = run("evaluate", "utility", "--data", str(data), "--case", "heldout", "--model", str(card), "--preset", "gpu", check=False)
+    bad = cli("evaluate", "utility", "--data", str(data), "--case", "heldout", "--model", str(card), "--preset", "gpu", check=False)
     assert bad.returncode != 0 and "--preset 'gpu' is not known" in bad.stderr
     with pytest.raises(CmrError, match="is not a number"):
         from cmrstudio.evaluate.utility import check_fractions
