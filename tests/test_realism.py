@@ -67,7 +67,7 @@ def _grid_of(r, real, mode):
     images), once per model, upsampling and mode. Fully synthetic, every other slice of the held-out set (48): each is a
     whole 256 px scene, and a grid shows as clearly there (one pass a step, the HQ default's peak is 10.8-16.2 on any 48 of
     the 120 slices of resources/models/README.md's screen, and 2.0-2.1 averaged over its shifts). A step-wise model, every
-    third (32; with its spectrum gain on 2026-12-07: 2.63 averaged over its shifts, 10.24 one pass a step, real 2.47)."""
+    third (33; with its spectrum gain on 2026-12-07: 2.63 averaged over its shifts, 10.24 one pass a step, real 2.47)."""
     from cmrstudio.evaluate.realism import grid_artefact
 
     key = (r.name, getattr(getattr(r.net, "cfg", None), "upsample", None), mode)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from cmrstudio.cli.common import check_name
+from cmrstudio.models.spectrum import MAX_CYCLES, STRENGTH
 
 CLASS_THRESHOLDS_HELP = ("Scene and layout-fine presets: where the tissue bands' multi-Otsu thresholds come from: 'scan' (the whole "
                          "scan) or 'frame' (the 160 mm heart frame, applied to the whole scene, as layout banks do).")
@@ -221,8 +222,8 @@ def train_spectrum_gain_cmd(
     model: str = typer.Argument(..., help="An installed flow or diffusion scene model (name or card) whose card gets the gain."),
     data: list[str] = typer.Option([], "--data", help="Real scans with labels; repeatable. Only the patients its card does not hold out are used."),
     slices: int = typer.Option(120, "--slices", help="Heart slices, spread evenly over the training patients."),
-    strength: float = typer.Option(1.0, "--strength", help="How far towards the real power: 1 matches it, 0.5 goes half-way in log power."),
-    max_cycles: float = typer.Option(0.3, "--max-cycles", help="No gain above this frequency (cycles per pixel; 0.5 = Nyquist; above 0.3 a faint period-2 residue comes back)."),
+    strength: float = typer.Option(STRENGTH, "--strength", help="How far towards the real power: 1 matches it, 0.5 goes half-way in log power."),
+    max_cycles: float = typer.Option(MAX_CYCLES, "--max-cycles", help="No gain above this frequency (cycles per pixel; 0.5 = Nyquist; above 0.3 a faint period-2 residue comes back)."),
     seed: int = typer.Option(20000, "--seed", help="Slice j is rendered with seed SEED + j."),
     threads: Optional[int] = typer.Option(None, "--threads"),
 ):

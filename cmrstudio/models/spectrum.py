@@ -19,6 +19,7 @@ import numpy as np
 from cmrstudio.errors import CmrError
 
 PAD = 16  # reflected border (px) around an image before its FFT
+STRENGTH, MAX_CYCLES = 1.0, 0.3  # the shipped fit (resources/models/README.md); above 0.3 a faint period-2 residue comes back
 
 
 def radial_power(images01: np.ndarray) -> np.ndarray:
@@ -42,7 +43,7 @@ def _check_settings(strength: float, max_cycles: float) -> None:
         raise CmrError(f"--max-cycles {max_cycles} must be above 0 and at most 0.5 cycles per pixel.")
 
 
-def fit_gain(real01: np.ndarray, renders01: np.ndarray, strength: float = 1.0, max_cycles: float = 0.3,
+def fit_gain(real01: np.ndarray, renders01: np.ndarray, strength: float = STRENGTH, max_cycles: float = MAX_CYCLES,
              cap: float = 3.0) -> dict:
     """The gain curve (a card's ``sampling.spectrum_gain``) from real slices and a model's renders of their masks (both
     (B, N, N) in [0, 1], the same frame). ``max_cycles`` in cycles per pixel (0.5 = Nyquist)."""
@@ -91,7 +92,7 @@ def apply_gain(image01: np.ndarray, curve: tuple[np.ndarray, np.ndarray]) -> np.
     return np.clip(out[p:p + h, p:p + w] if p > 0 else out, 0.0, 1.0).astype(np.float32)
 
 
-def fit_model_gain(model: str, data: list[str], slices: int = 120, strength: float = 1.0, max_cycles: float = 0.3,
+def fit_model_gain(model: str, data: list[str], slices: int = 120, strength: float = STRENGTH, max_cycles: float = MAX_CYCLES,
                    seed: int = 20000, say=print) -> dict:
     """Fit a step-wise scene model's spectrum gain on the training patients of ``data`` (every case its card does not hold
     out): ``slices`` heart slices spread evenly, their real framed images against the model's fully synthetic renders of
