@@ -48,7 +48,9 @@ case "$what" in
     ;;
   test)
     shift || true
-    exec "$PY" -m pytest "$@"
+    # one pytest-xdist worker per core (at most 4), a test file to a worker: its module fixtures are built once;
+    # tests/conftest.py gives each worker one torch thread and settings folders of its own. `-n 0` runs in one process.
+    exec "$PY" -m pytest -n logical --maxprocesses 4 --dist loadfile "$@"
     ;;
   install) echo "setup: cmrstudio installed; run it with: $PY -m cmrstudio" ;;
   *) echo "usage: installer/setup.sh [install|run|test]" >&2; exit 2 ;;

@@ -1,12 +1,28 @@
 import inspect
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CMRSTUDIO_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def pytest_configure(config):
+    """Each test process gets its own settings and data folders, so the tests never touch the user's own and two
+    pytest-xdist workers never share one. A worker gets one torch thread (its subprocesses inherit it): `make test`
+    runs one worker per core."""
+    home = Path(tempfile.mkdtemp(prefix="cmrstudio-tests-"))
+    for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+        os.environ[var] = str(home / var.lower())
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CMRSTUDIO_LIVE_THREADS"):
+            os.environ[var] = "1"
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def shared(sub: str) -> Path:
