@@ -114,12 +114,20 @@ class RenderRecord:
         return self.to_dict().get(key, default)
 
 
-def sampler_name(solver: str, time_shift: float = 1.0, shifts: int = 1, spectrum: bool = False) -> str:
+def sampler_name(solver: str, time_shift: float = 1.0, shifts: int = 1, spectrum: bool = False, held: bool = False) -> str:
     """How a render's sampler is named in its record: the solver, the time grid's shift when it is not uniform, the
-    patch-grid offsets each step is averaged over when more than one, and the card's spectrum gain when applied."""
+    patch-grid offsets each step is averaged over when more than one (``held``: with a scene's tissue classes held
+    still), and the card's spectrum gain when applied."""
     name = solver if time_shift == 1.0 else f"{solver}, time shift {time_shift:g}"
-    name = name if shifts == 1 else f"{name}, averaged over {shifts} shifts"
+    name = name if shifts == 1 else f"{name}, averaged over {shifts} shifts{' with the tissue classes held' if held else ''}"
     return f"{name}, spectrum matched" if spectrum else name
+
+
+def sampler_of(r) -> str:
+    """:func:`sampler_name` of a step-wise renderer as it renders (a plugin's may have no time grid, shifts or gain)."""
+    shifts = getattr(r, "shifts", 1)
+    return sampler_name(r.solver, getattr(r, "time_shift", 1.0), shifts, getattr(r, "spectrum", None) is not None,
+                        shifts > 1 and getattr(r, "still", None) is not None)
 
 
 def make_record(renderer, seed: int, vendor: str, context=None, steps: int | None = None, guidance: float | None = None,
@@ -138,7 +146,8 @@ def make_record(renderer, seed: int, vendor: str, context=None, steps: int | Non
     layout = renderer.layout_prior_name() if mode == "synthetic" and getattr(renderer, "scene", False) else None
     return RenderRecord(
         model=renderer.name, kind=renderer.kind, seed=int(seed), vendor=vendor, model_sha256=renderer.info.card.get("sha256"),
-        sampler=sampler_name(sampler or d.get("solver"), d.get("time_shift", 1.0), d.get("shifts", 1), d.get("spectrum_gain", False)) if stepwise else (sampler or "one-step"),
+        sampler=sampler_name(sampler or d.get("solver"), d.get("time_shift", 1.0), d.get("shifts", 1), d.get("spectrum_gain", False),
+                             d.get("tissue_held", False)) if stepwise else (sampler or "one-step"),
         steps=int(steps if steps is not None else d.get("steps", 1)),
         guidance=(guidance if guidance is not None else d.get("guidance")) if stepwise else None,
         mode=mode, margin_mm=float(context.margin_mm) if mode == "in-patient" else None,

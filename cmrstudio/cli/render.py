@@ -11,7 +11,7 @@ import typer
 
 from cmrstudio.cli.common import FrameOpt, LabelsOpt, LayoutPriorOpt, SpacingOpt, parse_spacing
 from cmrstudio.errors import CmrError
-from cmrstudio.record import sampler_name
+from cmrstudio.record import sampler_of
 from cmrstudio.settings import DEFAULT_MARGIN_MM, band_mm
 
 
@@ -133,7 +133,7 @@ def render(
         write_case(render_case(img, c.mask, c.affine, fr, record, cid, mask_source=mask_source_of(mask, c)), case_out, name=cid)
         written.append(f"{case_out}/{cid}_image.nii.gz (+ mask, sidecar)")
     fov = f"{fr.spacing_mm * fr.size:.0f} mm" if fr.spacing_mm else "heart-sized"
-    how = (f", {r.steps} steps ({sampler_name(r.solver, getattr(r, 'time_shift', 1.0), getattr(r, 'shifts', 1), getattr(r, 'spectrum', None) is not None)}), guidance {r.guidance:g}"
+    how = (f", {r.steps} steps ({sampler_of(r)}), guidance {r.guidance:g}"
            if hasattr(r, "solver") else "")
     where = (f"in this patient ({context}; {margin:g} mm around what differs from its own heart repainted, "
              f"{band_mm(margin, heart is not None):g} mm around the rest, "

@@ -37,6 +37,7 @@ N_LAYOUT = len(LAYOUT_CLASSES)
 LAYOUT_FACTOR = 8  # frame pixels per layout cell (10 mm at 1.25 mm)
 N_HEART = 3  # LV, MYO, RV one-hot (background is implicit)
 CONDITION_CHANNELS = N_HEART + N_LAYOUT + 2  # heart, layout, context, context-valid
+LAYOUT_CHANNELS = slice(N_HEART, N_HEART + N_LAYOUT)  # where the tissue-class fractions are in the conditioning
 SCENE_MULTIPLE = 32  # scene sizes are multiples of this (the networks halve the size up to 5 times)
 
 
@@ -194,7 +195,7 @@ def condition(mask: np.ndarray, layout: np.ndarray | None = None, context: np.nd
               context_valid: np.ndarray | None = None, hide_layout_px: float = 0.0) -> np.ndarray:
     """Assemble the (CONDITION_CHANNELS, H, W) conditioning of one framed slice (numpy, float32).
 
-    ``layout`` is (N_LAYOUT, H/f, W/f) fractions (nearest-upsampled here) or None; ``context`` an
+    ``layout`` is (N_LAYOUT, H/f, W/f) fractions (upsampled here by :func:`upsample_layout`) or None; ``context`` an
     image in [0, 1] with ``context_valid`` (bool) where it holds real (or previously rendered) pixels.
     The context channel is in [-1, 1] like the network's images, 0 where not valid. ``hide_layout_px``:
     the tissue classes are left out (all fractions 0) on the heart and within that many pixels of it, so that

@@ -24,7 +24,7 @@ from cmrstudio.engine.live import LiveEngine
 from cmrstudio.engine.device import autocast_weights, hardware
 from cmrstudio.errors import CmrError
 from cmrstudio.models.spade import count_parameters, onehot
-from cmrstudio.record import sampler_name
+from cmrstudio.record import sampler_name, sampler_of
 
 
 def _stroke(mask2d: np.ndarray, n: int, spacing_px: float = 1.5):
@@ -245,7 +245,7 @@ def _bench_scene_hq(r, case, z: int, steps: list[int] | None, n: int, guidance: 
     sync = _sync(r.device)
     rows = []
     size = r.scene_of(frame).frame.size
-    sampler = sampler_name(r.solver, getattr(r, "time_shift", 1.0), getattr(r, "shifts", 1), getattr(r, "spectrum", None) is not None)
+    sampler = sampler_of(r)
     seeds = itertools.count(1)  # every timed render its own seed: none finds its tissue classes already sampled
     for mode in ("in-patient", "synthetic", "synthetic, classes kept"):
         for k in steps or [4, 8, 16]:

@@ -26,11 +26,12 @@ import numpy as np
 import torch
 
 from cmrstudio.data.frame import Frame, frame_mask, from_frame
+from cmrstudio.data.scene import LAYOUT_CHANNELS
 from cmrstudio.engine.device import autocast_weights, bf16_native
 from cmrstudio.engine.base import GeneratorFront, JobBook, join_worker
 from cmrstudio.engine.scene import SceneMixin, SliceContext
 from cmrstudio.errors import CmrError
-from cmrstudio.record import Render, make_record, sampler_name
+from cmrstudio.record import Render, make_record, sampler_of
 from cmrstudio.models.checkpoint import ModelInfo
 from cmrstudio.models.diffusion import CondUNet
 from cmrstudio.models.sampling import (DEFAULT_GUIDANCE, DEFAULT_STEPS, SOLVERS, Cancelled, Step, check_guidance, check_steps,
@@ -42,6 +43,7 @@ class HQRenderer(GeneratorFront):
     """A loaded diffusion or flow model. ``steps``/``guidance``/``solver`` default to the card's."""
 
     kinds = ("diffusion", "flow")
+    still: slice | None = None  # conditioning channels the shifts hold still (a scene's tissue classes; models.sampling._Spin)
 
     def __init__(self, model: str | ModelInfo | None = None, device: str | None = None, threads: int | None = None,
                  steps: int | None = None, guidance: float | None = None, solver: str | None = None, bf16: bool | None = None,
@@ -77,7 +79,7 @@ class HQRenderer(GeneratorFront):
     def describe(self) -> dict:
         return {**super().describe(), "steps": self.steps, "guidance": self.guidance, "solver": self.solver,
                 "time_shift": self.time_shift, "shifts": self.shifts, "spectrum_gain": self.spectrum is not None,
-                "sampler": sampler_name(self.solver, self.time_shift, self.shifts, self.spectrum is not None)}
+                "tissue_held": self.shifts > 1 and self.still is not None, "sampler": sampler_of(self)}
 
     def sampling(self, steps=None, guidance=None, solver=None) -> tuple[int, float, str]:
         """Checked (steps, guidance, solver); each one not given is this renderer's default."""
@@ -108,7 +110,7 @@ class HQRenderer(GeneratorFront):
         else:
             noise = torch.cat([noise_for(s, self.size) for s in seed]).to(self.device)
         it = sample(self.net, self.kind, oh, v, noise, steps, guidance, solver, bf16=self.bf16, cancel=cancel, time_shift=self.time_shift,
-                    shifts=self.shifts)
+                    shifts=self.shifts, still=self.still)
         while True:
             with self._lock:  # one step at a time holds the network
                 try:
@@ -143,6 +145,7 @@ class SceneHQRenderer(SceneMixin, HQRenderer):
     """A diffusion or flow scene model: whole slices in this patient or fully synthetic, step by step."""
 
     scene = True
+    still = LAYOUT_CHANNELS  # the tissue classes' 2-px cells: their grid cancels over the shifts as the patch grid's does
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -152,7 +155,7 @@ class SceneHQRenderer(SceneMixin, HQRenderer):
         steps, guidance, solver = self.sampling(steps, guidance, solver)
         v = torch.tensor([vendor_index], dtype=torch.long, device=self.device)
         it = sample(self.net, self.kind, cond, v, noise, steps, guidance, solver, bf16=self.bf16, cancel=cancel, time_shift=self.time_shift,
-                    shifts=self.shifts)
+                    shifts=self.shifts, still=self.still)
         while True:
             with self._lock:  # one step at a time holds the network
                 try:

@@ -18,7 +18,6 @@ does not replace an earlier one; the clash is reported by ``list_models``):
 from __future__ import annotations
 
 import os
-import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 

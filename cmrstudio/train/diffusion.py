@@ -235,7 +235,7 @@ class DiffusionTrainer(BaseTrainer):
         """What the teacher renders from ``noise`` under this conditioning, in the network's [-1, 1] range, on the device."""
         t = self.teacher
         return integrate(t.net, "flow", cond, vendor, noise, t.steps, t.guidance, t.solver, bf16=t.bf16, time_shift=t.time_shift,
-                         shifts=t.shifts)
+                         shifts=t.shifts, still=getattr(t, "still", None))
 
     def extra_state(self) -> dict:
         extra = super().extra_state()
