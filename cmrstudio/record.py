@@ -125,9 +125,8 @@ def sampler_name(solver: str, time_shift: float = 1.0, shifts: int = 1, spectrum
 
 def sampler_of(r) -> str:
     """:func:`sampler_name` of a step-wise renderer as it renders (a plugin's may have no time grid, shifts or gain)."""
-    shifts = getattr(r, "shifts", 1)
-    return sampler_name(r.solver, getattr(r, "time_shift", 1.0), shifts, getattr(r, "spectrum", None) is not None,
-                        shifts > 1 and getattr(r, "still", None) is not None)
+    return sampler_name(r.solver, getattr(r, "time_shift", 1.0), getattr(r, "shifts", 1), getattr(r, "spectrum", None) is not None,
+                        getattr(r, "tissue_held", False))
 
 
 def make_record(renderer, seed: int, vendor: str, context=None, steps: int | None = None, guidance: float | None = None,

@@ -1,6 +1,7 @@
 import inspect
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,7 +15,7 @@ def pytest_configure(config):
     """Each test process gets its own settings and data folders, so the tests never touch the user's own and two
     pytest-xdist workers never share one. A worker gets one torch thread (its subprocesses inherit it): `make test`
     runs one worker per core."""
-    home = Path(tempfile.mkdtemp(prefix="cmrstudio-tests-"))
+    home = config._cmrstudio_home = Path(tempfile.mkdtemp(prefix="cmrstudio-tests-"))
     for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"):
         os.environ[var] = str(home / var.lower())
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -23,6 +24,10 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(1)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_cmrstudio_home", ""), ignore_errors=True)  # those folders go with the process
 
 
 def shared(sub: str) -> Path:

@@ -79,7 +79,12 @@ class HQRenderer(GeneratorFront):
     def describe(self) -> dict:
         return {**super().describe(), "steps": self.steps, "guidance": self.guidance, "solver": self.solver,
                 "time_shift": self.time_shift, "shifts": self.shifts, "spectrum_gain": self.spectrum is not None,
-                "tissue_held": self.shifts > 1 and self.still is not None, "sampler": sampler_of(self)}
+                "tissue_held": self.tissue_held, "sampler": sampler_of(self)}
+
+    @property
+    def tissue_held(self) -> bool:
+        """Whether the shifts hold conditioning channels still (a scene's tissue classes): as the record names the sampler."""
+        return self.shifts > 1 and self.still is not None
 
     def sampling(self, steps=None, guidance=None, solver=None) -> tuple[int, float, str]:
         """Checked (steps, guidance, solver); each one not given is this renderer's default."""

@@ -10,7 +10,6 @@ Combo boxes, spin boxes and sliders in the docks ignore the mouse wheel unless t
 
 from __future__ import annotations
 
-
 import qtawesome as qta
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtGui import QColor, QIcon, QPainter, QPixmap
