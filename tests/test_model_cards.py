@@ -27,6 +27,9 @@ def test_the_studio_shows_each_models_card_and_evaluation(tmp_path, make_napari_
             pytest.xfail("the shipped spade-cmr card has no measured figures yet: run runs/final_eval.sh (issue 15)")
         assert "Mask faithfulness" in text
         assert f"FID {card['metrics']['fidelity']['fid']:.1f}" in text  # the card's own figures, as measured
+        real = card["metrics"]["realism_synthetic"]  # what issue 15 is about: can a reader tell its renders from scans
+        assert "Realism, fully synthetic" in text and f"machine reader {100 * real['machine_accuracy']:.1f}%" in text
+        assert f"right on {100 * h['realism_synthetic_reader_accuracy']:.0f}% of single images" in text
         if "membership_auc" in h:  # the shipped card carries the privacy evaluation
             assert "Privacy" in text and f"AUC {h['membership_auc']:.2f}" in text
         dlg.picker.setCurrentText("seg-cmr")

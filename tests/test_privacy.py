@@ -282,9 +282,11 @@ def test_evaluate_all_records_every_aspect_in_the_card_and_reports(tiny_run, tmp
     doc = json.loads(card.read_text(encoding="utf-8"))
     assert {"fidelity", "mask_faithfulness_dice", "diversity", "privacy", "realism_synthetic"} <= set(doc["metrics"])
     assert doc["metrics"]["realism_synthetic"]["classifier_steps"] == 30
+    assert len(doc["metrics"]["realism_synthetic"]["machine_readers"]) == 3 and "mean of 3 readers" in p.stdout  # each with its own seed
     assert doc["metrics"]["fidelity"]["cases_evaluated"] == ["heldout500_ED", "heldout501_ED"]  # held-out patients only
     assert 0 < doc["metrics"]["diversity"]["ms_ssim_between_seeds"] <= 1
     h = doc["headline"]
     assert h["fid"] == doc["metrics"]["fidelity"]["fid"] and h["membership_auc"] == doc["metrics"]["privacy"]["attacks"][h["membership_attack"]]["auc"]
     page = (out / "tiny_report.html").read_text(encoding="utf-8")
     assert "Mask faithfulness" in page and "Membership" in page and page.count("<img") >= 3
+    assert "Realism, fully synthetic" in page and h["realism_synthetic_reader_accuracy"] == doc["metrics"]["realism_synthetic"]["machine_accuracy"]

@@ -172,13 +172,19 @@ def test_evaluate_realism_reports_kid_beside_the_floor_a_machine_reader_and_the_
 
     held = [phantom_case(100 + i, n_slices=4, shape=(128, 128), vendor="siemens") for i in range(3)]
     ref = [phantom_case(200 + i, n_slices=4, shape=(128, 128), vendor="siemens") for i in range(4)]
-    res = evaluate_realism(held, ref, model="spade-cmr", mode="in-patient", classifier_steps=20, max_train_slices=12)
+    res = evaluate_realism(held, ref, model="spade-cmr", mode="in-patient", classifier_steps=20, max_train_slices=12, readers=2)
     d = res.to_dict()
     assert d["mode"] == "in-patient" and d["n_real"] == d["n_synthetic"] >= 8 and d["n_classifier_train"] == 24
     assert d["classifier_steps"] == 20 and d["margin_mm"] == 5.0  # the band around a scan's own outline
     assert -0.05 < d["kid_real_floor"] < 1 and np.isfinite(d["kid"]) and 0 <= d["machine_accuracy"] <= 1
     lo, hi = d["machine_accuracy_ci"]
     assert lo <= d["machine_accuracy"] <= hi and d["machine_n"] == 2 * d["n_real"]
+    # two readers with their own seeds, each one's figures kept; the reported ones are their mean
+    votes = d["machine_readers"]
+    assert [v["seed"] for v in votes] == [0, 100] and all(0 <= v["accuracy"] <= 1 and 0 <= v["auc"] <= 1 for v in votes)
+    assert d["machine_accuracy"] == pytest.approx(np.mean([v["accuracy"] for v in votes]))
+    assert d["machine_auc"] == pytest.approx(np.mean([v["auc"] for v in votes]))
+    assert d["machine_accuracy_sd"] == pytest.approx(np.std([v["accuracy"] for v in votes], ddof=1))
     assert "peak_ratio" in d["grid_artefact"] and "real_peak_ratio" in d["grid_artefact"]
     from cmrstudio.errors import CmrError
 
@@ -192,6 +198,7 @@ def test_evaluate_realism_reports_kid_beside_the_floor_a_machine_reader_and_the_
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(factory, "open_renderer", no_rendering)
         for bad, said in ((dict(classifier_steps=0), "--classifier-steps 0 must be at least 1"), (dict(max_train_slices=-3), "--max-train -3 must"),
+                          (dict(readers=0), "--readers 0 must be at least 1"),
                           (dict(mode="in-patient", margin_mm=0), "repaint margin 0 is not usable"),
                           (dict(mode="synthetic", margin_mm=5), "--margin is how far renders in this patient repaint")):
             with pytest.raises(CmrError, match=said):
@@ -200,6 +207,10 @@ def test_evaluate_realism_reports_kid_beside_the_floor_a_machine_reader_and_the_
 
         with pytest.raises(CmrError, match="5 mm band a scan's own outline gets"):  # a card's in-patient figure is the studio's
             run_realism(held + ref, [held[0].case_id], model="spade-cmr", mode="in-patient", write_card=True, margin_mm=4)
+    from tests.helpers import cli
+
+    bad = cli("evaluate", "realism", "--data", str(tmp_path / "none"), "--model", "spade-cmr", "--readers", "0", check=False)
+    assert bad.returncode != 0 and "--readers 0 must be at least 1" in bad.stderr  # before the data is read
 
 
 @pytest.mark.parametrize("model", ["spade-cmr", "flow-cmr-fine-2step"])  # the live and the HQ path

@@ -158,6 +158,7 @@ def evaluate_realism_cmd(
     mode: str = typer.Option("synthetic", "--mode", help="synthetic (no real pixel) or in-patient (the scan's own surroundings outside a margin)."),
     steps: Optional[int] = EvalStepsOpt,
     classifier_steps: int = typer.Option(400, "--classifier-steps", help="Training steps of the machine reader."),
+    readers: int = typer.Option(3, "--readers", help="Machine readers trained with their own seeds; their mean accuracy is reported, each one's beside it."),
     max_train: int = typer.Option(300, "--max-train", help="Training-patient slices the machine reader and the real-vs-real floor use."),
     seed: int = typer.Option(0, "--seed"),
     margin: Optional[float] = typer.Option(None, "--margin", help="In this patient: repaint within this many mm of the heart (default 5: the band around a scan's own outline left as it was)."),
@@ -173,7 +174,7 @@ def evaluate_realism_cmd(
     from cmrstudio.models.registry import get_model
     from cmrstudio.train.common import check_counts
 
-    check_counts(classifier_steps=classifier_steps, max_train=max_train)  # before the data is read
+    check_counts(classifier_steps=classifier_steps, max_train=max_train, readers=readers)  # before the data is read
     info = get_model(model, kind=generator_kinds())
     held = _held_out(case, info)
     if not held:
@@ -181,7 +182,7 @@ def evaluate_realism_cmd(
     check_layout_choice(layout_prior, write_card)
     hq = {k: v for k, v in (("steps", steps), ("layout_prior", layout_prior)) if v is not None}
     res = run_realism(cases_from(data), held, model=str(info.card_path), mode=mode, classifier_steps=classifier_steps, max_train=max_train,
-                      seed=seed, device=device, write_card=write_card, command=command_line(), margin_mm=margin, **hq)
+                      seed=seed, device=device, write_card=write_card, command=command_line(), margin_mm=margin, readers=readers, **hq)
     if as_json:
         typer.echo(json.dumps(res.to_dict(), indent=2))
         return
@@ -198,8 +199,11 @@ def _print_realism(res, name: str | None = None) -> None:
     typer.echo(f"  KID {res.kid:.4f} ± {res.kid_std:.4f}   (real vs real, other patients: {res.kid_real_floor:.4f} ± {res.kid_real_floor_std:.4f})   "
                f"FID {res.fid:.1f} (real vs real {res.fid_real_floor:.1f})")
     trained = f"{res.n_classifier_train} training-patient slices" + (f", {res.classifier_steps} steps" if res.classifier_steps else "")
-    typer.echo(f"  machine reader (trained on {trained}): accuracy {res.machine_accuracy:.1%} "
-               f"(95% CI {lo:.1%}–{hi:.1%}, {res.machine_n} images), AUC {res.machine_auc:.3f}; 50% = cannot tell")
+    each = [v["accuracy"] for v in getattr(res, "machine_readers", None) or []]
+    who = f"mean of {len(each)} readers" if len(each) > 1 else "one reader"
+    spread = f"; readers {min(each):.1%}–{max(each):.1%}, SD {res.machine_accuracy_sd:.1%}" if len(each) > 1 else ""
+    typer.echo(f"  machine reader (trained on {trained}; {who}): accuracy {res.machine_accuracy:.1%} "
+               f"(95% CI over the images {lo:.1%}–{hi:.1%}, {res.machine_n} images{spread}), AUC {res.machine_auc:.3f}; 50% = cannot tell")
     typer.echo(f"  upsampling grid: peak {g['peak_ratio']:.2f} at period {g['period_px']} px ({g['spectrum']} spectrum); real scans {g.get('real_peak_ratio', float('nan')):.2f}")
 
 

@@ -54,6 +54,10 @@ def headline(card: dict) -> dict:
         "dp_epsilon": dp.get("epsilon") if dp else None, "dp_delta": dp.get("delta") if dp else None,
         "segmenter_dice": (seg.get("mean") or {}).get("dice"), "segmenter_hd95_mm": (seg.get("mean") or {}).get("hd95_mm"),
     }
+    for mode in ("synthetic", "in_patient"):  # can a kernel distance or a trained reader tell its renders from real scans
+        r = m.get(f"realism_{mode}") or {}
+        h |= {f"realism_{mode}_kid": r.get("kid"), f"realism_{mode}_kid_floor": r.get("kid_real_floor"),
+              f"realism_{mode}_reader_accuracy": r.get("machine_accuracy"), f"realism_{mode}_reader_auc": r.get("machine_auc")}
     if ut.get("tests"):
         t = [x for x in ut["tests"] if x["arm"] == "real+synthetic"]
         h["utility_real_plus_synthetic_dice_gain"] = {str(x["fraction"]): x["mean_dice_difference"] for x in t}
@@ -69,6 +73,12 @@ def plain_language(card: dict) -> list[str]:
     if "fid" in h:
         out.append(f"As a distribution its images are FID {h['fid']:.0f} / KID {1000 * h['kid']:.0f}×10⁻³ from real held-out slices (0 = indistinguishable features; "
                    "compare models on the same data only).")
+    for mode, how in (("synthetic", "Fully synthetic (no real pixel)"), ("in_patient", "Painted into a patient's own slice")):
+        if f"realism_{mode}_reader_accuracy" in h:
+            out.append(f"{how}, a classifier trained to tell its images from real scans is right on "
+                       f"{100 * h[f'realism_{mode}_reader_accuracy']:.0f}% of single images of new patients (50% = cannot tell); "
+                       f"KID {1000 * h[f'realism_{mode}_kid']:.0f}×10⁻³ against {1000 * h[f'realism_{mode}_kid_floor']:.0f}×10⁻³ "
+                       "between two sets of real patients.")
     if "memorisation_ratio" in h:
         out.append(f"{100 * h['memorisation_ratio']:.1f}% of its images are near copies of a training image; "
                    f"{100 * h.get('authenticity', 0):.0f}% are authentic (new real patients: {100 * h.get('authenticity_new_patients', 0):.0f}%).")
@@ -116,8 +126,9 @@ def card_html(card: dict) -> str:
         parts.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in lines) + "</ul>")
     m = card.get("metrics", {})
     rows = []
-    for key, label in (("fidelity", "Fidelity"), ("mask_faithfulness_dice", "Mask faithfulness (Dice)"), ("diversity", "Diversity"),
-                       ("privacy", "Privacy"), ("utility", "Utility"), ("held_out_segmentation", "Segmentation (held-out)")):
+    for key, label in (("fidelity", "Fidelity"), ("realism_synthetic", "Realism, fully synthetic"),
+                       ("realism_in_patient", "Realism, in the patient's slice"), ("mask_faithfulness_dice", "Mask faithfulness (Dice)"),
+                       ("diversity", "Diversity"), ("privacy", "Privacy"), ("utility", "Utility"), ("held_out_segmentation", "Segmentation (held-out)")):
         if key in m:
             rows.append(f"<tr><td><b>{label}</b></td><td>{e(_summary(key, m[key]))}</td><td><small>{e(m[key].get('command', ''))}</small></td></tr>")
     dp = tr.get("differential_privacy")
@@ -128,7 +139,7 @@ def card_html(card: dict) -> str:
     if rows:
         parts.append("<table border='1' cellpadding='4' cellspacing='0'><tr><th>Aspect</th><th>Figures</th><th>Reproduce</th></tr>" + "".join(rows) + "</table>")
     else:
-        parts.append("<p><i>Not evaluated yet: run <code>cmrstudio evaluate fidelity|faithfulness|privacy|utility --write-card</code>.</i></p>")
+        parts.append("<p><i>Not evaluated yet: run <code>cmrstudio evaluate fidelity|faithfulness|realism|privacy|utility --write-card</code>.</i></p>")
     if card.get("terms"):
         parts.append(f"<p><small>{e(str(card['terms'] if isinstance(card['terms'], str) else card['terms'].get('summary', '')))}</small></p>")
     return "\n".join(parts)
@@ -139,6 +150,16 @@ def _summary(key: str, v: dict) -> str:
         return (f"FID {_f(v.get('fid'), '.1f')}, KID {_f(1000 * v['kid'] if v.get('kid') is not None else None, '.1f')} ± "
                 f"{_f(1000 * v['kid_std'] if v.get('kid_std') is not None else None, '.1f')} ×10⁻³, SSIM {_f(v.get('ssim'))}, PSNR {_f(v.get('psnr'), '.1f')} dB "
                 f"({v.get('n_synthetic')} synthetic vs {v.get('n_real')} real)")
+    if key.startswith("realism_"):
+        votes = [x["accuracy"] for x in v.get("machine_readers") or []]
+        lo, hi = v.get("machine_accuracy_ci") or (None, None)
+        spread = f"; {len(votes)} readers, {_f(100 * min(votes), '.1f')}–{_f(100 * max(votes), '.1f')}%" if len(votes) > 1 else ""
+        g = v.get("grid_artefact") or {}
+        return (f"KID {_f(1000 * v['kid'], '.1f')} ± {_f(1000 * v['kid_std'], '.1f')} ×10⁻³ (real vs real {_f(1000 * v['kid_real_floor'], '.1f')}), "
+                f"FID {_f(v.get('fid'), '.1f')}; machine reader {_f(100 * v['machine_accuracy'], '.1f')}% "
+                f"(95% CI {_f(100 * lo if lo is not None else None, '.1f')}–{_f(100 * hi if hi is not None else None, '.1f')}%{spread}), "
+                f"AUC {_f(v.get('machine_auc'))}; upsampling grid {_f(g.get('peak_ratio'), '.2f')} (real {_f(g.get('real_peak_ratio'), '.2f')}) "
+                f"({v.get('n_synthetic')} renders vs {v.get('n_real')} real)")
     if key == "mask_faithfulness_dice":
         s, r = v.get("synthetic", {}), v.get("real", {})
         return "synthetic " + ", ".join(f"{k} {_f(s.get(k))}" for k in ("LV", "MYO", "RV", "mean")) + " | real " + \

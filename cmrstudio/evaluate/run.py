@@ -110,8 +110,8 @@ def run_privacy(cases, held: list[str], model=None, space: str = "inception", se
 
 def run_realism(cases, held: list[str], model=None, mode: str = "synthetic", classifier_steps: int = 400, max_train: int = 300,
                 seed: int = 0, device: str | None = None, write_card: bool = False, command: str | None = None,
-                margin_mm: float | None = None, **hq):
-    """KID beside the real-vs-real floor, a trained machine reader and the grid-artefact spectrum
+                margin_mm: float | None = None, readers: int = 3, **hq):
+    """KID beside the real-vs-real floor, trained machine readers and the grid-artefact spectrum
     (:func:`~cmrstudio.evaluate.realism.evaluate_realism`) on the ``held`` patients of ``cases``, the others as reference;
     recorded as ``realism_synthetic`` or ``realism_in_patient``."""
     from cmrstudio.evaluate.realism import evaluate_realism
@@ -126,7 +126,7 @@ def run_realism(cases, held: list[str], model=None, mode: str = "synthetic", cla
     if not held_cases:
         raise CmrError(f"No given case is one of the held-out patients {', '.join(held)}.")
     res = evaluate_realism(held_cases, reference, model=model, mode=mode, classifier_steps=classifier_steps, max_train_slices=max_train,
-                           device=device, seed=seed, margin_mm=margin_mm, **hq)
+                           device=device, seed=seed, margin_mm=margin_mm, readers=readers, **hq)
     if write_card:
         record_metric(model, f"realism_{mode.replace('-', '_')}", {**res.to_dict(), "held_out": list(held)}, command=command)
     return res
