@@ -117,9 +117,9 @@ class RenderRecord:
 def sampler_name(solver: str, time_shift: float = 1.0, shifts: int = 1, spectrum: bool = False, held: bool = False) -> str:
     """How a render's sampler is named in its record: the solver, the time grid's shift when it is not uniform, the
     patch-grid offsets each step is averaged over when more than one (``held``: with a scene's tissue classes held
-    still), and the card's spectrum gain when applied."""
+    still, midway between the offsets), and the card's spectrum gain when applied."""
     name = solver if time_shift == 1.0 else f"{solver}, time shift {time_shift:g}"
-    name = name if shifts == 1 else f"{name}, averaged over {shifts} shifts{' with the tissue classes held' if held else ''}"
+    name = name if shifts == 1 else f"{name}, averaged over {shifts} shifts{' with the tissue classes held midway' if held else ''}"
     return f"{name}, spectrum matched" if spectrum else name
 
 

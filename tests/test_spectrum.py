@@ -98,9 +98,9 @@ def test_the_hq_default_renders_with_its_gain_and_only_inside_what_it_repaints_i
     assert spec["command"].startswith(f"cmrstudio train spectrum-gain {HQ} ") and spec["strength"] == 1.0
     assert spec["fitted_on"]["held_out_excluded"] == r.info.card["training"]["held_out_case_prefixes"]  # fitted on training patients
     assert g.max() > 1.5 and np.all(g[f > spec["max_cycles_per_px"]] == 1.0)
-    assert r.describe()["sampler"] == "euler, averaged over 4 shifts with the tissue classes held, spectrum matched" and off.spectrum is None
+    assert r.describe()["sampler"] == "euler, averaged over 4 shifts with the tissue classes held midway, spectrum matched" and off.spectrum is None
     assert make_record(r, 1, "siemens").sampler.endswith("spectrum matched")
-    assert make_record(off, 1, "siemens").sampler == "euler, averaged over 4 shifts with the tissue classes held"
+    assert make_record(off, 1, "siemens").sampler == "euler, averaged over 4 shifts with the tissue classes held midway"
     case = sample_case("ED")
     z = int(np.argmax((case.mask > 0).sum(axis=(1, 2))))
     frame = r.frame_for(case.mask, case.spacing, image=case.image)
