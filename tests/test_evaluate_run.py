@@ -150,6 +150,9 @@ def test_evaluate_all_runs_each_evaluation_on_the_held_out_patients_and_records_
     assert (out / "privacy.json").exists() and (out / "utility.json").exists()
     assert isinstance(res["report"], ModelReport) and res["report"].path == out / "spade-cmr_report.html" and res["report"].path.exists()
     assert res["report"].info.card["metrics"]["fidelity"]["command"] == "cmrstudio evaluate all"
+    page = res["report"].path.read_text(encoding="utf-8")  # a realism record with only some figures shows those, the rest as —
+    assert "Realism, fully synthetic" in page and "KID 500.0 ± — ×10⁻³ (real vs real 10.0)" in page
+    assert calls[3][2]["readers"] == 3  # the realism evaluations train 3 machine readers unless told otherwise
 
     with pytest.raises(CmrError, match="matches --case nobody"):
         evaluate_all([str(data)], ["nobody"], str(model), out=out)

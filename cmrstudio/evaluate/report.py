@@ -75,10 +75,10 @@ def plain_language(card: dict) -> list[str]:
                    "compare models on the same data only).")
     for mode, how in (("synthetic", "Fully synthetic (no real pixel)"), ("in_patient", "Painted into a patient's own slice")):
         if f"realism_{mode}_reader_accuracy" in h:
+            kid = (f"; KID {1000 * h[f'realism_{mode}_kid']:.0f}×10⁻³ against {1000 * h[f'realism_{mode}_kid_floor']:.0f}×10⁻³ between two sets "
+                   "of real patients" if f"realism_{mode}_kid" in h and f"realism_{mode}_kid_floor" in h else "")
             out.append(f"{how}, a classifier trained to tell its images from real scans is right on "
-                       f"{100 * h[f'realism_{mode}_reader_accuracy']:.0f}% of single images of new patients (50% = cannot tell); "
-                       f"KID {1000 * h[f'realism_{mode}_kid']:.0f}×10⁻³ against {1000 * h[f'realism_{mode}_kid_floor']:.0f}×10⁻³ "
-                       "between two sets of real patients.")
+                       f"{100 * h[f'realism_{mode}_reader_accuracy']:.0f}% of single images of new patients (50% = cannot tell){kid}.")
     if "memorisation_ratio" in h:
         out.append(f"{100 * h['memorisation_ratio']:.1f}% of its images are near copies of a training image; "
                    f"{100 * h.get('authenticity', 0):.0f}% are authentic (new real patients: {100 * h.get('authenticity_new_patients', 0):.0f}%).")
@@ -155,8 +155,10 @@ def _summary(key: str, v: dict) -> str:
         lo, hi = v.get("machine_accuracy_ci") or (None, None)
         spread = f"; {len(votes)} readers, {_f(100 * min(votes), '.1f')}–{_f(100 * max(votes), '.1f')}%" if len(votes) > 1 else ""
         g = v.get("grid_artefact") or {}
-        return (f"KID {_f(1000 * v['kid'], '.1f')} ± {_f(1000 * v['kid_std'], '.1f')} ×10⁻³ (real vs real {_f(1000 * v['kid_real_floor'], '.1f')}), "
-                f"FID {_f(v.get('fid'), '.1f')}; machine reader {_f(100 * v['machine_accuracy'], '.1f')}% "
+        k = {n: 1000 * v[n] if v.get(n) is not None else None for n in ("kid", "kid_std", "kid_real_floor")}  # ×10⁻³
+        acc = 100 * v["machine_accuracy"] if v.get("machine_accuracy") is not None else None
+        return (f"KID {_f(k['kid'], '.1f')} ± {_f(k['kid_std'], '.1f')} ×10⁻³ (real vs real {_f(k['kid_real_floor'], '.1f')}), "
+                f"FID {_f(v.get('fid'), '.1f')}; machine reader {_f(acc, '.1f')}% "
                 f"(95% CI {_f(100 * lo if lo is not None else None, '.1f')}–{_f(100 * hi if hi is not None else None, '.1f')}%{spread}), "
                 f"AUC {_f(v.get('machine_auc'))}; upsampling grid {_f(g.get('peak_ratio'), '.2f')} (real {_f(g.get('real_peak_ratio'), '.2f')}) "
                 f"({v.get('n_synthetic')} renders vs {v.get('n_real')} real)")
