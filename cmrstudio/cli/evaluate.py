@@ -199,7 +199,7 @@ def _print_realism(res, name: str | None = None) -> None:
     typer.echo(f"  KID {res.kid:.4f} ± {res.kid_std:.4f}   (real vs real, other patients: {res.kid_real_floor:.4f} ± {res.kid_real_floor_std:.4f})   "
                f"FID {res.fid:.1f} (real vs real {res.fid_real_floor:.1f})")
     trained = f"{res.n_classifier_train} training-patient slices" + (f", {res.classifier_steps} steps" if res.classifier_steps else "")
-    each = [v["accuracy"] for v in getattr(res, "machine_readers", None) or []]
+    each = [v["accuracy"] for v in res.machine_readers]
     who = f"mean of {len(each)} readers" if len(each) > 1 else "one reader"
     spread = f"; readers {min(each):.1%}–{max(each):.1%}, SD {res.machine_accuracy_sd:.1%}" if len(each) > 1 else ""
     typer.echo(f"  machine reader (trained on {trained}; {who}): accuracy {res.machine_accuracy:.1%} "

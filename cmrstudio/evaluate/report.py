@@ -23,6 +23,11 @@ def _f(v, fmt: str = ".3f", none: str = "—") -> str:
         return none
 
 
+def _times(v, factor: float):
+    """``v`` in other units (×10⁻³, %), None where not measured."""
+    return None if v is None else factor * v
+
+
 def privacy_measured(card: dict) -> bool:
     return "privacy" in card.get("metrics", {}) or bool(card.get("training", {}).get("differential_privacy"))
 
@@ -147,19 +152,18 @@ def card_html(card: dict) -> str:
 
 def _summary(key: str, v: dict) -> str:
     if key == "fidelity":
-        return (f"FID {_f(v.get('fid'), '.1f')}, KID {_f(1000 * v['kid'] if v.get('kid') is not None else None, '.1f')} ± "
-                f"{_f(1000 * v['kid_std'] if v.get('kid_std') is not None else None, '.1f')} ×10⁻³, SSIM {_f(v.get('ssim'))}, PSNR {_f(v.get('psnr'), '.1f')} dB "
+        return (f"FID {_f(v.get('fid'), '.1f')}, KID {_f(_times(v.get('kid'), 1000), '.1f')} ± "
+                f"{_f(_times(v.get('kid_std'), 1000), '.1f')} ×10⁻³, SSIM {_f(v.get('ssim'))}, PSNR {_f(v.get('psnr'), '.1f')} dB "
                 f"({v.get('n_synthetic')} synthetic vs {v.get('n_real')} real)")
     if key.startswith("realism_"):
         votes = [x["accuracy"] for x in v.get("machine_readers") or []]
         lo, hi = v.get("machine_accuracy_ci") or (None, None)
         spread = f"; {len(votes)} readers, {_f(100 * min(votes), '.1f')}–{_f(100 * max(votes), '.1f')}%" if len(votes) > 1 else ""
         g = v.get("grid_artefact") or {}
-        k = {n: 1000 * v[n] if v.get(n) is not None else None for n in ("kid", "kid_std", "kid_real_floor")}  # ×10⁻³
-        acc = 100 * v["machine_accuracy"] if v.get("machine_accuracy") is not None else None
-        return (f"KID {_f(k['kid'], '.1f')} ± {_f(k['kid_std'], '.1f')} ×10⁻³ (real vs real {_f(k['kid_real_floor'], '.1f')}), "
-                f"FID {_f(v.get('fid'), '.1f')}; machine reader {_f(acc, '.1f')}% "
-                f"(95% CI {_f(100 * lo if lo is not None else None, '.1f')}–{_f(100 * hi if hi is not None else None, '.1f')}%{spread}), "
+        return (f"KID {_f(_times(v.get('kid'), 1000), '.1f')} ± {_f(_times(v.get('kid_std'), 1000), '.1f')} ×10⁻³ "
+                f"(real vs real {_f(_times(v.get('kid_real_floor'), 1000), '.1f')}), FID {_f(v.get('fid'), '.1f')}; "
+                f"machine reader {_f(_times(v.get('machine_accuracy'), 100), '.1f')}% "
+                f"(95% CI {_f(_times(lo, 100), '.1f')}–{_f(_times(hi, 100), '.1f')}%{spread}), "
                 f"AUC {_f(v.get('machine_auc'))}; upsampling grid {_f(g.get('peak_ratio'), '.2f')} (real {_f(g.get('real_peak_ratio'), '.2f')}) "
                 f"({v.get('n_synthetic')} renders vs {v.get('n_real')} real)")
     if key == "mask_faithfulness_dice":
